@@ -1,0 +1,7 @@
+//! ambit's userspace core, shared by every binary: the workload model and the
+//! loader for the local (non-Kubernetes) configuration file.
+
+#![forbid(unsafe_code)]
+
+pub mod local_config;
+pub mod workload;

@@ -1,0 +1,171 @@
+//! The local configuration file: the embedded default when the agent runs
+//! without Kubernetes. One YAML document lists the pods to enroll.
+//!
+//! ```yaml
+//! pods:
+//!   - name: client
+//!     namespace: default
+//!     serviceAccount: client
+//!     ips: [10.10.1.11, "fd00:10:10:1::b"]
+//!     netns: /run/netns/client
+//! ```
+//!
+//! A file that cannot be read or parsed is an error for the whole file. A
+//! pod entry that is wrong on its own (listed twice, an address another pod
+//! already has, no addresses, a relative netns path) is rejected with a
+//! reason and the other pods go ahead.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::workload::{Pod, PodKey};
+
+/// Why the local configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalConfigError {
+    /// The file could not be read.
+    #[error("cannot read the local config {path}: {source} (check the path and its permissions)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape.
+    #[error("cannot parse the local config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error, which names the line and column.
+        source: serde_yaml::Error,
+    },
+}
+
+/// The file as written.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalConfigFile {
+    /// Pods to enroll.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+}
+
+/// A pod entry that was rejected, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedPod {
+    /// The entry's namespace/name.
+    pub pod: PodKey,
+    /// Position of the entry in the file's `pods` list, from 1.
+    pub entry: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A validated configuration: what the control side publishes to the data path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LocalSnapshot {
+    /// Pods to enroll, in file order.
+    pub pods: Vec<Pod>,
+    /// Entries that were rejected.
+    pub rejected: Vec<RejectedPod>,
+}
+
+/// Reads and validates a local configuration file.
+pub fn load(path: &Path) -> Result<LocalSnapshot, LocalConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).map_err(|source| LocalConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str) -> Result<LocalSnapshot, serde_yaml::Error> {
+    // An empty document is an empty configuration, not an error.
+    let file: LocalConfigFile = if text.trim().is_empty() {
+        LocalConfigFile::default()
+    } else {
+        serde_yaml::from_str(text)?
+    };
+    Ok(validate(file))
+}
+
+/// Splits a file's pods into accepted and rejected entries.
+#[must_use]
+pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
+    let mut snapshot = LocalSnapshot::default();
+    let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
+    let mut seen_ips: HashMap<IpAddr, PodKey> = HashMap::new();
+    for (index, pod) in file.pods.into_iter().enumerate() {
+        let entry = index + 1;
+        let key = pod.key();
+        let reason = if let Some(first) = seen_keys.get(&key) {
+            Some(format!(
+                "pod {key} is listed twice (entries {first} and {entry}); the first entry is used"
+            ))
+        } else {
+            check_pod(&pod, &seen_ips)
+        };
+        if let Some(reason) = reason {
+            snapshot.rejected.push(RejectedPod {
+                pod: key,
+                entry,
+                reason,
+            });
+            continue;
+        }
+        seen_keys.insert(key.clone(), entry);
+        for ip in &pod.ips {
+            seen_ips.insert(*ip, key.clone());
+        }
+        snapshot.pods.push(pod);
+    }
+    snapshot
+}
+
+fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, PodKey>) -> Option<String> {
+    let key = pod.key();
+    if pod.name.is_empty() || pod.namespace.is_empty() {
+        return Some("a pod needs a non-empty name and namespace".to_owned());
+    }
+    if pod.ips.is_empty() {
+        return Some(format!("pod {key} has no ips"));
+    }
+    let mut families = HashSet::new();
+    for ip in &pod.ips {
+        if !families.insert(ip.is_ipv4()) {
+            return Some(format!(
+                "pod {key} has more than one {} address",
+                if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+            return Some(format!(
+                "pod {key} has address {ip}, which cannot be a pod address"
+            ));
+        }
+        if let Some(owner) = seen_ips.get(ip) {
+            return Some(format!(
+                "pod {key} has address {ip}, which pod {owner} already has"
+            ));
+        }
+    }
+    if !pod.netns.is_absolute() {
+        return Some(format!(
+            "pod {key} has netns path {}, which is not absolute",
+            pod.netns.display()
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

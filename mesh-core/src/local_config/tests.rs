@@ -1,0 +1,115 @@
+use super::*;
+
+const TWO_PODS: &str = r"
+pods:
+  - name: client
+    namespace: shop
+    serviceAccount: client
+    ips: [10.10.1.11, 'fd00:10:10:1::b']
+    netns: /run/netns/client
+  - name: server
+    ips: [10.10.2.11]
+    netns: /run/netns/server
+";
+
+#[test]
+fn parses_pods_with_defaults() {
+    let snapshot = parse(TWO_PODS).unwrap();
+    assert!(snapshot.rejected.is_empty());
+    assert_eq!(snapshot.pods.len(), 2);
+    let client = &snapshot.pods[0];
+    assert_eq!(client.key().to_string(), "shop/client");
+    assert_eq!(client.service_account, "client");
+    assert_eq!(client.ips.len(), 2);
+    let server = &snapshot.pods[1];
+    assert_eq!(server.namespace, "default");
+    assert_eq!(server.service_account, "default");
+}
+
+#[test]
+fn empty_file_is_empty_config() {
+    assert_eq!(parse("").unwrap(), LocalSnapshot::default());
+    assert_eq!(parse("pods: []").unwrap(), LocalSnapshot::default());
+}
+
+#[test]
+fn duplicate_pod_is_rejected_and_others_kept() {
+    let text = format!(
+        "{TWO_PODS}  - name: client\n    namespace: shop\n    ips: [10.10.1.99]\n    netns: /x\n"
+    );
+    let snapshot = parse(&text).unwrap();
+    assert_eq!(snapshot.pods.len(), 2);
+    assert_eq!(snapshot.rejected.len(), 1);
+    let rejected = &snapshot.rejected[0];
+    assert_eq!(rejected.entry, 3);
+    assert!(
+        rejected
+            .reason
+            .contains("shop/client is listed twice (entries 1 and 3)"),
+        "{}",
+        rejected.reason
+    );
+}
+
+#[test]
+fn shared_address_is_rejected() {
+    let text = format!("{TWO_PODS}  - name: thief\n    ips: [10.10.2.11]\n    netns: /x\n");
+    let snapshot = parse(&text).unwrap();
+    assert_eq!(snapshot.pods.len(), 2);
+    assert!(
+        snapshot.rejected[0]
+            .reason
+            .contains("which pod default/server already has")
+    );
+}
+
+#[test]
+fn bad_entries_are_rejected_with_reasons() {
+    let cases = [
+        ("ips: []\n    netns: /x", "has no ips"),
+        (
+            "ips: [10.0.0.1, 10.0.0.2]\n    netns: /x",
+            "more than one IPv4",
+        ),
+        ("ips: [127.0.0.1]\n    netns: /x", "cannot be a pod address"),
+        ("ips: [10.0.0.1]\n    netns: relative/path", "not absolute"),
+    ];
+    for (body, expected) in cases {
+        let text = format!("pods:\n  - name: p\n    {body}\n");
+        let snapshot = parse(&text).unwrap();
+        assert!(snapshot.pods.is_empty(), "{body}");
+        assert!(
+            snapshot.rejected[0].reason.contains(expected),
+            "{body}: {}",
+            snapshot.rejected[0].reason
+        );
+    }
+}
+
+#[test]
+fn unparseable_file_names_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &path,
+        "pods:\n  - name: a\n    ips: [not-an-ip]\n    netns: /x\n",
+    )
+    .unwrap();
+    let err = load(&path).unwrap_err().to_string();
+    assert!(err.contains("mesh.yaml"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn unknown_field_is_an_error() {
+    let err = parse("pods:\n  - name: a\n    ips: [10.0.0.1]\n    netns: /x\n    colour: blue\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let err = load(Path::new("/nonexistent/ambit.yaml")).unwrap_err();
+    assert!(matches!(err, LocalConfigError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/ambit.yaml"));
+}

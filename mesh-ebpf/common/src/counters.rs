@@ -1,0 +1,37 @@
+//! Indices of the per-CPU event counters the eBPF programs keep. Userspace
+//! sums each index over all CPUs.
+
+/// `connect4/6` rewrote a connection to the outbound listener.
+pub const CONNECT_REDIRECTED: u32 = 0;
+/// `connect4/6` left a socket alone because it carries [`crate::MESH_MARK`].
+pub const CONNECT_SKIPPED_MESH_MARK: u32 = 1;
+/// `connect4/6` saw a TCP connect in a network namespace that is not enrolled.
+pub const CONNECT_SKIPPED_NOT_ENROLLED: u32 = 2;
+/// `connect4/6` could not record the original destination (map full); the
+/// connection went ahead unredirected.
+pub const CONNECT_RECORD_FAILED: u32 = 3;
+/// `sock_ops` moved an original destination to its 4-tuple key.
+pub const TUPLE_RECORDED: u32 = 4;
+/// `getpeername4/6` showed an application its real peer.
+pub const GETPEERNAME_TRANSLATED: u32 = 5;
+/// `bind4/6` refused an application a mesh port.
+pub const BIND_DENIED: u32 = 6;
+/// `getsockopt` answered `SO_ORIGINAL_DST`.
+pub const ORIGINAL_DST_ANSWERED: u32 = 7;
+/// `sk_lookup` steered an arriving connection to the inbound listener.
+pub const INBOUND_STEERED: u32 = 8;
+/// Number of counters.
+pub const COUNT: u32 = 9;
+
+/// Human names, indexed like the constants above.
+pub const NAMES: [&str; COUNT as usize] = [
+    "connect_redirected",
+    "connect_skipped_mesh_mark",
+    "connect_skipped_not_enrolled",
+    "connect_record_failed",
+    "tuple_recorded",
+    "getpeername_translated",
+    "bind_denied",
+    "original_dst_answered",
+    "inbound_steered",
+];

@@ -1,0 +1,309 @@
+//! Everything that crosses the kernel boundary between ambit's eBPF programs
+//! and the node agent: map keys and values, map and program names, ports,
+//! the mesh socket mark and the counter indices.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that the eBPF side and
+//! userspace agree on the layout byte for byte; the sizes are asserted at
+//! compile time. Addresses are kept exactly as the kernel hands them to eBPF:
+//! IPv4 in the first word of a `[u32; 4]`, all words in network byte order.
+//! Ports are in host byte order.
+
+#![no_std]
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub mod counters;
+
+/// `SO_MARK` carried by every socket the mesh itself opens. Sockets with this
+/// mark are never redirected, so the agent's upstream connections cannot loop
+/// back into it, and only they may bind the mesh ports inside a pod.
+pub const MESH_MARK: u32 = 0x539;
+
+/// In-pod listener for traffic the pod sends (captured by `connect4/6`).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// In-pod listener for plaintext traffic arriving at the pod (steered by `sk_lookup`).
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+/// In-pod listener for HBONE (mTLS) traffic arriving at the pod.
+pub const INBOUND_HBONE_PORT: u16 = 15008;
+/// Ports inside an enrolled pod that belong to the mesh: applications may not
+/// bind them and `sk_lookup` never steers connections addressed to them.
+pub const RESERVED_POD_PORTS: [u16; 3] =
+    [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT];
+
+/// `AF_INET` as the kernel reports it in eBPF contexts.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6` as the kernel reports it in eBPF contexts.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u32 = 6;
+/// `SOL_IP`, the level of `SO_ORIGINAL_DST` for IPv4.
+pub const SOL_IP: i32 = 0;
+/// `SOL_IPV6`, the level of `IP6T_SO_ORIGINAL_DST` for IPv6.
+pub const SOL_IPV6: i32 = 41;
+/// `SO_ORIGINAL_DST` (and `IP6T_SO_ORIGINAL_DST`, which has the same value).
+pub const SO_ORIGINAL_DST: i32 = 80;
+/// Interface index of the loopback device; the same in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Names of the maps in the eBPF object. They are also the file names the
+/// maps are pinned under, so they must stay below 16 bytes.
+pub mod map_names {
+    /// [`crate::EnrolledNetns`] by netns cookie.
+    pub const ENROLLED_NETNS: &str = "AMBIT_ENROLLED";
+    /// [`crate::OriginalDst`] by socket cookie, from `connect` until the socket closes.
+    pub const ORIG_DST_BY_COOKIE: &str = "AMBIT_ODST_SOCK";
+    /// [`crate::OriginalDst`] by [`crate::SocketTuple`] of the application's side.
+    pub const ORIG_DST_BY_TUPLE: &str = "AMBIT_ODST_TUPL";
+    /// The agent's inbound listener sockets by [`crate::InboundListenerKey`].
+    pub const INBOUND_LISTENERS: &str = "AMBIT_INBOUND";
+    /// Per-CPU event counters, indexed by [`crate::counters`].
+    pub const COUNTERS: &str = "AMBIT_COUNTERS";
+    /// Every map, in a stable order (for pinning and listing).
+    pub const ALL: [&str; 5] = [
+        ENROLLED_NETNS,
+        ORIG_DST_BY_COOKIE,
+        ORIG_DST_BY_TUPLE,
+        INBOUND_LISTENERS,
+        COUNTERS,
+    ];
+}
+
+/// Names of the programs (their Rust function names in the eBPF crate).
+pub mod program_names {
+    /// `cgroup/connect4`: capture outbound IPv4 connections.
+    pub const CONNECT4: &str = "ambit_connect4";
+    /// `cgroup/connect6`: capture outbound IPv6 connections.
+    pub const CONNECT6: &str = "ambit_connect6";
+    /// `sockops`: move the original destination to the connection's 4-tuple.
+    pub const SOCK_OPS: &str = "ambit_sock_ops";
+    /// `cgroup/getpeername4`: show the application its real peer.
+    pub const GETPEERNAME4: &str = "ambit_getpeername4";
+    /// `cgroup/getpeername6`: show the application its real peer.
+    pub const GETPEERNAME6: &str = "ambit_getpeername6";
+    /// `cgroup/bind4`: keep applications off the mesh ports.
+    pub const BIND4: &str = "ambit_bind4";
+    /// `cgroup/bind6`: keep applications off the mesh ports.
+    pub const BIND6: &str = "ambit_bind6";
+    /// `cgroup/getsockopt`: answer `SO_ORIGINAL_DST`.
+    pub const GETSOCKOPT: &str = "ambit_getsockopt";
+    /// `sk_lookup`: steer connections arriving at a pod to the inbound listener.
+    pub const SK_LOOKUP: &str = "ambit_sk_lookup";
+}
+
+/// Value of the enrolled-netns map. Presence is what matters; the flags are
+/// reserved for per-pod modes (for example strict mTLS) and are zero today.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnrolledNetns {
+    /// Reserved per-pod flags.
+    pub flags: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+/// Where an application meant to connect before `connect4/6` rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// Destination address, network byte order; IPv4 in word 0.
+    pub addr: [u32; 4],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// Cookie of the network namespace the connecting socket lives in.
+    pub netns_cookie: u64,
+}
+
+/// The application side of a redirected connection: the connecting socket's
+/// local address and the address it ended up connected to (the agent's
+/// outbound listener), qualified by network namespace because every pod has
+/// its own loopback and its own ephemeral ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketTuple {
+    /// Cookie of the network namespace both ends live in.
+    pub netns_cookie: u64,
+    /// The application's local address, network byte order.
+    pub src_addr: [u32; 4],
+    /// The address the application is connected to, network byte order.
+    pub dst_addr: [u32; 4],
+    /// The application's local port, host byte order.
+    pub src_port: u16,
+    /// The port the application is connected to, host byte order.
+    pub dst_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
+}
+
+/// Key of the inbound-listener sock hash: a pod address. `sk_lookup` looks up
+/// the destination address of an arriving connection here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InboundListenerKey {
+    /// The pod address, network byte order; IPv4 in word 0.
+    pub addr: [u32; 4],
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<EnrolledNetns>() == 8);
+const _: () = assert!(core::mem::size_of::<OriginalDst>() == 32);
+const _: () = assert!(core::mem::size_of::<SocketTuple>() == 48);
+const _: () = assert!(core::mem::size_of::<InboundListenerKey>() == 20);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers, and
+    // has every padding byte spelled out as a field, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::EnrolledNetns {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OriginalDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketTuple {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InboundListenerKey {}
+}
+
+// === conversions between kernel layout and `core::net` ===
+
+/// Packs an IP address the way eBPF contexts carry it.
+#[must_use]
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u16) {
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([word(0), word(4), word(8), word(12)], AF_INET6)
+        }
+    }
+}
+
+/// Unpacks an address from eBPF layout; `None` for an unknown family.
+#[must_use]
+pub fn ip_from_words(words: [u32; 4], family: u16) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))),
+        AF_INET6 => {
+            let mut o = [0u8; 16];
+            for (chunk, word) in o.chunks_exact_mut(4).zip(words) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(o)))
+        }
+        _ => None,
+    }
+}
+
+impl OriginalDst {
+    /// The destination as a socket address; `None` if the record is corrupt.
+    #[must_use]
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        ip_from_words(self.addr, self.family).map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl SocketTuple {
+    /// The tuple of an application socket `src` connected to `dst` inside the
+    /// network namespace `netns_cookie`. IPv4-mapped IPv6 addresses are folded
+    /// to IPv4, as the eBPF side does, so both sides build the same key.
+    #[must_use]
+    pub fn new(netns_cookie: u64, src: SocketAddr, dst: SocketAddr) -> Self {
+        let (src_addr, family) = addr_words(src.ip().to_canonical());
+        let (dst_addr, _) = addr_words(dst.ip().to_canonical());
+        Self {
+            netns_cookie,
+            src_addr,
+            dst_addr,
+            src_port: src.port(),
+            dst_port: dst.port(),
+            family,
+            _pad: 0,
+        }
+    }
+
+    /// The application's local address.
+    #[must_use]
+    pub fn src(&self) -> Option<SocketAddr> {
+        ip_from_words(self.src_addr, self.family).map(|ip| SocketAddr::new(ip, self.src_port))
+    }
+
+    /// The address the application is connected to.
+    #[must_use]
+    pub fn dst(&self) -> Option<SocketAddr> {
+        ip_from_words(self.dst_addr, self.family).map(|ip| SocketAddr::new(ip, self.dst_port))
+    }
+}
+
+impl InboundListenerKey {
+    /// The key for a pod address.
+    #[must_use]
+    pub fn new(ip: IpAddr) -> Self {
+        let (addr, family) = addr_words(ip.to_canonical());
+        Self {
+            addr,
+            family,
+            _pad: 0,
+        }
+    }
+
+    /// The pod address this key stands for.
+    #[must_use]
+    pub fn ip(&self) -> Option<IpAddr> {
+        ip_from_words(self.addr, self.family)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_round_trips_through_kernel_layout() {
+        let ip: IpAddr = "10.10.1.20".parse().unwrap();
+        let (words, family) = addr_words(ip);
+        assert_eq!(family, AF_INET);
+        // The kernel stores 10.10.1.20 as the bytes 0a 0a 01 14 in memory.
+        assert_eq!(words[0].to_ne_bytes(), [10, 10, 1, 20]);
+        assert_eq!(ip_from_words(words, family), Some(ip));
+    }
+
+    #[test]
+    fn ipv6_round_trips_through_kernel_layout() {
+        let ip: IpAddr = "fd00:10:1::20".parse().unwrap();
+        let (words, family) = addr_words(ip);
+        assert_eq!(family, AF_INET6);
+        assert_eq!(words[0].to_ne_bytes(), [0xfd, 0, 0, 0x10]);
+        assert_eq!(ip_from_words(words, family), Some(ip));
+    }
+
+    #[test]
+    fn mapped_ipv4_folds_to_ipv4_in_tuples() {
+        let src: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        let dst: SocketAddr = "[::ffff:127.0.0.1]:15001".parse().unwrap();
+        let folded = SocketTuple::new(7, src, dst);
+        let plain = SocketTuple::new(
+            7,
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:15001".parse().unwrap(),
+        );
+        assert_eq!(folded, plain);
+        assert_eq!(folded.family, AF_INET);
+    }
+
+    #[test]
+    fn unknown_family_is_rejected() {
+        let od = OriginalDst {
+            family: 99,
+            ..OriginalDst::default()
+        };
+        assert_eq!(od.socket_addr(), None);
+    }
+}

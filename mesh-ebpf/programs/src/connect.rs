@@ -1,0 +1,113 @@
+//! `cgroup/connect4` and `cgroup/connect6`: capture an enrolled pod's
+//! outbound TCP connections into the agent's outbound listener.
+//!
+//! A connect is captured when the socket is TCP, lives in an enrolled network
+//! namespace, does not carry the mesh mark (the agent's own sockets do) and is
+//! not addressed to loopback (traffic inside the pod stays inside the pod).
+//! The original destination is recorded by socket cookie before the address
+//! is rewritten; `sock_ops` re-keys it once the connection is established.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use mesh_ebpf_common::{
+    AF_INET, AF_INET6, IPPROTO_TCP, MESH_MARK, OUTBOUND_PORT, OriginalDst, counters,
+};
+
+use crate::{
+    addr::{LOCALHOST_V4, LOCALHOST_V6, fold, host_to_user_port, is_loopback_v4, mapped, user_port_to_host},
+    maps::{ORIG_DST_BY_COOKIE, count, is_enrolled},
+};
+
+/// Entry point for `cgroup/connect4`. Never refuses a connect.
+#[cgroup_sock_addr(connect4)]
+pub fn ambit_connect4(ctx: SockAddrContext) -> i32 {
+    try_connect4(&ctx);
+    1
+}
+
+/// Entry point for `cgroup/connect6`. Never refuses a connect.
+#[cgroup_sock_addr(connect6)]
+pub fn ambit_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect6(&ctx);
+    1
+}
+
+fn try_connect4(ctx: &SockAddrContext) {
+    // SAFETY: the kernel hands the program a valid bpf_sock_addr.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP || is_loopback_v4(sa.user_ip4) {
+        return;
+    }
+    let port = user_port_to_host(sa.user_port);
+    let Some(netns_cookie) = capture_decision(ctx) else { return };
+    let original = OriginalDst { addr: [sa.user_ip4, 0, 0, 0], port, family: AF_INET, _pad: 0, netns_cookie };
+    if record(ctx, &original) {
+        sa.user_ip4 = LOCALHOST_V4;
+        sa.user_port = host_to_user_port(OUTBOUND_PORT);
+        count(counters::CONNECT_REDIRECTED);
+    }
+}
+
+fn try_connect6(ctx: &SockAddrContext) {
+    // SAFETY: the kernel hands the program a valid bpf_sock_addr.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return;
+    }
+    let dst = sa.user_ip6;
+    let (family, folded) = fold(AF_INET6, dst);
+    let is_loopback = if family == AF_INET { is_loopback_v4(folded[0]) } else { dst == LOCALHOST_V6 };
+    if is_loopback {
+        return;
+    }
+    let port = user_port_to_host(sa.user_port);
+    let Some(netns_cookie) = capture_decision(ctx) else { return };
+    let original = OriginalDst { addr: folded, port, family, _pad: 0, netns_cookie };
+    if record(ctx, &original) {
+        // A dual-stack socket aimed at an IPv4 peer travels as IPv4, so it
+        // goes to the IPv4 listener; each word is stored on its own because
+        // the verifier only accepts 32-bit stores to user_ip6.
+        let target = if family == AF_INET { mapped(LOCALHOST_V4) } else { LOCALHOST_V6 };
+        for (i, word) in target.iter().enumerate() {
+            // SAFETY: i < 4 and the field is a writable part of the context.
+            unsafe { core::ptr::write_volatile(&raw mut sa.user_ip6[i], *word) };
+        }
+        sa.user_port = host_to_user_port(OUTBOUND_PORT);
+        count(counters::CONNECT_REDIRECTED);
+    }
+}
+
+/// The socket's netns cookie when the connect should be captured.
+fn capture_decision(ctx: &SockAddrContext) -> Option<u64> {
+    // SAFETY: the helper only reads the context it is given.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if !is_enrolled(netns_cookie) {
+        count(counters::CONNECT_SKIPPED_NOT_ENROLLED);
+        return None;
+    }
+    // SAFETY: the kernel hands the program a valid bpf_sock_addr.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    // SAFETY: a non-null sk in a sock_addr context points to the socket.
+    if !sk.is_null() && unsafe { (*sk).mark } == MESH_MARK {
+        count(counters::CONNECT_SKIPPED_MESH_MARK);
+        return None;
+    }
+    Some(netns_cookie)
+}
+
+/// Records the original destination; `false` (and the connect goes ahead
+/// unredirected) when the map refuses it.
+fn record(ctx: &SockAddrContext, original: &OriginalDst) -> bool {
+    // SAFETY: the helper only reads the context it is given.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if ORIG_DST_BY_COOKIE.insert(&cookie, original, 0).is_err() {
+        count(counters::CONNECT_RECORD_FAILED);
+        aya_log_ebpf::warn!(ctx, "ambit: could not record the original destination of socket {}", cookie);
+        return false;
+    }
+    true
+}

@@ -1,0 +1,45 @@
+//! The maps every program shares. All are pinned by name so that a
+//! restarted agent finds them again under its bpffs directory.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use mesh_ebpf_common::{EnrolledNetns, InboundListenerKey, OriginalDst, SocketTuple, counters};
+
+/// Enrolled pods' network namespaces, by netns cookie. Written by the agent.
+#[map(name = "AMBIT_ENROLLED")]
+pub static ENROLLED_NETNS: HashMap<u64, EnrolledNetns> = HashMap::pinned(16_384, 0);
+
+/// Original destinations by socket cookie, from `connect` until close.
+#[map(name = "AMBIT_ODST_SOCK")]
+pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(65_536, 0);
+
+/// Original destinations by the application side's 4-tuple; the agent takes
+/// (reads and deletes) the entry when it accepts the connection.
+#[map(name = "AMBIT_ODST_TUPL")]
+pub static ORIG_DST_BY_TUPLE: LruHashMap<SocketTuple, OriginalDst> = LruHashMap::pinned(65_536, 0);
+
+/// The agent's inbound listeners, by the pod address they serve.
+#[map(name = "AMBIT_INBOUND")]
+pub static INBOUND_LISTENERS: SockHash<InboundListenerKey> = SockHash::pinned(16_384, 0);
+
+/// Event counters, see `mesh_ebpf_common::counters`.
+#[map(name = "AMBIT_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
+
+/// Adds one to a counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from the map lookup and is this CPU's own
+        // slot, so nothing else writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Whether the network namespace with this cookie is enrolled in the mesh.
+#[inline(always)]
+pub fn is_enrolled(netns_cookie: u64) -> bool {
+    ENROLLED_NETNS.get_ptr(netns_cookie).is_some()
+}

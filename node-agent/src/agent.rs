@@ -1,0 +1,129 @@
+//! The agent's life: start-up, the two runtimes, and an orderly shutdown.
+//!
+//! The control side (configuration, enrollment, admin API) runs on a small
+//! single-threaded runtime on the main thread; the proxies run on a
+//! multi-threaded data-path runtime. The control side publishes snapshots;
+//! the data path only reads them.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{self, AdminState},
+    config::Config,
+    ebpf::{EbpfError, MeshEbpf},
+    enrollment::{
+        Enroller,
+        reconcile::{PodStatusBoard, Reconciler},
+    },
+    local_source,
+    netns::{Netns, NetnsError},
+};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The local configuration could not be loaded.
+    #[error(transparent)]
+    LocalConfig(#[from] mesh_core::local_config::LocalConfigError),
+    /// The eBPF programs could not be loaded or attached.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// The agent's own network namespace could not be opened.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A runtime could not be started.
+    #[error("cannot start the {0} runtime: {1}")]
+    Runtime(&'static str, #[source] std::io::Error),
+    /// The admin API could not listen.
+    #[error(
+        "cannot listen on the admin address {addr}: {source} (is another agent running? set AMBIT_ADMIN_ADDR)"
+    )]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), AgentError> {
+    let effective = serde_json::to_string(&config).unwrap_or_default();
+    tracing::info!(config = %effective, "ambit node agent starting");
+    let (publish, snapshots) = local_source::initial(&config.config)?;
+    let home_netns = Arc::new(Netns::current()?);
+    let data_plane = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.worker_threads))
+        .thread_name("ambit-data")
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Runtime("data-path", e))?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Runtime("control", e))?;
+
+    let mut ebpf = MeshEbpf::load(&config.bpffs_dir, &config.cgroup_root)?;
+    let log_forwarder = ebpf.take_log_forwarder();
+    let maps = ebpf.maps().clone();
+    let enroller = Enroller::new(
+        ebpf,
+        home_netns,
+        data_plane.handle().clone(),
+        config.connect_timeout(),
+    );
+    let board = Arc::new(PodStatusBoard::default());
+    let shutdown = CancellationToken::new();
+
+    let result = control.block_on(async {
+        let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| AgentError::Admin { addr: config.admin_addr, source })?;
+        let admin_state = Arc::new(AdminState { config: config.clone(), board: board.clone(), maps });
+        tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
+        tokio::spawn(local_source::watch_file(
+            config.config.clone(),
+            config.config_poll_interval(),
+            publish,
+            shutdown.clone(),
+        ));
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        if let Some(forwarder) = log_forwarder {
+            tokio::spawn(forwarder.run());
+        }
+        tracing::info!(admin = %config.admin_addr, node = %config.node_name, "ambit node agent ready");
+        let reconciler = Reconciler::new(enroller, board);
+        Ok(reconciler.run(snapshots, shutdown, config.keep_bpf_state).await)
+    });
+    let enroller = match result {
+        Ok(enroller) => enroller,
+        Err(error) => return Err(error),
+    };
+    data_plane.shutdown_timeout(std::time::Duration::from_secs(5));
+    let ebpf = enroller.into_ebpf();
+    if config.keep_bpf_state {
+        ebpf.keep_for_upgrade();
+    } else {
+        ebpf.detach_and_unpin();
+    }
+    tracing::info!("ambit node agent stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

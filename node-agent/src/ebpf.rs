@@ -1,0 +1,550 @@
+//! Loading, pinning and attaching ambit's eBPF programs. This module is the
+//! only place aya types appear; the rest of the agent talks to [`MeshEbpf`]
+//! and the typed map wrappers in [`maps`].
+//!
+//! Everything is pinned under the configured bpffs directory:
+//!
+//! ```text
+//! <bpffs_dir>/maps/<MAP>                 every map (see mesh_ebpf_common::map_names)
+//! <bpffs_dir>/links/<program>            the cgroup attachments, one link each
+//! <bpffs_dir>/links/sk_lookup_<cookie>   one sk_lookup attachment per enrolled pod netns
+//! ```
+//!
+//! A starting agent that finds these pins reuses them: maps keep their
+//! contents and attached links are adopted, never attached twice. An agent
+//! that exits removes them unless it was told to keep state for an upgrade.
+
+use std::{
+    fs::File,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, Program, ProgramError, ProgramType, SkLookup,
+        links::{FdLink, PinnedLink},
+    },
+};
+use mesh_ebpf_common::program_names;
+
+pub mod maps;
+mod preflight;
+
+pub use maps::MeshMaps;
+pub use preflight::{REQUIRED_PROGRAM_TYPES, preflight};
+
+/// The compiled eBPF object, built from `mesh-ebpf/programs` by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambit-ebpf.o"));
+
+/// `BPF_FS_MAGIC` from `statfs(2)`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors loading and attaching the eBPF programs.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// The pin directory is not on a bpffs.
+    #[error(
+        "{dir} is not on a bpf filesystem (mount one with `mount -t bpf bpf {mount}`, or set AMBIT_BPFFS_DIR)"
+    )]
+    NotBpffs {
+        /// The configured directory.
+        dir: PathBuf,
+        /// Where to mount bpffs.
+        mount: PathBuf,
+    },
+    /// Creating or inspecting the pin directory failed.
+    #[error("cannot use bpffs directory {dir}: {source}")]
+    PinDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The kernel lacks a program type the mesh needs.
+    #[error("this kernel cannot load {program_type} programs, needed for {hook}: {feature}")]
+    MissingKernelFeature {
+        /// The program type, e.g. `BPF_PROG_TYPE_SK_LOOKUP`.
+        program_type: &'static str,
+        /// The hook that needs it.
+        hook: &'static str,
+        /// The kernel feature (version and config option) to check.
+        feature: &'static str,
+    },
+    /// The object could not be parsed or its maps created.
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    /// A program is missing from the object or has the wrong type.
+    #[error("the eBPF object has no usable program {name}: {source}")]
+    MissingProgram {
+        /// Program name.
+        name: &'static str,
+        /// Why it could not be used.
+        source: ProgramError,
+    },
+    /// A program failed to load (the verifier refused it) or attach.
+    #[error("cannot {action} eBPF program {name}: {source}")]
+    Program {
+        /// What was being done: "load", "attach".
+        action: &'static str,
+        /// Program name.
+        name: &'static str,
+        /// The error, with the verifier log when the verifier refused it.
+        source: ProgramError,
+    },
+    /// The cgroup root could not be opened.
+    #[error(
+        "cannot open cgroup {path}: {source} (check AMBIT_CGROUP_ROOT points at a cgroup v2 directory)"
+    )]
+    Cgroup {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A link could not be pinned, adopted or unpinned.
+    #[error("cannot {action} pinned link {path}: {source}")]
+    Link {
+        /// What was being done.
+        action: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// The error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A map is missing from the object or has the wrong type.
+    #[error("the eBPF object has no usable map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Why it could not be used.
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded programs, their attachments and their maps.
+pub struct MeshEbpf {
+    bpf: Ebpf,
+    pin_dir: PathBuf,
+    cgroup_links: Vec<PinnedLink>,
+    reused_cgroup_links: usize,
+    maps: Arc<MeshMaps>,
+    logger: Option<EbpfLogForwarder>,
+}
+
+/// Forwards the eBPF programs' log records (aya-log) into `tracing`. Must be
+/// polled: see [`EbpfLogForwarder::run`].
+pub struct EbpfLogForwarder(aya_log::EbpfLogger<&'static dyn log::Log>);
+
+/// A pod network namespace's `sk_lookup` attachment, pinned.
+pub struct SkLookupAttachment {
+    link: PinnedLink,
+    path: PathBuf,
+    reused: bool,
+}
+
+/// The cgroup programs: their names and how to attach each.
+const CGROUP_PROGRAMS: [&str; 8] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::SOCK_OPS,
+    program_names::GETPEERNAME4,
+    program_names::GETPEERNAME6,
+    program_names::BIND4,
+    program_names::BIND6,
+    program_names::GETSOCKOPT,
+];
+
+// === impl MeshEbpf ===
+
+impl MeshEbpf {
+    /// Loads the programs and maps, reusing pinned maps and attachments under
+    /// `pin_dir` when a previous agent left them, then attaches whatever is
+    /// not yet attached to `cgroup_root`.
+    pub fn load(pin_dir: &Path, cgroup_root: &Path) -> Result<Self, EbpfError> {
+        preflight(|t| aya::sys::is_program_supported(t).unwrap_or(false))?;
+        prepare_pin_dir(pin_dir)?;
+        let mut bpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.join("maps"))
+            .load(EBPF_OBJECT)
+            .map_err(EbpfError::Object)?;
+        let logger = match aya_log::EbpfLogger::init(&mut bpf) {
+            Ok(logger) => Some(EbpfLogForwarder(logger)),
+            Err(error) => {
+                tracing::debug!(%error, "eBPF log forwarding unavailable");
+                None
+            }
+        };
+        let cgroup = File::open(cgroup_root).map_err(|source| EbpfError::Cgroup {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
+        let mut cgroup_links = Vec::with_capacity(CGROUP_PROGRAMS.len());
+        let mut reused_cgroup_links = 0;
+        for name in CGROUP_PROGRAMS {
+            let path = pin_dir.join("links").join(name);
+            if path.exists() {
+                cgroup_links.push(adopt_link(&path)?);
+                reused_cgroup_links += 1;
+                continue;
+            }
+            cgroup_links.push(attach_to_cgroup(&mut bpf, name, &cgroup, &path)?);
+        }
+        load_program(&mut bpf, program_names::SK_LOOKUP)?;
+        let maps = Arc::new(MeshMaps::take_from(&mut bpf)?);
+        tracing::info!(
+            pin_dir = %pin_dir.display(),
+            cgroup = %cgroup_root.display(),
+            attached = CGROUP_PROGRAMS.len() - reused_cgroup_links,
+            reused = reused_cgroup_links,
+            "eBPF programs ready"
+        );
+        Ok(Self {
+            bpf,
+            pin_dir: pin_dir.to_owned(),
+            cgroup_links,
+            reused_cgroup_links,
+            maps,
+            logger,
+        })
+    }
+
+    /// The log forwarder, to be run on a runtime (once).
+    pub fn take_log_forwarder(&mut self) -> Option<EbpfLogForwarder> {
+        self.logger.take()
+    }
+
+    /// The maps, shared with the data path.
+    #[must_use]
+    pub fn maps(&self) -> &Arc<MeshMaps> {
+        &self.maps
+    }
+
+    /// How many cgroup attachments were adopted from a previous agent.
+    #[must_use]
+    pub fn reused_cgroup_links(&self) -> usize {
+        self.reused_cgroup_links
+    }
+
+    /// The pin directory.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches `sk_lookup` to a pod's network namespace, or adopts the
+    /// attachment a previous agent pinned for the same namespace.
+    pub fn attach_sk_lookup(
+        &mut self,
+        netns: &File,
+        netns_cookie: u64,
+    ) -> Result<SkLookupAttachment, EbpfError> {
+        let path = self.sk_lookup_pin(netns_cookie);
+        if path.exists() {
+            return Ok(SkLookupAttachment {
+                link: adopt_link(&path)?,
+                path,
+                reused: true,
+            });
+        }
+        let name = program_names::SK_LOOKUP;
+        let program: &mut SkLookup = program_mut(&mut self.bpf, name)?;
+        let id = program.attach(netns).map_err(|source| EbpfError::Program {
+            action: "attach",
+            name,
+            source,
+        })?;
+        let link = program.take_link(id).map_err(|source| EbpfError::Program {
+            action: "attach",
+            name,
+            source,
+        })?;
+        let link = FdLink::from(link);
+        Ok(SkLookupAttachment {
+            link: pin_link(link, &path)?,
+            path,
+            reused: false,
+        })
+    }
+
+    /// Pinned `sk_lookup` attachments whose netns cookie is not in `keep`:
+    /// left by a previous agent for pods that are gone. They are detached.
+    pub fn remove_stale_sk_lookups(&self, keep: &[u64]) -> Vec<u64> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.pin_dir.join("links")) else {
+            return removed;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(cookie) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("sk_lookup_"))
+                .and_then(|c| c.parse().ok())
+            else {
+                continue;
+            };
+            if keep.contains(&cookie) {
+                continue;
+            }
+            match adopt_link(&entry.path()) {
+                Ok(link) => {
+                    if let Err(error) = (SkLookupAttachment {
+                        link,
+                        path: entry.path(),
+                        reused: true,
+                    })
+                    .detach()
+                    {
+                        tracing::warn!(%error, "cannot remove a stale sk_lookup attachment");
+                    } else {
+                        removed.push(cookie);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot adopt a stale sk_lookup attachment"),
+            }
+        }
+        removed
+    }
+
+    fn sk_lookup_pin(&self, netns_cookie: u64) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("sk_lookup_{netns_cookie}"))
+    }
+
+    /// Detaches everything and removes the pins (a normal exit).
+    pub fn detach_and_unpin(self) {
+        let Self {
+            bpf,
+            pin_dir,
+            cgroup_links,
+            maps,
+            ..
+        } = self;
+        for link in cgroup_links {
+            if let Err(error) = link.unpin() {
+                tracing::warn!(%error, "cannot unpin a cgroup link");
+            }
+        }
+        drop(maps);
+        drop(bpf);
+        // sk_lookup links of pods still enrolled are removed with their
+        // enrollments; whatever is left here belonged to no live pod.
+        for sub in ["links", "maps"] {
+            if let Ok(entries) = std::fs::read_dir(pin_dir.join(sub)) {
+                for entry in entries.flatten() {
+                    if let Err(error) = std::fs::remove_file(entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), %error, "cannot remove pin");
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(pin_dir.join(sub));
+        }
+        let _ = std::fs::remove_dir(&pin_dir);
+        tracing::info!(pin_dir = %pin_dir.display(), "eBPF programs detached and unpinned");
+    }
+
+    /// Leaves every attachment and map pinned for the next agent (an upgrade).
+    pub fn keep_for_upgrade(self) {
+        tracing::info!(pin_dir = %self.pin_dir.display(), "eBPF programs left attached and pinned for the next agent");
+    }
+}
+
+// === impl EbpfLogForwarder ===
+
+impl EbpfLogForwarder {
+    /// Forwards records as they arrive, until the task is dropped.
+    pub async fn run(self) {
+        let Ok(mut ready) = crate::sys::async_readable(self.0) else {
+            tracing::debug!("cannot poll the eBPF log buffer; eBPF logs are off");
+            return;
+        };
+        loop {
+            let Ok(mut guard) = ready.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }
+}
+
+// === impl SkLookupAttachment ===
+
+impl SkLookupAttachment {
+    /// Whether this attachment was adopted from a previous agent.
+    #[must_use]
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Detaches `sk_lookup` from the namespace and removes the pin.
+    pub fn detach(self) -> Result<(), EbpfError> {
+        let link = self.link.unpin().map_err(|source| EbpfError::Link {
+            action: "unpin",
+            path: self.path.clone(),
+            source: Box::new(source),
+        })?;
+        // Dropping the last descriptor of an unpinned link detaches it.
+        drop(link);
+        Ok(())
+    }
+}
+
+fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
+    let mut probe = pin_dir.to_owned();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let stat = crate::sys::statfs_type(&probe).map_err(|source| EbpfError::PinDir {
+        dir: probe.clone(),
+        source,
+    })?;
+    if stat != BPF_FS_MAGIC {
+        return Err(EbpfError::NotBpffs {
+            dir: pin_dir.to_owned(),
+            mount: probe,
+        });
+    }
+    for sub in ["maps", "links"] {
+        std::fs::create_dir_all(pin_dir.join(sub)).map_err(|source| EbpfError::PinDir {
+            dir: pin_dir.join(sub),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn program_mut<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = bpf.program_mut(name).ok_or(EbpfError::MissingProgram {
+        name,
+        source: ProgramError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    program
+        .try_into()
+        .map_err(|source| EbpfError::MissingProgram { name, source })
+}
+
+fn load_program(bpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
+    let program = bpf.program_mut(name).ok_or(EbpfError::MissingProgram {
+        name,
+        source: ProgramError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    let result = match program {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::SkLookup(p) => p.load(),
+        other => {
+            return Err(EbpfError::MissingProgram {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            })
+            .inspect_err(|_| tracing::error!(kind = ?other.prog_type(), "unexpected program type"));
+        }
+    };
+    result.map_err(|source| EbpfError::Program {
+        action: "load",
+        name,
+        source,
+    })
+}
+
+/// Loads a cgroup program, attaches it to `cgroup` and pins the link at `path`.
+fn attach_to_cgroup(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    path: &Path,
+) -> Result<PinnedLink, EbpfError> {
+    load_program(bpf, name)?;
+    let attach_error = |source| EbpfError::Program {
+        action: "attach",
+        name,
+        source,
+    };
+    let link_error = |action, source: Box<dyn std::error::Error + Send + Sync>| EbpfError::Link {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    // AllowMultiple: other agents (a CNI, a profiler) may attach to the same
+    // cgroup; ambit must coexist with them rather than demand exclusivity.
+    let mode = CgroupAttachMode::AllowMultiple;
+    let program = bpf.program_mut(name).expect("loaded just above");
+    let link = match program {
+        Program::CgroupSockAddr(p) => {
+            let id = p.attach(cgroup, mode).map_err(attach_error)?;
+            FdLink::try_from(p.take_link(id).map_err(attach_error)?)
+        }
+        Program::SockOps(p) => {
+            let id = p.attach(cgroup, mode).map_err(attach_error)?;
+            FdLink::try_from(p.take_link(id).map_err(attach_error)?)
+        }
+        Program::CgroupSockopt(p) => {
+            // aya 0.14 cannot hand out this program's link, so it is created
+            // and pinned directly, then adopted like every other pin.
+            let program_fd = p.fd().map_err(attach_error)?;
+            let link = crate::sys::bpf_link_create_cgroup(
+                program_fd.as_fd(),
+                cgroup.as_fd(),
+                crate::sys::BPF_CGROUP_GETSOCKOPT,
+            )
+            .map_err(|e| {
+                attach_error(ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_link_create",
+                    io_error: e,
+                }))
+            })?;
+            crate::sys::bpf_obj_pin(link.as_fd(), path)
+                .map_err(|e| link_error("pin", Box::new(e)))?;
+            return adopt_link(path);
+        }
+        _ => {
+            return Err(EbpfError::MissingProgram {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            });
+        }
+    };
+    let link = link.map_err(|e| link_error("convert", Box::new(e)))?;
+    pin_link(link, path)
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, EbpfError> {
+    link.pin(path).map_err(|source| EbpfError::Link {
+        action: "pin",
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn adopt_link(path: &Path) -> Result<PinnedLink, EbpfError> {
+    PinnedLink::from_pin(path).map_err(|source| EbpfError::Link {
+        action: "adopt",
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// Names of program types for error messages.
+fn program_type_name(program_type: ProgramType) -> &'static str {
+    match program_type {
+        ProgramType::CgroupSockAddr => "BPF_PROG_TYPE_CGROUP_SOCK_ADDR",
+        ProgramType::SockOps => "BPF_PROG_TYPE_SOCK_OPS",
+        ProgramType::CgroupSockopt => "BPF_PROG_TYPE_CGROUP_SOCKOPT",
+        ProgramType::SkLookup => "BPF_PROG_TYPE_SK_LOOKUP",
+        _ => "an eBPF program type",
+    }
+}

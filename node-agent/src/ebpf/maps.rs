@@ -1,0 +1,150 @@
+//! Typed wrappers over the pinned maps. The data path calls these; it never
+//! sees an aya type.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+};
+use mesh_ebpf_common::{
+    EnrolledNetns, InboundListenerKey, OriginalDst, SocketTuple, counters, map_names,
+};
+
+use super::EbpfError;
+
+/// A failed map operation.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} in eBPF map {map}: {source}")]
+pub struct MapOpError {
+    action: &'static str,
+    map: &'static str,
+    source: MapError,
+}
+
+/// The maps the agent reads and writes while running.
+pub struct MeshMaps {
+    enrolled: Mutex<HashMap<MapData, u64, EnrolledNetns>>,
+    original_dst: Mutex<HashMap<MapData, SocketTuple, OriginalDst>>,
+    inbound_listeners: Mutex<SockHash<MapData, InboundListenerKey>>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+// === impl MeshMaps ===
+
+impl MeshMaps {
+    pub(super) fn take_from(bpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            bpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, EbpfError> {
+            let map = bpf.take_map(name).ok_or(EbpfError::Map {
+                name,
+                source: MapError::InvalidName {
+                    name: name.to_owned(),
+                },
+            })?;
+            T::try_from(map).map_err(|source| EbpfError::Map { name, source })
+        }
+        Ok(Self {
+            enrolled: Mutex::new(take(bpf, map_names::ENROLLED_NETNS)?),
+            original_dst: Mutex::new(take(bpf, map_names::ORIG_DST_BY_TUPLE)?),
+            inbound_listeners: Mutex::new(take(bpf, map_names::INBOUND_LISTENERS)?),
+            counters: take(bpf, map_names::COUNTERS)?,
+        })
+    }
+
+    /// Turns capture on for the network namespace with this cookie.
+    pub fn enroll_netns(&self, netns_cookie: u64) -> Result<(), MapOpError> {
+        lock(&self.enrolled)
+            .insert(netns_cookie, EnrolledNetns::default(), 0)
+            .map_err(|source| MapOpError {
+                action: "insert",
+                map: map_names::ENROLLED_NETNS,
+                source,
+            })
+    }
+
+    /// Turns capture off for the network namespace with this cookie.
+    pub fn unenroll_netns(&self, netns_cookie: u64) -> Result<(), MapOpError> {
+        ignore_missing(lock(&self.enrolled).remove(&netns_cookie)).map_err(|source| MapOpError {
+            action: "remove",
+            map: map_names::ENROLLED_NETNS,
+            source,
+        })
+    }
+
+    /// Cookies of every enrolled network namespace.
+    #[must_use]
+    pub fn enrolled_netns(&self) -> Vec<u64> {
+        lock(&self.enrolled).keys().filter_map(Result::ok).collect()
+    }
+
+    /// Takes (reads and deletes) the original destination recorded for an
+    /// application socket with this tuple.
+    #[must_use]
+    pub fn take_original_dst(&self, tuple: &SocketTuple) -> Option<SocketAddr> {
+        let mut map = lock(&self.original_dst);
+        let original = map.get(tuple, 0).ok()?;
+        let _ = map.remove(tuple);
+        original.socket_addr()
+    }
+
+    /// Makes `listener` the inbound listener for connections to `pod_ip`.
+    pub fn register_inbound_listener(
+        &self,
+        pod_ip: IpAddr,
+        listener: &impl AsRawFd,
+    ) -> Result<(), MapOpError> {
+        lock(&self.inbound_listeners)
+            .insert(InboundListenerKey::new(pod_ip), listener.as_raw_fd(), 0)
+            .map_err(|source| MapOpError {
+                action: "insert",
+                map: map_names::INBOUND_LISTENERS,
+                source,
+            })
+    }
+
+    /// Forgets the inbound listener for `pod_ip`.
+    pub fn unregister_inbound_listener(&self, pod_ip: IpAddr) -> Result<(), MapOpError> {
+        ignore_missing(lock(&self.inbound_listeners).remove(&InboundListenerKey::new(pod_ip)))
+            .map_err(|source| MapOpError {
+                action: "remove",
+                map: map_names::INBOUND_LISTENERS,
+                source,
+            })
+    }
+
+    /// Every eBPF counter, summed over CPUs, with its name.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, MapOpError> {
+        (0..counters::COUNT)
+            .map(|index| {
+                let per_cpu = self.counters.get(&index, 0).map_err(|source| MapOpError {
+                    action: "read",
+                    map: map_names::COUNTERS,
+                    source,
+                })?;
+                Ok((counters::NAMES[index as usize], per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a map lock leaves the map itself consistent (the
+    // kernel owns it), so a poisoned lock is safe to keep using.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,343 @@
+//! Pod enrollment: turning a pod's network namespace into a meshed one, and
+//! back.
+//!
+//! Enrolling a pod, in this order so capture never points at nothing:
+//! 1. on a worker thread inside the pod's namespace: open the outbound
+//!    (15001) and inbound (15006) listeners with the mesh mark, read the
+//!    namespace cookie, install the return path (`crate::routing`);
+//! 2. attach `sk_lookup` to the namespace and register the inbound listener
+//!    under each pod address;
+//! 3. start the pod's proxies on the data-path runtime;
+//! 4. add the namespace cookie to the enrolled map: `connect4/6` start
+//!    capturing.
+//!
+//! Un-enrolling undoes it in reverse. Connections already proxied finish.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use mesh_core::workload::Pod;
+use mesh_ebpf_common::{INBOUND_PLAINTEXT_PORT, MESH_MARK, OUTBOUND_PORT};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ebpf::{EbpfError, MeshEbpf, SkLookupAttachment, maps::MapOpError},
+    netns::{Netns, NetnsError, NetnsSwitch},
+    proxy::{Inbound, Outbound, PodContext},
+    routing::{self, Families, RoutingError},
+    stats::PodStats,
+};
+
+pub mod reconcile;
+
+/// Why a pod could not be enrolled or un-enrolled.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The pod's network namespace could not be opened or entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A listener could not be opened inside the pod.
+    #[error(
+        "cannot listen on {addr} inside the pod: {source} (is another process using the port?)"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The namespace cookie could not be read.
+    #[error("cannot read the pod's network namespace cookie (needs Linux 5.14+): {0}")]
+    NetnsCookie(#[source] std::io::Error),
+    /// The return path could not be installed or removed.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// An eBPF attachment failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// An eBPF map refused an update.
+    #[error(transparent)]
+    Map(#[from] MapOpError),
+}
+
+/// A pod that is enrolled: its attachments, its proxies and its counters.
+pub struct PodEnrollment {
+    /// The pod as configured.
+    pub pod: Pod,
+    /// The pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// The pod's traffic counters.
+    pub stats: Arc<PodStats>,
+    /// Whether the `sk_lookup` attachment was adopted from a previous agent.
+    pub reused_attachment: bool,
+    netns: Arc<Netns>,
+    sk_lookup: SkLookupAttachment,
+    cancel: CancellationToken,
+    families: Families,
+}
+
+/// Enrolls and un-enrolls pods.
+pub struct Enroller {
+    ebpf: MeshEbpf,
+    home_netns: Arc<Netns>,
+    data_plane: tokio::runtime::Handle,
+    connect_timeout: Duration,
+}
+
+/// The sockets opened inside a pod at enrollment.
+struct PodSockets {
+    netns_cookie: u64,
+    outbound: Vec<std::net::TcpListener>,
+    inbound: Vec<(Family, std::net::TcpListener)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+// === impl Enroller ===
+
+impl Enroller {
+    /// An enroller that starts proxies on `data_plane`.
+    #[must_use]
+    pub fn new(
+        ebpf: MeshEbpf,
+        home_netns: Arc<Netns>,
+        data_plane: tokio::runtime::Handle,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            ebpf,
+            home_netns,
+            data_plane,
+            connect_timeout,
+        }
+    }
+
+    /// The eBPF state, for inspection.
+    #[must_use]
+    pub fn ebpf(&self) -> &MeshEbpf {
+        &self.ebpf
+    }
+
+    /// Enrolls a pod. On error nothing of the pod is left behind.
+    pub fn enroll(&mut self, pod: &Pod) -> Result<PodEnrollment, EnrollError> {
+        let netns = Arc::new(Netns::open(&pod.netns)?);
+        let families = Families {
+            v4: pod.ips.iter().any(IpAddr::is_ipv4),
+            v6: pod.ips.iter().any(IpAddr::is_ipv6),
+        };
+        let sockets = netns.run_on_worker(|| open_pod_sockets(families))??;
+        let netns_cookie = sockets.netns_cookie;
+        let sk_lookup = match self.ebpf.attach_sk_lookup(netns.file(), netns_cookie) {
+            Ok(attachment) => attachment,
+            Err(error) => {
+                remove_return_path(&netns, families);
+                return Err(error.into());
+            }
+        };
+        let reused_attachment = sk_lookup.reused();
+        let maps = self.ebpf.maps().clone();
+        let mut enrollment = PodEnrollment {
+            pod: pod.clone(),
+            netns_cookie,
+            stats: Arc::new(PodStats::default()),
+            reused_attachment,
+            netns: netns.clone(),
+            sk_lookup,
+            cancel: CancellationToken::new(),
+            families,
+        };
+        if let Err(error) = self.start(&mut enrollment, sockets) {
+            self.teardown(enrollment);
+            return Err(error);
+        }
+        tracing::info!(pod = %pod.key(), netns = %pod.netns.display(), netns_cookie, reused_attachment, "pod enrolled");
+        let _ = maps;
+        Ok(enrollment)
+    }
+
+    fn start(
+        &self,
+        enrollment: &mut PodEnrollment,
+        sockets: PodSockets,
+    ) -> Result<(), EnrollError> {
+        let maps = self.ebpf.maps();
+        for ip in &enrollment.pod.ips {
+            let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+            if let Some((_, listener)) = sockets.inbound.iter().find(|(f, _)| *f == family) {
+                maps.register_inbound_listener(*ip, listener)?;
+            }
+        }
+        let context = Arc::new(PodContext {
+            pod: enrollment.pod.key(),
+            netns_cookie: enrollment.netns_cookie,
+            sockets: NetnsSwitch::new(enrollment.netns.clone(), self.home_netns.clone()),
+            maps: maps.clone(),
+            stats: enrollment.stats.clone(),
+            connect_timeout: self.connect_timeout,
+        });
+        let _runtime = self.data_plane.enter();
+        let to_tokio = |listener: std::net::TcpListener| {
+            let addr = listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| EnrollError::Listen { addr, source })
+        };
+        let outbound = sockets
+            .outbound
+            .into_iter()
+            .map(to_tokio)
+            .collect::<Result<Vec<_>, _>>()?;
+        let inbound = sockets
+            .inbound
+            .into_iter()
+            .map(|(_, l)| to_tokio(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.data_plane
+            .spawn(Outbound::new(context.clone(), outbound, enrollment.cancel.clone()).run());
+        self.data_plane
+            .spawn(Inbound::new(context, inbound, enrollment.cancel.clone()).run());
+        maps.enroll_netns(enrollment.netns_cookie)?;
+        Ok(())
+    }
+
+    /// Un-enrolls a pod: capture off, proxies stopped, attachments and the
+    /// return path removed. Problems are logged; the pod is gone either way.
+    pub fn unenroll(&mut self, enrollment: PodEnrollment) {
+        let key = enrollment.pod.key();
+        self.teardown(enrollment);
+        tracing::info!(pod = %key, "pod un-enrolled");
+    }
+
+    fn teardown(&mut self, enrollment: PodEnrollment) {
+        let maps = self.ebpf.maps();
+        let key = enrollment.pod.key();
+        if let Err(error) = maps.unenroll_netns(enrollment.netns_cookie) {
+            tracing::warn!(pod = %key, %error, "cannot turn capture off");
+        }
+        enrollment.cancel.cancel();
+        for ip in &enrollment.pod.ips {
+            if let Err(error) = maps.unregister_inbound_listener(*ip) {
+                tracing::warn!(pod = %key, %error, "cannot unregister the inbound listener");
+            }
+        }
+        if let Err(error) = enrollment.sk_lookup.detach() {
+            tracing::warn!(pod = %key, %error, "cannot detach sk_lookup");
+        }
+        remove_return_path(&enrollment.netns, enrollment.families);
+    }
+
+    /// Stops the pod's proxies but leaves capture and attachments in place
+    /// for the next agent (an upgrade).
+    pub fn release_for_upgrade(enrollment: PodEnrollment) {
+        enrollment.cancel.cancel();
+    }
+
+    /// Removes capture and `sk_lookup` attachments a previous agent left for
+    /// namespaces that are not enrolled now.
+    pub fn remove_stale(&self, enrolled: &[u64]) {
+        let maps = self.ebpf.maps();
+        for cookie in maps.enrolled_netns() {
+            if !enrolled.contains(&cookie) {
+                match maps.unenroll_netns(cookie) {
+                    Ok(()) => tracing::info!(
+                        netns_cookie = cookie,
+                        "removed stale capture of a pod no longer configured"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(netns_cookie = cookie, %error, "cannot remove stale capture")
+                    }
+                }
+            }
+        }
+        for cookie in self.ebpf.remove_stale_sk_lookups(enrolled) {
+            tracing::info!(netns_cookie = cookie, "removed stale sk_lookup attachment");
+        }
+    }
+
+    /// Gives the eBPF state back for shutdown.
+    #[must_use]
+    pub fn into_ebpf(self) -> MeshEbpf {
+        self.ebpf
+    }
+}
+
+fn remove_return_path(netns: &Netns, families: Families) {
+    match netns.run_on_worker(|| routing::remove(families)) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(netns = %netns.path().display(), %error, "cannot remove the return path")
+        }
+        Err(error) => tracing::warn!(%error, "cannot remove the return path"),
+    }
+}
+
+/// Runs inside the pod's namespace.
+fn open_pod_sockets(families: Families) -> Result<PodSockets, EnrollError> {
+    let mut outbound = Vec::new();
+    let mut inbound = Vec::new();
+    if families.v4 {
+        outbound.push(mesh_listener(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            OUTBOUND_PORT,
+        )))?);
+        inbound.push((
+            Family::V4,
+            mesh_listener(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                INBOUND_PLAINTEXT_PORT,
+            )))?,
+        ));
+    }
+    if families.v6 {
+        outbound.push(mesh_listener(SocketAddr::from((
+            Ipv6Addr::LOCALHOST,
+            OUTBOUND_PORT,
+        )))?);
+        inbound.push((
+            Family::V6,
+            mesh_listener(SocketAddr::from((
+                Ipv6Addr::UNSPECIFIED,
+                INBOUND_PLAINTEXT_PORT,
+            )))?,
+        ));
+    }
+    let any = outbound
+        .first()
+        .ok_or(EnrollError::NetnsCookie(std::io::Error::other(
+            "the pod has no addresses",
+        )))?;
+    let netns_cookie = crate::sys::netns_cookie(std::os::fd::AsFd::as_fd(any))
+        .map_err(EnrollError::NetnsCookie)?;
+    routing::install(families)?;
+    Ok(PodSockets {
+        netns_cookie,
+        outbound,
+        inbound,
+    })
+}
+
+fn mesh_listener(addr: SocketAddr) -> Result<std::net::TcpListener, EnrollError> {
+    let open = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // The mark comes first: bind4/6 only lets marked sockets take mesh ports.
+        socket.set_mark(MESH_MARK)?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    open().map_err(|source| EnrollError::Listen { addr, source })
+}

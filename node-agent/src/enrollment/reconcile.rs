@@ -1,0 +1,263 @@
+//! Keeps the enrolled pods equal to the latest configuration snapshot, and
+//! publishes every pod's state for the admin API.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use mesh_core::{
+    local_config::LocalSnapshot,
+    workload::{Pod, PodKey},
+};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Enroller, PodEnrollment};
+use crate::stats::{PodStats, PodStatsSnapshot};
+
+/// How often pods that failed to enroll are tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Where a pod stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodState {
+    /// Captured and proxied.
+    Enrolled,
+    /// Enrollment failed; retried every [`RETRY_INTERVAL`].
+    Failed,
+    /// The configuration entry itself is invalid; fix the file.
+    Rejected,
+}
+
+/// One pod's state, as the admin API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Service account.
+    pub service_account: Option<String>,
+    /// Addresses.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Network namespace path.
+    pub netns: Option<PathBuf>,
+    /// State.
+    pub state: PodState,
+    /// Why the pod is not enrolled.
+    pub error: Option<String>,
+    /// Network namespace cookie, when enrolled.
+    pub netns_cookie: Option<u64>,
+    /// Traffic counters, when enrolled.
+    pub traffic: Option<PodStatsSnapshot>,
+    #[serde(skip)]
+    stats: Option<Arc<PodStats>>,
+}
+
+/// Every pod's state, shared with the admin API.
+#[derive(Debug, Default)]
+pub struct PodStatusBoard {
+    pods: RwLock<Vec<PodStatus>>,
+}
+
+enum Entry {
+    Enrolled(PodEnrollment),
+    Failed { pod: Pod, error: String },
+}
+
+/// Drives enrollment from configuration snapshots.
+pub struct Reconciler {
+    enroller: Enroller,
+    entries: BTreeMap<PodKey, Entry>,
+    board: Arc<PodStatusBoard>,
+    cleaned_stale: bool,
+}
+
+// === impl PodStatusBoard ===
+
+impl PodStatusBoard {
+    /// Every pod with live counters.
+    #[must_use]
+    pub fn pods(&self) -> Vec<PodStatus> {
+        let pods = self
+            .pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pods.iter()
+            .map(|p| PodStatus {
+                traffic: p.stats.as_ref().map(|s| s.snapshot()),
+                ..p.clone()
+            })
+            .collect()
+    }
+
+    fn publish(&self, pods: Vec<PodStatus>) {
+        *self
+            .pods
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pods;
+    }
+}
+
+// === impl Reconciler ===
+
+impl Reconciler {
+    /// A reconciler over `enroller` publishing to `board`.
+    #[must_use]
+    pub fn new(enroller: Enroller, board: Arc<PodStatusBoard>) -> Self {
+        Self {
+            enroller,
+            entries: BTreeMap::new(),
+            board,
+            cleaned_stale: false,
+        }
+    }
+
+    /// Follows `snapshots` until `shutdown`, then un-enrolls every pod (or,
+    /// with `keep_state`, leaves capture in place) and hands the enroller back.
+    pub async fn run(
+        mut self,
+        mut snapshots: watch::Receiver<Arc<LocalSnapshot>>,
+        shutdown: CancellationToken,
+        keep_state: bool,
+    ) -> Enroller {
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            self.reconcile(&snapshot);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = snapshots.changed() => if changed.is_err() { break },
+                _ = retry.tick() => {}
+            }
+        }
+        for (key, entry) in std::mem::take(&mut self.entries) {
+            if let Entry::Enrolled(enrollment) = entry {
+                if keep_state {
+                    Enroller::release_for_upgrade(enrollment);
+                } else {
+                    self.enroller.unenroll(enrollment);
+                }
+                tracing::debug!(pod = %key, keep_state, "pod released at shutdown");
+            }
+        }
+        self.enroller
+    }
+
+    /// Brings the enrolled pods in line with `snapshot`.
+    pub fn reconcile(&mut self, snapshot: &LocalSnapshot) {
+        let desired: BTreeMap<PodKey, &Pod> = snapshot.pods.iter().map(|p| (p.key(), p)).collect();
+        let stale: Vec<PodKey> = self
+            .entries
+            .iter()
+            .filter(|(key, entry)| desired.get(*key).is_none_or(|pod| *pod != entry.pod()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(Entry::Enrolled(enrollment)) = self.entries.remove(&key) {
+                self.enroller.unenroll(enrollment);
+            }
+        }
+        for (key, pod) in &desired {
+            if matches!(self.entries.get(key), Some(Entry::Enrolled(_))) {
+                continue;
+            }
+            let previous_error = match self.entries.get(key) {
+                Some(Entry::Failed { error, .. }) => Some(error.clone()),
+                _ => None,
+            };
+            let entry = match self.enroller.enroll(pod) {
+                Ok(enrollment) => Entry::Enrolled(enrollment),
+                Err(error) => {
+                    let error = error.to_string();
+                    if previous_error.as_ref() != Some(&error) {
+                        tracing::error!(pod = %key, netns = %pod.netns.display(), %error, "cannot enroll pod; will retry");
+                    }
+                    Entry::Failed {
+                        pod: (*pod).clone(),
+                        error,
+                    }
+                }
+            };
+            self.entries.insert(key.clone(), entry);
+        }
+        for rejected in &snapshot.rejected {
+            tracing::warn!(pod = %rejected.pod, entry = rejected.entry, reason = %rejected.reason, "config entry rejected");
+        }
+        if !self.cleaned_stale {
+            let enrolled: Vec<u64> = self.enrolled_cookies();
+            self.enroller.remove_stale(&enrolled);
+            self.cleaned_stale = true;
+        }
+        self.publish(snapshot);
+    }
+
+    fn enrolled_cookies(&self) -> Vec<u64> {
+        self.entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Enrolled(enrollment) => Some(enrollment.netns_cookie),
+                Entry::Failed { .. } => None,
+            })
+            .collect()
+    }
+
+    fn publish(&self, snapshot: &LocalSnapshot) {
+        let mut pods: Vec<PodStatus> = self.entries.values().map(Entry::status).collect();
+        pods.extend(snapshot.rejected.iter().map(|r| PodStatus {
+            namespace: r.pod.namespace.clone(),
+            name: r.pod.name.clone(),
+            service_account: None,
+            ips: Vec::new(),
+            netns: None,
+            state: PodState::Rejected,
+            error: Some(r.reason.clone()),
+            netns_cookie: None,
+            traffic: None,
+            stats: None,
+        }));
+        self.board.publish(pods);
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    fn pod(&self) -> &Pod {
+        match self {
+            Entry::Enrolled(enrollment) => &enrollment.pod,
+            Entry::Failed { pod, .. } => pod,
+        }
+    }
+
+    fn status(&self) -> PodStatus {
+        let pod = self.pod();
+        let (state, error, netns_cookie, stats) = match self {
+            Entry::Enrolled(e) => (
+                PodState::Enrolled,
+                None,
+                Some(e.netns_cookie),
+                Some(e.stats.clone()),
+            ),
+            Entry::Failed { error, .. } => (PodState::Failed, Some(error.clone()), None, None),
+        };
+        PodStatus {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            service_account: Some(pod.service_account.clone()),
+            ips: pod.ips.clone(),
+            netns: Some(pod.netns.clone()),
+            state,
+            error,
+            netns_cookie,
+            traffic: None,
+            stats,
+        }
+    }
+}

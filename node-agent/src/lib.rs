@@ -1,0 +1,22 @@
+//! ambit's node agent: loads the eBPF programs that capture enrolled pods'
+//! traffic, enrolls pods, and proxies their connections.
+//!
+//! - [`agent`]: start-up, runtimes, shutdown
+//! - [`config`]: settings from flags and `AMBIT_*` variables
+//! - [`ebpf`]: loading, pinning and attaching the programs; typed maps
+//! - [`enrollment`]: making a pod's network namespace meshed, and back
+//! - [`proxy`]: the outbound and inbound L4 proxies
+//! - [`routing`]: the in-pod return path for transparent inbound connections
+//! - [`admin`]: the JSON admin API
+
+pub mod admin;
+pub mod agent;
+pub mod config;
+pub mod ebpf;
+pub mod enrollment;
+pub mod local_source;
+pub mod netns;
+pub mod proxy;
+pub mod routing;
+pub mod stats;
+mod sys;

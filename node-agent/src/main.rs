@@ -1,0 +1,26 @@
+//! `ambit-node-agent`: see the library's docs.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use node_agent::config::{Config, LogFormat, env};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    match node_agent::agent::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "ambit node agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}

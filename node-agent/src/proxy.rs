@@ -1,0 +1,211 @@
+//! The L4 proxy: one outbound and one inbound proxy per enrolled pod, each
+//! listening inside the pod's network namespace. This data path is
+//! plaintext; mTLS (HBONE) slots in between `accept` and `relay`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use mesh_core::workload::PodKey;
+use mesh_ebpf_common::MESH_MARK;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    io::copy_bidirectional,
+    net::{TcpListener, TcpSocket, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::{
+    ebpf::MeshMaps,
+    netns::{NetnsError, NetnsSwitch},
+    stats::{PodStats, TrafficStats},
+};
+
+pub mod inbound;
+pub mod outbound;
+
+pub use inbound::Inbound;
+pub use outbound::Outbound;
+
+/// Why a proxied connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The eBPF map had no original destination for an accepted connection.
+    #[error(
+        "no original destination recorded for the connection from {client} (was it redirected by ambit's connect hook?)"
+    )]
+    NoOriginalDst {
+        /// The application's address.
+        client: SocketAddr,
+    },
+    /// A connection addressed to a mesh port reached the inbound proxy.
+    #[error("refusing to proxy a connection addressed to the mesh port {0} (it would loop)")]
+    MeshPort(SocketAddr),
+    /// The upstream socket could not be created in the pod's namespace.
+    #[error("cannot create the upstream socket in the pod's network namespace: {0}")]
+    Socket(#[source] std::io::Error),
+    /// Entering the pod's namespace failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The upstream did not answer in time.
+    #[error("connecting to {0} timed out (is the destination up? does a NetworkPolicy drop it?)")]
+    ConnectTimeout(SocketAddr),
+    /// The upstream refused or was unreachable.
+    #[error("cannot connect to {dst}: {source}")]
+    Connect {
+        /// The destination.
+        dst: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Relaying bytes failed.
+    #[error("relaying bytes failed: {0}")]
+    Relay(#[source] std::io::Error),
+}
+
+/// What each proxy of one pod shares.
+pub struct PodContext {
+    /// The pod's namespace/name.
+    pub pod: PodKey,
+    /// The pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// Creates sockets inside the pod's network namespace.
+    pub sockets: NetnsSwitch,
+    /// The eBPF maps.
+    pub maps: Arc<MeshMaps>,
+    /// The pod's counters.
+    pub stats: Arc<PodStats>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+}
+
+// === impl PodContext ===
+
+impl PodContext {
+    /// Connects to `dst` from inside the pod, with the mesh mark so that the
+    /// connection is not captured again. With `source`, binds that address
+    /// first (transparently: it may be a foreign address).
+    pub async fn connect_upstream(
+        &self,
+        dst: SocketAddr,
+        source: Option<SocketAddr>,
+    ) -> Result<TcpStream, ProxyError> {
+        let socket = self
+            .sockets
+            .run(|| mesh_socket(dst, source))?
+            .map_err(ProxyError::Socket)?;
+        let connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst));
+        let stream = connect
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(dst))?
+            .map_err(|source| ProxyError::Connect { dst, source })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// A TCP socket of the family of `dst`, marked, non-blocking, optionally
+/// bound to `source` with `IP_TRANSPARENT`. Runs inside the pod's namespace.
+fn mesh_socket(dst: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpSocket> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_mark(MESH_MARK)?;
+    socket.set_nonblocking(true)?;
+    if let Some(source) = source {
+        if source.is_ipv4() {
+            socket.set_ip_transparent_v4(true)?;
+        } else {
+            crate::sys::set_ipv6_transparent(std::os::fd::AsFd::as_fd(&socket))?;
+        }
+        socket.bind(&source.into())?;
+    }
+    Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(
+        socket,
+    )))
+}
+
+/// Which way a proxy carries traffic, for logs and counters.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// From the pod to a destination.
+    Outbound,
+    /// From a client to the pod.
+    Inbound,
+}
+
+/// Accepts on every listener until cancelled, handing each connection to
+/// `forward` on its own task with its own span. Connections in flight finish
+/// on their own after cancellation.
+pub async fn serve<F, Fut>(
+    context: Arc<PodContext>,
+    listeners: Vec<TcpListener>,
+    cancel: CancellationToken,
+    direction: Direction,
+    forward: F,
+) where
+    F: Fn(Arc<PodContext>, TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(SocketAddr, u64, u64), ProxyError>> + Send + 'static,
+{
+    let mut accepts = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (context, cancel, forward) = (context.clone(), cancel.clone(), forward.clone());
+        accepts.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, client) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Usually EMFILE; back off briefly rather than spin.
+                        tracing::warn!(pod = %context.pod, ?direction, %error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let stats = context.stats.direction(direction);
+                stats.opened();
+                let span = match direction {
+                    Direction::Outbound => tracing::info_span!("outbound", pod = %context.pod, %client, dst = tracing::field::Empty),
+                    Direction::Inbound => tracing::info_span!("inbound", pod = %context.pod, %client, dst = tracing::field::Empty),
+                };
+                let work = forward(context.clone(), stream, client);
+                let context = context.clone();
+                tokio::spawn(
+                    async move {
+                        match work.await {
+                            Ok((dst, sent, received)) => tracing::info!(%dst, sent, received, "connection closed"),
+                            Err(error) => {
+                                if !matches!(error, ProxyError::Relay(_)) {
+                                    context.stats.direction(direction).closed(0, 0, true);
+                                }
+                                tracing::warn!(%error, "connection failed");
+                            }
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        });
+    }
+    while accepts.join_next().await.is_some() {}
+}
+
+/// Copies both ways until both sides are done, passing each half-close on,
+/// and counts the bytes. Returns an error only for I/O failures.
+pub async fn relay(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    stats: &TrafficStats,
+) -> Result<(u64, u64), ProxyError> {
+    let _ = client.set_nodelay(true);
+    match copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((sent, received)) => {
+            stats.closed(sent, received, false);
+            Ok((sent, received))
+        }
+        Err(error) => {
+            stats.closed(0, 0, true);
+            Err(ProxyError::Relay(error))
+        }
+    }
+}

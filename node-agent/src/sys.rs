@@ -1,0 +1,180 @@
+//! The agent's few system calls that have no safe wrapper in its libraries:
+//! switching network namespaces, reading a socket's netns cookie, and
+//! `IPV6_TRANSPARENT`. Every unsafe block of the agent lives here.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+/// `SO_NETNS_COOKIE` (Linux 5.14+), not yet in every libc release.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+/// `NS_GET_NSTYPE` ioctl: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Moves the calling thread into the network namespace `netns`.
+pub fn setns_net(netns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns only reads the descriptor, which the borrow keeps open.
+    let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `fd` refers to a network namespace.
+pub fn is_network_namespace(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        // ENOTTY: not a namespace file at all.
+        return if err.raw_os_error() == Some(libc::ENOTTY) {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(rc == libc::CLONE_NEWNET)
+}
+
+/// The cookie of the network namespace a socket lives in: the value
+/// `bpf_get_netns_cookie()` returns for sockets there.
+pub fn netns_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len =
+        libc::socklen_t::try_from(std::mem::size_of::<u64>()).expect("8 fits in socklen_t");
+    // SAFETY: cookie and len are valid for writes of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets `IPV6_TRANSPARENT` so an IPv6 socket may bind a foreign address.
+pub fn set_ipv6_transparent(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("4 fits in socklen_t");
+    // SAFETY: on is valid for reads of len bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            (&raw const on).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `f_type` of the filesystem holding `path` (`statfs(2)`).
+pub fn statfs_type(path: &std::path::Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is valid for writes.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) };
+    if rc == 0 {
+        Ok(stat.f_type)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `BPF_OBJ_PIN` command of `bpf(2)`.
+const BPF_OBJ_PIN: libc::c_long = 6;
+/// `BPF_LINK_CREATE` command of `bpf(2)`.
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `BPF_CGROUP_GETSOCKOPT` from `enum bpf_attach_type`.
+pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+
+/// Creates a cgroup link (`BPF_LINK_CREATE`) for a loaded program. Used where
+/// aya 0.14 keeps the link to itself (cgroup/getsockopt), so it can be pinned.
+pub fn bpf_link_create_cgroup(
+    program: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // union bpf_attr, link_create member: prog_fd, target_fd, attach_type,
+    // flags; the rest stays zero. 128 bytes covers every member we use.
+    let mut attr = [0u32; 32];
+    attr[0] = u32::try_from(program.as_raw_fd())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    attr[1] = u32::try_from(cgroup.as_raw_fd())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    attr[2] = attach_type;
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd =
+        i32::try_from(fd).map_err(|_| io::Error::other("bpf() returned an out-of-range fd"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins a BPF object (`BPF_OBJ_PIN`) at `path` on a bpffs.
+pub fn bpf_obj_pin(object: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // union bpf_attr, obj member: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    attr[1] = u64::from(
+        u32::try_from(object.as_raw_fd())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+    );
+    // SAFETY: attr is a valid, zero-padded bpf_attr; c_path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Registers a descriptor-owning value with the tokio reactor for reads.
+pub fn async_readable<T: AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `inner` owns its descriptor and is moved into the AsyncFd, so
+    // the descriptor stays open and unchanged for the AsyncFd's lifetime.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}

@@ -1,0 +1,69 @@
+//! The JSON lines pod-tool prints, one object per line, tagged by `event`.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// Everything pod-tool reports.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum Event {
+    /// The listeners are bound; connections may come.
+    Listening { addrs: Vec<String> },
+    /// The server finished one connection.
+    Conn {
+        peer: String,
+        local: String,
+        bytes_in: u64,
+        bytes_out: u64,
+        error: Option<String>,
+    },
+    /// The client finished its exchange.
+    Sent {
+        local: String,
+        peer: String,
+        bytes_sent: u64,
+        bytes_received: u64,
+        echo_ok: bool,
+        millis: u64,
+        error: Option<String>,
+    },
+    /// A bind attempt's outcome.
+    Bind {
+        addr: String,
+        ok: bool,
+        errno: Option<i32>,
+        error: Option<String>,
+    },
+    /// What `SO_ORIGINAL_DST` said about an accepted connection.
+    OriginalDst {
+        peer: String,
+        local: String,
+        original_dst: Option<String>,
+        error: Option<String>,
+    },
+    /// Nothing could be done at all.
+    Error { error: String },
+}
+
+// === impl Event ===
+
+impl Event {
+    /// Prints the event as one JSON line and flushes, so a test sees it at once.
+    pub(crate) fn emit(&self) {
+        let line = serde_json::to_string(self).expect("events always serialize");
+        let mut stdout = std::io::stdout().lock();
+        // A test that stopped reading is no reason to crash mid-connection.
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+}
+
+/// Parses `0x539` or `1337`.
+pub(crate) fn parse_u32(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|error| format!("{text:?} is not a number (decimal or 0x hex): {error}"))
+}

@@ -1,0 +1,45 @@
+//! `pod-tool`: the workload that ambit's integration tests run inside pods.
+//!
+//! Every subcommand prints one JSON object per line on stdout, so tests can
+//! wait for `{"event":"listening"}` and read results without parsing prose.
+
+mod event;
+mod original_dst;
+mod send;
+mod serve;
+mod sys;
+mod try_bind;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Echo server: sends every byte back, half-closes after the peer does.
+    Serve(serve::Args),
+    /// Echo client: sends a byte pattern, half-closes, checks the echo.
+    Send(send::Args),
+    /// Tries to bind a TCP listener and reports whether it worked.
+    TryBind(try_bind::Args),
+    /// Accepts one connection on a marked socket and reports `SO_ORIGINAL_DST`.
+    OriginalDstProxy(original_dst::Args),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => serve::run(&args),
+        Command::Send(args) => send::run(&args),
+        Command::TryBind(args) => try_bind::run(&args),
+        Command::OriginalDstProxy(args) => original_dst::run(&args),
+    }
+}

@@ -1,0 +1,40 @@
+//! The crate's only unsafe code: moving a freshly forked child into a cgroup
+//! and a network namespace before it executes the program.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Makes the child of `cmd` join the cgroup whose `cgroup.procs` file is open
+/// as `cgroup_procs`, then the network namespace open as `netns`, between fork
+/// and exec. Both descriptors belong to the caller and must stay open until
+/// `cmd` has been spawned.
+///
+/// Joining in the child itself, rather than moving it afterwards from the
+/// parent, means the program never runs a single instruction outside the pod:
+/// eBPF programs attached to the pod's cgroup see its very first socket.
+pub(crate) fn join_before_exec(cmd: &mut Command, cgroup_procs: RawFd, netns: RawFd) {
+    let hook = move || -> io::Result<()> {
+        // "0" stands for the writing process itself.
+        // SAFETY: write(2) on a descriptor the parent opened and keeps open
+        // until spawn returns; the buffer is a static byte string. write is
+        // async-signal-safe and allocates nothing.
+        let written = unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) };
+        if written != 1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: setns(2) on a descriptor of a /run/netns file that the
+        // parent opened and keeps open; async-signal-safe, no allocation.
+        if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child, where only async-signal-safe
+    // calls are allowed: it makes two system calls and allocates nothing
+    // (io::Error::last_os_error stores the errno inline).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

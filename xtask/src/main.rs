@@ -1,0 +1,97 @@
+//! `cargo xtask`: the project's developer tasks, written in Rust so that they
+//! need nothing but cargo.
+//!
+//! - `setup` installs the Debian packages and tools the build and tests need.
+//! - `build-ebpf` builds the eBPF object with Debian's rustc.
+//! - `test` is the README's (and CI's) test command: setup, fmt, clippy, build, nextest.
+//! - `demo` builds everything and runs `ambit-demo`.
+
+#![forbid(unsafe_code)]
+
+mod build_ebpf;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::cmd::CommandFailed;
+
+/// Command line of `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, setup and test tasks for ambit"
+)]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks `cargo xtask` knows.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what the build and tests need (Debian packages, bpf-linker), skipping what is present.
+    Setup,
+    /// Build the eBPF programs into `target/ebpf/bpfel-unknown-none/<profile>/ambit-ebpf`.
+    BuildEbpf {
+        /// Build the debug profile instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Run setup, fmt, clippy, build and the test suite (as root).
+    Test {
+        /// Extra arguments for `cargo nextest run`, given after `--`.
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Run setup, build the release binaries and run `ambit-demo` (as root).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            // A failed child command decides the exit code, so CI sees the
+            // same code that cargo, clippy or nextest returned.
+            let code = err
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<CommandFailed>())
+                .map_or(1, |failed| failed.code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Runs one task from the workspace root.
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root()?;
+    match task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { debug } => {
+            let object = build_ebpf::run(&root, build_ebpf::Profile::from_debug_flag(debug))?;
+            println!("eBPF object: {}", object.display());
+            Ok(())
+        }
+        Task::Test { nextest_args } => test::run(&root, &nextest_args),
+        Task::Demo => demo::run(&root),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
+}

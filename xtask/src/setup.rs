@@ -1,0 +1,125 @@
+//! `cargo xtask setup`: installs what the build and tests need, skipping what
+//! is already present. The recipe is docs/building.md's.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::cmd;
+
+/// Debian packages: Debian's rustc with a prebuilt `core` for BPF targets,
+/// the LLVM that bpf-linker links against, and the tools the tests drive.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "bpftool",
+    "iproute2",
+    "iperf3",
+    "tcpdump",
+    "curl",
+];
+
+/// The bpf-linker release that builds against LLVM 22 with our rustc.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where `llvm-22-dev` installs LLVM.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian's rustc (from `rustc-web`), the compiler for the eBPF crate.
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
+/// The prebuilt `core` for the eBPF target (from `libstd-rust-web-dev-bpf`).
+const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none";
+
+/// Installs whatever is missing and checks that the toolchain paths exist.
+pub fn run() -> Result<()> {
+    install_debian_packages()?;
+    install_bpf_linker()?;
+    install_nextest()?;
+    verify_paths()
+}
+
+/// Installs the missing Debian packages with one `apt-get update` and one
+/// `apt-get install`.
+fn install_debian_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for &package in DEBIAN_PACKAGES {
+        if is_installed(package) {
+            println!("✓ {package}: present");
+        } else {
+            println!("· {package}: installing");
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root()? {
+        bail!(
+            "installing Debian packages needs root; missing: {}.\n\
+             hint: run `cargo xtask setup` as root, or `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Whether dpkg reports `package` as installed.
+fn is_installed(package: &str) -> bool {
+    cmd::stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// Installs bpf-linker from crates.io unless `bpf-linker --version` works.
+fn install_bpf_linker() -> Result<()> {
+    if cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+        println!("✓ bpf-linker: present");
+        return Ok(());
+    }
+    println!("· bpf-linker: installing {BPF_LINKER_VERSION}");
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            // bpf-linker 0.13's build script reads LLVM_PREFIX; llvm-sys
+            // reads its own variable. Both are needed.
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
+    )
+}
+
+/// Installs cargo-nextest, the test runner of `cargo xtask test`, unless
+/// `cargo nextest --version` works.
+fn install_nextest() -> Result<()> {
+    if cmd::succeeds(Command::new("cargo").args(["nextest", "--version"])) {
+        println!("✓ cargo-nextest: present");
+        return Ok(());
+    }
+    println!("· cargo-nextest: installing");
+    cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
+}
+
+/// Checks that the packages put Debian's rustc and the BPF `core` where the
+/// eBPF build expects them.
+fn verify_paths() -> Result<()> {
+    for (path, package) in [
+        (DEBIAN_RUSTC, "rustc-web"),
+        (BPF_CORE_DIR, "libstd-rust-web-dev-bpf"),
+    ] {
+        if !Path::new(path).exists() {
+            bail!("{path} is missing although {package} is installed; check the package");
+        }
+        println!("✓ {path}: present");
+    }
+    Ok(())
+}
