@@ -451,7 +451,9 @@ fn load_program(bpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
                 name,
                 source: ProgramError::UnexpectedProgramType,
             })
-            .inspect_err(|_| tracing::error!(kind = ?other.prog_type(), "unexpected program type"));
+            .inspect_err(
+                |_| tracing::error!(kind = ?other.prog_type(), "unexpected program type"),
+            );
         }
     };
     result.map_err(|source| EbpfError::Program {
@@ -479,9 +481,10 @@ fn attach_to_cgroup(
         path: path.to_owned(),
         source,
     };
-    // AllowMultiple: other agents (a CNI, a profiler) may attach to the same
-    // cgroup; ambit must coexist with them rather than demand exclusivity.
-    let mode = CgroupAttachMode::AllowMultiple;
+    // Attached as a bpf_link, which the kernel always lets coexist with other
+    // programs on the cgroup (a CNI, a profiler); link creation takes no
+    // multi-attach flag, so the default mode is the right one.
+    let mode = CgroupAttachMode::Single;
     let program = bpf.program_mut(name).expect("loaded just above");
     let link = match program {
         Program::CgroupSockAddr(p) => {

@@ -223,12 +223,14 @@ impl Enroller {
         if let Err(error) = maps.unenroll_netns(enrollment.netns_cookie) {
             tracing::warn!(pod = %key, %error, "cannot turn capture off");
         }
-        enrollment.cancel.cancel();
+        // Unregister while the listeners are still open: closing a socket
+        // drops its sock-hash entries, after which the delete would fail.
         for ip in &enrollment.pod.ips {
             if let Err(error) = maps.unregister_inbound_listener(*ip) {
                 tracing::warn!(pod = %key, %error, "cannot unregister the inbound listener");
             }
         }
+        enrollment.cancel.cancel();
         if let Err(error) = enrollment.sk_lookup.detach() {
             tracing::warn!(pod = %key, %error, "cannot detach sk_lookup");
         }

@@ -19,7 +19,14 @@ fn main() -> ExitCode {
     match node_agent::agent::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "ambit node agent failed");
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(error = %message, "ambit node agent failed");
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use mesh_core::workload::PodKey;
-use mesh_ebpf_common::MESH_MARK;
+use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::copy_bidirectional,
@@ -57,6 +57,9 @@ pub enum ProxyError {
         /// The error.
         source: std::io::Error,
     },
+    /// The bypass entry for the transparent connection could not be added.
+    #[error(transparent)]
+    Bypass(#[from] crate::ebpf::maps::MapOpError),
     /// Relaying bytes failed.
     #[error("relaying bytes failed: {0}")]
     Relay(#[source] std::io::Error),
@@ -93,9 +96,22 @@ impl PodContext {
             .sockets
             .run(|| mesh_socket(dst, source))?
             .map_err(ProxyError::Socket)?;
-        let connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst));
+        // A transparent connection looks to sk_lookup like a client arriving
+        // from outside; the bypass entry keeps it from being steered back to
+        // the inbound listener while the handshake is in flight.
+        let bypass = match source {
+            Some(_) => {
+                let bound = socket.local_addr().map_err(ProxyError::Socket)?;
+                self.maps.add_inbound_bypass(bound, dst)?;
+                Some(bound)
+            }
+            None => None,
+        };
+        let connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst)).await;
+        if let Some(bound) = bypass {
+            self.maps.remove_inbound_bypass(bound, dst);
+        }
         let stream = connect
-            .await
             .map_err(|_| ProxyError::ConnectTimeout(dst))?
             .map_err(|source| ProxyError::Connect { dst, source })?;
         let _ = stream.set_nodelay(true);
@@ -107,7 +123,13 @@ impl PodContext {
 /// bound to `source` with `IP_TRANSPARENT`. Runs inside the pod's namespace.
 fn mesh_socket(dst: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_mark(MESH_MARK)?;
+    // Outbound connections leave the pod normally; the inbound proxy's
+    // transparent ones need their replies routed back (crate::routing).
+    socket.set_mark(if source.is_some() {
+        MESH_RETURN_MARK
+    } else {
+        MESH_MARK
+    })?;
     socket.set_nonblocking(true)?;
     if let Some(source) = source {
         if source.is_ipv4() {

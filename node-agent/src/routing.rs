@@ -7,8 +7,8 @@
 //! enrolled pod the agent therefore:
 //!
 //! - sets `net.ipv4.tcp_fwmark_accept=1`, so a connection accepted from a
-//!   marked SYN (the agent's) carries the mesh mark on every reply;
-//! - adds `ip rule fwmark 0x539 lookup 133` and `local default dev lo table 133`
+//!   marked SYN (the agent's) carries the return mark on every reply;
+//! - adds `ip rule fwmark 0x53a lookup 133` and `local default dev lo table 133`
 //!   (and the IPv6 twins), so marked packets are delivered locally, to the
 //!   agent's transparent socket.
 //!
@@ -17,7 +17,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use mesh_ebpf_common::{LOOPBACK_IFINDEX, MESH_MARK};
+use mesh_ebpf_common::{LOOPBACK_IFINDEX, MESH_RETURN_MARK};
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
@@ -74,7 +74,7 @@ pub fn install(families: Families) -> Result<(), RoutingError> {
                 .rule()
                 .add()
                 .v4()
-                .fw_mark(MESH_MARK)
+                .fw_mark(MESH_RETURN_MARK)
                 .table_id(MESH_ROUTE_TABLE);
             let rule = rule
                 .priority(MESH_RULE_PRIORITY)
@@ -91,7 +91,7 @@ pub fn install(families: Families) -> Result<(), RoutingError> {
                 .rule()
                 .add()
                 .v6()
-                .fw_mark(MESH_MARK)
+                .fw_mark(MESH_RETURN_MARK)
                 .table_id(MESH_ROUTE_TABLE);
             let rule = rule
                 .priority(MESH_RULE_PRIORITY)
@@ -119,7 +119,7 @@ pub fn remove(families: Families) -> Result<(), RoutingError> {
                 .rule()
                 .add()
                 .v4()
-                .fw_mark(MESH_MARK)
+                .fw_mark(MESH_RETURN_MARK)
                 .table_id(MESH_ROUTE_TABLE);
             let message = rule.message_mut().clone();
             allow_missing(
@@ -136,7 +136,7 @@ pub fn remove(families: Families) -> Result<(), RoutingError> {
                 .rule()
                 .add()
                 .v6()
-                .fw_mark(MESH_MARK)
+                .fw_mark(MESH_RETURN_MARK)
                 .table_id(MESH_ROUTE_TABLE);
             let message = rule.message_mut().clone();
             allow_missing(

@@ -20,8 +20,10 @@ pub const BIND_DENIED: u32 = 6;
 pub const ORIGINAL_DST_ANSWERED: u32 = 7;
 /// `sk_lookup` steered an arriving connection to the inbound listener.
 pub const INBOUND_STEERED: u32 = 8;
+/// `sk_lookup` left one of the inbound proxy's own connections alone.
+pub const INBOUND_BYPASSED: u32 = 9;
 /// Number of counters.
-pub const COUNT: u32 = 9;
+pub const COUNT: u32 = 10;
 
 /// Human names, indexed like the constants above.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -34,4 +36,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "bind_denied",
     "original_dst_answered",
     "inbound_steered",
+    "inbound_bypassed",
 ];

@@ -19,6 +19,18 @@ pub mod counters;
 /// back into it, and only they may bind the mesh ports inside a pod.
 pub const MESH_MARK: u32 = 0x539;
 
+/// `SO_MARK` of the inbound proxy's transparent connections to the
+/// application (from the client's own address). Like [`MESH_MARK`] it is
+/// never redirected; in addition, replies to it are routed back to the agent
+/// inside the pod (`ip rule fwmark MESH_RETURN_MARK lookup 133`).
+pub const MESH_RETURN_MARK: u32 = 0x53a;
+
+/// Whether a socket mark is one of the mesh's own.
+#[must_use]
+pub const fn is_mesh_mark(mark: u32) -> bool {
+    mark == MESH_MARK || mark == MESH_RETURN_MARK
+}
+
 /// In-pod listener for traffic the pod sends (captured by `connect4/6`).
 pub const OUTBOUND_PORT: u16 = 15001;
 /// In-pod listener for plaintext traffic arriving at the pod (steered by `sk_lookup`).
@@ -58,8 +70,12 @@ pub mod map_names {
     pub const INBOUND_LISTENERS: &str = "AMBIT_INBOUND";
     /// Per-CPU event counters, indexed by [`crate::counters`].
     pub const COUNTERS: &str = "AMBIT_COUNTERS";
+    /// [`crate::SocketTuple`]s (netns cookie 0) of the inbound proxy's own
+    /// connections to applications, which `sk_lookup` must not steer.
+    pub const INBOUND_BYPASS: &str = "AMBIT_BYPASS";
     /// Every map, in a stable order (for pinning and listing).
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
+        INBOUND_BYPASS,
         ENROLLED_NETNS,
         ORIG_DST_BY_COOKIE,
         ORIG_DST_BY_TUPLE,

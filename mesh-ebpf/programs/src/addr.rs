@@ -52,3 +52,21 @@ pub fn user_port_to_host(user_port: u32) -> u16 {
 pub fn host_to_user_port(port: u16) -> u32 {
     u32::from(port.to_be())
 }
+
+/// Reads a `[u32; 4]` address field of a context word by word. The verifier
+/// only accepts context loads at a constant offset from the context pointer
+/// itself, so each word gets its own volatile load and the compiler cannot
+/// turn them into a load through a computed pointer.
+///
+/// Use inside an `unsafe` block: `$base` must point at a valid context.
+macro_rules! read_words {
+    ($base:expr, $($field:tt)+) => {
+        [
+            core::ptr::read_volatile(&raw const (*$base).$($field)+[0]),
+            core::ptr::read_volatile(&raw const (*$base).$($field)+[1]),
+            core::ptr::read_volatile(&raw const (*$base).$($field)+[2]),
+            core::ptr::read_volatile(&raw const (*$base).$($field)+[3]),
+        ]
+    };
+}
+pub(crate) use read_words;

@@ -2,7 +2,7 @@
 //! mesh mark) may bind the mesh ports. Anyone else gets `EPERM`.
 
 use aya_ebpf::{EbpfContext as _, helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
-use mesh_ebpf_common::{IPPROTO_TCP, MESH_MARK, RESERVED_POD_PORTS, counters};
+use mesh_ebpf_common::{IPPROTO_TCP, is_mesh_mark, RESERVED_POD_PORTS, counters};
 
 use crate::{
     addr::user_port_to_host,
@@ -35,7 +35,7 @@ fn verdict(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands the program a valid bpf_sock_addr.
     let sk = unsafe { sa.__bindgen_anon_1.sk };
     // SAFETY: a non-null sk in a sock_addr context points to the socket.
-    if !sk.is_null() && unsafe { (*sk).mark } == MESH_MARK {
+    if !sk.is_null() && is_mesh_mark(unsafe { (*sk).mark }) {
         return 1;
     }
     count(counters::BIND_DENIED);

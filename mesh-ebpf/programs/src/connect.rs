@@ -14,11 +14,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use mesh_ebpf_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, MESH_MARK, OUTBOUND_PORT, OriginalDst, counters,
+    AF_INET, AF_INET6, IPPROTO_TCP, is_mesh_mark, OUTBOUND_PORT, OriginalDst, counters,
 };
 
 use crate::{
-    addr::{LOCALHOST_V4, LOCALHOST_V6, fold, host_to_user_port, is_loopback_v4, mapped, user_port_to_host},
+    addr::{
+        LOCALHOST_V4, LOCALHOST_V6, fold, host_to_user_port, is_loopback_v4, mapped, read_words, user_port_to_host,
+    },
     maps::{ORIG_DST_BY_COOKIE, count, is_enrolled},
 };
 
@@ -58,7 +60,8 @@ fn try_connect6(ctx: &SockAddrContext) {
     if sa.protocol != IPPROTO_TCP {
         return;
     }
-    let dst = sa.user_ip6;
+    // SAFETY: ctx.sock_addr points at the kernel's bpf_sock_addr.
+    let dst = unsafe { read_words!(ctx.sock_addr, user_ip6) };
     let (family, folded) = fold(AF_INET6, dst);
     let is_loopback = if family == AF_INET { is_loopback_v4(folded[0]) } else { dst == LOCALHOST_V6 };
     if is_loopback {
@@ -92,7 +95,7 @@ fn capture_decision(ctx: &SockAddrContext) -> Option<u64> {
     // SAFETY: the kernel hands the program a valid bpf_sock_addr.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     // SAFETY: a non-null sk in a sock_addr context points to the socket.
-    if !sk.is_null() && unsafe { (*sk).mark } == MESH_MARK {
+    if !sk.is_null() && is_mesh_mark(unsafe { (*sk).mark }) {
         count(counters::CONNECT_SKIPPED_MESH_MARK);
         return None;
     }

@@ -2,15 +2,22 @@
 //! connection arriving from outside the pod for one of the pod's addresses is
 //! handed to the agent's inbound listener, whatever the destination port.
 //!
-//! Connections that arrive over loopback are left alone: they come from
-//! inside the pod, including the agent's own connection to the application
-//! on behalf of an inbound client. The mesh ports are left alone so the
-//! agent's listeners there receive their own traffic.
+//! Left alone: connections that arrive over loopback (from inside the pod),
+//! the inbound proxy's own connections to the application on behalf of a
+//! client (listed in the bypass map: they come from the client's address
+//! over loopback, but the kernel reports the pod interface as their ingress
+//! because the destination is the pod's address), and connections to the
+//! mesh ports, so the agent's listeners there receive their own traffic.
 
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
-use mesh_ebpf_common::{AF_INET, InboundListenerKey, IPPROTO_TCP, LOOPBACK_IFINDEX, RESERVED_POD_PORTS, counters};
+use mesh_ebpf_common::{
+    AF_INET, IPPROTO_TCP, InboundListenerKey, LOOPBACK_IFINDEX, RESERVED_POD_PORTS, SocketTuple, counters,
+};
 
-use crate::maps::{INBOUND_LISTENERS, count};
+use crate::{
+    addr::read_words,
+    maps::{INBOUND_BYPASS, INBOUND_LISTENERS, count},
+};
 
 /// Entry point for `sk_lookup`. Always passes: either a socket was selected
 /// or the regular lookup goes on.
@@ -31,7 +38,31 @@ fn try_sk_lookup(ctx: &SkLookupContext) {
         return;
     }
     let Ok(family) = u16::try_from(lookup.family) else { return };
-    let addr = if family == AF_INET { [lookup.local_ip4, 0, 0, 0] } else { lookup.local_ip6 };
+    let addr = if family == AF_INET {
+        [lookup.local_ip4, 0, 0, 0]
+    } else {
+        // SAFETY: ctx.lookup points at the kernel's bpf_sk_lookup.
+        unsafe { read_words!(ctx.lookup, local_ip6) }
+    };
+    let remote = if family == AF_INET {
+        [lookup.remote_ip4, 0, 0, 0]
+    } else {
+        // SAFETY: ctx.lookup points at the kernel's bpf_sk_lookup.
+        unsafe { read_words!(ctx.lookup, remote_ip6) }
+    };
+    let own = SocketTuple {
+        netns_cookie: 0,
+        src_addr: remote,
+        dst_addr: addr,
+        src_port: u16::from_be(lookup.remote_port),
+        dst_port: port,
+        family,
+        _pad: 0,
+    };
+    if INBOUND_BYPASS.get_ptr(&own).is_some() {
+        count(counters::INBOUND_BYPASSED);
+        return;
+    }
     let key = InboundListenerKey { addr, family, _pad: 0 };
     if INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok() {
         count(counters::INBOUND_STEERED);

@@ -24,6 +24,12 @@ pub static ORIG_DST_BY_TUPLE: LruHashMap<SocketTuple, OriginalDst> = LruHashMap:
 #[map(name = "AMBIT_INBOUND")]
 pub static INBOUND_LISTENERS: SockHash<InboundListenerKey> = SockHash::pinned(16_384, 0);
 
+/// The inbound proxy's own connections to applications, by their tuple
+/// (client side as source, netns cookie 0): `sk_lookup` leaves them alone.
+/// The agent adds an entry before it connects and removes it once connected.
+#[map(name = "AMBIT_BYPASS")]
+pub static INBOUND_BYPASS: LruHashMap<SocketTuple, u32> = LruHashMap::pinned(16_384, 0);
+
 /// Event counters, see `mesh_ebpf_common::counters`.
 #[map(name = "AMBIT_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);

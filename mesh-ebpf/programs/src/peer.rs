@@ -7,7 +7,7 @@ use aya_ebpf::{
 use mesh_ebpf_common::{AF_INET, AF_INET6, OUTBOUND_PORT, OriginalDst, counters};
 
 use crate::{
-    addr::{LOCALHOST_V4, LOCALHOST_V6, host_to_user_port, mapped, user_port_to_host},
+    addr::{LOCALHOST_V4, LOCALHOST_V6, host_to_user_port, mapped, read_words, user_port_to_host},
     maps::{ORIG_DST_BY_COOKIE, count},
 };
 
@@ -45,7 +45,8 @@ fn try_getpeername6(ctx: &SockAddrContext) {
     if user_port_to_host(sa.user_port) != OUTBOUND_PORT {
         return;
     }
-    let peer = sa.user_ip6;
+    // SAFETY: ctx.sock_addr points at the kernel's bpf_sock_addr.
+    let peer = unsafe { read_words!(ctx.sock_addr, user_ip6) };
     let Some(original) = original_dst(ctx) else { return };
     let shown = if original.family == AF_INET6 && peer == LOCALHOST_V6 {
         original.addr

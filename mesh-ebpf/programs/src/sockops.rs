@@ -22,7 +22,7 @@ use aya_ebpf::{
 use mesh_ebpf_common::{AF_INET, SocketTuple, counters};
 
 use crate::{
-    addr::fold,
+    addr::{fold, read_words},
     maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count},
 };
 
@@ -68,7 +68,8 @@ fn application_tuple(ctx: &SockOpsContext, netns_cookie: u64) -> Option<SocketTu
     let (local, remote) = if family == AF_INET {
         ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
     } else {
-        (ctx.local_ip6(), ctx.remote_ip6())
+        // SAFETY: ctx.ops points at the kernel's bpf_sock_ops.
+        unsafe { (read_words!(ctx.ops, local_ip6), read_words!(ctx.ops, remote_ip6)) }
     };
     let (family, src_addr) = fold(family, local);
     let (_, dst_addr) = fold(u16::try_from(ctx.family()).ok()?, remote);

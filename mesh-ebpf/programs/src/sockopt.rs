@@ -9,7 +9,7 @@ use aya_ebpf::{EbpfContext as _, helpers::bpf_get_netns_cookie, macros::cgroup_s
 use mesh_ebpf_common::{AF_INET, AF_INET6, OriginalDst, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST, SocketTuple, counters};
 
 use crate::{
-    addr::{fold, mapped},
+    addr::{fold, mapped, read_words},
     maps::{ORIG_DST_BY_TUPLE, count},
 };
 
@@ -99,16 +99,19 @@ fn original_dst(ctx: &SockoptContext) -> Option<OriginalDst> {
     if sk.is_null() {
         return None;
     }
-    // SAFETY: a non-null sk in a sockopt context points to the socket.
+    // SAFETY: a non-null sk in a sockopt context points to the socket; each
+    // field is read at its own constant offset, as the verifier requires.
     let (family, local_ip, remote_ip, local_port, remote_port) = unsafe {
-        let sk = &*sk;
-        let family = u16::try_from(sk.family).ok()?;
+        let family = u16::try_from(core::ptr::read_volatile(&raw const (*sk).family)).ok()?;
         let (local, remote) = if family == AF_INET {
-            ([sk.src_ip4, 0, 0, 0], [sk.dst_ip4, 0, 0, 0])
+            (
+                [core::ptr::read_volatile(&raw const (*sk).src_ip4), 0, 0, 0],
+                [core::ptr::read_volatile(&raw const (*sk).dst_ip4), 0, 0, 0],
+            )
         } else {
-            (sk.src_ip6, sk.dst_ip6)
+            (read_words!(sk, src_ip6), read_words!(sk, dst_ip6))
         };
-        (family, local, remote, sk.src_port, sk.dst_port)
+        (family, local, remote, core::ptr::read_volatile(&raw const (*sk).src_port), core::ptr::read_volatile(&raw const (*sk).dst_port))
     };
     // SAFETY: the helper only reads the context it is given.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };

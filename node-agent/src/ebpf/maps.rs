@@ -31,6 +31,7 @@ pub struct MeshMaps {
     enrolled: Mutex<HashMap<MapData, u64, EnrolledNetns>>,
     original_dst: Mutex<HashMap<MapData, SocketTuple, OriginalDst>>,
     inbound_listeners: Mutex<SockHash<MapData, InboundListenerKey>>,
+    inbound_bypass: Mutex<HashMap<MapData, SocketTuple, u32>>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -54,6 +55,7 @@ impl MeshMaps {
             enrolled: Mutex::new(take(bpf, map_names::ENROLLED_NETNS)?),
             original_dst: Mutex::new(take(bpf, map_names::ORIG_DST_BY_TUPLE)?),
             inbound_listeners: Mutex::new(take(bpf, map_names::INBOUND_LISTENERS)?),
+            inbound_bypass: Mutex::new(take(bpf, map_names::INBOUND_BYPASS)?),
             counters: take(bpf, map_names::COUNTERS)?,
         })
     }
@@ -117,6 +119,27 @@ impl MeshMaps {
                 map: map_names::INBOUND_LISTENERS,
                 source,
             })
+    }
+
+    /// Tells `sk_lookup` to leave the connection from `source` to `dst` alone:
+    /// it is the inbound proxy's own connection to the application.
+    pub fn add_inbound_bypass(
+        &self,
+        source: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<(), MapOpError> {
+        lock(&self.inbound_bypass)
+            .insert(SocketTuple::new(0, source, dst), 1, 0)
+            .map_err(|source| MapOpError {
+                action: "insert",
+                map: map_names::INBOUND_BYPASS,
+                source,
+            })
+    }
+
+    /// Removes an entry added by [`Self::add_inbound_bypass`].
+    pub fn remove_inbound_bypass(&self, source: SocketAddr, dst: SocketAddr) {
+        let _ = lock(&self.inbound_bypass).remove(&SocketTuple::new(0, source, dst));
     }
 
     /// Every eBPF counter, summed over CPUs, with its name.

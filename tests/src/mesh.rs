@@ -1,0 +1,207 @@
+//! Running ambit's node agent on a simulated node, and reading its admin API.
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Node, Pod, Proc, Testbed};
+
+/// Name of the node agent binary.
+pub const AGENT_BIN: &str = "ambit-node-agent";
+/// How long an agent may take to start and enroll its pods.
+pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A node agent running on a node, in the node's agent cgroup (as a
+/// DaemonSet pod would be), so the cgroup programs see its sockets too.
+pub struct Agent {
+    /// The agent process.
+    pub proc: Proc,
+    /// The node it runs on.
+    pub node: Node,
+    /// Its local configuration file.
+    pub config_path: PathBuf,
+}
+
+/// The local-config YAML that enrolls `pods`.
+#[must_use]
+pub fn pods_yaml(pods: &[&Pod]) -> String {
+    let mut yaml = String::from("pods:\n");
+    for pod in pods {
+        let mut ips = vec![pod.ipv4.to_string()];
+        if let Some(v6) = pod.ipv6 {
+            ips.push(format!("'{v6}'"));
+        }
+        let _ = write!(
+            yaml,
+            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    ips: [{}]\n    netns: {}\n",
+            pod.name,
+            pod.namespace,
+            pod.name,
+            ips.join(", "),
+            pod.netns_path.display()
+        );
+    }
+    yaml
+}
+
+// === impl Agent ===
+
+impl Agent {
+    /// Starts an agent on `node` enrolling `pods`, and waits until it has
+    /// enrolled all of them.
+    pub fn start(tb: &Testbed, node: &Node, pods: &[&Pod], extra_args: &[&str]) -> Agent {
+        let agent = Self::spawn(tb, node, &pods_yaml(pods), extra_args);
+        agent.wait_ready(tb);
+        for pod in pods {
+            agent.wait_pod_state(tb, &pod.name, "enrolled", AGENT_READY_TIMEOUT);
+        }
+        agent
+    }
+
+    /// Starts an agent with this configuration text and returns at once.
+    pub fn spawn(tb: &Testbed, node: &Node, config_yaml: &str, extra_args: &[&str]) -> Agent {
+        let config_path = tb.run_dir().join(format!("{}-mesh.yaml", node.name));
+        write_atomically(&config_path, config_yaml);
+        let mut cmd = Command::new(Testbed::bin(AGENT_BIN));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--bpffs-dir")
+            .arg(node.bpffs.join("ambit"))
+            .arg("--cgroup-root")
+            .arg(&node.cgroup_root)
+            .args(["--node-name", &node.name, "--config-poll-ms", "100"])
+            .args(extra_args)
+            .env("AMBIT_LOG", "info,node_agent=debug");
+        let proc = tb.spawn_on_node(node, &node.agent_cgroup, cmd);
+        Agent {
+            proc,
+            node: node.clone(),
+            config_path,
+        }
+    }
+
+    /// Waits for the admin API to answer `/ready`.
+    pub fn wait_ready(&self, tb: &Testbed) {
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.proc.try_wait() {
+                panic!(
+                    "the agent on {} exited ({status}) before it was ready\n{}",
+                    self.node.name,
+                    self.proc.report()
+                );
+            }
+            if self.get(tb, "/ready").is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent on {} never became ready\n{}",
+                self.node.name,
+                self.proc.report()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Replaces the agent's configuration file; the agent notices within a
+    /// poll interval.
+    pub fn set_pods(&self, pods: &[&Pod]) {
+        write_atomically(&self.config_path, &pods_yaml(pods));
+    }
+
+    /// Replaces the agent's configuration file with raw text.
+    pub fn set_config_text(&self, text: &str) {
+        write_atomically(&self.config_path, text);
+    }
+
+    /// `GET path` on the admin API, from inside the node's network namespace.
+    pub fn get(&self, tb: &Testbed, path: &str) -> Option<String> {
+        let url = format!("http://127.0.0.1:15000{path}");
+        let out = tb.exec_in_netns(&self.node.netns, &["curl", "-sf", "--max-time", "5", &url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `GET path` on the admin API as JSON; panics with the agent's output if
+    /// the API does not answer.
+    pub fn get_json(&self, tb: &Testbed, path: &str) -> Value {
+        let body = self
+            .get(tb, path)
+            .unwrap_or_else(|| panic!("admin API {path} did not answer\n{}", self.proc.report()));
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("admin API {path} sent bad JSON ({e}): {body}"))
+    }
+
+    /// The pods the agent knows, as `/pods` shows them.
+    pub fn pods(&self, tb: &Testbed) -> Vec<Value> {
+        match self.get_json(tb, "/pods") {
+            Value::Array(pods) => pods,
+            other => panic!("/pods is not a list: {other}"),
+        }
+    }
+
+    /// One pod's entry in `/pods`.
+    pub fn pod(&self, tb: &Testbed, name: &str) -> Option<Value> {
+        self.pods(tb).into_iter().find(|p| p["name"] == name)
+    }
+
+    /// An eBPF counter from `/counters`.
+    pub fn counter(&self, tb: &Testbed, name: &str) -> u64 {
+        let counters = self.get_json(tb, "/counters");
+        counters[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name} in {counters}"))
+    }
+
+    /// Waits until the pod `name` is in `state` ("enrolled", "failed",
+    /// "rejected") and returns its entry.
+    pub fn wait_pod_state(
+        &self,
+        tb: &Testbed,
+        name: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(pod) = self.pod(tb, name).filter(|p| p["state"] == state) {
+                return pod;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {name} never reached state {state} on {}: {:?}\n{}",
+                self.node.name,
+                self.pod(tb, name),
+                self.proc.report()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the agent no longer lists the pod `name`.
+    pub fn wait_pod_gone(&self, tb: &Testbed, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.pod(tb, name).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "pod {name} is still listed\n{}",
+                self.proc.report()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("cannot replace {}: {e}", path.display()));
+}
