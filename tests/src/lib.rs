@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod netns;
 pub mod proc;
 pub mod testbed;
+pub mod workload;
 
 mod cgroup;
 mod command;

@@ -2,57 +2,17 @@
 //! node agents on both ends and delivered to its real destination, through
 //! real sockets in network namespaces.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use ambit_tests::{Pod, Proc, Testbed, mesh::Agent, testbed_or_skip};
+use ambit_tests::{
+    Testbed,
+    mesh::Agent,
+    testbed_or_skip,
+    workload::{ECHO_PORT as PORT, WAIT, send, serve, wait_conn_from},
+};
 use serde_json::Value;
 
-const PORT: u16 = 8080;
-const WAIT: Duration = Duration::from_secs(30);
 const HUNDRED_MB: u64 = 100 * 1000 * 1000;
-
-fn pod_tool(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pod-tool"));
-    cmd.args(args);
-    cmd
-}
-
-fn serve(tb: &Testbed, pod: &Pod) -> Proc {
-    let mut listen = format!("0.0.0.0:{PORT}");
-    if tb.ipv6_available() {
-        listen.push_str(&format!(",[::]:{PORT}"));
-    }
-    let server = tb.spawn_in_pod(pod, pod_tool(&["serve", "--listen", &listen]));
-    server.wait_for_event("listening", WAIT);
-    server
-}
-
-/// Sends `bytes` from `client` to `to` and returns pod-tool's report, after
-/// checking that every byte came back.
-fn send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> Value {
-    let sender = tb.spawn_in_pod(
-        client,
-        pod_tool(&["send", "--to", to, "--bytes", &bytes.to_string()]),
-    );
-    let (status, lines) = sender.output_json_lines(Duration::from_secs(120));
-    let sent = lines.into_iter().find(|l| l["event"] == "sent");
-    let sent = sent.unwrap_or_else(|| panic!("no report from send to {to}\n{}", sender.report()));
-    assert!(
-        status.success(),
-        "send to {to} failed: {sent}\n{}",
-        sender.report()
-    );
-    assert_eq!(sent["echo_ok"], true, "{sent}");
-    assert_eq!(sent["bytes_sent"], bytes, "{sent}");
-    assert_eq!(sent["bytes_received"], bytes, "{sent}");
-    sent
-}
-
-fn ip_of(addr: &str) -> &str {
-    addr.rsplit_once(':')
-        .map_or(addr, |(ip, _)| ip)
-        .trim_matches(['[', ']'])
-}
 
 fn traffic(agent: &Agent, tb: &Testbed, pod: &str, direction: &str) -> Value {
     let entry = agent.wait_pod_state(tb, pod, "enrolled", WAIT);
@@ -97,9 +57,7 @@ fn cross_node_connection_is_captured_by_both_agents() {
         "getpeername must show the real server: {sent}"
     );
     // The server sees the client pod's own address.
-    let conn = echo.wait_for_json(WAIT, |l| {
-        l["event"] == "conn" && ip_of(l["peer"].as_str().unwrap_or("")) == client.ipv4.to_string()
-    });
+    let conn = wait_conn_from(&echo, &client.ipv4.to_string());
     assert_eq!(conn["bytes_in"], HUNDRED_MB, "{conn}");
     assert_eq!(conn["bytes_out"], HUNDRED_MB, "{conn}");
     assert_eq!(conn["local"], to.as_str(), "{conn}");
@@ -127,4 +85,157 @@ fn cross_node_connection_is_captured_by_both_agents() {
         traffic(&agent2, &tb, "server", "outbound")["connections_opened"],
         0
     );
+}
+
+#[test]
+fn pod_that_is_not_enrolled_is_untouched() {
+    let mut tb = testbed_or_skip!("unenrolled_untouched");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let meshed = tb.add_pod(&n1, "meshed", "shop");
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
+    let server = tb.add_pod(&n2, "server", "shop");
+    // Only `meshed` is enrolled, but `legacy` runs under the same cgroup root
+    // the programs are attached to.
+    let agent = Agent::start(&tb, &n1, &[&meshed], &[]);
+    let echo = serve(&tb, &server);
+
+    send(&tb, &legacy, &format!("{}:{PORT}", server.ipv4), 1_000_000);
+    wait_conn_from(&echo, &legacy.ipv4.to_string());
+
+    assert_eq!(
+        agent.counter(&tb, "connect_redirected"),
+        0,
+        "a connection of a pod that is not enrolled was redirected"
+    );
+    assert!(
+        agent.counter(&tb, "connect_skipped_not_enrolled") >= 1,
+        "the connect hook never saw the legacy pod"
+    );
+    assert!(
+        agent.pod(&tb, "legacy").is_none(),
+        "the agent must not know the legacy pod"
+    );
+    let meshed_out = traffic(&agent, &tb, "meshed", "outbound");
+    assert_eq!(meshed_out["connections_opened"], 0, "{meshed_out}");
+}
+
+#[test]
+fn application_cannot_bind_mesh_ports() {
+    let mut tb = testbed_or_skip!("bind_mesh_ports");
+    let n1 = tb.add_node("n1");
+    let meshed = tb.add_pod(&n1, "meshed", "shop");
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
+    let agent = Agent::start(&tb, &n1, &[&meshed], &[]);
+
+    let try_bind = |pod, addr: &str| -> serde_json::Value {
+        let out = tb.run_in_pod(
+            pod,
+            ambit_tests::workload::pod_tool(&["try-bind", "--addr", addr]),
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(line.lines().next().unwrap_or("null"))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    // 15001 and 15006 are also held by the agent; EPERM (not EADDRINUSE)
+    // proves the bind hook refused before the port was even looked at.
+    for addr in ["0.0.0.0:15001", "0.0.0.0:15006", "0.0.0.0:15008"] {
+        let result = try_bind(&meshed, addr);
+        assert_eq!(result["ok"], false, "{addr}: {result}");
+        assert_eq!(result["errno"], libc::EPERM, "{addr}: {result}");
+    }
+    let result = try_bind(&meshed, "0.0.0.0:8081");
+    assert_eq!(result["ok"], true, "other ports stay free: {result}");
+    let result = try_bind(&legacy, "0.0.0.0:15008");
+    assert_eq!(
+        result["ok"], true,
+        "pods outside the mesh may use any port: {result}"
+    );
+    assert_eq!(agent.counter(&tb, "bind_denied"), 3);
+}
+
+#[test]
+fn ipv6_connection_is_captured() {
+    let mut tb = testbed_or_skip!("ipv6_capture");
+    if !tb.ipv6_available() {
+        eprintln!(
+            "SKIPPED: ipv6_connection_is_captured: IPv6 is disabled on this machine (/proc/sys/net/ipv6 is missing or AMBIT_TEST_IPV6=0)"
+        );
+        return;
+    }
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let agent1 = Agent::start(&tb, &n1, &[&client], &[]);
+    let agent2 = Agent::start(&tb, &n2, &[&server], &[]);
+    let echo = serve(&tb, &server);
+
+    let server_v6 = server.ipv6.expect("IPv6 is available");
+    let client_v6 = client.ipv6.expect("IPv6 is available");
+    let to = format!("[{server_v6}]:{PORT}");
+    let sent = send(&tb, &client, &to, 10_000_000);
+    assert_eq!(
+        sent["peer"],
+        to.as_str(),
+        "getpeername6 must show the real server: {sent}"
+    );
+    let conn = wait_conn_from(&echo, &client_v6.to_string());
+    assert_eq!(conn["bytes_in"], 10_000_000, "{conn}");
+
+    let out = wait_closed(&agent1, &tb, "client", "outbound", 1);
+    assert_eq!(out["bytes_sent"], 10_000_000, "{out}");
+    let inb = wait_closed(&agent2, &tb, "server", "inbound", 1);
+    assert_eq!(inb["bytes_received"], 10_000_000, "{inb}");
+    assert_eq!(agent1.counter(&tb, "connect_redirected"), 1);
+    assert_eq!(agent2.counter(&tb, "inbound_steered"), 1);
+}
+
+#[test]
+fn third_party_proxy_reads_original_dst_with_getsockopt() {
+    let mut tb = testbed_or_skip!("so_original_dst");
+    if !tb.ipv6_available() {
+        eprintln!(
+            "SKIPPED: third_party_proxy_reads_original_dst_with_getsockopt: needs IPv6 (the pod is enrolled by its IPv6 address so that 127.0.0.1:15001 is free for the third-party proxy)"
+        );
+        return;
+    }
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let proxied = tb.add_pod(&n1, "proxied", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    // Enroll the pod by its IPv6 address only: the agent then listens on
+    // [::1]:15001 and leaves 127.0.0.1:15001 to a proxy of the pod's own,
+    // the way a pod might run its own iptables-style proxy.
+    let v6 = proxied.ipv6.expect("IPv6 is available");
+    let yaml =
+        ambit_tests::mesh::pods_yaml(&[&proxied]).replace(&format!("{}, ", proxied.ipv4), "");
+    assert!(
+        yaml.contains(&v6.to_string()) && !yaml.contains(&proxied.ipv4.to_string()),
+        "{yaml}"
+    );
+    let agent = Agent::spawn(&tb, &n1, &yaml, &[]);
+    agent.wait_ready(&tb);
+    agent.wait_pod_state(&tb, "proxied", "enrolled", WAIT);
+
+    let proxy = tb.spawn_in_pod(
+        &proxied,
+        ambit_tests::workload::pod_tool(&[
+            "original-dst-proxy",
+            "--listen",
+            "127.0.0.1:15001",
+            "--mark",
+            "0x539",
+        ]),
+    );
+    proxy.wait_for_event("listening", WAIT);
+    let to = format!("{}:{PORT}", server.ipv4);
+    let _ = ambit_tests::workload::try_send(&tb, &proxied, &to, 10);
+    let answer = proxy.wait_for_event("original_dst", WAIT);
+    assert_eq!(
+        answer["original_dst"],
+        to.as_str(),
+        "SO_ORIGINAL_DST must name the real destination: {answer}"
+    );
+    assert_eq!(agent.counter(&tb, "original_dst_answered"), 1);
 }

@@ -1,0 +1,73 @@
+//! Workloads for tests: `pod-tool` echo servers and senders run in pods.
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+
+use crate::{Pod, Proc, Testbed};
+
+/// Port the test echo servers listen on.
+pub const ECHO_PORT: u16 = 8080;
+/// How long a test waits for a workload event.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A `pod-tool` command with these arguments.
+#[must_use]
+pub fn pod_tool(args: &[&str]) -> Command {
+    let mut cmd = Command::new(Testbed::bin("pod-tool"));
+    cmd.args(args);
+    cmd
+}
+
+/// Starts an echo server on [`ECHO_PORT`] (IPv4, and IPv6 when available)
+/// in `pod` and waits until it listens.
+pub fn serve(tb: &Testbed, pod: &Pod) -> Proc {
+    let mut listen = format!("0.0.0.0:{ECHO_PORT}");
+    if tb.ipv6_available() {
+        listen.push_str(&format!(",[::]:{ECHO_PORT}"));
+    }
+    let server = tb.spawn_in_pod(pod, pod_tool(&["serve", "--listen", &listen]));
+    server.wait_for_event("listening", WAIT);
+    server
+}
+
+/// Sends `bytes` from `client` to `to`, checks every byte came back, and
+/// returns pod-tool's report.
+pub fn send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> Value {
+    let (ok, sent, report) = try_send(tb, client, to, bytes);
+    assert!(ok, "send to {to} failed: {sent}\n{report}");
+    assert_eq!(sent["echo_ok"], true, "{sent}");
+    assert_eq!(sent["bytes_sent"], bytes, "{sent}");
+    assert_eq!(sent["bytes_received"], bytes, "{sent}");
+    sent
+}
+
+/// Like [`send`] without the checks: (exited successfully, report line or
+/// `null`, process report for failure messages).
+pub fn try_send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> (bool, Value, String) {
+    let sender = tb.spawn_in_pod(
+        client,
+        pod_tool(&["send", "--to", to, "--bytes", &bytes.to_string()]),
+    );
+    let (status, lines) = sender.output_json_lines(Duration::from_secs(120));
+    let sent = lines
+        .into_iter()
+        .find(|l| l["event"] == "sent")
+        .unwrap_or(Value::Null);
+    (status.success(), sent, sender.report())
+}
+
+/// The IP part of an `ip:port` or `[ip]:port` string.
+#[must_use]
+pub fn ip_of(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .map_or(addr, |(ip, _)| ip)
+        .trim_matches(['[', ']'])
+}
+
+/// Waits for the echo server's report of a connection from `client_ip`.
+pub fn wait_conn_from(server: &Proc, client_ip: &str) -> Value {
+    server.wait_for_json(WAIT, |l| {
+        l["event"] == "conn" && ip_of(l["peer"].as_str().unwrap_or("")) == client_ip
+    })
+}
