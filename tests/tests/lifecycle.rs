@@ -1,0 +1,288 @@
+//! The agent's life cycle against the real kernel: un-enrolling, restarting
+//! onto pinned state, and bad configuration.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use ambit_tests::{
+    Node, Pod,
+    mesh::{Agent, pods_yaml},
+    testbed_or_skip,
+    workload::{ECHO_PORT, WAIT, pod_tool, send, serve, wait_conn_from},
+};
+use serde_json::Value;
+
+/// ambit's programs attached to a cgroup, as the kernel lists them
+/// (`bpftool cgroup show`).
+fn attached_programs(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool runs");
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    listing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|name| name.starts_with("ambit_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `sk_lookup` links attached to a pod's network namespace, as the kernel
+/// lists them (`bpftool link show`).
+fn sk_lookup_links(pod: &Pod) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(&pod.netns_path)
+        .expect("netns exists")
+        .ino();
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool runs");
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["attach_type"] == "sk_lookup" && l["netns_ino"] == inode)
+        .count()
+}
+
+fn pins(node: &Node) -> usize {
+    std::fs::read_dir(node.bpffs.join("ambit/links")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn unenrolling_restores_direct_traffic() {
+    let mut tb = testbed_or_skip!("unenroll");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let agent = Agent::start(&tb, &n1, &[&client], &[]);
+    let echo = serve(&tb, &server);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+
+    send(&tb, &client, &to, 100_000);
+    assert_eq!(agent.counter(&tb, "connect_redirected"), 1);
+    assert_eq!(sk_lookup_links(&client), 1);
+
+    agent.set_pods(&[]);
+    agent.wait_pod_gone(&tb, "client", WAIT);
+
+    send(&tb, &client, &to, 100_000);
+    wait_conn_from(&echo, &client.ipv4.to_string());
+    assert_eq!(
+        agent.counter(&tb, "connect_redirected"),
+        1,
+        "traffic after un-enrolling must not be captured"
+    );
+    assert_eq!(
+        sk_lookup_links(&client),
+        0,
+        "sk_lookup must be detached from the pod"
+    );
+    // The agent's listeners are gone and the bind hook no longer guards the pod.
+    let out = tb.run_in_pod(
+        &client,
+        pod_tool(&["try-bind", "--addr", "127.0.0.1:15001"]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"ok\":true"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rules = tb.exec_in_netns(&client.netns, &["ip", "rule", "show"]);
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("0x53a"),
+        "the return-path rule must be removed"
+    );
+}
+
+#[test]
+fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
+    let mut tb = testbed_or_skip!("restart_reuse");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let echo = serve(&tb, &server);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+
+    let first = Agent::start(&tb, &n1, &[&client], &["--keep-bpf-state"]);
+    assert_eq!(
+        attached_programs(&n1.cgroup_root).len(),
+        8,
+        "{:?}",
+        attached_programs(&n1.cgroup_root)
+    );
+    send(&tb, &client, &to, 100_000);
+    assert_eq!(first.counter(&tb, "connect_redirected"), 1);
+    let status = first.proc.terminate();
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        first.proc.report()
+    );
+    assert_eq!(
+        pins(&n1),
+        9,
+        "8 cgroup links and 1 sk_lookup link stay pinned for the next agent"
+    );
+    assert_eq!(
+        attached_programs(&n1.cgroup_root).len(),
+        8,
+        "programs stay attached across the restart"
+    );
+
+    let second = Agent::start(&tb, &n1, &[&client], &[]);
+    second
+        .proc
+        .wait_for_stderr_line(WAIT, |l| l.contains("reused=8"))
+        .expect("the second agent adopts all 8 cgroup links");
+    let programs = attached_programs(&n1.cgroup_root);
+    assert_eq!(
+        programs.len(),
+        8,
+        "no duplicate attachments after a restart: {programs:?}"
+    );
+    assert_eq!(
+        sk_lookup_links(&client),
+        1,
+        "no duplicate sk_lookup attachment after a restart"
+    );
+    let entry = second.wait_pod_state(&tb, "client", "enrolled", WAIT);
+    assert!(entry["netns_cookie"].is_u64(), "{entry}");
+
+    send(&tb, &client, &to, 100_000);
+    wait_conn_from(&echo, &client.ipv4.to_string());
+    // The counters live in the pinned map, so they carry over.
+    assert_eq!(second.counter(&tb, "connect_redirected"), 2);
+
+    // Without --keep-bpf-state, exit detaches and unpins everything.
+    let status = second.proc.terminate();
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        second.proc.report()
+    );
+    assert!(
+        attached_programs(&n1.cgroup_root).is_empty(),
+        "{:?}",
+        attached_programs(&n1.cgroup_root)
+    );
+    assert_eq!(sk_lookup_links(&client), 0);
+    assert!(
+        !n1.bpffs.join("ambit").exists(),
+        "the pin directory must be removed"
+    );
+}
+
+#[test]
+fn bad_pod_entries_do_not_affect_other_pods() {
+    let mut tb = testbed_or_skip!("bad_entries");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let missing = format!("/run/netns/{}-does-not-exist", tb.id());
+    let yaml = format!(
+        "{}  - name: ghost\n    namespace: shop\n    ips: [10.10.1.99]\n    netns: {missing}\n  - name: client\n    namespace: shop\n    ips: [10.10.1.98]\n    netns: {}\n",
+        pods_yaml(&[&client]),
+        client.netns_path.display()
+    );
+    let agent = Agent::spawn(&tb, &n1, &yaml, &[]);
+    agent.wait_ready(&tb);
+    agent.wait_pod_state(&tb, "client", "enrolled", WAIT);
+    let ghost = agent.wait_pod_state(&tb, "ghost", "failed", WAIT);
+    assert!(
+        ghost["error"].as_str().unwrap_or("").contains(&missing),
+        "the error must name the netns path: {ghost}"
+    );
+    let rejected: Vec<Value> = agent
+        .pods(&tb)
+        .into_iter()
+        .filter(|p| p["state"] == "rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shop/client is listed twice"),
+        "{rejected:?}"
+    );
+
+    let echo = serve(&tb, &server);
+    send(
+        &tb,
+        &client,
+        &format!("{}:{ECHO_PORT}", server.ipv4),
+        100_000,
+    );
+    wait_conn_from(&echo, &client.ipv4.to_string());
+    assert_eq!(
+        agent.counter(&tb, "connect_redirected"),
+        1,
+        "the good pod is captured"
+    );
+}
+
+#[test]
+fn unparseable_config_stops_the_agent_with_the_file_and_line() {
+    let mut tb = testbed_or_skip!("bad_config");
+    let n1 = tb.add_node("n1");
+    let agent = Agent::spawn(
+        &tb,
+        &n1,
+        "pods:\n  - name: a\n    ips: [not-an-ip]\n    netns: /x\n",
+        &[],
+    );
+    let status = agent
+        .proc
+        .wait_timeout(WAIT)
+        .expect("the agent exits on a bad config");
+    assert!(!status.success(), "{status}");
+    let stderr = agent.proc.stderr_text();
+    assert!(
+        stderr.contains("n1-mesh.yaml") && stderr.contains("line 3"),
+        "the error must name the file and line:\n{stderr}"
+    );
+    assert!(
+        attached_programs(&n1.cgroup_root).is_empty(),
+        "nothing may be attached on a failed start"
+    );
+}
+
+#[test]
+fn broken_config_reload_keeps_the_last_good_state() {
+    let mut tb = testbed_or_skip!("bad_reload");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let agent = Agent::start(&tb, &n1, &[&client], &[]);
+    agent.set_config_text("pods: [ {name: broken\n");
+    agent
+        .proc
+        .wait_for_stderr_line(WAIT, |l| l.contains("keeping the last good configuration"))
+        .expect("the reload error is logged");
+    std::thread::sleep(Duration::from_millis(300));
+    agent.wait_pod_state(&tb, "client", "enrolled", WAIT);
+    let echo = serve(&tb, &server);
+    send(
+        &tb,
+        &client,
+        &format!("{}:{ECHO_PORT}", server.ipv4),
+        100_000,
+    );
+    wait_conn_from(&echo, &client.ipv4.to_string());
+    assert_eq!(agent.counter(&tb, "connect_redirected"), 1);
+}
