@@ -49,7 +49,7 @@ pub enum AgentError {
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), AgentError> {
+pub fn run(config: &Config) -> Result<(), AgentError> {
     let effective = serde_json::to_string(&config).unwrap_or_default();
     tracing::info!(config = %effective, "ambit node agent starting");
     let (publish, snapshots) = local_source::initial(&config.config)?;
@@ -77,7 +77,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let board = Arc::new(PodStatusBoard::default());
     let shutdown = CancellationToken::new();
 
-    let result = control.block_on(async {
+    let result: Result<Enroller, AgentError> = control.block_on(async {
         let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
             .await
             .map_err(|source| AgentError::Admin { addr: config.admin_addr, source })?;
@@ -97,10 +97,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         let reconciler = Reconciler::new(enroller, board);
         Ok(reconciler.run(snapshots, shutdown, config.keep_bpf_state).await)
     });
-    let enroller = match result {
-        Ok(enroller) => enroller,
-        Err(error) => return Err(error),
-    };
+    let enroller = result?;
     data_plane.shutdown_timeout(std::time::Duration::from_secs(5));
     let ebpf = enroller.into_ebpf();
     if config.keep_bpf_state {

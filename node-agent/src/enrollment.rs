@@ -239,7 +239,7 @@ impl Enroller {
 
     /// Stops the pod's proxies but leaves capture and attachments in place
     /// for the next agent (an upgrade).
-    pub fn release_for_upgrade(enrollment: PodEnrollment) {
+    pub fn release_for_upgrade(enrollment: &PodEnrollment) {
         enrollment.cancel.cancel();
     }
 
@@ -255,7 +255,7 @@ impl Enroller {
                         "removed stale capture of a pod no longer configured"
                     ),
                     Err(error) => {
-                        tracing::warn!(netns_cookie = cookie, %error, "cannot remove stale capture")
+                        tracing::warn!(netns_cookie = cookie, %error, "cannot remove stale capture");
                     }
                 }
             }
@@ -276,7 +276,7 @@ fn remove_return_path(netns: &Netns, families: Families) {
     match netns.run_on_worker(|| routing::remove(families)) {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            tracing::warn!(netns = %netns.path().display(), %error, "cannot remove the return path")
+            tracing::warn!(netns = %netns.path().display(), %error, "cannot remove the return path");
         }
         Err(error) => tracing::warn!(%error, "cannot remove the return path"),
     }

@@ -8,16 +8,14 @@ use mesh_core::local_config::{self, LocalConfigError, LocalSnapshot};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// Both ends of the channel the snapshots travel on.
+pub type SnapshotChannel = (
+    watch::Sender<Arc<LocalSnapshot>>,
+    watch::Receiver<Arc<LocalSnapshot>>,
+);
+
 /// Loads the file for the first time; an error here stops the agent.
-pub fn initial(
-    path: &std::path::Path,
-) -> Result<
-    (
-        watch::Sender<Arc<LocalSnapshot>>,
-        watch::Receiver<Arc<LocalSnapshot>>,
-    ),
-    LocalConfigError,
-> {
+pub fn initial(path: &std::path::Path) -> Result<SnapshotChannel, LocalConfigError> {
     let snapshot = local_config::load(path)?;
     Ok(watch::channel(Arc::new(snapshot)))
 }

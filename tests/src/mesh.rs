@@ -17,7 +17,7 @@ pub const AGENT_BIN: &str = "ambit-node-agent";
 pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A node agent running on a node, in the node's agent cgroup (as a
-/// DaemonSet pod would be), so the cgroup programs see its sockets too.
+/// `DaemonSet` pod would be), so the cgroup programs see its sockets too.
 pub struct Agent {
     /// The agent process.
     pub proc: Proc,

@@ -1,6 +1,6 @@
 //! Workloads for tests: `pod-tool` echo servers and senders run in pods.
 
-use std::{process::Command, time::Duration};
+use std::{fmt::Write as _, process::Command, time::Duration};
 
 use serde_json::Value;
 
@@ -24,7 +24,7 @@ pub fn pod_tool(args: &[&str]) -> Command {
 pub fn serve(tb: &Testbed, pod: &Pod) -> Proc {
     let mut listen = format!("0.0.0.0:{ECHO_PORT}");
     if tb.ipv6_available() {
-        listen.push_str(&format!(",[::]:{ECHO_PORT}"));
+        let _ = write!(listen, ",[::]:{ECHO_PORT}");
     }
     let server = tb.spawn_in_pod(pod, pod_tool(&["serve", "--listen", &listen]));
     server.wait_for_event("listening", WAIT);
@@ -49,7 +49,7 @@ pub fn try_send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> (bool, Valu
         client,
         pod_tool(&["send", "--to", to, "--bytes", &bytes.to_string()]),
     );
-    let (status, lines) = sender.output_json_lines(Duration::from_secs(120));
+    let (status, lines) = sender.output_json_lines(Duration::from_mins(2));
     let sent = lines
         .into_iter()
         .find(|l| l["event"] == "sent")
@@ -65,7 +65,12 @@ pub fn ip_of(addr: &str) -> &str {
         .trim_matches(['[', ']'])
 }
 
-/// Waits for the echo server's report of a connection from `client_ip`.
+/// Waits for the echo server's report of a connection from `client_ip`;
+/// panics when none arrives.
+#[expect(
+    clippy::must_use_candidate,
+    reason = "a wait that asserts; callers may ignore the report"
+)]
 pub fn wait_conn_from(server: &Proc, client_ip: &str) -> Value {
     server.wait_for_json(WAIT, |l| {
         l["event"] == "conn" && ip_of(l["peer"].as_str().unwrap_or("")) == client_ip

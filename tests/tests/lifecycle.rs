@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use ambit_tests::{
-    Node, Pod,
+    Node, Pod, Testbed,
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
     workload::{ECHO_PORT, WAIT, pod_tool, send, serve, wait_conn_from},
@@ -233,6 +233,27 @@ fn bad_pod_entries_do_not_affect_other_pods() {
         1,
         "the good pod is captured"
     );
+
+    // The CLI shows the same, as a table by default.
+    let ambit = Testbed::bin("ambit");
+    let ambit = ambit.to_str().expect("utf-8 path");
+    let out = tb.exec_in_netns(&n1.netns, &[ambit, "pods"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.starts_with("NAMESPACE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("ghost") && l.contains("failed") && l.contains(&missing)),
+        "{table}"
+    );
+    let out = tb.exec_in_netns(&n1.netns, &[ambit, "pods", "-o", "json"]);
+    let pods: Value = serde_json::from_slice(&out.stdout).expect("ambit pods -o json prints JSON");
+    assert_eq!(pods.as_array().map(Vec::len), Some(3), "{pods}");
+    // An agent that cannot be reached is a failure scripts can see.
+    let out = tb.exec_in_netns(&n1.netns, &[ambit, "--admin", "127.0.0.1:1", "counters"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the node agent"));
 }
 
 #[test]

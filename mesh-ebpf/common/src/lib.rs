@@ -114,7 +114,7 @@ pub struct EnrolledNetns {
     /// Reserved per-pod flags.
     pub flags: u32,
     /// Explicit padding; always zero.
-    pub _pad: u32,
+    pub pad: u32,
 }
 
 /// Where an application meant to connect before `connect4/6` rewrote it.
@@ -128,7 +128,7 @@ pub struct OriginalDst {
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
     /// Explicit padding; always zero.
-    pub _pad: u32,
+    pub pad: u32,
     /// Cookie of the network namespace the connecting socket lives in.
     pub netns_cookie: u64,
 }
@@ -153,7 +153,7 @@ pub struct SocketTuple {
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
     /// Explicit padding; always zero.
-    pub _pad: u16,
+    pub pad: u16,
 }
 
 /// Key of the inbound-listener sock hash: a pod address. `sk_lookup` looks up
@@ -166,7 +166,7 @@ pub struct InboundListenerKey {
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
     /// Explicit padding; always zero.
-    pub _pad: u16,
+    pub pad: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<EnrolledNetns>() == 8);
@@ -241,7 +241,7 @@ impl SocketTuple {
             src_port: src.port(),
             dst_port: dst.port(),
             family,
-            _pad: 0,
+            pad: 0,
         }
     }
 
@@ -266,7 +266,7 @@ impl InboundListenerKey {
         Self {
             addr,
             family,
-            _pad: 0,
+            pad: 0,
         }
     }
 

@@ -46,7 +46,7 @@ fn try_connect4(ctx: &SockAddrContext) {
     }
     let port = user_port_to_host(sa.user_port);
     let Some(netns_cookie) = capture_decision(ctx) else { return };
-    let original = OriginalDst { addr: [sa.user_ip4, 0, 0, 0], port, family: AF_INET, _pad: 0, netns_cookie };
+    let original = OriginalDst { addr: [sa.user_ip4, 0, 0, 0], port, family: AF_INET, pad: 0, netns_cookie };
     if record(ctx, &original) {
         sa.user_ip4 = LOCALHOST_V4;
         sa.user_port = host_to_user_port(OUTBOUND_PORT);
@@ -69,7 +69,7 @@ fn try_connect6(ctx: &SockAddrContext) {
     }
     let port = user_port_to_host(sa.user_port);
     let Some(netns_cookie) = capture_decision(ctx) else { return };
-    let original = OriginalDst { addr: folded, port, family, _pad: 0, netns_cookie };
+    let original = OriginalDst { addr: folded, port, family, pad: 0, netns_cookie };
     if record(ctx, &original) {
         // A dual-stack socket aimed at an IPv4 peer travels as IPv4, so it
         // goes to the IPv4 listener; each word is stored on its own because

@@ -57,13 +57,13 @@ fn try_sk_lookup(ctx: &SkLookupContext) {
         src_port: u16::from_be(lookup.remote_port),
         dst_port: port,
         family,
-        _pad: 0,
+        pad: 0,
     };
     if INBOUND_BYPASS.get_ptr(&own).is_some() {
         count(counters::INBOUND_BYPASSED);
         return;
     }
-    let key = InboundListenerKey { addr, family, _pad: 0 };
+    let key = InboundListenerKey { addr, family, pad: 0 };
     if INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok() {
         count(counters::INBOUND_STEERED);
     }

@@ -77,5 +77,5 @@ fn application_tuple(ctx: &SockOpsContext, netns_cookie: u64) -> Option<SocketTu
     // in its upper 16 bits.
     let src_port = u16::try_from(ctx.local_port()).ok()?;
     let dst_port = u16::from_be((ctx.remote_port() >> 16) as u16);
-    Some(SocketTuple { netns_cookie, src_addr, dst_addr, src_port, dst_port, family, _pad: 0 })
+    Some(SocketTuple { netns_cookie, src_addr, dst_addr, src_port, dst_port, family, pad: 0 })
 }

@@ -126,7 +126,7 @@ fn original_dst(ctx: &SockoptContext) -> Option<OriginalDst> {
         src_port: u16::from_be(remote_port),
         dst_port: u16::try_from(local_port).ok()?,
         family: folded_family,
-        _pad: 0,
+        pad: 0,
     };
     // SAFETY: the value is copied out at once; entries are plain data.
     unsafe { ORIG_DST_BY_TUPLE.get(&tuple) }.copied()

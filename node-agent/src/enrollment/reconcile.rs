@@ -140,7 +140,7 @@ impl Reconciler {
         for (key, entry) in std::mem::take(&mut self.entries) {
             if let Entry::Enrolled(enrollment) = entry {
                 if keep_state {
-                    Enroller::release_for_upgrade(enrollment);
+                    Enroller::release_for_upgrade(&enrollment);
                 } else {
                     self.enroller.unenroll(enrollment);
                 }
@@ -238,12 +238,12 @@ impl Entry {
 
     fn status(&self) -> PodStatus {
         let pod = self.pod();
-        let (state, error, netns_cookie, stats) = match self {
-            Entry::Enrolled(e) => (
+        let (state, reason, netns_cookie, counters) = match self {
+            Entry::Enrolled(enrollment) => (
                 PodState::Enrolled,
                 None,
-                Some(e.netns_cookie),
-                Some(e.stats.clone()),
+                Some(enrollment.netns_cookie),
+                Some(enrollment.stats.clone()),
             ),
             Entry::Failed { error, .. } => (PodState::Failed, Some(error.clone()), None, None),
         };
@@ -254,10 +254,10 @@ impl Entry {
             ips: pod.ips.clone(),
             netns: Some(pod.netns.clone()),
             state,
-            error,
+            error: reason,
             netns_cookie,
             traffic: None,
-            stats,
+            stats: counters,
         }
     }
 }
