@@ -41,7 +41,9 @@ fn main() {
         .arg(&target_dir)
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
+        // The host build's flags must not leak in; the eBPF crate's own
+        // .cargo/config.toml (read from current_dir) sets its flags.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTFLAGS")
