@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ebpf::{EbpfError, MeshEbpf, SkLookupAttachment, maps::MapOpError},
     netns::{Netns, NetnsError, NetnsSwitch},
-    proxy::{Inbound, Outbound, PodContext},
+    proxy::{Direction, PodContext, PodProxy},
     routing::{self, Families, RoutingError},
     stats::PodStats,
 };
@@ -201,10 +201,24 @@ impl Enroller {
             .into_iter()
             .map(|(_, l)| to_tokio(l))
             .collect::<Result<Vec<_>, _>>()?;
-        self.data_plane
-            .spawn(Outbound::new(context.clone(), outbound, enrollment.cancel.clone()).run());
-        self.data_plane
-            .spawn(Inbound::new(context, inbound, enrollment.cancel.clone()).run());
+        self.data_plane.spawn(
+            PodProxy::new(
+                context.clone(),
+                outbound,
+                enrollment.cancel.clone(),
+                Direction::Outbound,
+            )
+            .run(),
+        );
+        self.data_plane.spawn(
+            PodProxy::new(
+                context,
+                inbound,
+                enrollment.cancel.clone(),
+                Direction::Inbound,
+            )
+            .run(),
+        );
         maps.enroll_netns(enrollment.netns_cookie)?;
         Ok(())
     }

@@ -20,11 +20,8 @@ use crate::{
     stats::{PodStats, TrafficStats},
 };
 
-pub mod inbound;
-pub mod outbound;
-
-pub use inbound::Inbound;
-pub use outbound::Outbound;
+mod inbound;
+mod outbound;
 
 /// Why a proxied connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +62,15 @@ pub enum ProxyError {
     Relay(#[source] std::io::Error),
 }
 
+/// One direction's proxy for one pod: its listeners (one per address
+/// family), served until cancelled.
+pub struct PodProxy {
+    context: Arc<PodContext>,
+    listeners: Vec<TcpListener>,
+    cancel: CancellationToken,
+    direction: Direction,
+}
+
 /// What each proxy of one pod shares.
 pub struct PodContext {
     /// The pod's namespace/name.
@@ -79,6 +85,44 @@ pub struct PodContext {
     pub stats: Arc<PodStats>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+}
+
+// === impl PodProxy ===
+
+impl PodProxy {
+    /// A proxy for `direction` over `listeners`.
+    #[must_use]
+    pub fn new(
+        context: Arc<PodContext>,
+        listeners: Vec<TcpListener>,
+        cancel: CancellationToken,
+        direction: Direction,
+    ) -> Self {
+        Self {
+            context,
+            listeners,
+            cancel,
+            direction,
+        }
+    }
+
+    /// Serves until cancelled. Connections in flight finish on their own.
+    pub async fn run(self) {
+        let Self {
+            context,
+            listeners,
+            cancel,
+            direction,
+        } = self;
+        match direction {
+            Direction::Outbound => {
+                serve(context, listeners, cancel, direction, outbound::forward).await;
+            }
+            Direction::Inbound => {
+                serve(context, listeners, cancel, direction, inbound::forward).await;
+            }
+        }
+    }
 }
 
 // === impl PodContext ===

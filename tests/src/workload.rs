@@ -4,7 +4,7 @@ use std::{fmt::Write as _, process::Command, time::Duration};
 
 use serde_json::Value;
 
-use crate::{Pod, Proc, Testbed};
+use crate::{Node, Pod, Proc, Testbed};
 
 /// Port the test echo servers listen on.
 pub const ECHO_PORT: u16 = 8080;
@@ -75,4 +75,31 @@ pub fn wait_conn_from(server: &Proc, client_ip: &str) -> Value {
     server.wait_for_json(WAIT, |l| {
         l["event"] == "conn" && ip_of(l["peer"].as_str().unwrap_or("")) == client_ip
     })
+}
+
+/// The most common topology: two nodes, a `client` pod on the first and a
+/// `server` pod on the second, both in namespace `shop`.
+pub struct ClientServer {
+    /// First node.
+    pub n1: Node,
+    /// Second node.
+    pub n2: Node,
+    /// Pod `shop/client` on `n1`.
+    pub client: Pod,
+    /// Pod `shop/server` on `n2`.
+    pub server: Pod,
+}
+
+/// Builds [`ClientServer`] in `tb`.
+pub fn client_and_server(tb: &mut Testbed) -> ClientServer {
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    }
 }

@@ -8,7 +8,9 @@ use ambit_tests::{
     Testbed,
     mesh::Agent,
     testbed_or_skip,
-    workload::{ECHO_PORT as PORT, WAIT, send, serve, wait_conn_from},
+    workload::{
+        ClientServer, ECHO_PORT as PORT, WAIT, client_and_server, send, serve, wait_conn_from,
+    },
 };
 use serde_json::Value;
 
@@ -39,10 +41,12 @@ fn wait_closed(agent: &Agent, tb: &Testbed, pod: &str, direction: &str, closed: 
 #[test]
 fn cross_node_connection_is_captured_by_both_agents() {
     let mut tb = testbed_or_skip!("cross_node_capture");
-    let n1 = tb.add_node("n1");
-    let n2 = tb.add_node("n2");
-    let client = tb.add_pod(&n1, "client", "shop");
-    let server = tb.add_pod(&n2, "server", "shop");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
     let agent1 = Agent::start(&tb, &n1, &[&client], &[]);
     let agent2 = Agent::start(&tb, &n2, &[&server], &[]);
     let echo = serve(&tb, &server);
@@ -163,10 +167,12 @@ fn ipv6_connection_is_captured() {
         );
         return;
     }
-    let n1 = tb.add_node("n1");
-    let n2 = tb.add_node("n2");
-    let client = tb.add_pod(&n1, "client", "shop");
-    let server = tb.add_pod(&n2, "server", "shop");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
     let agent1 = Agent::start(&tb, &n1, &[&client], &[]);
     let agent2 = Agent::start(&tb, &n2, &[&server], &[]);
     let echo = serve(&tb, &server);

@@ -7,7 +7,9 @@ use ambit_tests::{
     Node, Pod, Testbed,
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, pod_tool, send, serve, wait_conn_from},
+    workload::{
+        ClientServer, ECHO_PORT, WAIT, client_and_server, pod_tool, send, serve, wait_conn_from,
+    },
 };
 use serde_json::Value;
 
@@ -62,10 +64,12 @@ fn pins(node: &Node) -> usize {
 #[test]
 fn unenrolling_restores_direct_traffic() {
     let mut tb = testbed_or_skip!("unenroll");
-    let n1 = tb.add_node("n1");
-    let n2 = tb.add_node("n2");
-    let client = tb.add_pod(&n1, "client", "shop");
-    let server = tb.add_pod(&n2, "server", "shop");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server,
+    } = client_and_server(&mut tb);
     let agent = Agent::start(&tb, &n1, &[&client], &[]);
     let echo = serve(&tb, &server);
     let to = format!("{}:{ECHO_PORT}", server.ipv4);
@@ -109,10 +113,12 @@ fn unenrolling_restores_direct_traffic() {
 #[test]
 fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
     let mut tb = testbed_or_skip!("restart_reuse");
-    let n1 = tb.add_node("n1");
-    let n2 = tb.add_node("n2");
-    let client = tb.add_pod(&n1, "client", "shop");
-    let server = tb.add_pod(&n2, "server", "shop");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server,
+    } = client_and_server(&mut tb);
     let echo = serve(&tb, &server);
     let to = format!("{}:{ECHO_PORT}", server.ipv4);
 
@@ -188,10 +194,12 @@ fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
 #[test]
 fn bad_pod_entries_do_not_affect_other_pods() {
     let mut tb = testbed_or_skip!("bad_entries");
-    let n1 = tb.add_node("n1");
-    let n2 = tb.add_node("n2");
-    let client = tb.add_pod(&n1, "client", "shop");
-    let server = tb.add_pod(&n2, "server", "shop");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server,
+    } = client_and_server(&mut tb);
     let missing = format!("/run/netns/{}-does-not-exist", tb.id());
     let yaml = format!(
         "{}  - name: ghost\n    namespace: shop\n    ips: [10.10.1.99]\n    netns: {missing}\n  - name: client\n    namespace: shop\n    ips: [10.10.1.98]\n    netns: {}\n",
@@ -285,10 +293,12 @@ fn unparseable_config_stops_the_agent_with_the_file_and_line() {
 #[test]
 fn broken_config_reload_keeps_the_last_good_state() {
     let mut tb = testbed_or_skip!("bad_reload");
-    let n1 = tb.add_node("n1");
-    let n2 = tb.add_node("n2");
-    let client = tb.add_pod(&n1, "client", "shop");
-    let server = tb.add_pod(&n2, "server", "shop");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server,
+    } = client_and_server(&mut tb);
     let agent = Agent::start(&tb, &n1, &[&client], &[]);
     agent.set_config_text("pods: [ {name: broken\n");
     agent

@@ -6,49 +6,11 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use mesh_ebpf_common::RESERVED_POD_PORTS;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
-use super::{Direction, PodContext, ProxyError, relay, serve};
+use super::{PodContext, ProxyError, relay};
 
-/// The inbound (plaintext) proxy of one pod.
-pub struct Inbound {
-    context: Arc<PodContext>,
-    listeners: Vec<TcpListener>,
-    cancel: CancellationToken,
-}
-
-// === impl Inbound ===
-
-impl Inbound {
-    /// A proxy over the pod's inbound listeners (one per address family).
-    #[must_use]
-    pub fn new(
-        context: Arc<PodContext>,
-        listeners: Vec<TcpListener>,
-        cancel: CancellationToken,
-    ) -> Self {
-        Self {
-            context,
-            listeners,
-            cancel,
-        }
-    }
-
-    /// Serves until cancelled.
-    pub async fn run(self) {
-        serve(
-            self.context,
-            self.listeners,
-            self.cancel,
-            Direction::Inbound,
-            forward,
-        )
-        .await;
-    }
-}
-
-async fn forward(
+pub(super) async fn forward(
     context: Arc<PodContext>,
     stream: TcpStream,
     client: SocketAddr,

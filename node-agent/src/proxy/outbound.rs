@@ -5,49 +5,11 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use mesh_ebpf_common::SocketTuple;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
-use super::{Direction, PodContext, ProxyError, relay, serve};
+use super::{PodContext, ProxyError, relay};
 
-/// The outbound proxy of one pod.
-pub struct Outbound {
-    context: Arc<PodContext>,
-    listeners: Vec<TcpListener>,
-    cancel: CancellationToken,
-}
-
-// === impl Outbound ===
-
-impl Outbound {
-    /// A proxy over the pod's outbound listeners (one per address family).
-    #[must_use]
-    pub fn new(
-        context: Arc<PodContext>,
-        listeners: Vec<TcpListener>,
-        cancel: CancellationToken,
-    ) -> Self {
-        Self {
-            context,
-            listeners,
-            cancel,
-        }
-    }
-
-    /// Serves until cancelled.
-    pub async fn run(self) {
-        serve(
-            self.context,
-            self.listeners,
-            self.cancel,
-            Direction::Outbound,
-            forward,
-        )
-        .await;
-    }
-}
-
-async fn forward(
+pub(super) async fn forward(
     context: Arc<PodContext>,
     stream: TcpStream,
     client: SocketAddr,
