@@ -143,7 +143,6 @@ impl Enroller {
             }
         };
         let reused_attachment = sk_lookup.reused();
-        let maps = self.ebpf.maps().clone();
         let mut enrollment = PodEnrollment {
             pod: pod.clone(),
             netns_cookie,
@@ -159,7 +158,6 @@ impl Enroller {
             return Err(error);
         }
         tracing::info!(pod = %pod.key(), netns = %pod.netns.display(), netns_cookie, reused_attachment, "pod enrolled");
-        let _ = maps;
         Ok(enrollment)
     }
 
