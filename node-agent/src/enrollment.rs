@@ -217,7 +217,7 @@ impl Enroller {
             )
             .run(),
         );
-        maps.enroll_netns(enrollment.netns_cookie)?;
+        maps.enroll_netns(enrollment.netns_cookie, &enrollment.pod.ips)?;
         Ok(())
     }
 

@@ -9,7 +9,8 @@ use ambit_tests::{
     mesh::Agent,
     testbed_or_skip,
     workload::{
-        ClientServer, ECHO_PORT as PORT, WAIT, client_and_server, send, serve, wait_conn_from,
+        ClientServer, ECHO_PORT as PORT, WAIT, client_and_server, ip_of, send, serve,
+        wait_conn_from,
     },
 };
 use serde_json::Value;
@@ -59,6 +60,12 @@ fn cross_node_connection_is_captured_by_both_agents() {
         sent["peer"],
         to.as_str(),
         "getpeername must show the real server: {sent}"
+    );
+    // ...and its own address is the pod's, not loopback.
+    assert_eq!(
+        ip_of(sent["local"].as_str().unwrap_or("")),
+        client.ipv4.to_string(),
+        "getsockname must show the pod's address: {sent}"
     );
     // The server sees the client pod's own address.
     let conn = wait_conn_from(&echo, &client.ipv4.to_string());
@@ -185,6 +192,11 @@ fn ipv6_connection_is_captured() {
         sent["peer"],
         to.as_str(),
         "getpeername6 must show the real server: {sent}"
+    );
+    assert_eq!(
+        ip_of(sent["local"].as_str().unwrap_or("")),
+        client_v6.to_string(),
+        "getsockname must show the pod's address: {sent}"
     );
     let conn = wait_conn_from(&echo, &client_v6.to_string());
     assert_eq!(conn["bytes_in"], 10_000_000, "{conn}");

@@ -106,15 +106,18 @@ pub mod program_names {
     pub const SK_LOOKUP: &str = "ambit_sk_lookup";
 }
 
-/// Value of the enrolled-netns map. Presence is what matters; the flags are
-/// reserved for per-pod modes (for example strict mTLS) and are zero today.
+/// Value of the enrolled-netns map: presence turns capture on; the pod's
+/// addresses let `connect4/6` bind a captured socket to the pod's own
+/// address, so the application's `getsockname()` shows the pod, not loopback.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnrolledNetns {
-    /// Reserved per-pod flags.
+    /// The pod's IPv4 address, network byte order; 0 when it has none.
+    pub ipv4: u32,
+    /// Reserved per-pod flags (for example strict mTLS); zero today.
     pub flags: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// The pod's IPv6 address, network byte order; all zero when it has none.
+    pub ipv6: [u32; 4],
 }
 
 /// Where an application meant to connect before `connect4/6` rewrote it.
@@ -169,7 +172,7 @@ pub struct InboundListenerKey {
     pub pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<EnrolledNetns>() == 8);
+const _: () = assert!(core::mem::size_of::<EnrolledNetns>() == 24);
 const _: () = assert!(core::mem::size_of::<OriginalDst>() == 32);
 const _: () = assert!(core::mem::size_of::<SocketTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<InboundListenerKey>() == 20);
@@ -215,6 +218,22 @@ pub fn ip_from_words(words: [u32; 4], family: u16) -> Option<IpAddr> {
             Some(IpAddr::V6(Ipv6Addr::from(o)))
         }
         _ => None,
+    }
+}
+
+impl EnrolledNetns {
+    /// The value for a pod with these addresses (at most one per family is
+    /// used; later ones of the same family are ignored).
+    pub fn for_pod(ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut value = Self::default();
+        for ip in ips {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) if value.ipv4 == 0 => value.ipv4 = addr_words(IpAddr::V4(v4)).0[0],
+                IpAddr::V6(v6) if value.ipv6 == [0; 4] => value.ipv6 = addr_words(IpAddr::V6(v6)).0,
+                _ => {}
+            }
+        }
+        value
     }
 }
 

@@ -3,6 +3,25 @@
 
 use mesh_ebpf_common::{AF_INET, AF_INET6};
 
+/// `struct sockaddr_in`.
+#[repr(C)]
+pub struct SockaddrIn {
+    pub family: u16,
+    pub port: u16,
+    pub addr: u32,
+    pub zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6`.
+#[repr(C)]
+pub struct SockaddrIn6 {
+    pub family: u16,
+    pub port: u16,
+    pub flowinfo: u32,
+    pub addr: [u32; 4],
+    pub scope_id: u32,
+}
+
 /// 127.0.0.1.
 pub const LOCALHOST_V4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 /// ::1.

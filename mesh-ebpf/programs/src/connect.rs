@@ -9,19 +9,21 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::sockaddr,
+    helpers::{bpf_bind, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use mesh_ebpf_common::{
-    AF_INET, AF_INET6, IPPROTO_TCP, is_mesh_mark, OUTBOUND_PORT, OriginalDst, counters,
+    AF_INET, AF_INET6, EnrolledNetns, IPPROTO_TCP, OUTBOUND_PORT, OriginalDst, counters, is_mesh_mark,
 };
 
 use crate::{
     addr::{
-        LOCALHOST_V4, LOCALHOST_V6, fold, host_to_user_port, is_loopback_v4, mapped, read_words, user_port_to_host,
+        LOCALHOST_V4, LOCALHOST_V6, SockaddrIn, SockaddrIn6, fold, host_to_user_port, is_loopback_v4, mapped,
+        read_words, user_port_to_host,
     },
-    maps::{ORIG_DST_BY_COOKIE, count, is_enrolled},
+    maps::{ORIG_DST_BY_COOKIE, count, enrolled},
 };
 
 /// Entry point for `cgroup/connect4`. Never refuses a connect.
@@ -45,9 +47,13 @@ fn try_connect4(ctx: &SockAddrContext) {
         return;
     }
     let port = user_port_to_host(sa.user_port);
-    let Some(netns_cookie) = capture_decision(ctx) else { return };
+    let Some((netns_cookie, pod)) = capture_decision(ctx) else { return };
     let original = OriginalDst { addr: [sa.user_ip4, 0, 0, 0], port, family: AF_INET, pad: 0, netns_cookie };
     if record(ctx, &original) {
+        if pod.ipv4 != 0 {
+            let mut local = SockaddrIn { family: AF_INET, port: 0, addr: pod.ipv4, zero: [0; 8] };
+            bind_to_pod(ctx, (&raw mut local).cast(), core::mem::size_of::<SockaddrIn>());
+        }
         sa.user_ip4 = LOCALHOST_V4;
         sa.user_port = host_to_user_port(OUTBOUND_PORT);
         count(counters::CONNECT_REDIRECTED);
@@ -68,9 +74,14 @@ fn try_connect6(ctx: &SockAddrContext) {
         return;
     }
     let port = user_port_to_host(sa.user_port);
-    let Some(netns_cookie) = capture_decision(ctx) else { return };
+    let Some((netns_cookie, pod)) = capture_decision(ctx) else { return };
     let original = OriginalDst { addr: folded, port, family, pad: 0, netns_cookie };
     if record(ctx, &original) {
+        let local_addr = if family == AF_INET { (pod.ipv4 != 0).then(|| mapped(pod.ipv4)) } else { (pod.ipv6 != [0; 4]).then_some(pod.ipv6) };
+        if let Some(addr) = local_addr {
+            let mut local = SockaddrIn6 { family: AF_INET6, port: 0, flowinfo: 0, addr, scope_id: 0 };
+            bind_to_pod(ctx, (&raw mut local).cast(), core::mem::size_of::<SockaddrIn6>());
+        }
         // A dual-stack socket aimed at an IPv4 peer travels as IPv4, so it
         // goes to the IPv4 listener; each word is stored on its own because
         // the verifier only accepts 32-bit stores to user_ip6.
@@ -84,14 +95,15 @@ fn try_connect6(ctx: &SockAddrContext) {
     }
 }
 
-/// The socket's netns cookie when the connect should be captured.
-fn capture_decision(ctx: &SockAddrContext) -> Option<u64> {
+/// The socket's netns cookie and its pod's entry when the connect should be
+/// captured.
+fn capture_decision(ctx: &SockAddrContext) -> Option<(u64, EnrolledNetns)> {
     // SAFETY: the helper only reads the context it is given.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if !is_enrolled(netns_cookie) {
+    let Some(pod) = enrolled(netns_cookie) else {
         count(counters::CONNECT_SKIPPED_NOT_ENROLLED);
         return None;
-    }
+    };
     // SAFETY: the kernel hands the program a valid bpf_sock_addr.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     // SAFETY: a non-null sk in a sock_addr context points to the socket.
@@ -99,7 +111,17 @@ fn capture_decision(ctx: &SockAddrContext) -> Option<u64> {
         count(counters::CONNECT_SKIPPED_MESH_MARK);
         return None;
     }
-    Some(netns_cookie)
+    Some((netns_cookie, pod))
+}
+
+/// Binds a captured socket to its pod's own address (port 0: the kernel
+/// picks one when connecting) before the destination becomes loopback, so
+/// the application's `getsockname()` shows the pod and the agent sees the
+/// pod's address as its peer. A socket the application bound itself keeps
+/// its address: the helper then fails, harmlessly.
+fn bind_to_pod(ctx: &SockAddrContext, addr: *mut sockaddr, len: usize) {
+    // SAFETY: addr points at a sockaddr of len bytes on this program's stack.
+    let _ = unsafe { bpf_bind(ctx.sock_addr, addr, len as i32) };
 }
 
 /// Records the original destination; `false` (and the connect goes ahead

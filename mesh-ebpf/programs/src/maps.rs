@@ -49,3 +49,10 @@ pub fn count(index: u32) {
 pub fn is_enrolled(netns_cookie: u64) -> bool {
     ENROLLED_NETNS.get_ptr(netns_cookie).is_some()
 }
+
+/// The enrolled pod's entry for this network namespace, if enrolled.
+#[inline(always)]
+pub fn enrolled(netns_cookie: u64) -> Option<EnrolledNetns> {
+    // SAFETY: the value is copied out at once; entries are plain data.
+    unsafe { ENROLLED_NETNS.get(&netns_cookie) }.copied()
+}

@@ -9,28 +9,9 @@ use aya_ebpf::{EbpfContext as _, helpers::bpf_get_netns_cookie, macros::cgroup_s
 use mesh_ebpf_common::{AF_INET, AF_INET6, OriginalDst, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST, SocketTuple, counters};
 
 use crate::{
-    addr::{fold, mapped, read_words},
+    addr::{SockaddrIn, SockaddrIn6, fold, mapped, read_words},
     maps::{ORIG_DST_BY_TUPLE, count},
 };
-
-/// `struct sockaddr_in`.
-#[repr(C)]
-struct SockaddrIn {
-    family: u16,
-    port: u16,
-    addr: u32,
-    zero: [u8; 8],
-}
-
-/// `struct sockaddr_in6`.
-#[repr(C)]
-struct SockaddrIn6 {
-    family: u16,
-    port: u16,
-    flowinfo: u32,
-    addr: [u32; 4],
-    scope_id: u32,
-}
 
 /// Entry point for `cgroup/getsockopt`. Leaves every other option alone.
 #[cgroup_sockopt(getsockopt)]

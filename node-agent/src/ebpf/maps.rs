@@ -60,10 +60,15 @@ impl MeshMaps {
         })
     }
 
-    /// Turns capture on for the network namespace with this cookie.
-    pub fn enroll_netns(&self, netns_cookie: u64) -> Result<(), MapOpError> {
+    /// Turns capture on for the network namespace with this cookie, whose
+    /// pod has these addresses.
+    pub fn enroll_netns(&self, netns_cookie: u64, pod_ips: &[IpAddr]) -> Result<(), MapOpError> {
         lock(&self.enrolled)
-            .insert(netns_cookie, EnrolledNetns::default(), 0)
+            .insert(
+                netns_cookie,
+                EnrolledNetns::for_pod(pod_ips.iter().copied()),
+                0,
+            )
             .map_err(|source| MapOpError {
                 action: "insert",
                 map: map_names::ENROLLED_NETNS,
