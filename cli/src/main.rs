@@ -1,28 +1,36 @@
-//! `ambit`: inspect a node agent from the command line.
+//! `ambit`: inspect a node agent and operate the mesh from the command line.
 //!
 //! ```text
 //! ambit pods [-o table|json|yaml]        pods the agent knows: state, cookie, traffic
 //! ambit counters [-o table|json|yaml]    the eBPF programs' counters
+//! ambit ca init --dir DIR [--trust-domain TD] [--validity-days N] [--force]
+//!                                        make a CA: DIR/ca.pem and DIR/ca-key.pem
 //! ```
 //!
-//! Both read the agent's admin API (`--admin`, default `127.0.0.1:15000`, or
-//! `AMBIT_ADMIN_ADDR`), so run them in the agent's network namespace.
-//! Exit codes: 0 success, 1 the agent could not be reached or answered an
-//! error, 2 bad usage.
+//! `pods` and `counters` read the agent's admin API (`--admin`, default
+//! `127.0.0.1:15000`, or `AMBIT_ADMIN_ADDR`), so run them in the agent's
+//! network namespace. Exit codes: 0 success, 1 the command failed (the agent
+//! could not be reached or answered an error, the CA files exist, ...),
+//! 2 bad usage.
 
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{error::Error, net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 mod admin;
+mod ca;
 mod render;
 
-/// ambit: inspect the mesh.
+/// ambit: inspect and operate the mesh.
 #[derive(Debug, Parser)]
-#[command(name = "ambit", version, about = "Inspect ambit, the sidecarless mesh")]
+#[command(
+    name = "ambit",
+    version,
+    about = "Inspect and operate ambit, the sidecarless mesh"
+)]
 struct Cli {
     /// The node agent's admin API address.
     #[arg(
@@ -45,6 +53,11 @@ enum Command {
     Pods,
     /// The eBPF programs' counters, summed over CPUs.
     Counters,
+    /// The mesh's certificate authority (local mode).
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
 }
 
 /// Output format of listing commands.
@@ -60,23 +73,90 @@ pub enum Output {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = match cli.command {
-        Command::Pods => "/pods",
-        Command::Counters => "/counters",
-    };
-    let value: Value = match admin::get_json(cli.admin, path) {
-        Ok(value) => value,
+    match run(&cli) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let text = match (cli.output, cli.command) {
-        (Output::Json, _) => serde_json::to_string_pretty(&value).unwrap_or_default() + "\n",
-        (Output::Yaml, _) => serde_yaml::to_string(&value).unwrap_or_default(),
-        (Output::Table, Command::Pods) => render::pods_table(&value),
-        (Output::Table, Command::Counters) => render::counters_table(&value),
-    };
-    print!("{text}");
-    ExitCode::SUCCESS
+    }
+}
+
+/// Runs one command and returns what to print.
+fn run(cli: &Cli) -> Result<String, Box<dyn Error>> {
+    match &cli.command {
+        Command::Pods => show(cli, "/pods", render::pods_table),
+        Command::Counters => show(cli, "/counters", render::counters_table),
+        Command::Ca {
+            command: ca::CaCommand::Init(args),
+        } => Ok(ca::init(args)?.render(cli.output)),
+    }
+}
+
+/// Reads one admin API listing and renders it.
+fn show(cli: &Cli, path: &str, table: fn(&Value) -> String) -> Result<String, Box<dyn Error>> {
+    let value: Value = admin::get_json(cli.admin, path)?;
+    Ok(match cli.output {
+        Output::Json => serde_json::to_string_pretty(&value).unwrap_or_default() + "\n",
+        Output::Yaml => serde_yaml::to_string(&value).unwrap_or_default(),
+        Output::Table => table(&value),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listing_commands_still_parse() {
+        let cli = Cli::try_parse_from(["ambit", "pods", "-o", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Pods));
+        assert_eq!(cli.output, Output::Json);
+        let cli = Cli::try_parse_from(["ambit", "--admin", "127.0.0.1:1", "counters"]).unwrap();
+        assert!(matches!(cli.command, Command::Counters));
+    }
+
+    #[test]
+    fn ca_init_parses_with_defaults() {
+        let cli = Cli::try_parse_from(["ambit", "ca", "init", "--dir", "/tmp/x"]).unwrap();
+        let Command::Ca {
+            command: ca::CaCommand::Init(args),
+        } = cli.command
+        else {
+            panic!("expected ca init");
+        };
+        assert_eq!(args.dir, std::path::Path::new("/tmp/x"));
+        assert_eq!(args.trust_domain, "cluster.local");
+        assert_eq!(args.validity_days, 3650);
+        assert!(!args.force);
+    }
+
+    #[test]
+    fn ca_init_needs_a_dir_and_a_sane_validity() {
+        for argv in [
+            &["ambit", "ca", "init"][..],
+            &["ambit", "ca", "init", "--dir", "d", "--validity-days", "0"],
+            &[
+                "ambit",
+                "ca",
+                "init",
+                "--dir",
+                "d",
+                "--validity-days",
+                "36501",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?}");
+        }
+    }
 }

@@ -3,5 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ca;
+pub mod identity;
 pub mod local_config;
 pub mod workload;

@@ -8,6 +8,8 @@
 //!     serviceAccount: client
 //!     ips: [10.10.1.11, "fd00:10:10:1::b"]
 //!     netns: /run/netns/client
+//!     node: node-1            # optional; pods of other nodes are HBONE destinations
+//!     mtls: strict            # optional; default permissive
 //! ```
 //!
 //! A file that cannot be read or parsed is an error for the whole file. A
@@ -158,7 +160,11 @@ fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, PodKey>) -> Option<String> {
             ));
         }
     }
-    if !pod.netns.is_absolute() {
+    if pod.netns.as_os_str().is_empty() {
+        if pod.node.is_none() {
+            return Some(format!("pod {key} has neither a netns path nor a node"));
+        }
+    } else if !pod.netns.is_absolute() {
         return Some(format!(
             "pod {key} has netns path {}, which is not absolute",
             pod.netns.display()

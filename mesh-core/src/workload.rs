@@ -28,7 +28,28 @@ pub struct Pod {
     /// The pod's addresses (one per family at most, as Kubernetes assigns).
     pub ips: Vec<IpAddr>,
     /// Path of the pod's network namespace, e.g. `/var/run/netns/cni-1234`.
+    #[serde(default)]
     pub netns: PathBuf,
+    /// The node the pod runs on. A pod without one is on every agent's own
+    /// node (single-node setups); a pod on another node is not enrolled but
+    /// known as a mesh destination, reached over HBONE.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// mTLS mode for connections to the pod.
+    #[serde(default)]
+    pub mtls: MtlsMode,
+}
+
+/// What a pod accepts from outside the mesh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Plaintext from clients outside the mesh is accepted (the default).
+    #[default]
+    Permissive,
+    /// Only mesh traffic is accepted: HBONE, or plaintext from a meshed pod
+    /// on the same node (the agent vouches for both ends).
+    Strict,
 }
 
 fn default_namespace() -> String {
@@ -57,5 +78,11 @@ impl Pod {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
         }
+    }
+
+    /// Whether the pod runs on the node called `node`.
+    #[must_use]
+    pub fn is_on_node(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
     }
 }
