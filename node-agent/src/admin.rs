@@ -6,6 +6,8 @@
 //! | `/ready` | `ready` once the programs are attached (200) |
 //! | `/pods` | every configured pod: state, error, netns cookie, traffic counters |
 //! | `/counters` | the eBPF programs' counters, summed over CPUs |
+//! | `/connections` | recently closed connections: ends, identities, mTLS or not, bytes |
+//! | `/certificates` | workload certificates: identity, serial, validity, rotations |
 //! | `/config` | the effective configuration |
 
 use std::{convert::Infallible, sync::Arc};
@@ -20,7 +22,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, ebpf::MeshMaps, enrollment::reconcile::PodStatusBoard};
+use crate::{
+    config::Config, connections::ConnectionLog, ebpf::MeshMaps,
+    enrollment::reconcile::PodStatusBoard, identity::CertManager,
+};
 
 /// What the admin API reads.
 pub struct AdminState {
@@ -30,6 +35,10 @@ pub struct AdminState {
     pub board: Arc<PodStatusBoard>,
     /// The eBPF maps.
     pub maps: Arc<MeshMaps>,
+    /// Workload certificates.
+    pub certs: Arc<CertManager>,
+    /// Recently closed connections.
+    pub connections: Arc<ConnectionLog>,
 }
 
 /// Serves the admin API on `listener` until `shutdown`.
@@ -77,9 +86,11 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
         },
         "/config" => json(&state.config),
+        "/certificates" => json(&state.certs.certificates()),
+        "/connections" => json(&state.connections.recent()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /pods, /counters, /config or /ready\n",
+            "not found; try /pods, /connections, /certificates, /counters, /config or /ready\n",
         ),
     }
 }

@@ -12,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, AdminState},
     config::Config,
+    connections::ConnectionLog,
     ebpf::{EbpfError, MeshEbpf},
     enrollment::{
-        Enroller,
+        Enroller, MeshSettings,
         reconcile::{PodStatusBoard, Reconciler},
     },
+    identity::{CaFiles, CertManager},
     local_source,
     netns::{Netns, NetnsError},
+    workloads::SharedWorkloads,
 };
 
 /// Why the agent could not start.
@@ -30,6 +33,9 @@ pub enum AgentError {
     /// The eBPF programs could not be loaded or attached.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
+    /// The CA or trust bundle could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// The agent's own network namespace could not be opened.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -65,15 +71,28 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         .build()
         .map_err(|e| AgentError::Runtime("control", e))?;
 
+    // The CA comes first: a bad CA file must stop the agent before anything
+    // is attached.
+    let ca_files = CaFiles {
+        cert: config.ca_cert.clone(),
+        key: config.ca_key.clone(),
+        trust_bundle: config.trust_bundle.clone(),
+    };
+    let certs = CertManager::load(&ca_files, config.cert_lifetime())?;
     let mut ebpf = MeshEbpf::load(&config.bpffs_dir, &config.cgroup_root)?;
     let log_forwarder = ebpf.take_log_forwarder();
     let maps = ebpf.maps().clone();
-    let enroller = Enroller::new(
-        ebpf,
-        home_netns,
-        data_plane.handle().clone(),
-        config.connect_timeout(),
-    );
+    let connections = Arc::new(ConnectionLog::default());
+    let mesh = MeshSettings {
+        node_name: config.node_name.clone(),
+        trust_domain: config.trust_domain.clone(),
+        connect_timeout: config.connect_timeout(),
+        same_node_fast_path: config.same_node_fast_path,
+        certs: certs.clone(),
+        workloads: Arc::new(SharedWorkloads::default()),
+        connections: connections.clone(),
+    };
+    let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
     let board = Arc::new(PodStatusBoard::default());
     let shutdown = CancellationToken::new();
 
@@ -81,7 +100,9 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
             .await
             .map_err(|source| AgentError::Admin { addr: config.admin_addr, source })?;
-        let admin_state = Arc::new(AdminState { config: config.clone(), board: board.clone(), maps });
+        let admin_state =
+            Arc::new(AdminState { config: config.clone(), board: board.clone(), maps, certs: certs.clone(), connections });
+        tokio::spawn(crate::identity::rotate_until_cancelled(certs.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
         tokio::spawn(local_source::watch_file(
             config.config.clone(),

@@ -30,6 +30,18 @@ pub mod env {
     pub const CONNECT_TIMEOUT_MS: &str = "AMBIT_CONNECT_TIMEOUT_MS";
     /// See [`super::Config::config_poll_ms`].
     pub const CONFIG_POLL_MS: &str = "AMBIT_CONFIG_POLL_MS";
+    /// See [`super::Config::ca_cert`].
+    pub const CA_CERT: &str = "AMBIT_CA_CERT";
+    /// See [`super::Config::ca_key`].
+    pub const CA_KEY: &str = "AMBIT_CA_KEY";
+    /// See [`super::Config::trust_bundle`].
+    pub const TRUST_BUNDLE: &str = "AMBIT_TRUST_BUNDLE";
+    /// See [`super::Config::trust_domain`].
+    pub const TRUST_DOMAIN: &str = "AMBIT_TRUST_DOMAIN";
+    /// See [`super::Config::cert_lifetime_secs`].
+    pub const CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
+    /// See [`super::Config::same_node_fast_path`].
+    pub const SAME_NODE_FAST_PATH: &str = "AMBIT_SAME_NODE_FAST_PATH";
     /// Log filter, `tracing-subscriber` `EnvFilter` syntax.
     pub const LOG: &str = "AMBIT_LOG";
 }
@@ -78,6 +90,29 @@ pub struct Config {
     #[arg(long, env = env::CONFIG_POLL_MS, default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub config_poll_ms: u64,
+    /// The mesh CA's certificate (PEM), from `ambit ca init`.
+    #[arg(long, env = env::CA_CERT)]
+    pub ca_cert: PathBuf,
+    /// The mesh CA's private key (PEM, PKCS#8); the agent signs its pods'
+    /// certificates with it (local mode).
+    #[arg(long, env = env::CA_KEY)]
+    pub ca_key: PathBuf,
+    /// More trusted roots (PEM, any number of certificates), for rotating the
+    /// CA; the CA certificate itself is always trusted.
+    #[arg(long, env = env::TRUST_BUNDLE)]
+    pub trust_bundle: Option<PathBuf>,
+    /// Trust domain of workload identities (`spiffe://<trust-domain>/ns/..`).
+    #[arg(long, env = env::TRUST_DOMAIN, default_value = mesh_core::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates; they are reissued at half-life.
+    #[arg(long, env = env::CERT_LIFETIME_SECS, default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub cert_lifetime_secs: u64,
+    /// Skip TLS between two meshed pods of this node (the agent holds both
+    /// identities and the bytes never leave the node).
+    #[arg(long, env = env::SAME_NODE_FAST_PATH, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub same_node_fast_path: bool,
 }
 
 /// Log line format.
@@ -99,6 +134,12 @@ impl Config {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// Lifetime of workload certificates.
+    #[must_use]
+    pub fn cert_lifetime(&self) -> Duration {
+        Duration::from_secs(self.cert_lifetime_secs)
+    }
+
     /// Interval between checks of the local configuration file.
     #[must_use]
     pub fn config_poll_interval(&self) -> Duration {
@@ -111,7 +152,12 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("ambit-node-agent").chain(args.iter().copied()))
+        let required = ["--ca-cert", "/ca.pem", "--ca-key", "/ca-key.pem"];
+        Config::try_parse_from(
+            std::iter::once("ambit-node-agent")
+                .chain(required)
+                .chain(args.iter().copied()),
+        )
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Enrolling a pod, in this order so capture never points at nothing:
 //! 1. on a worker thread inside the pod's namespace: open the outbound
-//!    (15001) and inbound (15006) listeners with the mesh mark, read the
+//!    (15001), inbound (15006) and HBONE (15008) listeners with the mesh mark, read the
 //!    namespace cookie, install the return path (`crate::routing`);
 //! 2. attach `sk_lookup` to the namespace and register the inbound listener
 //!    under each pod address;
@@ -19,17 +19,22 @@ use std::{
     time::Duration,
 };
 
+use mesh_core::identity::SpiffeId;
 use mesh_core::workload::Pod;
-use mesh_ebpf_common::{INBOUND_PLAINTEXT_PORT, MESH_MARK, OUTBOUND_PORT};
+use mesh_ebpf_common::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, OUTBOUND_PORT};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    connections::ConnectionLog,
     ebpf::{EbpfError, MeshEbpf, SkLookupAttachment, maps::MapOpError},
+    hbone::{self, client::HbonePool},
+    identity::CertManager,
     netns::{Netns, NetnsError, NetnsSwitch},
     proxy::{Direction, PodContext, PodProxy},
     routing::{self, Families, RoutingError},
     stats::PodStats,
+    workloads::SharedWorkloads,
 };
 
 pub mod reconcile;
@@ -59,6 +64,20 @@ pub enum EnrollError {
     /// An eBPF attachment failed.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
+    /// The pod is on this node but has no netns path.
+    #[error("pod {0} is on this node but its config entry has no netns path")]
+    NoNetns(mesh_core::workload::PodKey),
+    /// The pod's namespace or service account do not make a SPIFFE id.
+    #[error("pod {pod} has no valid identity: {source}")]
+    Identity {
+        /// The pod.
+        pod: mesh_core::workload::PodKey,
+        /// Why.
+        source: mesh_core::identity::IdentityError,
+    },
+    /// Its certificate could not be issued.
+    #[error(transparent)]
+    Certificate(#[from] crate::identity::IdentityError),
     /// An eBPF map refused an update.
     #[error(transparent)]
     Map(#[from] MapOpError),
@@ -85,7 +104,26 @@ pub struct Enroller {
     ebpf: MeshEbpf,
     home_netns: Arc<Netns>,
     data_plane: tokio::runtime::Handle,
-    connect_timeout: Duration,
+    mesh: MeshSettings,
+}
+
+/// What every enrolled pod's proxies share.
+#[derive(Clone)]
+pub struct MeshSettings {
+    /// This node's name: pods of other nodes are destinations, not enrolled.
+    pub node_name: String,
+    /// The trust domain of workload identities.
+    pub trust_domain: String,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Skip TLS between pods of this node.
+    pub same_node_fast_path: bool,
+    /// Certificates.
+    pub certs: Arc<CertManager>,
+    /// Every meshed pod, by address.
+    pub workloads: Arc<SharedWorkloads>,
+    /// Recently closed connections.
+    pub connections: Arc<ConnectionLog>,
 }
 
 /// The sockets opened inside a pod at enrollment.
@@ -93,6 +131,7 @@ struct PodSockets {
     netns_cookie: u64,
     outbound: Vec<std::net::TcpListener>,
     inbound: Vec<(Family, std::net::TcpListener)>,
+    hbone: Vec<std::net::TcpListener>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,14 +149,20 @@ impl Enroller {
         ebpf: MeshEbpf,
         home_netns: Arc<Netns>,
         data_plane: tokio::runtime::Handle,
-        connect_timeout: Duration,
+        mesh: MeshSettings,
     ) -> Self {
         Self {
             ebpf,
             home_netns,
             data_plane,
-            connect_timeout,
+            mesh,
         }
+    }
+
+    /// The settings shared by every pod.
+    #[must_use]
+    pub fn mesh(&self) -> &MeshSettings {
+        &self.mesh
     }
 
     /// The eBPF state, for inspection.
@@ -128,6 +173,19 @@ impl Enroller {
 
     /// Enrolls a pod. On error nothing of the pod is left behind.
     pub fn enroll(&mut self, pod: &Pod) -> Result<PodEnrollment, EnrollError> {
+        if pod.netns.as_os_str().is_empty() {
+            return Err(EnrollError::NoNetns(pod.key()));
+        }
+        let identity = SpiffeId::new(
+            &self.mesh.trust_domain,
+            &pod.namespace,
+            &pod.service_account,
+        )
+        .map_err(|source| EnrollError::Identity {
+            pod: pod.key(),
+            source,
+        })?;
+        self.mesh.certs.ensure(&identity)?;
         let netns = Arc::new(Netns::open(&pod.netns)?);
         let families = Families {
             v4: pod.ips.iter().any(IpAddr::is_ipv4),
@@ -173,13 +231,35 @@ impl Enroller {
                 maps.register_inbound_listener(*ip, listener)?;
             }
         }
+        let identity = SpiffeId::new(
+            &self.mesh.trust_domain,
+            &enrollment.pod.namespace,
+            &enrollment.pod.service_account,
+        )
+        .map_err(|source| EnrollError::Identity {
+            pod: enrollment.pod.key(),
+            source,
+        })?;
         let context = Arc::new(PodContext {
             pod: enrollment.pod.key(),
+            identity,
+            pod_ips: enrollment
+                .pod
+                .ips
+                .iter()
+                .map(std::net::IpAddr::to_canonical)
+                .collect(),
+            mtls: enrollment.pod.mtls,
             netns_cookie: enrollment.netns_cookie,
             sockets: NetnsSwitch::new(enrollment.netns.clone(), self.home_netns.clone()),
             maps: maps.clone(),
             stats: enrollment.stats.clone(),
-            connect_timeout: self.connect_timeout,
+            connect_timeout: self.mesh.connect_timeout,
+            certs: self.mesh.certs.clone(),
+            workloads: self.mesh.workloads.clone(),
+            same_node_fast_path: self.mesh.same_node_fast_path,
+            hbone: HbonePool::default(),
+            connections: self.mesh.connections.clone(),
         });
         let _runtime = self.data_plane.enter();
         let to_tokio = |listener: std::net::TcpListener| {
@@ -199,6 +279,16 @@ impl Enroller {
             .into_iter()
             .map(|(_, l)| to_tokio(l))
             .collect::<Result<Vec<_>, _>>()?;
+        let hbone = sockets
+            .hbone
+            .into_iter()
+            .map(to_tokio)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.data_plane.spawn(hbone::server::serve(
+            context.clone(),
+            hbone,
+            enrollment.cancel.clone(),
+        ));
         self.data_plane.spawn(
             PodProxy::new(
                 context.clone(),
@@ -298,7 +388,12 @@ fn remove_return_path(netns: &Netns, families: Families) {
 fn open_pod_sockets(families: Families) -> Result<PodSockets, EnrollError> {
     let mut outbound = Vec::new();
     let mut inbound = Vec::new();
+    let mut hbone = Vec::new();
     if families.v4 {
+        hbone.push(mesh_listener(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            INBOUND_HBONE_PORT,
+        )))?);
         outbound.push(mesh_listener(SocketAddr::from((
             Ipv4Addr::LOCALHOST,
             OUTBOUND_PORT,
@@ -312,6 +407,10 @@ fn open_pod_sockets(families: Families) -> Result<PodSockets, EnrollError> {
         ));
     }
     if families.v6 {
+        hbone.push(mesh_listener(SocketAddr::from((
+            Ipv6Addr::UNSPECIFIED,
+            INBOUND_HBONE_PORT,
+        )))?);
         outbound.push(mesh_listener(SocketAddr::from((
             Ipv6Addr::LOCALHOST,
             OUTBOUND_PORT,
@@ -336,6 +435,7 @@ fn open_pod_sockets(families: Families) -> Result<PodSockets, EnrollError> {
         netns_cookie,
         outbound,
         inbound,
+        hbone,
     })
 }
 

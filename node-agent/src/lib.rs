@@ -7,16 +7,25 @@
 //! - [`enrollment`]: making a pod's network namespace meshed, and back
 //! - [`proxy`]: the outbound and inbound L4 proxies
 //! - [`routing`]: the in-pod return path for transparent inbound connections
+//! - [`identity`], [`tls`], [`hbone`]: workload certificates, mutual TLS and
+//!   HTTP/2 CONNECT tunnels between agents
+//! - [`workloads`]: every meshed pod by address
+//! - [`connections`]: recently closed connections and the access log
 //! - [`admin`]: the JSON admin API
 
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod connections;
 pub mod ebpf;
 pub mod enrollment;
+pub mod hbone;
+pub mod identity;
 pub mod local_source;
 pub mod netns;
 pub mod proxy;
 pub mod routing;
 pub mod stats;
 mod sys;
+pub mod tls;
+pub mod workloads;

@@ -1,10 +1,20 @@
-//! The L4 proxy: one outbound and one inbound proxy per enrolled pod, each
-//! listening inside the pod's network namespace. This data path is
-//! plaintext; mTLS (HBONE) slots in between `accept` and `relay`.
+//! The L4 proxy: one outbound and one inbound (plaintext) proxy per enrolled
+//! pod, each listening inside the pod's network namespace, beside the pod's
+//! HBONE server (`crate::hbone::server`).
+//!
+//! Outbound, the destination decides the path:
+//! - a meshed pod on another node: HBONE (mutual TLS) to its port 15008;
+//! - a meshed pod on this node: plaintext through its inbound proxy when
+//!   the same-node fast path is on (both identities are this agent's), else
+//!   HBONE;
+//! - anything else: plaintext, straight to the destination.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use mesh_core::workload::PodKey;
+use mesh_core::{
+    identity::SpiffeId,
+    workload::{MtlsMode, PodKey},
+};
 use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
@@ -15,9 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
+    connections::{ConnectionLog, Flow},
     ebpf::MeshMaps,
+    hbone::{HboneError, client::HbonePool},
+    identity::CertManager,
     netns::{NetnsError, NetnsSwitch},
     stats::{PodStats, TrafficStats},
+    workloads::SharedWorkloads,
 };
 
 mod inbound;
@@ -57,6 +71,19 @@ pub enum ProxyError {
     /// The bypass entry for the transparent connection could not be added.
     #[error(transparent)]
     Bypass(#[from] crate::ebpf::maps::MapOpError),
+    /// The HBONE leg failed.
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    /// Strict mTLS refused a plaintext client from outside the mesh.
+    #[error(
+        "pod {pod} is in strict mTLS mode; plaintext from {client}, which is not a meshed pod of this node, is refused"
+    )]
+    StrictMtls {
+        /// The pod.
+        pod: PodKey,
+        /// The client.
+        client: SocketAddr,
+    },
     /// Relaying bytes failed.
     #[error("relaying bytes failed: {0}")]
     Relay(#[source] std::io::Error),
@@ -75,6 +102,12 @@ pub struct PodProxy {
 pub struct PodContext {
     /// The pod's namespace/name.
     pub pod: PodKey,
+    /// The pod's SPIFFE id.
+    pub identity: SpiffeId,
+    /// The pod's addresses.
+    pub pod_ips: Vec<std::net::IpAddr>,
+    /// The pod's mTLS mode.
+    pub mtls: MtlsMode,
     /// The pod's network namespace cookie.
     pub netns_cookie: u64,
     /// Creates sockets inside the pod's network namespace.
@@ -85,6 +118,26 @@ pub struct PodContext {
     pub stats: Arc<PodStats>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Certificates and TLS configurations.
+    pub certs: Arc<CertManager>,
+    /// Every meshed pod, by address.
+    pub workloads: Arc<SharedWorkloads>,
+    /// Skip TLS between pods of this node.
+    pub same_node_fast_path: bool,
+    /// The pod's HBONE connections.
+    pub hbone: HbonePool,
+    /// Recently closed connections.
+    pub connections: Arc<ConnectionLog>,
+}
+
+/// A finished connection: what it was and the bytes each way.
+pub struct Finished {
+    /// The connection.
+    pub flow: Flow,
+    /// Bytes from source to destination.
+    pub sent: u64,
+    /// Bytes from destination to source.
+    pub received: u64,
 }
 
 // === impl PodProxy ===
@@ -189,7 +242,8 @@ fn mesh_socket(dst: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<T
 }
 
 /// Which way a proxy carries traffic, for logs and counters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// From the pod to a destination.
     Outbound,
@@ -208,7 +262,7 @@ pub async fn serve<F, Fut>(
     forward: F,
 ) where
     F: Fn(Arc<PodContext>, TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<(SocketAddr, u64, u64), ProxyError>> + Send + 'static,
+    Fut: Future<Output = Result<Finished, ProxyError>> + Send + 'static,
 {
     let mut accepts = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -239,7 +293,7 @@ pub async fn serve<F, Fut>(
                 tokio::spawn(
                     async move {
                         match work.await {
-                            Ok((dst, sent, received)) => tracing::info!(%dst, sent, received, "connection closed"),
+                            Ok(Finished { flow, sent, received }) => context.connections.closed(flow, sent, received, None),
                             Err(error) => {
                                 if !matches!(error, ProxyError::Relay(_)) {
                                     context.stats.direction(direction).closed(0, 0, true);

@@ -38,26 +38,48 @@ pub fn pods_yaml(pods: &[&Pod]) -> String {
         }
         let _ = write!(
             yaml,
-            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    ips: [{}]\n    netns: {}\n",
+            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    ips: [{}]\n    netns: {}\n    node: {}\n",
             pod.name,
             pod.namespace,
             pod.name,
             ips.join(", "),
-            pod.netns_path.display()
+            pod.netns_path.display(),
+            pod.node
         );
     }
     yaml
 }
 
+/// The test bed's mesh CA, made with `ambit ca init` the first time it is
+/// needed; returns its directory (`ca.pem`, `ca-key.pem`).
+pub fn mesh_ca(tb: &Testbed) -> PathBuf {
+    let dir = tb.run_dir().join("ca");
+    if !dir.join("ca.pem").exists() {
+        let out = Command::new(Testbed::bin("ambit"))
+            .args(["ca", "init", "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("ambit runs");
+        assert!(
+            out.status.success(),
+            "ambit ca init failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
 // === impl Agent ===
 
 impl Agent {
-    /// Starts an agent on `node` enrolling `pods`, and waits until it has
-    /// enrolled all of them.
+    /// Starts an agent on `node` that knows `pods` (meshed pods of any
+    /// node: it enrolls those of its own node and reaches the others over
+    /// HBONE), and waits until it has enrolled its own.
     pub fn start(tb: &Testbed, node: &Node, pods: &[&Pod], extra_args: &[&str]) -> Agent {
         let agent = Self::spawn(tb, node, &pods_yaml(pods), extra_args);
         agent.wait_ready(tb);
-        for pod in pods {
+        for pod in pods.iter().filter(|p| p.node == node.name) {
             agent.wait_pod_state(tb, &pod.name, "enrolled", AGENT_READY_TIMEOUT);
         }
         agent
@@ -67,9 +89,14 @@ impl Agent {
     pub fn spawn(tb: &Testbed, node: &Node, config_yaml: &str, extra_args: &[&str]) -> Agent {
         let config_path = tb.run_dir().join(format!("{}-mesh.yaml", node.name));
         write_atomically(&config_path, config_yaml);
+        let ca = mesh_ca(tb);
         let mut cmd = Command::new(Testbed::bin(AGENT_BIN));
         cmd.arg("--config")
             .arg(&config_path)
+            .arg("--ca-cert")
+            .arg(ca.join("ca.pem"))
+            .arg("--ca-key")
+            .arg(ca.join("ca-key.pem"))
             .arg("--bpffs-dir")
             .arg(node.bpffs.join("ambit"))
             .arg("--cgroup-root")

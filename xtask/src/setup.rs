@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "tcpdump",
     "curl",
+    "tshark",
+    "openssl",
 ];
 
 /// The bpf-linker release that builds against LLVM 22 with our rustc.

@@ -17,7 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Enroller, PodEnrollment};
-use crate::stats::{PodStats, PodStatsSnapshot};
+use crate::{
+    stats::{PodStats, PodStatsSnapshot},
+    workloads::WorkloadIndex,
+};
 
 /// How often pods that failed to enroll are tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
@@ -152,7 +155,19 @@ impl Reconciler {
 
     /// Brings the enrolled pods in line with `snapshot`.
     pub fn reconcile(&mut self, snapshot: &LocalSnapshot) {
-        let desired: BTreeMap<PodKey, &Pod> = snapshot.pods.iter().map(|p| (p.key(), p)).collect();
+        let mesh = self.enroller.mesh();
+        mesh.workloads.publish(WorkloadIndex::build(
+            snapshot,
+            &mesh.node_name,
+            &mesh.trust_domain,
+        ));
+        let node = mesh.node_name.clone();
+        let desired: BTreeMap<PodKey, &Pod> = snapshot
+            .pods
+            .iter()
+            .filter(|p| p.is_on_node(&node))
+            .map(|p| (p.key(), p))
+            .collect();
         let stale: Vec<PodKey> = self
             .entries
             .iter()

@@ -1,30 +1,70 @@
-//! The inbound proxy: accepts what `sk_lookup` steered to the pod's inbound
-//! listener. The accepted socket's local address is where the client meant
-//! to go; the proxy connects there from the client's own address, so the
-//! application sees its real caller (see `crate::routing`).
+//! The inbound plaintext proxy: accepts what `sk_lookup` steered to the
+//! pod's inbound listener. The accepted socket's local address is where the
+//! client meant to go; the proxy connects there from the client's own
+//! address, so the application sees its real caller (see `crate::routing`).
+//!
+//! A pod in strict mTLS mode accepts plaintext only from meshed pods of the
+//! same node (the same-node fast path); anything else is reset.
 
 use std::{net::SocketAddr, sync::Arc};
 
+use mesh_core::workload::MtlsMode;
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::TcpStream;
 
-use super::{PodContext, ProxyError, relay};
+use super::{Finished, PodContext, ProxyError, relay};
+use crate::{
+    connections::{Flow, Security},
+    proxy::Direction,
+};
 
 pub(super) async fn forward(
     context: Arc<PodContext>,
     stream: TcpStream,
     client: SocketAddr,
-) -> Result<(SocketAddr, u64, u64), ProxyError> {
+) -> Result<Finished, ProxyError> {
     // The socket's local address is the original destination: sk_lookup
     // hands over the connection without rewriting it.
     let dst = stream.local_addr().map_err(ProxyError::Socket)?;
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
     tracing::Span::current().record("dst", tracing::field::display(dst));
     if RESERVED_POD_PORTS.contains(&dst.port()) {
         return Err(ProxyError::MeshPort(dst));
     }
-    let source = SocketAddr::new(client.ip().to_canonical(), 0);
+    let same_node_peer = context
+        .workloads
+        .current()
+        .by_ip(client.ip())
+        .filter(|w| w.local)
+        .cloned();
+    if context.mtls == MtlsMode::Strict && same_node_peer.is_none() {
+        // A reset, not a quiet close: the client learns at once.
+        let _ = stream.set_zero_linger();
+        return Err(ProxyError::StrictMtls {
+            pod: context.pod.clone(),
+            client,
+        });
+    }
+    let flow = Flow {
+        direction: Direction::Inbound,
+        pod: context.pod.to_string(),
+        src: client,
+        dst,
+        src_identity: same_node_peer.as_ref().map(|p| p.identity.to_string()),
+        dst_identity: Some(context.identity.to_string()),
+        security: if same_node_peer.is_some() {
+            Security::SameNode
+        } else {
+            Security::Plaintext
+        },
+    };
+    let source = SocketAddr::new(client.ip(), 0);
     let upstream = context.connect_upstream(dst, Some(source)).await?;
     let (sent, received) = relay(stream, upstream, &context.stats.inbound).await?;
-    Ok((dst, sent, received))
+    Ok(Finished {
+        flow,
+        sent,
+        received,
+    })
 }

@@ -1,19 +1,23 @@
 //! The outbound proxy: accepts what `connect4/6` redirected to the pod's
-//! outbound listener, finds where the application meant to go, and connects
-//! there from inside the pod.
+//! outbound listener, finds where the application meant to go, and takes the
+//! path the destination calls for (see the parent module).
 
 use std::{net::SocketAddr, sync::Arc};
 
-use mesh_ebpf_common::SocketTuple;
+use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
-use super::{PodContext, ProxyError, relay};
+use super::{Finished, PodContext, ProxyError, relay};
+use crate::{
+    connections::{Flow, Security},
+    proxy::Direction,
+};
 
 pub(super) async fn forward(
     context: Arc<PodContext>,
     stream: TcpStream,
     client: SocketAddr,
-) -> Result<(SocketAddr, u64, u64), ProxyError> {
+) -> Result<Finished, ProxyError> {
     let listener_addr = stream.local_addr().map_err(ProxyError::Socket)?;
     let tuple = SocketTuple::new(context.netns_cookie, client, listener_addr);
     let dst = context
@@ -21,7 +25,51 @@ pub(super) async fn forward(
         .take_original_dst(&tuple)
         .ok_or(ProxyError::NoOriginalDst { client })?;
     tracing::Span::current().record("dst", tracing::field::display(dst));
-    let upstream = context.connect_upstream(dst, None).await?;
-    let (sent, received) = relay(stream, upstream, &context.stats.outbound).await?;
-    Ok((dst, sent, received))
+    let peer = context.workloads.current().by_ip(dst.ip()).cloned();
+    let mut flow = Flow {
+        direction: Direction::Outbound,
+        pod: context.pod.to_string(),
+        src: SocketAddr::new(client.ip().to_canonical(), client.port()),
+        dst,
+        src_identity: Some(context.identity.to_string()),
+        dst_identity: peer.as_ref().map(|p| p.identity.to_string()),
+        security: Security::Plaintext,
+    };
+    let stats = &context.stats.outbound;
+    match peer {
+        Some(peer) if !(peer.local && context.same_node_fast_path) => {
+            flow.security = Security::MutualTls;
+            let hbone_addr = SocketAddr::new(dst.ip(), INBOUND_HBONE_PORT);
+            let hbone = context
+                .hbone
+                .open_stream(&context, &peer.identity, hbone_addr, dst)
+                .await?;
+            match hbone.relay(stream).await {
+                Ok((sent, received)) => {
+                    stats.closed(sent, received, false);
+                    Ok(Finished {
+                        flow,
+                        sent,
+                        received,
+                    })
+                }
+                Err(error) => {
+                    stats.closed(0, 0, true);
+                    Err(ProxyError::Relay(error))
+                }
+            }
+        }
+        peer => {
+            if peer.is_some() {
+                flow.security = Security::SameNode;
+            }
+            let upstream = context.connect_upstream(dst, None).await?;
+            let (sent, received) = relay(stream, upstream, stats).await?;
+            Ok(Finished {
+                flow,
+                sent,
+                received,
+            })
+        }
+    }
 }

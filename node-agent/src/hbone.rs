@@ -1,0 +1,77 @@
+//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3, between
+//! the node agents of the two ends (port 15008 in the destination pod).
+//!
+//! - [`client`]: the outbound side; pooled connections per destination.
+//! - [`server`]: the inbound side, one listener per enrolled pod.
+//! - [`relay`]: copying between an application's TCP connection and a
+//!   CONNECT stream, with flow control and half-close.
+
+use std::time::Duration;
+
+pub mod client;
+pub mod relay;
+pub mod server;
+
+/// Streams one HBONE connection may carry before the pool opens another.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// Largest request header block the server accepts; a larger one gets 431.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Per-stream flow-control window: large enough for bulk transfer over one
+/// stream without waiting on window updates.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Per-connection flow-control window, shared by the streams.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 DATA frame sent.
+pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
+/// How long a TLS + HTTP/2 handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an HBONE connection or stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    /// The TCP connection to the peer's HBONE port failed.
+    #[error(
+        "cannot connect to the HBONE port {addr}: {source} (is the destination's node agent running? does a NetworkPolicy block port 15008?)"
+    )]
+    Connect {
+        /// The peer's HBONE address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (wrong CA, wrong identity, expired certificate...).
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Tls {
+        /// The peer's HBONE address.
+        addr: std::net::SocketAddr,
+        /// What went wrong, naming the certificate problem.
+        reason: String,
+    },
+    /// The HTTP/2 layer failed.
+    #[error("HTTP/2 with {addr} failed: {source}")]
+    H2 {
+        /// The peer's HBONE address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: h2::Error,
+    },
+    /// The handshake took too long.
+    #[error("the HBONE handshake with {0} timed out")]
+    Timeout(std::net::SocketAddr),
+    /// The peer answered the CONNECT with an error status.
+    #[error("{addr} refused the CONNECT to {authority} with status {status}")]
+    Refused {
+        /// The peer's HBONE address.
+        addr: std::net::SocketAddr,
+        /// The requested destination.
+        authority: std::net::SocketAddr,
+        /// The status.
+        status: http::StatusCode,
+    },
+    /// A socket could not be created in the pod.
+    #[error("cannot create the HBONE socket in the pod: {0}")]
+    Socket(#[source] std::io::Error),
+    /// No certificate or TLS configuration for an identity.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+}

@@ -1,0 +1,199 @@
+//! The outbound side of HBONE. Each enrolled pod has its own [`HbonePool`]:
+//! connections start in the pod's network namespace (so the source address
+//! on the wire is the pod's own) and carry the pod's identity, so they are
+//! shared only by that pod's connections to the same destination identity
+//! and address. A connection carries up to
+//! [`super::MAX_STREAMS_PER_CONNECTION`] streams; past that the pool opens
+//! another.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream, client::SendRequest};
+use mesh_core::identity::SpiffeId;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION,
+    STREAM_WINDOW,
+};
+use crate::proxy::PodContext;
+
+/// One pod's HBONE connections.
+#[derive(Default)]
+pub struct HbonePool {
+    connections: tokio::sync::Mutex<HashMap<PoolKey, Vec<PooledConnection>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    peer: SpiffeId,
+    addr: SocketAddr,
+}
+
+struct PooledConnection {
+    send: SendRequest<Bytes>,
+    streams: Arc<AtomicU32>,
+}
+
+/// An open CONNECT stream; counts against its connection's stream limit
+/// until dropped.
+pub struct HboneStream {
+    /// Data towards the destination.
+    pub send: SendStream<Bytes>,
+    /// Data from the destination.
+    pub recv: RecvStream,
+    _slot: StreamSlot,
+}
+
+struct StreamSlot(Arc<AtomicU32>);
+
+// === impl HbonePool ===
+
+impl HbonePool {
+    /// Opens a CONNECT stream to `authority` through the HBONE port `addr`,
+    /// whose certificate must be `peer`'s.
+    pub async fn open_stream(
+        &self,
+        context: &PodContext,
+        peer: &SpiffeId,
+        addr: SocketAddr,
+        authority: SocketAddr,
+    ) -> Result<HboneStream, HboneError> {
+        let key = PoolKey {
+            peer: peer.clone(),
+            addr,
+        };
+        let (send, streams) = self.connection(context, &key).await?;
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority.to_string())
+            .body(())
+            .expect("an authority-form CONNECT request is valid");
+        let h2_error = |source| HboneError::H2 { addr, source };
+        let mut ready = send.ready().await.map_err(h2_error)?;
+        let (response, send) = ready.send_request(request, false).map_err(h2_error)?;
+        let slot = StreamSlot::take(streams);
+        let response = response.await.map_err(h2_error)?;
+        if response.status() != http::StatusCode::OK {
+            return Err(HboneError::Refused {
+                addr,
+                authority,
+                status: response.status(),
+            });
+        }
+        Ok(HboneStream {
+            send,
+            recv: response.into_body(),
+            _slot: slot,
+        })
+    }
+
+    /// A live connection with a free stream slot, opening one if needed.
+    async fn connection(
+        &self,
+        context: &PodContext,
+        key: &PoolKey,
+    ) -> Result<(SendRequest<Bytes>, Arc<AtomicU32>), HboneError> {
+        let mut connections = self.connections.lock().await;
+        let pooled = connections.entry(key.clone()).or_default();
+        // A closed connection fails `ready()`; drop the ones h2 has given up on.
+        pooled.retain(|c| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            !matches!(
+                c.send.clone().poll_ready(&mut cx),
+                std::task::Poll::Ready(Err(_))
+            )
+        });
+        if let Some(c) = pooled
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION)
+        {
+            return Ok((c.send.clone(), c.streams.clone()));
+        }
+        let send = connect(context, key).await?;
+        let streams = Arc::new(AtomicU32::new(0));
+        pooled.push(PooledConnection {
+            send: send.clone(),
+            streams: streams.clone(),
+        });
+        Ok((send, streams))
+    }
+}
+
+/// Opens a TCP + TLS + HTTP/2 connection to the peer's HBONE port.
+async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Bytes>, HboneError> {
+    let addr = key.addr;
+    let tcp = context
+        .connect_upstream(addr, None)
+        .await
+        .map_err(|e| match e {
+            crate::proxy::ProxyError::Connect { source, .. } => {
+                HboneError::Connect { addr, source }
+            }
+            crate::proxy::ProxyError::ConnectTimeout(_) => HboneError::Timeout(addr),
+            other => HboneError::Socket(std::io::Error::other(other.to_string())),
+        })?;
+    let config = context.certs.client_config(&context.identity, &key.peer)?;
+    let handshake = async {
+        let tls = TlsConnector::from(config)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|error| HboneError::Tls {
+                addr,
+                reason: crate::tls::handshake_failure(&error),
+            })?;
+        h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|source| HboneError::H2 { addr, source })
+    };
+    let (send, connection) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| HboneError::Timeout(addr))??;
+    let pod = context.pod.clone();
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%pod, %addr, %error, "HBONE connection ended");
+        }
+    });
+    tracing::debug!(pod = %context.pod, %addr, peer = %key.peer, "HBONE connection opened");
+    Ok(send)
+}
+
+// === impl HboneStream ===
+
+impl HboneStream {
+    /// Relays between `tcp` and this stream until both directions are done;
+    /// returns (bytes from `tcp`, bytes to `tcp`).
+    pub async fn relay(self, tcp: tokio::net::TcpStream) -> std::io::Result<(u64, u64)> {
+        let Self { send, recv, _slot } = self;
+        super::relay::relay(tcp, send, recv).await
+    }
+}
+
+// === impl StreamSlot ===
+
+impl StreamSlot {
+    fn take(streams: Arc<AtomicU32>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

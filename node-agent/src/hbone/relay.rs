@@ -1,0 +1,83 @@
+//! Copying between an application's TCP connection and an HTTP/2 CONNECT
+//! stream. Each direction ends on its own: the application's EOF becomes an
+//! empty DATA frame with `END_STREAM`, the stream's end becomes a TCP
+//! half-close. A reset stream or a TCP error ends both directions, and the
+//! TCP connection is closed rather than left hanging.
+
+use std::{future::poll_fn, io};
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+/// Bytes read from the application per DATA frame batch.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Relays until both directions are done; returns (bytes from the TCP side
+/// into the stream, bytes from the stream to the TCP side).
+pub async fn relay(
+    tcp: TcpStream,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> io::Result<(u64, u64)> {
+    let (read_half, write_half) = tcp.into_split();
+    tokio::try_join!(
+        tcp_to_stream(read_half, send),
+        stream_to_tcp(recv, write_half)
+    )
+}
+
+async fn tcp_to_stream(
+    mut tcp: impl AsyncRead + Unpin,
+    mut send: SendStream<Bytes>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        buf.reserve(READ_CHUNK);
+        let n = tcp.read_buf(&mut buf).await?;
+        if n == 0 {
+            send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+            return Ok(total);
+        }
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the HBONE stream closed")
+                })?
+                .map_err(h2_to_io)?;
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(h2_to_io)?;
+        }
+        total += n as u64;
+    }
+}
+
+async fn stream_to_tcp(mut recv: RecvStream, mut tcp: impl AsyncWrite + Unpin) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(h2_to_io)?;
+        tcp.write_all(&data).await?;
+        let _ = recv.flow_control().release_capacity(data.len());
+        total += data.len() as u64;
+    }
+    // END_STREAM: pass the half-close on.
+    tcp.shutdown().await?;
+    Ok(total)
+}
+
+fn h2_to_io(error: h2::Error) -> io::Error {
+    if error.is_io() {
+        error
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
+    } else {
+        io::Error::other(error)
+    }
+}

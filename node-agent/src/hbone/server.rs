@@ -1,0 +1,212 @@
+//! The inbound side of HBONE: a listener on 15008 inside each enrolled pod.
+//! It requires a client certificate from the mesh CA, reads the client's
+//! SPIFFE id from it, and serves CONNECT streams addressed to the pod.
+//!
+//! Bad requests fail their own stream only: a method other than CONNECT gets
+//! 405, a missing or unparseable authority or one that is not this pod gets
+//! 400, an oversized header block gets 431 (from h2), an application that
+//! cannot be reached gets 503.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use mesh_core::identity::SpiffeId;
+use mesh_ebpf_common::RESERVED_POD_PORTS;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
+    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+};
+use crate::{
+    connections::{Flow, Security},
+    proxy::{Direction, PodContext},
+    tls,
+};
+
+/// Serves HBONE on `listeners` until cancelled.
+pub async fn serve(
+    context: Arc<PodContext>,
+    listeners: Vec<TcpListener>,
+    cancel: CancellationToken,
+) {
+    let mut accepts = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (context, cancel) = (context.clone(), cancel.clone());
+        accepts.spawn(async move {
+            loop {
+                let (tcp, client) = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            tracing::warn!(pod = %context.pod, %error, "HBONE accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let span = tracing::info_span!("hbone", pod = %context.pod, %client, peer = tracing::field::Empty);
+                tokio::spawn(serve_connection(context.clone(), tcp, client).instrument(span));
+            }
+        });
+    }
+    while accepts.join_next().await.is_some() {}
+}
+
+async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let config = match context.certs.server_config(&context.identity) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "no TLS configuration for the pod's identity");
+            return;
+        }
+    };
+    let handshake = async {
+        let tls = TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {}", tls::handshake_failure(&e)))?;
+        let peer = tls::peer_identity(tls.get_ref().1.peer_certificates())
+            .ok_or_else(|| "the client certificate carries no SPIFFE id".to_owned())?;
+        let connection = h2::server::Builder::new()
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+        Ok::<_, String>((peer, connection))
+    };
+    let (peer, mut connection) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "HBONE connection refused");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("HBONE handshake timed out");
+            return;
+        }
+    };
+    tracing::Span::current().record("peer", tracing::field::display(&peer));
+    while let Some(next) = connection.accept().await {
+        match next {
+            Ok((request, respond)) => {
+                let stream = serve_stream(context.clone(), request, respond, peer.clone(), client);
+                tokio::spawn(stream.in_current_span());
+            }
+            Err(error) => {
+                tracing::debug!(%error, "HBONE connection ended");
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    context: Arc<PodContext>,
+    request: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SpiffeId,
+    client: SocketAddr,
+) {
+    let counters = &context.stats.inbound;
+    let dst = match connect_target(&context, &request) {
+        Ok(dst) => dst,
+        Err((status, why)) => {
+            tracing::warn!(%status, reason = why, "HBONE request refused");
+            let _ = respond.send_response(response(status), true);
+            return;
+        }
+    };
+    counters.opened();
+    let source = SocketAddr::new(client.ip().to_canonical(), 0);
+    let upstream = match context.connect_upstream(dst, Some(source)).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            counters.closed(0, 0, true);
+            tracing::warn!(%dst, %error, "HBONE destination unreachable");
+            let _ = respond.send_response(response(StatusCode::SERVICE_UNAVAILABLE), true);
+            return;
+        }
+    };
+    let send = match respond.send_response(response(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(error) => {
+            counters.closed(0, 0, true);
+            tracing::debug!(%error, "HBONE stream reset before it started");
+            return;
+        }
+    };
+    let flow = Flow {
+        direction: Direction::Inbound,
+        pod: context.pod.to_string(),
+        src: client,
+        dst,
+        src_identity: Some(peer.to_string()),
+        dst_identity: Some(context.identity.to_string()),
+        security: Security::MutualTls,
+    };
+    match super::relay::relay(upstream, send, request.into_body()).await {
+        Ok((from_app, to_app)) => {
+            counters.closed(to_app, from_app, false);
+            context.connections.closed(flow, to_app, from_app, None);
+        }
+        Err(error) => {
+            counters.closed(0, 0, true);
+            context
+                .connections
+                .closed(flow, 0, 0, Some(error.to_string()));
+        }
+    }
+}
+
+/// Where a CONNECT request may go: one of the pod's own addresses, on a port
+/// that is not the mesh's.
+fn connect_target(
+    context: &PodContext,
+    request: &Request<h2::RecvStream>,
+) -> Result<SocketAddr, (StatusCode, &'static str)> {
+    if request.method() != Method::CONNECT {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only CONNECT is served on the HBONE port",
+        ));
+    }
+    let authority = request.uri().authority().ok_or((
+        StatusCode::BAD_REQUEST,
+        "the CONNECT request has no authority",
+    ))?;
+    let dst: SocketAddr = authority.as_str().parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "the authority is not an IP address and port",
+        )
+    })?;
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    if !context.pod_ips.contains(&dst.ip()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the authority is not an address of this pod",
+        ));
+    }
+    if RESERVED_POD_PORTS.contains(&dst.port()) {
+        return Err((StatusCode::BAD_REQUEST, "the authority is a mesh port"));
+    }
+    Ok(dst)
+}
+
+fn response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}

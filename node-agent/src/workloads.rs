@@ -1,0 +1,96 @@
+//! What the agent knows about every meshed pod in the cluster, indexed by
+//! address: its identity, its node, its mTLS mode. The control side builds a
+//! new index from each configuration snapshot; the proxies read the current
+//! one to decide how to reach a destination.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
+
+use mesh_core::{
+    identity::SpiffeId,
+    local_config::LocalSnapshot,
+    workload::{MtlsMode, PodKey},
+};
+
+/// A meshed pod, as the data path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// namespace/name.
+    pub key: PodKey,
+    /// Its SPIFFE id.
+    pub identity: SpiffeId,
+    /// Whether it runs on this agent's node.
+    pub local: bool,
+    /// Its mTLS mode.
+    pub mtls: MtlsMode,
+}
+
+/// Meshed pods by address.
+#[derive(Debug, Default)]
+pub struct WorkloadIndex {
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+}
+
+/// The current index, swapped whole on every configuration change.
+#[derive(Debug, Default)]
+pub struct SharedWorkloads(RwLock<Arc<WorkloadIndex>>);
+
+// === impl WorkloadIndex ===
+
+impl WorkloadIndex {
+    /// Indexes the pods of `snapshot` as seen from `node`. Pods whose
+    /// identity cannot be formed are left out (and logged).
+    #[must_use]
+    pub fn build(snapshot: &LocalSnapshot, node: &str, trust_domain: &str) -> Self {
+        let mut by_ip = HashMap::new();
+        for pod in &snapshot.pods {
+            let identity = match SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account) {
+                Ok(identity) => identity,
+                Err(error) => {
+                    tracing::warn!(pod = %pod.key(), %error, "pod has no valid identity; it is not a mesh destination");
+                    continue;
+                }
+            };
+            let workload = Arc::new(Workload {
+                key: pod.key(),
+                identity,
+                local: pod.is_on_node(node),
+                mtls: pod.mtls,
+            });
+            for ip in &pod.ips {
+                by_ip.insert(ip.to_canonical(), workload.clone());
+            }
+        }
+        Self { by_ip }
+    }
+
+    /// The meshed pod with this address.
+    #[must_use]
+    pub fn by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(&ip.to_canonical())
+    }
+}
+
+// === impl SharedWorkloads ===
+
+impl SharedWorkloads {
+    /// The current index.
+    #[must_use]
+    pub fn current(&self) -> Arc<WorkloadIndex> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the index.
+    pub fn publish(&self, index: WorkloadIndex) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(index);
+    }
+}

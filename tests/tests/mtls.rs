@@ -1,0 +1,509 @@
+//! Workload identity and mutual TLS between nodes (HBONE), through real
+//! sockets, real TLS and real HTTP/2.
+
+use std::{
+    process::Command,
+    time::{Duration, SystemTime},
+};
+
+use ambit_tests::{
+    Testbed,
+    hbone_client::{self, connect_request, status_of},
+    mesh::{Agent, mesh_ca, pods_yaml},
+    testbed_or_skip,
+    workload::{
+        ClientServer, ECHO_PORT, WAIT, client_and_server, ip_of, send, serve, try_send,
+        wait_conn_from,
+    },
+};
+use mesh_core::identity::SpiffeId;
+use serde_json::Value;
+
+const MARKER: &str = "AMBIT-CLEARTEXT-MARKER-7d1f";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn identity(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", ns, sa).expect("valid id")
+}
+
+/// The connections an agent has closed, from its admin API.
+fn connections(agent: &Agent, tb: &Testbed) -> Vec<Value> {
+    match agent.get_json(tb, "/connections") {
+        Value::Array(records) => records,
+        other => panic!("/connections is not a list: {other}"),
+    }
+}
+
+fn wait_connection(agent: &Agent, tb: &Testbed, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(record) = connections(agent, tb).into_iter().find(|r| pred(r)) {
+            return record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such connection: {:?}\n{}",
+            connections(agent, tb),
+            agent.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// tshark on the capture: every TCP payload between the nodes is TLS on
+/// port 15008, negotiated as TLS 1.3, and after the handshake only
+/// application data.
+fn assert_only_tls13_between_nodes(pcap: &std::path::Path) {
+    let tshark = |filter: &str, fields: &[&str]| -> String {
+        let mut args = vec![
+            "-r".to_owned(),
+            pcap.display().to_string(),
+            "-Y".to_owned(),
+            filter.to_owned(),
+            "-T".to_owned(),
+            "fields".to_owned(),
+        ];
+        for field in fields {
+            args.push("-e".to_owned());
+            args.push((*field).to_owned());
+        }
+        let out = Command::new("tshark")
+            .args(&args)
+            .output()
+            .expect("tshark runs");
+        assert!(
+            out.status.success(),
+            "tshark: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let other_payload = tshark("tcp.len > 0 && !(tcp.port == 15008)", &["frame.number"]);
+    assert!(
+        other_payload.trim().is_empty(),
+        "payload on ports other than 15008 crossed the nodes: frames {other_payload}"
+    );
+    let versions = tshark(
+        "tls.handshake.type == 2",
+        &["tls.handshake.extensions.supported_version"],
+    );
+    assert!(!versions.trim().is_empty(), "no TLS ServerHello seen");
+    assert!(
+        versions.lines().all(|l| l.trim() == "0x0304"),
+        "every ServerHello must select TLS 1.3: {versions}"
+    );
+    // TLS 1.3 hides the real type of encrypted records; their outer type
+    // (23, application data) is tshark's `opaque_type`.
+    let content_types = tshark(
+        "tcp.port == 15008 && tls",
+        &["tls.record.content_type", "tls.record.opaque_type"],
+    );
+    let types: Vec<&str> = content_types
+        .lines()
+        .flat_map(|l| l.split(['\t', ',']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(
+        types.contains(&"23"),
+        "no application data records: {types:?}"
+    );
+    assert!(
+        types.iter().all(|t| ["20", "22", "23"].contains(t)),
+        "unexpected TLS record types: {types:?}"
+    );
+    let handshakes = types.iter().filter(|t| **t == "22").count();
+    assert!(
+        handshakes * 10 < types.len(),
+        "handshake records are only the start of each connection: {types:?}"
+    );
+}
+
+#[test]
+fn only_tls13_crosses_between_nodes_and_identities_are_recorded() {
+    let mut tb = testbed_or_skip!("mtls_wire");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let agent1 = Agent::start(&tb, &n1, &[&client, &server], &[]);
+    let agent2 = Agent::start(&tb, &n2, &[&client, &server], &[]);
+    let echo = serve(&tb, &server);
+
+    // Capture everything on node 1's link to the other node.
+    let pcap = tb.run_dir().join("wire.pcap");
+    let mut capture = Command::new("tcpdump");
+    capture
+        .args(["-i", "eth0", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .arg("tcp");
+    let tools = n1.cgroup_root.parent().expect("node cgroup").join("tools");
+    let tcpdump = tb.spawn_on_node(&n1, &tools, capture);
+    tcpdump
+        .wait_for_stderr_line(WAIT, |l| l.contains("listening on"))
+        .expect("tcpdump starts");
+
+    // A client that sends a recognisable marker and checks the echo.
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{}',{ECHO_PORT}))\nm=b'{MARKER}'*4096\ns.sendall(m)\ns.shutdown(socket.SHUT_WR)\nr=b''\nwhile True:\n  d=s.recv(65536)\n  if not d: break\n  r+=d\nassert r==m, len(r)\nprint('ok')\n",
+        server.ipv4
+    );
+    let out = tb.run_in_pod(&client, {
+        let mut c = Command::new("python3");
+        c.args(["-c", &script]);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "marker client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_conn_from(&echo, &client.ipv4.to_string());
+    send(&tb, &client, &to, 1_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    tcpdump.terminate();
+
+    let bytes = std::fs::read(&pcap).expect("the capture was written");
+    assert!(
+        bytes.len() > 100_000,
+        "the capture saw the traffic ({} bytes)",
+        bytes.len()
+    );
+    assert!(
+        !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+        "the marker crossed the wire in cleartext"
+    );
+    assert_only_tls13_between_nodes(&pcap);
+
+    // Both agents recorded both identities and mutual TLS.
+    let client_id = identity("shop", "client").to_string();
+    let server_id = identity("shop", "server").to_string();
+    let out = wait_connection(&agent1, &tb, |r| {
+        r["direction"] == "outbound" && r["security"] == "mutual_tls"
+    });
+    assert_eq!(out["src_identity"], client_id.as_str(), "{out}");
+    assert_eq!(out["dst_identity"], server_id.as_str(), "{out}");
+    let inb = wait_connection(&agent2, &tb, |r| {
+        r["direction"] == "inbound" && r["security"] == "mutual_tls"
+    });
+    assert_eq!(inb["src_identity"], client_id.as_str(), "{inb}");
+    assert_eq!(inb["dst_identity"], server_id.as_str(), "{inb}");
+    assert_eq!(
+        ip_of(inb["src"].as_str().unwrap_or("")),
+        client.ipv4.to_string(),
+        "{inb}"
+    );
+}
+
+#[test]
+fn server_with_an_unexpected_identity_is_refused_and_the_app_connection_closed() {
+    let mut tb = testbed_or_skip!("mtls_wrong_id");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    // Node 1 believes the server runs as `billing`; node 2 issues it a valid
+    // certificate for `server`.
+    let wrong =
+        pods_yaml(&[&client, &server]).replace("serviceAccount: server", "serviceAccount: billing");
+    let agent1 = Agent::spawn(&tb, &n1, &wrong, &[]);
+    agent1.wait_ready(&tb);
+    agent1.wait_pod_state(&tb, "client", "enrolled", WAIT);
+    let _agent2 = Agent::start(&tb, &n2, &[&client, &server], &[]);
+    let _echo = serve(&tb, &server);
+
+    let started = std::time::Instant::now();
+    let (ok, sent, report) = try_send(&tb, &client, &format!("{}:{ECHO_PORT}", server.ipv4), 1000);
+    assert!(!ok, "the connection must fail: {sent}\n{report}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the application's connection must be closed, not left hanging"
+    );
+    agent1
+        .proc
+        .wait_for_stderr_line(WAIT, |l| l.contains("presented identity spiffe://cluster.local/ns/shop/sa/server, expected spiffe://cluster.local/ns/shop/sa/billing"))
+        .expect("the agent says which identity it got and which it expected");
+}
+
+#[test]
+fn peers_without_a_valid_mesh_certificate_are_refused() {
+    let mut tb = testbed_or_skip!("mtls_refusals");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let _agent1 = Agent::start(&tb, &n1, &[&client, &server], &[]);
+    let _agent2 = Agent::start(&tb, &n2, &[&client, &server], &[]);
+    let _echo = serve(&tb, &server);
+    let hbone = std::net::SocketAddr::new(server.ipv4.into(), 15008);
+    let authority = format!("{}:{ECHO_PORT}", server.ipv4);
+    let now = SystemTime::now();
+    let day = Duration::from_hours(24);
+    let rt = runtime();
+
+    // A certificate from another CA.
+    let other_ca = tb.run_dir().join("other-ca");
+    let out = Command::new(Testbed::bin("ambit"))
+        .args(["ca", "init", "--dir"])
+        .arg(&other_ca)
+        .output()
+        .expect("ambit runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let foreign = hbone_client::issue(&other_ca, &identity("shop", "client"), now - day, now + day);
+    let refused = rt.block_on(async {
+        let mut session = hbone_client::connect(&client.netns_path, hbone, Some(foreign)).await?;
+        status_of(&mut session, connect_request(&authority)).await
+    });
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA must be refused: {refused:?}"
+    );
+
+    // An expired certificate from the right CA.
+    let expired = hbone_client::issue(
+        &mesh_ca(&tb),
+        &identity("shop", "client"),
+        now - 2 * day,
+        now - day,
+    );
+    let refused = rt.block_on(async {
+        let mut session = hbone_client::connect(&client.netns_path, hbone, Some(expired)).await?;
+        status_of(&mut session, connect_request(&authority)).await
+    });
+    assert!(
+        refused.is_err(),
+        "an expired certificate must be refused: {refused:?}"
+    );
+
+    // The same client with a valid certificate gets through: the refusals
+    // above were about the certificates.
+    let valid = hbone_client::issue(
+        &mesh_ca(&tb),
+        &identity("shop", "client"),
+        now - day,
+        now + day,
+    );
+    let accepted = rt.block_on(async {
+        let mut session = hbone_client::connect(&client.netns_path, hbone, Some(valid)).await?;
+        status_of(&mut session, connect_request(&authority)).await
+    });
+    assert_eq!(accepted, Ok(http::StatusCode::OK));
+
+    // openssl without a client certificate.
+    let out = tb.exec_in_netns(
+        &client.netns,
+        &["sh", "-c", &format!("sleep 2 | timeout 10 openssl s_client -connect {hbone} -tls1_3 -alpn h2 2>&1; echo exit=$?")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("alert certificate required") || text.contains("alert handshake failure"),
+        "openssl without a client certificate must be refused:\n{text}"
+    );
+}
+
+#[test]
+fn malformed_hbone_requests_fail_only_their_own_stream() {
+    let mut tb = testbed_or_skip!("hbone_malformed");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let _agent1 = Agent::start(&tb, &n1, &[&client, &server], &[]);
+    let _agent2 = Agent::start(&tb, &n2, &[&client, &server], &[]);
+    let _echo = serve(&tb, &server);
+    let hbone = std::net::SocketAddr::new(server.ipv4.into(), 15008);
+    let now = SystemTime::now();
+    let day = Duration::from_hours(24);
+    let valid = hbone_client::issue(
+        &mesh_ca(&tb),
+        &identity("shop", "client"),
+        now - day,
+        now + day,
+    );
+    let good = format!("{}:{ECHO_PORT}", server.ipv4);
+
+    runtime().block_on(async {
+        let mut session = hbone_client::connect(&client.netns_path, hbone, Some(valid))
+            .await
+            .expect("handshake");
+        let get = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(format!("http://{good}/"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            status_of(&mut session, get).await,
+            Ok(http::StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            status_of(&mut session, connect_request("not-an-address:80")).await,
+            Ok(http::StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status_of(&mut session, connect_request("10.99.99.99:80")).await,
+            Ok(http::StatusCode::BAD_REQUEST),
+            "not this pod"
+        );
+        let mut big = connect_request(&good);
+        big.headers_mut().insert(
+            "x-padding",
+            http::HeaderValue::from_str(&"a".repeat(32 * 1024)).unwrap(),
+        );
+        assert_eq!(
+            status_of(&mut session, big).await,
+            Ok(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        // The same connection still serves a good request.
+        assert_eq!(
+            status_of(&mut session, connect_request(&good)).await,
+            Ok(http::StatusCode::OK)
+        );
+    });
+}
+
+#[test]
+fn strict_pods_refuse_plaintext_from_outside_the_mesh_and_permissive_pods_accept_it() {
+    let mut tb = testbed_or_skip!("mtls_strict");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let open = tb.add_pod(&n2, "open", "shop");
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
+    let yaml = pods_yaml(&[&client, &server, &open]).replacen(
+        "    node: n2\n",
+        "    node: n2\n    mtls: strict\n",
+        1,
+    );
+    assert!(
+        yaml.contains("name: server") && yaml.find("mtls: strict") > yaml.find("name: server"),
+        "{yaml}"
+    );
+    let _agent1 = Agent::start(&tb, &n1, &[&client, &server, &open], &[]);
+    let agent2 = Agent::spawn(&tb, &n2, &yaml, &[]);
+    agent2.wait_ready(&tb);
+    agent2.wait_pod_state(&tb, "server", "enrolled", WAIT);
+    agent2.wait_pod_state(&tb, "open", "enrolled", WAIT);
+    let _strict_echo = serve(&tb, &server);
+    let _open_echo = serve(&tb, &open);
+
+    let (ok, sent, _) = try_send(&tb, &legacy, &format!("{}:{ECHO_PORT}", server.ipv4), 1000);
+    assert!(
+        !ok,
+        "plaintext from outside the mesh must be refused by a strict pod: {sent}"
+    );
+    send(&tb, &client, &format!("{}:{ECHO_PORT}", server.ipv4), 1000);
+    send(&tb, &legacy, &format!("{}:{ECHO_PORT}", open.ipv4), 1000);
+    agent2
+        .proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("strict mTLS mode") && l.contains(&legacy.ipv4.to_string())
+        })
+        .expect("the refusal is logged with the client");
+}
+
+#[test]
+fn certificates_rotate_without_dropping_a_long_lived_connection() {
+    let mut tb = testbed_or_skip!("mtls_rotation");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let lifetime = ["--cert-lifetime-secs", "4"];
+    let _agent1 = Agent::start(&tb, &n1, &[&client, &server], &lifetime);
+    let agent2 = Agent::start(&tb, &n2, &[&client, &server], &lifetime);
+    let _echo = serve(&tb, &server);
+    let serial_of = |agent: &Agent| -> String {
+        let certs = agent.get_json(&tb, "/certificates");
+        certs
+            .as_array()
+            .and_then(|c| c.first())
+            .map(|c| c["serial"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    let first_serial = serial_of(&agent2);
+
+    // A connection that stays open across several rotations, echoing a
+    // chunk every 200 ms for 6 s.
+    let script = format!(
+        "import socket,time\ns=socket.create_connection(('{}',{ECHO_PORT}))\nfor i in range(30):\n  m=('chunk-%03d;'%i).encode()*100\n  s.sendall(m)\n  r=b''\n  while len(r)<len(m):\n    d=s.recv(65536)\n    assert d, 'connection dropped at chunk %d'%i\n    r+=d\n  assert r==m\n  time.sleep(0.2)\nprint('ok')\n",
+        server.ipv4
+    );
+    let long_lived = tb.spawn_in_pod(&client, {
+        let mut c = Command::new("python3");
+        c.args(["-c", &script]);
+        c
+    });
+    let status = long_lived
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the long-lived client finishes");
+    assert!(
+        status.success(),
+        "the long-lived connection broke during rotation\n{}",
+        long_lived.report()
+    );
+
+    let certs = agent2.get_json(&tb, "/certificates");
+    let rotations = certs
+        .as_array()
+        .and_then(|c| c.first())
+        .and_then(|c| c["rotations"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        rotations >= 2,
+        "certificates must have rotated during the connection: {certs}"
+    );
+    let current = serial_of(&agent2);
+    assert_ne!(current, first_serial, "{certs}");
+
+    // A new connection is served with the current certificate.
+    let now = SystemTime::now();
+    let day = Duration::from_hours(24);
+    let valid = hbone_client::issue(
+        &mesh_ca(&tb),
+        &identity("shop", "client"),
+        now - day,
+        now + day,
+    );
+    let hbone = std::net::SocketAddr::new(server.ipv4.into(), 15008);
+    let presented = runtime().block_on(async {
+        let session = hbone_client::connect(&client.netns_path, hbone, Some(valid))
+            .await
+            .expect("handshake");
+        session
+            .server_chain
+            .first()
+            .cloned()
+            .expect("a server certificate")
+    });
+    let serial_now = serial_of(&agent2);
+    let presented_serial = mesh_core::ca::serial_of(&presented).expect("serial");
+    assert!(
+        presented_serial == serial_now || presented_serial == current,
+        "new connections use the newest certificate ({presented_serial}, agent says {serial_now})"
+    );
+    assert_ne!(presented_serial, first_serial);
+}
