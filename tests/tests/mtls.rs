@@ -507,3 +507,116 @@ fn certificates_rotate_without_dropping_a_long_lived_connection() {
     );
     assert_ne!(presented_serial, first_serial);
 }
+
+#[test]
+fn same_node_traffic_skips_tls_but_records_both_identities_unless_turned_off() {
+    let mut tb = testbed_or_skip!("mtls_same_node");
+    let n1 = tb.add_node("n1");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n1, "server", "shop");
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    let client_id = identity("shop", "client").to_string();
+    let server_id = identity("shop", "server").to_string();
+
+    for (args, security) in [
+        (&[][..], "same_node"),
+        (&["--same-node-fast-path", "false"][..], "mutual_tls"),
+    ] {
+        let agent = Agent::start(&tb, &n1, &[&client, &server], args);
+        let echo = serve(&tb, &server);
+        send(&tb, &client, &to, 100_000);
+        wait_conn_from(&echo, &client.ipv4.to_string());
+        for direction in ["outbound", "inbound"] {
+            let record = wait_connection(&agent, &tb, |r| r["direction"] == direction);
+            assert_eq!(record["security"], security, "{args:?}: {record}");
+            assert_eq!(record["src_identity"], client_id.as_str(), "{record}");
+            assert_eq!(record["dst_identity"], server_id.as_str(), "{record}");
+            assert_eq!(record["bytes_sent"], 100_000, "{record}");
+        }
+        let status = agent.proc.terminate();
+        assert!(status.success(), "{status}");
+        drop(echo);
+    }
+}
+
+#[test]
+fn bad_ca_files_stop_the_agent_with_an_error_naming_the_file() {
+    let mut tb = testbed_or_skip!("bad_ca");
+    let n1 = tb.add_node("n1");
+    let dir = tb.run_dir().to_owned();
+    let ca = mesh_ca(&tb);
+    let other = dir.join("other-ca");
+    let out = Command::new(Testbed::bin("ambit"))
+        .args(["ca", "init", "--dir"])
+        .arg(&other)
+        .output()
+        .expect("ambit runs");
+    assert!(out.status.success());
+    let leaf = dir.join("leaf.pem");
+    let now = SystemTime::now();
+    let day = Duration::from_hours(24);
+    let issued =
+        mesh_core::ca::CertificateAuthority::load(&ca.join("ca.pem"), &ca.join("ca-key.pem"))
+            .expect("CA")
+            .sign_csr_with_validity(
+                &mesh_core::ca::WorkloadKey::generate()
+                    .expect("key")
+                    .csr_der(&identity("shop", "x"))
+                    .expect("csr"),
+                &identity("shop", "x"),
+                now - day,
+                now + day,
+            )
+            .expect("signed");
+    std::fs::write(&leaf, issued.chain_pem()).expect("write leaf");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let config = dir.join("empty.yaml");
+    std::fs::write(&config, "pods: []\n").expect("write");
+
+    let cases = [
+        (
+            dir.join("missing.pem"),
+            ca.join("ca-key.pem"),
+            "missing.pem",
+        ),
+        (garbage.clone(), ca.join("ca-key.pem"), "garbage.pem"),
+        (leaf.clone(), ca.join("ca-key.pem"), "not a CA"),
+        (
+            ca.join("ca.pem"),
+            other.join("ca-key.pem"),
+            "does not match",
+        ),
+    ];
+    for (cert, key, expected) in cases {
+        // The CA is loaded before anything is attached or bound, so the
+        // agent can run outside the test bed's namespaces for this check.
+        let out = Command::new(Testbed::bin("ambit-node-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--ca-cert")
+            .arg(&cert)
+            .arg("--ca-key")
+            .arg(&key)
+            .arg("--bpffs-dir")
+            .arg(n1.bpffs.join("ambit"))
+            .arg("--cgroup-root")
+            .arg(&n1.cgroup_root)
+            .env("AMBIT_ADMIN_ADDR", "127.0.0.1:1")
+            .output()
+            .expect("the agent runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{cert:?}: the agent must refuse to start\n{stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{cert:?}: the error must say {expected:?}:\n{stderr}"
+        );
+        assert!(
+            !n1.bpffs.join("ambit").exists(),
+            "nothing may be pinned before the CA is loaded"
+        );
+    }
+}
