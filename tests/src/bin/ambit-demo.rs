@@ -1,4 +1,4 @@
-//! `ambit-demo`: a two-node meshed cluster on this host, five TCP flows
+//! `ambit-demo`: a two-node meshed cluster on this host, six TCP flows
 //! through it, and a table of what the mesh did with each.
 //!
 //! The demo builds a test bed of simulated nodes and pods (network namespaces
@@ -11,7 +11,11 @@
 //!   (`sk_lookup` steers them to the inbound listener);
 //! - a pod that is not enrolled (`legacy/batch`) is left alone in both
 //!   directions, and still talks to enrolled pods;
-//! - every byte arrives and comes back, whichever side is meshed.
+//! - every byte arrives and comes back, whichever side is meshed;
+//! - how each flow was secured, with both ends' SPIFFE ids from the agents'
+//!   connection logs: mutual TLS (HBONE) between meshed pods of different
+//!   nodes, the same-node fast path between meshed pods of one node,
+//!   plaintext when one end is outside the mesh.
 //!
 //! `cargo xtask demo` builds the release binaries and runs this as root.
 //! Exit status: 0 when every flow behaved as expected, 1 when one did not or
@@ -87,12 +91,13 @@ const PODS: [PodSpec; 4] = [
 ];
 
 /// The flows, run one at a time: (source pod, destination pod).
-const FLOWS: [(&str, &str); 5] = [
+const FLOWS: [(&str, &str); 6] = [
     ("frontend", "backend"),
     ("frontend", "cache"),
     ("batch", "backend"),
     ("backend", "frontend"),
     ("cache", "batch"),
+    ("backend", "cache"),
 ];
 
 #[derive(Parser)]
@@ -170,6 +175,12 @@ struct FlowReport {
     echo_ok: bool,
     /// The client's address as the destination's server saw it.
     server_saw: Option<String>,
+    /// How the mesh secured it: `mutual_tls`, `same_node` or `plaintext`.
+    security: String,
+    /// The two ends' SPIFFE ids as the agents recorded them.
+    source_identity: Option<String>,
+    /// The destination's SPIFFE id.
+    destination_identity: Option<String>,
     millis: Option<u64>,
     as_expected: bool,
     /// Why the flow is not as expected; empty when it is.
@@ -250,6 +261,13 @@ fn run_demo(
         }
     }
 
+    // Every agent knows every meshed pod: it enrolls its own node's and
+    // reaches the others over HBONE.
+    let meshed: Vec<&Pod> = pods
+        .iter()
+        .filter(|(spec, _)| spec.enrolled)
+        .map(|(_, pod)| pod)
+        .collect();
     for node in testbed.nodes().cloned().collect::<Vec<_>>() {
         check_interrupted()?;
         let enrolled: Vec<&Pod> = pods
@@ -263,7 +281,7 @@ fn run_demo(
             node.name,
             names.join(", ")
         ));
-        agents.start(testbed, &node, &enrolled)?;
+        agents.start(testbed, &node, &enrolled, &meshed)?;
     }
 
     check_interrupted()?;
@@ -496,11 +514,14 @@ fn run_flow(
         outbound: source.spec.enrolled,
         inbound: destination.spec.enrolled,
     };
-    if captured.outbound != expected.outbound {
-        problems.push(capture_problem("outbound", source, captured.outbound));
-    }
-    if captured.inbound != expected.inbound {
-        problems.push(capture_problem("inbound", destination, captured.inbound));
+    problems.extend(capture_problems(source, destination, expected, captured));
+    let record = flow_security(testbed, agents, source, destination, to)?;
+    let security = record["security"]
+        .as_str()
+        .unwrap_or("plaintext")
+        .to_owned();
+    if let Some(problem) = security_problem(source, destination, &security).filter(|_| echo_ok) {
+        problems.push(problem);
     }
 
     Ok(FlowReport {
@@ -512,11 +533,61 @@ fn run_flow(
         bytes_received: bytes_received.unwrap_or(0),
         echo_ok,
         server_saw,
+        security,
+        source_identity: record["src_identity"].as_str().map(str::to_owned),
+        destination_identity: record["dst_identity"].as_str().map(str::to_owned),
         millis: sent.and_then(|sent| sent["millis"].as_u64()),
         as_expected: problems.is_empty(),
         problems,
         client_report: client.report(),
     })
+}
+
+/// Where the capture differs from what enrollment predicts.
+fn capture_problems(
+    source: &Workload,
+    destination: &Workload,
+    expected: Capture,
+    captured: Capture,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if captured.outbound != expected.outbound {
+        problems.push(capture_problem("outbound", source, captured.outbound));
+    }
+    if captured.inbound != expected.inbound {
+        problems.push(capture_problem("inbound", destination, captured.inbound));
+    }
+    problems
+}
+
+/// The agents' record of the flow from `source` to `to` (`null` when none
+/// was found in time).
+fn flow_security(
+    testbed: &Testbed,
+    agents: &NodeAgents,
+    source: &Workload,
+    destination: &Workload,
+    to: SocketAddr,
+) -> Result<Value, DemoError> {
+    let record = wait_until(SERVER_REPORT_TIMEOUT, || {
+        agents.flow_security(testbed, &source.pod, &destination.pod, to)
+    })?;
+    Ok(record.unwrap_or(Value::Null))
+}
+
+/// What is wrong with how a flow was secured: mutual TLS between meshed pods
+/// of different nodes, the same-node fast path between meshed pods of one
+/// node, plaintext when one end is outside the mesh.
+fn security_problem(source: &Workload, destination: &Workload, security: &str) -> Option<String> {
+    let expected = match (
+        source.spec.enrolled && destination.spec.enrolled,
+        source.spec.node == destination.spec.node,
+    ) {
+        (true, false) => "mutual_tls",
+        (true, true) => "same_node",
+        (false, _) => "plaintext",
+    };
+    (security != expected).then(|| format!("expected {expected}, the mesh used {security}"))
 }
 
 /// Whether the counter picked by `count` grew between two readings; a pod
@@ -651,6 +722,12 @@ fn render_report(report: &DemoReport) -> String {
                 human_bytes(flow.bytes_sent),
                 human_bytes(flow.bytes_received),
                 flow.server_saw.clone().unwrap_or_else(|| "-".to_owned()),
+                flow.security.clone(),
+                format!(
+                    "{} → {}",
+                    short_identity(flow.source_identity.as_deref()),
+                    short_identity(flow.destination_identity.as_deref())
+                ),
                 flow.result(),
             ]
         })
@@ -665,6 +742,8 @@ fn render_report(report: &DemoReport) -> String {
             "SENT",
             "RECEIVED",
             "SERVER SAW",
+            "SECURITY",
+            "IDENTITIES",
             "RESULT",
         ],
         &flow_rows,
@@ -692,6 +771,20 @@ fn render_report(report: &DemoReport) -> String {
         .collect();
     out.push_str(&render_table(&header, &counter_rows));
     out
+}
+
+/// A SPIFFE id without the scheme and trust domain (`ns/shop/sa/frontend`),
+/// or `-` when the end has none (not in the mesh).
+fn short_identity(identity: Option<&str>) -> String {
+    identity.map_or_else(
+        || "-".to_owned(),
+        |id| {
+            id.strip_prefix("spiffe://")
+                .and_then(|rest| rest.split_once('/'))
+                .map_or(id, |(_, path)| path)
+                .to_owned()
+        },
+    )
 }
 
 /// Left-aligned columns two spaces apart, the header first.
@@ -741,15 +834,16 @@ fn human_bytes(bytes: u64) -> String {
 // === impl NodeAgents ===
 
 impl NodeAgents {
-    /// Starts the agent on `node` enrolling `pods` and waits until it has
-    /// enrolled them all.
+    /// Starts the agent on `node` knowing the `meshed` pods of the cluster,
+    /// and waits until it has enrolled `pods`, those of its own node.
     fn start(
         &mut self,
         testbed: &Testbed,
         node: &ambit_tests::Node,
         pods: &[&Pod],
+        meshed: &[&Pod],
     ) -> Result<(), DemoError> {
-        let agent = Agent::spawn(testbed, node, &mesh::pods_yaml(pods), &[]);
+        let agent = Agent::spawn(testbed, node, &mesh::pods_yaml(meshed), &[]);
         // Kept from here on, so a failed start still shows its output and stops cleanly.
         self.0.push(agent);
         let agent = self.0.last().expect("just pushed");
@@ -817,6 +911,37 @@ impl NodeAgents {
                     .unwrap_or(0),
             }
         }))
+    }
+
+    /// How the flow from `source` to `to` was secured and who the two ends
+    /// were, from the connection log of the source's agent (outbound) or
+    /// else the destination's (inbound).
+    fn flow_security(
+        &self,
+        testbed: &Testbed,
+        source: &Pod,
+        destination: &Pod,
+        to: SocketAddr,
+    ) -> Result<Option<Value>, DemoError> {
+        let source_ip = source.ipv4.to_string();
+        for (pod, direction) in [(source, "outbound"), (destination, "inbound")] {
+            let Some(agent) = self.0.iter().find(|agent| agent.node.name == pod.node) else {
+                continue;
+            };
+            let records = admin_json(testbed, agent, "/connections")?;
+            let found = records.as_array().into_iter().flatten().rev().find(|r| {
+                r["direction"] == direction
+                    && r["dst"] == to.to_string().as_str()
+                    && r["src"]
+                        .as_str()
+                        .and_then(|src| src.parse::<SocketAddr>().ok())
+                        .is_some_and(|src| src.ip().to_string() == source_ip)
+            });
+            if let Some(found) = found {
+                return Ok(Some(found.clone()));
+            }
+        }
+        Ok(None)
     }
 
     fn print_reports(&self) {
