@@ -5,9 +5,11 @@
 //! - `build-ebpf` builds the eBPF object with Debian's rustc.
 //! - `test` is the README's (and CI's) test command: setup, fmt, clippy, build, nextest.
 //! - `demo` builds everything and runs `ambit-demo`.
+//! - `bench` builds everything and runs `ambit-bench`, the mesh-vs-direct benchmark.
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
@@ -54,6 +56,16 @@ enum Task {
     },
     /// Run setup, build the release binaries and run `ambit-demo` (as root).
     Demo,
+    /// Run setup, build the release binaries and run `ambit-bench`, which
+    /// measures the mesh against direct traffic (as root; see docs/benchmark.md).
+    Bench {
+        /// Short tests (1 s each): the whole run takes well under 2 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for `ambit-bench`, given after `--`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +97,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { nextest_args } => test::run(&root, &nextest_args),
         Task::Demo => demo::run(&root),
+        Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
     }
 }
 

@@ -42,6 +42,37 @@ pub(crate) enum Event {
         original_dst: Option<String>,
         error: Option<String>,
     },
+    /// Request/response latency over long-lived connections (`pod-tool rr`).
+    Rr {
+        /// Round trips measured (after the warm-up), over all connections.
+        samples: u64,
+        p50_us: f64,
+        p90_us: f64,
+        p99_us: f64,
+        /// Round trips per second, all connections together.
+        rate: f64,
+        /// Bytes each way per round trip.
+        size: usize,
+        conns: usize,
+        /// The measured window, warm-up excluded.
+        seconds: f64,
+    },
+    /// Connect, one-byte exchange, close, repeated (`pod-tool crr`).
+    Crr {
+        /// Connections that completed, after the warm-up.
+        samples: u64,
+        /// Connections that failed (connect, exchange), warm-up included.
+        errors: u64,
+        /// The last failure, if any.
+        last_error: Option<String>,
+        p50_us: f64,
+        p90_us: f64,
+        p99_us: f64,
+        /// Completed connections per second, all threads together.
+        rate: f64,
+        conns: usize,
+        seconds: f64,
+    },
     /// Nothing could be done at all.
     Error { error: String },
 }

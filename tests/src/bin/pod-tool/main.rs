@@ -3,8 +3,11 @@
 //! Every subcommand prints one JSON object per line on stdout, so tests can
 //! wait for `{"event":"listening"}` and read results without parsing prose.
 
+mod crr;
 mod event;
+mod latency;
 mod original_dst;
+mod rr;
 mod send;
 mod serve;
 mod sys;
@@ -16,7 +19,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy"
+    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +36,14 @@ enum Command {
     TryBind(try_bind::Args),
     /// Accepts one connection on a marked socket and reports `SO_ORIGINAL_DST`.
     OriginalDstProxy(original_dst::Args),
+    /// Request/response server for `rr` and `crr`: answers each request of
+    /// `--size` bytes with the same bytes.
+    RrServer(rr::ServerArgs),
+    /// Request/response latency on long-lived connections.
+    Rr(rr::Args),
+    /// Connect, one-byte request/response, close, repeated: connection rate
+    /// and latency.
+    Crr(crr::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +52,8 @@ fn main() -> ExitCode {
         Command::Send(args) => send::run(&args),
         Command::TryBind(args) => try_bind::run(&args),
         Command::OriginalDstProxy(args) => original_dst::run(&args),
+        Command::RrServer(args) => rr::run_server(&args),
+        Command::Rr(args) => rr::run(&args),
+        Command::Crr(args) => crr::run(&args),
     }
 }

@@ -1,0 +1,249 @@
+//! `ambit-bench`: what the mesh costs. One test bed with two nodes, meshed
+//! and unmeshed pods side by side, one node agent per node; the same tests
+//! run pod to pod directly and through the mesh, across nodes and on one
+//! node, and the report sets them side by side.
+//!
+//! Tests per scenario: request/response latency (`rr_1b`, `rr_1k`,
+//! `rr_1b_x8`, `pod-tool rr`), connection rate (`crr`, `pod-tool crr`) and
+//! bulk throughput (`tput_1`, `tput_4`, iperf3); for meshed scenarios also
+//! the agents' CPU and memory. docs/benchmark.md explains every figure.
+//!
+//! `cargo xtask bench` builds the release binaries and runs this as root.
+//! Output: `report.json` and `report.md` in the output directory (default
+//! `<target>/bench`), the Markdown also on stdout, progress on stderr, and
+//! the agents' and workloads' own output in `bench.log`.
+//!
+//! Exit status: 0 when every measurement succeeded (whether or not the
+//! targets were met: that is the report's news, not a failure), 1 when one
+//! failed or the bench could not finish, 2 when this machine cannot host a
+//! test bed, 130 when interrupted. The test bed is removed in every case.
+
+mod cluster;
+mod console;
+mod interrupt;
+mod measure;
+mod report;
+mod scenario;
+mod usage;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use ambit_tests::Testbed;
+use ambit_tests::mesh::AGENT_BIN;
+use clap::Parser;
+
+use crate::cluster::Cluster;
+use crate::console::progress;
+use crate::measure::{Plan, Runner};
+use crate::report::{Durations, Report};
+use crate::scenario::IdleRss;
+
+/// Names the output directory, overriding `<target>/bench`.
+const OUT_ENV: &str = "AMBIT_BENCH_OUT";
+
+/// The test bed's name, part of every namespace and cgroup it creates.
+const TESTBED_NAME: &str = "bench";
+
+#[derive(Parser)]
+#[command(
+    about = "Measures ambit's overhead: latency, connection rate, throughput and agent resources, meshed vs direct (as root)"
+)]
+struct Cli {
+    /// Short tests (1 s each after 0.3 s of warm-up; the whole run well
+    /// under 2 minutes); the figures are noisier.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for report.json, report.md and bench.log [default: <target>/bench]
+    #[arg(long, env = OUT_ENV)]
+    out: Option<PathBuf>,
+}
+
+/// Why the bench stopped or a measurement failed.
+#[derive(Debug)]
+pub enum BenchError {
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// This machine cannot host a test bed (not root, no cgroup v2, a tool missing).
+    CannotRun(String),
+    /// A measurement or a setup step failed.
+    Failed(String),
+}
+
+// === impl BenchError ===
+
+impl BenchError {
+    /// A failure with this message.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::Failed(message.into())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(out_dir) = cli.out.clone().or_else(default_out_dir) else {
+        eprintln!("ambit-bench: cannot tell where the target directory is; pass --out DIR");
+        return ExitCode::FAILURE;
+    };
+    if let Err(error) = std::fs::create_dir_all(&out_dir) {
+        eprintln!("ambit-bench: cannot create {}: {error}", out_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let log = out_dir.join("bench.log");
+    if let Err(error) = console::redirect_stderr(&log) {
+        eprintln!("ambit-bench: cannot log to {}: {error}", log.display());
+        return ExitCode::FAILURE;
+    }
+    if let Err(error) = interrupt::install() {
+        console::say(&format!(
+            "ambit-bench: cannot install the Ctrl-C handler: {error}"
+        ));
+        return ExitCode::FAILURE;
+    }
+    let plan = Plan::new(cli.quick);
+    progress(&format!(
+        "{} run: {} s per latency and connection test after {} s of warm-up, iperf3 {} s; log: {}",
+        if plan.quick { "quick" } else { "full" },
+        plan.rr.as_secs_f64(),
+        plan.warmup.as_secs_f64(),
+        plan.iperf_secs,
+        log.display()
+    ));
+
+    // A panic (a test-bed helper that gives up) unwinds through the cluster
+    // and the test bed, which clean up on drop; the hook has shown it.
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(plan)));
+    match outcome {
+        Ok(Ok(report)) => publish(&report, &out_dir),
+        Ok(Err(BenchError::Interrupted)) => {
+            console::say("ambit-bench: interrupted; the test bed is removed");
+            ExitCode::from(130)
+        }
+        Ok(Err(BenchError::CannotRun(reason))) => {
+            console::say(&format!("ambit-bench: cannot run here: {reason}"));
+            console::say("hint: run as root: sudo -E env \"PATH=$PATH\" cargo xtask bench");
+            ExitCode::from(2)
+        }
+        Ok(Err(BenchError::Failed(error))) => {
+            console::say(&format!("ambit-bench: {error}"));
+            console::say(&format!(
+                "the agents' and workloads' output: {}",
+                log.display()
+            ));
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            console::say(&format!(
+                "ambit-bench: stopped (see above); the agents' and workloads' output: {}",
+                log.display()
+            ));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the test bed, measures, and removes the test bed.
+fn run(plan: Plan) -> Result<Report, BenchError> {
+    // Both lookups panic with a hint to build when a binary is missing; do
+    // them before anything needs cleaning up.
+    let pod_tool = Testbed::bin("pod-tool");
+    let _ = Testbed::bin(AGENT_BIN);
+    let iperf3 = Command::new("iperf3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !iperf3.is_ok_and(|status| status.success()) {
+        return Err(BenchError::CannotRun(
+            "iperf3 is not installed (`cargo xtask setup` installs it)".to_owned(),
+        ));
+    }
+    let mut testbed =
+        Testbed::new(TESTBED_NAME).map_err(|skip| BenchError::CannotRun(skip.reason))?;
+    let result = measure(&mut testbed, plan, &pod_tool);
+    progress(&format!(
+        "removing the test bed ({}: namespaces, cgroups, bpffs)",
+        testbed.id()
+    ));
+    drop(testbed);
+    result
+}
+
+/// Starts the cluster and runs every scenario; the cluster (agents first)
+/// is stopped on return.
+fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report, BenchError> {
+    let cluster = Cluster::start(testbed, pod_tool)?;
+    let testbed: &Testbed = testbed;
+    let idle = IdleRss::read(&cluster)?;
+    let runner = Runner::new(testbed, plan, pod_tool);
+    let mut failures = Vec::new();
+    let mut scenarios = Vec::new();
+    for scenario in scenario::all(&cluster) {
+        scenarios.push(scenario.run(&runner, testbed, &idle, &mut failures)?);
+    }
+    let durations = Durations {
+        rr_secs: plan.rr.as_secs_f64(),
+        rr_warmup_secs: plan.warmup.as_secs_f64(),
+        tput_secs: plan.iperf_secs,
+        tput_omit_secs: plan.iperf_omit_secs,
+    };
+    Ok(Report::new(plan.quick, durations, scenarios, failures))
+}
+
+/// Writes report.json and report.md, prints the Markdown, picks the exit code.
+fn publish(report: &Report, out_dir: &Path) -> ExitCode {
+    let markdown = report::render(report);
+    print!("\n{markdown}");
+    let json = match serde_json::to_string_pretty(report) {
+        Ok(json) => json + "\n",
+        Err(error) => {
+            console::say(&format!(
+                "ambit-bench: cannot encode the report as JSON: {error}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, text) in [
+        ("report.json", json.as_str()),
+        ("report.md", markdown.as_str()),
+    ] {
+        let path = out_dir.join(name);
+        if let Err(error) = std::fs::write(&path, text) {
+            console::say(&format!(
+                "ambit-bench: cannot write {}: {error}",
+                path.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    }
+    progress(&format!(
+        "wrote {} and report.md",
+        out_dir.join("report.json").display()
+    ));
+    if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        console::say(&format!(
+            "ambit-bench: {} measurement(s) failed; the agents' and workloads' output: {}",
+            report.failures.len(),
+            out_dir.join("bench.log").display()
+        ));
+        ExitCode::FAILURE
+    }
+}
+
+/// `<target>/bench`, from this binary's place in `<target>/<profile>/`.
+fn default_out_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("bench"))
+}
+
+/// Fails with [`BenchError::Interrupted`] once Ctrl-C or SIGTERM arrived.
+pub fn check_interrupted() -> Result<(), BenchError> {
+    if interrupt::requested() {
+        Err(BenchError::Interrupted)
+    } else {
+        Ok(())
+    }
+}

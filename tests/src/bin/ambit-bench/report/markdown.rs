@@ -1,0 +1,164 @@
+//! The report as Markdown: one table with every scenario side by side and
+//! the mesh/direct ratios, then the targets and any failures.
+
+use std::fmt::Write as _;
+
+use super::{AGENT_METRICS, METRICS, Metric, PAIRS, Report, ScenarioReport};
+
+/// What the table shows for a figure that is missing.
+const MISSING: &str = "n/a";
+
+/// The whole report.
+pub fn render(report: &Report) -> String {
+    let mut out = String::from("# ambit benchmark\n\n");
+    let d = &report.durations;
+    let _ = writeln!(
+        out,
+        "{}: request/response and connection tests {} s each after {} s of warm-up; iperf3 {} s{}.\n",
+        if report.quick {
+            "Quick run (`--quick`, noisier)"
+        } else {
+            "Full run"
+        },
+        d.rr_secs,
+        d.rr_warmup_secs,
+        d.tput_secs,
+        if d.tput_omit_secs > 0 {
+            format!(" after {} s left out", d.tput_omit_secs)
+        } else {
+            String::new()
+        }
+    );
+    out.push_str(&table(report));
+    out.push_str("\nmesh/direct: the meshed figure divided by the direct one (latency: lower is better; rates and throughput: higher is better).\n");
+
+    let scenario = report
+        .targets
+        .first()
+        .map_or("mesh-cross-node", |t| t.scenario);
+    let _ = writeln!(out, "\n## Targets ({scenario})\n");
+    for target in &report.targets {
+        let verdict = match target.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "unknown",
+        };
+        let value = target.value.map_or_else(
+            || "measurement failed".to_owned(),
+            |value| {
+                if target.unit == "ratio" {
+                    format!("{value:.2}×")
+                } else {
+                    format!("{value:.1} {}", target.unit)
+                }
+            },
+        );
+        let _ = writeln!(out, "- {verdict}: {}: {value}", target.target);
+    }
+
+    if !report.failures.is_empty() {
+        out.push_str("\n## Failures\n\n");
+        for failure in &report.failures {
+            let _ = writeln!(
+                out,
+                "- {} {}: {}",
+                failure.scenario,
+                failure.test,
+                first_line(&failure.error)
+            );
+        }
+    }
+    out
+}
+
+/// Columns: the figure, then per pair its direct figure, its mesh figure
+/// and their ratio.
+fn table(report: &Report) -> String {
+    let find = |name: &str| report.scenarios.iter().find(|s| s.name == name);
+    let mut header = vec!["figure".to_owned()];
+    for (_, mesh, direct) in PAIRS {
+        header.extend([direct.to_owned(), mesh.to_owned(), "mesh/direct".to_owned()]);
+    }
+    let mut rows = Vec::new();
+    for metric in METRICS {
+        let mut row = vec![metric.label.to_owned()];
+        for (_, mesh, direct) in PAIRS {
+            let mesh_value = find(mesh).and_then(|s| (metric.get)(s));
+            let direct_value = find(direct).and_then(|s| (metric.get)(s));
+            let ratio = mesh_value
+                .zip(direct_value)
+                .filter(|(_, direct)| *direct > 0.0)
+                .map_or_else(
+                    || MISSING.to_owned(),
+                    |(mesh, direct)| format!("{:.2}×", mesh / direct),
+                );
+            row.extend([cell(direct_value, metric), cell(mesh_value, metric), ratio]);
+        }
+        rows.push(row);
+    }
+    for metric in AGENT_METRICS {
+        // Server-side rows only where a scenario has a server agent.
+        if !PAIRS
+            .iter()
+            .any(|(_, mesh, _)| find(mesh).and_then(|s| (metric.get)(s)).is_some())
+        {
+            continue;
+        }
+        let mut row = vec![metric.label.to_owned()];
+        for (_, mesh, _) in PAIRS {
+            let mesh_value = find(mesh).and_then(|s: &ScenarioReport| (metric.get)(s));
+            row.extend(["–".to_owned(), cell(mesh_value, metric), String::new()]);
+        }
+        rows.push(row);
+    }
+    render_table(&header, &rows)
+}
+
+fn cell(value: Option<f64>, metric: &Metric) -> String {
+    value.map_or_else(
+        || MISSING.to_owned(),
+        |value| format!("{value:.*}", metric.decimals),
+    )
+}
+
+/// A Markdown table with padded columns, the first left-aligned and the
+/// others right-aligned, so it reads well as plain text too.
+fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut text = String::from("|");
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                let _ = write!(text, " {cell:<width$} |");
+            } else {
+                let _ = write!(text, " {cell:>width$} |");
+            }
+        }
+        text.push('\n');
+        text
+    };
+    let mut out = line(header);
+    out.push('|');
+    for (i, width) in widths.iter().enumerate() {
+        let dashes = "-".repeat(*width);
+        if i == 0 {
+            let _ = write!(out, " {dashes} |");
+        } else {
+            let _ = write!(out, " {}: |", &dashes[1..]);
+        }
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}

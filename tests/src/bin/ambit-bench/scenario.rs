@@ -1,0 +1,378 @@
+//! The four scenarios and the six tests each runs, with the agents' resource
+//! use around the meshed ones.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use ambit_tests::mesh::Agent;
+use ambit_tests::{Pod, Testbed};
+
+use crate::BenchError;
+use crate::cluster::{Cluster, RR_1B_PORT, RR_1K_PORT};
+use crate::console::{finish_line, progress, start_line};
+use crate::measure::Runner;
+use crate::report::{
+    AgentFigures, CrrFigures, Failure, RrFigures, ScenarioReport, TputFigures, round,
+};
+use crate::usage::{self, CpuSample};
+
+/// Parallel connections of `rr_1b_x8`.
+const X8_CONNS: u16 = 8;
+
+/// One client/server pair and, when meshed, the agents on its path.
+pub struct Scenario<'a> {
+    /// `direct-cross-node`, ….
+    pub name: &'static str,
+    client: &'a Pod,
+    server: &'a Pod,
+    mesh: Option<MeshPath<'a>>,
+}
+
+/// The agents a meshed scenario's traffic crosses.
+struct MeshPath<'a> {
+    /// The client pod's agent (`n1`).
+    client_agent: &'a Agent,
+    /// The server pod's agent: the same as the client's on one node.
+    server_agent: &'a Agent,
+}
+
+/// Each agent's resident memory after start-up, before any load.
+pub struct IdleRss {
+    client_agent: f64,
+    server_agent: f64,
+}
+
+#[derive(Clone, Copy)]
+enum Test {
+    Rr1b,
+    Rr1k,
+    Rr1bX8,
+    Crr,
+    Tput1,
+    Tput4,
+}
+
+const TESTS: [Test; 6] = [
+    Test::Rr1b,
+    Test::Rr1k,
+    Test::Rr1bX8,
+    Test::Crr,
+    Test::Tput1,
+    Test::Tput4,
+];
+
+/// Proxied connections before a meshed scenario, to check afterwards that
+/// its traffic went through the agents.
+struct Captured {
+    outbound: Option<u64>,
+    inbound: Option<u64>,
+}
+
+/// The scenarios, in the order they run: each direct one just before its
+/// meshed twin.
+pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
+    let pods = &cluster.pods;
+    [
+        Scenario {
+            name: "direct-cross-node",
+            client: &pods.client_direct,
+            server: &pods.server_direct,
+            mesh: None,
+        },
+        Scenario {
+            name: "mesh-cross-node",
+            client: &pods.client,
+            server: &pods.server,
+            mesh: Some(MeshPath {
+                client_agent: &cluster.client_agent,
+                server_agent: &cluster.server_agent,
+            }),
+        },
+        Scenario {
+            name: "direct-same-node",
+            client: &pods.client_direct,
+            server: &pods.local_server_direct,
+            mesh: None,
+        },
+        Scenario {
+            name: "mesh-same-node",
+            client: &pods.client,
+            server: &pods.local_server,
+            mesh: Some(MeshPath {
+                client_agent: &cluster.client_agent,
+                server_agent: &cluster.client_agent,
+            }),
+        },
+    ]
+}
+
+// === impl IdleRss ===
+
+impl IdleRss {
+    /// Reads both agents' `VmRSS` now.
+    pub fn read(cluster: &Cluster) -> Result<Self, BenchError> {
+        let read = |agent: &Agent| {
+            usage::rss_mib(agent.proc.pid()).map_err(|error| {
+                BenchError::failed(format!(
+                    "cannot read the memory of the agent on {}: {error}",
+                    agent.node.name
+                ))
+            })
+        };
+        Ok(Self {
+            client_agent: read(&cluster.client_agent)?,
+            server_agent: read(&cluster.server_agent)?,
+        })
+    }
+}
+
+// === impl Scenario ===
+
+impl Scenario<'_> {
+    /// Runs every test; a failed test is recorded in `failures` and leaves
+    /// its figure empty. Only an interruption ends the scenario early.
+    pub fn run(
+        &self,
+        runner: &Runner<'_>,
+        tb: &Testbed,
+        idle: &IdleRss,
+        failures: &mut Vec<Failure>,
+    ) -> Result<ScenarioReport, BenchError> {
+        let mut report = ScenarioReport {
+            name: self.name,
+            mesh: self.mesh.is_some(),
+            client: self.client.name.clone(),
+            server: self.server.name.clone(),
+            rr_1b: None,
+            rr_1k: None,
+            rr_1b_x8: None,
+            crr: None,
+            tput_1: None,
+            tput_4: None,
+            agent: None,
+            agent_server: None,
+        };
+        let captured_before = self.captured(tb);
+        let cpu_before = self.cpu_samples();
+        for test in TESTS {
+            crate::check_interrupted()?;
+            start_line(&format!("{}: {}", self.name, test.name()));
+            match self.run_test(runner, test, &mut report) {
+                Ok(summary) => finish_line(&summary),
+                Err(BenchError::Failed(error)) => {
+                    finish_line("FAILED");
+                    self.record_failure(test.name(), error, failures);
+                }
+                Err(other) => {
+                    finish_line("interrupted");
+                    return Err(other);
+                }
+            }
+        }
+        if let Some(mesh) = &self.mesh {
+            let cpu_after = self.cpu_samples();
+            match agent_figures(
+                mesh.client_agent,
+                cpu_before.0,
+                cpu_after.0,
+                idle.client_agent,
+            ) {
+                Ok(figures) => report.agent = Some(figures),
+                Err(error) => self.record_failure("agent", error, failures),
+            }
+            if !std::ptr::eq(mesh.client_agent, mesh.server_agent) {
+                match agent_figures(
+                    mesh.server_agent,
+                    cpu_before.1,
+                    cpu_after.1,
+                    idle.server_agent,
+                ) {
+                    Ok(figures) => report.agent_server = Some(figures),
+                    Err(error) => self.record_failure("agent", error, failures),
+                }
+            }
+            if let Some(agent) = report.agent {
+                progress(&format!(
+                    "{}: agent on n1: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
+                    self.name, agent.cpu_cores, agent.rss_mb_idle, agent.rss_mb_peak
+                ));
+            }
+            if let Some(agent) = report.agent_server {
+                progress(&format!(
+                    "{}: agent on n2: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
+                    self.name, agent.cpu_cores, agent.rss_mb_idle, agent.rss_mb_peak
+                ));
+            }
+            if let Err(error) = self.check_captured(tb, captured_before.as_ref()) {
+                self.record_failure("capture", error, failures);
+            }
+        }
+        Ok(report)
+    }
+
+    fn run_test(
+        &self,
+        runner: &Runner<'_>,
+        test: Test,
+        report: &mut ScenarioReport,
+    ) -> Result<String, BenchError> {
+        let one_byte_server = SocketAddr::from((self.server.ipv4, RR_1B_PORT));
+        let kilobyte_server = SocketAddr::from((self.server.ipv4, RR_1K_PORT));
+        match test {
+            Test::Rr1b => runner
+                .rr(self.client, one_byte_server, 1, 1)
+                .map(|figures| {
+                    report.rr_1b = Some(figures);
+                    rr_summary(&figures)
+                }),
+            Test::Rr1k => runner
+                .rr(self.client, kilobyte_server, 1024, 1)
+                .map(|figures| {
+                    report.rr_1k = Some(figures);
+                    rr_summary(&figures)
+                }),
+            Test::Rr1bX8 => runner
+                .rr(self.client, one_byte_server, 1, X8_CONNS)
+                .map(|figures| {
+                    report.rr_1b_x8 = Some(figures);
+                    rr_summary(&figures)
+                }),
+            Test::Crr => runner.crr(self.client, one_byte_server).map(|figures| {
+                report.crr = Some(figures);
+                crr_summary(&figures)
+            }),
+            Test::Tput1 => runner.tput(self.client, self.server, 1).map(|figures| {
+                report.tput_1 = Some(figures);
+                tput_summary(figures)
+            }),
+            Test::Tput4 => runner.tput(self.client, self.server, 4).map(|figures| {
+                report.tput_4 = Some(figures);
+                tput_summary(figures)
+            }),
+        }
+    }
+
+    /// CPU samples of the client-side and server-side agents; `None` per
+    /// agent that could not be read (and for direct scenarios).
+    fn cpu_samples(&self) -> (Option<CpuSample>, Option<CpuSample>) {
+        let Some(mesh) = &self.mesh else {
+            return (None, None);
+        };
+        let take = |agent: &Agent| CpuSample::take(agent.proc.pid()).ok();
+        (take(mesh.client_agent), take(mesh.server_agent))
+    }
+
+    fn captured(&self, tb: &Testbed) -> Option<Captured> {
+        let mesh = self.mesh.as_ref()?;
+        Some(Captured {
+            outbound: Cluster::opened_connections(tb, mesh.client_agent, self.client, "outbound"),
+            inbound: Cluster::opened_connections(tb, mesh.server_agent, self.server, "inbound"),
+        })
+    }
+
+    /// A meshed scenario whose connections the agents did not proxy measured
+    /// the direct path under the wrong name: that is a failure.
+    fn check_captured(&self, tb: &Testbed, before: Option<&Captured>) -> Result<(), String> {
+        let (Some(before), Some(after)) = (before, self.captured(tb)) else {
+            return Ok(());
+        };
+        for (direction, pod, before, after) in [
+            ("outbound", self.client, before.outbound, after.outbound),
+            ("inbound", self.server, before.inbound, after.inbound),
+        ] {
+            match (before, after) {
+                (Some(before), Some(after)) if after > before => {}
+                (Some(before), Some(after)) => {
+                    return Err(format!(
+                        "the agent proxied no {direction} connection of {} ({before} before, {after} after): \
+                         the figures are not the mesh's",
+                        pod.name
+                    ));
+                }
+                _ => progress(&format!(
+                    "{}: cannot verify the {direction} capture of {} (the admin API's /pods has no connection count)",
+                    self.name, pod.name
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, test: &'static str, error: String, failures: &mut Vec<Failure>) {
+        progress(&format!(
+            "{}: {test} failed: {}",
+            self.name,
+            error.lines().next().unwrap_or("")
+        ));
+        eprintln!("ambit-bench: {}: {test} failed: {error}", self.name);
+        failures.push(Failure {
+            scenario: self.name,
+            test,
+            error,
+        });
+    }
+}
+
+/// An agent's figures for a scenario.
+fn agent_figures(
+    agent: &Agent,
+    before: Option<CpuSample>,
+    after: Option<CpuSample>,
+    idle: f64,
+) -> Result<AgentFigures, String> {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Err(format!(
+            "cannot read the CPU time of the agent on {}",
+            agent.node.name
+        ));
+    };
+    let peak = usage::peak_rss_mib(agent.proc.pid()).map_err(|error| {
+        format!(
+            "cannot read the memory of the agent on {}: {error}",
+            agent.node.name
+        )
+    })?;
+    Ok(AgentFigures {
+        cpu_cores: round(before.cores_until(&after), 3),
+        rss_mb_idle: round(idle, 2),
+        rss_mb_peak: round(peak, 2),
+    })
+}
+
+// === impl Test ===
+
+impl Test {
+    /// The key in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rr1b => "rr_1b",
+            Self::Rr1k => "rr_1k",
+            Self::Rr1bX8 => "rr_1b_x8",
+            Self::Crr => "crr",
+            Self::Tput1 => "tput_1",
+            Self::Tput4 => "tput_4",
+        }
+    }
+}
+
+fn rr_summary(figures: &RrFigures) -> String {
+    format!(
+        "p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, {:.0} round trips/s",
+        figures.p50_us, figures.p90_us, figures.p99_us, figures.rate
+    )
+}
+
+fn crr_summary(figures: &CrrFigures) -> String {
+    let mut summary = format!(
+        "{:.0} connections/s, p50 {:.1} µs, p99 {:.1} µs",
+        figures.rate, figures.p50_us, figures.p99_us
+    );
+    if figures.errors > 0 {
+        let _ = write!(summary, " ({} failed connections)", figures.errors);
+    }
+    summary
+}
+
+fn tput_summary(figures: TputFigures) -> String {
+    format!("{:.2} Gbit/s", figures.gbps)
+}

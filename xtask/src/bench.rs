@@ -1,0 +1,47 @@
+//! `cargo xtask bench`: builds the release binaries and hands over to
+//! `ambit-bench`, which measures the mesh against direct pod-to-pod traffic
+//! on a test bed of network namespaces on this host (see docs/benchmark.md).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{cmd, setup};
+
+/// Runs setup, the release build, then execs `ambit-bench` with `--quick`
+/// when asked and `bench_args` after it.
+pub fn run(root: &Path, quick: bool, bench_args: &[String]) -> Result<()> {
+    cmd::require_root(
+        "bench",
+        "the benchmark creates network namespaces and cgroups and loads eBPF programs",
+    )?;
+    setup::run()?;
+    // Release, as users run it: debug builds would measure the compiler.
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--release", "--workspace", "--bins"])
+            .current_dir(root),
+    )?;
+
+    let bin_dir = root.join("target/release");
+    let bench = bin_dir.join("ambit-bench");
+    if !bench.is_file() {
+        bail!(
+            "{} is missing after the build; it comes from the tests crate",
+            bench.display()
+        );
+    }
+    let mut command = Command::new(&bench);
+    if quick {
+        command.arg("--quick");
+    }
+    command
+        .args(bench_args)
+        .env("AMBIT_BIN_DIR", &bin_dir)
+        .env("AMBIT_BENCH_OUT", root.join("target/bench"))
+        .current_dir(root);
+    // exec, so Ctrl-C reaches the bench alone and it can tear its test bed
+    // down; its exit code becomes ours.
+    Err(cmd::exec(&mut command))
+}
