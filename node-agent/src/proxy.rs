@@ -18,7 +18,7 @@ use mesh_core::{
 use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
-    io::copy_bidirectional,
+    io::copy_bidirectional_with_sizes,
     net::{TcpListener, TcpSocket, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
@@ -241,6 +241,10 @@ fn mesh_socket(dst: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<T
     )))
 }
 
+/// Buffer per direction of a plaintext relay: large enough that bulk
+/// transfers move in few system calls (tokio's default is 8 KiB).
+const RELAY_BUFFER: usize = 256 * 1024;
+
 /// Which way a proxy carries traffic, for logs and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -318,7 +322,9 @@ pub async fn relay(
     stats: &TrafficStats,
 ) -> Result<(u64, u64), ProxyError> {
     let _ = client.set_nodelay(true);
-    match copy_bidirectional(&mut client, &mut upstream).await {
+    match copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER)
+        .await
+    {
         Ok((sent, received)) => {
             stats.closed(sent, received, false);
             Ok((sent, received))

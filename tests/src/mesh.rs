@@ -13,6 +13,9 @@ use crate::{Node, Pod, Proc, Testbed};
 
 /// Name of the node agent binary.
 pub const AGENT_BIN: &str = "ambit-node-agent";
+/// Overrides the agents' log filter (`AMBIT_LOG`); tests default to debug
+/// for the data path, the benchmark sets the production default.
+pub const AGENT_LOG_ENV: &str = "AMBIT_TEST_AGENT_LOG";
 /// How long an agent may take to start and enroll its pods.
 pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -103,7 +106,10 @@ impl Agent {
             .arg(&node.cgroup_root)
             .args(["--node-name", &node.name, "--config-poll-ms", "100"])
             .args(extra_args)
-            .env("AMBIT_LOG", "info,node_agent=debug");
+            .env(
+                "AMBIT_LOG",
+                std::env::var(AGENT_LOG_ENV).unwrap_or_else(|_| "info,node_agent=debug".to_owned()),
+            );
         let proc = tb.spawn_on_node(node, &node.agent_cgroup, cmd);
         Agent {
             proc,

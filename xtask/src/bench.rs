@@ -40,6 +40,11 @@ pub fn run(root: &Path, quick: bool, bench_args: &[String]) -> Result<()> {
         .args(bench_args)
         .env("AMBIT_BIN_DIR", &bin_dir)
         .env("AMBIT_BENCH_OUT", root.join("target/bench"))
+        // The agents log as in production (the tests turn on debug logs).
+        .env(
+            "AMBIT_TEST_AGENT_LOG",
+            std::env::var("AMBIT_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .current_dir(root);
     // exec, so Ctrl-C reaches the bench alone and it can tear its test bed
     // down; its exit code becomes ours.

@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use h2::{RecvStream, SendStream, client::SendRequest};
+use h2::{SendStream, client::SendRequest};
 use mesh_core::identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -47,10 +47,10 @@ struct PooledConnection {
 /// An open CONNECT stream; counts against its connection's stream limit
 /// until dropped.
 pub struct HboneStream {
-    /// Data towards the destination.
-    pub send: SendStream<Bytes>,
-    /// Data from the destination.
-    pub recv: RecvStream,
+    send: SendStream<Bytes>,
+    response: h2::client::ResponseFuture,
+    addr: SocketAddr,
+    authority: SocketAddr,
     _slot: StreamSlot,
 }
 
@@ -81,19 +81,16 @@ impl HbonePool {
         let h2_error = |source| HboneError::H2 { addr, source };
         let mut ready = send.ready().await.map_err(h2_error)?;
         let (response, send) = ready.send_request(request, false).map_err(h2_error)?;
-        let slot = StreamSlot::take(streams);
-        let response = response.await.map_err(h2_error)?;
-        if response.status() != http::StatusCode::OK {
-            return Err(HboneError::Refused {
-                addr,
-                authority,
-                status: response.status(),
-            });
-        }
+        // The response is not awaited here: the application's first bytes
+        // follow the CONNECT headers at once (HTTP/2 allows DATA before the
+        // response), which saves a round trip per connection. A refusal
+        // still ends the stream and closes the application's connection.
         Ok(HboneStream {
             send,
-            recv: response.into_body(),
-            _slot: slot,
+            response,
+            addr,
+            authority,
+            _slot: StreamSlot::take(streams),
         })
     }
 
@@ -178,7 +175,27 @@ impl HboneStream {
     /// Relays between `tcp` and this stream until both directions are done;
     /// returns (bytes from `tcp`, bytes to `tcp`).
     pub async fn relay(self, tcp: tokio::net::TcpStream) -> std::io::Result<(u64, u64)> {
-        let Self { send, recv, _slot } = self;
+        let Self {
+            send,
+            response,
+            addr,
+            authority,
+            _slot,
+        } = self;
+        let recv = async move {
+            let response = response
+                .await
+                .map_err(|e| std::io::Error::other(HboneError::H2 { addr, source: e }))?;
+            let status = response.status();
+            if status != http::StatusCode::OK {
+                return Err(std::io::Error::other(HboneError::Refused {
+                    addr,
+                    authority,
+                    status,
+                }));
+            }
+            Ok(response.into_body())
+        };
         super::relay::relay(tcp, send, recv).await
     }
 }

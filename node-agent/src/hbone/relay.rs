@@ -18,16 +18,18 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Relays until both directions are done; returns (bytes from the TCP side
 /// into the stream, bytes from the stream to the TCP side).
+/// `recv` yields the stream's receiving half once it is known (the client
+/// side waits for the CONNECT response meanwhile; the TCP side is already
+/// being read).
 pub async fn relay(
     tcp: TcpStream,
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    recv: impl Future<Output = io::Result<RecvStream>>,
 ) -> io::Result<(u64, u64)> {
     let (read_half, write_half) = tcp.into_split();
-    tokio::try_join!(
-        tcp_to_stream(read_half, send),
-        stream_to_tcp(recv, write_half)
-    )
+    tokio::try_join!(tcp_to_stream(read_half, send), async {
+        stream_to_tcp(recv.await?, write_half).await
+    })
 }
 
 async fn tcp_to_stream(

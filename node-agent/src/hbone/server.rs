@@ -156,7 +156,7 @@ async fn serve_stream(
         dst_identity: Some(context.identity.to_string()),
         security: Security::MutualTls,
     };
-    match super::relay::relay(upstream, send, request.into_body()).await {
+    match super::relay::relay(upstream, send, std::future::ready(Ok(request.into_body()))).await {
         Ok((from_app, to_app)) => {
             counters.closed(to_app, from_app, false);
             context.connections.closed(flow, to_app, from_app, None);
