@@ -17,6 +17,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod connections;
+pub mod copy;
 pub mod ebpf;
 pub mod enrollment;
 pub mod hbone;

@@ -17,15 +17,13 @@ use mesh_core::{
 };
 use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{
-    io::copy_bidirectional_with_sizes,
-    net::{TcpListener, TcpSocket, TcpStream},
-};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
     connections::{ConnectionLog, Flow},
+    copy::pump,
     ebpf::MeshMaps,
     hbone::{HboneError, client::HbonePool},
     identity::CertManager,
@@ -317,14 +315,18 @@ pub async fn serve<F, Fut>(
 /// Copies both ways until both sides are done, passing each half-close on,
 /// and counts the bytes. Returns an error only for I/O failures.
 pub async fn relay(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    client: TcpStream,
+    upstream: TcpStream,
     stats: &TrafficStats,
 ) -> Result<(u64, u64), ProxyError> {
     let _ = client.set_nodelay(true);
-    match copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER)
-        .await
-    {
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let copied = tokio::try_join!(
+        pump(client_read, upstream_write, RELAY_BUFFER),
+        pump(upstream_read, client_write, RELAY_BUFFER)
+    );
+    match copied {
         Ok((sent, received)) => {
             stats.closed(sent, received, false);
             Ok((sent, received))

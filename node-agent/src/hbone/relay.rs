@@ -6,12 +6,14 @@
 
 use std::{future::poll_fn, io};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
+    io::{AsyncWrite, AsyncWriteExt as _},
+    net::{TcpStream, tcp::OwnedReadHalf},
 };
+
+use crate::copy::ChunkReader;
 
 /// Bytes read from the application per DATA frame batch.
 const READ_CHUNK: usize = 64 * 1024;
@@ -32,20 +34,15 @@ pub async fn relay(
     })
 }
 
-async fn tcp_to_stream(
-    mut tcp: impl AsyncRead + Unpin,
-    mut send: SendStream<Bytes>,
-) -> io::Result<u64> {
+async fn tcp_to_stream(tcp: OwnedReadHalf, mut send: SendStream<Bytes>) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut reader = ChunkReader::new(tcp, READ_CHUNK);
     loop {
-        buf.reserve(READ_CHUNK);
-        let n = tcp.read_buf(&mut buf).await?;
-        if n == 0 {
+        let Some(mut chunk) = reader.next_chunk().await? else {
             send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
             return Ok(total);
-        }
-        let mut chunk = buf.split().freeze();
+        };
+        let n = chunk.len();
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = poll_fn(|cx| send.poll_capacity(cx))
