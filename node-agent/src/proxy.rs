@@ -9,7 +9,11 @@
 //!   HBONE;
 //! - anything else: plaintext, straight to the destination.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use mesh_core::{
     identity::SpiffeId,
@@ -179,28 +183,27 @@ impl PodProxy {
 // === impl PodContext ===
 
 impl PodContext {
-    /// Connects to `dst` from inside the pod, with the mesh mark so that the
-    /// connection is not captured again. With `source`, binds that address
-    /// first (transparently: it may be a foreign address).
+    /// Connects to `dst` from inside the pod. Every mesh socket carries a
+    /// mesh mark, so the connection is not captured again.
     pub async fn connect_upstream(
         &self,
         dst: SocketAddr,
-        source: Option<SocketAddr>,
+        from: UpstreamSource,
     ) -> Result<TcpStream, ProxyError> {
         let socket = self
             .sockets
-            .run(|| mesh_socket(dst, source))?
+            .run(|| mesh_socket(dst, from))?
             .map_err(ProxyError::Socket)?;
-        // A transparent connection looks to sk_lookup like a client arriving
-        // from outside; the bypass entry keeps it from being steered back to
-        // the inbound listener while the handshake is in flight.
-        let bypass = match source {
-            Some(_) => {
+        // A connection that sk_lookup must not steer into the destination
+        // pod's inbound listener is listed in the bypass map while its
+        // handshake is in flight.
+        let bypass = match from {
+            UpstreamSource::Pod => None,
+            UpstreamSource::Client(_) | UpstreamSource::PodBypassingInbound(_) => {
                 let bound = socket.local_addr().map_err(ProxyError::Socket)?;
                 self.maps.add_inbound_bypass(bound, dst)?;
                 Some(bound)
             }
-            None => None,
         };
         let connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst)).await;
         if let Some(bound) = bypass {
@@ -214,26 +217,41 @@ impl PodContext {
     }
 }
 
-/// A TCP socket of the family of `dst`, marked, non-blocking, optionally
-/// bound to `source` with `IP_TRANSPARENT`. Runs inside the pod's namespace.
-fn mesh_socket(dst: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpSocket> {
+/// Where an upstream connection starts from.
+#[derive(Clone, Copy, Debug)]
+pub enum UpstreamSource {
+    /// The pod's own address, chosen by the kernel: outbound traffic.
+    Pod,
+    /// The client's address (`IP_TRANSPARENT`, return mark): the inbound
+    /// proxy's connection to its application, which must see its real caller.
+    Client(IpAddr),
+    /// The pod's address, and the destination pod's inbound proxy is skipped:
+    /// the same-node fast path, where this agent holds both identities.
+    PodBypassingInbound(IpAddr),
+}
+
+/// A TCP socket of the family of `dst`, marked, non-blocking, bound as
+/// `from` says. Runs inside the pod's namespace.
+fn mesh_socket(dst: SocketAddr, from: UpstreamSource) -> std::io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-    // Outbound connections leave the pod normally; the inbound proxy's
-    // transparent ones need their replies routed back (crate::routing).
-    socket.set_mark(if source.is_some() {
-        MESH_RETURN_MARK
-    } else {
-        MESH_MARK
-    })?;
-    socket.set_nonblocking(true)?;
-    if let Some(source) = source {
-        if source.is_ipv4() {
-            socket.set_ip_transparent_v4(true)?;
-        } else {
-            crate::sys::set_ipv6_transparent(std::os::fd::AsFd::as_fd(&socket))?;
+    match from {
+        UpstreamSource::Pod => socket.set_mark(MESH_MARK)?,
+        UpstreamSource::Client(client) => {
+            // Replies to this socket are routed back to it (crate::routing).
+            socket.set_mark(MESH_RETURN_MARK)?;
+            if client.is_ipv4() {
+                socket.set_ip_transparent_v4(true)?;
+            } else {
+                crate::sys::set_ipv6_transparent(std::os::fd::AsFd::as_fd(&socket))?;
+            }
+            socket.bind(&SocketAddr::new(client, 0).into())?;
         }
-        socket.bind(&source.into())?;
+        UpstreamSource::PodBypassingInbound(pod_ip) => {
+            socket.set_mark(MESH_MARK)?;
+            socket.bind(&SocketAddr::new(pod_ip, 0).into())?;
+        }
     }
+    socket.set_nonblocking(true)?;
     Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(
         socket,
     )))

@@ -526,13 +526,26 @@ fn same_node_traffic_skips_tls_but_records_both_identities_unless_turned_off() {
         let echo = serve(&tb, &server);
         send(&tb, &client, &to, 100_000);
         wait_conn_from(&echo, &client.ipv4.to_string());
-        for direction in ["outbound", "inbound"] {
-            let record = wait_connection(&agent, &tb, |r| r["direction"] == direction);
+        // The fast path goes straight to the server's application, past its
+        // inbound proxy; without it both proxies carry the connection.
+        let directions: &[&str] = if security == "same_node" {
+            &["outbound"]
+        } else {
+            &["outbound", "inbound"]
+        };
+        for direction in directions {
+            let record = wait_connection(&agent, &tb, |r| r["direction"] == *direction);
             assert_eq!(record["security"], security, "{args:?}: {record}");
             assert_eq!(record["src_identity"], client_id.as_str(), "{record}");
             assert_eq!(record["dst_identity"], server_id.as_str(), "{record}");
             assert_eq!(record["bytes_sent"], 100_000, "{record}");
         }
+        let server_inbound = agent.wait_pod_state(&tb, "server", "enrolled", WAIT)["traffic"]["inbound"]["connections_opened"].clone();
+        let expected_inbound = u64::from(security != "same_node");
+        assert_eq!(
+            server_inbound, expected_inbound,
+            "{args:?}: the server's inbound proxy carried {server_inbound} connections"
+        );
         let status = agent.proc.terminate();
         assert!(status.success(), "{status}");
         drop(echo);

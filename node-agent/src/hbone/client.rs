@@ -130,7 +130,7 @@ impl HbonePool {
 async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Bytes>, HboneError> {
     let addr = key.addr;
     let tcp = context
-        .connect_upstream(addr, None)
+        .connect_upstream(addr, crate::proxy::UpstreamSource::Pod)
         .await
         .map_err(|e| match e {
             crate::proxy::ProxyError::Connect { source, .. } => {

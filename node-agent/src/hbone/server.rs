@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     connections::{Flow, Security},
-    proxy::{Direction, PodContext},
+    proxy::{Direction, PodContext, UpstreamSource},
     tls,
 };
 
@@ -129,8 +129,8 @@ async fn serve_stream(
         }
     };
     counters.opened();
-    let source = SocketAddr::new(client.ip().to_canonical(), 0);
-    let upstream = match context.connect_upstream(dst, Some(source)).await {
+    let from = UpstreamSource::Client(client.ip().to_canonical());
+    let upstream = match context.connect_upstream(dst, from).await {
         Ok(upstream) => upstream,
         Err(error) => {
             counters.closed(0, 0, true);

@@ -12,7 +12,7 @@ use mesh_core::workload::MtlsMode;
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::TcpStream;
 
-use super::{Finished, PodContext, ProxyError, relay};
+use super::{Finished, PodContext, ProxyError, UpstreamSource, relay};
 use crate::{
     connections::{Flow, Security},
     proxy::Direction,
@@ -59,8 +59,9 @@ pub(super) async fn forward(
             Security::Plaintext
         },
     };
-    let source = SocketAddr::new(client.ip(), 0);
-    let upstream = context.connect_upstream(dst, Some(source)).await?;
+    let upstream = context
+        .connect_upstream(dst, UpstreamSource::Client(client.ip()))
+        .await?;
     let (sent, received) = relay(stream, upstream, &context.stats.inbound).await?;
     Ok(Finished {
         flow,

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
-use super::{Finished, PodContext, ProxyError, relay};
+use super::{Finished, PodContext, ProxyError, UpstreamSource, relay};
 use crate::{
     connections::{Flow, Security},
     proxy::Direction,
@@ -60,10 +60,22 @@ pub(super) async fn forward(
             }
         }
         peer => {
+            // A meshed pod of this node: straight to its application,
+            // past its inbound proxy, from the client pod's own address.
+            let from = match (
+                &peer,
+                context
+                    .pod_ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == dst.is_ipv4()),
+            ) {
+                (Some(_), Some(pod_ip)) => UpstreamSource::PodBypassingInbound(*pod_ip),
+                _ => UpstreamSource::Pod,
+            };
             if peer.is_some() {
                 flow.security = Security::SameNode;
             }
-            let upstream = context.connect_upstream(dst, None).await?;
+            let upstream = context.connect_upstream(dst, from).await?;
             let (sent, received) = relay(stream, upstream, stats).await?;
             Ok(Finished {
                 flow,

@@ -510,10 +510,7 @@ fn run_flow(
             opened.inbound
         }),
     };
-    let expected = Capture {
-        outbound: source.spec.enrolled,
-        inbound: destination.spec.enrolled,
-    };
+    let expected = expected_capture(source, destination);
     problems.extend(capture_problems(source, destination, expected, captured));
     let record = flow_security(testbed, agents, source, destination, to)?;
     let security = record["security"]
@@ -541,6 +538,19 @@ fn run_flow(
         problems,
         client_report: client.report(),
     })
+}
+
+/// What enrollment predicts: an enrolled source is captured on the way out,
+/// an enrolled destination on the way in, except on the same-node fast path,
+/// which goes past the destination's inbound proxy.
+fn expected_capture(source: &Workload, destination: &Workload) -> Capture {
+    let same_node_fast_path = source.spec.enrolled
+        && destination.spec.enrolled
+        && source.spec.node == destination.spec.node;
+    Capture {
+        outbound: source.spec.enrolled,
+        inbound: destination.spec.enrolled && !same_node_fast_path,
+    }
 }
 
 /// Where the capture differs from what enrollment predicts.
