@@ -14,6 +14,9 @@ pub mod server;
 
 /// Streams one HBONE connection may carry before the pool opens another.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// Connections to one destination that busy streams are spread over before
+/// they share: one TLS connection is encrypted on one thread at a time.
+pub const SPREAD_CONNECTIONS: usize = 4;
 /// Largest request header block the server accepts; a larger one gets 431.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Per-stream flow-control window: large enough for bulk transfer over one

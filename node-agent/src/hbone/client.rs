@@ -2,9 +2,11 @@
 //! connections start in the pod's network namespace (so the source address
 //! on the wire is the pod's own) and carry the pod's identity, so they are
 //! shared only by that pod's connections to the same destination identity
-//! and address. A connection carries up to
-//! [`super::MAX_STREAMS_PER_CONNECTION`] streams; past that the pool opens
-//! another.
+//! and address. Streams go to the least busy connection; while every
+//! connection is busy the pool opens another, up to
+//! [`super::SPREAD_CONNECTIONS`], so concurrent bulk streams are encrypted on
+//! different threads; past that, a connection carries up to
+//! [`super::MAX_STREAMS_PER_CONNECTION`] streams before another is opened.
 
 use std::{
     collections::HashMap,
@@ -23,7 +25,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION,
-    STREAM_WINDOW,
+    SPREAD_CONNECTIONS, STREAM_WINDOW,
 };
 use crate::proxy::PodContext;
 
@@ -110,11 +112,12 @@ impl HbonePool {
                 std::task::Poll::Ready(Err(_))
             )
         });
-        if let Some(c) = pooled
+        let loads: Vec<u32> = pooled
             .iter()
-            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION)
-        {
-            return Ok((c.send.clone(), c.streams.clone()));
+            .map(|c| c.streams.load(Ordering::Relaxed))
+            .collect();
+        if let Some(index) = pick_connection(&loads) {
+            return Ok((pooled[index].send.clone(), pooled[index].streams.clone()));
         }
         let send = connect(context, key).await?;
         let streams = Arc::new(AtomicU32::new(0));
@@ -169,6 +172,17 @@ async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Byte
     Ok(send)
 }
 
+/// Which pooled connection a new stream goes on, given each connection's
+/// open streams; `None` means open a new connection.
+fn pick_connection(loads: &[u32]) -> Option<usize> {
+    let (index, &streams) = loads
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, streams)| **streams)?;
+    let spread = streams > 0 && loads.len() < SPREAD_CONNECTIONS;
+    (streams < MAX_STREAMS_PER_CONNECTION && !spread).then_some(index)
+}
+
 // === impl HboneStream ===
 
 impl HboneStream {
@@ -212,5 +226,35 @@ impl StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_streams_spread_over_connections_then_share() {
+        assert_eq!(pick_connection(&[]), None, "no connection yet");
+        assert_eq!(
+            pick_connection(&[0]),
+            Some(0),
+            "an idle connection is reused"
+        );
+        assert_eq!(pick_connection(&[1]), None, "a busy one: open a second");
+        assert_eq!(
+            pick_connection(&[1, 0]),
+            Some(1),
+            "the least busy is chosen"
+        );
+        assert_eq!(pick_connection(&[1, 1, 1]), None);
+        let spread = vec![1; SPREAD_CONNECTIONS];
+        assert_eq!(
+            pick_connection(&spread),
+            Some(0),
+            "enough connections: streams share"
+        );
+        let full = vec![MAX_STREAMS_PER_CONNECTION; SPREAD_CONNECTIONS];
+        assert_eq!(pick_connection(&full), None, "all full: open another");
     }
 }
