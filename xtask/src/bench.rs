@@ -1,6 +1,9 @@
 //! `cargo xtask bench`: builds the release binaries and hands over to
 //! `ambit-bench`, which measures the mesh against direct pod-to-pod traffic
-//! on a test bed of network namespaces on this host (see docs/benchmark.md).
+//! on a test bed of network namespaces on this host, three interleaved runs
+//! by default, and writes `target/bench/report.{json,md}` and `latency.png`
+//! (see docs/benchmark.md). Setup installs its tools: `iperf3`, and
+//! `fonts-dejavu-core` for the plot's labels.
 
 use std::path::Path;
 use std::process::Command;

@@ -59,7 +59,7 @@ enum Task {
     /// Run setup, build the release binaries and run `ambit-bench`, which
     /// measures the mesh against direct traffic (as root; see docs/benchmark.md).
     Bench {
-        /// Short tests (1 s each): the whole run takes well under 2 minutes.
+        /// Short tests (0.7 s each, median of 3 runs): the whole run takes under 2 minutes.
         #[arg(long)]
         quick: bool,
         /// Extra arguments for `ambit-bench`, given after `--`.

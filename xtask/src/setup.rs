@@ -22,6 +22,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "tshark",
     "openssl",
+    // The font of the benchmark's latency plot (ambit-bench loads the TTF).
+    "fonts-dejavu-core",
 ];
 
 /// The bpf-linker release that builds against LLVM 22 with our rustc.

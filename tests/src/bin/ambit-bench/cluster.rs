@@ -20,6 +20,7 @@ use std::time::Duration;
 use ambit_tests::mesh::Agent;
 use ambit_tests::netns::run_in_netns;
 use ambit_tests::{Pod, Proc, Testbed};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde_json::Value;
 
 use crate::BenchError;
@@ -92,6 +93,7 @@ impl Cluster {
             set_sysctls(pod)?;
         }
         crate::check_interrupted()?;
+        raise_open_file_limit();
 
         // Each agent knows every meshed pod: it enrolls those on its node
         // and reaches the others over HBONE.
@@ -184,6 +186,24 @@ impl Pods {
             &self.server,
             &self.server_direct,
         ]
+    }
+}
+
+/// Raises this process's soft open-file limit to the hard one, for the
+/// agents and servers to inherit: with the idle connections open each agent
+/// holds over a thousand sockets, as a kubelet's container runtime would let
+/// it (its limit is commonly 2^20), and 1024 is a common soft limit.
+fn raise_open_file_limit() {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                progress(&format!(
+                    "cannot raise the open-file limit from {soft} to {hard} ({error}); the idle-connections test may fail"
+                ));
+            }
+        }
+        Ok(_) => {}
+        Err(error) => progress(&format!("cannot read the open-file limit: {error}")),
     }
 }
 

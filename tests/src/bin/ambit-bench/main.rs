@@ -6,12 +6,16 @@
 //! Tests per scenario: request/response latency (`rr_1b`, `rr_1k`,
 //! `rr_1b_x8`, `pod-tool rr`), connection rate (`crr`, `pod-tool crr`) and
 //! bulk throughput (`tput_1`, `tput_4`, iperf3); for meshed scenarios also
-//! the agents' CPU and memory. docs/benchmark.md explains every figure.
+//! the agents' CPU and memory, and in `mesh-cross-node` their memory with
+//! 1,000 idle connections open (`pod-tool hold`). Every scenario runs
+//! `--runs` times, interleaved, and each figure is the median.
+//! docs/benchmark.md explains every figure.
 //!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
-//! Output: `report.json` and `report.md` in the output directory (default
-//! `<target>/bench`), the Markdown also on stdout, progress on stderr, and
-//! the agents' and workloads' own output in `bench.log`.
+//! Output: `report.json`, `report.md` and `latency.png` (the `rr_1b`
+//! latency CDFs) in the output directory (default `<target>/bench`), the
+//! Markdown also on stdout, progress on stderr, and the agents' and
+//! workloads' own output in `bench.log`.
 //!
 //! Exit status: 0 when every measurement succeeded (whether or not the
 //! targets were met: that is the report's news, not a failure), 1 when one
@@ -22,6 +26,7 @@ mod cluster;
 mod console;
 mod interrupt;
 mod measure;
+mod plot;
 mod report;
 mod scenario;
 mod usage;
@@ -36,9 +41,9 @@ use clap::Parser;
 
 use crate::cluster::Cluster;
 use crate::console::progress;
-use crate::measure::{Plan, Runner};
+use crate::measure::{IDLE_READ_AFTER, Plan, Runner};
 use crate::report::{Durations, Report};
-use crate::scenario::IdleRss;
+use crate::scenario::{IdleRss, RunNumber};
 
 /// Names the output directory, overriding `<target>/bench`.
 const OUT_ENV: &str = "AMBIT_BENCH_OUT";
@@ -46,15 +51,26 @@ const OUT_ENV: &str = "AMBIT_BENCH_OUT";
 /// The test bed's name, part of every namespace and cgroup it creates.
 const TESTBED_NAME: &str = "bench";
 
+/// The latency plot's file name in the output directory.
+const LATENCY_PLOT: &str = "latency.png";
+
 #[derive(Parser)]
 #[command(
     about = "Measures ambit's overhead: latency, connection rate, throughput and agent resources, meshed vs direct (as root)"
 )]
 struct Cli {
-    /// Short tests (1 s each after 0.3 s of warm-up; the whole run well
+    /// Short tests (0.7 s each after 0.2 s of warm-up; the whole bench
     /// under 2 minutes); the figures are noisier.
     #[arg(long)]
     quick: bool,
+    /// Runs of every scenario, interleaved (run 1 of all scenarios, then
+    /// run 2, …); each figure is the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+    runs: u16,
+    /// Idle connections held through the mesh (`mesh-cross-node`) while the
+    /// agents' memory is read.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    idle_conns: u32,
     /// Directory for report.json, report.md and bench.log [default: <target>/bench]
     #[arg(long, env = OUT_ENV)]
     out: Option<PathBuf>,
@@ -101,13 +117,15 @@ fn main() -> ExitCode {
         ));
         return ExitCode::FAILURE;
     }
-    let plan = Plan::new(cli.quick);
+    let plan = Plan::new(cli.quick, usize::from(cli.runs), cli.idle_conns);
     progress(&format!(
-        "{} run: {} s per latency and connection test after {} s of warm-up, iperf3 {} s; log: {}",
+        "{} bench, {} run(s), interleaved: {} s per latency and connection test after {} s of warm-up, iperf3 {} s, {} idle connections; log: {}",
         if plan.quick { "quick" } else { "full" },
+        plan.runs,
         plan.rr.as_secs_f64(),
         plan.warmup.as_secs_f64(),
         plan.iperf_secs,
+        plan.idle_conns,
         log.display()
     ));
 
@@ -149,6 +167,9 @@ fn run(plan: Plan) -> Result<Report, BenchError> {
     // them before anything needs cleaning up.
     let pod_tool = Testbed::bin("pod-tool");
     let _ = Testbed::bin(AGENT_BIN);
+    // The plot's font: without it the bench would measure for minutes and
+    // then have nothing to label its plot with.
+    plot::load_font().map_err(BenchError::CannotRun)?;
     let iperf3 = Command::new("iperf3")
         .arg("--version")
         .stdout(Stdio::null())
@@ -178,17 +199,39 @@ fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report,
     let idle = IdleRss::read(&cluster)?;
     let runner = Runner::new(testbed, plan, pod_tool);
     let mut failures = Vec::new();
-    let mut scenarios = Vec::new();
-    for scenario in scenario::all(&cluster) {
-        scenarios.push(scenario.run(&runner, testbed, &idle, &mut failures)?);
+    let scenarios = scenario::all(&cluster);
+    // Run by run, every scenario in each, so whatever drifts over the
+    // minutes (CPU frequency, caches, the host's other work) touches every
+    // scenario alike.
+    let mut runs: Vec<Vec<_>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for run in 1..=plan.runs {
+        progress(&format!("run {run} of {}", plan.runs));
+        let number = RunNumber { run, of: plan.runs };
+        for (scenario, scenario_runs) in scenarios.iter().zip(&mut runs) {
+            scenario_runs.push(scenario.run(&runner, testbed, &idle, number, &mut failures)?);
+        }
     }
+    let reports = scenarios
+        .iter()
+        .zip(runs)
+        .map(|(scenario, runs)| scenario.report(runs))
+        .collect();
     let durations = Durations {
         rr_secs: plan.rr.as_secs_f64(),
         rr_warmup_secs: plan.warmup.as_secs_f64(),
         tput_secs: plan.iperf_secs,
         tput_omit_secs: plan.iperf_omit_secs,
+        idle_hold_secs: plan.idle_hold.as_secs_f64(),
+        idle_read_after_secs: IDLE_READ_AFTER.as_secs_f64(),
     };
-    Ok(Report::new(plan.quick, durations, scenarios, failures))
+    Ok(Report::new(
+        plan.quick,
+        plan.runs,
+        plan.idle_conns,
+        durations,
+        reports,
+        failures,
+    ))
 }
 
 /// Writes report.json and report.md, prints the Markdown, picks the exit code.
@@ -217,10 +260,20 @@ fn publish(report: &Report, out_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    progress(&format!(
-        "wrote {} and report.md",
-        out_dir.join("report.json").display()
-    ));
+    let plot_path = out_dir.join(LATENCY_PLOT);
+    match plot::latency_cdf(report, &plot_path) {
+        Ok(()) => progress(&format!(
+            "wrote {}, report.md and {LATENCY_PLOT}",
+            out_dir.join("report.json").display()
+        )),
+        Err(error) => {
+            console::say(&format!(
+                "ambit-bench: cannot draw {}: {error}",
+                plot_path.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    }
     if report.complete() {
         ExitCode::SUCCESS
     } else {

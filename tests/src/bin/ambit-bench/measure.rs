@@ -4,7 +4,8 @@
 //! Request/response and connection-rate tests use `pod-tool rr` and
 //! `pod-tool crr` against the `rr-server`s the cluster started; throughput
 //! tests start `iperf3 -s -1` in the server pod and `iperf3 -c` in the client
-//! pod, per test.
+//! pod, per test; `pod-tool hold` keeps idle connections open while the
+//! agents' memory is read.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::BenchError;
-use crate::report::{CrrFigures, RrFigures, TputFigures, round};
+use crate::report::{CrrFigures, RrResult, TputFigures, round};
 
 /// Where `iperf3 -s` listens in the server pod.
 const IPERF_PORT: u16 = 5201;
@@ -31,6 +32,17 @@ const IPERF_SERVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often waits look again (and notice Ctrl-C).
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How long `pod-tool hold` may take to open all its connections.
+const HOLD_SETUP_LIMIT: Duration = Duration::from_mins(1);
+
+/// How long the idle connections stay open once all are up: the agents'
+/// memory is read [`IDLE_READ_AFTER`] into it.
+const IDLE_HOLD: Duration = Duration::from_secs(2);
+
+/// When, after all idle connections are up, the agents' memory is read:
+/// long enough for the agents to finish with the last connection's setup.
+pub const IDLE_READ_AFTER: Duration = Duration::from_millis(500);
+
 /// How long each test runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
@@ -44,6 +56,29 @@ pub struct Plan {
     pub iperf_secs: u32,
     /// `iperf3 -O`: seconds of slow start left out of the result.
     pub iperf_omit_secs: u32,
+    /// Times every scenario runs; each figure is the median.
+    pub runs: usize,
+    /// Idle connections held through the mesh while the agents' memory is read.
+    pub idle_conns: u32,
+    /// How long they stay open once all are up.
+    pub idle_hold: Duration,
+}
+
+/// `pod-tool hold`'s connections, open and idle until [`Self::release`].
+pub struct HeldConnections {
+    proc: Proc,
+    conns: u32,
+    hold: Duration,
+    /// When `held` was printed.
+    pub held_at: Instant,
+    /// How long opening them took, ms.
+    pub setup_ms: u64,
+}
+
+/// What `pod-tool hold` found when it let go.
+pub struct Released {
+    /// Connections that still carried a round trip after the hold.
+    pub still_open: u64,
 }
 
 /// Starts load generators in pods and reads their results.
@@ -56,24 +91,23 @@ pub struct Runner<'a> {
 // === impl Plan ===
 
 impl Plan {
-    /// 5 s per test after 1 s of warm-up; `quick`: 1 s after 0.3 s.
-    pub fn new(quick: bool) -> Self {
-        if quick {
-            Self {
-                quick,
-                rr: Duration::from_secs(1),
-                warmup: Duration::from_millis(300),
-                iperf_secs: 1,
-                iperf_omit_secs: 0,
-            }
+    /// 5 s per test after 1 s of warm-up; `quick`: 0.7 s after 0.2 s, so
+    /// three runs fit in well under 2 minutes.
+    pub fn new(quick: bool, runs: usize, idle_conns: u32) -> Self {
+        let (rr, warmup, iperf_secs, iperf_omit_secs) = if quick {
+            (Duration::from_millis(700), Duration::from_millis(200), 1, 0)
         } else {
-            Self {
-                quick,
-                rr: Duration::from_secs(5),
-                warmup: Duration::from_secs(1),
-                iperf_secs: 5,
-                iperf_omit_secs: 1,
-            }
+            (Duration::from_secs(5), Duration::from_secs(1), 5, 1)
+        };
+        Self {
+            quick,
+            rr,
+            warmup,
+            iperf_secs,
+            iperf_omit_secs,
+            runs,
+            idle_conns,
+            idle_hold: IDLE_HOLD,
         }
     }
 }
@@ -85,6 +119,11 @@ impl<'a> Runner<'a> {
         Self { tb, plan, pod_tool }
     }
 
+    /// What the tests run for.
+    pub fn plan(&self) -> Plan {
+        self.plan
+    }
+
     /// `pod-tool rr` from `client` to `to`: `size`-byte round trips on
     /// `conns` connections.
     pub fn rr(
@@ -93,13 +132,15 @@ impl<'a> Runner<'a> {
         to: SocketAddr,
         size: usize,
         conns: u16,
-    ) -> Result<RrFigures, BenchError> {
+    ) -> Result<RrResult, BenchError> {
         let mut cmd = Command::new(self.pod_tool);
         cmd.args(["rr", "--to", &to.to_string()])
             .args(["--size", &size.to_string()])
             .args(["--conns", &conns.to_string()])
             .args(self.durations());
-        self.pod_tool_result(client, cmd, "rr")
+        let mut result: RrResult = self.pod_tool_result(client, cmd, "rr")?;
+        result.figures.rate = round(result.figures.rate, 1);
+        Ok(result)
     }
 
     /// `pod-tool crr` from `client` to `to`, one connection at a time.
@@ -107,7 +148,9 @@ impl<'a> Runner<'a> {
         let mut cmd = Command::new(self.pod_tool);
         cmd.args(["crr", "--to", &to.to_string()])
             .args(self.durations());
-        self.pod_tool_result(client, cmd, "crr")
+        let mut figures: CrrFigures = self.pod_tool_result(client, cmd, "crr")?;
+        figures.rate = round(figures.rate, 1);
+        Ok(figures)
     }
 
     /// iperf3 from `client` to `server` with `streams` parallel streams.
@@ -166,6 +209,9 @@ impl<'a> Runner<'a> {
             iperf_server.kill();
         }
         let status = outcome?;
+        // It has exited; wait for the end of its stdout, which the reader
+        // thread may not have reached yet.
+        let _ = client_proc.output_json_lines(Duration::from_secs(5));
         let text = client_proc.stdout_lines().join("\n");
         let json: Value = serde_json::from_str(&text).map_err(|error| {
             BenchError::failed(format!(
@@ -186,6 +232,57 @@ impl<'a> Runner<'a> {
             })?;
         Ok(TputFigures {
             gbps: round(bits_per_second / 1e9, 3),
+        })
+    }
+
+    /// `pod-tool hold` from `client` to `to`: returns once its connections
+    /// are all up, each having carried a round trip.
+    pub fn hold(&self, client: &Pod, to: SocketAddr) -> Result<HeldConnections, BenchError> {
+        let conns = self.plan.idle_conns;
+        let mut cmd = Command::new(self.pod_tool);
+        cmd.args(["hold", "--to", &to.to_string()])
+            .args(["--conns", &conns.to_string()])
+            .args([
+                "--hold-secs",
+                &self.plan.idle_hold.as_secs_f64().to_string(),
+            ])
+            .args(["--setup-secs", &HOLD_SETUP_LIMIT.as_secs_f64().to_string()]);
+        let proc = self.tb.spawn_in_pod(client, cmd);
+        let held = wait_for(HOLD_SETUP_LIMIT + CLIENT_SLACK, || {
+            if let Some(line) = proc.poll_json(Duration::ZERO, |line| line["event"] == "held") {
+                return Ok(Some(line));
+            }
+            match proc.try_wait() {
+                Some(status) => Err(BenchError::failed(format!(
+                    "pod-tool hold in {} exited ({status}) before its {conns} connections were up: {}",
+                    client.name,
+                    pod_tool_error(&proc)
+                ))),
+                None => Ok(None),
+            }
+        });
+        let held = match held {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                proc.kill();
+                return Err(BenchError::failed(format!(
+                    "pod-tool hold in {} did not open {conns} connections within {:?}; killed: {}",
+                    client.name,
+                    HOLD_SETUP_LIMIT + CLIENT_SLACK,
+                    proc.report()
+                )));
+            }
+            Err(error) => {
+                proc.kill();
+                return Err(error);
+            }
+        };
+        Ok(HeldConnections {
+            proc,
+            conns,
+            hold: self.plan.idle_hold,
+            held_at: Instant::now(),
+            setup_ms: held["setup_ms"].as_u64().unwrap_or(0),
         })
     }
 
@@ -258,6 +355,54 @@ impl<'a> Runner<'a> {
             }
         }
     }
+}
+
+// === impl HeldConnections ===
+
+impl HeldConnections {
+    /// Whether the connections are still held: `pod-tool hold` has not
+    /// exited (it exits only after the hold or on a failure).
+    pub fn still_held(&self) -> bool {
+        self.proc.try_wait().is_none()
+    }
+
+    /// Waits for the hold to end; fails unless every connection still
+    /// carried a round trip after it.
+    pub fn release(self) -> Result<Released, BenchError> {
+        let status = Runner::finish(&self.proc, self.hold)?;
+        // Exited: this only waits for the end of its stdout.
+        let (_, lines) = self.proc.output_json_lines(Duration::from_secs(5));
+        let released = lines
+            .into_iter()
+            .find(|line| line["event"] == "released")
+            .ok_or_else(|| {
+                BenchError::failed(format!(
+                    "pod-tool hold ({status}) printed no result: {}",
+                    pod_tool_error(&self.proc)
+                ))
+            })?;
+        let still_open = released["still_open"].as_u64().unwrap_or(0);
+        if still_open < u64::from(self.conns) {
+            return Err(BenchError::failed(format!(
+                "only {still_open} of {} idle connections still carried a round trip after {:.1} s (last error: {})",
+                self.conns,
+                released["held_secs"].as_f64().unwrap_or(0.0),
+                released["last_error"].as_str().unwrap_or("none")
+            )));
+        }
+        Ok(Released { still_open })
+    }
+}
+
+/// An exited `pod-tool`'s `error` line, or its whole output when it
+/// printed none.
+fn pod_tool_error(proc: &Proc) -> String {
+    let (_, lines) = proc.output_json_lines(Duration::from_secs(5));
+    lines
+        .into_iter()
+        .find(|line| line["event"] == "error")
+        .and_then(|line| line["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| proc.report())
 }
 
 /// Calls `probe` until it returns `Some`, `timeout` passes (`Ok(None)`), it

@@ -1,5 +1,6 @@
 //! The four scenarios and the six tests each runs, with the agents' resource
-//! use around the meshed ones.
+//! use around the meshed ones and, in `mesh-cross-node`, their memory with
+//! many idle connections open.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -12,9 +13,12 @@ use crate::cluster::{Cluster, RR_1B_PORT, RR_1K_PORT};
 use crate::console::{finish_line, progress, start_line};
 use crate::measure::Runner;
 use crate::report::{
-    AgentFigures, CrrFigures, Failure, RrFigures, ScenarioReport, TputFigures, round,
+    AgentFigures, CrrFigures, Failure, RrFigures, RrResult, ScenarioReport, ScenarioRun,
+    TputFigures, median_report, round,
 };
 use crate::usage::{self, CpuSample};
+
+mod idle_conns;
 
 /// Parallel connections of `rr_1b_x8`.
 const X8_CONNS: u16 = 8;
@@ -34,6 +38,21 @@ struct MeshPath<'a> {
     client_agent: &'a Agent,
     /// The server pod's agent: the same as the client's on one node.
     server_agent: &'a Agent,
+    /// Whether the server's inbound proxy carries the traffic: not on one
+    /// node, where the agent's fast path goes straight to the application.
+    inbound_proxied: bool,
+    /// Whether this scenario holds the idle connections while the agents'
+    /// memory is read.
+    holds_idle_conns: bool,
+}
+
+/// One run's position, for progress lines and failures.
+#[derive(Clone, Copy)]
+pub struct RunNumber {
+    /// 1 for the first.
+    pub run: usize,
+    /// How many there are.
+    pub of: usize,
 }
 
 /// Each agent's resident memory after start-up, before any load.
@@ -66,6 +85,8 @@ const TESTS: [Test; 6] = [
 struct Captured {
     outbound: Option<u64>,
     inbound: Option<u64>,
+    /// Whether the inbound count must grow too (see [`MeshPath`]).
+    inbound_proxied: bool,
 }
 
 /// The scenarios, in the order they run: each direct one just before its
@@ -86,6 +107,8 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
             mesh: Some(MeshPath {
                 client_agent: &cluster.client_agent,
                 server_agent: &cluster.server_agent,
+                inbound_proxied: true,
+                holds_idle_conns: true,
             }),
         },
         Scenario {
@@ -101,6 +124,8 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
             mesh: Some(MeshPath {
                 client_agent: &cluster.client_agent,
                 server_agent: &cluster.client_agent,
+                inbound_proxied: false,
+                holds_idle_conns: false,
             }),
         },
     ]
@@ -111,38 +136,38 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
 impl IdleRss {
     /// Reads both agents' `VmRSS` now.
     pub fn read(cluster: &Cluster) -> Result<Self, BenchError> {
-        let read = |agent: &Agent| {
-            usage::rss_mib(agent.proc.pid()).map_err(|error| {
-                BenchError::failed(format!(
-                    "cannot read the memory of the agent on {}: {error}",
-                    agent.node.name
-                ))
-            })
-        };
         Ok(Self {
-            client_agent: read(&cluster.client_agent)?,
-            server_agent: read(&cluster.server_agent)?,
+            client_agent: agent_rss(&cluster.client_agent)?,
+            server_agent: agent_rss(&cluster.server_agent)?,
         })
     }
+}
+
+/// An agent's `VmRSS` now, MiB.
+fn agent_rss(agent: &Agent) -> Result<f64, BenchError> {
+    usage::rss_mib(agent.proc.pid()).map_err(|error| {
+        BenchError::failed(format!(
+            "cannot read the memory of the agent on {}: {error}",
+            agent.node.name
+        ))
+    })
 }
 
 // === impl Scenario ===
 
 impl Scenario<'_> {
-    /// Runs every test; a failed test is recorded in `failures` and leaves
-    /// its figure empty. Only an interruption ends the scenario early.
+    /// Runs every test once; a failed test is recorded in `failures` and
+    /// leaves its figure empty. Only an interruption ends the run early.
     pub fn run(
         &self,
         runner: &Runner<'_>,
         tb: &Testbed,
         idle: &IdleRss,
+        number: RunNumber,
         failures: &mut Vec<Failure>,
-    ) -> Result<ScenarioReport, BenchError> {
-        let mut report = ScenarioReport {
-            name: self.name,
-            mesh: self.mesh.is_some(),
-            client: self.client.name.clone(),
-            server: self.server.name.clone(),
+    ) -> Result<ScenarioRun, BenchError> {
+        let mut report = ScenarioRun {
+            run: number.run,
             rr_1b: None,
             rr_1k: None,
             rr_1b_x8: None,
@@ -151,17 +176,19 @@ impl Scenario<'_> {
             tput_4: None,
             agent: None,
             agent_server: None,
+            rr_1b_cdf: Vec::new(),
         };
+        let label = |what: &str| format!("[{}/{}] {}: {what}", number.run, number.of, self.name);
         let captured_before = self.captured(tb);
         let cpu_before = self.cpu_samples();
         for test in TESTS {
             crate::check_interrupted()?;
-            start_line(&format!("{}: {}", self.name, test.name()));
+            start_line(&label(test.name()));
             match self.run_test(runner, test, &mut report) {
                 Ok(summary) => finish_line(&summary),
                 Err(BenchError::Failed(error)) => {
                     finish_line("FAILED");
-                    self.record_failure(test.name(), error, failures);
+                    self.record_failure(number, test.name(), error, failures);
                 }
                 Err(other) => {
                     finish_line("interrupted");
@@ -169,73 +196,109 @@ impl Scenario<'_> {
                 }
             }
         }
-        if let Some(mesh) = &self.mesh {
-            let cpu_after = self.cpu_samples();
-            match agent_figures(
-                mesh.client_agent,
-                cpu_before.0,
-                cpu_after.0,
-                idle.client_agent,
-            ) {
-                Ok(figures) => report.agent = Some(figures),
-                Err(error) => self.record_failure("agent", error, failures),
-            }
-            if !std::ptr::eq(mesh.client_agent, mesh.server_agent) {
-                match agent_figures(
-                    mesh.server_agent,
-                    cpu_before.1,
-                    cpu_after.1,
-                    idle.server_agent,
-                ) {
-                    Ok(figures) => report.agent_server = Some(figures),
-                    Err(error) => self.record_failure("agent", error, failures),
+        let Some(mesh) = &self.mesh else {
+            return Ok(report);
+        };
+        // The CPU figure covers the six tests, not the idle hold after them.
+        let cpu_after = self.cpu_samples();
+        let mut held = None;
+        if mesh.holds_idle_conns {
+            crate::check_interrupted()?;
+            start_line(&label(&format!(
+                "{} idle connections",
+                runner.plan().idle_conns
+            )));
+            match idle_conns::hold(runner, self.client, self.server, mesh) {
+                Ok((rss, summary)) => {
+                    finish_line(&summary);
+                    held = Some(rss);
+                }
+                Err(BenchError::Failed(error)) => {
+                    finish_line("FAILED");
+                    self.record_failure(number, "idle_conns", error, failures);
+                }
+                Err(other) => {
+                    finish_line("interrupted");
+                    return Err(other);
                 }
             }
-            if let Some(agent) = report.agent {
-                progress(&format!(
-                    "{}: agent on n1: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
-                    self.name, agent.cpu_cores, agent.rss_mb_idle, agent.rss_mb_peak
-                ));
-            }
-            if let Some(agent) = report.agent_server {
-                progress(&format!(
-                    "{}: agent on n2: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
-                    self.name, agent.cpu_cores, agent.rss_mb_idle, agent.rss_mb_peak
-                ));
-            }
-            if let Err(error) = self.check_captured(tb, captured_before.as_ref()) {
-                self.record_failure("capture", error, failures);
+        }
+        match agent_figures(
+            mesh.client_agent,
+            cpu_before.0,
+            cpu_after.0,
+            idle.client_agent,
+            held.as_ref().map(|held| held.client_agent),
+        ) {
+            Ok(figures) => report.agent = Some(figures),
+            Err(error) => self.record_failure(number, "agent", error, failures),
+        }
+        if !std::ptr::eq(mesh.client_agent, mesh.server_agent) {
+            match agent_figures(
+                mesh.server_agent,
+                cpu_before.1,
+                cpu_after.1,
+                idle.server_agent,
+                held.as_ref().map(|held| held.server_agent),
+            ) {
+                Ok(figures) => report.agent_server = Some(figures),
+                Err(error) => self.record_failure(number, "agent", error, failures),
             }
         }
+        for (node, agent) in [("n1", report.agent), ("n2", report.agent_server)] {
+            if let Some(agent) = agent {
+                progress(&label(&format!(
+                    "agent on {node}: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
+                    agent.cpu_cores, agent.rss_mb_idle, agent.rss_mb_peak
+                )));
+            }
+        }
+        if let Err(error) = self.check_captured(tb, captured_before.as_ref()) {
+            self.record_failure(number, "capture", error, failures);
+        }
         Ok(report)
+    }
+
+    /// The scenario's report: the medians of its runs.
+    pub fn report(&self, runs: Vec<ScenarioRun>) -> ScenarioReport {
+        median_report(
+            self.name,
+            self.mesh.is_some(),
+            self.client.name.clone(),
+            self.server.name.clone(),
+            runs,
+        )
     }
 
     fn run_test(
         &self,
         runner: &Runner<'_>,
         test: Test,
-        report: &mut ScenarioReport,
+        report: &mut ScenarioRun,
     ) -> Result<String, BenchError> {
         let one_byte_server = SocketAddr::from((self.server.ipv4, RR_1B_PORT));
         let kilobyte_server = SocketAddr::from((self.server.ipv4, RR_1K_PORT));
         match test {
-            Test::Rr1b => runner
-                .rr(self.client, one_byte_server, 1, 1)
-                .map(|figures| {
-                    report.rr_1b = Some(figures);
-                    rr_summary(&figures)
-                }),
+            Test::Rr1b => {
+                runner
+                    .rr(self.client, one_byte_server, 1, 1)
+                    .map(|RrResult { figures, cdf }| {
+                        report.rr_1b = Some(figures);
+                        report.rr_1b_cdf = cdf;
+                        rr_summary(&figures)
+                    })
+            }
             Test::Rr1k => runner
                 .rr(self.client, kilobyte_server, 1024, 1)
-                .map(|figures| {
-                    report.rr_1k = Some(figures);
-                    rr_summary(&figures)
+                .map(|result| {
+                    report.rr_1k = Some(result.figures);
+                    rr_summary(&result.figures)
                 }),
             Test::Rr1bX8 => runner
                 .rr(self.client, one_byte_server, 1, X8_CONNS)
-                .map(|figures| {
-                    report.rr_1b_x8 = Some(figures);
-                    rr_summary(&figures)
+                .map(|result| {
+                    report.rr_1b_x8 = Some(result.figures);
+                    rr_summary(&result.figures)
                 }),
             Test::Crr => runner.crr(self.client, one_byte_server).map(|figures| {
                 report.crr = Some(figures);
@@ -267,6 +330,7 @@ impl Scenario<'_> {
         Some(Captured {
             outbound: Cluster::opened_connections(tb, mesh.client_agent, self.client, "outbound"),
             inbound: Cluster::opened_connections(tb, mesh.server_agent, self.server, "inbound"),
+            inbound_proxied: mesh.inbound_proxied,
         })
     }
 
@@ -276,10 +340,11 @@ impl Scenario<'_> {
         let (Some(before), Some(after)) = (before, self.captured(tb)) else {
             return Ok(());
         };
-        for (direction, pod, before, after) in [
-            ("outbound", self.client, before.outbound, after.outbound),
-            ("inbound", self.server, before.inbound, after.inbound),
-        ] {
+        let mut directions = vec![("outbound", self.client, before.outbound, after.outbound)];
+        if after.inbound_proxied {
+            directions.push(("inbound", self.server, before.inbound, after.inbound));
+        }
+        for (direction, pod, before, after) in directions {
             match (before, after) {
                 (Some(before), Some(after)) if after > before => {}
                 (Some(before), Some(after)) => {
@@ -298,14 +363,26 @@ impl Scenario<'_> {
         Ok(())
     }
 
-    fn record_failure(&self, test: &'static str, error: String, failures: &mut Vec<Failure>) {
+    fn record_failure(
+        &self,
+        number: RunNumber,
+        test: &'static str,
+        error: String,
+        failures: &mut Vec<Failure>,
+    ) {
         progress(&format!(
-            "{}: {test} failed: {}",
+            "[{}/{}] {}: {test} failed: {}",
+            number.run,
+            number.of,
             self.name,
             error.lines().next().unwrap_or("")
         ));
-        eprintln!("ambit-bench: {}: {test} failed: {error}", self.name);
+        eprintln!(
+            "ambit-bench: run {}: {}: {test} failed: {error}",
+            number.run, self.name
+        );
         failures.push(Failure {
+            run: Some(number.run),
             scenario: self.name,
             test,
             error,
@@ -313,12 +390,13 @@ impl Scenario<'_> {
     }
 }
 
-/// An agent's figures for a scenario.
+/// An agent's figures for one run of a scenario.
 fn agent_figures(
     agent: &Agent,
     before: Option<CpuSample>,
     after: Option<CpuSample>,
     idle: f64,
+    held: Option<f64>,
 ) -> Result<AgentFigures, String> {
     let (Some(before), Some(after)) = (before, after) else {
         return Err(format!(
@@ -336,7 +414,13 @@ fn agent_figures(
         cpu_cores: round(before.cores_until(&after), 3),
         rss_mb_idle: round(idle, 2),
         rss_mb_peak: round(peak, 2),
+        rss_mb_1000_idle: held.map(rss_figure),
     })
+}
+
+/// MiB as the report shows them.
+fn rss_figure(mib: f64) -> f64 {
+    round(mib, 2)
 }
 
 // === impl Test ===

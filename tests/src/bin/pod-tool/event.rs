@@ -56,6 +56,10 @@ pub(crate) enum Event {
         conns: usize,
         /// The measured window, warm-up excluded.
         seconds: f64,
+        /// The distribution: `[fraction, µs]` points, the nearest-rank
+        /// round-trip time at fractions 0.001, 0.005, 0.01 … 0.99, 0.995,
+        /// 0.999 and 1 (the slowest).
+        cdf: Vec<[f64; 2]>,
     },
     /// Connect, one-byte exchange, close, repeated (`pod-tool crr`).
     Crr {
@@ -72,6 +76,25 @@ pub(crate) enum Event {
         rate: f64,
         conns: usize,
         seconds: f64,
+    },
+    /// Every connection of `pod-tool hold` is up and has carried a round
+    /// trip; they stay idle from now on.
+    Held {
+        conns: u32,
+        /// How long opening them all took.
+        setup_ms: u64,
+        /// This process's open-file limit (soft) while holding them.
+        nofile_limit: u64,
+    },
+    /// `pod-tool hold` checked and closed its connections.
+    Released {
+        conns: u32,
+        /// Connections that still carried a round trip after the hold.
+        still_open: u32,
+        /// Why the last one that did not failed.
+        last_error: Option<String>,
+        /// How long they were held idle.
+        held_secs: f64,
     },
     /// Nothing could be done at all.
     Error { error: String },

@@ -1,4 +1,5 @@
-//! Latency samples and their percentiles, shared by `rr` and `crr`.
+//! Latency samples, their percentiles and their distribution, shared by
+//! `rr` and `crr`.
 
 use std::time::{Duration, Instant};
 
@@ -33,24 +34,46 @@ impl Window {
 // === impl Percentiles ===
 
 impl Percentiles {
-    /// Sorts `nanos` and picks the nearest-rank percentiles; all zero when
-    /// there are no samples.
+    /// Sorts `nanos` (they stay sorted, for [`cdf`]) and picks the
+    /// nearest-rank percentiles; all zero when there are no samples.
     pub(crate) fn of(nanos: &mut [u64]) -> Self {
         nanos.sort_unstable();
         Self {
-            p50: nearest_rank(nanos, 50),
-            p90: nearest_rank(nanos, 90),
-            p99: nearest_rank(nanos, 99),
+            p50: nearest_rank(nanos, 500),
+            p90: nearest_rank(nanos, 900),
+            p99: nearest_rank(nanos, 990),
         }
     }
 }
 
-/// The smallest sample with at least `percent`% of the samples at or below it.
-fn nearest_rank(sorted: &[u64], percent: usize) -> f64 {
+/// The distribution of sorted samples as `[fraction, µs]` points, the
+/// nearest-rank quantile at each fraction of [`cdf_permille`]: enough points
+/// (104) to draw a smooth CDF, dense in both tails. Empty without samples.
+pub(crate) fn cdf(sorted: &[u64]) -> Vec<[f64; 2]> {
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    cdf_permille()
+        .map(|permille| [f64::from(permille) / 1000.0, nearest_rank(sorted, permille)])
+        .collect()
+}
+
+/// The fractions [`cdf`] reports, in thousandths: 0.1 %, 0.5 %, every
+/// percent from 1 to 99, 99.5 %, 99.9 % and the largest sample.
+fn cdf_permille() -> impl Iterator<Item = u16> {
+    [1, 5]
+        .into_iter()
+        .chain((1..=99).map(|percent| percent * 10))
+        .chain([995, 999, 1000])
+}
+
+/// The smallest sample with at least `permille`‰ of the samples at or
+/// below it.
+fn nearest_rank(sorted: &[u64], permille: u16) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = (sorted.len() * percent).div_ceil(100).max(1);
+    let rank = (sorted.len() * usize::from(permille)).div_ceil(1000).max(1);
     nanos_to_us(sorted[rank - 1])
 }
 
@@ -107,6 +130,29 @@ mod tests {
         let mut one = vec![7_000];
         assert!((Percentiles::of(&mut one).p99 - 7.0).abs() < f64::EPSILON);
         assert!(Percentiles::of(&mut []).p50.abs() < f64::EPSILON);
+    }
+
+    #[test]
+    #[expect(
+        clippy::float_cmp,
+        reason = "n/1000 divides to the same double as the literal; samples are whole µs"
+    )]
+    fn cdf_covers_both_tails() {
+        let mut samples: Vec<u64> = (1..=1000).rev().map(|us| us * 1000).collect();
+        let _ = Percentiles::of(&mut samples);
+        let points = cdf(&samples);
+        assert_eq!(points.len(), 104);
+        assert_eq!(points[0], [0.001, 1.0]);
+        assert_eq!(points[2], [0.01, 10.0]);
+        assert_eq!(points[51], [0.5, 500.0]);
+        assert_eq!(points[102], [0.999, 999.0]);
+        assert_eq!(points[103], [1.0, 1000.0]);
+        assert!(
+            points
+                .windows(2)
+                .all(|pair| pair[0][0] < pair[1][0] && pair[0][1] <= pair[1][1])
+        );
+        assert!(cdf(&[]).is_empty());
     }
 
     #[test]

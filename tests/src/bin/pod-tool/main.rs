@@ -5,7 +5,9 @@
 
 mod crr;
 mod event;
+mod hold;
 mod latency;
+mod open_files;
 mod original_dst;
 mod rr;
 mod send;
@@ -19,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators"
+    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators, idle connections"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +46,9 @@ enum Command {
     /// Connect, one-byte request/response, close, repeated: connection rate
     /// and latency.
     Crr(crr::Args),
+    /// Opens many connections, one round trip each, and holds them idle:
+    /// what idle connections cost the proxies on their path.
+    Hold(hold::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +60,6 @@ fn main() -> ExitCode {
         Command::RrServer(args) => rr::run_server(&args),
         Command::Rr(args) => rr::run(&args),
         Command::Crr(args) => crr::run(&args),
+        Command::Hold(args) => hold::run(&args),
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::event::Event;
-use crate::latency::{Percentiles, Window, as_nanos, parse_seconds, per_second};
-use crate::serve;
+use crate::latency::{self, Percentiles, Window, as_nanos, parse_seconds, per_second};
+use crate::{open_files, serve};
 
 /// Largest request `rr` sends.
 const MAX_SIZE: usize = 1 << 20;
@@ -56,6 +56,8 @@ pub(crate) struct Args {
 
 /// Serves until killed.
 pub(crate) fn run_server(args: &ServerArgs) -> ExitCode {
+    // A thread and a descriptor per connection: `hold` opens a thousand.
+    open_files::raise_to_hard_limit();
     let mut listeners = Vec::new();
     for addr in &args.listen {
         match serve::listen(*addr) {
@@ -183,6 +185,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let seconds = args.duration_secs.as_secs_f64();
     let count = samples.len() as u64;
     let percentiles = Percentiles::of(&mut samples);
+    let cdf = latency::cdf(&samples);
     Event::Rr {
         samples: count,
         p50_us: percentiles.p50,
@@ -192,6 +195,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         size,
         conns: usize::from(args.conns),
         seconds,
+        cdf,
     }
     .emit();
     if count == 0 {

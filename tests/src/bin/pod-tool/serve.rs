@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::event::Event;
+use crate::open_files;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -17,6 +18,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> ExitCode {
+    // A thread and a descriptor per connection: `hold` opens a thousand.
+    open_files::raise_to_hard_limit();
     let mut listeners = Vec::new();
     for addr in &args.listen {
         match listen(*addr) {

@@ -1,12 +1,25 @@
 //! The report as Markdown: one table with every scenario side by side and
-//! the mesh/direct ratios, then the targets and any failures.
+//! the mesh/direct ratios (medians of the runs), the targets, each run's
+//! key figures, and any failures.
 
 use std::fmt::Write as _;
 
-use super::{AGENT_METRICS, METRICS, Metric, PAIRS, Report, ScenarioReport};
+use super::{AGENT_METRICS, METRICS, Metric, PAIRS, Report, ScenarioReport, ScenarioRun};
 
 /// What the table shows for a figure that is missing.
 const MISSING: &str = "n/a";
+
+/// Figures whose every run the "Runs" table shows: (label, decimals, getter).
+type RunFigure = (&'static str, usize, fn(&ScenarioRun) -> Option<f64>);
+
+/// The figures the targets judge, run by run, to show how much they move.
+const RUN_FIGURES: [RunFigure; 5] = [
+    ("rr_1b p50 (µs)", 1, |r| r.rr_1b.map(|f| f.p50_us)),
+    ("rr_1b p99 (µs)", 1, |r| r.rr_1b.map(|f| f.p99_us)),
+    ("crr rate (conn/s)", 0, |r| r.crr.map(|f| f.rate)),
+    ("tput_1 (Gbit/s)", 2, |r| r.tput_1.map(|f| f.gbps)),
+    ("tput_4 (Gbit/s)", 2, |r| r.tput_4.map(|f| f.gbps)),
+];
 
 /// The whole report.
 pub fn render(report: &Report) -> String {
@@ -14,12 +27,16 @@ pub fn render(report: &Report) -> String {
     let d = &report.durations;
     let _ = writeln!(
         out,
-        "{}: request/response and connection tests {} s each after {} s of warm-up; iperf3 {} s{}.\n",
+        "{}: every figure is the median of {} run{} (interleaved: each run goes through every scenario); \
+         request/response and connection tests {} s each after {} s of warm-up; iperf3 {} s{}; \
+         {} idle connections held in mesh-cross-node.\n",
         if report.quick {
             "Quick run (`--quick`, noisier)"
         } else {
             "Full run"
         },
+        report.runs,
+        if report.runs == 1 { "" } else { "s" },
         d.rr_secs,
         d.rr_warmup_secs,
         d.tput_secs,
@@ -27,17 +44,29 @@ pub fn render(report: &Report) -> String {
             format!(" after {} s left out", d.tput_omit_secs)
         } else {
             String::new()
-        }
+        },
+        report.idle_conns
     );
     out.push_str(&table(report));
-    out.push_str("\nmesh/direct: the meshed figure divided by the direct one (latency: lower is better; rates and throughput: higher is better).\n");
+    out.push_str("\nmesh/direct: the meshed median divided by the direct one (latency: lower is better; rates and throughput: higher is better). Latency CDFs of rr_1b: `latency.png`.\n");
 
-    let scenario = report
-        .targets
-        .first()
-        .map_or("mesh-cross-node", |t| t.scenario);
-    let _ = writeln!(out, "\n## Targets ({scenario})\n");
+    let _ = writeln!(
+        out,
+        "\n## Targets (medians of {} run{})",
+        report.runs,
+        if report.runs == 1 { "" } else { "s" }
+    );
+    let mut section = String::new();
     for target in &report.targets {
+        let heading = if target.unit == "ratio" {
+            target.scenario.to_owned()
+        } else {
+            format!("agent memory ({})", target.scenario)
+        };
+        if heading != section {
+            let _ = writeln!(out, "\n### {heading}\n");
+            section = heading;
+        }
         let verdict = match target.met {
             Some(true) => "met",
             Some(false) => "NOT MET",
@@ -56,12 +85,20 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "- {verdict}: {}: {value}", target.target);
     }
 
+    if report.runs > 1 {
+        let _ = writeln!(out, "\n## Runs\n");
+        out.push_str(&runs_table(report));
+    }
+
     if !report.failures.is_empty() {
         out.push_str("\n## Failures\n\n");
         for failure in &report.failures {
+            let run = failure
+                .run
+                .map_or_else(String::new, |run| format!("run {run}, "));
             let _ = writeln!(
                 out,
-                "- {} {}: {}",
+                "- {run}{} {}: {}",
                 failure.scenario,
                 failure.test,
                 first_line(&failure.error)
@@ -69,6 +106,30 @@ pub fn render(report: &Report) -> String {
         }
     }
     out
+}
+
+/// Each run's value of the targets' figures, `a / b / c`, per scenario.
+fn runs_table(report: &Report) -> String {
+    let mut header = vec!["figure, run by run".to_owned()];
+    header.extend(report.scenarios.iter().map(|s| s.name.to_owned()));
+    let rows: Vec<Vec<String>> = RUN_FIGURES
+        .iter()
+        .map(|&(label, decimals, get)| {
+            let mut row = vec![label.to_owned()];
+            for scenario in &report.scenarios {
+                let values: Vec<String> = scenario
+                    .runs
+                    .iter()
+                    .map(|run| {
+                        get(run).map_or_else(|| MISSING.to_owned(), |v| format!("{v:.decimals$}"))
+                    })
+                    .collect();
+                row.push(values.join(" / "));
+            }
+            row
+        })
+        .collect();
+    render_table(&header, &rows)
 }
 
 /// Columns: the figure, then per pair its direct figure, its mesh figure

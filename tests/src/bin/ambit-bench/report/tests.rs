@@ -1,6 +1,17 @@
 use super::*;
 
 fn scenario(name: &'static str, mesh: bool, scale: f64) -> ScenarioReport {
+    let runs = (1..=3)
+        .map(|run| {
+            #[expect(clippy::cast_precision_loss, reason = "1..=3")]
+            let jitter = 1.0 + (run as f64 - 2.0) / 10.0;
+            scenario_run(run, mesh, scale * jitter)
+        })
+        .collect();
+    median_report(name, mesh, "client".to_owned(), "server".to_owned(), runs)
+}
+
+fn scenario_run(run: usize, mesh: bool, scale: f64) -> ScenarioRun {
     let rr = RrFigures {
         p50_us: 20.0 * scale,
         p90_us: 30.0 * scale,
@@ -8,11 +19,8 @@ fn scenario(name: &'static str, mesh: bool, scale: f64) -> ScenarioReport {
         rate: 40_000.0 / scale,
         samples: 1000,
     };
-    ScenarioReport {
-        name,
-        mesh,
-        client: "client".to_owned(),
-        server: "server".to_owned(),
+    ScenarioRun {
+        run,
         rr_1b: Some(rr),
         rr_1k: Some(rr),
         rr_1b_x8: Some(rr),
@@ -24,29 +32,36 @@ fn scenario(name: &'static str, mesh: bool, scale: f64) -> ScenarioReport {
             errors: 0,
         }),
         tput_1: Some(TputFigures { gbps: 20.0 / scale }),
-        tput_4: None,
+        tput_4: mesh.then_some(TputFigures { gbps: 30.0 / scale }),
         agent: mesh.then_some(AgentFigures {
             cpu_cores: 0.5,
             rss_mb_idle: 12.0,
             rss_mb_peak: 20.0,
+            rss_mb_1000_idle: Some(30.0),
         }),
         agent_server: mesh.then_some(AgentFigures {
             cpu_cores: 0.4,
             rss_mb_idle: 17.0,
             rss_mb_peak: 20.0,
+            rss_mb_1000_idle: Some(40.0),
         }),
+        rr_1b_cdf: vec![[0.5, 20.0 * scale], [1.0, 80.0 * scale]],
     }
 }
 
 fn report() -> Report {
     let durations = Durations {
-        rr_secs: 1.0,
-        rr_warmup_secs: 0.3,
+        rr_secs: 0.7,
+        rr_warmup_secs: 0.2,
         tput_secs: 1,
         tput_omit_secs: 0,
+        idle_hold_secs: 2.0,
+        idle_read_after_secs: 0.5,
     };
     Report::new(
         true,
+        3,
+        1000,
         durations,
         vec![
             scenario("direct-cross-node", false, 1.0),
@@ -56,65 +71,111 @@ fn report() -> Report {
     )
 }
 
-fn target<'a>(report: &'a Report, metric: &str) -> &'a TargetResult {
+fn target<'a>(report: &'a Report, scenario: &str, name: &str) -> &'a TargetResult {
     report
         .targets
         .iter()
-        .find(|t| t.metric == metric)
+        .find(|t| t.scenario == scenario && t.name == name)
         .expect("target present")
 }
 
 #[test]
-fn ratios_are_mesh_over_direct() {
+fn ratios_are_mesh_over_direct_medians() {
     let report = report();
     let cross = &report.ratios["cross-node"];
     assert_eq!(cross["rr_1b.p50_us"], Some(2.0));
     assert_eq!(cross["crr.rate"], Some(0.5));
-    assert_eq!(cross["tput_4.gbps"], None);
+    assert_eq!(cross["tput_4.gbps"], None, "direct tput_4 failed");
     // No same-node scenarios ran: every ratio is unknown.
     assert!(report.ratios["same-node"].values().all(Option::is_none));
 }
 
 #[test]
-fn targets_judge_the_cross_node_ratios_and_the_larger_idle_rss() {
+fn targets_judge_both_pairs_and_the_larger_agent() {
     let report = report();
-    assert_eq!(target(&report, "rr_1b.p50_us").met, Some(true));
-    assert_eq!(target(&report, "tput_1.gbps").met, Some(true));
-    assert_eq!(target(&report, "crr.rate").met, Some(false));
-    assert_eq!(target(&report, "tput_4.gbps").met, None);
-    let rss = target(&report, "agent.rss_mb_idle");
+    let cross = "mesh-cross-node";
+    assert_eq!(target(&report, cross, "rr_1b_p50").met, Some(true));
+    assert_eq!(target(&report, cross, "rr_1b_p99").met, Some(true));
+    assert_eq!(target(&report, cross, "tput_1").met, Some(true));
+    assert_eq!(target(&report, cross, "crr_rate").met, Some(false));
+    assert_eq!(target(&report, cross, "tput_4").met, None);
+    let above = target(&report, cross, "tput_4_above_tput_1");
+    assert_eq!(above.value, Some(1.5));
+    assert_eq!(above.met, Some(true));
+    assert_eq!(above.comparison, ">");
+    let rss = target(&report, cross, "agent_idle_rss");
     assert_eq!(rss.value, Some(17.0));
     assert_eq!(rss.met, Some(false));
+    let held = target(&report, cross, "agent_rss_1000_idle");
+    assert_eq!(held.value, Some(40.0));
+    assert_eq!(held.met, Some(true));
+    // The same-node scenarios did not run: their verdicts are unknown.
+    let same = target(&report, "mesh-same-node", "rr_1b_p50");
+    assert!((same.limit - 1.3).abs() < f64::EPSILON);
+    assert_eq!(same.met, None);
+    assert_eq!(report.targets.len(), 13);
 }
 
 #[test]
 fn json_has_the_documented_shape() {
     let json = serde_json::to_value(report()).expect("serializes");
     assert_eq!(json["quick"], true);
+    assert_eq!(json["runs"], 3);
+    assert_eq!(json["idle_conns"], 1000);
     let direct = &json["scenarios"][0];
     assert_eq!(direct["name"], "direct-cross-node");
     assert!(direct["rr_1b"]["p99_us"].is_number());
     assert!(direct["tput_4"].is_null());
     assert!(direct.get("agent").is_none());
+    assert_eq!(direct["runs"].as_array().map(Vec::len), Some(3));
+    assert_eq!(direct["runs"][1]["run"], 2);
+    assert!(direct["runs"][1]["rr_1b"]["p50_us"].is_number());
+    assert!(direct["runs"][1].get("rr_1b_cdf").is_none());
+    assert_eq!(direct["rr_1b_cdf"]["run"], 2);
+    assert_eq!(direct["rr_1b_cdf"]["points"][1][0], 1.0);
     let mesh = &json["scenarios"][1];
     assert!(mesh["agent"]["rss_mb_idle"].is_number());
+    assert_eq!(mesh["agent"]["rss_mb_1000_idle"], 30.0);
     assert!(mesh["agent_server"]["cpu_cores"].is_number());
     assert_eq!(json["ratios"]["cross-node"]["rr_1b.p50_us"], 2.0);
-    assert!(json["targets"][0]["met"].is_boolean());
+    let first = &json["targets"][0];
+    assert_eq!(first["name"], "rr_1b_p50");
+    assert_eq!(first["scenario"], "mesh-cross-node");
+    assert!(first["met"].is_boolean());
+    assert!(first["value"].is_number());
+    assert!(first["limit"].is_number());
 }
 
 #[test]
-fn markdown_shows_ratios_and_verdicts() {
+fn markdown_shows_medians_ratios_verdicts_and_runs() {
     let markdown = render(&report());
+    assert!(markdown.contains("median of 3 runs"), "{markdown}");
     assert!(markdown.contains("| rr_1b p50 (µs)"), "{markdown}");
     assert!(markdown.contains("2.00×"), "{markdown}");
+    assert!(markdown.contains("### mesh-cross-node"), "{markdown}");
+    assert!(markdown.contains("### mesh-same-node"), "{markdown}");
+    assert!(
+        markdown.contains("### agent memory (mesh-cross-node)"),
+        "{markdown}"
+    );
+    assert_eq!(markdown.matches("### mesh-cross-node").count(), 1);
     assert!(
         markdown.contains("- NOT MET: crr rate ≥ 0.9× direct: 0.50×"),
         "{markdown}"
     );
-    assert!(markdown.contains("- unknown: tput_4"), "{markdown}");
+    assert!(markdown.contains("- unknown: tput_4 ≥ 0.5×"), "{markdown}");
+    assert!(
+        markdown.contains("- met: agent RSS with 1,000 idle meshed connections open ≤ 48 MiB (larger of the two agents): 40.0 MiB"),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("server agent idle RSS (MiB)"),
         "{markdown}"
     );
+    assert!(
+        markdown.contains("server agent RSS, idle conns held (MiB)"),
+        "{markdown}"
+    );
+    // Direct rr_1b p50 in runs 1, 2, 3: 18, 20, 22 µs.
+    assert!(markdown.contains("18.0 / 20.0 / 22.0"), "{markdown}");
 }
