@@ -10,6 +10,7 @@
 //! The `pod-tool` binary of this crate is the workload those tests start in pods.
 
 pub mod hbone_client;
+pub mod interrupt;
 pub mod mesh;
 pub mod netns;
 pub mod proc;

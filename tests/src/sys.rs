@@ -38,3 +38,21 @@ pub(crate) fn join_before_exec(cmd: &mut Command, cgroup_procs: RawFd, netns: Ra
         cmd.pre_exec(hook);
     }
 }
+
+/// Runs `handler` on SIGINT and SIGTERM; after the first signal the default
+/// action returns, so a second one stops the process at once.
+pub(crate) fn on_interrupt(handler: extern "C" fn(libc::c_int)) -> nix::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::SA_RESTART | SaFlags::SA_RESETHAND,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: callers pass handlers that only store to an atomic, which
+        // is async-signal-safe, and nothing else in the process handles
+        // these signals.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}

@@ -8,33 +8,15 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::{cmd, setup};
+use crate::{cmd, release};
 
 /// Runs setup, the release build, then execs `ambit-bench` with `--quick`
 /// when asked and `bench_args` after it.
 pub fn run(root: &Path, quick: bool, bench_args: &[String]) -> Result<()> {
-    cmd::require_root(
-        "bench",
-        "the benchmark creates network namespaces and cgroups and loads eBPF programs",
-    )?;
-    setup::run()?;
-    // Release, as users run it: debug builds would measure the compiler.
-    cmd::run(
-        Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--bins"])
-            .current_dir(root),
-    )?;
-
-    let bin_dir = root.join("target/release");
-    let bench = bin_dir.join("ambit-bench");
-    if !bench.is_file() {
-        bail!(
-            "{} is missing after the build; it comes from the tests crate",
-            bench.display()
-        );
-    }
+    let why = "the benchmark creates network namespaces and cgroups and loads eBPF programs";
+    let (bin_dir, bench) = release::prepare(root, "bench", why, "ambit-bench")?;
     let mut command = Command::new(&bench);
     if quick {
         command.arg("--quick");

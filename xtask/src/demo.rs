@@ -5,31 +5,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::{cmd, setup};
+use crate::{cmd, release};
 
 /// Runs setup, the release build, then execs `ambit-demo`.
 pub fn run(root: &Path) -> Result<()> {
-    cmd::require_root(
-        "demo",
-        "the demo creates network namespaces and cgroups and loads eBPF programs",
-    )?;
-    setup::run()?;
-    cmd::run(
-        Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--bins"])
-            .current_dir(root),
-    )?;
-
-    let bin_dir = root.join("target/release");
-    let demo = bin_dir.join("ambit-demo");
-    if !demo.is_file() {
-        bail!(
-            "{} is missing after the build; it comes from the tests crate",
-            demo.display()
-        );
-    }
+    let why = "the demo creates network namespaces and cgroups and loads eBPF programs";
+    let (bin_dir, demo) = release::prepare(root, "demo", why, "ambit-demo")?;
     // exec, so Ctrl-C reaches the demo alone and it can tear its cluster
     // down; its exit code becomes ours.
     Err(cmd::exec(

@@ -13,6 +13,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod release;
 mod setup;
 mod test;
 

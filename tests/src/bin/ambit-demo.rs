@@ -31,7 +31,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use ambit_tests::mesh::{self, AGENT_BIN, AGENT_READY_TIMEOUT, Agent};
-use ambit_tests::{Pod, Proc, Testbed};
+use ambit_tests::{Pod, Proc, Testbed, interrupt};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
@@ -1021,46 +1021,5 @@ impl Endpoint {
             address,
             enrolled: workload.spec.enrolled,
         }
-    }
-}
-
-/// Ctrl-C and SIGTERM set a flag that the demo checks between steps and in
-/// every wait, so it leaves through its normal path and cleans up.
-///
-/// A handler rather than blocking the signals and `sigwait`ing on a thread:
-/// a blocked mask is inherited across `exec`, and the agents must still
-/// stop on SIGTERM.
-mod interrupt {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-
-    static REQUESTED: AtomicBool = AtomicBool::new(false);
-
-    extern "C" fn note_request(_signal: libc::c_int) {
-        REQUESTED.store(true, Ordering::SeqCst);
-    }
-
-    /// Installs the handler for SIGINT and SIGTERM. After the first signal
-    /// the default action returns, so a second Ctrl-C stops the demo at once
-    /// (the next run's stale cleanup removes what it leaves).
-    pub fn install() -> nix::Result<()> {
-        let action = SigAction::new(
-            SigHandler::Handler(note_request),
-            SaFlags::SA_RESTART | SaFlags::SA_RESETHAND,
-            SigSet::empty(),
-        );
-        for signal in [Signal::SIGINT, Signal::SIGTERM] {
-            // SAFETY: the handler only stores to an atomic, which is
-            // async-signal-safe, and nothing else in this process handles
-            // these signals.
-            unsafe { sigaction(signal, &action) }?;
-        }
-        Ok(())
-    }
-
-    /// Whether Ctrl-C or SIGTERM arrived.
-    pub fn requested() -> bool {
-        REQUESTED.load(Ordering::SeqCst)
     }
 }

@@ -24,7 +24,6 @@
 
 mod cluster;
 mod console;
-mod interrupt;
 mod measure;
 mod plot;
 mod report;
@@ -35,8 +34,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use ambit_tests::Testbed;
 use ambit_tests::mesh::AGENT_BIN;
+use ambit_tests::{Testbed, interrupt};
 use clap::Parser;
 
 use crate::cluster::Cluster;
