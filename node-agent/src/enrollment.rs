@@ -211,7 +211,7 @@ impl Enroller {
             cancel: CancellationToken::new(),
             families,
         };
-        if let Err(error) = self.start(&mut enrollment, sockets) {
+        if let Err(error) = self.start(&mut enrollment, sockets, identity) {
             self.teardown(enrollment);
             return Err(error);
         }
@@ -223,6 +223,7 @@ impl Enroller {
         &self,
         enrollment: &mut PodEnrollment,
         sockets: PodSockets,
+        identity: SpiffeId,
     ) -> Result<(), EnrollError> {
         let maps = self.ebpf.maps();
         for ip in &enrollment.pod.ips {
@@ -231,15 +232,6 @@ impl Enroller {
                 maps.register_inbound_listener(*ip, listener)?;
             }
         }
-        let identity = SpiffeId::new(
-            &self.mesh.trust_domain,
-            &enrollment.pod.namespace,
-            &enrollment.pod.service_account,
-        )
-        .map_err(|source| EnrollError::Identity {
-            pod: enrollment.pod.key(),
-            source,
-        })?;
         let context = Arc::new(PodContext {
             pod: enrollment.pod.key(),
             identity,
