@@ -55,6 +55,15 @@ pub fn issue(
     }
 }
 
+/// Issues a certificate for `identity` from the CA in `ca_dir`, valid from a
+/// day ago to a day from now.
+#[must_use]
+pub fn issue_current(ca_dir: &Path, identity: &SpiffeId) -> ClientIdentity {
+    let now = SystemTime::now();
+    let day = std::time::Duration::from_hours(24);
+    issue(ca_dir, identity, now - day, now + day)
+}
+
 /// Opens TCP (from inside `netns`) + TLS + HTTP/2 to `addr`, presenting
 /// `client` if given. The server's certificate is accepted as is; tests
 /// inspect it. Errors are returned as text for assertions.

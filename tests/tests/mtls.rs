@@ -266,7 +266,7 @@ fn peers_without_a_valid_mesh_certificate_are_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let foreign = hbone_client::issue(&other_ca, &identity("shop", "client"), now - day, now + day);
+    let foreign = hbone_client::issue_current(&other_ca, &identity("shop", "client"));
     let refused = rt.block_on(async {
         let mut session = hbone_client::connect(&client.netns_path, hbone, Some(foreign)).await?;
         status_of(&mut session, connect_request(&authority)).await
@@ -294,12 +294,7 @@ fn peers_without_a_valid_mesh_certificate_are_refused() {
 
     // The same client with a valid certificate gets through: the refusals
     // above were about the certificates.
-    let valid = hbone_client::issue(
-        &mesh_ca(&tb),
-        &identity("shop", "client"),
-        now - day,
-        now + day,
-    );
+    let valid = hbone_client::issue_current(&mesh_ca(&tb), &identity("shop", "client"));
     let accepted = rt.block_on(async {
         let mut session = hbone_client::connect(&client.netns_path, hbone, Some(valid)).await?;
         status_of(&mut session, connect_request(&authority)).await
@@ -331,14 +326,7 @@ fn malformed_hbone_requests_fail_only_their_own_stream() {
     let _agent2 = Agent::start(&tb, &n2, &[&client, &server], &[]);
     let _echo = serve(&tb, &server);
     let hbone = std::net::SocketAddr::new(server.ipv4.into(), 15008);
-    let now = SystemTime::now();
-    let day = Duration::from_hours(24);
-    let valid = hbone_client::issue(
-        &mesh_ca(&tb),
-        &identity("shop", "client"),
-        now - day,
-        now + day,
-    );
+    let valid = hbone_client::issue_current(&mesh_ca(&tb), &identity("shop", "client"));
     let good = format!("{}:{ECHO_PORT}", server.ipv4);
 
     runtime().block_on(async {
@@ -480,14 +468,7 @@ fn certificates_rotate_without_dropping_a_long_lived_connection() {
     assert_ne!(current, first_serial, "{certs}");
 
     // A new connection is served with the current certificate.
-    let now = SystemTime::now();
-    let day = Duration::from_hours(24);
-    let valid = hbone_client::issue(
-        &mesh_ca(&tb),
-        &identity("shop", "client"),
-        now - day,
-        now + day,
-    );
+    let valid = hbone_client::issue_current(&mesh_ca(&tb), &identity("shop", "client"));
     let hbone = std::net::SocketAddr::new(server.ipv4.into(), 15008);
     let presented = runtime().block_on(async {
         let session = hbone_client::connect(&client.netns_path, hbone, Some(valid))
