@@ -6,4 +6,5 @@
 pub mod ca;
 pub mod identity;
 pub mod local_config;
+pub mod policy;
 pub mod workload;

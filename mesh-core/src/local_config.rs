@@ -10,12 +10,19 @@
 //!     netns: /run/netns/client
 //!     node: node-1            # optional; pods of other nodes are HBONE destinations
 //!     mtls: strict            # optional; default permissive
+//!     labels: {app: client}   # optional; policies select pods by label
+//! policies:                   # AuthorizationPolicy objects (crate::policy)
+//!   - metadata: {name: allow-client, namespace: default}
+//!     spec:
+//!       selector: {matchLabels: {app: server}}
+//!       rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
 //! ```
 //!
 //! A file that cannot be read or parsed is an error for the whole file. A
 //! pod entry that is wrong on its own (listed twice, an address another pod
 //! already has, no addresses, a relative netns path) is rejected with a
-//! reason and the other pods go ahead.
+//! reason and the other pods go ahead; so is a policy (it then fails
+//! closed, see [`crate::policy`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +32,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::workload::{Pod, PodKey};
+use crate::{
+    policy::{self, Policy},
+    workload::{Pod, PodKey},
+};
 
 /// Why the local configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +65,11 @@ pub struct LocalConfigFile {
     /// Pods to enroll.
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Authorization policies, each read on its own (see
+    /// [`crate::policy`]): one that is wrong is rejected without failing
+    /// the file.
+    #[serde(default)]
+    pub policies: Vec<serde_yaml::Value>,
 }
 
 /// A pod entry that was rejected, and why.
@@ -75,6 +90,9 @@ pub struct LocalSnapshot {
     pub pods: Vec<Pod>,
     /// Entries that were rejected.
     pub rejected: Vec<RejectedPod>,
+    /// Authorization policies in file order, rejected ones included (they
+    /// fail closed).
+    pub policies: Vec<Policy>,
 }
 
 /// Reads and validates a local configuration file.
@@ -103,7 +121,10 @@ pub fn parse(text: &str) -> Result<LocalSnapshot, serde_yaml::Error> {
 /// Splits a file's pods into accepted and rejected entries.
 #[must_use]
 pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
-    let mut snapshot = LocalSnapshot::default();
+    let mut snapshot = LocalSnapshot {
+        policies: policy::compile_all(&file.policies),
+        ..LocalSnapshot::default()
+    };
     let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
     let mut seen_ips: HashMap<IpAddr, PodKey> = HashMap::new();
     for (index, pod) in file.pods.into_iter().enumerate() {

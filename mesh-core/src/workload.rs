@@ -1,6 +1,6 @@
 //! The workload model: what the mesh knows about a pod.
 
-use std::{fmt, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,9 @@ pub struct Pod {
     /// mTLS mode for connections to the pod.
     #[serde(default)]
     pub mtls: MtlsMode,
+    /// The pod's labels; authorization policies select pods by them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a pod accepts from outside the mesh.
@@ -52,7 +55,7 @@ pub enum MtlsMode {
     Strict,
 }
 
-fn default_namespace() -> String {
+pub(crate) fn default_namespace() -> String {
     "default".to_owned()
 }
 

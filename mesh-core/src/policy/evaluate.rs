@@ -1,0 +1,288 @@
+//! Evaluating policies for one connection, Istio's way:
+//!
+//! 1. any DENY policy that matches denies;
+//! 2. otherwise, if any ALLOW policy applies to the workload, one must match;
+//! 3. otherwise the connection is allowed.
+//!
+//! AUDIT policies only record. The set is indexed by namespace and by each
+//! selector's first label, so a connection looks at the policies that can
+//! apply to its workload and never scans the rest.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use serde::Serialize;
+
+use super::{Action, Operation, Policy, Rule, Source};
+
+/// The workload a connection is for: its namespace and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// What is known about a connection at L4.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// The peer's principal (its SPIFFE id without the scheme) when it
+    /// proved one with mTLS (or is a meshed pod of this node); `None` for
+    /// plaintext.
+    pub principal: Option<String>,
+    /// The peer's namespace, from its identity.
+    pub namespace: Option<String>,
+    /// The peer's address.
+    pub source_ip: IpAddr,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// Allowed or denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The connection may proceed.
+    Allow,
+    /// The connection is refused.
+    Deny,
+}
+
+/// A decision and what made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Allowed or denied.
+    pub decision: Decision,
+    /// The policy that decided (namespace/name), or `default allow` when no
+    /// policy applies, or `no ALLOW matched` when ALLOW policies apply and
+    /// none matched.
+    pub policy: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// AUDIT policies that matched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audited: Vec<String>,
+}
+
+/// What the `policy` of a verdict says when no policy applies.
+pub const DEFAULT_ALLOW: &str = "default allow";
+/// What the `policy` of a verdict says when ALLOW policies apply and none matched.
+pub const NO_ALLOW_MATCHED: &str = "no ALLOW matched";
+
+/// Every policy, indexed for evaluation. Immutable: a change builds a new set.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    root_namespace: String,
+    policies: Vec<Arc<Policy>>,
+    by_namespace: HashMap<String, NamespacePolicies>,
+}
+
+/// One namespace's policies.
+#[derive(Debug, Default)]
+struct NamespacePolicies {
+    /// Without a selector.
+    wide: Vec<Arc<Policy>>,
+    /// With a selector, by the selector's first label key and value.
+    by_label: HashMap<String, HashMap<String, Vec<Arc<Policy>>>>,
+}
+
+// === impl PolicySet ===
+
+impl PolicySet {
+    /// Indexes `policies`; those in `root_namespace` apply mesh-wide.
+    #[must_use]
+    pub fn new(policies: Vec<Policy>, root_namespace: &str) -> Self {
+        let mut set = Self {
+            root_namespace: root_namespace.to_owned(),
+            ..Self::default()
+        };
+        for policy in policies {
+            let policy = Arc::new(policy);
+            let namespace = set
+                .by_namespace
+                .entry(policy.key.namespace.clone())
+                .or_default();
+            match policy.selector.iter().next() {
+                None => namespace.wide.push(policy.clone()),
+                Some((key, value)) => namespace
+                    .by_label
+                    .entry(key.clone())
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default()
+                    .push(policy.clone()),
+            }
+            set.policies.push(policy);
+        }
+        set
+    }
+
+    /// Every policy, in the order given.
+    #[must_use]
+    pub fn policies(&self) -> &[Arc<Policy>] {
+        &self.policies
+    }
+
+    /// The mesh's root namespace.
+    #[must_use]
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
+    }
+
+    /// The policies that apply to `workload`: the root namespace's and its
+    /// own namespace's, without a selector or with one its labels match.
+    pub fn applicable<'a>(
+        &'a self,
+        workload: Workload<'a>,
+    ) -> impl Iterator<Item = &'a Arc<Policy>> {
+        let own = (workload.namespace != self.root_namespace).then_some(workload.namespace);
+        [Some(self.root_namespace.as_str()), own]
+            .into_iter()
+            .flatten()
+            .filter_map(|namespace| self.by_namespace.get(namespace))
+            .flat_map(move |policies| {
+                let selected = workload
+                    .labels
+                    .iter()
+                    .filter_map(|(key, value)| policies.by_label.get(key)?.get(value))
+                    .flatten()
+                    .filter(move |policy| selects(policy, workload.labels));
+                policies.wide.iter().chain(selected)
+            })
+    }
+
+    /// The verdict for `request` to `workload`.
+    #[must_use]
+    pub fn evaluate(&self, workload: Workload<'_>, request: &Request) -> Verdict {
+        let mut audited = Vec::new();
+        let mut allow_policies: Vec<&Policy> = Vec::new();
+        for policy in self.applicable(workload) {
+            match policy.action {
+                Action::Deny => {
+                    if let Some(rule) = matching_rule(policy, request, true) {
+                        return Verdict {
+                            decision: Decision::Deny,
+                            policy: policy.key.to_string(),
+                            reason: deny_reason(policy, rule),
+                            audited,
+                        };
+                    }
+                }
+                Action::Audit => {
+                    if matching_rule(policy, request, true).is_some() {
+                        audited.push(policy.key.to_string());
+                    }
+                }
+                Action::Allow => allow_policies.push(policy),
+            }
+        }
+        if allow_policies.is_empty() {
+            return Verdict {
+                decision: Decision::Allow,
+                policy: DEFAULT_ALLOW.to_owned(),
+                reason: "no ALLOW or DENY policy matched".to_owned(),
+                audited,
+            };
+        }
+        if let Some(policy) = allow_policies
+            .iter()
+            .find(|policy| matching_rule(policy, request, false).is_some())
+        {
+            return Verdict {
+                decision: Decision::Allow,
+                policy: policy.key.to_string(),
+                reason: format!("allowed by {}", policy.key),
+                audited,
+            };
+        }
+        // Attribute the denial to a policy that failed closed, if one did:
+        // that is what the operator must fix.
+        let failed_closed = allow_policies
+            .iter()
+            .find(|p| p.rejected.is_some())
+            .or_else(|| {
+                allow_policies
+                    .iter()
+                    .find(|p| !p.waypoint_fields.is_empty())
+            });
+        if let Some(policy) = failed_closed {
+            return Verdict {
+                decision: Decision::Deny,
+                policy: policy.key.to_string(),
+                reason: format!("{} fails closed: {}", policy.key, policy.status()),
+                audited,
+            };
+        }
+        let names: Vec<String> = allow_policies.iter().map(|p| p.key.to_string()).collect();
+        Verdict {
+            decision: Decision::Deny,
+            policy: NO_ALLOW_MATCHED.to_owned(),
+            reason: format!(
+                "ALLOW policies apply ({}) and none matched",
+                names.join(", ")
+            ),
+            audited,
+        }
+    }
+}
+
+fn selects(policy: &Policy, labels: &BTreeMap<String, String>) -> bool {
+    policy
+        .selector
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// The first rule of `policy` that `request` matches. Rules that need a
+/// waypoint never match for ALLOW; for DENY and AUDIT (`l4_only`) their L4
+/// fields alone decide.
+fn matching_rule<'a>(policy: &'a Policy, request: &Request, l4_only: bool) -> Option<&'a Rule> {
+    policy.rules.iter().find(|rule| {
+        (l4_only || !rule.needs_waypoint)
+            && (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request)))
+            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request)))
+    })
+}
+
+fn deny_reason(policy: &Policy, rule: &Rule) -> String {
+    if policy.rejected.is_some() {
+        format!("{} fails closed: {}", policy.key, policy.status())
+    } else if rule.needs_waypoint {
+        format!(
+            "denied by {}, on its L4 fields only: {}",
+            policy.key,
+            policy.status()
+        )
+    } else {
+        format!("denied by {}", policy.key)
+    }
+}
+
+fn source_matches(source: &Source, request: &Request) -> bool {
+    let principal = request.principal.as_deref();
+    let namespace = request.namespace.as_deref();
+    // A list that is given must match; plaintext has no principal or
+    // namespace, so those lists never match it.
+    let any_of = |patterns: &[super::Pattern], value: Option<&str>| {
+        patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| p.matches(v)))
+    };
+    let none_of = |patterns: &[super::Pattern], value: Option<&str>| {
+        value.is_none_or(|v| !patterns.iter().any(|p| p.matches(v)))
+    };
+    let ip = request.source_ip.to_canonical();
+    any_of(&source.principals, principal)
+        && none_of(&source.not_principals, principal)
+        && any_of(&source.namespaces, namespace)
+        && none_of(&source.not_namespaces, namespace)
+        && (source.ip_blocks.is_empty() || source.ip_blocks.iter().any(|b| b.contains(&ip)))
+        && !source.not_ip_blocks.iter().any(|b| b.contains(&ip))
+}
+
+fn operation_matches(operation: &Operation, request: &Request) -> bool {
+    (operation.ports.is_empty() || operation.ports.contains(&request.port))
+        && !operation.not_ports.contains(&request.port)
+}
