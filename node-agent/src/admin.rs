@@ -9,6 +9,8 @@
 //! | `/connections` | recently closed connections: ends, identities, mTLS or not, bytes |
 //! | `/certificates` | workload certificates: identity, serial, validity, rotations |
 //! | `/config` | the effective configuration |
+//! | `/policies` | authorization policies: as compiled, status (accepted, failing closed, rejected) |
+//! | `/metrics` | Prometheus metrics, text format |
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -23,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config, connections::ConnectionLog, ebpf::MeshMaps,
-    enrollment::reconcile::PodStatusBoard, identity::CertManager,
+    authz::Authorizer, config::Config, connections::ConnectionLog, ebpf::MeshMaps,
+    enrollment::reconcile::PodStatusBoard, identity::CertManager, metrics::Metrics,
 };
 
 /// What the admin API reads.
@@ -39,6 +41,10 @@ pub struct AdminState {
     pub certs: Arc<CertManager>,
     /// Recently closed connections.
     pub connections: Arc<ConnectionLog>,
+    /// Authorization policies.
+    pub authorizer: Arc<Authorizer>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves the admin API on `listener` until `shutdown`.
@@ -88,9 +94,23 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
         "/config" => json(&state.config),
         "/certificates" => json(&state.certs.certificates()),
         "/connections" => json(&state.connections.recent()),
+        "/policies" => json(&state.authorizer.statuses()),
+        "/metrics" => match state.metrics.encode() {
+            Ok(body) => {
+                let mut response = text(StatusCode::OK, &body);
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /pods, /connections, /certificates, /counters, /config or /ready\n",
+            "not found; try /pods, /connections, /policies, /certificates, /counters, /metrics, /config or /ready\n",
         ),
     }
 }

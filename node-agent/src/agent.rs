@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, AdminState},
+    authz::Authorizer,
     config::Config,
     connections::ConnectionLog,
     ebpf::{EbpfError, MeshEbpf},
@@ -20,6 +21,7 @@ use crate::{
     },
     identity::{CaFiles, CertManager},
     local_source,
+    metrics::Metrics,
     netns::{Netns, NetnsError},
     workloads::SharedWorkloads,
 };
@@ -83,6 +85,12 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
     let log_forwarder = ebpf.take_log_forwarder();
     let maps = ebpf.maps().clone();
     let connections = Arc::new(ConnectionLog::default());
+    let metrics = Arc::new(Metrics::default());
+    let authorizer = Arc::new(Authorizer::new(
+        &config.node_name,
+        &config.root_namespace,
+        metrics.clone(),
+    ));
     let mesh = MeshSettings {
         node_name: config.node_name.clone(),
         trust_domain: config.trust_domain.clone(),
@@ -91,6 +99,7 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         certs: certs.clone(),
         workloads: Arc::new(SharedWorkloads::default()),
         connections: connections.clone(),
+        authorizer: authorizer.clone(),
     };
     let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
     let board = Arc::new(PodStatusBoard::default());
@@ -101,7 +110,7 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
             .await
             .map_err(|source| AgentError::Admin { addr: config.admin_addr, source })?;
         let admin_state =
-            Arc::new(AdminState { config: config.clone(), board: board.clone(), maps, certs: certs.clone(), connections });
+            Arc::new(AdminState { config: config.clone(), board: board.clone(), maps, certs: certs.clone(), connections, authorizer, metrics });
         tokio::spawn(crate::identity::rotate_until_cancelled(certs.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
         tokio::spawn(local_source::watch_file(

@@ -42,6 +42,8 @@ pub mod env {
     pub const CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
     /// See [`super::Config::same_node_fast_path`].
     pub const SAME_NODE_FAST_PATH: &str = "AMBIT_SAME_NODE_FAST_PATH";
+    /// See [`super::Config::root_namespace`].
+    pub const ROOT_NAMESPACE: &str = "AMBIT_ROOT_NAMESPACE";
     /// Log filter, `tracing-subscriber` `EnvFilter` syntax.
     pub const LOG: &str = "AMBIT_LOG";
 }
@@ -113,6 +115,10 @@ pub struct Config {
     #[arg(long, env = env::SAME_NODE_FAST_PATH, default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub same_node_fast_path: bool,
+    /// The mesh's root namespace: its authorization policies apply to every
+    /// workload of the mesh.
+    #[arg(long, env = env::ROOT_NAMESPACE, default_value = mesh_core::policy::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
 }
 
 /// Log line format.

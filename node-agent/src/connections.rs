@@ -5,7 +5,7 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Mutex, time::SystemTime}
 
 use serde::Serialize;
 
-use crate::proxy::Direction;
+use crate::{authz::Authorization, proxy::Direction};
 
 /// How many closed connections the log keeps.
 pub const LOG_CAPACITY: usize = 1024;
@@ -40,6 +40,10 @@ pub struct Flow {
     pub dst_identity: Option<String>,
     /// How it was secured.
     pub security: Security,
+    /// The authorization verdict, where this agent knows it: always on the
+    /// destination's side; on the source's side when the destination's
+    /// agent reported it.
+    pub authorization: Option<Authorization>,
 }
 
 /// A closed connection.
@@ -77,6 +81,13 @@ impl ConnectionLog {
             src_identity = flow.src_identity.as_deref().unwrap_or("-"),
             dst_identity = flow.dst_identity.as_deref().unwrap_or("-"),
             security = ?flow.security,
+            verdict = flow.authorization.as_ref().map_or("-", |a| match a.decision {
+                mesh_core::policy::Decision::Allow => "allow",
+                mesh_core::policy::Decision::Deny => "deny",
+            }),
+            policy = flow.authorization.as_ref().map_or("-", |a| a.policy.as_str()),
+            enforced_by = flow.authorization.as_ref().map_or("-", |a| a.enforced_by.as_str()),
+            enforcement_point = flow.authorization.as_ref().map_or("-", |a| a.enforcement_point.as_str()),
             bytes_sent,
             bytes_received,
             error = error.as_deref().unwrap_or("-"),

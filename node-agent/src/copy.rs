@@ -6,27 +6,32 @@
 //! per direction). [`ChunkReader`] waits for readability with no buffer,
 //! takes one while data flows, and lets it go as soon as the socket runs dry.
 
-use std::io;
-
-use bytes::{Bytes, BytesMut};
-use tokio::{
-    io::AsyncWriteExt as _,
-    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+use std::{
+    io,
+    net::Shutdown,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+
 /// Reads a socket in chunks of up to `chunk` bytes.
-pub struct ChunkReader {
-    from: OwnedReadHalf,
+///
+/// It borrows the socket, so the connection's owner keeps it: when a relay
+/// is abandoned (a policy revoked the connection), the owner can still
+/// reset the socket rather than close it quietly.
+pub struct ChunkReader<'a> {
+    from: &'a TcpStream,
     buf: BytesMut,
     chunk: usize,
 }
 
 // === impl ChunkReader ===
 
-impl ChunkReader {
+impl<'a> ChunkReader<'a> {
     /// A reader over `from` that reads up to `chunk` bytes at a time.
     #[must_use]
-    pub fn new(from: OwnedReadHalf, chunk: usize) -> Self {
+    pub fn new(from: &'a TcpStream, chunk: usize) -> Self {
         Self {
             from,
             buf: BytesMut::new(),
@@ -54,17 +59,42 @@ impl ChunkReader {
     }
 }
 
-/// Copies `from` to `to` until end of stream, then half-closes `to`;
-/// returns the bytes copied.
-pub async fn pump(from: OwnedReadHalf, mut to: OwnedWriteHalf, chunk: usize) -> io::Result<u64> {
-    let mut reader = ChunkReader::new(from, chunk);
-    let mut total = 0u64;
-    while let Some(bytes) = reader.next_chunk().await? {
-        to.write_all(&bytes).await?;
-        total += bytes.len() as u64;
+/// Writes all of `bytes` to `to`.
+pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
-    to.shutdown().await?;
-    Ok(total)
+    Ok(())
+}
+
+/// Half-closes `to`: the peer reads end of stream, and can still send.
+pub fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+        // The peer is already gone; nothing is left to tell it.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+/// Copies `from` to `to` until end of stream, then half-closes `to`;
+/// adds each write's bytes to `copied` as it completes.
+pub async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    chunk: usize,
+    copied: &AtomicU64,
+) -> io::Result<()> {
+    let mut reader = ChunkReader::new(from, chunk);
+    while let Some(bytes) = reader.next_chunk().await? {
+        write_all(to, &bytes).await?;
+        copied.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
+    shutdown_write(to)
 }
 
 #[cfg(test)]
@@ -87,23 +117,24 @@ mod tests {
     async fn pump_copies_everything_and_passes_the_half_close_on() {
         let (mut app, proxy_in) = pair().await;
         let (proxy_out, mut upstream) = pair().await;
-        let (from, _) = proxy_in.into_split();
-        let (_, to) = proxy_out.into_split();
-        let pumping = tokio::spawn(pump(from, to, 64 * 1024));
+        let copied = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = copied.clone();
+        let pumping =
+            tokio::spawn(async move { pump(&proxy_in, &proxy_out, 64 * 1024, &counter).await });
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         app.write_all(&data).await.unwrap();
         app.shutdown().await.unwrap();
         let mut received = Vec::new();
         upstream.read_to_end(&mut received).await.unwrap();
         assert_eq!(received, data);
-        assert_eq!(pumping.await.unwrap().unwrap(), 3_000_000);
+        pumping.await.unwrap().unwrap();
+        assert_eq!(copied.load(Ordering::Relaxed), 3_000_000);
     }
 
     #[tokio::test]
     async fn an_idle_reader_holds_no_buffer() {
         let (mut app, proxy_in) = pair().await;
-        let (from, _) = proxy_in.into_split();
-        let mut reader = ChunkReader::new(from, 256 * 1024);
+        let mut reader = ChunkReader::new(&proxy_in, 256 * 1024);
         app.write_all(b"hello").await.unwrap();
         assert_eq!(
             reader.next_chunk().await.unwrap().as_deref(),
@@ -126,9 +157,8 @@ mod tests {
         // A regression guard: at 100k connections, every KiB here is 100 MB.
         let (_app, proxy_in) = pair().await;
         let (proxy_out, _upstream) = pair().await;
-        let (from, _) = proxy_in.into_split();
-        let (_, to) = proxy_out.into_split();
-        let future = pump(from, to, 256 * 1024);
+        let copied = AtomicU64::new(0);
+        let future = pump(&proxy_in, &proxy_out, 256 * 1024, &copied);
         assert!(
             std::mem::size_of_val(&future) <= 512,
             "pump future is {} bytes",

@@ -26,6 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    authz::Authorizer,
     connections::ConnectionLog,
     ebpf::{EbpfError, MeshEbpf, SkLookupAttachment, maps::MapOpError},
     hbone::{self, client::HbonePool},
@@ -124,6 +125,8 @@ pub struct MeshSettings {
     pub workloads: Arc<SharedWorkloads>,
     /// Recently closed connections.
     pub connections: Arc<ConnectionLog>,
+    /// Authorization policies, and the connections they let in.
+    pub authorizer: Arc<Authorizer>,
 }
 
 /// The sockets opened inside a pod at enrollment.
@@ -242,6 +245,8 @@ impl Enroller {
                 .map(std::net::IpAddr::to_canonical)
                 .collect(),
             mtls: enrollment.pod.mtls,
+            labels: Arc::new(enrollment.pod.labels.clone()),
+            authorizer: self.mesh.authorizer.clone(),
             netns_cookie: enrollment.netns_cookie,
             sockets: NetnsSwitch::new(enrollment.netns.clone(), self.home_netns.clone()),
             maps: maps.clone(),

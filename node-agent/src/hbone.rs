@@ -8,6 +8,10 @@
 
 use std::time::Duration;
 
+use mesh_core::policy::Decision;
+
+use crate::authz::{Authorization, EnforcementPoint};
+
 pub mod client;
 pub mod relay;
 pub mod server;
@@ -28,6 +32,18 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
 /// How long a TLS + HTTP/2 handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// CONNECT response headers in which the destination's agent reports its
+/// authorization verdict to the source's agent, for the source's logs. Only
+/// agents holding mesh certificates see them.
+pub mod verdict_headers {
+    /// `allow` or `deny`.
+    pub const DECISION: &str = "ambit-authz-decision";
+    /// The deciding policy (namespace/name), `default allow` or `no ALLOW matched`.
+    pub const POLICY: &str = "ambit-authz-policy";
+    /// The node whose agent decided.
+    pub const ENFORCED_BY: &str = "ambit-authz-enforced-by";
+}
 
 /// Why an HBONE connection or stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,4 +93,46 @@ pub enum HboneError {
     /// No certificate or TLS configuration for an identity.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+}
+
+/// The verdict a destination's agent reported in a CONNECT response.
+#[must_use]
+pub fn reported_authorization(headers: &http::HeaderMap) -> Option<Authorization> {
+    let text = |name| headers.get(name)?.to_str().ok();
+    let decision = match text(verdict_headers::DECISION)? {
+        "allow" => Decision::Allow,
+        "deny" => Decision::Deny,
+        _ => return None,
+    };
+    let policy = text(verdict_headers::POLICY)?.to_owned();
+    let enforced_by = text(verdict_headers::ENFORCED_BY)?.to_owned();
+    Some(Authorization {
+        decision,
+        reason: format!("reported by the destination's agent on {enforced_by}"),
+        policy,
+        enforced_by,
+        enforcement_point: EnforcementPoint::HboneInbound,
+        audited: Vec::new(),
+    })
+}
+
+/// The headers that report `authorization` in a CONNECT response.
+pub fn report_authorization(headers: &mut http::HeaderMap, authorization: &Authorization) {
+    let decision = match authorization.decision {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+    };
+    let values = [
+        (verdict_headers::DECISION, decision),
+        (verdict_headers::POLICY, authorization.policy.as_str()),
+        (
+            verdict_headers::ENFORCED_BY,
+            authorization.enforced_by.as_str(),
+        ),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
 }

@@ -10,11 +10,14 @@
 //! - [`identity`], [`tls`], [`hbone`]: workload certificates, mutual TLS and
 //!   HTTP/2 CONNECT tunnels between agents
 //! - [`workloads`]: every meshed pod by address
+//! - [`authz`]: L4 authorization policies, enforced on the destination's node
 //! - [`connections`]: recently closed connections and the access log
+//! - [`metrics`]: Prometheus metrics
 //! - [`admin`]: the JSON admin API
 
 pub mod admin;
 pub mod agent;
+pub mod authz;
 pub mod config;
 pub mod connections;
 pub mod copy;
@@ -23,8 +26,10 @@ pub mod enrollment;
 pub mod hbone;
 pub mod identity;
 pub mod local_source;
+pub mod metrics;
 pub mod netns;
 pub mod proxy;
+pub mod published;
 pub mod routing;
 pub mod stats;
 mod sys;

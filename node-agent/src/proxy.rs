@@ -10,8 +10,12 @@
 //! - anything else: plaintext, straight to the destination.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
+    authz::{Admitted, Authorization, Authorizer},
     connections::{ConnectionLog, Flow},
     copy::pump,
     ebpf::MeshMaps,
@@ -86,9 +91,6 @@ pub enum ProxyError {
         /// The client.
         client: SocketAddr,
     },
-    /// Relaying bytes failed.
-    #[error("relaying bytes failed: {0}")]
-    Relay(#[source] std::io::Error),
 }
 
 /// One direction's proxy for one pod: its listeners (one per address
@@ -110,6 +112,10 @@ pub struct PodContext {
     pub pod_ips: Vec<std::net::IpAddr>,
     /// The pod's mTLS mode.
     pub mtls: MtlsMode,
+    /// The pod's labels, which policies select it by.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// Checks connections to the pods of this node against policy.
+    pub authorizer: Arc<Authorizer>,
     /// The pod's network namespace cookie.
     pub netns_cookie: u64,
     /// Creates sockets inside the pod's network namespace.
@@ -132,7 +138,7 @@ pub struct PodContext {
     pub connections: Arc<ConnectionLog>,
 }
 
-/// A finished connection: what it was and the bytes each way.
+/// A finished connection: what it was, the bytes each way, and how it ended.
 pub struct Finished {
     /// The connection.
     pub flow: Flow,
@@ -140,6 +146,29 @@ pub struct Finished {
     pub sent: u64,
     /// Bytes from destination to source.
     pub received: u64,
+    /// Why it ended badly, if it did.
+    pub error: Option<String>,
+}
+
+/// Bytes relayed so far each way. They are counted as they are written,
+/// so they stay exact when a relay is abandoned half-way.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    /// From the source to the destination.
+    pub sent: AtomicU64,
+    /// From the destination to the source.
+    pub received: AtomicU64,
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions finished.
+    Done,
+    /// An I/O error ended it.
+    Failed(std::io::Error),
+    /// A policy change denied the connection.
+    Revoked(Authorization),
 }
 
 // === impl PodProxy ===
@@ -313,11 +342,9 @@ pub async fn serve<F, Fut>(
                 tokio::spawn(
                     async move {
                         match work.await {
-                            Ok(Finished { flow, sent, received }) => context.connections.closed(flow, sent, received, None),
+                            Ok(Finished { flow, sent, received, error }) => context.connections.closed(flow, sent, received, error),
                             Err(error) => {
-                                if !matches!(error, ProxyError::Relay(_)) {
-                                    context.stats.direction(direction).closed(0, 0, true);
-                                }
+                                context.stats.direction(direction).closed(0, 0, true);
                                 tracing::warn!(%error, "connection failed");
                             }
                         }
@@ -331,27 +358,105 @@ pub async fn serve<F, Fut>(
 }
 
 /// Copies both ways until both sides are done, passing each half-close on,
-/// and counts the bytes. Returns an error only for I/O failures.
+/// counting the bytes into `counts`.
 pub async fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
-    stats: &TrafficStats,
-) -> Result<(u64, u64), ProxyError> {
+    client: &TcpStream,
+    upstream: &TcpStream,
+    counts: &ByteCounts,
+) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
-    let (client_read, client_write) = client.into_split();
-    let (upstream_read, upstream_write) = upstream.into_split();
-    let copied = tokio::try_join!(
-        pump(client_read, upstream_write, RELAY_BUFFER),
-        pump(upstream_read, client_write, RELAY_BUFFER)
-    );
-    match copied {
-        Ok((sent, received)) => {
-            stats.closed(sent, received, false);
-            Ok((sent, received))
+    tokio::try_join!(
+        pump(client, upstream, RELAY_BUFFER, &counts.sent),
+        pump(upstream, client, RELAY_BUFFER, &counts.received)
+    )
+    .map(|_| ())
+}
+
+/// Runs `relay` until it ends, or until `admitted` is revoked by a policy
+/// change (the relay is then abandoned; its sockets are the caller's).
+pub async fn until_revoked(
+    relay: impl Future<Output = std::io::Result<()>>,
+    admitted: Option<&Admitted>,
+) -> RelayEnd {
+    let ended =
+        |result: std::io::Result<()>| result.map_or_else(RelayEnd::Failed, |()| RelayEnd::Done);
+    match admitted {
+        None => ended(relay.await),
+        Some(admitted) => tokio::select! {
+            result = relay => ended(result),
+            authorization = admitted.revoked() => RelayEnd::Revoked(authorization),
+        },
+    }
+}
+
+/// Ends a connection with a reset rather than a quiet close: the peer learns
+/// at once that the connection did not end normally.
+pub fn reset(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+// === impl Finished ===
+
+impl Finished {
+    /// A connection that relayed `counts` and ended as `end`, counted in
+    /// `stats`. Unless it ended normally, `sockets` are reset.
+    #[must_use]
+    pub fn relayed(
+        mut flow: Flow,
+        counts: &ByteCounts,
+        end: RelayEnd,
+        stats: &TrafficStats,
+        sockets: &[&TcpStream],
+    ) -> Self {
+        let sent = counts.sent.load(Ordering::Relaxed);
+        let received = counts.received.load(Ordering::Relaxed);
+        let error = match end {
+            RelayEnd::Done => None,
+            RelayEnd::Failed(error) => Some(format!("relaying bytes failed: {error}")),
+            RelayEnd::Revoked(authorization) => {
+                stats.revoked();
+                let error = format!(
+                    "reset: a policy change denies it ({})",
+                    authorization.reason
+                );
+                flow.authorization = Some(authorization);
+                Some(error)
+            }
+        };
+        if error.is_some() {
+            for socket in sockets {
+                reset(socket);
+            }
         }
-        Err(error) => {
-            stats.closed(0, 0, true);
-            Err(ProxyError::Relay(error))
+        stats.closed(sent, received, error.is_some());
+        Self {
+            flow,
+            sent,
+            received,
+            error,
+        }
+    }
+
+    /// A connection that policy refused: `sockets` are reset, nothing relayed.
+    #[must_use]
+    pub fn denied(
+        mut flow: Flow,
+        authorization: Authorization,
+        stats: &TrafficStats,
+        sockets: &[&TcpStream],
+    ) -> Self {
+        for socket in sockets {
+            reset(socket);
+        }
+        stats.denied();
+        stats.closed(0, 0, false);
+        let error = format!("denied: {}", authorization.reason);
+        flow.authorization = Some(authorization);
+        Self {
+            flow,
+            sent: 0,
+            received: 0,
+            error: Some(error),
         }
     }
 }

@@ -10,6 +10,8 @@ pub struct TrafficStats {
     opened: AtomicU64,
     closed: AtomicU64,
     failed: AtomicU64,
+    denied: AtomicU64,
+    revoked: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
 }
@@ -30,8 +32,13 @@ pub struct TrafficSnapshot {
     pub connections_opened: u64,
     /// Connections that finished (successfully or not).
     pub connections_closed: u64,
-    /// Connections that failed: no original destination, upstream refused, I/O error.
+    /// Connections that failed: no original destination, upstream refused,
+    /// I/O error, reset by a policy change.
     pub connections_failed: u64,
+    /// Connections refused by an authorization policy.
+    pub connections_denied: u64,
+    /// Open connections reset because a policy change denies them.
+    pub connections_revoked: u64,
     /// Bytes from the connecting side to the destination.
     pub bytes_sent: u64,
     /// Bytes from the destination back to the connecting side.
@@ -65,6 +72,16 @@ impl TrafficStats {
         self.closed.fetch_add(1, Relaxed);
     }
 
+    /// A connection was refused by an authorization policy.
+    pub fn denied(&self) {
+        self.denied.fetch_add(1, Relaxed);
+    }
+
+    /// An open connection was reset by a policy change.
+    pub fn revoked(&self) {
+        self.revoked.fetch_add(1, Relaxed);
+    }
+
     /// Current values.
     #[must_use]
     pub fn snapshot(&self) -> TrafficSnapshot {
@@ -72,6 +89,8 @@ impl TrafficStats {
             connections_opened: self.opened.load(Relaxed),
             connections_closed: self.closed.load(Relaxed),
             connections_failed: self.failed.load(Relaxed),
+            connections_denied: self.denied.load(Relaxed),
+            connections_revoked: self.revoked.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
         }

@@ -4,9 +4,9 @@
 //! one to decide how to reach a destination.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use mesh_core::{
@@ -26,6 +26,8 @@ pub struct Workload {
     pub local: bool,
     /// Its mTLS mode.
     pub mtls: MtlsMode,
+    /// Its labels, which policies select it by.
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 /// Meshed pods by address.
@@ -35,8 +37,7 @@ pub struct WorkloadIndex {
 }
 
 /// The current index, swapped whole on every configuration change.
-#[derive(Debug, Default)]
-pub struct SharedWorkloads(RwLock<Arc<WorkloadIndex>>);
+pub type SharedWorkloads = crate::published::Published<WorkloadIndex>;
 
 // === impl WorkloadIndex ===
 
@@ -59,6 +60,7 @@ impl WorkloadIndex {
                 identity,
                 local: pod.is_on_node(node),
                 mtls: pod.mtls,
+                labels: Arc::new(pod.labels.clone()),
             });
             for ip in &pod.ips {
                 by_ip.insert(ip.to_canonical(), workload.clone());
@@ -71,26 +73,5 @@ impl WorkloadIndex {
     #[must_use]
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip.to_canonical())
-    }
-}
-
-// === impl SharedWorkloads ===
-
-impl SharedWorkloads {
-    /// The current index.
-    #[must_use]
-    pub fn current(&self) -> Arc<WorkloadIndex> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces the index.
-    pub fn publish(&self, index: WorkloadIndex) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(index);
     }
 }

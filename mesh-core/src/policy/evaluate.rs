@@ -16,6 +16,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::identity::SpiffeId;
+
 use super::{Action, Operation, Policy, Rule, Source};
 
 /// The workload a connection is for: its namespace and labels.
@@ -40,6 +42,29 @@ pub struct Request {
     pub source_ip: IpAddr,
     /// The destination port.
     pub port: u16,
+}
+
+// === impl Request ===
+
+impl Request {
+    /// A connection from `peer` (when it proved an identity) at
+    /// `source_ip`, to `port`.
+    #[must_use]
+    pub fn new(peer: Option<&SpiffeId>, source_ip: IpAddr, port: u16) -> Self {
+        Self {
+            principal: peer.map(|id| {
+                format!(
+                    "{}/ns/{}/sa/{}",
+                    id.trust_domain(),
+                    id.namespace(),
+                    id.service_account()
+                )
+            }),
+            namespace: peer.map(|id| id.namespace().to_owned()),
+            source_ip: source_ip.to_canonical(),
+            port,
+        }
+    }
 }
 
 /// Allowed or denied.

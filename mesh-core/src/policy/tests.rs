@@ -706,3 +706,16 @@ fn evaluation_looks_only_at_policies_that_can_apply() {
         "ns7/p3"
     );
 }
+
+#[test]
+fn a_request_carries_the_principal_without_the_scheme() {
+    let id = crate::identity::SpiffeId::new("cluster.local", "shop", "frontend").unwrap();
+    let request = Request::new(Some(&id), "::ffff:10.0.0.1".parse().unwrap(), 80);
+    assert_eq!(request.principal.as_deref(), Some(CLIENT));
+    assert_eq!(request.namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        request.source_ip,
+        "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(Request::new(None, request.source_ip, 80).principal, None);
+}

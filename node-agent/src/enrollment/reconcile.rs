@@ -161,6 +161,7 @@ impl Reconciler {
             &mesh.node_name,
             &mesh.trust_domain,
         ));
+        mesh.authorizer.publish(snapshot.policies.clone());
         let node = mesh.node_name.clone();
         let desired: BTreeMap<PodKey, &Pod> = snapshot
             .pods

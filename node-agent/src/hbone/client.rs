@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
 };
@@ -27,7 +27,10 @@ use super::{
     CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION,
     SPREAD_CONNECTIONS, STREAM_WINDOW,
 };
-use crate::proxy::PodContext;
+use crate::{
+    authz::Authorization,
+    proxy::{ByteCounts, PodContext},
+};
 
 /// One pod's HBONE connections.
 #[derive(Default)]
@@ -186,9 +189,15 @@ fn pick_connection(loads: &[u32]) -> Option<usize> {
 // === impl HboneStream ===
 
 impl HboneStream {
-    /// Relays between `tcp` and this stream until both directions are done;
-    /// returns (bytes from `tcp`, bytes to `tcp`).
-    pub async fn relay(self, tcp: tokio::net::TcpStream) -> std::io::Result<(u64, u64)> {
+    /// Relays between `tcp` and this stream until both directions are done,
+    /// counting bytes from `tcp` as sent and bytes to it as received. The
+    /// verdict the destination's agent reports, if any, goes in `reported`.
+    pub async fn relay(
+        self,
+        tcp: &tokio::net::TcpStream,
+        counts: &ByteCounts,
+        reported: &OnceLock<Authorization>,
+    ) -> std::io::Result<()> {
         let Self {
             send,
             response,
@@ -200,6 +209,9 @@ impl HboneStream {
             let response = response
                 .await
                 .map_err(|e| std::io::Error::other(HboneError::H2 { addr, source: e }))?;
+            if let Some(authorization) = super::reported_authorization(response.headers()) {
+                let _ = reported.set(authorization);
+            }
             let status = response.status();
             if status != http::StatusCode::OK {
                 return Err(std::io::Error::other(HboneError::Refused {
@@ -210,7 +222,7 @@ impl HboneStream {
             }
             Ok(response.into_body())
         };
-        super::relay::relay(tcp, send, recv).await
+        super::relay::relay(tcp, send, recv, &counts.sent, &counts.received).await
     }
 }
 

@@ -5,14 +5,15 @@
 //! Bad requests fail their own stream only: a method other than CONNECT gets
 //! 405, a missing or unparseable authority or one that is not this pod gets
 //! 400, an oversized header block gets 431 (from h2), an application that
-//! cannot be reached gets 503.
+//! cannot be reached gets 503. A stream that authorization policy denies
+//! gets 403 (see `crate::authz`); the response reports the verdict.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use mesh_core::identity::SpiffeId;
+use mesh_core::{identity::SpiffeId, policy::Request as AuthzRequest};
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -24,8 +25,9 @@ use super::{
     MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
 };
 use crate::{
+    authz::{Authorization, Check, EnforcementPoint},
     connections::{Flow, Security},
-    proxy::{Direction, PodContext, UpstreamSource},
+    proxy::{ByteCounts, Direction, Finished, PodContext, UpstreamSource, until_revoked},
     tls,
 };
 
@@ -124,30 +126,12 @@ async fn serve_stream(
         Ok(dst) => dst,
         Err((status, why)) => {
             tracing::warn!(%status, reason = why, "HBONE request refused");
-            let _ = respond.send_response(response(status), true);
+            let _ = respond.send_response(response(status, None), true);
             return;
         }
     };
     counters.opened();
-    let from = UpstreamSource::Client(client.ip().to_canonical());
-    let upstream = match context.connect_upstream(dst, from).await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            counters.closed(0, 0, true);
-            tracing::warn!(%dst, %error, "HBONE destination unreachable");
-            let _ = respond.send_response(response(StatusCode::SERVICE_UNAVAILABLE), true);
-            return;
-        }
-    };
-    let send = match respond.send_response(response(StatusCode::OK), false) {
-        Ok(send) => send,
-        Err(error) => {
-            counters.closed(0, 0, true);
-            tracing::debug!(%error, "HBONE stream reset before it started");
-            return;
-        }
-    };
-    let flow = Flow {
+    let mut flow = Flow {
         direction: Direction::Inbound,
         pod: context.pod.to_string(),
         src: client,
@@ -155,19 +139,65 @@ async fn serve_stream(
         src_identity: Some(peer.to_string()),
         dst_identity: Some(context.identity.to_string()),
         security: Security::MutualTls,
+        authorization: None,
     };
-    match super::relay::relay(upstream, send, std::future::ready(Ok(request.into_body()))).await {
-        Ok((from_app, to_app)) => {
-            counters.closed(to_app, from_app, false);
-            context.connections.closed(flow, to_app, from_app, None);
-        }
-        Err(error) => {
-            counters.closed(0, 0, true);
+    let check = Check {
+        pod: &context.pod,
+        labels: &context.labels,
+        request: AuthzRequest::new(Some(&peer), client.ip(), dst.port()),
+        src: client,
+        dst,
+        point: EnforcementPoint::HboneInbound,
+    };
+    let admitted = match context.authorizer.check(check) {
+        Ok(admitted) => admitted,
+        Err(denied) => {
+            let _ = respond.send_response(response(StatusCode::FORBIDDEN, Some(&denied)), true);
+            let finished = Finished::denied(flow, denied, counters, &[]);
             context
                 .connections
-                .closed(flow, 0, 0, Some(error.to_string()));
+                .closed(finished.flow, 0, 0, finished.error);
+            return;
         }
-    }
+    };
+    flow.authorization = Some(admitted.authorization.clone());
+    let from = UpstreamSource::Client(client.ip().to_canonical());
+    let upstream = match context.connect_upstream(dst, from).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            counters.closed(0, 0, true);
+            tracing::warn!(%dst, %error, "HBONE destination unreachable");
+            let _ = respond.send_response(response(StatusCode::SERVICE_UNAVAILABLE, None), true);
+            return;
+        }
+    };
+    let ok = response(StatusCode::OK, Some(&admitted.authorization));
+    let send = match respond.send_response(ok, false) {
+        Ok(send) => send,
+        Err(error) => {
+            counters.closed(0, 0, true);
+            tracing::debug!(%error, "HBONE stream reset before it started");
+            return;
+        }
+    };
+    // The application is the destination: bytes to it were sent by the
+    // source, bytes from it are the source's to receive.
+    let counts = ByteCounts::default();
+    let relay = super::relay::relay(
+        &upstream,
+        send,
+        std::future::ready(Ok(request.into_body())),
+        &counts.received,
+        &counts.sent,
+    );
+    let end = until_revoked(relay, Some(&admitted)).await;
+    let finished = Finished::relayed(flow, &counts, end, counters, &[&upstream]);
+    context.connections.closed(
+        finished.flow,
+        finished.sent,
+        finished.received,
+        finished.error,
+    );
 }
 
 /// Where a CONNECT request may go: one of the pod's own addresses, on a port
@@ -205,8 +235,12 @@ fn connect_target(
     Ok(dst)
 }
 
-fn response(status: StatusCode) -> Response<()> {
+/// A CONNECT response; with the verdict reported when there is one.
+fn response(status: StatusCode, authorization: Option<&Authorization>) -> Response<()> {
     let mut response = Response::new(());
     *response.status_mut() = status;
+    if let Some(authorization) = authorization {
+        super::report_authorization(response.headers_mut(), authorization);
+    }
     response
 }

@@ -8,12 +8,13 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use mesh_core::workload::MtlsMode;
+use mesh_core::{policy::Request, workload::MtlsMode};
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::TcpStream;
 
-use super::{Finished, PodContext, ProxyError, UpstreamSource, relay};
+use super::{ByteCounts, Finished, PodContext, ProxyError, UpstreamSource, relay, until_revoked};
 use crate::{
+    authz::{Check, EnforcementPoint},
     connections::{Flow, Security},
     proxy::Direction,
 };
@@ -40,13 +41,13 @@ pub(super) async fn forward(
         .cloned();
     if context.mtls == MtlsMode::Strict && same_node_peer.is_none() {
         // A reset, not a quiet close: the client learns at once.
-        let _ = stream.set_zero_linger();
+        super::reset(&stream);
         return Err(ProxyError::StrictMtls {
             pod: context.pod.clone(),
             client,
         });
     }
-    let flow = Flow {
+    let mut flow = Flow {
         direction: Direction::Inbound,
         pod: context.pod.to_string(),
         src: client,
@@ -58,14 +59,38 @@ pub(super) async fn forward(
         } else {
             Security::Plaintext
         },
+        authorization: None,
     };
+    let stats = &context.stats.inbound;
+    // A meshed pod of this node is vouched for by this agent; anyone else
+    // has proved nothing and has no principal.
+    let check = Check {
+        pod: &context.pod,
+        labels: &context.labels,
+        request: Request::new(
+            same_node_peer.as_ref().map(|p| &p.identity),
+            client.ip(),
+            dst.port(),
+        ),
+        src: client,
+        dst,
+        point: EnforcementPoint::PlaintextInbound,
+    };
+    let admitted = match context.authorizer.check(check) {
+        Ok(admitted) => admitted,
+        Err(denied) => return Ok(Finished::denied(flow, denied, stats, &[&stream])),
+    };
+    flow.authorization = Some(admitted.authorization.clone());
     let upstream = context
         .connect_upstream(dst, UpstreamSource::Client(client.ip()))
         .await?;
-    let (sent, received) = relay(stream, upstream, &context.stats.inbound).await?;
-    Ok(Finished {
+    let counts = ByteCounts::default();
+    let end = until_revoked(relay(&stream, &upstream, &counts), Some(&admitted)).await;
+    Ok(Finished::relayed(
         flow,
-        sent,
-        received,
-    })
+        &counts,
+        end,
+        stats,
+        &[&stream, &upstream],
+    ))
 }

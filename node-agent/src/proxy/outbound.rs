@@ -2,13 +2,18 @@
 //! outbound listener, finds where the application meant to go, and takes the
 //! path the destination calls for (see the parent module).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
+use mesh_core::policy::Request;
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
-use super::{Finished, PodContext, ProxyError, UpstreamSource, relay};
+use super::{ByteCounts, Finished, PodContext, ProxyError, UpstreamSource, relay, until_revoked};
 use crate::{
+    authz::{Check, EnforcementPoint},
     connections::{Flow, Security},
     proxy::Direction,
 };
@@ -26,62 +31,81 @@ pub(super) async fn forward(
         .ok_or(ProxyError::NoOriginalDst { client })?;
     tracing::Span::current().record("dst", tracing::field::display(dst));
     let peer = context.workloads.current().by_ip(dst.ip()).cloned();
+    let src = SocketAddr::new(client.ip().to_canonical(), client.port());
     let mut flow = Flow {
         direction: Direction::Outbound,
         pod: context.pod.to_string(),
-        src: SocketAddr::new(client.ip().to_canonical(), client.port()),
+        src,
         dst,
         src_identity: Some(context.identity.to_string()),
         dst_identity: peer.as_ref().map(|p| p.identity.to_string()),
         security: Security::Plaintext,
+        authorization: None,
     };
     let stats = &context.stats.outbound;
+    let counts = ByteCounts::default();
     match peer {
         Some(peer) if !(peer.local && context.same_node_fast_path) => {
+            // The destination's agent authorizes the stream and reports its
+            // verdict in the CONNECT response.
             flow.security = Security::MutualTls;
             let hbone_addr = SocketAddr::new(dst.ip(), INBOUND_HBONE_PORT);
             let hbone = context
                 .hbone
                 .open_stream(&context, &peer.identity, hbone_addr, dst)
                 .await?;
-            match hbone.relay(stream).await {
-                Ok((sent, received)) => {
-                    stats.closed(sent, received, false);
-                    Ok(Finished {
-                        flow,
-                        sent,
-                        received,
-                    })
-                }
-                Err(error) => {
-                    stats.closed(0, 0, true);
-                    Err(ProxyError::Relay(error))
-                }
-            }
+            let reported = OnceLock::new();
+            let end = until_revoked(hbone.relay(&stream, &counts, &reported), None).await;
+            flow.authorization = reported.into_inner();
+            Ok(Finished::relayed(flow, &counts, end, stats, &[&stream]))
         }
-        peer => {
-            // A meshed pod of this node: straight to its application,
-            // past its inbound proxy, from the client pod's own address.
-            let from = match (
-                &peer,
-                context
-                    .pod_ips
-                    .iter()
-                    .find(|ip| ip.is_ipv4() == dst.is_ipv4()),
-            ) {
-                (Some(_), Some(pod_ip)) => UpstreamSource::PodBypassingInbound(*pod_ip),
-                _ => UpstreamSource::Pod,
+        Some(peer) => {
+            // A meshed pod of this node: this agent is the destination's
+            // agent too, so it authorizes here, then connects straight to
+            // the application, past its inbound proxy, from the client
+            // pod's own address.
+            flow.security = Security::SameNode;
+            let check = Check {
+                pod: &peer.key,
+                labels: &peer.labels,
+                request: Request::new(Some(&context.identity), src.ip(), dst.port()),
+                src,
+                dst,
+                point: EnforcementPoint::SameNodeOutbound,
             };
-            if peer.is_some() {
-                flow.security = Security::SameNode;
-            }
+            let admitted = match context.authorizer.check(check) {
+                Ok(admitted) => admitted,
+                Err(denied) => return Ok(Finished::denied(flow, denied, stats, &[&stream])),
+            };
+            flow.authorization = Some(admitted.authorization.clone());
+            let from = context
+                .pod_ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+                .map_or(UpstreamSource::Pod, |ip| {
+                    UpstreamSource::PodBypassingInbound(*ip)
+                });
             let upstream = context.connect_upstream(dst, from).await?;
-            let (sent, received) = relay(stream, upstream, stats).await?;
-            Ok(Finished {
+            let end = until_revoked(relay(&stream, &upstream, &counts), Some(&admitted)).await;
+            Ok(Finished::relayed(
                 flow,
-                sent,
-                received,
-            })
+                &counts,
+                end,
+                stats,
+                &[&stream, &upstream],
+            ))
+        }
+        None => {
+            // Outside the mesh: plaintext, straight there.
+            let upstream = context.connect_upstream(dst, UpstreamSource::Pod).await?;
+            let end = until_revoked(relay(&stream, &upstream, &counts), None).await;
+            Ok(Finished::relayed(
+                flow,
+                &counts,
+                end,
+                stats,
+                &[&stream, &upstream],
+            ))
         }
     }
 }
