@@ -183,7 +183,7 @@ impl Authorizer {
                 dst = %check.dst,
                 principal = check.request.principal.as_deref().unwrap_or("-"),
                 policy = %authorization.policy,
-                point = ?authorization.enforcement_point,
+                point = authorization.enforcement_point.as_str(),
                 reason = %authorization.reason,
                 "connection denied by authorization policy"
             );

@@ -30,7 +30,8 @@ pub struct Agent {
     pub config_path: PathBuf,
 }
 
-/// The local-config YAML that enrolls `pods`.
+/// The local-config YAML that enrolls `pods`. Each runs as the service
+/// account named like the pod and carries the label `app: <pod name>`.
 #[must_use]
 pub fn pods_yaml(pods: &[&Pod]) -> String {
     let mut yaml = String::from("pods:\n");
@@ -41,9 +42,10 @@ pub fn pods_yaml(pods: &[&Pod]) -> String {
         }
         let _ = write!(
             yaml,
-            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    ips: [{}]\n    netns: {}\n    node: {}\n",
+            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    labels: {{app: {}}}\n    ips: [{}]\n    netns: {}\n    node: {}\n",
             pod.name,
             pod.namespace,
+            pod.name,
             pod.name,
             ips.join(", "),
             pod.netns_path.display(),
@@ -183,6 +185,32 @@ impl Agent {
     /// One pod's entry in `/pods`.
     pub fn pod(&self, tb: &Testbed, name: &str) -> Option<Value> {
         self.pods(tb).into_iter().find(|p| p["name"] == name)
+    }
+
+    /// The connections the agent has closed, from `/connections`.
+    pub fn connections(&self, tb: &Testbed) -> Vec<Value> {
+        match self.get_json(tb, "/connections") {
+            Value::Array(records) => records,
+            other => panic!("/connections is not a list: {other}"),
+        }
+    }
+
+    /// Waits for a closed connection that `pred` accepts and returns it.
+    pub fn wait_connection(&self, tb: &Testbed, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            if let Some(record) = self.connections(tb).into_iter().find(|r| pred(r)) {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such connection on {}: {:?}\n{}",
+                self.node.name,
+                self.connections(tb),
+                self.proc.report()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// An eBPF counter from `/counters`.

@@ -57,6 +57,18 @@ pub fn try_send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> (bool, Valu
     (status.success(), sent, sender.report())
 }
 
+/// Starts `pod-tool ping` (a round trip every 50 ms for at most
+/// `max_secs`) from `client` to `to` and waits until its connection is up;
+/// its `ping_end` event tells how and when the connection ended.
+pub fn ping(tb: &Testbed, client: &Pod, to: &str, max_secs: u64) -> Proc {
+    let pinger = tb.spawn_in_pod(
+        client,
+        pod_tool(&["ping", "--to", to, "--max-secs", &max_secs.to_string()]),
+    );
+    pinger.wait_for_event("ping_up", WAIT);
+    pinger
+}
+
 /// The IP part of an `ip:port` or `[ip]:port` string.
 #[must_use]
 pub fn ip_of(addr: &str) -> &str {

@@ -17,7 +17,6 @@ use ambit_tests::{
     },
 };
 use mesh_core::identity::SpiffeId;
-use serde_json::Value;
 
 const MARKER: &str = "AMBIT-CLEARTEXT-MARKER-7d1f";
 
@@ -30,30 +29,6 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn identity(ns: &str, sa: &str) -> SpiffeId {
     SpiffeId::new("cluster.local", ns, sa).expect("valid id")
-}
-
-/// The connections an agent has closed, from its admin API.
-fn connections(agent: &Agent, tb: &Testbed) -> Vec<Value> {
-    match agent.get_json(tb, "/connections") {
-        Value::Array(records) => records,
-        other => panic!("/connections is not a list: {other}"),
-    }
-}
-
-fn wait_connection(agent: &Agent, tb: &Testbed, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(record) = connections(agent, tb).into_iter().find(|r| pred(r)) {
-            return record;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no such connection: {:?}\n{}",
-            connections(agent, tb),
-            agent.proc.report()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// tshark on the capture: every TCP payload between the nodes is TLS on
@@ -187,12 +162,12 @@ fn only_tls13_crosses_between_nodes_and_identities_are_recorded() {
     // Both agents recorded both identities and mutual TLS.
     let client_id = identity("shop", "client").to_string();
     let server_id = identity("shop", "server").to_string();
-    let out = wait_connection(&agent1, &tb, |r| {
+    let out = agent1.wait_connection(&tb, |r| {
         r["direction"] == "outbound" && r["security"] == "mutual_tls"
     });
     assert_eq!(out["src_identity"], client_id.as_str(), "{out}");
     assert_eq!(out["dst_identity"], server_id.as_str(), "{out}");
-    let inb = wait_connection(&agent2, &tb, |r| {
+    let inb = agent2.wait_connection(&tb, |r| {
         r["direction"] == "inbound" && r["security"] == "mutual_tls"
     });
     assert_eq!(inb["src_identity"], client_id.as_str(), "{inb}");
@@ -515,7 +490,7 @@ fn same_node_traffic_skips_tls_but_records_both_identities_unless_turned_off() {
             &["outbound", "inbound"]
         };
         for direction in directions {
-            let record = wait_connection(&agent, &tb, |r| r["direction"] == *direction);
+            let record = agent.wait_connection(&tb, |r| r["direction"] == *direction);
             assert_eq!(record["security"], security, "{args:?}: {record}");
             assert_eq!(record["src_identity"], client_id.as_str(), "{record}");
             assert_eq!(record["dst_identity"], server_id.as_str(), "{record}");

@@ -220,7 +220,7 @@ impl PolicySet {
             return Verdict {
                 decision: Decision::Allow,
                 policy: policy.key.to_string(),
-                reason: format!("allowed by {}", policy.key),
+                reason: format!("ALLOW policy {} matched", policy.key),
                 audited,
             };
         }
@@ -278,12 +278,12 @@ fn deny_reason(policy: &Policy, rule: &Rule) -> String {
         format!("{} fails closed: {}", policy.key, policy.status())
     } else if rule.needs_waypoint {
         format!(
-            "denied by {}, on its L4 fields only: {}",
+            "DENY policy {} matched on its L4 fields only: {}",
             policy.key,
             policy.status()
         )
     } else {
-        format!("denied by {}", policy.key)
+        format!("DENY policy {} matched", policy.key)
     }
 }
 

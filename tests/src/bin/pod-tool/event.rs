@@ -96,6 +96,17 @@ pub(crate) enum Event {
         /// How long they were held idle.
         held_secs: f64,
     },
+    /// `pod-tool ping`'s connection carried its first round trip.
+    PingUp { local: String, peer: String },
+    /// `pod-tool ping`'s connection ended, or the time was up.
+    PingEnd {
+        round_trips: u64,
+        /// `reset`, `eof`, `timeout` or `other`; `null` when the time was up.
+        kind: Option<String>,
+        error: Option<String>,
+        /// Since the connect started.
+        millis: u64,
+    },
     /// Nothing could be done at all.
     Error { error: String },
 }

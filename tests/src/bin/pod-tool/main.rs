@@ -9,6 +9,7 @@ mod hold;
 mod latency;
 mod open_files;
 mod original_dst;
+mod ping;
 mod rr;
 mod send;
 mod serve;
@@ -49,6 +50,9 @@ enum Command {
     /// Opens many connections, one round trip each, and holds them idle:
     /// what idle connections cost the proxies on their path.
     Hold(hold::Args),
+    /// One connection, a 1-byte round trip at an interval, until it is cut
+    /// or the time is up; reports how it ended.
+    Ping(ping::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +65,6 @@ fn main() -> ExitCode {
         Command::Rr(args) => rr::run(&args),
         Command::Crr(args) => crr::run(&args),
         Command::Hold(args) => hold::run(&args),
+        Command::Ping(args) => ping::run(&args),
     }
 }
