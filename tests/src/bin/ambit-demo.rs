@@ -1,4 +1,4 @@
-//! `ambit-demo`: a two-node meshed cluster on this host, six TCP flows
+//! `ambit-demo`: a two-node meshed cluster on this host, seven TCP flows
 //! through it, and a table of what the mesh did with each.
 //!
 //! The demo builds a test bed of simulated nodes and pods (network namespaces
@@ -15,7 +15,10 @@
 //! - how each flow was secured, with both ends' SPIFFE ids from the agents'
 //!   connection logs: mutual TLS (HBONE) between meshed pods of different
 //!   nodes, the same-node fast path between meshed pods of one node,
-//!   plaintext when one end is outside the mesh.
+//!   plaintext when one end is outside the mesh;
+//! - the authorization verdict and the policy that decided it: `shop/cache`
+//!   admits only the shop's frontend and backend, so the legacy batch job's
+//!   plaintext connection to it is refused.
 //!
 //! `cargo xtask demo` builds the release binaries and runs this as root.
 //! Exit status: 0 when every flow behaved as expected, 1 when one did not or
@@ -90,15 +93,31 @@ const PODS: [PodSpec; 4] = [
     },
 ];
 
-/// The flows, run one at a time: (source pod, destination pod).
-const FLOWS: [(&str, &str); 6] = [
-    ("frontend", "backend"),
-    ("frontend", "cache"),
-    ("batch", "backend"),
-    ("backend", "frontend"),
-    ("cache", "batch"),
-    ("backend", "cache"),
+/// The flows, run one at a time: (source pod, destination pod, whether
+/// policy allows it).
+const FLOWS: [(&str, &str, bool); 7] = [
+    ("frontend", "backend", true),
+    ("frontend", "cache", true),
+    ("batch", "backend", true),
+    ("backend", "frontend", true),
+    ("cache", "batch", true),
+    ("backend", "cache", true),
+    ("batch", "cache", false),
 ];
+
+/// The mesh's authorization policies: the cache admits the shop's frontend
+/// and backend only (by their SPIFFE ids); no policy selects the others.
+const POLICIES: &str = "policies:
+  - apiVersion: security.ambit.dev/v1alpha1
+    kind: AuthorizationPolicy
+    metadata: {name: cache-clients, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: cache}}
+      action: ALLOW
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend, cluster.local/ns/shop/sa/backend]}}]
+          to: [{operation: {ports: ['8080']}}]
+";
 
 #[derive(Parser)]
 #[command(
@@ -181,6 +200,12 @@ struct FlowReport {
     source_identity: Option<String>,
     /// The destination's SPIFFE id.
     destination_identity: Option<String>,
+    /// Whether policy should allow it.
+    expected_allowed: bool,
+    /// The authorization verdict the agents recorded: `allow` or `deny`,
+    /// and the deciding policy.
+    verdict: Option<String>,
+    policy: Option<String>,
     millis: Option<u64>,
     as_expected: bool,
     /// Why the flow is not as expected; empty when it is.
@@ -295,7 +320,7 @@ fn run_demo(
     let workloads = start_servers(testbed, pods, pod_tool)?;
 
     let mut flows = Vec::new();
-    for (number, (source, destination)) in FLOWS.iter().enumerate() {
+    for (number, (source, destination, allowed)) in FLOWS.iter().enumerate() {
         check_interrupted()?;
         let source = find_workload(&workloads, source);
         let destination = find_workload(&workloads, destination);
@@ -309,7 +334,7 @@ fn run_demo(
             destination.spec.name,
             human_bytes(FLOW_BYTES)
         ));
-        let flow = run_flow(testbed, agents, source, destination, pod_tool)?;
+        let flow = run_flow(testbed, agents, (source, destination, *allowed), pod_tool)?;
         progress(&format!("  {}", flow.result()));
         flows.push(flow);
     }
@@ -430,8 +455,7 @@ fn start_servers(
 fn run_flow(
     testbed: &Testbed,
     agents: &NodeAgents,
-    source: &Workload,
-    destination: &Workload,
+    (source, destination, allowed): (&Workload, &Workload, bool),
     pod_tool: &Path,
 ) -> Result<FlowReport, DemoError> {
     let source_before = agents.opened_connections(testbed, &source.pod)?;
@@ -465,17 +489,12 @@ fn run_flow(
     let echo_ok = sent.is_some_and(|sent| sent["echo_ok"] == true);
     let bytes_sent = sent.and_then(|sent| sent["bytes_sent"].as_u64());
     let bytes_received = sent.and_then(|sent| sent["bytes_received"].as_u64());
-    if !echo_ok {
-        problems.push(match (&client_error, bytes_received) {
-            (Some(error), _) => format!("client: {error}"),
-            (None, Some(received)) => format!(
-                "echo did not match ({} of {} back)",
-                human_bytes(received),
-                human_bytes(FLOW_BYTES)
-            ),
-            (None, None) => "the client reported nothing".to_owned(),
-        });
-    }
+    problems.extend(exchange_problem(
+        allowed,
+        echo_ok,
+        client_error.as_deref(),
+        bytes_received,
+    ));
 
     // The server reports a connection once both ends are closed; give it a
     // moment when the client says the exchange completed.
@@ -499,6 +518,9 @@ fn run_flow(
     if echo_ok && server_conn.is_none() {
         problems.push("the server reported no connection".to_owned());
     }
+    if !allowed && server_conn.is_some() {
+        problems.push("a connection that policy denies reached the server".to_owned());
+    }
 
     // Proxies count a connection when they accept it, before any byte moves,
     // so the counts are final once the exchange is over.
@@ -520,6 +542,8 @@ fn run_flow(
     if let Some(problem) = security_problem(source, destination, &security).filter(|_| echo_ok) {
         problems.push(problem);
     }
+    let (verdict, policy) = recorded_verdict(&record);
+    problems.extend(verdict_problem(destination, allowed, verdict.as_deref()));
 
     Ok(FlowReport {
         source: Endpoint::new(source, source.pod.ipv4.to_string()),
@@ -533,10 +557,63 @@ fn run_flow(
         security,
         source_identity: record["src_identity"].as_str().map(str::to_owned),
         destination_identity: record["dst_identity"].as_str().map(str::to_owned),
+        expected_allowed: allowed,
+        verdict,
+        policy,
         millis: sent.and_then(|sent| sent["millis"].as_u64()),
         as_expected: problems.is_empty(),
         problems,
         client_report: client.report(),
+    })
+}
+
+/// What is wrong with the exchange's outcome: an allowed flow must echo
+/// every byte; a denied one must not complete.
+fn exchange_problem(
+    allowed: bool,
+    echo_ok: bool,
+    client_error: Option<&str>,
+    bytes_received: Option<u64>,
+) -> Option<String> {
+    if !allowed {
+        return echo_ok
+            .then(|| "policy should have denied it, yet the exchange completed".to_owned());
+    }
+    if echo_ok {
+        return None;
+    }
+    Some(match (client_error, bytes_received) {
+        (Some(error), _) => format!("client: {error}"),
+        (None, Some(received)) => format!(
+            "echo did not match ({} of {} back)",
+            human_bytes(received),
+            human_bytes(FLOW_BYTES)
+        ),
+        (None, None) => "the client reported nothing".to_owned(),
+    })
+}
+
+/// The authorization verdict (`allow`/`deny`) and deciding policy in an
+/// agent's connection record.
+fn recorded_verdict(record: &Value) -> (Option<String>, Option<String>) {
+    let field = |name: &str| record["authorization"][name].as_str().map(str::to_owned);
+    (field("decision"), field("policy"))
+}
+
+/// What is wrong with the recorded verdict. Only a meshed destination's
+/// agent enforces policy; a destination outside the mesh has no verdict.
+fn verdict_problem(destination: &Workload, allowed: bool, verdict: Option<&str>) -> Option<String> {
+    let expected = match (destination.spec.enrolled, allowed) {
+        (false, _) => None,
+        (true, true) => Some("allow"),
+        (true, false) => Some("deny"),
+    };
+    (verdict != expected).then(|| {
+        format!(
+            "expected the verdict {}, the agents recorded {}",
+            expected.unwrap_or("none"),
+            verdict.unwrap_or("none")
+        )
     })
 }
 
@@ -733,6 +810,10 @@ fn render_report(report: &DemoReport) -> String {
                 human_bytes(flow.bytes_received),
                 flow.server_saw.clone().unwrap_or_else(|| "-".to_owned()),
                 flow.security.clone(),
+                match (&flow.verdict, &flow.policy) {
+                    (Some(verdict), Some(policy)) => format!("{verdict} ({policy})"),
+                    _ => "-".to_owned(),
+                },
                 format!(
                     "{} → {}",
                     short_identity(flow.source_identity.as_deref()),
@@ -753,6 +834,7 @@ fn render_report(report: &DemoReport) -> String {
             "RECEIVED",
             "SERVER SAW",
             "SECURITY",
+            "VERDICT (POLICY)",
             "IDENTITIES",
             "RESULT",
         ],
@@ -853,7 +935,8 @@ impl NodeAgents {
         pods: &[&Pod],
         meshed: &[&Pod],
     ) -> Result<(), DemoError> {
-        let agent = Agent::spawn(testbed, node, &mesh::pods_yaml(meshed), &[]);
+        let config = format!("{}{POLICIES}", mesh::pods_yaml(meshed));
+        let agent = Agent::spawn(testbed, node, &config, &[]);
         // Kept from here on, so a failed start still shows its output and stops cleanly.
         self.0.push(agent);
         let agent = self.0.last().expect("just pushed");
