@@ -3,11 +3,12 @@
 //! ```text
 //! ambit pods [-o table|json|yaml]        pods the agent knows: state, cookie, traffic
 //! ambit counters [-o table|json|yaml]    the eBPF programs' counters
+//! ambit policies [-o table|json|yaml]    authorization policies and their state
 //! ambit ca init --dir DIR [--trust-domain TD] [--validity-days N] [--force]
 //!                                        make a CA: DIR/ca.pem and DIR/ca-key.pem
 //! ```
 //!
-//! `pods` and `counters` read the agent's admin API (`--admin`, default
+//! `pods`, `counters` and `policies` read the agent's admin API (`--admin`, default
 //! `127.0.0.1:15000`, or `AMBIT_ADMIN_ADDR`), so run them in the agent's
 //! network namespace. Exit codes: 0 success, 1 the command failed (the agent
 //! could not be reached or answered an error, the CA files exist, ...),
@@ -53,6 +54,9 @@ enum Command {
     Pods,
     /// The eBPF programs' counters, summed over CPUs.
     Counters,
+    /// Authorization policies in force: accepted, failing closed (fields
+    /// that need a waypoint) or rejected (with the field at fault).
+    Policies,
     /// The mesh's certificate authority (local mode).
     Ca {
         #[command(subcommand)]
@@ -90,6 +94,7 @@ fn run(cli: &Cli) -> Result<String, Box<dyn Error>> {
     match &cli.command {
         Command::Pods => show(cli, "/pods", render::pods_table),
         Command::Counters => show(cli, "/counters", render::counters_table),
+        Command::Policies => show(cli, "/policies", render::policies_table),
         Command::Ca {
             command: ca::CaCommand::Init(args),
         } => Ok(ca::init(args)?.render(cli.output)),

@@ -102,6 +102,54 @@ pub fn counters_table(counters: &Value) -> String {
     table(&["COUNTER", "VALUE"], &rows)
 }
 
+/// `ambit policies` as a table.
+#[must_use]
+pub fn policies_table(policies: &Value) -> String {
+    let rows: Vec<Vec<String>> = policies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|policy| {
+            let selector = policy["selector"].as_object().map_or_else(
+                || "-".to_owned(),
+                |labels| {
+                    if labels.is_empty() {
+                        "(namespace)".to_owned()
+                    } else {
+                        labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", text(v)))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
+                },
+            );
+            let rules = policy["rules"].as_array().map_or(0, Vec::len);
+            vec![
+                text(&policy["key"]["namespace"]),
+                text(&policy["key"]["name"]),
+                text(&policy["action"]),
+                selector,
+                rules.to_string(),
+                text(&policy["state"]),
+                text(&policy["status"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "ACTION",
+            "SELECTOR",
+            "RULES",
+            "STATE",
+            "STATUS",
+        ],
+        &rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -453,4 +453,30 @@ fn a_bad_policy_is_rejected_and_fails_closed_while_the_others_apply() {
                 && l.contains("ipBlocks[0]")
         })
         .expect("the rejection names the policy and the field");
+
+    // `ambit policies` shows the same, as a table by default.
+    let ambit = Testbed::bin("ambit");
+    let ambit = ambit.to_str().expect("a UTF-8 path");
+    let out = tb.exec_in_netns(&n2.netns, &[ambit, "policies"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.starts_with("NAMESPACE  NAME"), "{table}");
+    let typo_row = table
+        .lines()
+        .find(|l| l.contains(" typo "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        typo_row.contains("rejected") && typo_row.contains("ipBlocks[0]"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("no-intruder") && l.contains("DENY") && l.contains("accepted")),
+        "{table}"
+    );
 }
