@@ -97,7 +97,7 @@ impl Cluster {
 
         // Each agent knows every meshed pod: it enrolls those on its node
         // and reaches the others over HBONE.
-        let meshed = [&pods.client, &pods.local_server, &pods.server];
+        let meshed = pods.meshed();
         progress("starting the node agent on n1 (enrolls client, local-server)");
         let client_agent = Agent::start(tb, &n1, &meshed, &[]);
         crate::check_interrupted()?;
@@ -177,6 +177,11 @@ impl Pods {
             &self.server,
             &self.server_direct,
         ]
+    }
+
+    /// The enrolled pods, as each agent's configuration lists them.
+    pub fn meshed(&self) -> [&Pod; 3] {
+        [&self.client, &self.local_server, &self.server]
     }
 
     fn servers(&self) -> [&Pod; 4] {

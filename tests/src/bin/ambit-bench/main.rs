@@ -8,7 +8,9 @@
 //! bulk throughput (`tput_1`, `tput_4`, iperf3); for meshed scenarios also
 //! the agents' CPU and memory, and in `mesh-cross-node` their memory with
 //! 1,000 idle connections open (`pod-tool hold`). Every scenario runs
-//! `--runs` times, interleaved, and each figure is the median.
+//! `--runs` times, interleaved, and each figure is the median. Then what
+//! authorization costs with 10,000 policies: evaluations per second in
+//! process, and the connection latency they add through the mesh.
 //! docs/benchmark.md explains every figure.
 //!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
@@ -22,6 +24,7 @@
 //! failed or the bench could not finish, 2 when this machine cannot host a
 //! test bed, 130 when interrupted. The test bed is removed in every case.
 
+mod authz;
 mod cluster;
 mod console;
 mod measure;
@@ -210,6 +213,7 @@ fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report,
             scenario_runs.push(scenario.run(&runner, testbed, &idle, number, &mut failures)?);
         }
     }
+    let authorization = authz::measure(&cluster, &runner, testbed, &mut failures)?;
     let reports = scenarios
         .iter()
         .zip(runs)
@@ -229,6 +233,7 @@ fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report,
         plan.idle_conns,
         durations,
         reports,
+        authorization,
         failures,
     ))
 }

@@ -162,7 +162,7 @@ fn tick_label(us: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Durations, LatencyCdf, ScenarioReport, median_report};
+    use crate::report::{AuthzReport, Durations, LatencyCdf, ScenarioReport, median_report};
 
     fn scenario(name: &'static str, scale: f64) -> ScenarioReport {
         let mut report = median_report(name, false, "c".into(), "s".into(), Vec::new());
@@ -197,7 +197,15 @@ mod tests {
             scenario("direct-cross-node", 30.0),
             scenario("mesh-cross-node", 100.0),
         ];
-        let report = Report::new(true, 3, 1000, durations, scenarios, Vec::new());
+        let report = Report::new(
+            true,
+            3,
+            1000,
+            durations,
+            scenarios,
+            AuthzReport::example(),
+            Vec::new(),
+        );
         let path =
             std::env::temp_dir().join(format!("ambit-bench-plot-{}.png", std::process::id()));
         latency_cdf(&report, &path).expect("draws");

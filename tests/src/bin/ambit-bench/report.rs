@@ -2,6 +2,7 @@
 //! runs, and each run's own), mesh/direct ratios, the targets, and their
 //! JSON and Markdown forms.
 
+mod authz;
 mod markdown;
 mod median;
 mod targets;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use authz::{AuthzFigures, AuthzReport, EndToEnd, EndToEndRun, EvalFigures};
 pub use markdown::render;
 pub use median::median_report;
 pub use targets::TargetResult;
@@ -32,6 +34,8 @@ pub struct Report {
     pub ratios: BTreeMap<&'static str, BTreeMap<&'static str, Option<f64>>>,
     /// The performance targets, evaluated on the medians.
     pub targets: Vec<TargetResult>,
+    /// What authorization costs with 10,000 policies.
+    pub authorization: AuthzReport,
     /// Measurements that failed; the run exits non-zero when there are any.
     pub failures: Vec<Failure>,
 }
@@ -200,9 +204,10 @@ pub struct Failure {
     /// The run (1 for the first); absent for a failure outside the runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<usize>,
-    /// The scenario.
+    /// The scenario, or `authorization` for the authorization cost.
     pub scenario: &'static str,
-    /// The test (`rr_1b`, …, `agent`, `idle_conns`, `capture`).
+    /// The test (`rr_1b`, …, `agent`, `idle_conns`, `capture`; for
+    /// `authorization`, `in_process`, `apply`, `restore`, `crr_with_policies`, …).
     pub test: &'static str,
     /// What went wrong.
     pub error: String,
@@ -345,6 +350,7 @@ impl Report {
         idle_conns: u32,
         durations: Durations,
         scenarios: Vec<ScenarioReport>,
+        authorization: AuthzReport,
         failures: Vec<Failure>,
     ) -> Self {
         let ratios = PAIRS
@@ -367,6 +373,7 @@ impl Report {
             scenarios,
             ratios,
             targets: Vec::new(),
+            authorization,
             failures,
         };
         report.targets = targets::evaluate(&report);

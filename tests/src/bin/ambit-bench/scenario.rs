@@ -370,24 +370,35 @@ impl Scenario<'_> {
         error: String,
         failures: &mut Vec<Failure>,
     ) {
-        progress(&format!(
-            "[{}/{}] {}: {test} failed: {}",
-            number.run,
-            number.of,
-            self.name,
-            error.lines().next().unwrap_or("")
-        ));
-        eprintln!(
-            "ambit-bench: run {}: {}: {test} failed: {error}",
-            number.run, self.name
-        );
-        failures.push(Failure {
-            run: Some(number.run),
-            scenario: self.name,
-            test,
-            error,
-        });
+        record_failure(failures, number, self.name, test, error);
     }
+}
+
+/// Records a failed test of run `number` of `scenario`: a progress line,
+/// the whole error in the log, and an entry in `failures`.
+pub fn record_failure(
+    failures: &mut Vec<Failure>,
+    number: RunNumber,
+    scenario: &'static str,
+    test: &'static str,
+    error: String,
+) {
+    progress(&format!(
+        "[{}/{}] {scenario}: {test} failed: {}",
+        number.run,
+        number.of,
+        error.lines().next().unwrap_or("")
+    ));
+    eprintln!(
+        "ambit-bench: run {}: {scenario}: {test} failed: {error}",
+        number.run
+    );
+    failures.push(Failure {
+        run: Some(number.run),
+        scenario,
+        test,
+        error,
+    });
 }
 
 /// An agent's figures for one run of a scenario.
@@ -439,14 +450,16 @@ impl Test {
     }
 }
 
-fn rr_summary(figures: &RrFigures) -> String {
+/// A progress line's summary of request/response figures.
+pub fn rr_summary(figures: &RrFigures) -> String {
     format!(
         "p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, {:.0} round trips/s",
         figures.p50_us, figures.p90_us, figures.p99_us, figures.rate
     )
 }
 
-fn crr_summary(figures: &CrrFigures) -> String {
+/// A progress line's summary of connection-rate figures.
+pub fn crr_summary(figures: &CrrFigures) -> String {
     let mut summary = format!(
         "{:.0} connections/s, p50 {:.1} µs, p99 {:.1} µs",
         figures.rate, figures.p50_us, figures.p99_us

@@ -4,7 +4,10 @@
 
 use std::fmt::Write as _;
 
-use super::{AGENT_METRICS, METRICS, Metric, PAIRS, Report, ScenarioReport, ScenarioRun};
+use super::{
+    AGENT_METRICS, AuthzFigures, AuthzReport, EndToEndRun, METRICS, Metric, PAIRS, Report,
+    ScenarioReport, ScenarioRun,
+};
 
 /// What the table shows for a figure that is missing.
 const MISSING: &str = "n/a";
@@ -90,6 +93,8 @@ pub fn render(report: &Report) -> String {
         out.push_str(&runs_table(report));
     }
 
+    out.push_str(&authorization(&report.authorization));
+
     if !report.failures.is_empty() {
         out.push_str("\n## Failures\n\n");
         for failure in &report.failures {
@@ -105,6 +110,130 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
+    out
+}
+
+/// A figure of the end-to-end comparison: (label, decimals, whether the
+/// sides are compared as a ratio rather than a difference, the figure).
+type AuthzFigure = (&'static str, usize, bool, fn(&AuthzFigures) -> Option<f64>);
+
+/// The end-to-end figures compared with and without the policies.
+const AUTHZ_FIGURES: [AuthzFigure; 4] = [
+    ("crr rate (conn/s)", 0, true, |f| f.crr.map(|c| c.rate)),
+    ("crr p50 (µs)", 1, false, |f| f.crr.map(|c| c.p50_us)),
+    ("crr p99 (µs)", 1, false, |f| f.crr.map(|c| c.p99_us)),
+    ("rr_1b p50 (µs)", 1, false, |f| f.rr_1b.map(|r| r.p50_us)),
+];
+
+/// The "Authorization cost" section: in process, then through the mesh.
+fn authorization(authz: &AuthzReport) -> String {
+    let mut out = format!(
+        "\n## Authorization cost\n\n{} policies: {} namespaces × {} (ALLOW, DENY and AUDIT on `app` selectors; \
+         exact, prefix and suffix principals, namespaces, IP blocks, ports) and {} mesh-wide in the root namespace.\n",
+        authz.policies,
+        authz.namespaces,
+        authz.policies.saturating_sub(authz.mesh_wide) / authz.namespaces.max(1),
+        authz.mesh_wide
+    );
+    out.push_str("\n### In process (`PolicySet::evaluate`, one thread)\n\n");
+    match &authz.in_process {
+        Some(f) => {
+            let rows = [
+                ("evaluations/s", format!("{:.0}", f.evaluations_per_sec)),
+                ("ns per evaluation", format!("{:.1}", f.ns_per_evaluation)),
+                (
+                    "policies applicable per evaluation (mean / max)",
+                    format!("{:.1} / {}", f.applicable_mean, f.applicable_max),
+                ),
+                (
+                    "workload/request pairs in turn (allowed)",
+                    format!("{} ({})", f.cases, f.allowed_cases),
+                ),
+                (
+                    "parse / compile / index (ms)",
+                    format!(
+                        "{:.1} / {:.1} / {:.1}",
+                        f.parse_ms, f.compile_ms, f.index_ms
+                    ),
+                ),
+            ];
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|(label, value)| vec![label.to_owned(), value])
+                .collect();
+            out.push_str(&render_table(
+                &["figure".to_owned(), "value".to_owned()],
+                &rows,
+            ));
+        }
+        None => out.push_str("Measurement failed.\n"),
+    }
+    out.push_str(&end_to_end(authz));
+    out
+}
+
+/// The comparison through the mesh, with and without the policies.
+fn end_to_end(authz: &AuthzReport) -> String {
+    let e2e = &authz.end_to_end;
+    let runs = e2e.runs.len();
+    let mut out = format!(
+        "\n### Through the mesh ({}, medians of {runs} run{})\n\n",
+        e2e.scenario,
+        if runs == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "{} policies in force on the server's agent (its `/policies` listed them {} after the configuration was written), \
+         {} of them apply to the server; `{}` allows the client. Each run measures both sides, one right after the other.\n",
+        e2e.policies_in_force
+            .map_or_else(|| MISSING.to_owned(), |n| n.to_string()),
+        e2e.apply_ms
+            .map_or_else(|| MISSING.to_owned(), |ms| format!("{ms:.0} ms")),
+        e2e.server_policies
+            .map_or_else(|| MISSING.to_owned(), |n| n.to_string()),
+        e2e.deciding_policy
+    );
+    let header = ["figure", "without policies", "with policies", "added"].map(str::to_owned);
+    let mut rows = Vec::new();
+    for (label, decimals, as_ratio, get) in AUTHZ_FIGURES {
+        let without = get(&e2e.without_policies);
+        let with = get(&e2e.with_policies);
+        let added = with.zip(without).map_or_else(
+            || MISSING.to_owned(),
+            |(with, without)| {
+                if as_ratio {
+                    if without > 0.0 {
+                        format!("{:.2}×", with / without)
+                    } else {
+                        MISSING.to_owned()
+                    }
+                } else {
+                    format!("{:+.decimals$}", with - without)
+                }
+            },
+        );
+        let value =
+            |v: Option<f64>| v.map_or_else(|| MISSING.to_owned(), |v| format!("{v:.decimals$}"));
+        rows.push(vec![label.to_owned(), value(without), value(with), added]);
+    }
+    let by_run = |get: fn(&EndToEndRun) -> AuthzFigures| {
+        e2e.runs
+            .iter()
+            .map(|run| {
+                get(run)
+                    .crr
+                    .map_or_else(|| MISSING.to_owned(), |crr| format!("{:.1}", crr.p50_us))
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    rows.push(vec![
+        "crr p50 run by run (µs)".to_owned(),
+        by_run(|run| run.without_policies),
+        by_run(|run| run.with_policies),
+        String::new(),
+    ]);
+    out.push_str(&render_table(&header, &rows));
     out
 }
 

@@ -59,7 +59,8 @@ fn median_count(values: impl IntoIterator<Item = u64>) -> Option<u64> {
     median(values.into_iter().map(|value| value as f64)).map(|value| value.round() as u64)
 }
 
-fn median_rr(runs: impl Iterator<Item = RrFigures> + Clone) -> Option<RrFigures> {
+/// The medians of request/response figures, field by field.
+pub fn median_rr(runs: impl Iterator<Item = RrFigures> + Clone) -> Option<RrFigures> {
     let field = |get: fn(&RrFigures) -> f64| median(runs.clone().map(|f| get(&f)));
     Some(RrFigures {
         p50_us: round(field(|f| f.p50_us)?, 3),
@@ -70,7 +71,8 @@ fn median_rr(runs: impl Iterator<Item = RrFigures> + Clone) -> Option<RrFigures>
     })
 }
 
-fn median_crr(runs: impl Iterator<Item = CrrFigures> + Clone) -> Option<CrrFigures> {
+/// The medians of connection-rate figures, field by field.
+pub fn median_crr(runs: impl Iterator<Item = CrrFigures> + Clone) -> Option<CrrFigures> {
     let field = |get: fn(&CrrFigures) -> f64| median(runs.clone().map(|f| get(&f)));
     Some(CrrFigures {
         rate: round(field(|f| f.rate)?, 1),

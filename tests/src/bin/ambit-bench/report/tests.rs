@@ -67,6 +67,7 @@ fn report() -> Report {
             scenario("direct-cross-node", false, 1.0),
             scenario("mesh-cross-node", true, 2.0),
         ],
+        AuthzReport::example(),
         Vec::new(),
     )
 }
@@ -178,4 +179,34 @@ fn markdown_shows_medians_ratios_verdicts_and_runs() {
     );
     // Direct rr_1b p50 in runs 1, 2, 3: 18, 20, 22 µs.
     assert!(markdown.contains("18.0 / 20.0 / 22.0"), "{markdown}");
+}
+
+#[test]
+fn authorization_cost_in_json_and_markdown() {
+    let report = report();
+    let json = serde_json::to_value(&report).expect("serializes");
+    let authz = &json["authorization"];
+    assert_eq!(authz["policies"], 10_004);
+    assert_eq!(authz["in_process"]["ns_per_evaluation"], 300.0);
+    let e2e = &authz["end_to_end"];
+    assert_eq!(e2e["scenario"], "mesh-cross-node");
+    assert_eq!(e2e["policies_in_force"], 10_004);
+    assert_eq!(e2e["apply_ms"], 420.0);
+    assert_eq!(e2e["crr_p50_added_us"], 6.0);
+    assert_eq!(e2e["crr_rate_ratio"], 0.99);
+    assert_eq!(e2e["rr_1b_p50_added_us"], 0.0);
+    assert!(e2e["with_policies"]["crr"]["p50_us"].is_number());
+    assert_eq!(e2e["runs"][1]["apply_ms"], serde_json::Value::Null);
+    let markdown = render(&report);
+    assert!(markdown.contains("## Authorization cost"), "{markdown}");
+    assert!(
+        markdown.contains("10004 policies: 1000 namespaces × 10"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| evaluations/s "), "{markdown}");
+    assert!(markdown.contains("| ns per evaluation "), "{markdown}");
+    assert!(markdown.contains("6.2 / 8"), "{markdown}");
+    assert!(markdown.contains("+6.0 |"), "{markdown}");
+    assert!(markdown.contains("0.99× |"), "{markdown}");
+    assert!(markdown.contains("600.0 / 600.0"), "{markdown}");
 }
