@@ -14,7 +14,7 @@ use crate::{
     authz::Authorizer,
     config::Config,
     connections::ConnectionLog,
-    ebpf::{EbpfError, MeshEbpf},
+    ebpf::{EbpfError, KernelSplice, MeshEbpf},
     enrollment::{
         Enroller, MeshSettings,
         reconcile::{PodStatusBoard, Reconciler},
@@ -23,6 +23,7 @@ use crate::{
     local_source,
     metrics::Metrics,
     netns::{Netns, NetnsError},
+    splice::{LocalPods, Splicer},
     workloads::SharedWorkloads,
 };
 
@@ -81,8 +82,13 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         trust_bundle: config.trust_bundle.clone(),
     };
     let certs = CertManager::load(&ca_files, config.cert_lifetime())?;
-    let mut ebpf = MeshEbpf::load(&config.bpffs_dir, &config.cgroup_root)?;
+    let mut ebpf = MeshEbpf::load(
+        &config.bpffs_dir,
+        &config.cgroup_root,
+        config.kernel_splice && config.same_node_fast_path,
+    )?;
     let log_forwarder = ebpf.take_log_forwarder();
+    let splice_events = ebpf.take_splice_events();
     let maps = ebpf.maps().clone();
     let connections = Arc::new(ConnectionLog::default());
     let metrics = Arc::new(Metrics::default());
@@ -91,15 +97,27 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         &config.root_namespace,
         metrics.clone(),
     ));
+    let workloads = Arc::new(SharedWorkloads::default());
+    let local_pods = Arc::new(LocalPods::default());
+    let splicer = Arc::new(Splicer::new(
+        *ebpf.kernel_splice() == KernelSplice::On,
+        maps.clone(),
+        authorizer.clone(),
+        workloads.clone(),
+        local_pods.clone(),
+        connections.clone(),
+    ));
     let mesh = MeshSettings {
         node_name: config.node_name.clone(),
         trust_domain: config.trust_domain.clone(),
         connect_timeout: config.connect_timeout(),
         same_node_fast_path: config.same_node_fast_path,
         certs: certs.clone(),
-        workloads: Arc::new(SharedWorkloads::default()),
+        workloads,
         connections: connections.clone(),
         authorizer: authorizer.clone(),
+        local_pods,
+        splicer: splicer.clone(),
     };
     let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
     let board = Arc::new(PodStatusBoard::default());
@@ -122,6 +140,9 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         if let Some(forwarder) = log_forwarder {
             tokio::spawn(forwarder.run());
+        }
+        if let Some(ring) = splice_events {
+            tokio::spawn(splicer.run_events(ring));
         }
         tracing::info!(admin = %config.admin_addr, node = %config.node_name, "ambit node agent ready");
         let reconciler = Reconciler::new(enroller, board);

@@ -46,6 +46,10 @@ pub enum EnforcementPoint {
     PlaintextInbound,
     /// The source pod's outbound proxy, for a destination on the same node.
     SameNodeOutbound,
+    /// The agent's direct-connection map: a same-node connection that
+    /// policy allows goes straight to its destination, spliced in the
+    /// kernel; one it denies goes through the agent (`same-node-outbound`).
+    SameNodeSplice,
 }
 
 /// The verdict on one connection, as the access log and the admin API show it.
@@ -239,6 +243,43 @@ impl Authorizer {
         revoked
     }
 
+    /// The policies in force.
+    #[must_use]
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        self.policies.current()
+    }
+
+    /// The verdict for `request` to a pod of `namespace` with `labels`,
+    /// without counting or logging it.
+    #[must_use]
+    pub fn evaluate(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        request: &Request,
+        point: EnforcementPoint,
+    ) -> Authorization {
+        let workload = Workload { namespace, labels };
+        self.attribute(self.policies.current().evaluate(workload, request), point)
+    }
+
+    /// Counts a decision taken elsewhere (the kernel splice) in the metrics.
+    pub fn count_decision(&self, authorization: &Authorization, namespace: &str) {
+        self.metrics
+            .authorization_decisions
+            .get_or_create(&Self::labels(authorization, namespace))
+            .inc();
+    }
+
+    /// Counts an open connection reset elsewhere (the kernel splice) because
+    /// the policies now deny it.
+    pub fn count_revocation(&self, authorization: &Authorization, namespace: &str) {
+        self.metrics
+            .authorization_revocations
+            .get_or_create(&Self::labels(authorization, namespace))
+            .inc();
+    }
+
     /// Every policy with its status.
     #[must_use]
     pub fn statuses(&self) -> Vec<PolicyStatus> {
@@ -361,6 +402,7 @@ impl EnforcementPoint {
             Self::HboneInbound => "hbone-inbound",
             Self::PlaintextInbound => "plaintext-inbound",
             Self::SameNodeOutbound => "same-node-outbound",
+            Self::SameNodeSplice => "same-node-splice",
         }
     }
 }

@@ -23,8 +23,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, Program, ProgramError, ProgramType, SkLookup,
+        CgroupAttachMode, Program, ProgramError, ProgramType, SkLookup, SkMsg,
         links::{FdLink, PinnedLink},
     },
 };
@@ -132,6 +133,18 @@ pub struct MeshEbpf {
     reused_cgroup_links: usize,
     maps: Arc<MeshMaps>,
     logger: Option<EbpfLogForwarder>,
+    splice: KernelSplice,
+    splice_events: Option<RingBuf<MapData>>,
+}
+
+/// Whether same-node connections are spliced in the kernel, and if not why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum KernelSplice {
+    /// `sk_msg` is attached to the splice sock hash.
+    On,
+    /// Off: turned off by a setting, or refused by the kernel (the reason).
+    Off(String),
 }
 
 /// Forwards the eBPF programs' log records (aya-log) into `tracing`. Must be
@@ -163,7 +176,15 @@ impl MeshEbpf {
     /// Loads the programs and maps, reusing pinned maps and attachments under
     /// `pin_dir` when a previous agent left them, then attaches whatever is
     /// not yet attached to `cgroup_root`.
-    pub fn load(pin_dir: &Path, cgroup_root: &Path) -> Result<Self, EbpfError> {
+    ///
+    /// With `kernel_splice`, `sk_msg` is loaded and attached too; a kernel
+    /// that refuses it leaves splicing off (see [`KernelSplice`]) and
+    /// everything else working.
+    pub fn load(
+        pin_dir: &Path,
+        cgroup_root: &Path,
+        kernel_splice: bool,
+    ) -> Result<Self, EbpfError> {
         preflight(|t| aya::sys::is_program_supported(t).unwrap_or(false))?;
         prepare_pin_dir(pin_dir)?;
         let mut bpf = EbpfLoader::new()
@@ -193,12 +214,26 @@ impl MeshEbpf {
             cgroup_links.push(attach_to_cgroup(&mut bpf, name, &cgroup, &path)?);
         }
         load_program(&mut bpf, program_names::SK_LOOKUP)?;
-        let maps = Arc::new(MeshMaps::take_from(&mut bpf)?);
+        let maps = MeshMaps::take_from(&mut bpf)?;
+        let splice_events = Some(maps::take_splice_events(&mut bpf)?);
+        let splice = if kernel_splice {
+            KernelSplice::from_attach(attach_sk_msg(&mut bpf, &maps))
+        } else {
+            KernelSplice::Off(
+                "turned off by a setting (--kernel-splice=false or --same-node-fast-path=false)"
+                    .to_owned(),
+            )
+        };
+        if let KernelSplice::Off(reason) = &splice {
+            tracing::warn!(%reason, "same-node connections are not spliced in the kernel; they go through the agent");
+        }
+        let maps = Arc::new(maps);
         tracing::info!(
             pin_dir = %pin_dir.display(),
             cgroup = %cgroup_root.display(),
             attached = CGROUP_PROGRAMS.len() - reused_cgroup_links,
             reused = reused_cgroup_links,
+            kernel_splice = splice == KernelSplice::On,
             "eBPF programs ready"
         );
         Ok(Self {
@@ -208,7 +243,21 @@ impl MeshEbpf {
             reused_cgroup_links,
             maps,
             logger,
+            splice,
+            splice_events,
         })
+    }
+
+    /// Whether same-node connections are spliced in the kernel.
+    #[must_use]
+    pub fn kernel_splice(&self) -> &KernelSplice {
+        &self.splice
+    }
+
+    /// The ring of spliced-connection events, for the one task that reads
+    /// it (once).
+    pub fn take_splice_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.splice_events.take()
     }
 
     /// The log forwarder, to be run on a runtime (once).
@@ -352,6 +401,21 @@ impl MeshEbpf {
     }
 }
 
+// === impl KernelSplice ===
+
+impl KernelSplice {
+    /// The state after trying to attach `sk_msg`.
+    #[must_use]
+    pub fn from_attach(result: Result<(), EbpfError>) -> Self {
+        match result {
+            Ok(()) => Self::On,
+            Err(error) => Self::Off(format!(
+                "the kernel refused the sk_msg program: {error} (sk_msg needs CONFIG_NET_SOCK_MSG and Linux 4.17 or later)"
+            )),
+        }
+    }
+}
+
 // === impl EbpfLogForwarder ===
 
 impl EbpfLogForwarder {
@@ -446,6 +510,7 @@ fn load_program(bpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
         Program::SockOps(p) => p.load(),
         Program::CgroupSockopt(p) => p.load(),
         Program::SkLookup(p) => p.load(),
+        Program::SkMsg(p) => p.load(),
         other => {
             return Err(EbpfError::MissingProgram {
                 name,
@@ -461,6 +526,39 @@ fn load_program(bpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
         name,
         source,
     })
+}
+
+/// Loads `sk_msg` and attaches it to the splice sock hash. The attachment
+/// lives as long as the map: a restarted agent that reuses the pinned map
+/// finds the previous agent's program still attached (`EBUSY`), which is
+/// as good.
+fn attach_sk_msg(bpf: &mut Ebpf, maps: &MeshMaps) -> Result<(), EbpfError> {
+    let name = program_names::SK_MSG;
+    load_program(bpf, name)?;
+    let program: &mut SkMsg = program_mut(bpf, name)?;
+    match program.attach(maps.splice_sockets.fd()) {
+        Ok(id) => {
+            // Owned by the map from now on, not by this process: an agent
+            // that keeps its state for an upgrade must leave it attached.
+            let link = program.take_link(id).map_err(|source| EbpfError::Program {
+                action: "attach",
+                name,
+                source,
+            })?;
+            std::mem::forget(link);
+            Ok(())
+        }
+        Err(ProgramError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::EBUSY) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(EbpfError::Program {
+            action: "attach",
+            name,
+            source,
+        }),
+    }
 }
 
 /// Loads a cgroup program, attaches it to `cgroup` and pins the link at `path`.

@@ -34,6 +34,7 @@ use crate::{
     netns::{Netns, NetnsError, NetnsSwitch},
     proxy::{Direction, PodContext, PodProxy},
     routing::{self, Families, RoutingError},
+    splice::{LocalPods, Splicer},
     stats::PodStats,
     workloads::SharedWorkloads,
 };
@@ -127,6 +128,10 @@ pub struct MeshSettings {
     pub connections: Arc<ConnectionLog>,
     /// Authorization policies, and the connections they let in.
     pub authorizer: Arc<Authorizer>,
+    /// The enrolled pods' proxy contexts, by address.
+    pub local_pods: Arc<LocalPods>,
+    /// The same-node kernel splice: direct-connection map and accounting.
+    pub splicer: Arc<Splicer>,
 }
 
 /// The sockets opened inside a pod at enrollment.
@@ -258,6 +263,7 @@ impl Enroller {
             hbone: HbonePool::default(),
             connections: self.mesh.connections.clone(),
         });
+        self.mesh.local_pods.insert(&context);
         let _runtime = self.data_plane.enter();
         let to_tokio = |listener: std::net::TcpListener| {
             let addr = listener
@@ -319,6 +325,7 @@ impl Enroller {
     fn teardown(&mut self, enrollment: PodEnrollment) {
         let maps = self.ebpf.maps();
         let key = enrollment.pod.key();
+        self.mesh.local_pods.remove(&enrollment.pod.ips);
         if let Err(error) = maps.unenroll_netns(enrollment.netns_cookie) {
             tracing::warn!(pod = %key, %error, "cannot turn capture off");
         }

@@ -31,6 +31,7 @@ pub mod netns;
 pub mod proxy;
 pub mod published;
 pub mod routing;
+pub mod splice;
 pub mod stats;
 mod sys;
 pub mod tls;

@@ -69,6 +69,11 @@ impl WorkloadIndex {
         Self { by_ip }
     }
 
+    /// Every address with its pod.
+    pub fn entries(&self) -> impl Iterator<Item = (IpAddr, &Arc<Workload>)> {
+        self.by_ip.iter().map(|(ip, w)| (*ip, w))
+    }
+
     /// The meshed pod with this address.
     #[must_use]
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {

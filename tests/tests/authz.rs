@@ -35,8 +35,19 @@ fn start_agents(
     pods: &[&Pod],
     yaml: &str,
 ) -> (Agent, Agent) {
+    start_agents_with(tb, nodes, pods, yaml, &[])
+}
+
+/// [`start_agents`] with extra agent arguments.
+fn start_agents_with(
+    tb: &Testbed,
+    nodes: [&ambit_tests::Node; 2],
+    pods: &[&Pod],
+    yaml: &str,
+    args: &[&str],
+) -> (Agent, Agent) {
     let [first, second] = nodes.map(|node| {
-        let agent = Agent::spawn(tb, node, yaml, &[]);
+        let agent = Agent::spawn(tb, node, yaml, args);
         agent.wait_ready(tb);
         for pod in pods.iter().filter(|p| p.node == node.name) {
             agent.wait_pod_state(tb, &pod.name, "enrolled", WAIT);
@@ -75,6 +86,20 @@ fn metric_value(agent: &Agent, tb: &Testbed, name: &str, labels: &[(&str, &str)]
                 .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
         })
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// A connection record says the policy `shop/no-shop` reset it at `point`.
+fn assert_reset_by_policy_change(record: &Value, point: &str) {
+    let verdict = &record["authorization"];
+    assert_eq!(verdict["decision"], "deny", "{record}");
+    assert_eq!(verdict["policy"], "shop/no-shop", "{record}");
+    assert_eq!(verdict["enforcement_point"], point, "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("policy change")),
+        "{record}"
+    );
 }
 
 fn is_inbound_from(record: &Value, client: &Pod) -> bool {
@@ -247,19 +272,44 @@ fn plaintext_has_no_principal_and_ip_blocks_match_it() {
 
 #[test]
 fn a_policy_change_resets_open_connections_it_now_denies() {
-    let mut tb = testbed_or_skip!("authz_revoke");
+    let tb = testbed_or_skip!("authz_revoke");
+    policy_change_resets_open_connections(tb, true);
+}
+
+#[test]
+fn a_policy_change_resets_open_connections_without_the_kernel_splice() {
+    let tb = testbed_or_skip!("authz_revoke_no_splice");
+    policy_change_resets_open_connections(tb, false);
+}
+
+/// Open connections across nodes (HBONE) and on one node (spliced in the
+/// kernel, or through the agent's outbound proxy) are cut when a new
+/// policy denies them, and only those.
+fn policy_change_resets_open_connections(mut tb: Testbed, kernel_splice: bool) {
     let ClientServer {
         n1,
         n2,
         client,
         server,
     } = client_and_server(&mut tb);
-    // On the server's node: the same-node fast path, enforced by the
-    // outbound proxy.
+    // On the server's node: the same-node fast path, spliced in the kernel
+    // or through the outbound proxy.
     let neighbor = tb.add_pod(&n2, "neighbor", "shop");
     let bystander = tb.add_pod(&n2, "bystander", "other");
     let pods = [&client, &server, &neighbor, &bystander];
-    let (_agent1, agent2) = start_agents(&tb, [&n1, &n2], &pods, &config(&pods, "  []\n"));
+    let splice_setting = format!("--kernel-splice={kernel_splice}");
+    let (_agent1, agent2) = start_agents_with(
+        &tb,
+        [&n1, &n2],
+        &pods,
+        &config(&pods, "  []\n"),
+        &[&splice_setting],
+    );
+    let same_node_point = if kernel_splice {
+        "same-node-splice"
+    } else {
+        "same-node-outbound"
+    };
     let _echo = serve(&tb, &server);
 
     let from_client = ping(&tb, &client, &echo_addr(&server), 60);
@@ -299,37 +349,20 @@ fn a_policy_change_resets_open_connections_it_now_denies() {
     );
 
     let revoked = agent2.wait_connection(&tb, |r| is_inbound_from(r, &client));
-    assert_eq!(revoked["authorization"]["decision"], "deny", "{revoked}");
-    assert_eq!(
-        revoked["authorization"]["policy"], "shop/no-shop",
-        "{revoked}"
-    );
-    assert!(
-        revoked["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("policy change")),
-        "{revoked}"
-    );
+    assert_reset_by_policy_change(&revoked, "hbone-inbound");
     assert!(
         revoked["bytes_sent"].as_u64().is_some_and(|b| b > 0),
         "bytes carried before the reset are counted: {revoked}"
     );
     let same_node = agent2.wait_connection(&tb, |r| is_outbound_from(r, &neighbor));
-    assert_eq!(
-        same_node["authorization"]["enforcement_point"], "same-node-outbound",
-        "{same_node}"
-    );
-    assert_eq!(
-        same_node["authorization"]["policy"], "shop/no-shop",
-        "{same_node}"
-    );
+    assert_reset_by_policy_change(&same_node, same_node_point);
     agent2
         .proc
         .wait_for_stderr_line(WAIT, |l| {
             l.contains("open connection reset: the new policies deny it")
         })
         .expect("the reset is logged");
-    for point in ["hbone-inbound", "same-node-outbound"] {
+    for point in ["hbone-inbound", same_node_point] {
         let labels = [("policy", "shop/no-shop"), ("enforcement_point", point)];
         let metric = "ambit_authorization_revocations_total";
         assert_eq!(

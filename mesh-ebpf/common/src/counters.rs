@@ -22,8 +22,20 @@ pub const ORIGINAL_DST_ANSWERED: u32 = 7;
 pub const INBOUND_STEERED: u32 = 8;
 /// `sk_lookup` left one of the inbound proxy's own connections alone.
 pub const INBOUND_BYPASSED: u32 = 9;
+/// `connect4/6` let a same-node connection go straight to its destination
+/// (policy allows the pair), to be spliced in the kernel.
+pub const CONNECT_DIRECT: u32 = 10;
+/// `sk_lookup` let a direct same-node connection reach the application.
+pub const INBOUND_DIRECT: u32 = 11;
+/// `sock_ops` added a direct connection's socket to the splice sock hash.
+pub const SOCKETS_SPLICED: u32 = 12;
+/// `sk_msg` handed a message straight to the peer socket.
+pub const MESSAGES_SPLICED: u32 = 13;
+/// `sk_msg` sent a message through TCP because the peer socket was not in
+/// the sock hash yet (the connection stays on TCP from then on).
+pub const MESSAGES_VIA_TCP: u32 = 14;
 /// Number of counters.
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 15;
 
 /// Human names, indexed like the constants above.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -37,4 +49,9 @@ pub const NAMES: [&str; COUNT as usize] = [
     "original_dst_answered",
     "inbound_steered",
     "inbound_bypassed",
+    "connect_direct",
+    "inbound_direct",
+    "sockets_spliced",
+    "messages_spliced",
+    "messages_via_tcp",
 ];

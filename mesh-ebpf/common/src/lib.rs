@@ -73,14 +73,28 @@ pub mod map_names {
     /// [`crate::SocketTuple`]s (netns cookie 0) of the inbound proxy's own
     /// connections to applications, which `sk_lookup` must not steer.
     pub const INBOUND_BYPASS: &str = "AMBIT_BYPASS";
+    /// [`crate::DirectVerdict`] by [`crate::DirectKey`]: the same-node pairs
+    /// that policy lets connect directly, spliced in the kernel.
+    pub const DIRECT: &str = "AMBIT_DIRECT";
+    /// Both sockets of every spliced connection, by their own
+    /// [`crate::SocketTuple`] (local as source, netns cookie 0).
+    pub const SPLICE_SOCKETS: &str = "AMBIT_SPLICE_SK";
+    /// [`crate::SpliceStats`] of open spliced connections, by the client's tuple.
+    pub const SPLICED: &str = "AMBIT_SPLICED";
+    /// [`crate::SpliceEvent`]s: spliced connections opening and closing.
+    pub const SPLICE_EVENTS: &str = "AMBIT_SPLICE_EV";
     /// Every map, in a stable order (for pinning and listing).
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 10] = [
         INBOUND_BYPASS,
         ENROLLED_NETNS,
         ORIG_DST_BY_COOKIE,
         ORIG_DST_BY_TUPLE,
         INBOUND_LISTENERS,
         COUNTERS,
+        DIRECT,
+        SPLICE_SOCKETS,
+        SPLICED,
+        SPLICE_EVENTS,
     ];
 }
 
@@ -104,6 +118,9 @@ pub mod program_names {
     pub const GETSOCKOPT: &str = "ambit_getsockopt";
     /// `sk_lookup`: steer connections arriving at a pod to the inbound listener.
     pub const SK_LOOKUP: &str = "ambit_sk_lookup";
+    /// `sk_msg` on the splice sock hash: hand each message of a spliced
+    /// connection straight to the peer socket.
+    pub const SK_MSG: &str = "ambit_sk_msg";
 }
 
 /// Value of the enrolled-netns map: presence turns capture on; the pod's
@@ -172,7 +189,82 @@ pub struct InboundListenerKey {
     pub pad: u16,
 }
 
+/// Key of the direct-connection map: a source pod address, a destination pod
+/// address and a destination port (0: every port without an entry of its
+/// own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DirectKey {
+    /// The source pod's address, network byte order.
+    pub src_addr: [u32; 4],
+    /// The destination pod's address, network byte order.
+    pub dst_addr: [u32; 4],
+    /// The destination port, host byte order; 0 for "any other port".
+    pub dst_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+}
+
+/// Value of the direct-connection map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectVerdict {
+    /// 1: the pair may connect directly and be spliced; 0: it may not (an
+    /// exact port entry that overrides the pair's port-0 entry).
+    pub allowed: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+}
+
+/// Byte counts of an open spliced connection, kept by `sk_msg`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// Bytes the client sent.
+    pub sent: u64,
+    /// Bytes the server sent.
+    pub received: u64,
+    /// `bpf_ktime_get_ns()` when the client's side was established.
+    pub opened_ns: u64,
+    /// [`SPLICE_FLAG_VIA_TCP`] once the client sent before the server's
+    /// socket was in the sock hash.
+    pub flags: u64,
+    /// The client socket's cookie: the agent names it when it resets the
+    /// connection, so that no other socket can be hit by mistake.
+    pub cookie: u64,
+}
+
+/// The client sent a message before the server's socket joined the sock
+/// hash; that message went through TCP, so every later one must too, or
+/// they could overtake it.
+pub const SPLICE_FLAG_VIA_TCP: u64 = 1;
+
+/// A spliced connection opened or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceEvent {
+    /// The client side's tuple (local as source, netns cookie 0).
+    pub tuple: SocketTuple,
+    /// The byte counts so far (final when closed).
+    pub stats: SpliceStats,
+    /// [`SPLICE_OPENED`] or [`SPLICE_CLOSED`].
+    pub kind: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+}
+
+/// [`SpliceEvent::kind`]: the client's side was established.
+pub const SPLICE_OPENED: u32 = 1;
+/// [`SpliceEvent::kind`]: the client's side closed.
+pub const SPLICE_CLOSED: u32 = 2;
+
 const _: () = assert!(core::mem::size_of::<EnrolledNetns>() == 24);
+const _: () = assert!(core::mem::size_of::<DirectKey>() == 40);
+const _: () = assert!(core::mem::size_of::<DirectVerdict>() == 8);
+const _: () = assert!(core::mem::size_of::<SpliceStats>() == 40);
+const _: () = assert!(core::mem::size_of::<SpliceEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<OriginalDst>() == 32);
 const _: () = assert!(core::mem::size_of::<SocketTuple>() == 48);
 const _: () = assert!(core::mem::size_of::<InboundListenerKey>() == 20);
@@ -188,6 +280,14 @@ mod pod_impls {
     unsafe impl aya::Pod for super::SocketTuple {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InboundListenerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectVerdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpliceStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpliceEvent {}
 }
 
 // === conversions between kernel layout and `core::net` ===
@@ -277,6 +377,68 @@ impl SocketTuple {
     }
 }
 
+impl SpliceEvent {
+    /// Reads an event as the eBPF side wrote it (native byte order);
+    /// `None` if `bytes` is too short.
+    #[must_use]
+    pub fn from_ne_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+        let u32_at = |at: usize| {
+            u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+        let words = |at: usize| [u32_at(at), u32_at(at + 4), u32_at(at + 8), u32_at(at + 12)];
+        let little = cfg!(target_endian = "little");
+        let u64_at = |at: usize| {
+            if little {
+                u64_at(at)
+            } else {
+                (u64::from(u32_at(at)) << 32) | u64::from(u32_at(at + 4))
+            }
+        };
+        Some(Self {
+            tuple: SocketTuple {
+                netns_cookie: u64_at(0),
+                src_addr: words(8),
+                dst_addr: words(24),
+                src_port: u16_at(40),
+                dst_port: u16_at(42),
+                family: u16_at(44),
+                pad: u16_at(46),
+            },
+            stats: SpliceStats {
+                sent: u64_at(48),
+                received: u64_at(56),
+                opened_ns: u64_at(64),
+                flags: u64_at(72),
+                cookie: u64_at(80),
+            },
+            kind: u32_at(88),
+            pad: u32_at(92),
+        })
+    }
+}
+
+impl DirectKey {
+    /// The key for `src` connecting to `dst` on `port` (0: any other port).
+    /// Both addresses must be of one family once IPv4-mapped ones are folded.
+    #[must_use]
+    pub fn new(src: IpAddr, dst: IpAddr, port: u16) -> Self {
+        let (src_addr, family) = addr_words(src.to_canonical());
+        let (dst_addr, _) = addr_words(dst.to_canonical());
+        Self {
+            src_addr,
+            dst_addr,
+            dst_port: port,
+            family,
+            pad: 0,
+        }
+    }
+}
+
 impl InboundListenerKey {
     /// The key for a pod address.
     #[must_use]
@@ -331,6 +493,36 @@ mod tests {
         );
         assert_eq!(folded, plain);
         assert_eq!(folded.family, AF_INET);
+    }
+
+    #[test]
+    fn splice_events_read_back_as_written() {
+        let event = SpliceEvent {
+            tuple: SocketTuple::new(
+                0,
+                "10.0.0.1:40000".parse().unwrap(),
+                "10.0.0.2:8080".parse().unwrap(),
+            ),
+            stats: SpliceStats {
+                sent: 1 << 40,
+                received: 7,
+                opened_ns: 123_456_789,
+                flags: SPLICE_FLAG_VIA_TCP,
+                cookie: 0x1234_5678_9abc,
+            },
+            kind: SPLICE_CLOSED,
+            pad: 0,
+        };
+        // SAFETY: SpliceEvent is repr(C), made of integers, with explicit
+        // padding; viewing it as bytes is what the kernel's ring does.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&raw const event).cast::<u8>(),
+                core::mem::size_of::<SpliceEvent>(),
+            )
+        };
+        assert_eq!(SpliceEvent::from_ne_bytes(bytes), Some(event));
+        assert_eq!(SpliceEvent::from_ne_bytes(&bytes[..10]), None);
     }
 
     #[test]

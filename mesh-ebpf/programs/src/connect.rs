@@ -23,7 +23,7 @@ use crate::{
         LOCALHOST_V4, LOCALHOST_V6, SockaddrIn, SockaddrIn6, fold, host_to_user_port, is_loopback_v4, mapped,
         read_words, user_port_to_host,
     },
-    maps::{ORIG_DST_BY_COOKIE, count, enrolled},
+    maps::{ORIG_DST_BY_COOKIE, count, direct_allowed, enrolled},
 };
 
 /// Entry point for `cgroup/connect4`. Never refuses a connect.
@@ -48,6 +48,14 @@ fn try_connect4(ctx: &SockAddrContext) {
     }
     let port = user_port_to_host(sa.user_port);
     let Some((netns_cookie, pod)) = capture_decision(ctx) else { return };
+    if pod.ipv4 != 0 && direct_allowed(AF_INET, [pod.ipv4, 0, 0, 0], [sa.user_ip4, 0, 0, 0], port) {
+        // A same-node destination policy allows: straight there, from the
+        // pod's address, to be spliced by sock_ops and sk_msg.
+        let mut local = SockaddrIn { family: AF_INET, port: 0, addr: pod.ipv4, zero: [0; 8] };
+        bind_to_pod(ctx, (&raw mut local).cast(), core::mem::size_of::<SockaddrIn>());
+        count(counters::CONNECT_DIRECT);
+        return;
+    }
     let original = OriginalDst { addr: [sa.user_ip4, 0, 0, 0], port, family: AF_INET, pad: 0, netns_cookie };
     if record(ctx, &original) {
         if pod.ipv4 != 0 {
@@ -75,6 +83,13 @@ fn try_connect6(ctx: &SockAddrContext) {
     }
     let port = user_port_to_host(sa.user_port);
     let Some((netns_cookie, pod)) = capture_decision(ctx) else { return };
+    let pod_addr = if family == AF_INET { [pod.ipv4, 0, 0, 0] } else { pod.ipv6 };
+    if pod_addr != [0; 4] && direct_allowed(family, pod_addr, folded, port) {
+        // As for IPv4; the socket keeps the address the kernel picks (the
+        // pod's own: it has one interface).
+        count(counters::CONNECT_DIRECT);
+        return;
+    }
     let original = OriginalDst { addr: folded, port, family, pad: 0, netns_cookie };
     if record(ctx, &original) {
         let local_addr = if family == AF_INET { (pod.ipv4 != 0).then(|| mapped(pod.ipv4)) } else { (pod.ipv6 != [0; 4]).then_some(pod.ipv6) };

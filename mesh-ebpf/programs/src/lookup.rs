@@ -7,7 +7,9 @@
 //! client (listed in the bypass map: they come from the client's address
 //! over loopback, but the kernel reports the pod interface as their ingress
 //! because the destination is the pod's address), and connections to the
-//! mesh ports, so the agent's listeners there receive their own traffic.
+//! mesh ports, so the agent's listeners there receive their own traffic,
+//! and direct connections from a same-node pod that policy allows (they are
+//! spliced in the kernel instead, see `splice`).
 
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
 use mesh_ebpf_common::{
@@ -16,7 +18,7 @@ use mesh_ebpf_common::{
 
 use crate::{
     addr::read_words,
-    maps::{INBOUND_BYPASS, INBOUND_LISTENERS, count},
+    maps::{INBOUND_BYPASS, INBOUND_LISTENERS, count, direct_allowed},
 };
 
 /// Entry point for `sk_lookup`. Always passes: either a socket was selected
@@ -61,6 +63,11 @@ fn try_sk_lookup(ctx: &SkLookupContext) {
     };
     if INBOUND_BYPASS.get_ptr(&own).is_some() {
         count(counters::INBOUND_BYPASSED);
+        return;
+    }
+    if direct_allowed(family, remote, addr, port) {
+        // A same-node pod that policy lets connect directly.
+        count(counters::INBOUND_DIRECT);
         return;
     }
     let key = InboundListenerKey { addr, family, pad: 0 };

@@ -10,6 +10,7 @@
 //! | `ambit_bind4/6` | `cgroup/bind4/6` | keep applications off the mesh ports |
 //! | `ambit_getsockopt` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` |
 //! | `ambit_sk_lookup` | `sk_lookup` (per pod netns) | steer connections arriving at a pod to the agent's inbound listener |
+//! | `ambit_sk_msg` | `sk_msg` on `AMBIT_SPLICE_SK` | splice direct same-node connections socket to socket |
 
 #![no_std]
 #![no_main]
@@ -22,6 +23,7 @@ mod maps;
 mod peer;
 mod sockopt;
 mod sockops;
+mod splice;
 
 #[cfg(not(test))]
 #[panic_handler]

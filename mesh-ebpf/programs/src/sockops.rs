@@ -8,11 +8,13 @@
 //!   in its network namespace. The agent takes that entry when it accepts.
 //! - When it closes, drop the socket-cookie entry (`getpeername` needed it
 //!   until then).
+//! - For direct same-node connections, splice both sockets (`splice`).
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::bpf_get_socket_cookie,
@@ -24,6 +26,7 @@ use mesh_ebpf_common::{AF_INET, SocketTuple, counters};
 use crate::{
     addr::{fold, read_words},
     maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count},
+    splice,
 };
 
 /// Entry point for `sockops`.
@@ -35,8 +38,15 @@ pub fn ambit_sock_ops(ctx: SockOpsContext) -> u32 {
 
 fn try_sock_ops(ctx: &SockOpsContext) {
     let op = ctx.op();
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB {
-        return;
+    match op {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => splice::client_established(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            splice::server_established(ctx);
+            return;
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => splice::closed(ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB | BPF_SOCK_OPS_STATE_CB => {}
+        _ => return,
     }
     // SAFETY: the helper only reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

@@ -9,10 +9,11 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
 };
 use mesh_ebpf_common::{
-    EnrolledNetns, InboundListenerKey, OriginalDst, SocketTuple, counters, map_names,
+    DirectKey, DirectVerdict, EnrolledNetns, InboundListenerKey, OriginalDst, SocketTuple,
+    SpliceStats, counters, map_names,
 };
 
 use super::EbpfError;
@@ -33,31 +34,65 @@ pub struct MeshMaps {
     inbound_listeners: Mutex<SockHash<MapData, InboundListenerKey>>,
     inbound_bypass: Mutex<HashMap<MapData, SocketTuple, u32>>,
     counters: PerCpuArray<MapData, u64>,
+    direct: Mutex<HashMap<MapData, DirectKey, DirectVerdict>>,
+    spliced: Mutex<HashMap<MapData, SocketTuple, SpliceStats>>,
+    /// Kept for attaching `sk_msg`, which attaches to the map itself.
+    pub(super) splice_sockets: SockHash<MapData, SocketTuple>,
 }
 
 // === impl MeshMaps ===
 
 impl MeshMaps {
     pub(super) fn take_from(bpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
-            bpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, EbpfError> {
-            let map = bpf.take_map(name).ok_or(EbpfError::Map {
-                name,
-                source: MapError::InvalidName {
-                    name: name.to_owned(),
-                },
-            })?;
-            T::try_from(map).map_err(|source| EbpfError::Map { name, source })
-        }
         Ok(Self {
             enrolled: Mutex::new(take(bpf, map_names::ENROLLED_NETNS)?),
             original_dst: Mutex::new(take(bpf, map_names::ORIG_DST_BY_TUPLE)?),
             inbound_listeners: Mutex::new(take(bpf, map_names::INBOUND_LISTENERS)?),
             inbound_bypass: Mutex::new(take(bpf, map_names::INBOUND_BYPASS)?),
             counters: take(bpf, map_names::COUNTERS)?,
+            direct: Mutex::new(take(bpf, map_names::DIRECT)?),
+            spliced: Mutex::new(take(bpf, map_names::SPLICED)?),
+            splice_sockets: take(bpf, map_names::SPLICE_SOCKETS)?,
         })
+    }
+
+    /// Makes the direct-connection map equal to `entries`: what is no longer
+    /// there is removed first, so a pair policy now denies stops being
+    /// spliced before anything new is allowed.
+    pub fn set_direct(
+        &self,
+        entries: &std::collections::HashMap<DirectKey, DirectVerdict>,
+    ) -> Result<(), MapOpError> {
+        let mut map = lock(&self.direct);
+        let stale: Vec<DirectKey> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, value)| entries.get(key) != Some(value))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &stale {
+            ignore_missing(map.remove(key)).map_err(|source| MapOpError {
+                action: "remove",
+                map: map_names::DIRECT,
+                source,
+            })?;
+        }
+        for (key, value) in entries {
+            if map.get(key, 0).ok().as_ref() != Some(value) {
+                map.insert(key, value, 0).map_err(|source| MapOpError {
+                    action: "insert",
+                    map: map_names::DIRECT,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open spliced connections: the client's tuple and the counts so far.
+    #[must_use]
+    pub fn open_splices(&self) -> Vec<(SocketTuple, SpliceStats)> {
+        lock(&self.spliced).iter().filter_map(Result::ok).collect()
     }
 
     /// Turns capture on for the network namespace with this cookie, whose
@@ -160,6 +195,25 @@ impl MeshMaps {
             })
             .collect()
     }
+}
+
+/// Takes the map `name` out of the loaded object, typed.
+pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, EbpfError> {
+    let map = bpf.take_map(name).ok_or(EbpfError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| EbpfError::Map { name, source })
+}
+
+/// The ring of spliced-connection events, for the one task that reads it.
+pub(super) fn take_splice_events(bpf: &mut Ebpf) -> Result<RingBuf<MapData>, EbpfError> {
+    take(bpf, map_names::SPLICE_EVENTS)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -162,6 +162,7 @@ impl Reconciler {
             &mesh.trust_domain,
         ));
         mesh.authorizer.publish(snapshot.policies.clone());
+        mesh.splicer.update();
         let node = mesh.node_name.clone();
         let desired: BTreeMap<PodKey, &Pod> = snapshot
             .pods

@@ -78,10 +78,14 @@ fn round_trip(stream: &mut std::net::TcpStream) -> io::Result<()> {
     stream.read_exact(&mut reply)
 }
 
-/// How the connection ended, in one word: `reset`, `eof` or `timeout`.
+/// How the connection ended, in one word: `reset` (also an abort, which is
+/// what the kernel reports when the mesh destroys a socket), `eof` or
+/// `timeout`.
 fn describe(error: &io::Error) -> &'static str {
     match error.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "reset",
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => "reset",
         io::ErrorKind::UnexpectedEof => "eof",
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timeout",
         _ => "other",

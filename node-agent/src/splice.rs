@@ -1,0 +1,300 @@
+//! The same-node fast path in the kernel, the agent's side (the eBPF side
+//! is `mesh-ebpf/programs/src/splice.rs`).
+//!
+//! - From the policies in force, the agent writes `AMBIT_DIRECT`: every
+//!   (source pod, destination pod, port) of this node that policy allows.
+//!   Those connections skip both proxies and are spliced socket to socket by
+//!   `sk_msg`; any other connection goes through the agent, which enforces
+//!   policy as usual. A connection that policy denies is never spliced.
+//! - `sk_msg` counts every byte of a spliced connection; the agent reads the
+//!   counts from the open and close events and keeps its per-pod counters,
+//!   connection log and metrics as if it had carried the bytes itself.
+//! - When the policies change, pairs no longer allowed leave the map first;
+//!   open spliced connections the new policies deny are aborted
+//!   (`SOCK_DESTROY` on the client's socket, which resets the server's),
+//!   counted and logged.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use aya::maps::{MapData, RingBuf};
+use mesh_core::policy::{Decision, PolicySet, Request, Workload as PolicyWorkload};
+use mesh_ebpf_common::{
+    DirectKey, DirectVerdict, SPLICE_CLOSED, SPLICE_OPENED, SocketTuple, SpliceEvent,
+};
+
+use crate::{
+    authz::{Authorization, Authorizer, EnforcementPoint},
+    connections::{ConnectionLog, Flow, Security},
+    ebpf::MeshMaps,
+    proxy::{Direction, PodContext},
+    workloads::{SharedWorkloads, Workload},
+};
+
+mod destroy;
+
+/// The enrolled pods of this node, by address: where a spliced connection's
+/// counts and records go, and whose namespace its sockets live in.
+#[derive(Default)]
+pub struct LocalPods(Mutex<HashMap<IpAddr, Arc<PodContext>>>);
+
+/// Keeps the direct-connection map in line with policy and accounts for the
+/// spliced connections.
+pub struct Splicer {
+    enabled: bool,
+    maps: Arc<MeshMaps>,
+    authorizer: Arc<Authorizer>,
+    workloads: Arc<SharedWorkloads>,
+    pods: Arc<LocalPods>,
+    connections: Arc<ConnectionLog>,
+    /// Spliced connections reset by a policy change, by client tuple, with
+    /// the verdict that reset them; taken when their close is reported.
+    revoked: Mutex<HashMap<SocketTuple, Authorization>>,
+}
+
+// === impl LocalPods ===
+
+impl LocalPods {
+    /// Registers an enrolled pod's proxies' context under its addresses.
+    pub fn insert(&self, context: &Arc<PodContext>) {
+        let mut pods = lock(&self.0);
+        for ip in &context.pod_ips {
+            pods.insert(*ip, context.clone());
+        }
+    }
+
+    /// Forgets the pod with these addresses.
+    pub fn remove(&self, ips: &[IpAddr]) {
+        let mut pods = lock(&self.0);
+        for ip in ips {
+            pods.remove(&ip.to_canonical());
+        }
+    }
+
+    fn get(&self, ip: IpAddr) -> Option<Arc<PodContext>> {
+        lock(&self.0).get(&ip.to_canonical()).cloned()
+    }
+}
+
+// === impl Splicer ===
+
+impl Splicer {
+    /// A splicer; with `enabled` false the direct map stays empty and every
+    /// connection goes through the agent.
+    #[must_use]
+    pub fn new(
+        enabled: bool,
+        maps: Arc<MeshMaps>,
+        authorizer: Arc<Authorizer>,
+        workloads: Arc<SharedWorkloads>,
+        pods: Arc<LocalPods>,
+        connections: Arc<ConnectionLog>,
+    ) -> Self {
+        Self {
+            enabled,
+            maps,
+            authorizer,
+            workloads,
+            pods,
+            connections,
+            revoked: Mutex::default(),
+        }
+    }
+
+    /// Rewrites the direct-connection map from the policies and pods in
+    /// force, then resets the open spliced connections the policies deny.
+    pub fn update(&self) {
+        if !self.enabled {
+            return;
+        }
+        let policies = self.authorizer.policy_set();
+        let local: Vec<(IpAddr, Arc<Workload>)> = self
+            .workloads
+            .current()
+            .entries()
+            .filter(|(_, w)| w.local)
+            .map(|(ip, w)| (ip, w.clone()))
+            .collect();
+        let entries = direct_entries(&policies, &local);
+        if let Err(error) = self.maps.set_direct(&entries) {
+            tracing::error!(%error, "cannot update the direct-connection map; same-node splicing may lag behind policy");
+        }
+        self.revoke_denied();
+    }
+
+    /// Reads the spliced-connection events until the task is dropped.
+    pub async fn run_events(self: Arc<Self>, ring: RingBuf<MapData>) {
+        let Ok(mut ready) = crate::sys::async_readable(ring) else {
+            tracing::warn!(
+                "cannot poll the splice event ring; spliced connections are not counted"
+            );
+            return;
+        };
+        loop {
+            let Ok(mut guard) = ready.readable_mut().await else {
+                return;
+            };
+            while let Some(item) = guard.get_inner_mut().next() {
+                if let Some(event) = parse_event(&item) {
+                    self.account(&event);
+                }
+            }
+            guard.clear_ready();
+        }
+    }
+
+    fn account(&self, event: &SpliceEvent) {
+        let (Some(src), Some(dst)) = (event.tuple.src(), event.tuple.dst()) else {
+            return;
+        };
+        let Some(client) = self.pods.get(src.ip()) else {
+            return;
+        };
+        let stats = &client.stats.outbound;
+        match event.kind {
+            SPLICE_OPENED => {
+                stats.opened();
+                if let Some(authorization) = self.verdict(src, dst) {
+                    self.authorizer
+                        .count_decision(&authorization, &dst_namespace(&self.workloads, dst));
+                }
+            }
+            SPLICE_CLOSED => {
+                let revoked = lock(&self.revoked).remove(&event.tuple);
+                let (sent, received) = (event.stats.sent, event.stats.received);
+                stats.closed(sent, received, revoked.is_some());
+                let peer = self.workloads.current().by_ip(dst.ip()).cloned();
+                let error = revoked.as_ref().map(|a| {
+                    stats.revoked();
+                    format!("reset: a policy change denies it ({})", a.reason)
+                });
+                let flow = Flow {
+                    direction: Direction::Outbound,
+                    pod: client.pod.to_string(),
+                    src,
+                    dst,
+                    src_identity: Some(client.identity.to_string()),
+                    dst_identity: peer.map(|p| p.identity.to_string()),
+                    security: Security::SameNode,
+                    authorization: revoked.or_else(|| self.verdict(src, dst)),
+                };
+                self.connections.closed(flow, sent, received, error);
+            }
+            _ => {}
+        }
+    }
+
+    /// The verdict for `src` connecting to `dst` under the policies in force.
+    fn verdict(&self, src: SocketAddr, dst: SocketAddr) -> Option<Authorization> {
+        let workloads = self.workloads.current();
+        let client = workloads.by_ip(src.ip())?;
+        let server = workloads.by_ip(dst.ip())?;
+        Some(self.authorizer.evaluate(
+            &server.key.namespace,
+            &server.labels,
+            &Request::new(Some(&client.identity), src.ip(), dst.port()),
+            EnforcementPoint::SameNodeSplice,
+        ))
+    }
+
+    fn revoke_denied(&self) {
+        for (tuple, stats) in self.maps.open_splices() {
+            let (Some(src), Some(dst)) = (tuple.src(), tuple.dst()) else {
+                continue;
+            };
+            let Some(authorization) = self.verdict(src, dst) else {
+                continue;
+            };
+            if authorization.decision == Decision::Allow {
+                continue;
+            }
+            tracing::warn!(%src, %dst, policy = %authorization.policy, reason = %authorization.reason, "open connection reset: the new policies deny it");
+            self.authorizer
+                .count_revocation(&authorization, &dst_namespace(&self.workloads, dst));
+            lock(&self.revoked).insert(tuple, authorization);
+            // The client's socket is aborted; the abort resets the server's.
+            let Some(client) = self.pods.get(src.ip()) else {
+                continue;
+            };
+            if let Err(error) = destroy::destroy(&client.sockets, src, dst, stats.cookie) {
+                tracing::warn!(%src, %dst, %error, "cannot reset a spliced connection");
+            }
+        }
+    }
+}
+
+/// The direct-connection entries for the local pods `local` under
+/// `policies`: for each ordered pair of different pods of one family, the
+/// ports the destination's policies name get entries of their own, and
+/// port 0 stands for every other port.
+#[must_use]
+pub fn direct_entries(
+    policies: &PolicySet,
+    local: &[(IpAddr, Arc<Workload>)],
+) -> HashMap<DirectKey, DirectVerdict> {
+    let mut entries = HashMap::new();
+    for (dst_ip, dst) in local {
+        let workload = PolicyWorkload {
+            namespace: &dst.key.namespace,
+            labels: &dst.labels,
+        };
+        let named_ports = named_ports(policies, workload);
+        // Rules only tell the ports they name apart; any other port stands
+        // for all the rest.
+        let other_port = (1..=u16::MAX)
+            .find(|p| !named_ports.contains(p))
+            .unwrap_or(1);
+        for (src_ip, src) in local {
+            if src.key == dst.key || src_ip.is_ipv4() != dst_ip.is_ipv4() {
+                continue;
+            }
+            let allowed = |port| {
+                let request = Request::new(Some(&src.identity), *src_ip, port);
+                u32::from(policies.evaluate(workload, &request).decision == Decision::Allow)
+            };
+            let verdict = |allowed| DirectVerdict { allowed, pad: 0 };
+            let others = allowed(other_port);
+            entries.insert(DirectKey::new(*src_ip, *dst_ip, 0), verdict(others));
+            for port in &named_ports {
+                let this = allowed(*port);
+                if this != others {
+                    entries.insert(DirectKey::new(*src_ip, *dst_ip, *port), verdict(this));
+                }
+            }
+        }
+    }
+    entries
+}
+
+/// Every port named (in `ports` or `notPorts`) by a policy that applies to
+/// `workload`.
+fn named_ports(policies: &PolicySet, workload: PolicyWorkload<'_>) -> BTreeSet<u16> {
+    policies
+        .applicable(workload)
+        .flat_map(|policy| policy.rules.iter())
+        .flat_map(|rule| rule.to.iter())
+        .flat_map(|operation| operation.ports.iter().chain(&operation.not_ports))
+        .copied()
+        .collect()
+}
+
+fn dst_namespace(workloads: &SharedWorkloads, dst: SocketAddr) -> String {
+    workloads
+        .current()
+        .by_ip(dst.ip())
+        .map(|w| w.key.namespace.clone())
+        .unwrap_or_default()
+}
+
+fn parse_event(bytes: &[u8]) -> Option<SpliceEvent> {
+    SpliceEvent::from_ne_bytes(bytes)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
