@@ -119,9 +119,11 @@ pub struct Config {
     pub same_node_fast_path: bool,
     /// Let same-node connections that policy allows go straight to their
     /// destination, spliced socket to socket in the kernel (`sk_msg`), past
-    /// both proxies. Off, with the same-node fast path off, or on a kernel
-    /// that refuses `sk_msg`, they go through the agent.
-    #[arg(long, env = env::KERNEL_SPLICE, default_value_t = true, num_args = 0..=1,
+    /// both proxies. Off (the default: a spliced socket's blocking read can
+    /// return a spurious `EAGAIN`, see docs/performance.md), with the
+    /// same-node fast path off, or on a kernel that refuses `sk_msg`, they
+    /// go through the agent.
+    #[arg(long, env = env::KERNEL_SPLICE, default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub kernel_splice: bool,
     /// The mesh's root namespace: its authorization policies apply to every

@@ -649,3 +649,22 @@ fn program_type_name(program_type: ProgramType) -> &'static str {
         _ => "an eBPF program type",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_sk_msg_leaves_splicing_off_with_the_reason() {
+        let refused = EbpfError::MissingProgram {
+            name: program_names::SK_MSG,
+            source: ProgramError::UnexpectedProgramType,
+        };
+        let KernelSplice::Off(reason) = KernelSplice::from_attach(Err(refused)) else {
+            panic!("splicing must be off");
+        };
+        assert!(reason.contains("refused the sk_msg program"), "{reason}");
+        assert!(reason.contains("ambit_sk_msg"), "{reason}");
+        assert_eq!(KernelSplice::from_attach(Ok(())), KernelSplice::On);
+    }
+}

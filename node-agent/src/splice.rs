@@ -298,3 +298,74 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mesh_core::{
+        identity::SpiffeId,
+        policy::{PolicySet, compile_all},
+        workload::{MtlsMode, PodKey},
+    };
+
+    use super::*;
+
+    fn pod(name: &str, ip: &str) -> (IpAddr, Arc<Workload>) {
+        let workload = Workload {
+            key: PodKey {
+                namespace: "shop".to_owned(),
+                name: name.to_owned(),
+            },
+            identity: SpiffeId::new("cluster.local", "shop", name).unwrap(),
+            local: true,
+            mtls: MtlsMode::Permissive,
+            labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
+        };
+        (ip.parse().unwrap(), Arc::new(workload))
+    }
+
+    fn allowed(
+        entries: &HashMap<DirectKey, DirectVerdict>,
+        src: &str,
+        dst: &str,
+        port: u16,
+    ) -> Option<u32> {
+        entries
+            .get(&DirectKey::new(
+                src.parse().unwrap(),
+                dst.parse().unwrap(),
+                port,
+            ))
+            .map(|v| v.allowed)
+    }
+
+    #[test]
+    fn only_pairs_and_ports_policy_allows_go_direct() {
+        let values: Vec<serde_yaml::Value> = serde_yaml::from_str(
+            "- metadata: {name: no-client-on-80, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: server}}
+    action: DENY
+    rules: [{from: [{source: {principals: ['*/sa/client']}}], to: [{operation: {ports: ['80']}}]}]",
+        )
+        .unwrap();
+        let policies = PolicySet::new(compile_all(&values), "ambit-system");
+        let local = [
+            pod("client", "10.0.0.1"),
+            pod("server", "10.0.0.2"),
+            pod("v6", "fd00::3"),
+        ];
+        let entries = direct_entries(&policies, &local);
+        // Other ports: allowed; port 80 has an entry of its own that denies.
+        assert_eq!(allowed(&entries, "10.0.0.1", "10.0.0.2", 0), Some(1));
+        assert_eq!(allowed(&entries, "10.0.0.1", "10.0.0.2", 80), Some(0));
+        // The policy selects the server only.
+        assert_eq!(allowed(&entries, "10.0.0.2", "10.0.0.1", 0), Some(1));
+        assert_eq!(allowed(&entries, "10.0.0.2", "10.0.0.1", 80), None);
+        // No pair across families, none with itself.
+        assert_eq!(allowed(&entries, "10.0.0.1", "fd00::3", 0), None);
+        assert_eq!(allowed(&entries, "10.0.0.1", "10.0.0.1", 0), None);
+        assert_eq!(entries.len(), 3);
+    }
+}

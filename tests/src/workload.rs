@@ -34,7 +34,12 @@ pub fn serve(tb: &Testbed, pod: &Pod) -> Proc {
 /// Sends `bytes` from `client` to `to`, checks every byte came back, and
 /// returns pod-tool's report.
 pub fn send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> Value {
-    let (ok, sent, report) = try_send(tb, client, to, bytes);
+    send_with(tb, client, to, bytes, &[])
+}
+
+/// [`send`] with more `pod-tool send` arguments.
+pub fn send_with(tb: &Testbed, client: &Pod, to: &str, bytes: u64, args: &[&str]) -> Value {
+    let (ok, sent, report) = try_send_with(tb, client, to, bytes, args);
     assert!(ok, "send to {to} failed: {sent}\n{report}");
     assert_eq!(sent["echo_ok"], true, "{sent}");
     assert_eq!(sent["bytes_sent"], bytes, "{sent}");
@@ -45,10 +50,21 @@ pub fn send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> Value {
 /// Like [`send`] without the checks: (exited successfully, report line or
 /// `null`, process report for failure messages).
 pub fn try_send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> (bool, Value, String) {
-    let sender = tb.spawn_in_pod(
-        client,
-        pod_tool(&["send", "--to", to, "--bytes", &bytes.to_string()]),
-    );
+    try_send_with(tb, client, to, bytes, &[])
+}
+
+/// [`try_send`] with more `pod-tool send` arguments.
+pub fn try_send_with(
+    tb: &Testbed,
+    client: &Pod,
+    to: &str,
+    bytes: u64,
+    args: &[&str],
+) -> (bool, Value, String) {
+    let bytes = bytes.to_string();
+    let mut command = vec!["send", "--to", to, "--bytes", &bytes];
+    command.extend_from_slice(args);
+    let sender = tb.spawn_in_pod(client, pod_tool(&command));
     let (status, lines) = sender.output_json_lines(Duration::from_mins(2));
     let sent = lines
         .into_iter()

@@ -25,6 +25,12 @@ pub(crate) struct Args {
     /// Put this `SO_MARK` on the socket (e.g. 0x539, the mesh's own mark).
     #[arg(long, value_parser = parse_u32)]
     mark: Option<u32>,
+    /// Read again when a blocking read returns `EAGAIN` before the timeout.
+    /// A socket spliced by `sk_msg` does that when another thread's
+    /// half-close wakes the reader (the kernel's `tcp_bpf_recvmsg` waits
+    /// once and gives up); see docs/performance.md.
+    #[arg(long)]
+    retry_spurious_eagain: bool,
 }
 
 /// What the two halves of an exchange saw.
@@ -55,7 +61,11 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let peer = stream
         .peer_addr()
         .map_or_else(|error| format!("error: {error}"), |addr| addr.to_string());
-    let exchange = exchange(&stream, args.bytes);
+    let exchange = exchange(
+        &stream,
+        args.bytes,
+        args.retry_spurious_eagain.then_some(timeout),
+    );
     let echo_ok = exchange.error.is_none()
         && exchange.pattern_ok
         && exchange.sent == args.bytes
@@ -90,8 +100,9 @@ fn connect(to: SocketAddr, mark: Option<u32>, timeout: Duration) -> io::Result<T
 }
 
 /// Sends `total` pattern bytes and half-closes on one thread while reading
-/// the echo to its end on this one.
-fn exchange(stream: &TcpStream, total: u64) -> Exchange {
+/// the echo to its end on this one (retrying `EAGAIN` within `retry_until`
+/// when given).
+fn exchange(stream: &TcpStream, total: u64, retry_until: Option<Duration>) -> Exchange {
     let writer = match stream.try_clone() {
         Ok(writer) => writer,
         Err(error) => {
@@ -104,7 +115,7 @@ fn exchange(stream: &TcpStream, total: u64) -> Exchange {
         }
     };
     let sender = std::thread::spawn(move || send_pattern(writer, total));
-    let (received, pattern_ok, read_error) = receive_pattern(stream);
+    let (received, pattern_ok, read_error) = receive_pattern(stream, retry_until);
     let (sent, write_error) = sender
         .join()
         .unwrap_or((0, Some("sender thread panicked".to_owned())));
@@ -137,7 +148,11 @@ fn send_pattern(mut stream: TcpStream, total: u64) -> (u64, Option<String>) {
     (sent, error)
 }
 
-fn receive_pattern(mut stream: &TcpStream) -> (u64, bool, Option<String>) {
+fn receive_pattern(
+    mut stream: &TcpStream,
+    retry_until: Option<Duration>,
+) -> (u64, bool, Option<String>) {
+    let started = Instant::now();
     let mut buf = vec![0; CHUNK];
     let mut expected = vec![0; CHUNK];
     let mut received = 0;
@@ -147,6 +162,12 @@ fn receive_pattern(mut stream: &TcpStream) -> (u64, bool, Option<String>) {
             Ok(0) => return (received, pattern_ok, None),
             Ok(n) => n,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if error.kind() == io::ErrorKind::WouldBlock
+                    && retry_until.is_some_and(|limit| started.elapsed() < limit) =>
+            {
+                continue;
+            }
             Err(error) => {
                 return (
                     received,
