@@ -60,7 +60,7 @@ enum Task {
     /// Run setup, build the release binaries and run `ambit-bench`, which
     /// measures the mesh against direct traffic (as root; see docs/benchmark.md).
     Bench {
-        /// Short tests (0.7 s each, median of 3 runs): the whole run takes under 2 minutes.
+        /// Short tests (0.7 s each, median of 3 runs): the whole run takes about 2½ minutes.
         #[arg(long)]
         quick: bool,
         /// Extra arguments for `ambit-bench`, given after `--`.

@@ -1,16 +1,21 @@
 //! The bench's cluster: two nodes, a meshed and an unmeshed client on `n1`,
-//! meshed and unmeshed servers on both nodes, one node agent per node, and
-//! the request/response servers the tests talk to.
+//! meshed and unmeshed servers on both nodes, a meshed client and server
+//! pair on `n2` for the kernel splice, one node agent per node, and the
+//! request/response servers the tests talk to.
 //!
 //! ```text
 //!  n1: client (enrolled)         local-server (enrolled)
 //!      client-direct             local-server-direct
 //!  n2: server (enrolled)         server-direct
+//!      splice-client (enrolled)  splice-server (enrolled)
 //! ```
 //!
 //! The `-direct` pods are not enrolled, so the agents leave their traffic
 //! alone although they run: direct and meshed figures come from one test
-//! bed, one kernel and one moment.
+//! bed, one kernel and one moment. The agent on `n2` runs with
+//! `--kernel-splice`, so same-node connections between its pods skip both
+//! proxies; the one on `n1` keeps the default, so its same-node traffic
+//! goes through the agent.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -39,6 +44,10 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kubernetes namespace of every pod.
 const NAMESPACE: &str = "bench";
 
+/// The agent setting that splices same-node connections in the kernel,
+/// given to the agent on `n2` only.
+const KERNEL_SPLICE: &str = "--kernel-splice";
+
 /// Set in every pod: a connection-rate test opens a connection per
 /// iteration, and without reuse the client's `TIME_WAIT` sockets would use up
 /// its ephemeral ports within a few seconds.
@@ -58,6 +67,11 @@ pub struct Pods {
     pub server: Pod,
     /// `n2`, not enrolled: the direct cross-node server.
     pub server_direct: Pod,
+    /// `n2`, enrolled: the client whose same-node connections the kernel
+    /// splices.
+    pub splice_client: Pod,
+    /// `n2`, enrolled: its server.
+    pub splice_server: Pod,
 }
 
 /// The running cluster. Dropping it stops the agents politely (so they
@@ -67,7 +81,8 @@ pub struct Cluster {
     pub pods: Pods,
     /// The agent on `n1` (client side, and both sides of same-node traffic).
     pub client_agent: Agent,
-    /// The agent on `n2` (server side of cross-node traffic).
+    /// The agent on `n2` (server side of cross-node traffic, and the one
+    /// that splices same-node connections in the kernel: `--kernel-splice`).
     pub server_agent: Agent,
     /// `rr-server`s in the server pods; killed with the test bed.
     _servers: Vec<Proc>,
@@ -88,6 +103,8 @@ impl Cluster {
             local_server_direct: tb.add_pod(&n1, "local-server-direct", NAMESPACE),
             server: tb.add_pod(&n2, "server", NAMESPACE),
             server_direct: tb.add_pod(&n2, "server-direct", NAMESPACE),
+            splice_client: tb.add_pod(&n2, "splice-client", NAMESPACE),
+            splice_server: tb.add_pod(&n2, "splice-server", NAMESPACE),
         };
         for pod in pods.all() {
             set_sysctls(pod)?;
@@ -101,8 +118,10 @@ impl Cluster {
         progress("starting the node agent on n1 (enrolls client, local-server)");
         let client_agent = Agent::start(tb, &n1, &meshed, &[]);
         crate::check_interrupted()?;
-        progress("starting the node agent on n2 (enrolls server)");
-        let server_agent = Agent::start(tb, &n2, &meshed, &[]);
+        progress(&format!(
+            "starting the node agent on n2 with {KERNEL_SPLICE} (enrolls server, splice-client, splice-server)"
+        ));
+        let server_agent = Agent::start(tb, &n2, &meshed, &[KERNEL_SPLICE]);
         crate::check_interrupted()?;
 
         progress(&format!(
@@ -168,7 +187,7 @@ impl Drop for Cluster {
 // === impl Pods ===
 
 impl Pods {
-    fn all(&self) -> [&Pod; 6] {
+    fn all(&self) -> [&Pod; 8] {
         [
             &self.client,
             &self.client_direct,
@@ -176,20 +195,29 @@ impl Pods {
             &self.local_server_direct,
             &self.server,
             &self.server_direct,
+            &self.splice_client,
+            &self.splice_server,
         ]
     }
 
     /// The enrolled pods, as each agent's configuration lists them.
-    pub fn meshed(&self) -> [&Pod; 3] {
-        [&self.client, &self.local_server, &self.server]
+    pub fn meshed(&self) -> [&Pod; 5] {
+        [
+            &self.client,
+            &self.local_server,
+            &self.server,
+            &self.splice_client,
+            &self.splice_server,
+        ]
     }
 
-    fn servers(&self) -> [&Pod; 4] {
+    fn servers(&self) -> [&Pod; 5] {
         [
             &self.local_server,
             &self.local_server_direct,
             &self.server,
             &self.server_direct,
+            &self.splice_server,
         ]
     }
 }

@@ -7,7 +7,10 @@
 //! `rr_1b_x8`, `pod-tool rr`), connection rate (`crr`, `pod-tool crr`) and
 //! bulk throughput (`tput_1`, `tput_4`, iperf3); for meshed scenarios also
 //! the agents' CPU and memory, and in `mesh-cross-node` their memory with
-//! 1,000 idle connections open (`pod-tool hold`). Every scenario runs
+//! 1,000 idle connections open (`pod-tool hold`). On one node the meshed
+//! traffic is measured twice: through the agent (`mesh-same-node`, on `n1`)
+//! and spliced in the kernel (`mesh-same-node-splice`, on `n2`, whose agent
+//! runs with `--kernel-splice`). Every scenario runs
 //! `--runs` times, interleaved, and each figure is the median. Then what
 //! authorization costs with 10,000 policies: evaluations per second in
 //! process, and the connection latency they add through the mesh.
@@ -62,7 +65,7 @@ const LATENCY_PLOT: &str = "latency.png";
 )]
 struct Cli {
     /// Short tests (0.7 s each after 0.2 s of warm-up; the whole bench
-    /// under 2 minutes); the figures are noisier.
+    /// about 2 minutes); the figures are noisier.
     #[arg(long)]
     quick: bool,
     /// Runs of every scenario, interleaved (run 1 of all scenarios, then

@@ -1,7 +1,8 @@
 //! `latency.png`: the `rr_1b` round-trip time distributions, direct and
-//! meshed, cross-node and same-node, as CDFs on a log time axis. Each curve
-//! is one real run's (the one with the median p50), as `pod-tool rr`
-//! reported it.
+//! meshed, cross-node and same-node (the same-node panel with both meshed
+//! paths: through the agent, and spliced in the kernel), as CDFs on a log
+//! time axis. Each curve is one real run's (the one with the median p50), as
+//! `pod-tool rr` reported it.
 //!
 //! Text is drawn with Debian's `DejaVu Sans` (`fonts-dejavu-core`), loaded
 //! from its file: no font discovery, so no fontconfig.
@@ -22,9 +23,13 @@ const FONT_FAMILY: &str = "sans-serif";
 /// The image's size in pixels.
 const SIZE: (u32, u32) = (1400, 620);
 
-/// Curve colours: direct, mesh.
-const DIRECT_COLOUR: RGBColor = RGBColor(31, 119, 180);
-const MESH_COLOUR: RGBColor = RGBColor(214, 39, 40);
+/// Curve colours, by place in a panel: direct, mesh, a second meshed path
+/// (the kernel splice).
+const COLOURS: [RGBColor; 3] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+];
 
 /// Loads the font; call once, before drawing.
 pub fn load_font() -> Result<(), String> {
@@ -52,10 +57,11 @@ pub fn latency_cdf(report: &Report, path: &Path) -> Result<(), String> {
         .titled(&title, (FONT_FAMILY, 24))
         .map_err(|error| error.to_string())?;
     let (x_min, x_max) = x_range(report);
-    let panels = root.split_evenly((1, PAIRS.len()));
-    for (panel, (pair, mesh, direct)) in panels.iter().zip(PAIRS) {
+    let panel_scenarios = panels();
+    let areas = root.split_evenly((1, panel_scenarios.len()));
+    for (panel, (caption, scenarios)) in areas.iter().zip(panel_scenarios) {
         let mut chart = ChartBuilder::on(panel)
-            .caption(pair, (FONT_FAMILY, 22))
+            .caption(caption, (FONT_FAMILY, 22))
             .margin(16)
             .x_label_area_size(50)
             .y_label_area_size(64)
@@ -75,7 +81,7 @@ pub fn latency_cdf(report: &Report, path: &Path) -> Result<(), String> {
             .draw()
             .map_err(|error| error.to_string())?;
         let mut drew = false;
-        for (name, colour) in [(direct, DIRECT_COLOUR), (mesh, MESH_COLOUR)] {
+        for (name, colour) in scenarios.into_iter().zip(COLOURS) {
             let Some(scenario) = report.scenario(name) else {
                 continue;
             };
@@ -123,6 +129,23 @@ pub fn latency_cdf(report: &Report, path: &Path) -> Result<(), String> {
         }
     }
     root.present().map_err(|error| error.to_string())
+}
+
+/// The panels, from [`PAIRS`]: one per direct scenario, captioned with the
+/// first pair's name, with the direct scenario and every meshed one
+/// compared with it.
+fn panels() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut panels: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for (pair, mesh, direct) in PAIRS {
+        match panels
+            .iter_mut()
+            .find(|(_, scenarios)| scenarios.first() == Some(&direct))
+        {
+            Some((_, scenarios)) => scenarios.push(mesh),
+            None => panels.push((pair, vec![direct, mesh])),
+        }
+    }
+    panels
 }
 
 /// The time axis: every curve's whole range, a little margin each side;
@@ -179,6 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn same_node_panel_has_both_meshed_paths() {
+        let panels = panels();
+        assert_eq!(panels.len(), 2);
+        assert_eq!(
+            panels[0],
+            ("cross-node", vec!["direct-cross-node", "mesh-cross-node"])
+        );
+        assert_eq!(
+            panels[1],
+            (
+                "same-node",
+                vec![
+                    "direct-same-node",
+                    "mesh-same-node",
+                    "mesh-same-node-splice"
+                ]
+            )
+        );
+    }
+
+    #[test]
     fn draws_a_png() {
         if let Err(error) = load_font() {
             eprintln!("SKIPPED: {error}");
@@ -192,10 +236,11 @@ mod tests {
             idle_hold_secs: 2.0,
             idle_read_after_secs: 0.5,
         };
-        // No same-node scenarios: that panel says so.
+        // No cross-node scenarios: that panel says so.
         let scenarios = vec![
-            scenario("direct-cross-node", 30.0),
-            scenario("mesh-cross-node", 100.0),
+            scenario("direct-same-node", 10.0),
+            scenario("mesh-same-node", 40.0),
+            scenario("mesh-same-node-splice", 8.0),
         ];
         let report = Report::new(
             true,

@@ -29,8 +29,9 @@ pub struct Report {
     pub durations: Durations,
     /// Every scenario, in the order they ran.
     pub scenarios: Vec<ScenarioReport>,
-    /// Pair name (`cross-node`, `same-node`) → metric (`rr_1b.p50_us`) →
-    /// mesh figure / direct figure; `null` when either is missing.
+    /// Pair name (`cross-node`, `same-node`, `same-node-splice`) → metric
+    /// (`rr_1b.p50_us`) → mesh figure / direct figure; `null` when either is
+    /// missing.
     pub ratios: BTreeMap<&'static str, BTreeMap<&'static str, Option<f64>>>,
     /// The performance targets, evaluated on the medians.
     pub targets: Vec<TargetResult>,
@@ -62,7 +63,8 @@ pub struct Durations {
 /// succeeded; `null` when it failed in every run.
 #[derive(Serialize)]
 pub struct ScenarioReport {
-    /// `direct-cross-node`, `mesh-cross-node`, `direct-same-node`, `mesh-same-node`.
+    /// `direct-cross-node`, `mesh-cross-node`, `direct-same-node`,
+    /// `mesh-same-node`, `mesh-same-node-splice`.
     pub name: &'static str,
     /// Whether traffic goes through the node agents.
     pub mesh: bool,
@@ -82,7 +84,8 @@ pub struct ScenarioReport {
     pub tput_1: Option<TputFigures>,
     /// iperf3, four streams.
     pub tput_4: Option<TputFigures>,
-    /// The client side's agent (`n1`), mesh scenarios only.
+    /// The client side's agent (`n1`; `n2` in `mesh-same-node-splice`), mesh
+    /// scenarios only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentFigures>,
     /// The server side's agent (`n2`), `mesh-cross-node` only.
@@ -113,7 +116,8 @@ pub struct ScenarioRun {
     pub tput_1: Option<TputFigures>,
     /// iperf3, four streams.
     pub tput_4: Option<TputFigures>,
-    /// The client side's agent (`n1`), mesh scenarios only.
+    /// The client side's agent (`n1`; `n2` in `mesh-same-node-splice`), mesh
+    /// scenarios only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentFigures>,
     /// The server side's agent (`n2`), `mesh-cross-node` only.
@@ -206,7 +210,7 @@ pub struct Failure {
     pub run: Option<usize>,
     /// The scenario, or `authorization` for the authorization cost.
     pub scenario: &'static str,
-    /// The test (`rr_1b`, …, `agent`, `idle_conns`, `capture`; for
+    /// The test (`rr_1b`, …, `agent`, `idle_conns`, `capture`, `splice`; for
     /// `authorization`, `in_process`, `apply`, `restore`, `crr_with_policies`, …).
     pub test: &'static str,
     /// What went wrong.
@@ -225,10 +229,17 @@ pub struct Metric {
     pub get: fn(&ScenarioReport) -> Option<f64>,
 }
 
-/// The scenario pairs compared: (pair name, mesh scenario, direct scenario).
-pub const PAIRS: [(&str, &str, &str); 2] = [
+/// The scenario pairs compared: (pair name, mesh scenario, direct
+/// scenario). Both same-node meshed scenarios are compared with the one
+/// direct same-node scenario.
+pub const PAIRS: [(&str, &str, &str); 3] = [
     ("cross-node", "mesh-cross-node", "direct-cross-node"),
     ("same-node", "mesh-same-node", "direct-same-node"),
+    (
+        "same-node-splice",
+        "mesh-same-node-splice",
+        "direct-same-node",
+    ),
 ];
 
 /// Every figure a direct and a meshed scenario both have, in table order.

@@ -1,6 +1,7 @@
-//! The four scenarios and the six tests each runs, with the agents' resource
-//! use around the meshed ones and, in `mesh-cross-node`, their memory with
-//! many idle connections open.
+//! The five scenarios and the six tests each runs, with the agents' resource
+//! use around the meshed ones, the check that their traffic went the way
+//! the scenario says and, in `mesh-cross-node`, the agents' memory with many
+//! idle connections open.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use ambit_tests::mesh::Agent;
 use ambit_tests::{Pod, Testbed};
 
+use self::route::{Route, Snapshot};
 use crate::BenchError;
 use crate::cluster::{Cluster, RR_1B_PORT, RR_1K_PORT};
 use crate::console::{finish_line, progress, start_line};
@@ -19,6 +21,7 @@ use crate::report::{
 use crate::usage::{self, CpuSample};
 
 mod idle_conns;
+mod route;
 
 /// Parallel connections of `rr_1b_x8`.
 const X8_CONNS: u16 = 8;
@@ -34,13 +37,12 @@ pub struct Scenario<'a> {
 
 /// The agents a meshed scenario's traffic crosses.
 struct MeshPath<'a> {
-    /// The client pod's agent (`n1`).
+    /// The client pod's agent.
     client_agent: &'a Agent,
     /// The server pod's agent: the same as the client's on one node.
     server_agent: &'a Agent,
-    /// Whether the server's inbound proxy carries the traffic: not on one
-    /// node, where the agent's fast path goes straight to the application.
-    inbound_proxied: bool,
+    /// Which way the connections go, checked after the tests.
+    route: Route,
     /// Whether this scenario holds the idle connections while the agents'
     /// memory is read.
     holds_idle_conns: bool,
@@ -57,8 +59,8 @@ pub struct RunNumber {
 
 /// Each agent's resident memory after start-up, before any load.
 pub struct IdleRss {
-    client_agent: f64,
-    server_agent: f64,
+    /// (node name, MiB), one per agent.
+    by_node: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Copy)]
@@ -80,18 +82,10 @@ const TESTS: [Test; 6] = [
     Test::Tput4,
 ];
 
-/// Proxied connections before a meshed scenario, to check afterwards that
-/// its traffic went through the agents.
-struct Captured {
-    outbound: Option<u64>,
-    inbound: Option<u64>,
-    /// Whether the inbound count must grow too (see [`MeshPath`]).
-    inbound_proxied: bool,
-}
-
 /// The scenarios, in the order they run: each direct one just before its
-/// meshed twin.
-pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
+/// meshed twin, and the kernel splice after the same-node pair whose direct
+/// figures it is compared with.
+pub fn all(cluster: &Cluster) -> [Scenario<'_>; 5] {
     let pods = &cluster.pods;
     [
         Scenario {
@@ -107,7 +101,7 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
             mesh: Some(MeshPath {
                 client_agent: &cluster.client_agent,
                 server_agent: &cluster.server_agent,
-                inbound_proxied: true,
+                route: Route::BothProxies,
                 holds_idle_conns: true,
             }),
         },
@@ -124,7 +118,18 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
             mesh: Some(MeshPath {
                 client_agent: &cluster.client_agent,
                 server_agent: &cluster.client_agent,
-                inbound_proxied: false,
+                route: Route::OutboundProxy,
+                holds_idle_conns: false,
+            }),
+        },
+        Scenario {
+            name: "mesh-same-node-splice",
+            client: &pods.splice_client,
+            server: &pods.splice_server,
+            mesh: Some(MeshPath {
+                client_agent: &cluster.server_agent,
+                server_agent: &cluster.server_agent,
+                route: Route::KernelSplice,
                 holds_idle_conns: false,
             }),
         },
@@ -136,10 +141,19 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 4] {
 impl IdleRss {
     /// Reads both agents' `VmRSS` now.
     pub fn read(cluster: &Cluster) -> Result<Self, BenchError> {
-        Ok(Self {
-            client_agent: agent_rss(&cluster.client_agent)?,
-            server_agent: agent_rss(&cluster.server_agent)?,
-        })
+        let by_node = [&cluster.client_agent, &cluster.server_agent]
+            .into_iter()
+            .map(|agent| Ok((agent.node.name.clone(), agent_rss(agent)?)))
+            .collect::<Result<_, BenchError>>()?;
+        Ok(Self { by_node })
+    }
+
+    /// The reading of `agent`.
+    fn of(&self, agent: &Agent) -> Option<f64> {
+        self.by_node
+            .iter()
+            .find(|(node, _)| *node == agent.node.name)
+            .map(|&(_, mib)| mib)
     }
 }
 
@@ -178,12 +192,11 @@ impl Scenario<'_> {
             agent_server: None,
             rr_1b_cdf: Vec::new(),
         };
-        let label = |what: &str| format!("[{}/{}] {}: {what}", number.run, number.of, self.name);
-        let captured_before = self.captured(tb);
+        let route_before = self.snapshot(tb);
         let cpu_before = self.cpu_samples();
         for test in TESTS {
             crate::check_interrupted()?;
-            start_line(&label(test.name()));
+            start_line(&self.label(number, test.name()));
             match self.run_test(runner, test, &mut report) {
                 Ok(summary) => finish_line(&summary),
                 Err(BenchError::Failed(error)) => {
@@ -201,62 +214,120 @@ impl Scenario<'_> {
         };
         // The CPU figure covers the six tests, not the idle hold after them.
         let cpu_after = self.cpu_samples();
-        let mut held = None;
-        if mesh.holds_idle_conns {
-            crate::check_interrupted()?;
-            start_line(&label(&format!(
-                "{} idle connections",
-                runner.plan().idle_conns
-            )));
-            match idle_conns::hold(runner, self.client, self.server, mesh) {
-                Ok((rss, summary)) => {
-                    finish_line(&summary);
-                    held = Some(rss);
+        let held = if mesh.holds_idle_conns {
+            self.hold_idle_conns(runner, mesh, number, failures)?
+        } else {
+            None
+        };
+        let cpu = [(cpu_before.0, cpu_after.0), (cpu_before.1, cpu_after.1)];
+        (report.agent, report.agent_server) =
+            self.agents(mesh, cpu, idle, held.as_ref(), number, failures);
+        if let Some(before) = route_before {
+            let after = Snapshot::take(tb, mesh, self.client, self.server);
+            match before.check(&after, mesh, self.client, self.server) {
+                Ok(notes) => {
+                    for note in notes {
+                        progress(&self.label(number, &note));
+                    }
                 }
-                Err(BenchError::Failed(error)) => {
-                    finish_line("FAILED");
-                    self.record_failure(number, "idle_conns", error, failures);
-                }
-                Err(other) => {
-                    finish_line("interrupted");
-                    return Err(other);
+                Err(error) => {
+                    self.record_failure(number, mesh.route.check_name(), error, failures);
                 }
             }
         }
-        match agent_figures(
-            mesh.client_agent,
-            cpu_before.0,
-            cpu_after.0,
-            idle.client_agent,
-            held.as_ref().map(|held| held.client_agent),
-        ) {
-            Ok(figures) => report.agent = Some(figures),
-            Err(error) => self.record_failure(number, "agent", error, failures),
+        Ok(report)
+    }
+
+    /// `[run/of] scenario: what`, for progress lines.
+    fn label(&self, number: RunNumber, what: &str) -> String {
+        format!("[{}/{}] {}: {what}", number.run, number.of, self.name)
+    }
+
+    /// Holds the idle connections and reads the agents' memory meanwhile;
+    /// `None` when that failed (recorded in `failures`).
+    fn hold_idle_conns(
+        &self,
+        runner: &Runner<'_>,
+        mesh: &MeshPath<'_>,
+        number: RunNumber,
+        failures: &mut Vec<Failure>,
+    ) -> Result<Option<idle_conns::HeldRss>, BenchError> {
+        crate::check_interrupted()?;
+        start_line(&self.label(
+            number,
+            &format!("{} idle connections", runner.plan().idle_conns),
+        ));
+        match idle_conns::hold(runner, self.client, self.server, mesh) {
+            Ok((rss, summary)) => {
+                finish_line(&summary);
+                Ok(Some(rss))
+            }
+            Err(BenchError::Failed(error)) => {
+                finish_line("FAILED");
+                self.record_failure(number, "idle_conns", error, failures);
+                Ok(None)
+            }
+            Err(other) => {
+                finish_line("interrupted");
+                Err(other)
+            }
         }
-        if !std::ptr::eq(mesh.client_agent, mesh.server_agent) {
-            match agent_figures(
+    }
+
+    /// The agents' figures of this run: the client side's agent, and the
+    /// server side's when it is another one. `cpu` holds (before, after)
+    /// per side; a figure that cannot be had is recorded in `failures`.
+    fn agents(
+        &self,
+        mesh: &MeshPath<'_>,
+        cpu: [(Option<CpuSample>, Option<CpuSample>); 2],
+        idle: &IdleRss,
+        held: Option<&idle_conns::HeldRss>,
+        number: RunNumber,
+        failures: &mut Vec<Failure>,
+    ) -> (Option<AgentFigures>, Option<AgentFigures>) {
+        let two_agents = !std::ptr::eq(mesh.client_agent, mesh.server_agent);
+        let sides = [
+            (
+                mesh.client_agent,
+                cpu[0],
+                held.map(|held| held.client_agent),
+            ),
+            (
                 mesh.server_agent,
-                cpu_before.1,
-                cpu_after.1,
-                idle.server_agent,
-                held.as_ref().map(|held| held.server_agent),
-            ) {
-                Ok(figures) => report.agent_server = Some(figures),
+                cpu[1],
+                held.map(|held| held.server_agent),
+            ),
+        ];
+        let mut figures = [None, None];
+        for (side, (agent, (before, after), held)) in sides.into_iter().enumerate() {
+            if side == 1 && !two_agents {
+                break;
+            }
+            match agent_figures(agent, before, after, idle.of(agent), held) {
+                Ok(agent_figures) => figures[side] = Some(agent_figures),
                 Err(error) => self.record_failure(number, "agent", error, failures),
             }
         }
-        for (node, agent) in [("n1", report.agent), ("n2", report.agent_server)] {
-            if let Some(agent) = agent {
-                progress(&label(&format!(
-                    "agent on {node}: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
-                    agent.cpu_cores, agent.rss_mb_idle, agent.rss_mb_peak
-                )));
+        for (agent, figures) in [mesh.client_agent, mesh.server_agent]
+            .into_iter()
+            .zip(figures)
+        {
+            if let Some(figures) = figures {
+                progress(&self.label(
+                    number,
+                    &format!(
+                        "agent on {}: {:.2} cores, RSS {:.1} MiB idle, {:.1} MiB peak",
+                        agent.node.name,
+                        figures.cpu_cores,
+                        figures.rss_mb_idle,
+                        figures.rss_mb_peak
+                    ),
+                ));
             }
         }
-        if let Err(error) = self.check_captured(tb, captured_before.as_ref()) {
-            self.record_failure(number, "capture", error, failures);
-        }
-        Ok(report)
+        let [client, server] = figures;
+        (client, server)
     }
 
     /// The scenario's report: the medians of its runs.
@@ -325,42 +396,11 @@ impl Scenario<'_> {
         (take(mesh.client_agent), take(mesh.server_agent))
     }
 
-    fn captured(&self, tb: &Testbed) -> Option<Captured> {
+    /// What the route check compares the scenario's end with; `None` for
+    /// direct scenarios.
+    fn snapshot(&self, tb: &Testbed) -> Option<Snapshot> {
         let mesh = self.mesh.as_ref()?;
-        Some(Captured {
-            outbound: Cluster::opened_connections(tb, mesh.client_agent, self.client, "outbound"),
-            inbound: Cluster::opened_connections(tb, mesh.server_agent, self.server, "inbound"),
-            inbound_proxied: mesh.inbound_proxied,
-        })
-    }
-
-    /// A meshed scenario whose connections the agents did not proxy measured
-    /// the direct path under the wrong name: that is a failure.
-    fn check_captured(&self, tb: &Testbed, before: Option<&Captured>) -> Result<(), String> {
-        let (Some(before), Some(after)) = (before, self.captured(tb)) else {
-            return Ok(());
-        };
-        let mut directions = vec![("outbound", self.client, before.outbound, after.outbound)];
-        if after.inbound_proxied {
-            directions.push(("inbound", self.server, before.inbound, after.inbound));
-        }
-        for (direction, pod, before, after) in directions {
-            match (before, after) {
-                (Some(before), Some(after)) if after > before => {}
-                (Some(before), Some(after)) => {
-                    return Err(format!(
-                        "the agent proxied no {direction} connection of {} ({before} before, {after} after): \
-                         the figures are not the mesh's",
-                        pod.name
-                    ));
-                }
-                _ => progress(&format!(
-                    "{}: cannot verify the {direction} capture of {} (the admin API's /pods has no connection count)",
-                    self.name, pod.name
-                )),
-            }
-        }
-        Ok(())
+        Some(Snapshot::take(tb, mesh, self.client, self.server))
     }
 
     fn record_failure(
@@ -406,12 +446,18 @@ fn agent_figures(
     agent: &Agent,
     before: Option<CpuSample>,
     after: Option<CpuSample>,
-    idle: f64,
+    idle: Option<f64>,
     held: Option<f64>,
 ) -> Result<AgentFigures, String> {
     let (Some(before), Some(after)) = (before, after) else {
         return Err(format!(
             "cannot read the CPU time of the agent on {}",
+            agent.node.name
+        ));
+    };
+    let Some(idle) = idle else {
+        return Err(format!(
+            "no idle memory reading of the agent on {}",
             agent.node.name
         ));
     };

@@ -51,7 +51,7 @@ pub fn render(report: &Report) -> String {
         report.idle_conns
     );
     out.push_str(&table(report));
-    out.push_str("\nmesh/direct: the meshed median divided by the direct one (latency: lower is better; rates and throughput: higher is better). Latency CDFs of rr_1b: `latency.png`.\n");
+    out.push_str("\nmesh/direct: the meshed median divided by the direct one of its pair, `mesh-same-node-splice`'s by `direct-same-node`'s (latency: lower is better; rates and throughput: higher is better). Latency CDFs of rr_1b: `latency.png`.\n");
 
     let _ = writeln!(
         out,
@@ -261,18 +261,31 @@ fn runs_table(report: &Report) -> String {
     render_table(&header, &rows)
 }
 
-/// Columns: the figure, then per pair its direct figure, its mesh figure
-/// and their ratio.
+/// Whether the table gives pair `index` a column of its direct scenario:
+/// not when an earlier pair has the same one (both same-node meshed
+/// scenarios are compared with `direct-same-node`).
+fn shows_direct(index: usize) -> bool {
+    let direct = PAIRS[index].2;
+    !PAIRS[..index]
+        .iter()
+        .any(|(_, _, earlier)| *earlier == direct)
+}
+
+/// Columns: the figure, then per pair its direct figure (unless an earlier
+/// pair shows it), its mesh figure and their ratio.
 fn table(report: &Report) -> String {
     let find = |name: &str| report.scenarios.iter().find(|s| s.name == name);
     let mut header = vec!["figure".to_owned()];
-    for (_, mesh, direct) in PAIRS {
-        header.extend([direct.to_owned(), mesh.to_owned(), "mesh/direct".to_owned()]);
+    for (index, (_, mesh, direct)) in PAIRS.into_iter().enumerate() {
+        if shows_direct(index) {
+            header.push(direct.to_owned());
+        }
+        header.extend([mesh.to_owned(), "mesh/direct".to_owned()]);
     }
     let mut rows = Vec::new();
     for metric in METRICS {
         let mut row = vec![metric.label.to_owned()];
-        for (_, mesh, direct) in PAIRS {
+        for (index, (_, mesh, direct)) in PAIRS.into_iter().enumerate() {
             let mesh_value = find(mesh).and_then(|s| (metric.get)(s));
             let direct_value = find(direct).and_then(|s| (metric.get)(s));
             let ratio = mesh_value
@@ -282,7 +295,10 @@ fn table(report: &Report) -> String {
                     || MISSING.to_owned(),
                     |(mesh, direct)| format!("{:.2}×", mesh / direct),
                 );
-            row.extend([cell(direct_value, metric), cell(mesh_value, metric), ratio]);
+            if shows_direct(index) {
+                row.push(cell(direct_value, metric));
+            }
+            row.extend([cell(mesh_value, metric), ratio]);
         }
         rows.push(row);
     }
@@ -295,9 +311,12 @@ fn table(report: &Report) -> String {
             continue;
         }
         let mut row = vec![metric.label.to_owned()];
-        for (_, mesh, _) in PAIRS {
+        for (index, (_, mesh, _)) in PAIRS.into_iter().enumerate() {
             let mesh_value = find(mesh).and_then(|s: &ScenarioReport| (metric.get)(s));
-            row.extend(["–".to_owned(), cell(mesh_value, metric), String::new()]);
+            if shows_direct(index) {
+                row.push("–".to_owned());
+            }
+            row.extend([cell(mesh_value, metric), String::new()]);
         }
         rows.push(row);
     }

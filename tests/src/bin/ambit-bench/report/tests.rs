@@ -49,7 +49,15 @@ fn scenario_run(run: usize, mesh: bool, scale: f64) -> ScenarioRun {
     }
 }
 
+/// The cross-node scenarios only.
 fn report() -> Report {
+    report_of(vec![
+        scenario("direct-cross-node", false, 1.0),
+        scenario("mesh-cross-node", true, 2.0),
+    ])
+}
+
+fn report_of(scenarios: Vec<ScenarioReport>) -> Report {
     let durations = Durations {
         rr_secs: 0.7,
         rr_warmup_secs: 0.2,
@@ -63,10 +71,7 @@ fn report() -> Report {
         3,
         1000,
         durations,
-        vec![
-            scenario("direct-cross-node", false, 1.0),
-            scenario("mesh-cross-node", true, 2.0),
-        ],
+        scenarios,
         AuthzReport::example(),
         Vec::new(),
     )
@@ -89,6 +94,11 @@ fn ratios_are_mesh_over_direct_medians() {
     assert_eq!(cross["tput_4.gbps"], None, "direct tput_4 failed");
     // No same-node scenarios ran: every ratio is unknown.
     assert!(report.ratios["same-node"].values().all(Option::is_none));
+    assert!(
+        report.ratios["same-node-splice"]
+            .values()
+            .all(Option::is_none)
+    );
 }
 
 #[test]
@@ -114,7 +124,61 @@ fn targets_judge_both_pairs_and_the_larger_agent() {
     let same = target(&report, "mesh-same-node", "rr_1b_p50");
     assert!((same.limit - 1.3).abs() < f64::EPSILON);
     assert_eq!(same.met, None);
-    assert_eq!(report.targets.len(), 13);
+    assert_eq!(report.targets.len(), 18);
+}
+
+/// All five scenarios, the splice faster than the direct path.
+fn full_report() -> Report {
+    report_of(vec![
+        scenario("direct-cross-node", false, 1.0),
+        scenario("mesh-cross-node", true, 2.0),
+        scenario("direct-same-node", false, 1.0),
+        scenario("mesh-same-node", true, 1.5),
+        scenario("mesh-same-node-splice", true, 0.5),
+    ])
+}
+
+#[test]
+fn the_splice_is_judged_against_direct_same_node_on_rows_of_its_own() {
+    let report = full_report();
+    let splice = &report.ratios["same-node-splice"];
+    assert_eq!(splice["rr_1b.p50_us"], Some(0.5));
+    assert_eq!(splice["crr.rate"], Some(2.0));
+    assert_eq!(report.ratios["same-node"]["rr_1b.p50_us"], Some(1.5));
+    let splice_targets: Vec<_> = report
+        .targets
+        .iter()
+        .filter(|t| t.scenario == "mesh-same-node-splice")
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        splice_targets,
+        ["rr_1b_p50", "rr_1b_p99", "tput_1", "tput_4", "crr_rate"]
+    );
+    assert_eq!(
+        target(&report, "mesh-same-node-splice", "rr_1b_p50").met,
+        Some(true)
+    );
+    assert_eq!(
+        target(&report, "mesh-same-node", "rr_1b_p50").met,
+        Some(false)
+    );
+    assert_eq!(report.targets.len(), 18);
+    let markdown = render(&report);
+    assert!(markdown.contains("### mesh-same-node-splice"), "{markdown}");
+    // direct-same-node gets one column, which both same-node pairs share.
+    let header = markdown
+        .lines()
+        .find(|line| line.starts_with("| figure "))
+        .expect("a table");
+    assert_eq!(header.matches("direct-same-node").count(), 1, "{header}");
+    assert_eq!(header.matches("mesh/direct").count(), 3, "{header}");
+    let columns = header.matches('|').count();
+    for line in markdown.lines().take_while(|line| !line.starts_with("## ")) {
+        if line.starts_with('|') {
+            assert_eq!(line.matches('|').count(), columns, "{line}");
+        }
+    }
 }
 
 #[test]
