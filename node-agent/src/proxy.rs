@@ -372,6 +372,20 @@ pub async fn relay(
     .map(|_| ())
 }
 
+/// Relays a plaintext connection until it ends (or `admitted` is revoked)
+/// and says how it ended; counted in `stats`.
+pub async fn relay_to_end(
+    flow: Flow,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    admitted: Option<&Admitted>,
+    stats: &TrafficStats,
+) -> Finished {
+    let counts = ByteCounts::default();
+    let end = until_revoked(relay(client, upstream, &counts), admitted).await;
+    Finished::relayed(flow, &counts, end, stats, &[client, upstream])
+}
+
 /// Runs `relay` until it ends, or until `admitted` is revoked by a policy
 /// change (the relay is then abandoned; its sockets are the caller's).
 pub async fn until_revoked(

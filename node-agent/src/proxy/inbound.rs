@@ -12,7 +12,7 @@ use mesh_core::{policy::Request, workload::MtlsMode};
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::TcpStream;
 
-use super::{ByteCounts, Finished, PodContext, ProxyError, UpstreamSource, relay, until_revoked};
+use super::{Finished, PodContext, ProxyError, UpstreamSource, relay_to_end};
 use crate::{
     authz::{Check, EnforcementPoint},
     connections::{Flow, Security},
@@ -84,13 +84,5 @@ pub(super) async fn forward(
     let upstream = context
         .connect_upstream(dst, UpstreamSource::Client(client.ip()))
         .await?;
-    let counts = ByteCounts::default();
-    let end = until_revoked(relay(&stream, &upstream, &counts), Some(&admitted)).await;
-    Ok(Finished::relayed(
-        flow,
-        &counts,
-        end,
-        stats,
-        &[&stream, &upstream],
-    ))
+    Ok(relay_to_end(flow, &stream, &upstream, Some(&admitted), stats).await)
 }

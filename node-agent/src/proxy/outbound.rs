@@ -11,7 +11,9 @@ use mesh_core::policy::Request;
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
-use super::{ByteCounts, Finished, PodContext, ProxyError, UpstreamSource, relay, until_revoked};
+use super::{
+    ByteCounts, Finished, PodContext, ProxyError, UpstreamSource, relay_to_end, until_revoked,
+};
 use crate::{
     authz::{Check, EnforcementPoint},
     connections::{Flow, Security},
@@ -86,26 +88,12 @@ pub(super) async fn forward(
                     UpstreamSource::PodBypassingInbound(*ip)
                 });
             let upstream = context.connect_upstream(dst, from).await?;
-            let end = until_revoked(relay(&stream, &upstream, &counts), Some(&admitted)).await;
-            Ok(Finished::relayed(
-                flow,
-                &counts,
-                end,
-                stats,
-                &[&stream, &upstream],
-            ))
+            Ok(relay_to_end(flow, &stream, &upstream, Some(&admitted), stats).await)
         }
         None => {
             // Outside the mesh: plaintext, straight there.
             let upstream = context.connect_upstream(dst, UpstreamSource::Pod).await?;
-            let end = until_revoked(relay(&stream, &upstream, &counts), None).await;
-            Ok(Finished::relayed(
-                flow,
-                &counts,
-                end,
-                stats,
-                &[&stream, &upstream],
-            ))
+            Ok(relay_to_end(flow, &stream, &upstream, None, stats).await)
         }
     }
 }
