@@ -219,6 +219,26 @@ impl PodContext {
         dst: SocketAddr,
         from: UpstreamSource,
     ) -> Result<TcpStream, ProxyError> {
+        // A port this agent picked may still be in TIME_WAIT towards the
+        // same destination (the pod's tcp_tw_reuse decides); pick again.
+        let mut attempts = CONNECT_ATTEMPTS;
+        loop {
+            match self.connect_upstream_once(dst, from).await {
+                Err(ProxyError::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrNotAvailable && attempts > 1 =>
+                {
+                    attempts -= 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_upstream_once(
+        &self,
+        dst: SocketAddr,
+        from: UpstreamSource,
+    ) -> Result<TcpStream, ProxyError> {
         let socket = self
             .sockets
             .run(|| mesh_socket(dst, from))?
@@ -273,11 +293,11 @@ fn mesh_socket(dst: SocketAddr, from: UpstreamSource) -> std::io::Result<TcpSock
             } else {
                 crate::sys::set_ipv6_transparent(std::os::fd::AsFd::as_fd(&socket))?;
             }
-            socket.bind(&SocketAddr::new(client, 0).into())?;
+            bind_any_port(&socket, client)?;
         }
         UpstreamSource::PodBypassingInbound(pod_ip) => {
             socket.set_mark(MESH_MARK)?;
-            socket.bind(&SocketAddr::new(pod_ip, 0).into())?;
+            bind_any_port(&socket, pod_ip)?;
         }
     }
     socket.set_nonblocking(true)?;
@@ -285,6 +305,43 @@ fn mesh_socket(dst: SocketAddr, from: UpstreamSource) -> std::io::Result<TcpSock
         socket,
     )))
 }
+
+/// Binds `socket` to `ip` and a port of the ephemeral range picked here.
+///
+/// The bypass map needs the port before `connect`, so the port cannot be
+/// left to `connect` (`IP_BIND_ADDRESS_NO_PORT`); and the kernel's own
+/// `bind(ip, 0)` searches the range for a port no socket holds, `TIME_WAIT`
+/// included, which slows to milliseconds once the agent's closed
+/// connections hold half of it (thousands of connections a second). With
+/// `SO_REUSEADDR`, a port held only by `TIME_WAIT` sockets (which inherit
+/// the option) is free to bind; `connect` then checks the 4-tuple as for
+/// any client.
+fn bind_any_port(socket: &Socket, ip: IpAddr) -> std::io::Result<()> {
+    socket.set_reuse_address(true)?;
+    for _ in 0..BIND_ATTEMPTS {
+        match socket.bind(&SocketAddr::new(ip, random_ephemeral_port()).into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            other => return other,
+        }
+    }
+    socket.bind(&SocketAddr::new(ip, 0).into())
+}
+
+/// A port of Linux's default ephemeral range, 32768-60999, spread by a
+/// counter through a multiplicative hash (unpredictability is not needed).
+fn random_ephemeral_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const FIRST: u64 = 32_768;
+    const COUNT: u64 = 60_999 - 32_768 + 1;
+    let seed = NEXT.fetch_add(1, Ordering::Relaxed) ^ u64::from(std::process::id());
+    let spread = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    u16::try_from(FIRST + spread % COUNT).unwrap_or(32_768)
+}
+
+/// How many random ports a bind tries before leaving it to the kernel.
+const BIND_ATTEMPTS: usize = 8;
+/// How many times a connect is tried when its 4-tuple is taken.
+const CONNECT_ATTEMPTS: usize = 4;
 
 /// Buffer per direction of a plaintext relay: large enough that bulk
 /// transfers move in few system calls (tokio's default is 8 KiB).
