@@ -220,28 +220,31 @@ impl PodContext {
         from: UpstreamSource,
     ) -> Result<TcpStream, ProxyError> {
         // A port this agent picked may still be in TIME_WAIT towards the
-        // same destination (the pod's tcp_tw_reuse decides); pick again.
-        let mut attempts = CONNECT_ATTEMPTS;
-        loop {
-            match self.connect_upstream_once(dst, from).await {
+        // same destination (the pod's tcp_tw_reuse decides): pick again, and
+        // in the end let the kernel search for a port nothing holds.
+        for _ in 1..CONNECT_ATTEMPTS {
+            match self
+                .connect_upstream_once(dst, from, PortChoice::Random)
+                .await
+            {
                 Err(ProxyError::Connect { source, .. })
-                    if source.kind() == std::io::ErrorKind::AddrNotAvailable && attempts > 1 =>
-                {
-                    attempts -= 1;
-                }
+                    if source.kind() == std::io::ErrorKind::AddrNotAvailable => {}
                 other => return other,
             }
         }
+        self.connect_upstream_once(dst, from, PortChoice::Kernel)
+            .await
     }
 
     async fn connect_upstream_once(
         &self,
         dst: SocketAddr,
         from: UpstreamSource,
+        port: PortChoice,
     ) -> Result<TcpStream, ProxyError> {
         let socket = self
             .sockets
-            .run(|| mesh_socket(dst, from))?
+            .run(|| mesh_socket(dst, from, port))?
             .map_err(ProxyError::Socket)?;
         // A connection that sk_lookup must not steer into the destination
         // pod's inbound listener is listed in the bypass map while its
@@ -281,7 +284,11 @@ pub enum UpstreamSource {
 
 /// A TCP socket of the family of `dst`, marked, non-blocking, bound as
 /// `from` says. Runs inside the pod's namespace.
-fn mesh_socket(dst: SocketAddr, from: UpstreamSource) -> std::io::Result<TcpSocket> {
+fn mesh_socket(
+    dst: SocketAddr,
+    from: UpstreamSource,
+    port: PortChoice,
+) -> std::io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     match from {
         UpstreamSource::Pod => socket.set_mark(MESH_MARK)?,
@@ -293,11 +300,11 @@ fn mesh_socket(dst: SocketAddr, from: UpstreamSource) -> std::io::Result<TcpSock
             } else {
                 crate::sys::set_ipv6_transparent(std::os::fd::AsFd::as_fd(&socket))?;
             }
-            bind_any_port(&socket, client)?;
+            bind_any_port(&socket, client, port)?;
         }
         UpstreamSource::PodBypassingInbound(pod_ip) => {
             socket.set_mark(MESH_MARK)?;
-            bind_any_port(&socket, pod_ip)?;
+            bind_any_port(&socket, pod_ip, port)?;
         }
     }
     socket.set_nonblocking(true)?;
@@ -316,7 +323,10 @@ fn mesh_socket(dst: SocketAddr, from: UpstreamSource) -> std::io::Result<TcpSock
 /// `SO_REUSEADDR`, a port held only by `TIME_WAIT` sockets (which inherit
 /// the option) is free to bind; `connect` then checks the 4-tuple as for
 /// any client.
-fn bind_any_port(socket: &Socket, ip: IpAddr) -> std::io::Result<()> {
+fn bind_any_port(socket: &Socket, ip: IpAddr, port: PortChoice) -> std::io::Result<()> {
+    if port == PortChoice::Kernel {
+        return socket.bind(&SocketAddr::new(ip, 0).into());
+    }
     socket.set_reuse_address(true)?;
     for _ in 0..BIND_ATTEMPTS {
         match socket.bind(&SocketAddr::new(ip, random_ephemeral_port()).into()) {
@@ -340,8 +350,19 @@ fn random_ephemeral_port() -> u16 {
 
 /// How many random ports a bind tries before leaving it to the kernel.
 const BIND_ATTEMPTS: usize = 8;
-/// How many times a connect is tried when its 4-tuple is taken.
-const CONNECT_ATTEMPTS: usize = 4;
+/// How many times a connect is tried when its 4-tuple is taken, the last
+/// time with the kernel's choice of port.
+const CONNECT_ATTEMPTS: usize = 16;
+
+/// Who picks the local port of an upstream socket bound to an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortChoice {
+    /// The agent, at random (see [`bind_any_port`]).
+    Random,
+    /// The kernel: slower with many `TIME_WAIT` sockets, but it finds a port
+    /// nothing holds if there is one.
+    Kernel,
+}
 
 /// Buffer per direction of a plaintext relay: large enough that bulk
 /// transfers move in few system calls (tokio's default is 8 KiB).
