@@ -173,10 +173,7 @@ impl Authorizer {
         };
         let verdict = self.policies.current().evaluate(workload, &check.request);
         let authorization = self.attribute(verdict, check.point);
-        self.metrics
-            .authorization_decisions
-            .get_or_create(&Self::labels(&authorization, &check.pod.namespace))
-            .inc();
+        self.count_decision(&authorization, &check.pod.namespace);
         if !authorization.audited.is_empty() {
             tracing::info!(pod = %check.pod, src = %check.src, dst = %check.dst, audited = ?authorization.audited, decision = ?authorization.decision, "AUDIT policies matched");
         }
@@ -263,7 +260,8 @@ impl Authorizer {
         self.attribute(self.policies.current().evaluate(workload, request), point)
     }
 
-    /// Counts a decision taken elsewhere (the kernel splice) in the metrics.
+    /// Counts a decision in the metrics (also one taken elsewhere: the
+    /// kernel splice).
     pub fn count_decision(&self, authorization: &Authorization, namespace: &str) {
         self.metrics
             .authorization_decisions
@@ -271,8 +269,8 @@ impl Authorizer {
             .inc();
     }
 
-    /// Counts an open connection reset elsewhere (the kernel splice) because
-    /// the policies now deny it.
+    /// Counts an open connection reset because the policies now deny it
+    /// (also one reset elsewhere: the kernel splice).
     pub fn count_revocation(&self, authorization: &Authorization, namespace: &str) {
         self.metrics
             .authorization_revocations
@@ -321,10 +319,7 @@ impl Authorizer {
                 continue;
             }
             let authorization = self.attribute(verdict, connection.point);
-            self.metrics
-                .authorization_revocations
-                .get_or_create(&Self::labels(&authorization, &connection.namespace))
-                .inc();
+            self.count_revocation(&authorization, &connection.namespace);
             tracing::warn!(
                 src = %connection.src,
                 dst = %connection.dst,
@@ -354,10 +349,7 @@ impl Authorizer {
     fn labels(authorization: &Authorization, namespace: &str) -> AuthorizationLabels {
         AuthorizationLabels {
             reporter: "destination",
-            decision: match authorization.decision {
-                Decision::Allow => "allow",
-                Decision::Deny => "deny",
-            },
+            decision: authorization.decision.as_str(),
             policy: authorization.policy.clone(),
             enforcement_point: authorization.enforcement_point.as_str(),
             destination_workload_namespace: namespace.to_owned(),

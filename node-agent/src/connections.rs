@@ -81,10 +81,7 @@ impl ConnectionLog {
             src_identity = flow.src_identity.as_deref().unwrap_or("-"),
             dst_identity = flow.dst_identity.as_deref().unwrap_or("-"),
             security = ?flow.security,
-            verdict = flow.authorization.as_ref().map_or("-", |a| match a.decision {
-                mesh_core::policy::Decision::Allow => "allow",
-                mesh_core::policy::Decision::Deny => "deny",
-            }),
+            verdict = flow.authorization.as_ref().map_or("-", |a| a.decision.as_str()),
             policy = flow.authorization.as_ref().map_or("-", |a| a.policy.as_str()),
             enforced_by = flow.authorization.as_ref().map_or("-", |a| a.enforced_by.as_str()),
             enforcement_point = flow.authorization.as_ref().map_or("-", |a| a.enforcement_point.as_str()),

@@ -99,11 +99,7 @@ pub enum HboneError {
 #[must_use]
 pub fn reported_authorization(headers: &http::HeaderMap) -> Option<Authorization> {
     let text = |name| headers.get(name)?.to_str().ok();
-    let decision = match text(verdict_headers::DECISION)? {
-        "allow" => Decision::Allow,
-        "deny" => Decision::Deny,
-        _ => return None,
-    };
+    let decision = Decision::parse(text(verdict_headers::DECISION)?)?;
     let policy = text(verdict_headers::POLICY)?.to_owned();
     let enforced_by = text(verdict_headers::ENFORCED_BY)?.to_owned();
     Some(Authorization {
@@ -118,12 +114,8 @@ pub fn reported_authorization(headers: &http::HeaderMap) -> Option<Authorization
 
 /// The headers that report `authorization` in a CONNECT response.
 pub fn report_authorization(headers: &mut http::HeaderMap, authorization: &Authorization) {
-    let decision = match authorization.decision {
-        Decision::Allow => "allow",
-        Decision::Deny => "deny",
-    };
     let values = [
-        (verdict_headers::DECISION, decision),
+        (verdict_headers::DECISION, authorization.decision.as_str()),
         (verdict_headers::POLICY, authorization.policy.as_str()),
         (
             verdict_headers::ENFORCED_BY,

@@ -138,7 +138,7 @@ impl Splicer {
                 return;
             };
             while let Some(item) = guard.get_inner_mut().next() {
-                if let Some(event) = parse_event(&item) {
+                if let Some(event) = SpliceEvent::from_ne_bytes(&item) {
                     self.account(&event);
                 }
             }
@@ -287,10 +287,6 @@ fn dst_namespace(workloads: &SharedWorkloads, dst: SocketAddr) -> String {
         .by_ip(dst.ip())
         .map(|w| w.key.namespace.clone())
         .unwrap_or_default()
-}
-
-fn parse_event(bytes: &[u8]) -> Option<SpliceEvent> {
-    SpliceEvent::from_ne_bytes(bytes)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -44,6 +44,27 @@ pub struct Request {
     pub port: u16,
 }
 
+// === impl Decision ===
+
+impl Decision {
+    /// `allow` or `deny`, as logs, metric labels and headers spell it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+
+    /// The decision [`Self::as_str`] spells `text`.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Allow, Self::Deny]
+            .into_iter()
+            .find(|decision| decision.as_str() == text)
+    }
+}
+
 // === impl Request ===
 
 impl Request {

@@ -385,20 +385,18 @@ impl SpliceEvent {
         if bytes.len() < core::mem::size_of::<Self>() {
             return None;
         }
+        // Fixed-size copies out of a slice already checked to be long enough.
+        let array = |at: usize| -> [u8; 8] {
+            let mut out = [0; 8];
+            out.copy_from_slice(&bytes[at..at + 8]);
+            out
+        };
         let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
         let u32_at = |at: usize| {
             u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
-        let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+        let u64_at = |at: usize| u64::from_ne_bytes(array(at));
         let words = |at: usize| [u32_at(at), u32_at(at + 4), u32_at(at + 8), u32_at(at + 12)];
-        let little = cfg!(target_endian = "little");
-        let u64_at = |at: usize| {
-            if little {
-                u64_at(at)
-            } else {
-                (u64::from(u32_at(at)) << 32) | u64::from(u32_at(at + 4))
-            }
-        };
         Some(Self {
             tuple: SocketTuple {
                 netns_cookie: u64_at(0),

@@ -21,10 +21,9 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use mesh_ebpf_common::{AF_INET, SocketTuple, counters};
+use mesh_ebpf_common::{SocketTuple, counters};
 
 use crate::{
-    addr::{fold, read_words},
     maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count},
     splice,
 };
@@ -72,20 +71,8 @@ fn try_sock_ops(ctx: &SockOpsContext) {
     }
 }
 
-/// The connecting socket's 4-tuple, folded like `SocketTuple::new` folds it.
+/// The connecting socket's 4-tuple, folded like `SocketTuple::new` folds it,
+/// in the network namespace with this cookie.
 fn application_tuple(ctx: &SockOpsContext, netns_cookie: u64) -> Option<SocketTuple> {
-    let family = u16::try_from(ctx.family()).ok()?;
-    let (local, remote) = if family == AF_INET {
-        ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
-    } else {
-        // SAFETY: ctx.ops points at the kernel's bpf_sock_ops.
-        unsafe { (read_words!(ctx.ops, local_ip6), read_words!(ctx.ops, remote_ip6)) }
-    };
-    let (family, src_addr) = fold(family, local);
-    let (_, dst_addr) = fold(u16::try_from(ctx.family()).ok()?, remote);
-    // local_port is in host order; remote_port keeps the network-order port
-    // in its upper 16 bits.
-    let src_port = u16::try_from(ctx.local_port()).ok()?;
-    let dst_port = u16::from_be((ctx.remote_port() >> 16) as u16);
-    Some(SocketTuple { netns_cookie, src_addr, dst_addr, src_port, dst_port, family, pad: 0 })
+    splice::own_tuple(ctx).map(|tuple| SocketTuple { netns_cookie, ..tuple })
 }

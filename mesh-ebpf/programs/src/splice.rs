@@ -80,7 +80,7 @@ fn redirect(ctx: &SkMsgContext, mut peer: SocketTuple) -> bool {
 /// `sock_ops`, active side established: a direct connection's client
 /// socket joins the sock hash, its counters start, and the agent hears of it.
 pub fn client_established(ctx: &SockOpsContext) {
-    let Some(own) = ops_tuple(ctx) else { return };
+    let Some(own) = own_tuple(ctx) else { return };
     if !direct_allowed(own.family, own.src_addr, own.dst_addr, own.dst_port) {
         return;
     }
@@ -107,7 +107,7 @@ pub fn client_established(ctx: &SockOpsContext) {
 /// `sock_ops`, passive side established: a direct connection's server
 /// socket joins the sock hash.
 pub fn server_established(ctx: &SockOpsContext) {
-    let Some(own) = ops_tuple(ctx) else { return };
+    let Some(own) = own_tuple(ctx) else { return };
     // The server's own tuple has the client as remote.
     if !direct_allowed(own.family, own.dst_addr, own.src_addr, own.src_port) {
         return;
@@ -122,7 +122,7 @@ pub fn server_established(ctx: &SockOpsContext) {
 /// `sock_ops`, a socket closed: if it was a spliced client, report the
 /// final counts. The sock hash drops closed sockets by itself.
 pub fn closed(ctx: &SockOpsContext) {
-    let Some(own) = ops_tuple(ctx) else { return };
+    let Some(own) = own_tuple(ctx) else { return };
     // SAFETY: the value is copied out at once; entries are plain data.
     let Some(stats) = (unsafe { SPLICED.get(&own) }).copied() else { return };
     let _ = SPLICED.remove(&own);
@@ -136,7 +136,7 @@ fn report(event: SpliceEvent) {
 }
 
 /// The socket's own tuple (local as source), folded, netns cookie 0.
-fn ops_tuple(ctx: &SockOpsContext) -> Option<SocketTuple> {
+pub fn own_tuple(ctx: &SockOpsContext) -> Option<SocketTuple> {
     let family = u16::try_from(ctx.family()).ok()?;
     let (local, remote) = if family == mesh_ebpf_common::AF_INET {
         ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
