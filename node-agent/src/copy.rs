@@ -9,11 +9,14 @@
 use std::{
     io,
     net::Shutdown,
+    os::fd::AsFd as _,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
+use tokio::{io::Interest, net::TcpStream};
+
+use crate::sys;
 
 /// Reads a socket in chunks of up to `chunk` bytes.
 ///
@@ -40,19 +43,44 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// The next bytes available, or `None` at end of stream.
+    ///
+    /// A read that fills less than the buffer drained the socket: it clears
+    /// the socket's readiness in the same step, as tokio's own `poll_read`
+    /// does, so the next call waits for the next readiness event instead of
+    /// making a `recv` that can only fail with `EAGAIN` (one system call less
+    /// per message on the request/response path).
     pub async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             if self.buf.capacity() == 0 {
                 self.from.readable().await?;
             }
-            if self.buf.capacity() < self.chunk / 4 {
+            if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
                 self.buf.reserve(self.chunk);
             }
-            match self.from.try_read_buf(&mut self.buf) {
+            let (buf, from) = (&mut self.buf, self.from);
+            let mut drained = false;
+            let outcome = from.try_io(Interest::READABLE, || {
+                let room = buf.capacity() - buf.len();
+                let n = sys::recv_into_spare(from.as_fd(), buf)?;
+                if n > 0 && n < room {
+                    // Drained: returning WouldBlock makes tokio clear the
+                    // readiness it saw before this read.
+                    drained = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match outcome {
                 Ok(0) => return Ok(None),
                 Ok(_) => return Ok(Some(self.buf.split().freeze())),
-                // Drained: give the buffer back until there is more to read.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.buf = BytesMut::new(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let chunk = drained.then(|| self.buf.split().freeze());
+                    // Give the buffer back until there is more to read.
+                    self.buf = BytesMut::new();
+                    if chunk.is_some() {
+                        return Ok(chunk);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -88,3 +88,46 @@ fn h2_to_io(error: h2::Error) -> io::Error {
         io::Error::other(error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::relay;
+
+    #[tokio::test]
+    async fn the_per_connection_relay_future_stays_small() {
+        // A regression guard like `copy`'s: one relay future lives for every
+        // open HBONE connection, so its size is paid per connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (app, _) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let app = app.unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut connection = h2::server::handshake(server_io).await.unwrap();
+            let _ = connection.accept().await;
+        });
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        let (from_tcp, to_tcp) = (AtomicU64::new(0), AtomicU64::new(0));
+        let recv = async move {
+            Ok::<_, std::io::Error>(response.await.map_err(std::io::Error::other)?.into_body())
+        };
+        let future = relay(&app, send, recv, &from_tcp, &to_tcp);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "the HBONE relay future is {size} bytes");
+        drop(future);
+        server.abort();
+    }
+}
