@@ -1,5 +1,5 @@
-//! ambit's userspace core, shared by every binary: the workload model and the
-//! loader for the local (non-Kubernetes) configuration file.
+//! ambit's userspace core, shared by every binary: the workload and service
+//! models and the loader for the local (non-Kubernetes) configuration file.
 
 #![forbid(unsafe_code)]
 
@@ -7,4 +7,5 @@ pub mod ca;
 pub mod identity;
 pub mod local_config;
 pub mod policy;
+pub mod service;
 pub mod workload;

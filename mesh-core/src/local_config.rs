@@ -10,7 +10,12 @@
 //!     netns: /run/netns/client
 //!     node: node-1            # optional; pods of other nodes are HBONE destinations
 //!     mtls: strict            # optional; default permissive
-//!     labels: {app: client}   # optional; policies select pods by label
+//!     labels: {app: client}   # optional; policies and services select pods by label
+//! services:                   # optional; see crate::service
+//!   - name: server
+//!     namespace: default
+//!     selector: {app: server}
+//!     ports: [{port: 80, targetPort: 8080}]
 //! policies:                   # AuthorizationPolicy objects (crate::policy)
 //!   - metadata: {name: allow-client, namespace: default}
 //!     spec:
@@ -22,7 +27,8 @@
 //! pod entry that is wrong on its own (listed twice, an address another pod
 //! already has, no addresses, a relative netns path) is rejected with a
 //! reason and the other pods go ahead; so is a policy (it then fails
-//! closed, see [`crate::policy`]).
+//! closed, see [`crate::policy`]), and so is a service (listed twice, a name
+//! that is not a DNS label, no selector, a bad port).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     policy::{self, Policy},
+    service::{Service, ServiceKey},
     workload::{Pod, PodKey},
 };
 
@@ -70,6 +77,9 @@ pub struct LocalConfigFile {
     /// the file.
     #[serde(default)]
     pub policies: Vec<serde_yaml::Value>,
+    /// Services: names for sets of pods (see [`crate::service`]).
+    #[serde(default)]
+    pub services: Vec<Service>,
 }
 
 /// A pod entry that was rejected, and why.
@@ -78,6 +88,17 @@ pub struct RejectedPod {
     /// The entry's namespace/name.
     pub pod: PodKey,
     /// Position of the entry in the file's `pods` list, from 1.
+    pub entry: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A service entry that was rejected, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedService {
+    /// The entry's namespace/name.
+    pub service: ServiceKey,
+    /// Position of the entry in the file's `services` list, from 1.
     pub entry: usize,
     /// What is wrong with it.
     pub reason: String,
@@ -93,6 +114,10 @@ pub struct LocalSnapshot {
     /// Authorization policies in file order, rejected ones included (they
     /// fail closed).
     pub policies: Vec<Policy>,
+    /// Services, in file order.
+    pub services: Vec<Service>,
+    /// Service entries that were rejected.
+    pub rejected_services: Vec<RejectedService>,
 }
 
 /// Reads and validates a local configuration file.
@@ -118,11 +143,14 @@ pub fn parse(text: &str) -> Result<LocalSnapshot, serde_yaml::Error> {
     Ok(validate(file))
 }
 
-/// Splits a file's pods into accepted and rejected entries.
+/// Splits a file's pods and services into accepted and rejected entries.
 #[must_use]
 pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
+    let (services, rejected_services) = validate_services(file.services);
     let mut snapshot = LocalSnapshot {
         policies: policy::compile_all(&file.policies),
+        services,
+        rejected_services,
         ..LocalSnapshot::default()
     };
     let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
@@ -152,6 +180,34 @@ pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
         snapshot.pods.push(pod);
     }
     snapshot
+}
+
+fn validate_services(entries: Vec<Service>) -> (Vec<Service>, Vec<RejectedService>) {
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    let mut seen: HashMap<ServiceKey, usize> = HashMap::new();
+    for (index, service) in entries.into_iter().enumerate() {
+        let entry = index + 1;
+        let key = service.key();
+        let reason = if let Some(first) = seen.get(&key) {
+            Some(format!(
+                "service {key} is listed twice (entries {first} and {entry}); the first entry is used"
+            ))
+        } else {
+            service.validate().err().map(|error| error.to_string())
+        };
+        if let Some(reason) = reason {
+            rejected.push(RejectedService {
+                service: key,
+                entry,
+                reason,
+            });
+        } else {
+            seen.insert(key, entry);
+            accepted.push(service);
+        }
+    }
+    (accepted, rejected)
 }
 
 fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, PodKey>) -> Option<String> {

@@ -113,3 +113,64 @@ fn missing_file_is_a_read_error() {
     assert!(matches!(err, LocalConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/ambit.yaml"));
 }
+
+const SERVICES: &str = r"
+services:
+  - name: server
+    namespace: shop
+    selector: {app: server}
+    ports: [{name: http, port: 80, targetPort: 8080}]
+  - name: web
+    selector: {app: web}
+";
+
+#[test]
+fn parses_services_with_defaults() {
+    let snapshot = parse(SERVICES).unwrap();
+    assert!(snapshot.rejected_services.is_empty());
+    let names: Vec<String> = snapshot
+        .services
+        .iter()
+        .map(|s| s.key().to_string())
+        .collect();
+    assert_eq!(names, ["shop/server", "default/web"]);
+    assert_eq!(snapshot.services[0].ports[0].target_port, Some(8080));
+}
+
+#[test]
+fn bad_service_entries_are_rejected_naming_the_entry_and_others_kept() {
+    let text = format!(
+        "{SERVICES}  - name: server\n    namespace: shop\n    selector: {{app: other}}\n  - name: Bad_Name\n    selector: {{app: x}}\n  - name: empty\n"
+    );
+    let snapshot = parse(&text).unwrap();
+    assert_eq!(snapshot.services.len(), 2);
+    let reasons: Vec<(usize, &str)> = snapshot
+        .rejected_services
+        .iter()
+        .map(|r| (r.entry, r.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons[0].0, 3);
+    assert!(
+        reasons[0]
+            .1
+            .contains("service shop/server is listed twice (entries 1 and 3)"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1].0, 4);
+    assert!(
+        reasons[1].1.contains("default/Bad_Name") && reasons[1].1.contains("not a DNS label"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2].0, 5);
+    assert!(reasons[2].1.contains("has no selector"), "{reasons:?}");
+}
+
+#[test]
+fn unknown_service_field_fails_the_file_naming_the_field() {
+    let err =
+        parse("services:\n  - name: s\n    selector: {a: b}\n    type: ClusterIP\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `type`"), "{err}");
+    let err = parse("services:\n  - namespace: shop\n").unwrap_err();
+    assert!(err.to_string().contains("missing field `name`"), "{err}");
+}

@@ -1,0 +1,324 @@
+//! The service model: a stable name in front of a set of pods, chosen by a
+//! label selector, as a Kubernetes Service is. For now it names traffic (the
+//! `destination_service` metric label); routing to services comes later.
+//!
+//! ```yaml
+//! services:
+//!   - name: server
+//!     namespace: shop            # optional; default `default`
+//!     selector: {app: server}    # the pods behind it: every label must match
+//!     ports:                     # optional
+//!       - {name: http, port: 80, targetPort: 8080}
+//! ```
+//!
+//! A service selects the pods of its own namespace whose labels include all
+//! of its selector. A pod behind several services is named after the first
+//! of them by name.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+/// The cluster's DNS domain when none is configured: services are named
+/// `<name>.<namespace>.svc.cluster.local`.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Why a service entry cannot be used. Each message names the service.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// The name or namespace is not a DNS label, so it cannot be part of
+    /// the service's host name.
+    #[error(
+        "service {service} has {part} {value:?}, which is not a DNS label (lowercase letters, digits and '-', at most 63 characters; a name starts with a letter)"
+    )]
+    NotDnsLabel {
+        /// The service (namespace/name).
+        service: ServiceKey,
+        /// `name` or `namespace`.
+        part: &'static str,
+        /// The value as given.
+        value: String,
+    },
+    /// The selector is empty: the service would select no pods (services
+    /// with hand-made endpoints are not supported).
+    #[error("service {0} has no selector; it needs labels to select its pods")]
+    NoSelector(ServiceKey),
+    /// A port or target port is 0.
+    #[error("service {service} has port 0 in ports entry {entry}")]
+    PortZero {
+        /// The service (namespace/name).
+        service: ServiceKey,
+        /// Position of the port in `ports`, from 1.
+        entry: usize,
+    },
+    /// Two ports entries share a port number or a name.
+    #[error("service {service} lists {what} twice in its ports")]
+    DuplicatePort {
+        /// The service (namespace/name).
+        service: ServiceKey,
+        /// `port 80` or `port name "http"`.
+        what: String,
+    },
+}
+
+/// A service's namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+}
+
+/// A service, as the local configuration file lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Service name, a DNS label.
+    pub name: String,
+    /// Kubernetes namespace, a DNS label.
+    #[serde(default = "crate::workload::default_namespace")]
+    pub namespace: String,
+    /// The labels a pod of the namespace must all carry to be behind the
+    /// service.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// The ports the service exposes.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Optional name, unique within the service.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The port clients connect to.
+    pub port: u16,
+    /// The port on the pods; the same as `port` when not given.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+// === impl ServiceKey ===
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+// === impl Service ===
+
+impl Service {
+    /// The service's namespace/name key.
+    #[must_use]
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The service's host name in the cluster domain `domain`, as Istio
+    /// labels traffic with it: `<name>.<namespace>.svc.<domain>`.
+    #[must_use]
+    pub fn hostname(&self, domain: &str) -> String {
+        format!("{}.{}.svc.{domain}", self.name, self.namespace)
+    }
+
+    /// Whether the pod of `namespace` with `labels` is behind this service.
+    #[must_use]
+    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        namespace == self.namespace
+            && !self.selector.is_empty()
+            && self
+                .selector
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+    }
+
+    /// Checks the entry on its own: names that fit in a host name, a
+    /// selector, valid and distinct ports.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        // Kubernetes: service names are RFC 1035 labels, namespaces RFC 1123.
+        for (part, value, letter_first) in [
+            ("name", &self.name, true),
+            ("namespace", &self.namespace, false),
+        ] {
+            if !is_dns_label(value, letter_first) {
+                return Err(ServiceError::NotDnsLabel {
+                    service: self.key(),
+                    part,
+                    value: value.clone(),
+                });
+            }
+        }
+        if self.selector.is_empty() {
+            return Err(ServiceError::NoSelector(self.key()));
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (index, port) in self.ports.iter().enumerate() {
+            if port.port == 0 || port.target_port == Some(0) {
+                return Err(ServiceError::PortZero {
+                    service: self.key(),
+                    entry: index + 1,
+                });
+            }
+            let duplicate = if ports.insert(port.port) {
+                port.name
+                    .as_ref()
+                    .filter(|name| !names.insert(name.as_str()))
+                    .map(|name| format!("port name {name:?}"))
+            } else {
+                Some(format!("port {}", port.port))
+            };
+            if let Some(what) = duplicate {
+                return Err(ServiceError::DuplicatePort {
+                    service: self.key(),
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first service by name (then namespace) in `services` that selects
+/// the pod of `namespace` with `labels`.
+#[must_use]
+pub fn first_selecting<'a>(
+    services: &'a [Service],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Option<&'a Service> {
+    services
+        .iter()
+        .filter(|service| service.selects(namespace, labels))
+        .min_by(|a, b| (&a.name, &a.namespace).cmp(&(&b.name, &b.namespace)))
+}
+
+/// A DNS label: lowercase letters, digits and '-', neither first nor last,
+/// and with `letter_first` a letter first (RFC 1035, else RFC 1123).
+fn is_dns_label(value: &str, letter_first: bool) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || (!letter_first && bytes[0].is_ascii_digit()))
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_with_defaults_and_names_its_host() {
+        let svc = service(
+            "{name: server, selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}",
+        );
+        assert_eq!(svc.namespace, "default");
+        assert_eq!(svc.ports[0].target_port, Some(8080));
+        assert_eq!(svc.validate(), Ok(()));
+        assert_eq!(
+            svc.hostname("cluster.local"),
+            "server.default.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn selects_pods_of_its_namespace_carrying_every_selector_label() {
+        let svc = service("{name: web, namespace: shop, selector: {app: web, tier: front}}");
+        assert!(svc.selects(
+            "shop",
+            &labels(&[("app", "web"), ("tier", "front"), ("x", "y")])
+        ));
+        assert!(!svc.selects("shop", &labels(&[("app", "web")])));
+        assert!(!svc.selects("other", &labels(&[("app", "web"), ("tier", "front")])));
+    }
+
+    #[test]
+    fn the_first_selecting_service_by_name_wins() {
+        let services = [
+            service("{name: zeta, namespace: shop, selector: {app: web}}"),
+            service("{name: alpha, namespace: shop, selector: {app: web}}"),
+            service("{name: aaa, namespace: other, selector: {app: web}}"),
+        ];
+        let pod = labels(&[("app", "web")]);
+        let first = first_selecting(&services, "shop", &pod).map(|s| s.name.as_str());
+        assert_eq!(first, Some("alpha"));
+        assert!(first_selecting(&services, "shop", &labels(&[("app", "db")])).is_none());
+    }
+
+    #[test]
+    fn bad_entries_say_what_is_wrong_and_name_the_service() {
+        let cases = [
+            (
+                "{name: Server, selector: {a: b}}",
+                "name \"Server\", which is not a DNS label",
+            ),
+            (
+                "{name: s, namespace: 'a.b', selector: {a: b}}",
+                "namespace \"a.b\"",
+            ),
+            ("{name: '', selector: {a: b}}", "not a DNS label"),
+            ("{name: 9s, selector: {a: b}}", "not a DNS label"),
+            ("{name: s-, selector: {a: b}}", "not a DNS label"),
+            (
+                "{name: s, namespace: '-x', selector: {a: b}}",
+                "not a DNS label",
+            ),
+            ("{name: s}", "has no selector"),
+            (
+                "{name: s, selector: {a: b}, ports: [{port: 0}]}",
+                "port 0 in ports entry 1",
+            ),
+            (
+                "{name: s, selector: {a: b}, ports: [{port: 80}, {port: 81, targetPort: 0}]}",
+                "port 0 in ports entry 2",
+            ),
+            (
+                "{name: s, selector: {a: b}, ports: [{port: 80}, {port: 80}]}",
+                "port 80 twice",
+            ),
+            (
+                "{name: s, selector: {a: b}, ports: [{name: h, port: 80}, {name: h, port: 81}]}",
+                "port name \"h\" twice",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let error = service(yaml).validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+            assert!(error.starts_with("service "), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_ports_do_not_parse() {
+        let error = serde_yaml::from_str::<Service>("{name: s, selektor: {a: b}}").unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `selektor`"),
+            "{error}"
+        );
+        let error =
+            serde_yaml::from_str::<Service>("{name: s, ports: [{port: 70000}]}").unwrap_err();
+        assert!(error.to_string().contains("70000"), "{error}");
+    }
+}
