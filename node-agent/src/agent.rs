@@ -21,9 +21,11 @@ use crate::{
     },
     identity::{CaFiles, CertManager},
     local_source,
+    logging::LogControl,
     metrics::Metrics,
     netns::{Netns, NetnsError},
     splice::{LocalPods, Splicer},
+    telemetry,
     workloads::SharedWorkloads,
 };
 
@@ -45,6 +47,9 @@ pub enum AgentError {
     /// A runtime could not be started.
     #[error("cannot start the {0} runtime: {1}")]
     Runtime(&'static str, #[source] std::io::Error),
+    /// The metrics or readiness port could not listen.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// The admin API could not listen.
     #[error(
         "cannot listen on the admin address {addr}: {source} (is another agent running? set AMBIT_ADMIN_ADDR)"
@@ -57,22 +62,14 @@ pub enum AgentError {
     },
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub fn run(config: &Config) -> Result<(), AgentError> {
+/// Runs the agent until SIGTERM or SIGINT; `logging` is the log filter the
+/// admin API can change.
+pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let effective = serde_json::to_string(&config).unwrap_or_default();
     tracing::info!(config = %effective, "ambit node agent starting");
     let (publish, snapshots) = local_source::initial(&config.config)?;
     let home_netns = Arc::new(Netns::current()?);
-    let data_plane = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(config.worker_threads))
-        .thread_name("ambit-data")
-        .enable_all()
-        .build()
-        .map_err(|e| AgentError::Runtime("data-path", e))?;
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| AgentError::Runtime("control", e))?;
+    let (data_plane, control) = runtimes(config)?;
 
     // The CA comes first: a bad CA file must stop the agent before anything
     // is attached.
@@ -98,6 +95,8 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         metrics.clone(),
     ));
     let workloads = Arc::new(SharedWorkloads::default());
+    let admin_workloads = workloads.clone();
+    let kernel_splice = ebpf.kernel_splice().to_string();
     let local_pods = Arc::new(LocalPods::default());
     let splicer = Arc::new(Splicer::new(
         *ebpf.kernel_splice() == KernelSplice::On,
@@ -106,10 +105,12 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         workloads.clone(),
         local_pods.clone(),
         connections.clone(),
+        metrics.clone(),
     ));
     let mesh = MeshSettings {
         node_name: config.node_name.clone(),
         trust_domain: config.trust_domain.clone(),
+        cluster_domain: config.cluster_domain.clone(),
         connect_timeout: config.connect_timeout(),
         same_node_fast_path: config.same_node_fast_path,
         certs: certs.clone(),
@@ -118,6 +119,7 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         authorizer: authorizer.clone(),
         local_pods,
         splicer: splicer.clone(),
+        metrics: metrics.clone(),
     };
     let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
     let board = Arc::new(PodStatusBoard::default());
@@ -127,8 +129,23 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
             .await
             .map_err(|source| AgentError::Admin { addr: config.admin_addr, source })?;
+        let readiness =
+            telemetry::start(config, &metrics, &maps, &certs, board.clone(), &shutdown).await?;
         let admin_state =
-            Arc::new(AdminState { config: config.clone(), board: board.clone(), maps, certs: certs.clone(), connections, authorizer, metrics });
+            Arc::new(AdminState {
+                config: config.clone(),
+                board: board.clone(),
+                maps,
+                certs: certs.clone(),
+                connections,
+                authorizer,
+                metrics,
+                workloads: admin_workloads,
+                splicer: splicer.clone(),
+                kernel_splice,
+                logging,
+                readiness,
+            });
         tokio::spawn(crate::identity::rotate_until_cancelled(certs.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
         tokio::spawn(local_source::watch_file(
@@ -144,11 +161,17 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         if let Some(ring) = splice_events {
             tokio::spawn(splicer.run_events(ring));
         }
-        tracing::info!(admin = %config.admin_addr, node = %config.node_name, "ambit node agent ready");
+        tracing::info!(admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, node = %config.node_name, "ambit node agent ready");
         let reconciler = Reconciler::new(enroller, board);
         Ok(reconciler.run(snapshots, shutdown, config.keep_bpf_state).await)
     });
-    let enroller = result?;
+    shut_down(config, data_plane, result?);
+    Ok(())
+}
+
+/// Stops the data path, then leaves the eBPF state to the next agent
+/// (`keep_bpf_state`) or removes it.
+fn shut_down(config: &Config, data_plane: tokio::runtime::Runtime, enroller: Enroller) {
     data_plane.shutdown_timeout(std::time::Duration::from_secs(5));
     let ebpf = enroller.into_ebpf();
     if config.keep_bpf_state {
@@ -157,7 +180,24 @@ pub fn run(config: &Config) -> Result<(), AgentError> {
         ebpf.detach_and_unpin();
     }
     tracing::info!("ambit node agent stopped");
-    Ok(())
+}
+
+/// The data path's multi-threaded runtime and the control side's
+/// single-threaded one.
+fn runtimes(
+    config: &Config,
+) -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime), AgentError> {
+    let data_plane = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.worker_threads))
+        .thread_name("ambit-data")
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Runtime("data-path", e))?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Runtime("control", e))?;
+    Ok((data_plane, control))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -8,6 +8,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
 use serde::Serialize;
 
+/// Where the agent pins its maps and links unless told otherwise.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/ambit";
+/// The cgroup the agent attaches its cgroup programs to unless told otherwise.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Environment variable names, one prefix.
 pub mod env {
     /// See [`super::Config::config`].
@@ -22,6 +27,12 @@ pub mod env {
     pub const KEEP_BPF_STATE: &str = "AMBIT_KEEP_BPF_STATE";
     /// See [`super::Config::admin_addr`].
     pub const ADMIN_ADDR: &str = "AMBIT_ADMIN_ADDR";
+    /// See [`super::Config::metrics_addr`].
+    pub const METRICS_ADDR: &str = "AMBIT_METRICS_ADDR";
+    /// See [`super::Config::readiness_addr`].
+    pub const READINESS_ADDR: &str = "AMBIT_READINESS_ADDR";
+    /// See [`super::Config::cluster_domain`].
+    pub const CLUSTER_DOMAIN: &str = "AMBIT_CLUSTER_DOMAIN";
     /// See [`super::Config::worker_threads`].
     pub const WORKER_THREADS: &str = "AMBIT_WORKER_THREADS";
     /// See [`super::Config::log_format`].
@@ -65,11 +76,11 @@ pub struct Config {
     #[arg(long, env = env::NODE_NAME, default_value = "local")]
     pub node_name: String,
     /// Directory on a bpffs where programs' links and maps are pinned.
-    #[arg(long, env = env::BPFFS_DIR, default_value = "/sys/fs/bpf/ambit")]
+    #[arg(long, env = env::BPFFS_DIR, default_value = DEFAULT_BPFFS_DIR)]
     pub bpffs_dir: PathBuf,
     /// cgroup v2 directory whose processes are candidates for capture (the
     /// pods' cgroup root, e.g. `/sys/fs/cgroup/kubepods.slice`).
-    #[arg(long, env = env::CGROUP_ROOT, default_value = "/sys/fs/cgroup")]
+    #[arg(long, env = env::CGROUP_ROOT, default_value = DEFAULT_CGROUP_ROOT)]
     pub cgroup_root: PathBuf,
     /// On exit, leave programs attached and maps pinned so the next agent
     /// takes over without a gap in capture (upgrades).
@@ -79,6 +90,20 @@ pub struct Config {
     /// Address of the admin API (JSON) in the agent's own network namespace.
     #[arg(long, env = env::ADMIN_ADDR, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// Address of the Prometheus metrics listener (`/metrics`) in the
+    /// agent's own network namespace.
+    #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Address of the readiness probe listener (`/healthz/ready`) in the
+    /// agent's own network namespace.
+    #[arg(long, env = env::READINESS_ADDR, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// The cluster's DNS domain: services are named
+    /// `<name>.<namespace>.svc.<cluster-domain>` (the `destination_service`
+    /// metric label).
+    #[arg(long, env = env::CLUSTER_DOMAIN, default_value = mesh_core::service::DEFAULT_CLUSTER_DOMAIN,
+          value_parser = parse_cluster_domain)]
+    pub cluster_domain: String,
     /// Worker threads of the data-path runtime.
     #[arg(long, env = env::WORKER_THREADS, default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -142,6 +167,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// A DNS name: dot-separated labels of lowercase letters, digits and `-`.
+fn parse_cluster_domain(value: &str) -> Result<String, String> {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if value.len() <= 253 && value.split('.').all(label_ok) {
+        Ok(value.to_owned())
+    } else {
+        Err(
+            "expected a DNS name such as cluster.local (lowercase labels joined by dots)"
+                .to_owned(),
+        )
+    }
+}
+
 // === impl Config ===
 
 impl Config {
@@ -182,6 +228,9 @@ mod tests {
         let config = parse(&["--config", "/etc/ambit/mesh.yaml"]).unwrap();
         assert_eq!(config.bpffs_dir, PathBuf::from("/sys/fs/bpf/ambit"));
         assert_eq!(config.admin_addr, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(config.metrics_addr, "0.0.0.0:15020".parse().unwrap());
+        assert_eq!(config.readiness_addr, "0.0.0.0:15021".parse().unwrap());
+        assert_eq!(config.cluster_domain, "cluster.local");
         assert!(!config.keep_bpf_state);
         assert_eq!(config.worker_threads, 2);
     }
@@ -218,5 +267,44 @@ mod tests {
             err.contains("--admin-addr") && err.contains("nowhere"),
             "{err}"
         );
+        for (flag, value) in [
+            ("--metrics-addr", "15020"),
+            ("--readiness-addr", "localhost:15021"),
+            ("--cluster-domain", "Cluster.Local"),
+            ("--cluster-domain", "a..b"),
+        ] {
+            let err = parse(&["--config", "x", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag) && err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn telemetry_settings_come_from_flags_or_their_variables() {
+        let config = parse(&[
+            "--config",
+            "x",
+            "--metrics-addr",
+            "127.0.0.1:9020",
+            "--readiness-addr",
+            "[::1]:9021",
+            "--cluster-domain",
+            "corp.example",
+        ])
+        .unwrap();
+        assert_eq!(config.metrics_addr, "127.0.0.1:9020".parse().unwrap());
+        assert_eq!(config.readiness_addr, "[::1]:9021".parse().unwrap());
+        assert_eq!(config.cluster_domain, "corp.example");
+        // The variables' names, as operators set them.
+        let arg = |id: &str| {
+            <Config as clap::CommandFactory>::command()
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        };
+        assert_eq!(arg("metrics_addr").as_deref(), Some(env::METRICS_ADDR));
+        assert_eq!(arg("readiness_addr").as_deref(), Some(env::READINESS_ADDR));
+        assert_eq!(arg("cluster_domain").as_deref(), Some(env::CLUSTER_DOMAIN));
     }
 }

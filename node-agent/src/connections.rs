@@ -1,11 +1,25 @@
-//! Recently closed connections, with who talked to whom and how: the admin
-//! API's `/connections` and one access-log line per connection.
+//! Connections, open and recently closed, with who talked to whom and how:
+//! the admin API's `/connections` (and its follow stream) and one
+//! access-log line per connection.
 
-use std::{collections::VecDeque, net::SocketAddr, sync::Mutex, time::SystemTime};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime},
+};
 
 use serde::Serialize;
+use tokio::sync::broadcast;
 
-use crate::{authz::Authorization, proxy::Direction};
+use crate::{authz::Authorization, proxy::ByteCounts, proxy::Direction};
+
+/// How many closed connections a follower may fall behind before it misses
+/// some (it is told how many).
+const FOLLOW_BACKLOG: usize = 1024;
 
 /// How many closed connections the log keeps.
 pub const LOG_CAPACITY: usize = 1024;
@@ -62,15 +76,142 @@ pub struct ConnectionRecord {
     pub closed_at: u64,
 }
 
-/// The recent-connections ring.
-#[derive(Debug, Default)]
+/// Whether a connection is still open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Relaying now; bytes so far.
+    Open,
+    /// Ended; final bytes.
+    Closed,
+}
+
+/// One connection as the admin API lists it: open ones with their bytes so
+/// far, closed ones with their final figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionView {
+    /// Open or closed.
+    pub state: ConnectionState,
+    /// The connection and its figures.
+    #[serde(flatten)]
+    pub record: ConnectionRecord,
+    /// When it opened, seconds since the epoch (open connections only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<u64>,
+    /// How long it has been open, in seconds (open connections only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<f64>,
+}
+
+/// Open connections and the recent-connections ring.
+#[derive(Debug)]
 pub struct ConnectionLog {
     records: Mutex<VecDeque<ConnectionRecord>>,
+    open: Mutex<BTreeMap<u64, Arc<LiveEntry>>>,
+    next_id: AtomicU64,
+    closed_feed: broadcast::Sender<ConnectionRecord>,
+}
+
+/// An open connection, registered while its relay runs.
+#[derive(Debug)]
+struct LiveEntry {
+    flow: Flow,
+    counts: ByteCounts,
+    /// The verdict the destination's agent reports in its CONNECT response
+    /// (source side of HBONE), once it arrived.
+    reported: OnceLock<Authorization>,
+    opened: Instant,
+    opened_at: u64,
+}
+
+/// The handle of an open connection: its byte counters, and its place in the
+/// open list, which it leaves when dropped.
+pub struct LiveConnection<'a> {
+    log: &'a ConnectionLog,
+    id: u64,
+    entry: Arc<LiveEntry>,
 }
 
 // === impl ConnectionLog ===
 
+impl Default for ConnectionLog {
+    fn default() -> Self {
+        Self {
+            records: Mutex::default(),
+            open: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            closed_feed: broadcast::channel(FOLLOW_BACKLOG).0,
+        }
+    }
+}
+
 impl ConnectionLog {
+    /// Lists `flow` as open until the returned handle is dropped; the relay
+    /// counts its bytes in the handle's counters.
+    pub fn open(&self, flow: &Flow) -> LiveConnection<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(LiveEntry {
+            flow: flow.clone(),
+            counts: ByteCounts::default(),
+            reported: OnceLock::new(),
+            opened: Instant::now(),
+            opened_at: unix_now(),
+        });
+        lock(&self.open).insert(id, entry.clone());
+        LiveConnection {
+            log: self,
+            id,
+            entry,
+        }
+    }
+
+    /// Every open connection, oldest first, with its bytes so far.
+    #[must_use]
+    pub fn open_connections(&self) -> Vec<ConnectionView> {
+        let entries: Vec<_> = lock(&self.open).values().cloned().collect();
+        entries
+            .into_iter()
+            .map(|entry| {
+                let mut flow = entry.flow.clone();
+                if flow.authorization.is_none() {
+                    flow.authorization = entry.reported.get().cloned();
+                }
+                ConnectionView {
+                    state: ConnectionState::Open,
+                    record: ConnectionRecord {
+                        flow,
+                        bytes_sent: entry.counts.sent.load(Ordering::Relaxed),
+                        bytes_received: entry.counts.received.load(Ordering::Relaxed),
+                        error: None,
+                        closed_at: 0,
+                    },
+                    opened_at: Some(entry.opened_at),
+                    age_secs: Some(entry.opened.elapsed().as_secs_f64()),
+                }
+            })
+            .collect()
+    }
+
+    /// Open connections first, then the recently closed ones, newest last.
+    #[must_use]
+    pub fn all(&self) -> Vec<ConnectionView> {
+        let mut views = self.open_connections();
+        views.extend(self.recent().into_iter().map(|record| ConnectionView {
+            state: ConnectionState::Closed,
+            record,
+            opened_at: None,
+            age_secs: None,
+        }));
+        views
+    }
+
+    /// Every connection closed from now on, as it closes. A follower that
+    /// falls more than 1,024 records behind learns how many it missed.
+    #[must_use]
+    pub fn follow(&self) -> broadcast::Receiver<ConnectionRecord> {
+        self.closed_feed.subscribe()
+    }
+
     /// Records a closed connection and writes its access-log line.
     pub fn closed(&self, flow: Flow, bytes_sent: u64, bytes_received: u64, error: Option<String>) {
         tracing::info!(
@@ -90,9 +231,7 @@ impl ConnectionLog {
             error = error.as_deref().unwrap_or("-"),
             "connection closed"
         );
-        let closed_at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let closed_at = unix_now();
         let record = ConnectionRecord {
             flow,
             bytes_sent,
@@ -100,10 +239,9 @@ impl ConnectionLog {
             error,
             closed_at,
         };
-        let mut records = self
-            .records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Nobody following is the usual case, not an error.
+        let _ = self.closed_feed.send(record.clone());
+        let mut records = lock(&self.records);
         if records.len() == LOG_CAPACITY {
             records.pop_front();
         }
@@ -113,11 +251,42 @@ impl ConnectionLog {
     /// The recent connections, oldest first.
     #[must_use]
     pub fn recent(&self) -> Vec<ConnectionRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        lock(&self.records).iter().cloned().collect()
     }
+}
+
+// === impl LiveConnection ===
+
+impl LiveConnection<'_> {
+    /// The connection's byte counters, for its relay.
+    #[must_use]
+    pub fn counts(&self) -> &ByteCounts {
+        &self.entry.counts
+    }
+
+    /// Where the relay puts the verdict the destination's agent reports.
+    #[must_use]
+    pub fn reported(&self) -> &OnceLock<Authorization> {
+        &self.entry.reported
+    }
+}
+
+impl Drop for LiveConnection<'_> {
+    fn drop(&mut self) {
+        lock(&self.log.open).remove(&self.id);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A lock that outlives a panicked holder: the data is plain records, still
+/// consistent after any partial update.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

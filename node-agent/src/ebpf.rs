@@ -158,18 +158,6 @@ pub struct SkLookupAttachment {
     reused: bool,
 }
 
-/// The cgroup programs: their names and how to attach each.
-const CGROUP_PROGRAMS: [&str; 8] = [
-    program_names::CONNECT4,
-    program_names::CONNECT6,
-    program_names::SOCK_OPS,
-    program_names::GETPEERNAME4,
-    program_names::GETPEERNAME6,
-    program_names::BIND4,
-    program_names::BIND6,
-    program_names::GETSOCKOPT,
-];
-
 // === impl MeshEbpf ===
 
 impl MeshEbpf {
@@ -202,9 +190,9 @@ impl MeshEbpf {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        let mut cgroup_links = Vec::with_capacity(CGROUP_PROGRAMS.len());
+        let mut cgroup_links = Vec::with_capacity(program_names::CGROUP.len());
         let mut reused_cgroup_links = 0;
-        for name in CGROUP_PROGRAMS {
+        for name in program_names::CGROUP {
             let path = pin_dir.join("links").join(name);
             if path.exists() {
                 cgroup_links.push(adopt_link(&path)?);
@@ -231,7 +219,7 @@ impl MeshEbpf {
         tracing::info!(
             pin_dir = %pin_dir.display(),
             cgroup = %cgroup_root.display(),
-            attached = CGROUP_PROGRAMS.len() - reused_cgroup_links,
+            attached = program_names::CGROUP.len() - reused_cgroup_links,
             reused = reused_cgroup_links,
             kernel_splice = splice == KernelSplice::On,
             "eBPF programs ready"
@@ -412,6 +400,16 @@ impl KernelSplice {
             Err(error) => Self::Off(format!(
                 "the kernel refused the sk_msg program: {error} (sk_msg needs CONFIG_NET_SOCK_MSG and Linux 4.17 or later)"
             )),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelSplice {
+    /// `on`, or `off: ` and the reason.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::On => f.write_str("on"),
+            Self::Off(reason) => write!(f, "off: {reason}"),
         }
     }
 }

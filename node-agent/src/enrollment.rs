@@ -116,6 +116,8 @@ pub struct MeshSettings {
     pub node_name: String,
     /// The trust domain of workload identities.
     pub trust_domain: String,
+    /// The cluster's DNS domain, which service host names end in.
+    pub cluster_domain: String,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Skip TLS between pods of this node.
@@ -132,6 +134,8 @@ pub struct MeshSettings {
     pub local_pods: Arc<LocalPods>,
     /// The same-node kernel splice: direct-connection map and accounting.
     pub splicer: Arc<Splicer>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The sockets opened inside a pod at enrollment.
@@ -262,6 +266,7 @@ impl Enroller {
             same_node_fast_path: self.mesh.same_node_fast_path,
             hbone: HbonePool::default(),
             connections: self.mesh.connections.clone(),
+            metrics: self.mesh.metrics.clone(),
         });
         self.mesh.local_pods.insert(&context);
         let _runtime = self.data_plane.enter();

@@ -76,6 +76,8 @@ pub struct CertificateInfo {
     pub not_after: u64,
     /// How many times this identity's certificate was rotated.
     pub rotations: u64,
+    /// `valid`, `expired` or `not_yet_valid`, now.
+    pub state: &'static str,
 }
 
 struct Issued {
@@ -191,6 +193,7 @@ impl CertManager {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         };
+        let now = SystemTime::now();
         let mut infos: Vec<CertificateInfo> = read(&self.issued)
             .iter()
             .map(|(id, issued)| CertificateInfo {
@@ -199,6 +202,13 @@ impl CertManager {
                 not_before: secs(issued.certificate.not_before),
                 not_after: secs(issued.certificate.not_after),
                 rotations: issued.rotations,
+                state: if now >= issued.certificate.not_after {
+                    "expired"
+                } else if now < issued.certificate.not_before {
+                    "not_yet_valid"
+                } else {
+                    "valid"
+                },
             })
             .collect();
         infos.sort_by(|a, b| a.identity.cmp(&b.identity));

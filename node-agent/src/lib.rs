@@ -12,7 +12,8 @@
 //! - [`workloads`]: every meshed pod by address
 //! - [`authz`]: L4 authorization policies, enforced on the destination's node
 //! - [`connections`]: recently closed connections and the access log
-//! - [`metrics`]: Prometheus metrics
+//! - [`metrics`]: Prometheus metrics, with Istio's names for traffic
+//! - [`telemetry`]: the metrics (15020) and readiness (15021) listeners
 //! - [`admin`]: the JSON admin API
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod enrollment;
 pub mod hbone;
 pub mod identity;
 pub mod local_source;
+pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;
@@ -34,5 +36,6 @@ pub mod routing;
 pub mod splice;
 pub mod stats;
 mod sys;
+pub mod telemetry;
 pub mod tls;
 pub mod workloads;

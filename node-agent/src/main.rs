@@ -3,22 +3,22 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use node_agent::config::{Config, LogFormat, env};
-use tracing_subscriber::EnvFilter;
+use node_agent::{
+    config::{Config, env},
+    logging::LogControl,
+};
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; log collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.log_format {
-        LogFormat::Text => subscriber.init(),
-        LogFormat::Json => subscriber.json().init(),
-    }
-    match node_agent::agent::run(&config) {
+    let filter = std::env::var(env::LOG).unwrap_or_else(|_| "info".to_owned());
+    let logging = match LogControl::install(config.log_format, &filter) {
+        Ok(logging) => logging,
+        Err(error) => {
+            eprintln!("ambit-node-agent: {error} (set {})", env::LOG);
+            return ExitCode::FAILURE;
+        }
+    };
+    match node_agent::agent::run(&config, logging) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let mut message = error.to_string();

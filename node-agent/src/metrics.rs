@@ -1,14 +1,32 @@
-//! Prometheus metrics, in the text format, served on the admin API's
-//! `/metrics`. Label values come from bounded sets: decisions, enforcement
-//! points, policy names and namespaces.
+//! Prometheus metrics, in the `OpenMetrics` text format, served on the
+//! metrics port's `/metrics` (15020, see `crate::telemetry`) and on the
+//! admin API's. Every label value comes from a bounded set: workloads,
+//! namespaces, identities, services, policies and small fixed enums, never
+//! addresses or ports (docs/metrics.md lists them all).
+//!
+//! - [`tcp`]: Istio's TCP metrics, with Istio's names and labels
+//! - [`collectors`]: figures read at scrape time (eBPF counters,
+//!   certificate expiry)
+//! - [`labels`]: how workloads are named in labels
+//! - `record`: the proxies' calls (`PodContext::count_opened` and co.)
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
+
+use crate::{ebpf::MeshMaps, identity::CertManager};
+
+pub mod collectors;
+pub mod labels;
+mod record;
+pub mod tcp;
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Labels of an authorization decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +50,8 @@ pub struct Metrics {
     pub authorization_decisions: Family<AuthorizationLabels, Counter>,
     /// Open connections closed because a policy change denies them.
     pub authorization_revocations: Family<AuthorizationLabels, Counter>,
+    /// Istio's TCP connection and byte counters.
+    pub tcp: tcp::TcpMetrics,
 }
 
 // === impl Metrics ===
@@ -51,15 +71,28 @@ impl Default for Metrics {
             "Open connections closed because a policy change denies them",
             authorization_revocations.clone(),
         );
+        let tcp = tcp::TcpMetrics::register(&mut registry);
         Self {
             registry: Mutex::new(registry),
             authorization_decisions,
             authorization_revocations,
+            tcp,
         }
     }
 }
 
 impl Metrics {
+    /// Adds the figures read at scrape time: the eBPF counters in `maps`
+    /// and the expiry of the certificates `certs` holds.
+    pub fn read_at_scrape(&self, maps: Arc<MeshMaps>, certs: Arc<CertManager>) {
+        let mut registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.register_collector(Box::new(collectors::EbpfEvents(maps)));
+        registry.register_collector(Box::new(collectors::CertificateExpiry(certs)));
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let registry = self

@@ -36,6 +36,7 @@ use crate::{
     ebpf::MeshMaps,
     hbone::{HboneError, client::HbonePool},
     identity::CertManager,
+    metrics::tcp::ResponseFlags,
     netns::{NetnsError, NetnsSwitch},
     stats::{PodStats, TrafficStats},
     workloads::SharedWorkloads,
@@ -136,6 +137,8 @@ pub struct PodContext {
     pub hbone: HbonePool,
     /// Recently closed connections.
     pub connections: Arc<ConnectionLog>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A finished connection: what it was, the bytes each way, and how it ended.
@@ -148,6 +151,10 @@ pub struct Finished {
     pub received: u64,
     /// Why it ended badly, if it did.
     pub error: Option<String>,
+    /// How it ended, as the metrics' `response_flags` say.
+    pub response_flags: ResponseFlags,
+    /// Whether it was established; a connection refused during set-up was not.
+    pub established: bool,
 }
 
 /// Bytes relayed so far each way. They are counted as they are written,
@@ -420,7 +427,11 @@ pub async fn serve<F, Fut>(
                 tokio::spawn(
                     async move {
                         match work.await {
-                            Ok(Finished { flow, sent, received, error }) => context.connections.closed(flow, sent, received, error),
+                            Ok(finished) => {
+                                context.count_finished(&finished);
+                                let Finished { flow, sent, received, error, .. } = finished;
+                                context.connections.closed(flow, sent, received, error);
+                            }
                             Err(error) => {
                                 context.stats.direction(direction).closed(0, 0, true);
                                 tracing::warn!(%error, "connection failed");
@@ -451,17 +462,20 @@ pub async fn relay(
 }
 
 /// Relays a plaintext connection until it ends (or `admitted` is revoked)
-/// and says how it ended; counted in `stats`.
+/// and says how it ended; listed as open meanwhile, and counted in the
+/// pod's statistics for the flow's direction.
 pub async fn relay_to_end(
     flow: Flow,
     client: &TcpStream,
     upstream: &TcpStream,
     admitted: Option<&Admitted>,
-    stats: &TrafficStats,
+    context: &PodContext,
 ) -> Finished {
-    let counts = ByteCounts::default();
-    let end = until_revoked(relay(client, upstream, &counts), admitted).await;
-    Finished::relayed(flow, &counts, end, stats, &[client, upstream])
+    let live = context.connections.open(&flow);
+    context.count_opened(&flow);
+    let end = until_revoked(relay(client, upstream, live.counts()), admitted).await;
+    let stats = context.stats.direction(flow.direction);
+    Finished::relayed(flow, live.counts(), end, stats, &[client, upstream])
 }
 
 /// Runs `relay` until it ends, or until `admitted` is revoked by a policy
@@ -502,6 +516,7 @@ impl Finished {
     ) -> Self {
         let sent = counts.sent.load(Ordering::Relaxed);
         let received = counts.received.load(Ordering::Relaxed);
+        let response_flags = ResponseFlags::of_end(&end);
         let error = match end {
             RelayEnd::Done => None,
             RelayEnd::Failed(error) => Some(format!("relaying bytes failed: {error}")),
@@ -526,6 +541,8 @@ impl Finished {
             sent,
             received,
             error,
+            response_flags,
+            established: true,
         }
     }
 
@@ -549,6 +566,8 @@ impl Finished {
             sent: 0,
             received: 0,
             error: Some(error),
+            response_flags: ResponseFlags::Deny,
+            established: false,
         }
     }
 }

@@ -28,8 +28,11 @@ use mesh_ebpf_common::{
 
 use crate::{
     authz::{Authorization, Authorizer, EnforcementPoint},
-    connections::{ConnectionLog, Flow, Security},
+    connections::{
+        ConnectionLog, ConnectionRecord, ConnectionState, ConnectionView, Flow, Security,
+    },
     ebpf::MeshMaps,
+    metrics::{Metrics, tcp::ResponseFlags},
     proxy::{Direction, PodContext},
     workloads::{SharedWorkloads, Workload},
 };
@@ -50,6 +53,7 @@ pub struct Splicer {
     workloads: Arc<SharedWorkloads>,
     pods: Arc<LocalPods>,
     connections: Arc<ConnectionLog>,
+    metrics: Arc<Metrics>,
     /// Spliced connections reset by a policy change, by client tuple, with
     /// the verdict that reset them; taken when their close is reported.
     revoked: Mutex<HashMap<SocketTuple, Authorization>>,
@@ -92,6 +96,7 @@ impl Splicer {
         workloads: Arc<SharedWorkloads>,
         pods: Arc<LocalPods>,
         connections: Arc<ConnectionLog>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             enabled,
@@ -100,6 +105,7 @@ impl Splicer {
             workloads,
             pods,
             connections,
+            metrics,
             revoked: Mutex::default(),
         }
     }
@@ -157,6 +163,8 @@ impl Splicer {
         match event.kind {
             SPLICE_OPENED => {
                 stats.opened();
+                let flow = self.flow(&client, src, dst, None);
+                self.metrics.tcp.opened(&flow, &self.workloads.current());
                 if let Some(authorization) = self.verdict(src, dst) {
                     self.authorizer
                         .count_decision(&authorization, &dst_namespace(&self.workloads, dst));
@@ -164,26 +172,74 @@ impl Splicer {
             }
             SPLICE_CLOSED => {
                 let revoked = lock(&self.revoked).remove(&event.tuple);
+                let revoked_flag = revoked.is_some();
                 let (sent, received) = (event.stats.sent, event.stats.received);
                 stats.closed(sent, received, revoked.is_some());
-                let peer = self.workloads.current().by_ip(dst.ip()).cloned();
                 let error = revoked.as_ref().map(|a| {
                     stats.revoked();
                     format!("reset: a policy change denies it ({})", a.reason)
                 });
-                let flow = Flow {
-                    direction: Direction::Outbound,
-                    pod: client.pod.to_string(),
-                    src,
-                    dst,
-                    src_identity: Some(client.identity.to_string()),
-                    dst_identity: peer.map(|p| p.identity.to_string()),
-                    security: Security::SameNode,
-                    authorization: revoked.or_else(|| self.verdict(src, dst)),
+                let authorization = revoked.or_else(|| self.verdict(src, dst));
+                let flow = self.flow(&client, src, dst, authorization);
+                let flags = if revoked_flag {
+                    ResponseFlags::Deny
+                } else {
+                    ResponseFlags::None
                 };
+                let workloads = self.workloads.current();
+                self.metrics
+                    .tcp
+                    .closed(&flow, &workloads, flags, sent, received);
                 self.connections.closed(flow, sent, received, error);
             }
             _ => {}
+        }
+    }
+
+    /// The spliced connections open now, with their bytes so far.
+    #[must_use]
+    pub fn open_connections(&self) -> Vec<ConnectionView> {
+        self.maps
+            .open_splices()
+            .into_iter()
+            .filter_map(|(tuple, stats)| {
+                let (src, dst) = (tuple.src()?, tuple.dst()?);
+                let client = self.pods.get(src.ip())?;
+                let flow = self.flow(&client, src, dst, self.verdict(src, dst));
+                Some(ConnectionView {
+                    state: ConnectionState::Open,
+                    record: ConnectionRecord {
+                        flow,
+                        bytes_sent: stats.sent,
+                        bytes_received: stats.received,
+                        error: None,
+                        closed_at: 0,
+                    },
+                    opened_at: None,
+                    age_secs: None,
+                })
+            })
+            .collect()
+    }
+
+    /// A spliced connection from `client`'s pod: always same-node, outbound.
+    fn flow(
+        &self,
+        client: &PodContext,
+        src: SocketAddr,
+        dst: SocketAddr,
+        authorization: Option<Authorization>,
+    ) -> Flow {
+        let peer = self.workloads.current().by_ip(dst.ip()).cloned();
+        Flow {
+            direction: Direction::Outbound,
+            pod: client.pod.to_string(),
+            src,
+            dst,
+            src_identity: Some(client.identity.to_string()),
+            dst_identity: peer.map(|p| p.identity.to_string()),
+            security: Security::SameNode,
+            authorization,
         }
     }
 
@@ -314,9 +370,16 @@ mod tests {
                 name: name.to_owned(),
             },
             identity: SpiffeId::new("cluster.local", "shop", name).unwrap(),
+            node: Some("n1".to_owned()),
             local: true,
             mtls: MtlsMode::Permissive,
             labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
+            names: crate::metrics::labels::WorkloadNames {
+                workload: name.into(),
+                namespace: "shop".into(),
+                principal: format!("spiffe://cluster.local/ns/shop/sa/{name}").into(),
+                service: crate::metrics::labels::UNKNOWN.into(),
+            },
         };
         (ip.parse().unwrap(), Arc::new(workload))
     }

@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     // The font of the benchmark's latency plot (ambit-bench loads the TTF).
     "fonts-dejavu-core",
+    // The OpenMetrics parser the metrics tests check the agent's /metrics with.
+    "python3-prometheus-client",
 ];
 
 /// The bpf-linker release that builds against LLVM 22 with our rustc.

@@ -121,6 +121,33 @@ pub mod program_names {
     /// `sk_msg` on the splice sock hash: hand each message of a spliced
     /// connection straight to the peer socket.
     pub const SK_MSG: &str = "ambit_sk_msg";
+
+    /// The programs attached once to the pod cgroup root, in attach order.
+    pub const CGROUP: [&str; 8] = [
+        CONNECT4,
+        CONNECT6,
+        SOCK_OPS,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        BIND4,
+        BIND6,
+        GETSOCKOPT,
+    ];
+
+    /// Every program: the cgroup ones, then `sk_lookup` (one attachment per
+    /// enrolled pod network namespace) and `sk_msg` (on the splice sock hash).
+    pub const ALL: [&str; 10] = [
+        CONNECT4,
+        CONNECT6,
+        SOCK_OPS,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        BIND4,
+        BIND6,
+        GETSOCKOPT,
+        SK_LOOKUP,
+        SK_MSG,
+    ];
 }
 
 /// Value of the enrolled-netns map: presence turns capture on; the pod's

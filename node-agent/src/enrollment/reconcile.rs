@@ -66,6 +66,8 @@ pub struct PodStatus {
 #[derive(Debug, Default)]
 pub struct PodStatusBoard {
     pods: RwLock<Vec<PodStatus>>,
+    /// Whether a configuration snapshot has been applied (readiness).
+    reconciled: std::sync::atomic::AtomicBool,
 }
 
 enum Entry {
@@ -99,11 +101,19 @@ impl PodStatusBoard {
             .collect()
     }
 
+    /// Whether the first configuration snapshot has been applied.
+    #[must_use]
+    pub fn reconciled(&self) -> bool {
+        self.reconciled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn publish(&self, pods: Vec<PodStatus>) {
         *self
             .pods
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = pods;
+        self.reconciled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -160,6 +170,7 @@ impl Reconciler {
             snapshot,
             &mesh.node_name,
             &mesh.trust_domain,
+            &mesh.cluster_domain,
         ));
         mesh.authorizer.publish(snapshot.policies.clone());
         mesh.splicer.update();
@@ -206,6 +217,9 @@ impl Reconciler {
         }
         for rejected in &snapshot.rejected {
             tracing::warn!(pod = %rejected.pod, entry = rejected.entry, reason = %rejected.reason, "config entry rejected");
+        }
+        for rejected in &snapshot.rejected_services {
+            tracing::warn!(service = %rejected.service, entry = rejected.entry, reason = %rejected.reason, "service entry rejected");
         }
         if !self.cleaned_stale {
             let enrolled: Vec<u64> = self.enrolled_cookies();

@@ -27,7 +27,8 @@ use super::{
 use crate::{
     authz::{Authorization, Check, EnforcementPoint},
     connections::{Flow, Security},
-    proxy::{ByteCounts, Direction, Finished, PodContext, UpstreamSource, until_revoked},
+    metrics::tcp::ResponseFlags,
+    proxy::{Direction, Finished, PodContext, UpstreamSource, until_revoked},
     tls,
 };
 
@@ -154,6 +155,7 @@ async fn serve_stream(
         Err(denied) => {
             let _ = respond.send_response(response(StatusCode::FORBIDDEN, Some(&denied)), true);
             let finished = Finished::denied(flow, denied, counters, &[]);
+            context.count_finished(&finished);
             context
                 .connections
                 .closed(finished.flow, 0, 0, finished.error);
@@ -166,6 +168,7 @@ async fn serve_stream(
         Ok(upstream) => upstream,
         Err(error) => {
             counters.closed(0, 0, true);
+            context.count_failed(&flow, &error);
             tracing::warn!(%dst, %error, "HBONE destination unreachable");
             let _ = respond.send_response(response(StatusCode::SERVICE_UNAVAILABLE, None), true);
             return;
@@ -176,13 +179,16 @@ async fn serve_stream(
         Ok(send) => send,
         Err(error) => {
             counters.closed(0, 0, true);
+            context.count_refused(&flow, ResponseFlags::Io);
             tracing::debug!(%error, "HBONE stream reset before it started");
             return;
         }
     };
     // The application is the destination: bytes to it were sent by the
     // source, bytes from it are the source's to receive.
-    let counts = ByteCounts::default();
+    let live = context.connections.open(&flow);
+    context.count_opened(&flow);
+    let counts = live.counts();
     let relay = super::relay::relay(
         &upstream,
         send,
@@ -191,7 +197,9 @@ async fn serve_stream(
         &counts.sent,
     );
     let end = until_revoked(relay, Some(&admitted)).await;
-    let finished = Finished::relayed(flow, &counts, end, counters, &[&upstream]);
+    let finished = Finished::relayed(flow, counts, end, counters, &[&upstream]);
+    context.count_finished(&finished);
+    drop(live);
     context.connections.closed(
         finished.flow,
         finished.sent,

@@ -39,14 +39,6 @@ pub(super) async fn forward(
         .by_ip(client.ip())
         .filter(|w| w.local)
         .cloned();
-    if context.mtls == MtlsMode::Strict && same_node_peer.is_none() {
-        // A reset, not a quiet close: the client learns at once.
-        super::reset(&stream);
-        return Err(ProxyError::StrictMtls {
-            pod: context.pod.clone(),
-            client,
-        });
-    }
     let mut flow = Flow {
         direction: Direction::Inbound,
         pod: context.pod.to_string(),
@@ -61,6 +53,16 @@ pub(super) async fn forward(
         },
         authorization: None,
     };
+    if context.mtls == MtlsMode::Strict && same_node_peer.is_none() {
+        // A reset, not a quiet close: the client learns at once.
+        super::reset(&stream);
+        let error = ProxyError::StrictMtls {
+            pod: context.pod.clone(),
+            client,
+        };
+        context.count_failed(&flow, &error);
+        return Err(error);
+    }
     let stats = &context.stats.inbound;
     // A meshed pod of this node is vouched for by this agent; anyone else
     // has proved nothing and has no principal.
@@ -83,6 +85,7 @@ pub(super) async fn forward(
     flow.authorization = Some(admitted.authorization.clone());
     let upstream = context
         .connect_upstream(dst, UpstreamSource::Client(client.ip()))
-        .await?;
-    Ok(relay_to_end(flow, &stream, &upstream, Some(&admitted), stats).await)
+        .await
+        .inspect_err(|error| context.count_failed(&flow, error))?;
+    Ok(relay_to_end(flow, &stream, &upstream, Some(&admitted), &context).await)
 }

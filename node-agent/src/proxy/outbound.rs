@@ -2,18 +2,13 @@
 //! outbound listener, finds where the application meant to go, and takes the
 //! path the destination calls for (see the parent module).
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use mesh_core::policy::Request;
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
-use super::{
-    ByteCounts, Finished, PodContext, ProxyError, UpstreamSource, relay_to_end, until_revoked,
-};
+use super::{Finished, PodContext, ProxyError, UpstreamSource, relay_to_end, until_revoked};
 use crate::{
     authz::{Check, EnforcementPoint},
     connections::{Flow, Security},
@@ -45,7 +40,6 @@ pub(super) async fn forward(
         authorization: None,
     };
     let stats = &context.stats.outbound;
-    let counts = ByteCounts::default();
     match peer {
         Some(peer) if !(peer.local && context.same_node_fast_path) => {
             // The destination's agent authorizes the stream and reports its
@@ -55,11 +49,21 @@ pub(super) async fn forward(
             let hbone = context
                 .hbone
                 .open_stream(&context, &peer.identity, hbone_addr, dst)
-                .await?;
-            let reported = OnceLock::new();
-            let end = until_revoked(hbone.relay(&stream, &counts, &reported), None).await;
-            flow.authorization = reported.into_inner();
-            Ok(Finished::relayed(flow, &counts, end, stats, &[&stream]))
+                .await
+                .map_err(ProxyError::from)
+                .inspect_err(|error| context.count_failed(&flow, error))?;
+            let live = context.connections.open(&flow);
+            context.count_opened(&flow);
+            let end =
+                until_revoked(hbone.relay(&stream, live.counts(), live.reported()), None).await;
+            flow.authorization = live.reported().get().cloned();
+            Ok(Finished::relayed(
+                flow,
+                live.counts(),
+                end,
+                stats,
+                &[&stream],
+            ))
         }
         Some(peer) => {
             // A meshed pod of this node: this agent is the destination's
@@ -87,13 +91,19 @@ pub(super) async fn forward(
                 .map_or(UpstreamSource::Pod, |ip| {
                     UpstreamSource::PodBypassingInbound(*ip)
                 });
-            let upstream = context.connect_upstream(dst, from).await?;
-            Ok(relay_to_end(flow, &stream, &upstream, Some(&admitted), stats).await)
+            let upstream = context
+                .connect_upstream(dst, from)
+                .await
+                .inspect_err(|error| context.count_failed(&flow, error))?;
+            Ok(relay_to_end(flow, &stream, &upstream, Some(&admitted), &context).await)
         }
         None => {
             // Outside the mesh: plaintext, straight there.
-            let upstream = context.connect_upstream(dst, UpstreamSource::Pod).await?;
-            Ok(relay_to_end(flow, &stream, &upstream, None, stats).await)
+            let upstream = context
+                .connect_upstream(dst, UpstreamSource::Pod)
+                .await
+                .inspect_err(|error| context.count_failed(&flow, error))?;
+            Ok(relay_to_end(flow, &stream, &upstream, None, &context).await)
         }
     }
 }
