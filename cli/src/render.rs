@@ -1,32 +1,8 @@
 //! Tables for people.
 
-use std::fmt::Write as _;
-
 use serde_json::Value;
 
-/// Renders rows as aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
-}
+use crate::table::render as table;
 
 fn text(value: &Value) -> String {
     match value {
@@ -150,6 +126,238 @@ pub fn policies_table(policies: &Value) -> String {
     )
 }
 
+/// `ambit workloads` as a table.
+#[must_use]
+pub fn workloads_table(workloads: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(workloads)
+        .map(|w| {
+            vec![
+                text(&w["namespace"]),
+                text(&w["name"]),
+                text(&w["node"]),
+                if w["local"].as_bool() == Some(true) {
+                    "yes".to_owned()
+                } else {
+                    "no".to_owned()
+                },
+                joined(&w["ips"]),
+                text(&w["identity"]),
+                text(&w["mtls"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "NODE",
+            "LOCAL",
+            "IPS",
+            "IDENTITY",
+            "MTLS",
+        ],
+        &rows,
+    )
+}
+
+/// `ambit services` as a table.
+#[must_use]
+pub fn services_table(services: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(services)
+        .map(|s| {
+            let selector = s["selector"].as_object().map_or_else(
+                || "-".to_owned(),
+                |labels| {
+                    labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", text(v)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+            );
+            let ports: Vec<String> = items(&s["ports"])
+                .map(|p| match p["targetPort"].as_u64() {
+                    Some(target) => format!("{}→{target}", text(&p["port"])),
+                    None => text(&p["port"]),
+                })
+                .collect();
+            vec![
+                text(&s["namespace"]),
+                text(&s["name"]),
+                text(&s["hostname"]),
+                selector,
+                if ports.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ports.join(",")
+                },
+                joined(&s["endpoints"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "HOSTNAME",
+            "SELECTOR",
+            "PORTS",
+            "ENDPOINTS",
+        ],
+        &rows,
+    )
+}
+
+/// `ambit certs` as a table; `now` is seconds since the epoch.
+#[must_use]
+pub fn certificates_table(certificates: &Value, now: u64) -> String {
+    let rows: Vec<Vec<String>> = items(certificates)
+        .map(|c| {
+            let not_after = c["not_after"].as_u64().unwrap_or(0);
+            vec![
+                text(&c["identity"]),
+                text(&c["serial"]),
+                timestamp(&c["not_before"]),
+                timestamp(&c["not_after"]),
+                if not_after > now {
+                    duration(not_after - now)
+                } else {
+                    "expired".to_owned()
+                },
+                text(&c["state"]),
+                text(&c["rotations"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "IDENTITY",
+            "SERIAL",
+            "NOT BEFORE",
+            "NOT AFTER",
+            "EXPIRES IN",
+            "STATE",
+            "ROTATIONS",
+        ],
+        &rows,
+    )
+}
+
+/// The columns of `ambit connections`.
+pub const CONNECTION_HEADER: [&str; 10] = [
+    "STATE",
+    "DIRECTION",
+    "SOURCE",
+    "DESTINATION",
+    "SOURCE ID",
+    "DESTINATION ID",
+    "SECURITY",
+    "VERDICT (POLICY)",
+    "BYTES OUT/IN",
+    "AGE",
+];
+
+/// `ambit connections` as a table.
+#[must_use]
+pub fn connections_table(connections: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(connections).map(connection_row).collect();
+    table(&CONNECTION_HEADER, &rows)
+}
+
+/// One connection's cells, in [`CONNECTION_HEADER`]'s order.
+#[must_use]
+pub fn connection_row(c: &Value) -> Vec<String> {
+    let end = |workload: &str, addr: &str| match c[workload].as_str() {
+        Some(workload) => format!("{workload} ({})", text(&c[addr])),
+        None => text(&c[addr]),
+    };
+    // The trust domain is the same for every identity; the path says who.
+    let identity = |field: &str| {
+        c[field].as_str().map_or_else(
+            || "-".to_owned(),
+            |id| {
+                id.strip_prefix("spiffe://")
+                    .and_then(|rest| rest.split_once('/'))
+                    .map_or_else(|| id.to_owned(), |(_, path)| path.to_owned())
+            },
+        )
+    };
+    let verdict = match c["authorization"]["decision"].as_str() {
+        Some(decision) => format!("{decision} ({})", text(&c["authorization"]["policy"])),
+        None => "-".to_owned(),
+    };
+    let age = c["age_secs"]
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |secs| format!("{secs:.1}s"));
+    vec![
+        c["state"].as_str().unwrap_or("closed").to_owned(),
+        text(&c["direction"]),
+        end("src_workload", "src"),
+        end("dst_workload", "dst"),
+        identity("src_identity"),
+        identity("dst_identity"),
+        text(&c["security"]),
+        verdict,
+        format!("{}/{}", text(&c["bytes_sent"]), text(&c["bytes_received"])),
+        age,
+    ]
+}
+
+/// One line of the follow table: cells padded to the header's widths or
+/// their own, whichever is wider.
+#[must_use]
+pub fn follow_line(cells: &[String], header: &[&str]) -> String {
+    let padded: Vec<String> = cells
+        .iter()
+        .zip(header)
+        .map(|(cell, h)| format!("{cell:<w$}", w = h.len()))
+        .collect();
+    padded.join("  ").trim_end().to_owned() + "\n"
+}
+
+fn items(value: &Value) -> impl Iterator<Item = &Value> {
+    value.as_array().into_iter().flatten()
+}
+
+fn joined(values: &Value) -> String {
+    let parts: Vec<String> = items(values).map(text).collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time.
+fn timestamp(secs: &Value) -> String {
+    secs.as_i64()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// A duration for people: `3d4h`, `5h12m`, `7m3s`, `42s`.
+fn duration(secs: u64) -> String {
+    let (days, hours, minutes, seconds) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +388,44 @@ mod tests {
             out,
             "COUNTER             VALUE\nbind_denied         3\nconnect_redirected  1\n"
         );
+    }
+
+    #[test]
+    fn connections_table_shows_workloads_identities_and_verdicts() {
+        let connections = serde_json::json!([{
+            "state": "open", "direction": "outbound", "src": "10.1.0.2:40000", "dst": "10.2.0.3:80",
+            "src_workload": "shop/frontend", "dst_workload": "shop/cache",
+            "src_identity": "spiffe://cluster.local/ns/shop/sa/frontend",
+            "dst_identity": "spiffe://cluster.local/ns/shop/sa/cache",
+            "security": "mutual_tls", "authorization": {"decision": "allow", "policy": "shop/cache-clients"},
+            "bytes_sent": 5, "bytes_received": 7, "age_secs": 1.25
+        }, {
+            "direction": "inbound", "src": "10.9.0.1:5000", "dst": "10.2.0.3:80", "src_workload": null,
+            "security": "plaintext", "authorization": null, "bytes_sent": 0, "bytes_received": 0
+        }]);
+        let out = connections_table(&connections);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("STATE   DIRECTION  SOURCE"), "{out}");
+        for expected in [
+            "shop/frontend (10.1.0.2:40000)",
+            "ns/shop/sa/cache",
+            "allow (shop/cache-clients)",
+            "5/7",
+            "1.2s",
+        ] {
+            assert!(lines[1].contains(expected), "{expected}: {out}");
+        }
+        assert!(lines[2].starts_with("closed"), "{out}");
+        assert!(lines[2].contains("10.9.0.1:5000"), "{out}");
+    }
+
+    #[test]
+    fn durations_and_times_read_naturally() {
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(7 * 60 + 3), "7m3s");
+        assert_eq!(duration(5 * 3600 + 12 * 60), "5h12m");
+        assert_eq!(duration(3 * 86_400 + 4 * 3600), "3d4h");
+        assert_eq!(timestamp(&serde_json::json!(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(&serde_json::Value::Null), "-");
     }
 }
