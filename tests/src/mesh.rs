@@ -187,10 +187,14 @@ impl Agent {
         self.pods(tb).into_iter().find(|p| p["name"] == name)
     }
 
-    /// The connections the agent has closed, from `/connections`.
+    /// The connections the agent has closed, from `/connections` (which
+    /// lists the open ones too).
     pub fn connections(&self, tb: &Testbed) -> Vec<Value> {
         match self.get_json(tb, "/connections") {
-            Value::Array(records) => records,
+            Value::Array(records) => records
+                .into_iter()
+                .filter(|r| r["state"] != "open")
+                .collect(),
             other => panic!("/connections is not a list: {other}"),
         }
     }

@@ -273,6 +273,19 @@ impl Proc {
     /// status and its JSON stdout lines. Kills it and panics after `timeout`.
     #[must_use]
     pub fn output_json_lines(&self, timeout: Duration) -> (ExitStatus, Vec<Value>) {
+        let status = self.wait_for_output(timeout);
+        (status, self.json_lines())
+    }
+
+    /// Waits for the process to exit and its stdout to end, then returns its
+    /// status and its stdout lines. Kills it and panics after `timeout`.
+    #[must_use]
+    pub fn output_lines(&self, timeout: Duration) -> (ExitStatus, Vec<String>) {
+        let status = self.wait_for_output(timeout);
+        (status, self.stdout_lines())
+    }
+
+    fn wait_for_output(&self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let Some(status) = wait_until(&self.child, deadline) else {
             self.kill();
@@ -280,7 +293,7 @@ impl Proc {
         };
         // The pipe ends a moment after the exit; a grandchild may hold it longer.
         let _ = self.stdout.wait_for(Duration::from_secs(2), |_| None::<()>);
-        (status, self.json_lines())
+        status
     }
 
     /// Everything printed on stderr so far (complete once the process exited).

@@ -119,6 +119,13 @@ const POLICIES: &str = "policies:
           to: [{operation: {ports: ['8080']}}]
 ";
 
+/// The shop's services: they name the backend's and the cache's traffic
+/// (`destination_service`, `ambit services`).
+const SERVICES: &str = "services:
+  - {name: backend, namespace: shop, selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
+  - {name: cache, namespace: shop, selector: {app: cache}, ports: [{name: cache, port: 6379, targetPort: 8080}]}
+";
+
 #[derive(Parser)]
 #[command(
     about = "Runs a two-node ambit mesh on this host (as root) and shows which flows it captured"
@@ -127,6 +134,11 @@ struct Cli {
     /// How to print the results.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
+    /// Show every `ambit` listing at the end (workloads, services, certs,
+    /// policies, check, the pinned eBPF state), not only `connections` and
+    /// `bpf prog list`: the output docs/operations.md shows.
+    #[arg(long)]
+    every_command: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +192,16 @@ struct DemoReport {
     flows_total: usize,
     /// Node name → eBPF counter name → value.
     counters: BTreeMap<String, BTreeMap<String, u64>>,
+    /// What `ambit` shows on each node at the end.
+    inspections: Vec<Inspection>,
+}
+
+/// One `ambit` command run on a node, and what it printed.
+#[derive(Serialize)]
+struct Inspection {
+    node: String,
+    command: String,
+    output: String,
 }
 
 /// One flow: what was expected, what the mesh did, what arrived.
@@ -250,7 +272,7 @@ fn main() -> ExitCode {
         }
     };
     let mut agents = NodeAgents::default();
-    let outcome = run_demo(&mut testbed, &mut agents, &pod_tool);
+    let outcome = run_demo(&mut testbed, &mut agents, &pod_tool, cli.every_command);
     let code = finish(outcome, cli.output, &agents);
     drop(agents);
     progress(&format!(
@@ -268,6 +290,7 @@ fn run_demo(
     testbed: &mut Testbed,
     agents: &mut NodeAgents,
     pod_tool: &Path,
+    every_command: bool,
 ) -> Result<DemoReport, DemoError> {
     progress(&format!(
         "creating nodes {} and pods {}",
@@ -345,11 +368,30 @@ fn run_demo(
     for agent in &agents.0 {
         counters.insert(agent.node.name.clone(), ebpf_counters(testbed, agent)?);
     }
+    progress("asking `ambit` what each node sees, with frontend -> backend open");
+    let frontend = find_workload(&workloads, "frontend");
+    let backend = find_workload(&workloads, "backend");
+    let mut ping = Command::new(pod_tool);
+    ping.args(["ping", "--to", &format!("{}:{ECHO_PORT}", backend.pod.ipv4)])
+        .args(["--max-secs", "30"]);
+    let pinger = testbed.spawn_in_pod(&frontend.pod, ping);
+    if pinger
+        .poll_json(Duration::from_secs(10), |e| e["event"] == "ping_up")
+        .is_none()
+    {
+        return Err(DemoError::step(
+            "the open connection for the inspection did not come up".to_owned(),
+            pinger.report(),
+        ));
+    }
+    let inspections = inspect(testbed, agents, every_command)?;
+    drop(pinger);
     Ok(DemoReport {
         flows_as_expected: flows.iter().filter(|flow| flow.as_expected).count(),
         flows_total: flows.len(),
         flows,
         counters,
+        inspections,
     })
 }
 
@@ -862,7 +904,88 @@ fn render_report(report: &DemoReport) -> String {
         })
         .collect();
     out.push_str(&render_table(&header, &counter_rows));
+    for inspection in &report.inspections {
+        let _ = write!(
+            out,
+            "\n$ {}   # on {}\n{}",
+            inspection.command, inspection.node, inspection.output
+        );
+    }
     out
+}
+
+/// Runs `ambit connections` and `ambit bpf prog list` (with
+/// `every_command`, every listing) on every node, in its network namespace
+/// (where the agent's admin API listens).
+fn inspect(
+    testbed: &Testbed,
+    agents: &NodeAgents,
+    every_command: bool,
+) -> Result<Vec<Inspection>, DemoError> {
+    let mut inspections = Vec::new();
+    for agent in &agents.0 {
+        let bpffs_dir = agent.node.bpffs.join("ambit").display().to_string();
+        let cgroup_root = agent.node.cgroup_root.display().to_string();
+        let mut commands = vec![
+            vec!["connections"],
+            vec!["bpf", "--bpffs-dir", &bpffs_dir, "prog", "list"],
+        ];
+        if every_command {
+            commands.extend([
+                vec!["workloads"],
+                vec!["services"],
+                vec!["certs"],
+                vec!["policies"],
+                vec!["pods"],
+                vec!["log-level"],
+                vec![
+                    "check",
+                    "--bpffs-dir",
+                    &bpffs_dir,
+                    "--cgroup-root",
+                    &cgroup_root,
+                ],
+                vec!["bpf", "--bpffs-dir", &bpffs_dir, "map", "list"],
+                vec![
+                    "bpf",
+                    "--bpffs-dir",
+                    &bpffs_dir,
+                    "map",
+                    "dump",
+                    "AMBIT_ENROLLED",
+                ],
+                vec![
+                    "bpf",
+                    "--bpffs-dir",
+                    &bpffs_dir,
+                    "map",
+                    "dump",
+                    "AMBIT_COUNTERS",
+                ],
+                vec!["bpf", "--bpffs-dir", &bpffs_dir, "cgroup", "show"],
+                vec!["bpf", "--bpffs-dir", &bpffs_dir, "netns", "list"],
+            ]);
+        }
+        for args in commands {
+            let mut command = Command::new(Testbed::bin("ambit"));
+            command.args(&args);
+            let cli = testbed.spawn_on_node(&agent.node, testbed.cgroup(), command);
+            let (status, lines) = cli.output_lines(Duration::from_secs(30));
+            let shown = format!("ambit {}", args.join(" "));
+            if !status.success() {
+                return Err(DemoError::step(
+                    format!("`{shown}` failed on {}", agent.node.name),
+                    cli.stderr_text(),
+                ));
+            }
+            inspections.push(Inspection {
+                node: agent.node.name.clone(),
+                command: shown,
+                output: lines.join("\n") + "\n",
+            });
+        }
+    }
+    Ok(inspections)
 }
 
 /// A SPIFFE id without the scheme and trust domain (`ns/shop/sa/frontend`),
@@ -935,7 +1058,7 @@ impl NodeAgents {
         pods: &[&Pod],
         meshed: &[&Pod],
     ) -> Result<(), DemoError> {
-        let config = format!("{}{POLICIES}", mesh::pods_yaml(meshed));
+        let config = format!("{}{POLICIES}{SERVICES}", mesh::pods_yaml(meshed));
         let agent = Agent::spawn(testbed, node, &config, &[]);
         // Kept from here on, so a failed start still shows its output and stops cleanly.
         self.0.push(agent);
@@ -1023,7 +1146,8 @@ impl NodeAgents {
             };
             let records = admin_json(testbed, agent, "/connections")?;
             let found = records.as_array().into_iter().flatten().rev().find(|r| {
-                r["direction"] == direction
+                r["state"] != "open"
+                    && r["direction"] == direction
                     && r["dst"] == to.to_string().as_str()
                     && r["src"]
                         .as_str()
