@@ -20,10 +20,10 @@ use crate::{
         reconcile::{PodStatusBoard, Reconciler},
     },
     identity::{CaFiles, CertManager},
-    local_source,
     logging::LogControl,
     metrics::Metrics,
     netns::{Netns, NetnsError},
+    source::{Source, SourceError},
     splice::{LocalPods, Splicer},
     telemetry,
     workloads::SharedWorkloads,
@@ -32,9 +32,9 @@ use crate::{
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The local configuration could not be loaded.
+    /// The configuration source (the local file or Kubernetes) could not start.
     #[error(transparent)]
-    LocalConfig(#[from] mesh_core::local_config::LocalConfigError),
+    Source(#[from] SourceError),
     /// The eBPF programs could not be loaded or attached.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
@@ -67,7 +67,8 @@ pub enum AgentError {
 pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let effective = serde_json::to_string(&config).unwrap_or_default();
     tracing::info!(config = %effective, "ambit node agent starting");
-    let (publish, snapshots) = local_source::initial(&config.config)?;
+    let source = Source::from_config(config);
+    let (publish, snapshots) = source.initial()?;
     let home_netns = Arc::new(Netns::current()?);
     let (data_plane, control) = runtimes(config)?;
 
@@ -148,12 +149,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
             });
         tokio::spawn(crate::identity::rotate_until_cancelled(certs.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
-        tokio::spawn(local_source::watch_file(
-            config.config.clone(),
-            config.config_poll_interval(),
-            publish,
-            shutdown.clone(),
-        ));
+        source.start(publish, shutdown.clone()).await?;
         tokio::spawn(stop_on_signal(shutdown.clone()));
         if let Some(forwarder) = log_forwarder {
             tokio::spawn(forwarder.run());

@@ -17,6 +17,10 @@ pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub mod env {
     /// See [`super::Config::config`].
     pub const CONFIG: &str = "AMBIT_CONFIG";
+    /// See [`super::Config::kubernetes`].
+    pub const KUBERNETES: &str = "AMBIT_KUBERNETES";
+    /// See [`super::Config::kube_api_url`].
+    pub const KUBE_API_URL: &str = "AMBIT_KUBE_API_URL";
     /// See [`super::Config::node_name`].
     pub const NODE_NAME: &str = "AMBIT_NODE_NAME";
     /// See [`super::Config::bpffs_dir`].
@@ -68,10 +72,24 @@ pub mod env {
     version,
     about = "ambit's per-node agent: captures enrolled pods' traffic with eBPF and proxies it"
 )]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each flag is a setting of its own, as on the command line"
+)]
 pub struct Config {
-    /// Local configuration file listing the pods to enroll; re-read when it changes.
-    #[arg(long, env = env::CONFIG)]
-    pub config: PathBuf,
+    /// Local configuration file listing the pods to enroll; re-read when it
+    /// changes (local mode; or `--kubernetes`).
+    #[arg(long, env = env::CONFIG, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    pub config: Option<PathBuf>,
+    /// Kubernetes mode: pods (of this node), services and authorization
+    /// policies come from the API server.
+    #[arg(long, env = env::KUBERNETES, default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub kubernetes: bool,
+    /// The API server's URL in Kubernetes mode (e.g. `http://10.0.0.1:6443`);
+    /// by default the in-cluster service account, else `KUBECONFIG`.
+    #[arg(long, env = env::KUBE_API_URL, requires = "kubernetes")]
+    pub kube_api_url: Option<String>,
     /// This node's name, shown in logs and the admin API.
     #[arg(long, env = env::NODE_NAME, default_value = "local")]
     pub node_name: String,

@@ -1,0 +1,350 @@
+//! Kubernetes mode: the agent learns its pods, services and authorization
+//! policies from the API server instead of the local file, and publishes
+//! them as the same snapshots, so the data path does not know where its
+//! state came from.
+//!
+//! - Watched with kube-runtime watchers (list, then watch; a `410 Gone`
+//!   relists; errors back off and retry, and the stores keep the last good
+//!   state meanwhile): Namespaces, this node's Pods (field selector
+//!   `spec.nodeName`), Services and `AuthorizationPolicy`
+//!   (`security.ambit.dev/v1alpha1`).
+//! - A pod is enrolled when it or its namespace carries `ambit.dev/mesh=
+//!   enabled`; `ambit.dev/mesh=disabled` on the pod wins (see
+//!   [`translate::is_enrolled`]).
+//! - Its network namespace is found through its cgroup (see [`pod_netns`]);
+//!   a pod whose process is not running yet is listed as waiting, with the
+//!   reason and for how long, and looked for again with a backoff.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use mesh_core::local_config::{self, LocalSnapshot, RejectedPod};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub mod pod_netns;
+pub mod translate;
+
+/// How long changes are gathered before one snapshot is built from them.
+const SETTLE: Duration = Duration::from_millis(20);
+/// The first and the longest wait before a waiting pod is looked for again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// After this long without a process, a waiting pod is reported loudly.
+const WAITING_TOO_LONG: Duration = Duration::from_mins(1);
+
+/// Why Kubernetes mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    /// No API server address could be worked out.
+    #[error(
+        "cannot configure the Kubernetes client: {0} (in a pod: is the service account token mounted? elsewhere: set KUBECONFIG or --kube-api-url)"
+    )]
+    Config(String),
+    /// The client could not be built from the configuration.
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Where the API server is and which node this agent serves.
+#[derive(Clone, Debug)]
+pub struct KubeSettings {
+    /// This agent's node: only its pods are enrolled.
+    pub node: String,
+    /// The kubelet's pod cgroup root, where pods' cgroups are found.
+    pub cgroup_root: PathBuf,
+    /// The API server's URL; `None` infers it (in-cluster, or `KUBECONFIG`).
+    pub api_url: Option<String>,
+}
+
+/// A client for the API server `settings` name.
+pub async fn client(settings: &KubeSettings) -> Result<Client, KubeSourceError> {
+    let config = match &settings.api_url {
+        Some(url) => kube::Config::new(
+            url.parse()
+                .map_err(|e| KubeSourceError::Config(format!("bad --kube-api-url {url:?}: {e}")))?,
+        ),
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeSourceError::Config(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+/// Watches the API server and publishes a snapshot whenever what it means
+/// for this node changes, until `shutdown`.
+pub async fn run(
+    client: Client,
+    settings: KubeSettings,
+    publish: watch::Sender<Arc<LocalSnapshot>>,
+    shutdown: CancellationToken,
+) {
+    let changed = Arc::new(Notify::new());
+    let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node));
+    let namespaces = watch_into(
+        "namespaces",
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        &changed,
+        &shutdown,
+    );
+    let pods = watch_into(
+        "pods",
+        Api::<KubePod>::all(client.clone()),
+        node_pods,
+        &changed,
+        &shutdown,
+    );
+    let services = watch_into(
+        "services",
+        Api::<KubeService>::all(client.clone()),
+        watcher::Config::default(),
+        &changed,
+        &shutdown,
+    );
+    let policy_type = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
+        "authorizationpolicies",
+    );
+    let writer = reflector::store::Writer::<DynamicObject>::new(policy_type.clone());
+    let policies = writer.as_reader();
+    tokio::spawn(drive(
+        "authorizationpolicies",
+        reflector::reflector(
+            writer,
+            watcher(Api::<DynamicObject>::all_with(client, &policy_type), watcher::Config::default()),
+        )
+        .default_backoff(),
+        changed.clone(),
+        shutdown.clone(),
+    ));
+    let stores = Stores {
+        namespaces,
+        pods,
+        services,
+        policies,
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = stores.wait_until_ready() => {}
+    }
+    tracing::info!(node = %settings.node, "Kubernetes objects listed; publishing this node's pods");
+    let mut builder = SnapshotBuilder::new(settings);
+    let mut retry = None;
+    loop {
+        let snapshot = builder.build(&stores);
+        retry = builder.waiting().then(|| {
+            retry.map_or(RETRY_FIRST, |last: Duration| (last * 2).min(RETRY_MAX))
+        });
+        if **publish.borrow() != snapshot {
+            tracing::info!(pods = snapshot.pods.len(), waiting = snapshot.rejected.len(), services = snapshot.services.len(), policies = snapshot.policies.len(), "Kubernetes state changed");
+            publish.send_replace(Arc::new(snapshot));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = changed.notified() => retry = None,
+            () = tokio::time::sleep(retry.unwrap_or(Duration::MAX)), if retry.is_some() => {}
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
+/// The watched objects, as their watchers keep them.
+struct Stores {
+    namespaces: Store<Namespace>,
+    pods: Store<KubePod>,
+    services: Store<KubeService>,
+    policies: Store<DynamicObject>,
+}
+
+// === impl Stores ===
+
+impl Stores {
+    /// Until every watcher has listed once.
+    async fn wait_until_ready(&self) {
+        let _ = tokio::join!(
+            self.namespaces.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.policies.wait_until_ready(),
+        );
+    }
+}
+
+/// Builds snapshots, remembering each pod's network namespace and how long
+/// the waiting ones have waited.
+struct SnapshotBuilder {
+    settings: KubeSettings,
+    /// Pod UID → its network namespace path, while that process lives.
+    netns: HashMap<String, PathBuf>,
+    /// Pod UID → when it was first seen waiting, and whether that was logged.
+    waiting_since: HashMap<String, (Instant, bool)>,
+}
+
+// === impl SnapshotBuilder ===
+
+impl SnapshotBuilder {
+    fn new(settings: KubeSettings) -> Self {
+        Self {
+            settings,
+            netns: HashMap::new(),
+            waiting_since: HashMap::new(),
+        }
+    }
+
+    /// Whether some meshed pod of this node is still waiting for its process.
+    fn waiting(&self) -> bool {
+        !self.waiting_since.is_empty()
+    }
+
+    fn build(&mut self, stores: &Stores) -> LocalSnapshot {
+        let namespaces: Vec<Namespace> =
+            stores.namespaces.state().iter().map(|ns| (**ns).clone()).collect();
+        let namespace_labels = translate::namespace_labels(&namespaces);
+        let mut pods = Vec::new();
+        let mut waiting = Vec::new();
+        let mut seen_uids = Vec::new();
+        for kube_pod in stores.pods.state() {
+            let labels = kube_pod
+                .metadata
+                .namespace
+                .as_ref()
+                .and_then(|ns| namespace_labels.get(ns));
+            let Some(meshed) = translate::node_pod(&kube_pod, labels, &self.settings.node) else {
+                continue;
+            };
+            match meshed {
+                Ok(node_pod) => {
+                    seen_uids.push(node_pod.uid.clone());
+                    match self.netns_of(&node_pod.uid) {
+                        Ok(netns) => {
+                            self.waiting_since.remove(&node_pod.uid);
+                            let mut pod = node_pod.pod;
+                            pod.netns = netns;
+                            pods.push(pod);
+                        }
+                        Err(error) => {
+                            let key = node_pod.pod.key();
+                            let waited = self.waited(&node_pod.uid, &key.to_string(), &error);
+                            waiting.push((key, format!("waiting {waited} s for the pod's process: {error}")));
+                        }
+                    }
+                }
+                Err(translate::NotReady::NoAddress) => {
+                    if let (Some(ns), Some(name)) = (&kube_pod.metadata.namespace, &kube_pod.metadata.name) {
+                        let key = mesh_core::workload::PodKey { namespace: ns.clone(), name: name.clone() };
+                        waiting.push((key, "waiting for the pod's address".to_owned()));
+                    }
+                }
+                Err(translate::NotReady::Ended | translate::NotReady::NoUid) => {}
+            }
+        }
+        self.netns.retain(|uid, _| seen_uids.contains(uid));
+        self.waiting_since.retain(|uid, _| seen_uids.contains(uid));
+        let services = stores
+            .services
+            .state()
+            .iter()
+            .filter_map(|service| translate::service(service))
+            .collect();
+        let policies = stores
+            .policies
+            .state()
+            .iter()
+            .map(|object| translate::policy(object))
+            .collect();
+        let mut snapshot = local_config::validate(translate::config(pods, services, policies));
+        snapshot
+            .rejected
+            .extend(waiting.into_iter().map(|(pod, reason)| RejectedPod {
+                pod,
+                entry: 0,
+                reason,
+            }));
+        snapshot
+    }
+
+    /// The pod's network namespace: the one found before while its process
+    /// lives, else a fresh look through its cgroup.
+    fn netns_of(&mut self, uid: &str) -> Result<PathBuf, pod_netns::PodNetnsError> {
+        if let Some(path) = self.netns.get(uid).filter(|path| Path::new(path).exists()) {
+            return Ok(path.clone());
+        }
+        let path = pod_netns::find(&self.settings.cgroup_root, uid)?;
+        self.netns.insert(uid.to_owned(), path.clone());
+        Ok(path)
+    }
+
+    /// Seconds the pod has waited; logs once when that grows too long.
+    fn waited(&mut self, uid: &str, pod: &str, error: &pod_netns::PodNetnsError) -> u64 {
+        let (since, reported) = self
+            .waiting_since
+            .entry(uid.to_owned())
+            .or_insert((Instant::now(), false));
+        let waited = since.elapsed();
+        if waited >= WAITING_TOO_LONG && !*reported {
+            *reported = true;
+            tracing::warn!(%pod, %error, waited_secs = waited.as_secs(), "a meshed pod still has no running process; it is not enrolled");
+        }
+        waited.as_secs()
+    }
+}
+
+/// Starts a reflector-backed watcher of `api` and returns its store.
+fn watch_into<K>(
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    tokio::spawn(drive(
+        what,
+        reflector::reflector(writer, watcher(api, config)).default_backoff(),
+        changed.clone(),
+        shutdown.clone(),
+    ));
+    store
+}
+
+/// Runs one watch stream until `shutdown`, waking the builder on each event
+/// and logging errors (the watcher backs off and retries by itself).
+async fn drive<K>(
+    what: &'static str,
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    changed: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut stream = pin!(stream);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            item = stream.next() => match item {
+                Some(Ok(_)) => changed.notify_one(),
+                Some(Err(error)) => tracing::warn!(resource = what, %error, "watching the Kubernetes API failed; keeping the last state and retrying"),
+                None => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! From Kubernetes objects to the configuration the local file would hold:
+//! which pods are enrolled (by the `ambit.dev/mesh` label of the pod and
+//! its namespace), their addresses and service accounts, the services and
+//! the authorization policies. Pure functions, so they are tested without
+//! an API server.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
+use kube::api::DynamicObject;
+use mesh_core::{
+    local_config::LocalConfigFile,
+    service::{Service, ServicePort},
+    workload::Pod,
+};
+
+/// The label that opts a namespace or a pod into the mesh (`enabled`) or a
+/// pod out of it (`disabled`).
+pub const MESH_LABEL: &str = "ambit.dev/mesh";
+/// The label that sets a namespace's or a pod's mTLS mode.
+pub const MTLS_LABEL: &str = "ambit.dev/mtls";
+
+/// Whether a pod with `pod_labels` in a namespace with `namespace_labels`
+/// is in the mesh: `disabled` on the pod wins, then `enabled` on the pod or
+/// on its namespace.
+#[must_use]
+pub fn is_enrolled(
+    pod_labels: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+) -> bool {
+    match pod_labels.get(MESH_LABEL).map(String::as_str) {
+        Some("disabled") => false,
+        Some("enabled") => true,
+        _ => namespace_labels.get(MESH_LABEL).map(String::as_str) == Some("enabled"),
+    }
+}
+
+/// Why a pod of this node is not (yet) a mesh pod the agent can enroll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// It has no address yet (not scheduled or not started).
+    NoAddress,
+    /// It has finished (`Succeeded` or `Failed`) or is being deleted.
+    Ended,
+    /// It has no `metadata.uid`, so its cgroup cannot be found.
+    NoUid,
+}
+
+/// A meshed pod of this node and what finding its network namespace needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePod {
+    /// The pod as the local configuration would list it, without `netns`.
+    pub pod: Pod,
+    /// `metadata.uid`, which names its cgroup.
+    pub uid: String,
+}
+
+/// The meshed pod `pod` is, or why it cannot be enrolled yet; `None` when
+/// it is not in the mesh at all. `namespace_labels` are its namespace's.
+#[must_use]
+pub fn node_pod(
+    pod: &KubePod,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    node: &str,
+) -> Option<Result<NodePod, NotReady>> {
+    let namespace = pod.metadata.namespace.clone()?;
+    let name = pod.metadata.name.clone()?;
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let namespace_labels = namespace_labels.unwrap_or(&empty);
+    if !is_enrolled(&labels, namespace_labels) {
+        return None;
+    }
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref());
+    if pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed"))
+    {
+        return Some(Err(NotReady::Ended));
+    }
+    let ips = pod_ips(pod);
+    if ips.is_empty() {
+        return Some(Err(NotReady::NoAddress));
+    }
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return Some(Err(NotReady::NoUid));
+    };
+    let spec = pod.spec.as_ref();
+    let service_account = spec
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let mtls = labels
+        .get(MTLS_LABEL)
+        .or_else(|| namespace_labels.get(MTLS_LABEL))
+        .and_then(|mode| serde_yaml::from_str(mode).ok())
+        .unwrap_or_default();
+    Some(Ok(NodePod {
+        pod: Pod {
+            name,
+            namespace,
+            service_account,
+            ips,
+            netns: std::path::PathBuf::new(),
+            node: Some(node.to_owned()),
+            mtls,
+            labels,
+        },
+        uid,
+    }))
+}
+
+/// A pod's addresses: `status.podIPs`, else `status.podIP`; unparsable
+/// entries are left out.
+fn pod_ips(pod: &KubePod) -> Vec<IpAddr> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let listed: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if listed.is_empty() {
+        status
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .into_iter()
+            .collect()
+    } else {
+        listed
+    }
+}
+
+/// Namespace name → its labels.
+#[must_use]
+pub fn namespace_labels(namespaces: &[Namespace]) -> HashMap<String, BTreeMap<String, String>> {
+    namespaces
+        .iter()
+        .filter_map(|ns| {
+            Some((
+                ns.metadata.name.clone()?,
+                ns.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// A Kubernetes Service as the mesh's service model: selector and ports
+/// (numeric target ports; a named target port is left to the pod's port).
+#[must_use]
+pub fn service(service: &KubeService) -> Option<Service> {
+    let spec = service.spec.as_ref()?;
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| {
+            Some(ServicePort {
+                name: port.name.clone(),
+                port: u16::try_from(port.port).ok()?,
+                target_port: match &port.target_port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => {
+                        u16::try_from(*p).ok()
+                    }
+                    _ => None,
+                },
+            })
+        })
+        .collect();
+    Some(Service {
+        name: service.metadata.name.clone()?,
+        namespace: service.metadata.namespace.clone()?,
+        selector: spec.selector.clone().unwrap_or_default(),
+        ports,
+    })
+}
+
+/// An `AuthorizationPolicy` object as the policy loader reads it: the
+/// whole object (apiVersion, kind, metadata, spec), so a bad one is
+/// rejected with the same field paths as in the local file.
+#[must_use]
+pub fn policy(object: &DynamicObject) -> serde_yaml::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    // Server-side bookkeeping the policy model does not know.
+    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.retain(|key, _| key == "name" || key == "namespace");
+    }
+    serde_yaml::to_value(value).unwrap_or(serde_yaml::Value::Null)
+}
+
+/// The configuration file the objects amount to.
+#[must_use]
+pub fn config(pods: Vec<Pod>, services: Vec<Service>, policies: Vec<serde_yaml::Value>) -> LocalConfigFile {
+    LocalConfigFile {
+        pods,
+        policies,
+        services,
+    }
+}
+
+#[cfg(test)]
+mod tests;

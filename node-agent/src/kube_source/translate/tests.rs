@@ -1,0 +1,113 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
+use kube::api::DynamicObject;
+use mesh_core::{local_config, workload::MtlsMode};
+use serde_json::json;
+
+use super::*;
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn kube_pod(pod_labels: serde_json::Value, status: serde_json::Value) -> KubePod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "labels": pod_labels},
+        "spec": {"nodeName": "n1", "serviceAccountName": "web-sa", "containers": []},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn running() -> serde_json::Value {
+    json!({"phase": "Running", "podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}, {"ip": "fd00::5"}]})
+}
+
+#[test]
+fn the_pod_label_wins_then_the_namespace_label() {
+    let enabled = labels(&[(MESH_LABEL, "enabled")]);
+    let disabled = labels(&[(MESH_LABEL, "disabled")]);
+    let none = labels(&[]);
+    assert!(is_enrolled(&none, &enabled));
+    assert!(!is_enrolled(&disabled, &enabled));
+    assert!(is_enrolled(&enabled, &none));
+    assert!(!is_enrolled(&none, &none));
+    assert!(!is_enrolled(&labels(&[(MESH_LABEL, "yes")]), &none));
+}
+
+#[test]
+fn a_meshed_running_pod_becomes_a_config_entry() {
+    let namespace = labels(&[(MESH_LABEL, "enabled"), (MTLS_LABEL, "strict")]);
+    let pod = kube_pod(json!({"app": "web"}), running());
+    let Some(Ok(meshed)) = node_pod(&pod, Some(&namespace), "n1") else {
+        panic!("a running pod of a meshed namespace is enrolled");
+    };
+    assert_eq!(meshed.uid, "u-1");
+    assert_eq!(meshed.pod.service_account, "web-sa");
+    assert_eq!(meshed.pod.ips.len(), 2);
+    assert_eq!(meshed.pod.node.as_deref(), Some("n1"));
+    assert_eq!(meshed.pod.mtls, MtlsMode::Strict);
+    assert_eq!(meshed.pod.labels, labels(&[("app", "web")]));
+    assert!(node_pod(&pod, None, "n1").is_none(), "no label: not meshed");
+}
+
+#[test]
+fn pods_that_cannot_be_enrolled_yet_say_why() {
+    let namespace = labels(&[(MESH_LABEL, "enabled")]);
+    let pending = kube_pod(json!({}), json!({"phase": "Pending"}));
+    assert_eq!(
+        node_pod(&pending, Some(&namespace), "n1"),
+        Some(Err(NotReady::NoAddress))
+    );
+    let done = kube_pod(json!({}), json!({"phase": "Succeeded", "podIP": "10.1.0.5"}));
+    assert_eq!(node_pod(&done, Some(&namespace), "n1"), Some(Err(NotReady::Ended)));
+}
+
+#[test]
+fn services_and_policies_read_as_the_local_file_would() {
+    let service: KubeService = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"port": 443, "targetPort": "https"}
+        ]}
+    }))
+    .unwrap();
+    let service = super::service(&service).unwrap();
+    assert_eq!(service.hostname("cluster.local"), "web.shop.svc.cluster.local");
+    assert_eq!(service.ports[0].target_port, Some(8080));
+    assert_eq!(service.ports[1].target_port, None);
+
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "security.ambit.dev/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-all", "namespace": "shop", "uid": "x", "resourceVersion": "42",
+                     "managedFields": [], "creationTimestamp": "2026-11-22T08:00:00Z"},
+        "spec": {"action": "DENY", "rules": [{}]}
+    }))
+    .unwrap();
+    let snapshot = local_config::validate(config(
+        Vec::new(),
+        vec![service],
+        vec![policy(&object)],
+    ));
+    assert_eq!(snapshot.services.len(), 1);
+    assert_eq!(snapshot.policies.len(), 1);
+    let compiled = &snapshot.policies[0];
+    assert_eq!(compiled.rejected, None, "server-side metadata must not reject it");
+    assert_eq!(compiled.key.to_string(), "shop/deny-all");
+}
+
+#[test]
+fn namespace_labels_are_indexed_by_name() {
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "shop", "labels": {MESH_LABEL: "enabled"}}
+    }))
+    .unwrap();
+    let index = namespace_labels(&[namespace]);
+    assert_eq!(index["shop"][MESH_LABEL], "enabled");
+}

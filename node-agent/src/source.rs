@@ -1,0 +1,87 @@
+//! Where the agent's configuration comes from: the local file (`--config`)
+//! or the Kubernetes API server (`--kubernetes`). Either way it arrives as
+//! [`LocalSnapshot`]s on one channel, so nothing downstream knows which.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use mesh_core::local_config::{LocalConfigError, LocalSnapshot};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    kube_source::{self, KubeSettings, KubeSourceError},
+    local_source::{self, SnapshotChannel},
+};
+
+/// Why the configuration source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The local file could not be loaded.
+    #[error(transparent)]
+    LocalConfig(#[from] LocalConfigError),
+    /// Kubernetes mode could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] KubeSourceError),
+}
+
+/// The configuration source the settings name.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The local file, polled every `poll`.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// How often it is checked for changes.
+        poll: Duration,
+    },
+    /// The Kubernetes API server.
+    Kubernetes(KubeSettings),
+}
+
+// === impl Source ===
+
+impl Source {
+    /// The source `config` names (clap makes sure exactly one is given).
+    #[must_use]
+    pub fn from_config(config: &Config) -> Self {
+        match &config.config {
+            Some(path) if !config.kubernetes => Self::File {
+                path: path.clone(),
+                poll: config.config_poll_interval(),
+            },
+            _ => Self::Kubernetes(KubeSettings {
+                node: config.node_name.clone(),
+                cgroup_root: config.cgroup_root.clone(),
+                api_url: config.kube_api_url.clone(),
+            }),
+        }
+    }
+
+    /// The channel, with the first snapshot: the file as it is now, or an
+    /// empty one until the API server's objects are listed.
+    pub fn initial(&self) -> Result<SnapshotChannel, SourceError> {
+        Ok(match self {
+            Self::File { path, .. } => local_source::initial(path)?,
+            Self::Kubernetes(_) => watch::channel(Arc::new(LocalSnapshot::default())),
+        })
+    }
+
+    /// Starts publishing changes on `publish` until `shutdown`.
+    pub async fn start(
+        self,
+        publish: watch::Sender<Arc<LocalSnapshot>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        match self {
+            Self::File { path, poll } => {
+                tokio::spawn(local_source::watch_file(path, poll, publish, shutdown));
+            }
+            Self::Kubernetes(settings) => {
+                let client = kube_source::client(&settings).await?;
+                tokio::spawn(kube_source::run(client, settings, publish, shutdown));
+            }
+        }
+        Ok(())
+    }
+}
