@@ -9,6 +9,7 @@
 //!
 //! The `pod-tool` binary of this crate is the workload those tests start in pods.
 
+pub mod fake_kube;
 pub mod hbone_client;
 pub mod interrupt;
 pub mod mesh;
@@ -24,7 +25,7 @@ mod stale;
 mod sys;
 
 pub use proc::Proc;
-pub use testbed::{Node, Pod, Skip, Testbed, run_in_pod};
+pub use testbed::{CgroupDriver, Node, Pod, Skip, Testbed, run_in_pod};
 
 /// Creates a [`Testbed`] named after the test, or prints a loud `SKIPPED:`
 /// line and returns from the calling test when this machine cannot run it.

@@ -94,11 +94,30 @@ impl Agent {
     pub fn spawn(tb: &Testbed, node: &Node, config_yaml: &str, extra_args: &[&str]) -> Agent {
         let config_path = tb.run_dir().join(format!("{}-mesh.yaml", node.name));
         write_atomically(&config_path, config_yaml);
+        let mut args = vec!["--config", config_path.to_str().expect("UTF-8 path")];
+        args.extend_from_slice(extra_args);
+        Self::spawn_with(tb, node, config_path.clone(), &args)
+    }
+
+    /// Starts an agent in Kubernetes mode, reading the API server at
+    /// `api_url`, and returns at once.
+    pub fn spawn_kubernetes(
+        tb: &Testbed,
+        node: &Node,
+        api_url: &str,
+        extra_args: &[&str],
+    ) -> Agent {
+        let mut args = vec!["--kubernetes", "--kube-api-url", api_url];
+        args.extend_from_slice(extra_args);
+        // No configuration file: `set_pods` has nothing to write to.
+        let unused = tb.run_dir().join(format!("{}-unused.yaml", node.name));
+        Self::spawn_with(tb, node, unused, &args)
+    }
+
+    fn spawn_with(tb: &Testbed, node: &Node, config_path: PathBuf, args: &[&str]) -> Agent {
         let ca = mesh_ca(tb);
         let mut cmd = Command::new(Testbed::bin(AGENT_BIN));
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--ca-cert")
+        cmd.arg("--ca-cert")
             .arg(ca.join("ca.pem"))
             .arg("--ca-key")
             .arg(ca.join("ca-key.pem"))
@@ -107,7 +126,7 @@ impl Agent {
             .arg("--cgroup-root")
             .arg(&node.cgroup_root)
             .args(["--node-name", &node.name, "--config-poll-ms", "100"])
-            .args(extra_args)
+            .args(args)
             .env(
                 "AMBIT_LOG",
                 std::env::var(AGENT_LOG_ENV).unwrap_or_else(|_| "info,node_agent=debug".to_owned()),

@@ -108,6 +108,16 @@ pub struct Pod {
     pub host_ifname: String,
 }
 
+/// How the kubelet names pod cgroups (its `cgroupDriver` setting), for
+/// pods that play Kubernetes pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// `kubepods/burstable/pod<uid>`.
+    Cgroupfs,
+    /// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice`.
+    Systemd,
+}
+
 /// Why a test bed cannot be built on this machine; the test should report it
 /// loudly and pass without testing anything.
 #[derive(Clone, Debug)]

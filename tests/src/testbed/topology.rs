@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
-use super::{Node, NodeState, Pod, Testbed};
+use super::{CgroupDriver, Node, NodeState, Pod, Testbed};
 use crate::command::{ip, ip_in};
 use crate::naming;
 use crate::netns::write_sysctls;
@@ -70,6 +70,36 @@ impl Testbed {
     /// `p<j>` on the node), a /32 (and /128) address, routes both ways, and a
     /// cgroup under the node's `kubepods`.
     pub fn add_pod(&mut self, node: &Node, name: &str, namespace: &str) -> Pod {
+        self.add_pod_in_cgroup(node, name, namespace, None)
+    }
+
+    /// [`add_pod`](Self::add_pod) with the cgroup the kubelet would give a
+    /// pod with this UID (`driver` names it), as Kubernetes mode finds it.
+    pub fn add_kube_pod(
+        &mut self,
+        node: &Node,
+        name: &str,
+        namespace: &str,
+        uid: &str,
+        driver: CgroupDriver,
+    ) -> Pod {
+        let cgroup = match driver {
+            CgroupDriver::Cgroupfs => format!("burstable/pod{uid}"),
+            CgroupDriver::Systemd => format!(
+                "kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ),
+        };
+        self.add_pod_in_cgroup(node, name, namespace, Some(&cgroup))
+    }
+
+    fn add_pod_in_cgroup(
+        &mut self,
+        node: &Node,
+        name: &str,
+        namespace: &str,
+        cgroup: Option<&str>,
+    ) -> Pod {
         naming::check_object_name("pod", name);
         naming::check_object_name("namespace", namespace);
         let state = self
@@ -109,7 +139,9 @@ impl Testbed {
         wire_pod_host_side(node, &host_ifname, ipv4, ipv6);
         wire_pod_side(&netns, ipv4, ipv6);
 
-        let cgroup = node.cgroup_root.join(format!("pod{pod_number}-{name}"));
+        let cgroup = node
+            .cgroup_root
+            .join(cgroup.map_or_else(|| format!("pod{pod_number}-{name}"), str::to_owned));
         create_cgroup(&cgroup);
         Pod {
             name: name.to_owned(),
