@@ -128,7 +128,10 @@ pub async fn run(
         "authorizationpolicies",
         reflector::reflector(
             writer,
-            watcher(Api::<DynamicObject>::all_with(client, &policy_type), watcher::Config::default()),
+            watcher(
+                Api::<DynamicObject>::all_with(client, &policy_type),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff(),
         changed.clone(),
@@ -149,11 +152,17 @@ pub async fn run(
     let mut retry = None;
     loop {
         let snapshot = builder.build(&stores);
-        retry = builder.waiting().then(|| {
-            retry.map_or(RETRY_FIRST, |last: Duration| (last * 2).min(RETRY_MAX))
-        });
+        retry = builder
+            .waiting()
+            .then(|| retry.map_or(RETRY_FIRST, |last: Duration| (last * 2).min(RETRY_MAX)));
         if **publish.borrow() != snapshot {
-            tracing::info!(pods = snapshot.pods.len(), waiting = snapshot.rejected.len(), services = snapshot.services.len(), policies = snapshot.policies.len(), "Kubernetes state changed");
+            tracing::info!(
+                pods = snapshot.pods.len(),
+                waiting = snapshot.rejected.len(),
+                services = snapshot.services.len(),
+                policies = snapshot.policies.len(),
+                "Kubernetes state changed"
+            );
             publish.send_replace(Arc::new(snapshot));
         }
         tokio::select! {
@@ -214,8 +223,12 @@ impl SnapshotBuilder {
     }
 
     fn build(&mut self, stores: &Stores) -> LocalSnapshot {
-        let namespaces: Vec<Namespace> =
-            stores.namespaces.state().iter().map(|ns| (**ns).clone()).collect();
+        let namespaces: Vec<Namespace> = stores
+            .namespaces
+            .state()
+            .iter()
+            .map(|ns| (**ns).clone())
+            .collect();
         let namespace_labels = translate::namespace_labels(&namespaces);
         let mut pods = Vec::new();
         let mut waiting = Vec::new();
@@ -242,13 +255,21 @@ impl SnapshotBuilder {
                         Err(error) => {
                             let key = node_pod.pod.key();
                             let waited = self.waited(&node_pod.uid, &key.to_string(), &error);
-                            waiting.push((key, format!("waiting {waited} s for the pod's process: {error}")));
+                            waiting.push((
+                                key,
+                                format!("waiting {waited} s for the pod's process: {error}"),
+                            ));
                         }
                     }
                 }
                 Err(translate::NotReady::NoAddress) => {
-                    if let (Some(ns), Some(name)) = (&kube_pod.metadata.namespace, &kube_pod.metadata.name) {
-                        let key = mesh_core::workload::PodKey { namespace: ns.clone(), name: name.clone() };
+                    if let (Some(ns), Some(name)) =
+                        (&kube_pod.metadata.namespace, &kube_pod.metadata.name)
+                    {
+                        let key = mesh_core::workload::PodKey {
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                        };
                         waiting.push((key, "waiting for the pod's address".to_owned()));
                     }
                 }
@@ -315,7 +336,13 @@ fn watch_into<K>(
     shutdown: &CancellationToken,
 ) -> Store<K>
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();

@@ -23,7 +23,9 @@ const CONTAINER_DEPTH: usize = 2;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PodNetnsError {
     /// No cgroup of that pod under the root.
-    #[error("no cgroup named after pod {uid} under {root} (is --cgroup-root the kubelet's pod cgroup root?)")]
+    #[error(
+        "no cgroup named after pod {uid} under {root} (is --cgroup-root the kubelet's pod cgroup root?)"
+    )]
     NoCgroup {
         /// The pod's UID.
         uid: String,
@@ -43,12 +45,11 @@ pub enum PodNetnsError {
 /// `/proc/<pid>/ns/net` of a process of the pod with `uid`, found under
 /// `cgroup_root`.
 pub fn find(cgroup_root: &Path, uid: &str) -> Result<PathBuf, PodNetnsError> {
-    let cgroup = find_pod_cgroup(cgroup_root, uid, POD_DEPTH).ok_or_else(|| {
-        PodNetnsError::NoCgroup {
+    let cgroup =
+        find_pod_cgroup(cgroup_root, uid, POD_DEPTH).ok_or_else(|| PodNetnsError::NoCgroup {
             uid: uid.to_owned(),
             root: cgroup_root.to_owned(),
-        }
-    })?;
+        })?;
     first_process(&cgroup, CONTAINER_DEPTH)
         .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
         .ok_or(PodNetnsError::NoProcess {
@@ -74,7 +75,11 @@ fn find_pod_cgroup(dir: &Path, uid: &str, depth: usize) -> Option<PathBuf> {
             continue;
         }
         let path = entry.path();
-        if entry.file_name().to_str().is_some_and(|name| names_pod(name, uid)) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| names_pod(name, uid))
+        {
             return Some(path);
         }
         children.push(path);
@@ -158,6 +163,9 @@ mod tests {
         let root = tree(&[&pod, "elsewhere"], "elsewhere");
         let error = find(root.path(), UID).unwrap_err();
         assert!(matches!(error, PodNetnsError::NoProcess { .. }));
-        assert!(error.to_string().contains("holds no process yet"), "{error}");
+        assert!(
+            error.to_string().contains("holds no process yet"),
+            "{error}"
+        );
     }
 }

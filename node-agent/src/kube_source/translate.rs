@@ -76,8 +76,7 @@ pub fn node_pod(
     }
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref());
-    if pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed"))
-    {
+    if pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")) {
         return Some(Err(NotReady::Ended));
     }
     let ips = pod_ips(pod);
@@ -194,7 +193,11 @@ pub fn policy(object: &DynamicObject) -> serde_yaml::Value {
 
 /// The configuration file the objects amount to.
 #[must_use]
-pub fn config(pods: Vec<Pod>, services: Vec<Service>, policies: Vec<serde_yaml::Value>) -> LocalConfigFile {
+pub fn config(
+    pods: Vec<Pod>,
+    services: Vec<Service>,
+    policies: Vec<serde_yaml::Value>,
+) -> LocalConfigFile {
     LocalConfigFile {
         pods,
         policies,

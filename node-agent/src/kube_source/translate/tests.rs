@@ -14,7 +14,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn kube_pod(pod_labels: serde_json::Value, status: serde_json::Value) -> KubePod {
+fn kube_pod(pod_labels: &serde_json::Value, status: &serde_json::Value) -> KubePod {
     serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "labels": pod_labels},
         "spec": {"nodeName": "n1", "serviceAccountName": "web-sa", "containers": []},
@@ -42,7 +42,7 @@ fn the_pod_label_wins_then_the_namespace_label() {
 #[test]
 fn a_meshed_running_pod_becomes_a_config_entry() {
     let namespace = labels(&[(MESH_LABEL, "enabled"), (MTLS_LABEL, "strict")]);
-    let pod = kube_pod(json!({"app": "web"}), running());
+    let pod = kube_pod(&json!({"app": "web"}), &running());
     let Some(Ok(meshed)) = node_pod(&pod, Some(&namespace), "n1") else {
         panic!("a running pod of a meshed namespace is enrolled");
     };
@@ -58,13 +58,19 @@ fn a_meshed_running_pod_becomes_a_config_entry() {
 #[test]
 fn pods_that_cannot_be_enrolled_yet_say_why() {
     let namespace = labels(&[(MESH_LABEL, "enabled")]);
-    let pending = kube_pod(json!({}), json!({"phase": "Pending"}));
+    let pending = kube_pod(&json!({}), &json!({"phase": "Pending"}));
     assert_eq!(
         node_pod(&pending, Some(&namespace), "n1"),
         Some(Err(NotReady::NoAddress))
     );
-    let done = kube_pod(json!({}), json!({"phase": "Succeeded", "podIP": "10.1.0.5"}));
-    assert_eq!(node_pod(&done, Some(&namespace), "n1"), Some(Err(NotReady::Ended)));
+    let done = kube_pod(
+        &json!({}),
+        &json!({"phase": "Succeeded", "podIP": "10.1.0.5"}),
+    );
+    assert_eq!(
+        node_pod(&done, Some(&namespace), "n1"),
+        Some(Err(NotReady::Ended))
+    );
 }
 
 #[test]
@@ -78,7 +84,10 @@ fn services_and_policies_read_as_the_local_file_would() {
     }))
     .unwrap();
     let service = super::service(&service).unwrap();
-    assert_eq!(service.hostname("cluster.local"), "web.shop.svc.cluster.local");
+    assert_eq!(
+        service.hostname("cluster.local"),
+        "web.shop.svc.cluster.local"
+    );
     assert_eq!(service.ports[0].target_port, Some(8080));
     assert_eq!(service.ports[1].target_port, None);
 
@@ -90,15 +99,14 @@ fn services_and_policies_read_as_the_local_file_would() {
         "spec": {"action": "DENY", "rules": [{}]}
     }))
     .unwrap();
-    let snapshot = local_config::validate(config(
-        Vec::new(),
-        vec![service],
-        vec![policy(&object)],
-    ));
+    let snapshot = local_config::validate(config(Vec::new(), vec![service], vec![policy(&object)]));
     assert_eq!(snapshot.services.len(), 1);
     assert_eq!(snapshot.policies.len(), 1);
     let compiled = &snapshot.policies[0];
-    assert_eq!(compiled.rejected, None, "server-side metadata must not reject it");
+    assert_eq!(
+        compiled.rejected, None,
+        "server-side metadata must not reject it"
+    );
     assert_eq!(compiled.key.to_string(), "shop/deny-all");
 }
 
