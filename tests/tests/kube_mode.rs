@@ -53,6 +53,33 @@ fn kube_pod(
     pod
 }
 
+/// `shop/client` (cgroupfs driver) and `shop/server` (`server_driver`) on
+/// `node`.
+fn client_and_server_pods(
+    tb: &mut Testbed,
+    kube: &FakeKube,
+    node: &Node,
+    server_driver: CgroupDriver,
+) -> (Pod, Pod) {
+    let client = kube_pod(
+        tb,
+        kube,
+        node,
+        "client",
+        &json!({"app": "client"}),
+        CgroupDriver::Cgroupfs,
+    );
+    let server = kube_pod(
+        tb,
+        kube,
+        node,
+        "server",
+        &json!({"app": "server"}),
+        server_driver,
+    );
+    (client, server)
+}
+
 fn label_namespace(kube: &FakeKube, value: Option<&str>) {
     kube.merge_patch(
         "namespaces",
@@ -100,22 +127,7 @@ fn cluster(tb: &mut Testbed) -> (FakeKube, Node) {
 fn a_labelled_namespace_is_enrolled_at_once_and_left_when_unlabelled() {
     let mut tb = testbed_or_skip!("kube_enroll");
     let (kube, n1) = cluster(&mut tb);
-    let client = kube_pod(
-        &mut tb,
-        &kube,
-        &n1,
-        "client",
-        &json!({"app": "client"}),
-        CgroupDriver::Cgroupfs,
-    );
-    let server = kube_pod(
-        &mut tb,
-        &kube,
-        &n1,
-        "server",
-        &json!({"app": "server"}),
-        CgroupDriver::Systemd,
-    );
+    let (client, server) = client_and_server_pods(&mut tb, &kube, &n1, CgroupDriver::Systemd);
     let legacy = kube_pod(
         &mut tb,
         &kube,
@@ -217,22 +229,7 @@ fn the_api_server_going_away_loses_nothing() {
     let mut tb = testbed_or_skip!("kube_outage");
     let (mut kube, n1) = cluster(&mut tb);
     label_namespace(&kube, Some("enabled"));
-    let client = kube_pod(
-        &mut tb,
-        &kube,
-        &n1,
-        "client",
-        &json!({"app": "client"}),
-        CgroupDriver::Cgroupfs,
-    );
-    let server = kube_pod(
-        &mut tb,
-        &kube,
-        &n1,
-        "server",
-        &json!({"app": "server"}),
-        CgroupDriver::Cgroupfs,
-    );
+    let (client, server) = client_and_server_pods(&mut tb, &kube, &n1, CgroupDriver::Cgroupfs);
     let _servers = [serve(&tb, &client), serve(&tb, &server)];
     let agent = Agent::spawn_kubernetes(&tb, &n1, &kube.url(), &[]);
     agent.wait_ready(&tb);

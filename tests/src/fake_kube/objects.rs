@@ -61,14 +61,7 @@ impl ObjectFactory {
     /// Sets what a create sets once: `uid`, `creationTimestamp`, `generation`.
     pub(crate) fn stamp_new(&mut self, object: &mut Value) {
         let (high, low) = (self.random(), self.random());
-        let uid = format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            high >> 32,
-            (high >> 16) & 0xffff,
-            high & 0xfff,
-            0x8000 | ((low >> 48) & 0x3fff),
-            low & 0xffff_ffff_ffff
-        );
+        let uid = uuid(high, low);
         let now = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
@@ -223,4 +216,16 @@ fn metadata_mut(object: &mut Value) -> Option<&mut Map<String, Value>> {
         *metadata = Value::Object(Map::new());
     }
     metadata.as_object_mut()
+}
+
+/// A version-4-shaped UUID made of two random (or hashed) words.
+pub(crate) fn uuid(high: u64, low: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xfff,
+        0x8000 | ((low >> 48) & 0x3fff),
+        low & 0xffff_ffff_ffff
+    )
 }
