@@ -88,14 +88,14 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let log_forwarder = ebpf.take_log_forwarder();
     let splice_events = ebpf.take_splice_events();
     let maps = ebpf.maps().clone();
-    let connections = Arc::new(ConnectionLog::default());
+    let workloads = Arc::new(SharedWorkloads::default());
+    let connections = Arc::new(ConnectionLog::new(&config.node_name, workloads.clone()));
     let metrics = Arc::new(Metrics::default());
     let authorizer = Arc::new(Authorizer::new(
         &config.node_name,
         &config.root_namespace,
         metrics.clone(),
     ));
-    let workloads = Arc::new(SharedWorkloads::default());
     let admin_workloads = workloads.clone();
     let kernel_splice = ebpf.kernel_splice().to_string();
     let local_pods = Arc::new(LocalPods::default());

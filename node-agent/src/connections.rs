@@ -15,7 +15,11 @@ use std::{
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::{authz::Authorization, proxy::ByteCounts, proxy::Direction};
+use crate::{
+    authz::Authorization,
+    proxy::{ByteCounts, Direction},
+    workloads::{SharedWorkloads, WorkloadIndex},
+};
 
 /// How many closed connections a follower may fall behind before it misses
 /// some (it is told how many).
@@ -103,9 +107,26 @@ pub struct ConnectionView {
     pub age_secs: Option<f64>,
 }
 
+/// Each end of a connection resolved to a meshed workload and its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ends {
+    /// The source's workload (namespace/name), when meshed.
+    pub src_workload: Option<String>,
+    /// The source's node, when meshed.
+    pub src_node: Option<String>,
+    /// The destination's workload (namespace/name), when meshed.
+    pub dst_workload: Option<String>,
+    /// The destination's node, when meshed.
+    pub dst_node: Option<String>,
+}
+
 /// Open connections and the recent-connections ring.
 #[derive(Debug)]
 pub struct ConnectionLog {
+    /// This agent's node, for the access log.
+    node: String,
+    /// Who is behind an address, for the access log.
+    workloads: Arc<SharedWorkloads>,
     records: Mutex<VecDeque<ConnectionRecord>>,
     open: Mutex<BTreeMap<u64, Arc<LiveEntry>>>,
     next_id: AtomicU64,
@@ -134,18 +155,20 @@ pub struct LiveConnection<'a> {
 
 // === impl ConnectionLog ===
 
-impl Default for ConnectionLog {
-    fn default() -> Self {
+impl ConnectionLog {
+    /// The log of the agent of `node`, naming connection ends by `workloads`.
+    #[must_use]
+    pub fn new(node: &str, workloads: Arc<SharedWorkloads>) -> Self {
         Self {
+            node: node.to_owned(),
+            workloads,
             records: Mutex::default(),
             open: Mutex::default(),
             next_id: AtomicU64::new(0),
             closed_feed: broadcast::channel(FOLLOW_BACKLOG).0,
         }
     }
-}
 
-impl ConnectionLog {
     /// Lists `flow` as open until the returned handle is dropped; the relay
     /// counts its bytes in the handle's counters.
     pub fn open(&self, flow: &Flow) -> LiveConnection<'_> {
@@ -214,7 +237,13 @@ impl ConnectionLog {
 
     /// Records a closed connection and writes its access-log line.
     pub fn closed(&self, flow: Flow, bytes_sent: u64, bytes_received: u64, error: Option<String>) {
+        let ends = Ends::resolve(&self.workloads.current(), &flow);
         tracing::info!(
+            node = %self.node,
+            src_workload = ends.src_workload.as_deref().unwrap_or("-"),
+            src_node = ends.src_node.as_deref().unwrap_or("-"),
+            dst_workload = ends.dst_workload.as_deref().unwrap_or("-"),
+            dst_node = ends.dst_node.as_deref().unwrap_or("-"),
             direction = ?flow.direction,
             pod = %flow.pod,
             src = %flow.src,
@@ -252,6 +281,29 @@ impl ConnectionLog {
     #[must_use]
     pub fn recent(&self) -> Vec<ConnectionRecord> {
         lock(&self.records).iter().cloned().collect()
+    }
+}
+
+// === impl Ends ===
+
+impl Ends {
+    /// `flow`'s ends as `index` knows them.
+    #[must_use]
+    pub fn resolve(index: &WorkloadIndex, flow: &Flow) -> Self {
+        let end = |ip: std::net::IpAddr| {
+            index
+                .by_ip(ip)
+                .map(|w| (Some(w.key.to_string()), w.node.clone()))
+                .unwrap_or_default()
+        };
+        let (src_workload, src_node) = end(flow.src.ip());
+        let (dst_workload, dst_node) = end(flow.dst.ip());
+        Self {
+            src_workload,
+            src_node,
+            dst_workload,
+            dst_node,
+        }
     }
 }
 

@@ -141,6 +141,22 @@ fn connections_workloads_and_certificates_are_listed_live() {
         c["direction"] == "outbound" && c["dst"] == format!("{}:{ECHO_PORT}", cs.server.ipv4)
     });
     assert_eq!(closed["bytes_sent"], round_trips, "{closed}");
+    // The access log line names both ends as the connection view does.
+    let line = client_agent
+        .proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("connection closed") && l.contains("direction=Outbound")
+        })
+        .expect("an access log line");
+    for field in [
+        "node=n1",
+        "src_workload=\"shop/client\"",
+        "dst_workload=\"shop/server\"",
+        "dst_node=\"n2\"",
+        "verdict=\"allow\"",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
     let listed = ambit_json(&tb, &cs.n1, &["connections", "--state", "closed"]);
     assert!(
         items(&listed)

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::AdminState;
 use crate::{
-    connections::{ConnectionRecord, ConnectionState, ConnectionView},
+    connections::{ConnectionRecord, ConnectionState, ConnectionView, Ends},
     workloads::WorkloadIndex,
 };
 
@@ -60,14 +60,9 @@ pub struct ConnectionEntry {
     pub view: ConnectionView,
     /// The node of the agent that carried it.
     pub node: String,
-    /// The source's workload (namespace/name), when meshed.
-    pub src_workload: Option<String>,
-    /// The source's node, when meshed.
-    pub src_node: Option<String>,
-    /// The destination's workload (namespace/name), when meshed.
-    pub dst_workload: Option<String>,
-    /// The destination's node, when meshed.
-    pub dst_node: Option<String>,
+    /// Both ends as workloads and nodes.
+    #[serde(flatten)]
+    pub ends: Ends,
 }
 
 /// What the agent has loaded and attached, as `/ebpf` shows it.
@@ -274,20 +269,9 @@ fn closed_view(record: ConnectionRecord) -> ConnectionView {
 }
 
 fn entry(view: ConnectionView, index: &WorkloadIndex, node: &str) -> ConnectionEntry {
-    let end = |ip: IpAddr| {
-        index
-            .by_ip(ip)
-            .map(|w| (Some(w.key.to_string()), w.node.clone()))
-            .unwrap_or_default()
-    };
-    let (src_workload, src_node) = end(view.record.flow.src.ip());
-    let (dst_workload, dst_node) = end(view.record.flow.dst.ip());
     ConnectionEntry {
+        ends: Ends::resolve(index, &view.record.flow),
         view,
         node: node.to_owned(),
-        src_workload,
-        src_node,
-        dst_workload,
-        dst_node,
     }
 }
