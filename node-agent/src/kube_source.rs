@@ -150,12 +150,15 @@ pub async fn run(
     tracing::info!(node = %settings.node, "Kubernetes objects listed; publishing this node's pods");
     let mut builder = SnapshotBuilder::new(settings);
     let mut retry = None;
+    let mut first = true;
     loop {
         let snapshot = builder.build(&stores);
         retry = builder
             .waiting()
             .then(|| retry.map_or(RETRY_FIRST, |last: Duration| (last * 2).min(RETRY_MAX)));
-        if **publish.borrow() != snapshot {
+        // The first one always goes out: the agent waits for it (readiness).
+        if first || **publish.borrow() != snapshot {
+            first = false;
             tracing::info!(
                 pods = snapshot.pods.len(),
                 waiting = snapshot.rejected.len(),

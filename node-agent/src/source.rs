@@ -67,6 +67,14 @@ impl Source {
         })
     }
 
+    /// Whether [`initial`](Self::initial)'s snapshot stands in until the
+    /// real first one arrives (Kubernetes: before the objects are listed),
+    /// so enrollment, and readiness, must wait for that one.
+    #[must_use]
+    pub fn first_snapshot_is_placeholder(&self) -> bool {
+        matches!(self, Self::Kubernetes(_))
+    }
+
     /// Starts publishing changes on `publish` until `shutdown`.
     pub async fn start(
         self,

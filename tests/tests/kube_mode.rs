@@ -255,3 +255,28 @@ fn the_api_server_going_away_loses_nothing() {
     agent.wait_pod_gone(&tb, "server", Duration::from_secs(45));
     assert!(agent.pod(&tb, "client").is_some(), "{:?}", agent.pods(&tb));
 }
+
+#[test]
+fn an_agent_started_while_the_api_server_is_away_is_ready_once_it_lists() {
+    let mut tb = testbed_or_skip!("kube_late_api");
+    let (mut kube, n1) = cluster(&mut tb);
+    label_namespace(&kube, Some("enabled"));
+    let (client, server) = client_and_server_pods(&mut tb, &kube, &n1, CgroupDriver::Cgroupfs);
+    let _servers = [serve(&tb, &client), serve(&tb, &server)];
+    kube.stop();
+    let agent = Agent::spawn_kubernetes(&tb, &n1, &kube.url(), &[]);
+    // Up (the admin API answers) but not ready: nothing is listed yet.
+    let deadline = Instant::now() + WAIT;
+    while agent.get(&tb, "/pods").is_none() {
+        assert!(Instant::now() < deadline, "{}", agent.proc.report());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        agent.get(&tb, "/ready").is_none(),
+        "ready before the API server's objects were listed"
+    );
+    kube.restart().expect("the API server comes");
+    agent.wait_ready(&tb);
+    wait_enrolled(&tb, &agent, &["client", "server"], WAIT);
+}
