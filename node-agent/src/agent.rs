@@ -69,7 +69,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     tracing::info!(config = %effective, "ambit node agent starting");
     let source = Source::from_config(config);
     let (publish, snapshots) = source.initial()?;
-    let first_snapshot_is_placeholder = source.first_snapshot_is_placeholder();
+    let source_kind = source.clone();
     let home_netns = Arc::new(Netns::current()?);
     let (data_plane, control) = runtimes(config)?;
 
@@ -159,15 +159,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
             tokio::spawn(splicer.run_events(ring));
         }
         tracing::info!(admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, node = %config.node_name, "ambit node agent ready");
-        if first_snapshot_is_placeholder {
-            // Nothing to enroll (and not ready) until the API server's
-            // objects are listed.
-            let mut first = snapshots.clone();
-            tokio::select! {
-                _ = first.changed() => {}
-                () = shutdown.cancelled() => {}
-            }
-        }
+        source_kind.wait_for_first(&snapshots, &shutdown).await;
         let reconciler = Reconciler::new(enroller, board);
         Ok(reconciler.run(snapshots, shutdown, config.keep_bpf_state).await)
     });

@@ -67,12 +67,21 @@ impl Source {
         })
     }
 
-    /// Whether [`initial`](Self::initial)'s snapshot stands in until the
-    /// real first one arrives (Kubernetes: before the objects are listed),
-    /// so enrollment, and readiness, must wait for that one.
-    #[must_use]
-    pub fn first_snapshot_is_placeholder(&self) -> bool {
-        matches!(self, Self::Kubernetes(_))
+    /// Returns once `snapshots` holds a real snapshot (or at `shutdown`):
+    /// at once for the file; in Kubernetes mode once the API server's
+    /// objects are listed, so enrollment, and readiness, wait for them.
+    pub async fn wait_for_first(
+        &self,
+        snapshots: &watch::Receiver<Arc<LocalSnapshot>>,
+        shutdown: &CancellationToken,
+    ) {
+        if let Self::Kubernetes(_) = self {
+            let mut first = snapshots.clone();
+            tokio::select! {
+                _ = first.changed() => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
     }
 
     /// Starts publishing changes on `publish` until `shutdown`.
