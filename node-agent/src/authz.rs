@@ -357,9 +357,7 @@ impl Authorizer {
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveConnection>> {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.live)
     }
 }
 

@@ -15,6 +15,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::sync::lock;
 use crate::{
     authz::Authorization,
     proxy::{ByteCounts, Direction},
@@ -333,12 +334,4 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A lock that outlives a panicked holder: the data is plain records, still
-/// consistent after any partial update.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -17,6 +17,7 @@ use mesh_core::{
 use rustls::{ClientConfig, RootCertStore, ServerConfig, sign::CertifiedKey};
 use serde::Serialize;
 
+use crate::sync::{read, write};
 use crate::tls::{self, CertificateSource, TlsError};
 
 /// Errors issuing certificates or loading the CA.
@@ -292,14 +293,4 @@ impl CertificateSource for Certificates {
             .get(identity)
             .map(|issued| issued.key.clone())
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -37,6 +37,7 @@ pub mod routing;
 pub mod source;
 pub mod splice;
 pub mod stats;
+pub mod sync;
 mod sys;
 pub mod telemetry;
 pub mod tls;

@@ -71,22 +71,14 @@ impl LogControl {
     /// The filter in force.
     #[must_use]
     pub fn current(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.current).clone()
     }
 
     /// Replaces the filter; an invalid one changes nothing.
     pub fn set(&self, filter: &str) -> Result<(), LoggingError> {
         let parsed = parse(filter)?;
         self.handle.reload(parsed)?;
-        filter.clone_into(
-            &mut self
-                .current
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        filter.clone_into(&mut crate::sync::lock(&self.current));
         tracing::info!(filter, "log filter changed");
         Ok(())
     }

@@ -85,20 +85,14 @@ impl Metrics {
     /// Adds the figures read at scrape time: the eBPF counters in `maps`
     /// and the expiry of the certificates `certs` holds.
     pub fn read_at_scrape(&self, maps: Arc<MeshMaps>, certs: Arc<CertManager>) {
-        let mut registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registry = crate::sync::lock(&self.registry);
         registry.register_collector(Box::new(collectors::EbpfEvents(maps)));
         registry.register_collector(Box::new(collectors::CertificateExpiry(certs)));
     }
 
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = crate::sync::lock(&self.registry);
         let mut text = String::new();
         encode(&mut text, &registry)?;
         Ok(text)

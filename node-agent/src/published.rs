@@ -19,17 +19,11 @@ impl<T> Published<T> {
     /// The current version.
     #[must_use]
     pub fn current(&self) -> Arc<T> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.0).clone()
     }
 
     /// Replaces the current version.
     pub fn publish(&self, value: T) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(value);
+        *crate::sync::write(&self.0) = Arc::new(value);
     }
 }

@@ -26,6 +26,7 @@ use mesh_ebpf_common::{
     DirectKey, DirectVerdict, SPLICE_CLOSED, SPLICE_OPENED, SocketTuple, SpliceEvent,
 };
 
+use crate::sync::lock;
 use crate::{
     authz::{Authorization, Authorizer, EnforcementPoint},
     connections::{
@@ -343,12 +344,6 @@ fn dst_namespace(workloads: &SharedWorkloads, dst: SocketAddr) -> String {
         .by_ip(dst.ip())
         .map(|w| w.key.namespace.clone())
         .unwrap_or_default()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use mesh_ebpf_common::{
 };
 
 use super::EbpfError;
+use crate::sync::lock;
 
 /// A failed map operation.
 #[derive(Debug, thiserror::Error)]
@@ -214,14 +215,6 @@ pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 /// The ring of spliced-connection events, for the one task that reads it.
 pub(super) fn take_splice_events(bpf: &mut Ebpf) -> Result<RingBuf<MapData>, EbpfError> {
     take(bpf, map_names::SPLICE_EVENTS)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding a map lock leaves the map itself consistent (the
-    // kernel owns it), so a poisoned lock is safe to keep using.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {

@@ -89,10 +89,7 @@ impl PodStatusBoard {
     /// Every pod with live counters.
     #[must_use]
     pub fn pods(&self) -> Vec<PodStatus> {
-        let pods = self
-            .pods
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pods = crate::sync::read(&self.pods);
         pods.iter()
             .map(|p| PodStatus {
                 traffic: p.stats.as_ref().map(|s| s.snapshot()),
@@ -108,10 +105,7 @@ impl PodStatusBoard {
     }
 
     fn publish(&self, pods: Vec<PodStatus>) {
-        *self
-            .pods
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = pods;
+        *crate::sync::write(&self.pods) = pods;
         self.reconciled
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
