@@ -82,7 +82,19 @@ impl Agent {
     /// node: it enrolls those of its own node and reaches the others over
     /// HBONE), and waits until it has enrolled its own.
     pub fn start(tb: &Testbed, node: &Node, pods: &[&Pod], extra_args: &[&str]) -> Agent {
-        let agent = Self::spawn(tb, node, &pods_yaml(pods), extra_args);
+        Self::start_with_config(tb, node, &pods_yaml(pods), pods, extra_args)
+    }
+
+    /// Starts an agent on `node` with this configuration text and waits
+    /// until it is ready and has enrolled those of `pods` on its node.
+    pub fn start_with_config(
+        tb: &Testbed,
+        node: &Node,
+        config_yaml: &str,
+        pods: &[&Pod],
+        extra_args: &[&str],
+    ) -> Agent {
+        let agent = Self::spawn(tb, node, config_yaml, extra_args);
         agent.wait_ready(tb);
         for pod in pods.iter().filter(|p| p.node == node.name) {
             agent.wait_pod_state(tb, &pod.name, "enrolled", AGENT_READY_TIMEOUT);

@@ -46,14 +46,7 @@ fn start_agents_with(
     yaml: &str,
     args: &[&str],
 ) -> (Agent, Agent) {
-    let [first, second] = nodes.map(|node| {
-        let agent = Agent::spawn(tb, node, yaml, args);
-        agent.wait_ready(tb);
-        for pod in pods.iter().filter(|p| p.node == node.name) {
-            agent.wait_pod_state(tb, &pod.name, "enrolled", WAIT);
-        }
-        agent
-    });
+    let [first, second] = nodes.map(|node| Agent::start_with_config(tb, node, yaml, pods, args));
     (first, second)
 }
 

@@ -306,15 +306,6 @@ fn scrape_until(
     }
 }
 
-fn start_agent(tb: &Testbed, node: &Node, yaml: &str, pods: &[&Pod]) -> Agent {
-    let agent = Agent::spawn(tb, node, yaml, &[]);
-    agent.wait_ready(tb);
-    for pod in pods.iter().filter(|p| p.node == node.name) {
-        agent.wait_pod_state(tb, &pod.name, "enrolled", WAIT);
-    }
-    agent
-}
-
 fn reply_server(tb: &Testbed, pod: &Pod) -> Proc {
     let script = REPLY_SERVER
         .replace("PORT", &REPLY_PORT.to_string())
@@ -430,8 +421,8 @@ fn istio_tcp_metrics_match_the_traffic_on_both_agents_and_parse_as_openmetrics()
     let legacy = tb.add_pod(&n1, "legacy", "legacy");
     let pods = [&client, &server, &intruder];
     let yaml = format!("{}{DENY_INTRUDER}{SERVICES}", pods_yaml(&pods));
-    let agent1 = start_agent(&tb, &n1, &yaml, &pods);
-    let agent2 = start_agent(&tb, &n2, &yaml, &pods);
+    let agent1 = Agent::start_with_config(&tb, &n1, &yaml, &pods, &[]);
+    let agent2 = Agent::start_with_config(&tb, &n2, &yaml, &pods, &[]);
     let replies = reply_server(&tb, &server);
 
     for bytes in REQUESTS {
@@ -612,7 +603,7 @@ fn same_node_traffic_is_reported_by_both_ends_and_the_dashboard_uses_only_export
     let server = tb.add_pod(&n1, "server", "shop");
     let pods = [&client, &server];
     let yaml = format!("{}{SERVICES}", pods_yaml(&pods));
-    let agent = start_agent(&tb, &n1, &yaml, &pods);
+    let agent = Agent::start_with_config(&tb, &n1, &yaml, &pods, &[]);
     let _replies = reply_server(&tb, &server);
     assert!(request(&tb, &client, &server, 4_096), "client -> server");
 

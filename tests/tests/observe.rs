@@ -56,13 +56,6 @@ fn ambit_json(tb: &Testbed, node: &Node, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("ambit {args:?}: bad JSON ({e}): {stdout}"))
 }
 
-fn start_agent(tb: &Testbed, node: &Node, yaml: &str, pod: &str) -> Agent {
-    let agent = Agent::spawn(tb, node, yaml, &[]);
-    agent.wait_ready(tb);
-    agent.wait_pod_state(tb, pod, "enrolled", WAIT);
-    agent
-}
-
 fn items(value: &Value) -> Vec<Value> {
     value.as_array().cloned().unwrap_or_default()
 }
@@ -72,8 +65,8 @@ fn connections_workloads_and_certificates_are_listed_live() {
     let mut tb = testbed_or_skip!("observe_live");
     let cs = client_and_server(&mut tb);
     let yaml = format!("{}{SERVICE}", pods_yaml(&[&cs.client, &cs.server]));
-    let client_agent = start_agent(&tb, &cs.n1, &yaml, "client");
-    let server_agent = start_agent(&tb, &cs.n2, &yaml, "server");
+    let client_agent = Agent::start_with_config(&tb, &cs.n1, &yaml, &[&cs.client], &[]);
+    let server_agent = Agent::start_with_config(&tb, &cs.n2, &yaml, &[&cs.server], &[]);
     let server = serve(&tb, &cs.server);
     let pinger = ping(
         &tb,
@@ -262,8 +255,8 @@ fn follow_streams_each_connection_with_its_verdict() {
     let mut tb = testbed_or_skip!("observe_follow");
     let cs = client_and_server(&mut tb);
     let yaml = format!("{}{DENY_PORT}", pods_yaml(&[&cs.client, &cs.server]));
-    let _client_agent = start_agent(&tb, &cs.n1, &yaml, "client");
-    let _server_agent = start_agent(&tb, &cs.n2, &yaml, "server");
+    let _client_agent = Agent::start_with_config(&tb, &cs.n1, &yaml, &[&cs.client], &[]);
+    let _server_agent = Agent::start_with_config(&tb, &cs.n2, &yaml, &[&cs.server], &[]);
     let _server = serve(&tb, &cs.server);
     let follower = tb.spawn_on_node(
         &cs.n2,
@@ -330,7 +323,7 @@ fn check_passes_on_a_ready_node_and_names_what_is_missing() {
     let mut tb = testbed_or_skip!("observe_check");
     let cs = client_and_server(&mut tb);
     let yaml = pods_yaml(&[&cs.client, &cs.server]);
-    let agent = start_agent(&tb, &cs.n1, &yaml, "client");
+    let agent = Agent::start_with_config(&tb, &cs.n1, &yaml, &[&cs.client], &[]);
     let bpffs_dir = cs.n1.bpffs.join("ambit");
     let cgroup_root = cs.n1.cgroup_root.display().to_string();
     let ready_args = [
