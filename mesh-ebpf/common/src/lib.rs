@@ -136,18 +136,18 @@ pub mod program_names {
 
     /// Every program: the cgroup ones, then `sk_lookup` (one attachment per
     /// enrolled pod network namespace) and `sk_msg` (on the splice sock hash).
-    pub const ALL: [&str; 10] = [
-        CONNECT4,
-        CONNECT6,
-        SOCK_OPS,
-        GETPEERNAME4,
-        GETPEERNAME6,
-        BIND4,
-        BIND6,
-        GETSOCKOPT,
-        SK_LOOKUP,
-        SK_MSG,
-    ];
+    pub const ALL: [&str; 10] = {
+        // `CGROUP` followed by the two others, built so the lists cannot drift.
+        let mut all = [""; 10];
+        let mut i = 0;
+        while i < CGROUP.len() {
+            all[i] = CGROUP[i];
+            i += 1;
+        }
+        all[8] = SK_LOOKUP;
+        all[9] = SK_MSG;
+        all
+    };
 }
 
 /// Value of the enrolled-netns map: presence turns capture on; the pod's
