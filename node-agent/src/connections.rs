@@ -216,19 +216,6 @@ impl ConnectionLog {
             .collect()
     }
 
-    /// Open connections first, then the recently closed ones, newest last.
-    #[must_use]
-    pub fn all(&self) -> Vec<ConnectionView> {
-        let mut views = self.open_connections();
-        views.extend(self.recent().into_iter().map(|record| ConnectionView {
-            state: ConnectionState::Closed,
-            record,
-            opened_at: None,
-            age_secs: None,
-        }));
-        views
-    }
-
     /// Every connection closed from now on, as it closes. A follower that
     /// falls more than 1,024 records behind learns how many it missed.
     #[must_use]
