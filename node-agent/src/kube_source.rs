@@ -226,13 +226,8 @@ impl SnapshotBuilder {
     }
 
     fn build(&mut self, stores: &Stores) -> LocalSnapshot {
-        let namespaces: Vec<Namespace> = stores
-            .namespaces
-            .state()
-            .iter()
-            .map(|ns| (**ns).clone())
-            .collect();
-        let namespace_labels = translate::namespace_labels(&namespaces);
+        let namespace_state = stores.namespaces.state();
+        let namespace_labels = translate::namespace_labels(namespace_state.iter().map(|ns| &**ns));
         let mut pods = Vec::new();
         let mut waiting = Vec::new();
         let mut seen_uids = Vec::new();

@@ -136,9 +136,11 @@ fn pod_ips(pod: &KubePod) -> Vec<IpAddr> {
 
 /// Namespace name → its labels.
 #[must_use]
-pub fn namespace_labels(namespaces: &[Namespace]) -> HashMap<String, BTreeMap<String, String>> {
+pub fn namespace_labels<'a>(
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+) -> HashMap<String, BTreeMap<String, String>> {
     namespaces
-        .iter()
+        .into_iter()
         .filter_map(|ns| {
             Some((
                 ns.metadata.name.clone()?,
