@@ -184,6 +184,7 @@ pub fn services_table(services: &Value) -> String {
             vec![
                 text(&s["namespace"]),
                 text(&s["name"]),
+                joined(&s["cluster_ips"]),
                 text(&s["hostname"]),
                 selector,
                 if ports.is_empty() {
@@ -199,6 +200,7 @@ pub fn services_table(services: &Value) -> String {
         &[
             "NAMESPACE",
             "NAME",
+            "CLUSTER-IP",
             "HOSTNAME",
             "SELECTOR",
             "PORTS",

@@ -15,12 +15,14 @@
 //!   - name: server
 //!     namespace: default
 //!     selector: {app: server}
+//!     clusterIPs: [10.96.0.10]  # optional; meshed clients' connections to it are balanced
 //!     ports: [{port: 80, targetPort: 8080}]
 //! policies:                   # AuthorizationPolicy objects (crate::policy)
 //!   - metadata: {name: allow-client, namespace: default}
 //!     spec:
 //!       selector: {matchLabels: {app: server}}
 //!       rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+//! routes: []                  # Gateway API HTTPRoute objects, for the waypoint
 //! ```
 //!
 //! A file that cannot be read or parsed is an error for the whole file. A
@@ -80,6 +82,10 @@ pub struct LocalConfigFile {
     /// Services: names for sets of pods (see [`crate::service`]).
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Gateway API `HTTPRoute` objects, kept as written: the waypoint reads
+    /// them; the node agent only carries them.
+    #[serde(default)]
+    pub routes: Vec<serde_yaml::Value>,
 }
 
 /// A pod entry that was rejected, and why.
@@ -118,6 +124,8 @@ pub struct LocalSnapshot {
     pub services: Vec<Service>,
     /// Service entries that were rejected.
     pub rejected_services: Vec<RejectedService>,
+    /// `HTTPRoute` objects as written, for the waypoint.
+    pub routes: Vec<serde_yaml::Value>,
 }
 
 /// Reads and validates a local configuration file.
@@ -151,6 +159,7 @@ pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
         policies: policy::compile_all(&file.policies),
         services,
         rejected_services,
+        routes: file.routes,
         ..LocalSnapshot::default()
     };
     let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
@@ -186,12 +195,21 @@ fn validate_services(entries: Vec<Service>) -> (Vec<Service>, Vec<RejectedServic
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let mut seen: HashMap<ServiceKey, usize> = HashMap::new();
+    let mut cluster_ips: HashMap<IpAddr, ServiceKey> = HashMap::new();
     for (index, service) in entries.into_iter().enumerate() {
         let entry = index + 1;
         let key = service.key();
+        let taken = service
+            .cluster_ips
+            .iter()
+            .find_map(|ip| Some((ip, cluster_ips.get(ip)?)));
         let reason = if let Some(first) = seen.get(&key) {
             Some(format!(
                 "service {key} is listed twice (entries {first} and {entry}); the first entry is used"
+            ))
+        } else if let Some((ip, owner)) = taken {
+            Some(format!(
+                "service {key} has cluster IP {ip}, which service {owner} already has"
             ))
         } else {
             service.validate().err().map(|error| error.to_string())
@@ -203,6 +221,9 @@ fn validate_services(entries: Vec<Service>) -> (Vec<Service>, Vec<RejectedServic
                 reason,
             });
         } else {
+            for ip in &service.cluster_ips {
+                cluster_ips.insert(*ip, key.clone());
+            }
             seen.insert(key, entry);
             accepted.push(service);
         }

@@ -1,23 +1,33 @@
-//! The service model: a stable name in front of a set of pods, chosen by a
-//! label selector, as a Kubernetes Service is. For now it names traffic (the
-//! `destination_service` metric label); routing to services comes later.
+//! The service model: a stable name and virtual address in front of a set
+//! of pods, as a Kubernetes Service is. It names traffic (the
+//! `destination_service` metric label), and a meshed client's connection to
+//! one of its cluster IPs goes to one of its endpoints, picked by the agent.
 //!
 //! ```yaml
 //! services:
 //!   - name: server
 //!     namespace: shop            # optional; default `default`
 //!     selector: {app: server}    # the pods behind it: every label must match
+//!     clusterIPs: [10.96.0.10]   # optional: the virtual addresses clients dial
 //!     ports:                     # optional
 //!       - {name: http, port: 80, targetPort: 8080}
 //! ```
 //!
 //! A service selects the pods of its own namespace whose labels include all
 //! of its selector. A pod behind several services is named after the first
-//! of them by name.
+//! of them by name. In Kubernetes mode the endpoints come from the
+//! Service's `EndpointSlices` instead ([`Service::endpoints`]): only the ready
+//! ones, with the target port numbers the slices name.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
+
+use crate::workload::Pod;
 
 /// The cluster's DNS domain when none is configured: services are named
 /// `<name>.<namespace>.svc.cluster.local`.
@@ -39,10 +49,20 @@ pub enum ServiceError {
         /// The value as given.
         value: String,
     },
-    /// The selector is empty: the service would select no pods (services
-    /// with hand-made endpoints are not supported).
+    /// The selector is empty and no endpoints are given: the service would
+    /// have no pods.
     #[error("service {0} has no selector; it needs labels to select its pods")]
     NoSelector(ServiceKey),
+    /// A cluster IP that cannot be a virtual address.
+    #[error(
+        "service {service} has cluster IP {ip}, which cannot be a service address (loopback, unspecified or multicast)"
+    )]
+    BadClusterIp {
+        /// The service (namespace/name).
+        service: ServiceKey,
+        /// The address as given.
+        ip: IpAddr,
+    },
     /// A port or target port is 0.
     #[error("service {service} has port 0 in ports entry {entry}")]
     PortZero {
@@ -86,6 +106,30 @@ pub struct Service {
     /// The ports the service exposes.
     #[serde(default)]
     pub ports: Vec<ServicePort>,
+    /// The virtual addresses clients connect to (at most one per family);
+    /// none for a headless service, whose clients dial pods directly.
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<IpAddr>,
+    /// The ready endpoints, when something other than the selector names
+    /// them (Kubernetes' `EndpointSlices`). `None`: every pod the selector
+    /// picks, at each port's target port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<Endpoint>>,
+}
+
+/// One ready endpoint of a service, as an `EndpointSlice` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// The endpoint's address (a pod's address).
+    pub ip: IpAddr,
+    /// Service port name → the port number on this endpoint; the unnamed
+    /// port of a single-port service is `""`.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// The node the endpoint runs on, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One port of a service.
@@ -156,8 +200,18 @@ impl Service {
                 });
             }
         }
-        if self.selector.is_empty() {
+        if self.selector.is_empty() && self.endpoints.is_none() {
             return Err(ServiceError::NoSelector(self.key()));
+        }
+        if let Some(&ip) = self
+            .cluster_ips
+            .iter()
+            .find(|ip| ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(ServiceError::BadClusterIp {
+                service: self.key(),
+                ip,
+            });
         }
         let mut ports = std::collections::BTreeSet::new();
         let mut names = std::collections::BTreeSet::new();
@@ -185,6 +239,55 @@ impl Service {
         }
         Ok(())
     }
+}
+
+// === impl ServicePort ===
+
+impl ServicePort {
+    /// The port on the pods.
+    #[must_use]
+    pub fn target(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
+
+    /// The name `EndpointSlices` list this port under: its name, or `""`.
+    #[must_use]
+    pub fn slice_name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// The addresses behind `port` of `service` for clients that dialled a
+/// cluster IP of the family `ipv4` says: its endpoints' (at the port they
+/// list under the port's name), or else the addresses of the `pods` its
+/// selector picks, at the target port. Sorted, without duplicates.
+#[must_use]
+pub fn backends<'a>(
+    service: &Service,
+    port: &ServicePort,
+    ipv4: bool,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = match &service.endpoints {
+        Some(endpoints) => endpoints
+            .iter()
+            .filter(|endpoint| endpoint.ip.is_ipv4() == ipv4)
+            .filter_map(|endpoint| {
+                let target = endpoint.ports.get(port.slice_name())?;
+                Some(SocketAddr::new(endpoint.ip, *target))
+            })
+            .collect(),
+        None => pods
+            .into_iter()
+            .filter(|pod| service.selects(&pod.namespace, &pod.labels))
+            .flat_map(|pod| pod.ips.iter().copied())
+            .filter(|ip| ip.is_ipv4() == ipv4)
+            .map(|ip| SocketAddr::new(ip, port.target()))
+            .collect(),
+    };
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs
 }
 
 /// The first service by name (then namespace) in `services` that selects
@@ -302,6 +405,10 @@ mod tests {
                 "{name: s, selector: {a: b}, ports: [{name: h, port: 80}, {name: h, port: 81}]}",
                 "port name \"h\" twice",
             ),
+            (
+                "{name: s, selector: {a: b}, clusterIPs: [127.0.0.1]}",
+                "cluster IP 127.0.0.1, which cannot be a service address",
+            ),
         ];
         for (yaml, expected) in cases {
             let error = service(yaml).validate().unwrap_err().to_string();
@@ -320,5 +427,55 @@ mod tests {
         let error =
             serde_yaml::from_str::<Service>("{name: s, ports: [{port: 70000}]}").unwrap_err();
         assert!(error.to_string().contains("70000"), "{error}");
+    }
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn backends_are_the_selected_pods_at_the_target_port_of_the_dialled_family() {
+        let svc = service(
+            "{name: web, namespace: shop, selector: {app: web}, clusterIPs: [10.96.0.1, 'fd00::1'], ports: [{port: 80, targetPort: 8080}, {name: m, port: 9090}]}",
+        );
+        assert_eq!(svc.validate(), Ok(()));
+        let pods = [
+            pod(
+                "{name: a, namespace: shop, ips: [10.0.0.2, 'fd00::2'], node: n, labels: {app: web}}",
+            ),
+            pod("{name: b, namespace: shop, ips: [10.0.0.1], node: n, labels: {app: web}}"),
+            pod("{name: c, namespace: shop, ips: [10.0.0.3], node: n, labels: {app: db}}"),
+            pod("{name: d, namespace: other, ips: [10.0.0.4], node: n, labels: {app: web}}"),
+        ];
+        let addrs = |port: usize, ipv4: bool| -> Vec<String> {
+            backends(&svc, &svc.ports[port], ipv4, &pods)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(addrs(0, true), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+        assert_eq!(addrs(1, true), ["10.0.0.1:9090", "10.0.0.2:9090"]);
+        assert_eq!(addrs(0, false), ["[fd00::2]:8080"]);
+    }
+
+    #[test]
+    fn listed_endpoints_replace_the_selector_and_name_their_ports() {
+        let svc = service(
+            "{name: web, selector: {app: web}, clusterIPs: [10.96.0.1], ports: [{name: http, port: 80, targetPort: 8080}, {name: admin, port: 81}],
+              endpoints: [{ip: 10.0.0.7, ports: {http: 8000, admin: 9000}, node: n2}, {ip: 10.0.0.8, ports: {http: 8001}}]}",
+        );
+        let selected = [pod(
+            "{name: a, ips: [10.0.0.2], node: n, labels: {app: web}}",
+        )];
+        let http: Vec<String> = backends(&svc, &svc.ports[0], true, &selected)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(http, ["10.0.0.7:8000", "10.0.0.8:8001"]);
+        let admin = backends(&svc, &svc.ports[1], true, &selected);
+        assert_eq!(admin, ["10.0.0.7:9000".parse().unwrap()]);
+        // Without a selector the endpoints alone make a valid service.
+        let manual = service("{name: ext, endpoints: [{ip: 10.0.0.9, ports: {'': 80}}]}");
+        assert_eq!(manual.validate(), Ok(()));
     }
 }

@@ -122,6 +122,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         local_pods,
         splicer: splicer.clone(),
         metrics: metrics.clone(),
+        balancer: Arc::default(),
     };
     let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
     let board = Arc::new(PodStatusBoard::default());

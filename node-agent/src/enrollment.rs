@@ -136,6 +136,8 @@ pub struct MeshSettings {
     pub splicer: Arc<Splicer>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Picks the endpoint of each connection to a service's cluster IP.
+    pub balancer: Arc<crate::balancer::Balancer>,
 }
 
 /// The sockets opened inside a pod at enrollment.
@@ -267,6 +269,7 @@ impl Enroller {
             hbone: HbonePool::default(),
             connections: self.mesh.connections.clone(),
             metrics: self.mesh.metrics.clone(),
+            balancer: self.mesh.balancer.clone(),
         });
         self.mesh.local_pods.insert(&context);
         let _runtime = self.data_plane.enter();

@@ -6,8 +6,14 @@
 //! - Watched with kube-runtime watchers (list, then watch; a `410 Gone`
 //!   relists; errors back off and retry, and the stores keep the last good
 //!   state meanwhile): Namespaces, this node's Pods (field selector
-//!   `spec.nodeName`), Services and `AuthorizationPolicy`
-//!   (`security.ambit.dev/v1alpha1`).
+//!   `spec.nodeName`), Services, `EndpointSlices`, `AuthorizationPolicy`
+//!   (`security.ambit.dev/v1alpha1`) and Gateway API `HTTPRoute`.
+//! - The meshed pods of other nodes are destinations: HBONE to them checks
+//!   their identity, which their service account gives. ambit has no
+//!   central workload distributor (Istio's istiod), so each agent also
+//!   watches every Pod, stripped on arrival to what a destination needs
+//!   (see [`translate::trim_remote_pod`]); this node's pods come from the
+//!   node's own watch, whose objects are whole.
 //! - A pod is enrolled when it or its namespace carries `ambit.dev/mesh=
 //!   enabled`; `ambit.dev/mesh=disabled` on the pod wins (see
 //!   [`translate::is_enrolled`]).
@@ -24,7 +30,10 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod as KubePod, Service as KubeService},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, GroupVersionKind},
@@ -97,51 +106,26 @@ pub async fn run(
 ) {
     let changed = Arc::new(Notify::new());
     let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node));
-    let namespaces = watch_into(
-        "namespaces",
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-        &changed,
-        &shutdown,
-    );
-    let pods = watch_into(
-        "pods",
-        Api::<KubePod>::all(client.clone()),
-        node_pods,
-        &changed,
-        &shutdown,
-    );
-    let services = watch_into(
-        "services",
-        Api::<KubeService>::all(client.clone()),
-        watcher::Config::default(),
-        &changed,
-        &shutdown,
-    );
-    let policy_type = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
-        "authorizationpolicies",
-    );
-    let writer = reflector::store::Writer::<DynamicObject>::new(policy_type.clone());
-    let policies = writer.as_reader();
-    tokio::spawn(drive(
-        "authorizationpolicies",
-        reflector::reflector(
-            writer,
-            watcher(
-                Api::<DynamicObject>::all_with(client, &policy_type),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff(),
-        changed.clone(),
-        shutdown.clone(),
-    ));
+    let all = watcher::Config::default;
+    let watches = Watches {
+        client,
+        changed: changed.clone(),
+        shutdown: shutdown.clone(),
+    };
     let stores = Stores {
-        namespaces,
-        pods,
-        services,
-        policies,
+        namespaces: watches.typed("namespaces", all(), |_| {}),
+        pods: watches.typed("pods", node_pods, |_| {}),
+        other_pods: watches.typed("pods (all nodes)", all(), translate::trim_remote_pod),
+        services: watches.typed("services", all(), |_| {}),
+        endpoint_slices: watches.typed("endpointslices", all(), |_| {}),
+        policies: watches.custom(
+            "authorizationpolicies",
+            ("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
+        ),
+        routes: watches.custom(
+            "httproutes",
+            ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        ),
     };
     tokio::select! {
         () = shutdown.cancelled() => return,
@@ -162,8 +146,14 @@ pub async fn run(
             tracing::info!(
                 pods = snapshot.pods.len(),
                 waiting = snapshot.rejected.len(),
+                destinations = snapshot
+                    .pods
+                    .iter()
+                    .filter(|p| p.netns.as_os_str().is_empty())
+                    .count(),
                 services = snapshot.services.len(),
                 policies = snapshot.policies.len(),
+                routes = snapshot.routes.len(),
                 "Kubernetes state changed"
             );
             publish.send_replace(Arc::new(snapshot));
@@ -180,9 +170,14 @@ pub async fn run(
 /// The watched objects, as their watchers keep them.
 struct Stores {
     namespaces: Store<Namespace>,
+    /// This node's pods, whole.
     pods: Store<KubePod>,
+    /// Every pod, trimmed: the destinations on other nodes.
+    other_pods: Store<KubePod>,
     services: Store<KubeService>,
+    endpoint_slices: Store<EndpointSlice>,
     policies: Store<DynamicObject>,
+    routes: Store<DynamicObject>,
 }
 
 // === impl Stores ===
@@ -193,8 +188,11 @@ impl Stores {
         let _ = tokio::join!(
             self.namespaces.wait_until_ready(),
             self.pods.wait_until_ready(),
+            self.other_pods.wait_until_ready(),
             self.services.wait_until_ready(),
+            self.endpoint_slices.wait_until_ready(),
             self.policies.wait_until_ready(),
+            self.routes.wait_until_ready(),
         );
     }
 }
@@ -276,19 +274,32 @@ impl SnapshotBuilder {
         }
         self.netns.retain(|uid, _| seen_uids.contains(uid));
         self.waiting_since.retain(|uid, _| seen_uids.contains(uid));
-        let services = stores
-            .services
-            .state()
-            .iter()
-            .filter_map(|service| translate::service(service))
-            .collect();
-        let policies = stores
-            .policies
-            .state()
-            .iter()
-            .map(|object| translate::policy(object))
-            .collect();
-        let mut snapshot = local_config::validate(translate::config(pods, services, policies));
+        for kube_pod in stores.other_pods.state() {
+            let labels = kube_pod
+                .metadata
+                .namespace
+                .as_ref()
+                .and_then(|ns| namespace_labels.get(ns));
+            pods.extend(translate::remote_pod(
+                &kube_pod,
+                labels,
+                &self.settings.node,
+            ));
+        }
+        let services = services(stores);
+        let custom = |store: &Store<DynamicObject>| {
+            store
+                .state()
+                .iter()
+                .map(|object| translate::local_object(object))
+                .collect()
+        };
+        let mut snapshot = local_config::validate(translate::config(
+            pods,
+            services,
+            custom(&stores.policies),
+            custom(&stores.routes),
+        ));
         snapshot
             .rejected
             .extend(waiting.into_iter().map(|(pod, reason)| RejectedPod {
@@ -325,32 +336,95 @@ impl SnapshotBuilder {
     }
 }
 
-/// Starts a reflector-backed watcher of `api` and returns its store.
-fn watch_into<K>(
-    what: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    changed: &Arc<Notify>,
-    shutdown: &CancellationToken,
-) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (store, writer) = reflector::store();
-    tokio::spawn(drive(
-        what,
-        reflector::reflector(writer, watcher(api, config)).default_backoff(),
-        changed.clone(),
-        shutdown.clone(),
-    ));
-    store
+/// The Services with the ready endpoints of their `EndpointSlices`.
+fn services(stores: &Stores) -> Vec<mesh_core::service::Service> {
+    let slices = stores.endpoint_slices.state();
+    let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in &slices {
+        if let Some(owner) = translate::slice_owner(slice) {
+            slices_of.entry(owner).or_default().push(slice);
+        }
+    }
+    stores
+        .services
+        .state()
+        .iter()
+        .filter_map(|service| {
+            let owner = (
+                service.metadata.namespace.as_deref()?,
+                service.metadata.name.as_deref()?,
+            );
+            let slices = slices_of.get(&owner).into_iter().flatten().copied();
+            translate::service(service, slices)
+        })
+        .collect()
+}
+
+/// Starts watchers that wake one builder and stop at one shutdown.
+struct Watches {
+    client: Client,
+    changed: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+// === impl Watches ===
+
+impl Watches {
+    /// Watches every `K` that `config` selects, passing each object through
+    /// `trim` before it is stored, and returns the store.
+    fn typed<K>(&self, what: &'static str, config: watcher::Config, trim: fn(&mut K)) -> Store<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (store, writer) = reflector::store();
+        let api = Api::<K>::all(self.client.clone());
+        self.drive(
+            what,
+            reflector::reflector(writer, watcher(api, config).modify(trim)),
+        );
+        store
+    }
+
+    /// Watches every object of a custom resource named by (group, version,
+    /// plural) and returns the store. The plural is the API's path segment.
+    fn custom(
+        &self,
+        plural: &'static str,
+        (group, version, kind): (&str, &str, &str),
+    ) -> Store<DynamicObject> {
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+        let store = writer.as_reader();
+        let api = Api::<DynamicObject>::all_with(self.client.clone(), &resource);
+        self.drive(
+            plural,
+            reflector::reflector(writer, watcher(api, watcher::Config::default())),
+        );
+        store
+    }
+
+    fn drive<K>(
+        &self,
+        what: &'static str,
+        stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    ) where
+        K: Send + 'static,
+    {
+        tokio::spawn(drive(
+            what,
+            stream.default_backoff(),
+            self.changed.clone(),
+            self.shutdown.clone(),
+        ));
+    }
 }
 
 /// Runs one watch stream until `shutdown`, waking the builder on each event

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod agent;
 pub mod authz;
+pub mod balancer;
 pub mod config;
 pub mod connections;
 pub mod copy;

@@ -56,6 +56,17 @@ pub enum ProxyError {
         /// The application's address.
         client: SocketAddr,
     },
+    /// The client dialled a service's cluster IP and the service has no
+    /// ready endpoint at that port.
+    #[error(
+        "service {service} has no ready endpoint for {addr} (check its pods are ready and its EndpointSlices)"
+    )]
+    NoEndpoints {
+        /// The service.
+        service: mesh_core::service::ServiceKey,
+        /// The cluster IP and port dialled.
+        addr: SocketAddr,
+    },
     /// A connection addressed to a mesh port reached the inbound proxy.
     #[error("refusing to proxy a connection addressed to the mesh port {0} (it would loop)")]
     MeshPort(SocketAddr),
@@ -139,6 +150,8 @@ pub struct PodContext {
     pub connections: Arc<ConnectionLog>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Picks the endpoint of each connection to a service's cluster IP.
+    pub balancer: Arc<crate::balancer::Balancer>,
 }
 
 /// A finished connection: what it was, the bytes each way, and how it ended.

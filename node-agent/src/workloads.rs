@@ -1,19 +1,20 @@
 //! What the agent knows about every meshed pod in the cluster, indexed by
 //! address: its identity, its node, its mTLS mode, its names in metrics;
-//! and the services of the configuration. The control side builds a new
+//! the services of the configuration, and what stands behind each of their
+//! cluster IP and port pairs. The control side builds a new
 //! index from each configuration snapshot; the proxies read the current one
 //! to decide how to reach a destination.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use mesh_core::{
     identity::SpiffeId,
     local_config::LocalSnapshot,
-    service::Service,
+    service::{self, Service, ServiceKey},
     workload::{MtlsMode, PodKey},
 };
 
@@ -38,11 +39,22 @@ pub struct Workload {
     pub names: WorkloadNames,
 }
 
-/// Meshed pods by address.
+/// A cluster IP and port of a service, and the endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualAddress {
+    /// The service.
+    pub service: ServiceKey,
+    /// Its ready endpoints at the port behind this one, sorted; meshed or
+    /// not.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Meshed pods by address, and services by cluster IP and port.
 #[derive(Debug, Default)]
 pub struct WorkloadIndex {
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     services: Vec<Arc<Service>>,
+    virtual_addresses: HashMap<SocketAddr, Arc<VirtualAddress>>,
 }
 
 /// The current index, swapped whole on every configuration change.
@@ -84,7 +96,28 @@ impl WorkloadIndex {
             }
         }
         let services = snapshot.services.iter().cloned().map(Arc::new).collect();
-        Self { by_ip, services }
+        Self {
+            by_ip,
+            services,
+            virtual_addresses: virtual_addresses(snapshot),
+        }
+    }
+
+    /// Every cluster IP and port with what stands behind it.
+    pub fn virtual_addresses(&self) -> impl Iterator<Item = (SocketAddr, &Arc<VirtualAddress>)> {
+        self.virtual_addresses
+            .iter()
+            .map(|(addr, vip)| (*addr, vip))
+    }
+
+    /// The service behind a cluster IP and port, if `addr` is one.
+    #[must_use]
+    pub fn virtual_address(&self, addr: SocketAddr) -> Option<&Arc<VirtualAddress>> {
+        if self.virtual_addresses.is_empty() {
+            return None;
+        }
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        self.virtual_addresses.get(&addr)
     }
 
     /// The services of the configuration, in file order.
@@ -103,4 +136,25 @@ impl WorkloadIndex {
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip.to_canonical())
     }
+}
+
+/// Every cluster IP and port of the snapshot's services with their
+/// endpoints.
+fn virtual_addresses(snapshot: &LocalSnapshot) -> HashMap<SocketAddr, Arc<VirtualAddress>> {
+    let mut table = HashMap::new();
+    for svc in &snapshot.services {
+        for ip in &svc.cluster_ips {
+            for port in &svc.ports {
+                let endpoints = service::backends(svc, port, ip.is_ipv4(), &snapshot.pods);
+                table.insert(
+                    SocketAddr::new(ip.to_canonical(), port.port),
+                    Arc::new(VirtualAddress {
+                        service: svc.key(),
+                        endpoints,
+                    }),
+                );
+            }
+        }
+    }
+    table
 }

@@ -280,3 +280,226 @@ fn an_agent_started_while_the_api_server_is_away_is_ready_once_it_lists() {
     agent.wait_ready(&tb);
     wait_enrolled(&tb, &agent, &["client", "server"], WAIT);
 }
+
+/// The cluster IP of `shop/web` in the cluster-IP test; only the client
+/// pod's agent ever sees it (the connect hook redirects it).
+const WEB_CLUSTER_IP: &str = "10.96.0.10";
+const WEB_PORT: u16 = 80;
+/// Connections the cluster-IP test holds open at once.
+const HELD: usize = 200;
+
+#[test]
+fn cluster_ip_traffic_is_balanced_across_ready_endpoints_meshed_or_not() {
+    let mut tb = testbed_or_skip!("kube_cluster_ip");
+    let (kube, n1) = cluster(&mut tb);
+    let n2 = tb.add_node("n2");
+    label_namespace(&kube, Some("enabled"));
+    let web = json!({"app": "web"});
+    let pod = |tb: &mut Testbed, node: &Node, name: &str, labels: &Value| {
+        kube_pod(tb, &kube, node, name, labels, CgroupDriver::Cgroupfs)
+    };
+    let client = pod(&mut tb, &n1, "client", &json!({"app": "client"}));
+    let local = pod(&mut tb, &n1, "web-local", &web);
+    let remote_a = kube_pod(&mut tb, &kube, &n2, "web-a", &web, CgroupDriver::Systemd);
+    let remote_b = pod(&mut tb, &n2, "web-b", &web);
+    let outside = pod(
+        &mut tb,
+        &n2,
+        "web-outside",
+        &json!({"app": "web", MESH_LABEL: "disabled"}),
+    );
+    let unready = pod(&mut tb, &n2, "web-unready", &web);
+    let backends = [&local, &remote_a, &remote_b, &outside];
+    let _servers: Vec<_> = [&client, &local, &remote_a, &remote_b, &outside, &unready]
+        .into_iter()
+        .map(|pod| serve(&tb, pod))
+        .collect();
+    kube.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": NAMESPACE},
+        "spec": {"selector": {"app": "web"}, "clusterIP": WEB_CLUSTER_IP, "clusterIPs": [WEB_CLUSTER_IP],
+                 "ports": [{"name": "http", "port": WEB_PORT, "targetPort": "http"}]},
+    }))
+    .expect("the service");
+    // What the EndpointSlice controller would write: the named target port
+    // resolved to the pods' port, one endpoint not ready.
+    kube.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-x1", "namespace": NAMESPACE,
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": ECHO_PORT, "protocol": "TCP"}],
+        "endpoints": [endpoint(&local, &n1, true), endpoint(&remote_a, &n2, true),
+                      endpoint(&remote_b, &n2, true), endpoint(&outside, &n2, true),
+                      endpoint(&unready, &n2, false)],
+    }))
+    .expect("the endpoint slice");
+    let agent = Agent::spawn_kubernetes(&tb, &n1, &kube.url(), &[]);
+    let remote_agent = Agent::spawn_kubernetes(&tb, &n2, &kube.url(), &[]);
+    agent.wait_ready(&tb);
+    remote_agent.wait_ready(&tb);
+    wait_enrolled(&tb, &agent, &["client", "web-local"], WAIT);
+    wait_enrolled(&tb, &remote_agent, &["web-a", "web-b"], WAIT);
+
+    // Bytes arrive intact through the cluster IP.
+    let vip = format!("{WEB_CLUSTER_IP}:{WEB_PORT}");
+    let sent = send(&tb, &client, &vip, 20_000);
+    assert_eq!(sent["bytes_received"], 20_000, "{sent}");
+
+    // Connections held open at once spread evenly: each pick compares two
+    // endpoints' open connections and takes the less loaded one.
+    hold_through_cluster_ip(&tb, &agent, &client, &backends, &unready);
+
+    // The remote agent saw the meshed ones arrive over HBONE with the
+    // client's identity.
+    let inbound = remote_agent.wait_connection(&tb, |c| {
+        c["direction"] == "inbound" && c["dst"] == format!("{}:{ECHO_PORT}", remote_a.ipv4)
+    });
+    assert_eq!(
+        inbound["src_identity"], "spiffe://cluster.local/ns/shop/sa/client",
+        "{inbound}"
+    );
+
+    // The endpoints change: new connections follow at once.
+    kube.merge_patch(
+        "endpointslices",
+        NAMESPACE,
+        "web-x1",
+        &json!({"endpoints": [endpoint(&remote_b, &n2, true)]}),
+    )
+    .expect("shrink the slice");
+    wait_endpoints(&tb, &agent, &[remote_b.ipv4.to_string()]);
+    let before = agent.connections(&tb).len();
+    for _ in 0..10 {
+        send(&tb, &client, &vip, 100);
+    }
+    let after = agent.connections(&tb);
+    let only_b = format!("{}:{ECHO_PORT}", remote_b.ipv4);
+    let new: Vec<&Value> = after[before..]
+        .iter()
+        .filter(|c| c["direction"] == "outbound")
+        .collect();
+    assert_eq!(new.len(), 10, "{new:?}");
+    assert!(new.iter().all(|c| c["dst"] == only_b), "{new:?}");
+
+    // A service without ready endpoints refuses, and says why.
+    kube.merge_patch(
+        "endpointslices",
+        NAMESPACE,
+        "web-x1",
+        &json!({"endpoints": [endpoint(&unready, &n2, false)]}),
+    )
+    .expect("no ready endpoint left");
+    wait_endpoints(&tb, &agent, &[]);
+    let (ok, outcome, _) = ambit_tests::workload::try_send(&tb, &client, &vip, 100);
+    assert!(!ok, "a service without ready endpoints answered: {outcome}");
+    let metrics = agent.get(&tb, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("response_flags=\"UH\""),
+        "the refusal is counted as UH (no healthy upstream):\n{metrics}"
+    );
+}
+
+/// Connections held open through the cluster IP: `HELD` of them, within a
+/// few of each other per endpoint, none to the unready one, each by the
+/// path its endpoint calls for.
+fn hold_through_cluster_ip(
+    tb: &Testbed,
+    agent: &Agent,
+    client: &Pod,
+    backends: &[&Pod],
+    unready: &Pod,
+) {
+    let hold = tb.spawn_in_pod(
+        client,
+        ambit_tests::workload::pod_tool(&[
+            "hold",
+            "--to",
+            &format!("{WEB_CLUSTER_IP}:{WEB_PORT}"),
+            "--conns",
+            &HELD.to_string(),
+            "--hold-secs",
+            "3",
+        ]),
+    );
+    hold.wait_for_event("held", WAIT);
+    let open: Vec<Value> = agent
+        .get_json(tb, "/connections")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["state"] == "open" && c["direction"] == "outbound")
+        .collect();
+    assert_eq!(open.len(), HELD, "{open:?}");
+    let mut per_backend = Vec::new();
+    for pod in backends {
+        let dst = format!("{}:{ECHO_PORT}", pod.ipv4);
+        let to_it: Vec<&Value> = open.iter().filter(|c| c["dst"] == dst).collect();
+        per_backend.push(to_it.len());
+        // Meshed endpoints over HBONE (or the same-node path), the
+        // un-meshed one directly.
+        let expected = match pod.name.as_str() {
+            "web-local" => "same_node",
+            "web-outside" => "plaintext",
+            _ => "mutual_tls",
+        };
+        assert!(
+            to_it.iter().all(|c| c["security"] == expected),
+            "{}: expected {expected}: {to_it:?}",
+            pod.name
+        );
+    }
+    let (min, max) = (
+        per_backend.iter().min().copied().unwrap_or(0),
+        per_backend.iter().max().copied().unwrap_or(0),
+    );
+    assert!(
+        max - min <= 4,
+        "held connections per endpoint {per_backend:?}: least-outstanding P2C keeps them within a few"
+    );
+    assert!(
+        !open
+            .iter()
+            .any(|c| c["dst"] == format!("{}:{ECHO_PORT}", unready.ipv4)),
+        "the unready endpoint was picked"
+    );
+    let released = hold.wait_for_event("released", WAIT);
+    assert_eq!(released["still_open"], HELD, "{released}");
+}
+
+/// An `EndpointSlice` endpoint for `pod` on `node`.
+fn endpoint(pod: &Pod, node: &Node, ready: bool) -> Value {
+    json!({"addresses": [pod.ipv4.to_string()], "conditions": {"ready": ready}, "nodeName": node.name})
+}
+
+/// Waits until the agent's view of `shop/web` has exactly these endpoint
+/// addresses.
+fn wait_endpoints(tb: &Testbed, agent: &Agent, ips: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let services = agent.get_json(tb, "/services");
+        let web = services
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "web")
+            .cloned()
+            .unwrap_or_default();
+        let seen: Vec<String> = web["virtual_addresses"][0]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str())
+            .map(|addr| addr.rsplit_once(':').map_or(addr, |(ip, _)| ip).to_owned())
+            .collect();
+        if seen == ips {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "endpoints of web are {seen:?}, expected {ips:?}: {web}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -174,3 +174,25 @@ fn unknown_service_field_fails_the_file_naming_the_field() {
     let err = parse("services:\n  - namespace: shop\n").unwrap_err();
     assert!(err.to_string().contains("missing field `name`"), "{err}");
 }
+
+#[test]
+fn a_cluster_ip_belongs_to_one_service() {
+    let text = "services:\n  - {name: a, selector: {app: a}, clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n  - {name: b, selector: {app: b}, clusterIPs: [10.96.0.1], ports: [{port: 80}]}\n";
+    let snapshot = parse(text).unwrap();
+    assert_eq!(snapshot.services.len(), 1);
+    let reason = &snapshot.rejected_services[0].reason;
+    assert!(
+        reason.contains(
+            "service default/b has cluster IP 10.96.0.1, which service default/a already has"
+        ),
+        "{reason}"
+    );
+}
+
+#[test]
+fn routes_are_carried_as_written() {
+    let text = "routes:\n  - {apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, metadata: {name: r}}\n";
+    let snapshot = parse(text).unwrap();
+    assert_eq!(snapshot.routes.len(), 1);
+    assert_eq!(snapshot.routes[0]["metadata"]["name"], "r");
+}

@@ -49,6 +49,20 @@ pub struct ServiceView {
     pub ports: Vec<mesh_core::service::ServicePort>,
     /// The meshed pods it selects (namespace/name), sorted.
     pub endpoints: Vec<String>,
+    /// Its cluster IPs; empty for a headless service.
+    pub cluster_ips: Vec<std::net::IpAddr>,
+    /// Each cluster IP and port with the ready endpoints a connection to
+    /// it is balanced over, sorted by address.
+    pub virtual_addresses: Vec<VirtualAddressView>,
+}
+
+/// A cluster IP and port, and where connections to it go.
+#[derive(Clone, Debug, Serialize)]
+pub struct VirtualAddressView {
+    /// The cluster IP and port.
+    pub address: std::net::SocketAddr,
+    /// The ready endpoints behind it (address and target port).
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 /// A connection as `/connections` lists it: the record, this agent's node,
@@ -155,6 +169,16 @@ pub fn services(index: &WorkloadIndex, cluster_domain: &str) -> Vec<ServiceView>
                 .collect();
             endpoints.sort_unstable();
             endpoints.dedup();
+            let key = service.key();
+            let mut virtual_addresses: Vec<VirtualAddressView> = index
+                .virtual_addresses()
+                .filter(|(_, vip)| vip.service == key)
+                .map(|(address, vip)| VirtualAddressView {
+                    address,
+                    endpoints: vip.endpoints.clone(),
+                })
+                .collect();
+            virtual_addresses.sort_unstable_by_key(|view| view.address);
             ServiceView {
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
@@ -162,6 +186,8 @@ pub fn services(index: &WorkloadIndex, cluster_domain: &str) -> Vec<ServiceView>
                 selector: service.selector.clone(),
                 ports: service.ports.clone(),
                 endpoints,
+                cluster_ips: service.cluster_ips.clone(),
+                virtual_addresses,
             }
         })
         .collect()

@@ -1,7 +1,8 @@
 //! From Kubernetes objects to the configuration the local file would hold:
 //! which pods are enrolled (by the `ambit.dev/mesh` label of the pod and
-//! its namespace), their addresses and service accounts, the services and
-//! the authorization policies. Pure functions, so they are tested without
+//! its namespace), their addresses and service accounts, the meshed pods
+//! of other nodes (destinations), the services with their cluster IPs and
+//! ready endpoints, the authorization policies and the routes. Pure functions, so they are tested without
 //! an API server.
 
 use std::{
@@ -9,13 +10,19 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod as KubePod, PodSpec, PodStatus, Service as KubeService},
+    discovery::v1::EndpointSlice,
+};
 use kube::api::DynamicObject;
 use mesh_core::{
     local_config::LocalConfigFile,
-    service::{Service, ServicePort},
+    service::{Endpoint, Service, ServicePort},
     workload::Pod,
 };
+
+/// The label of an `EndpointSlice` that names its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The label that opts a namespace or a pod into the mesh (`enabled`) or a
 /// pod out of it (`disabled`).
@@ -110,6 +117,47 @@ pub fn node_pod(
     }))
 }
 
+/// A meshed pod of another node, as a destination: no network namespace,
+/// its node named. `None` when it is on `own_node`, not meshed, not
+/// scheduled, not running or without an address.
+#[must_use]
+pub fn remote_pod(
+    pod: &KubePod,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    own_node: &str,
+) -> Option<Pod> {
+    let node = pod.spec.as_ref()?.node_name.as_deref()?;
+    if node == own_node {
+        return None;
+    }
+    node_pod(pod, namespace_labels, node)?
+        .ok()
+        .map(|meshed| meshed.pod)
+}
+
+/// Keeps of a pod only what [`remote_pod`] reads, so the cluster-wide
+/// store of other nodes' pods stays small: name, namespace, uid, labels,
+/// deletion mark; node and service account; phase and addresses.
+pub fn trim_remote_pod(pod: &mut KubePod) {
+    let metadata = &mut pod.metadata;
+    metadata.annotations = None;
+    metadata.managed_fields = None;
+    metadata.owner_references = None;
+    metadata.finalizers = None;
+    metadata.generate_name = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        service_account_name: spec.service_account_name,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
+}
+
 /// A pod's addresses: `status.podIPs`, else `status.podIP`; unparsable
 /// entries are left out.
 fn pod_ips(pod: &KubePod) -> Vec<IpAddr> {
@@ -150,11 +198,28 @@ pub fn namespace_labels<'a>(
         .collect()
 }
 
-/// A Kubernetes Service as the mesh's service model: selector and ports
-/// (numeric target ports; a named target port is left to the pod's port).
+/// A Kubernetes Service as the mesh's service model: selector, ports
+/// (numeric target ports; a named one is resolved by the `EndpointSlices`),
+/// cluster IPs (none for a headless service) and the ready endpoints of
+/// its `slices`.
 #[must_use]
-pub fn service(service: &KubeService) -> Option<Service> {
+pub fn service<'a>(
+    service: &KubeService,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Option<Service> {
     let spec = service.spec.as_ref()?;
+    let cluster_ips = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .fold(Vec::new(), |mut ips, ip| {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+            ips
+        });
     let ports = spec
         .ports
         .iter()
@@ -177,16 +242,70 @@ pub fn service(service: &KubeService) -> Option<Service> {
         namespace: service.metadata.namespace.clone()?,
         selector: spec.selector.clone().unwrap_or_default(),
         ports,
+        cluster_ips,
+        endpoints: Some(slices.into_iter().flat_map(ready_endpoints).collect()),
     })
 }
 
-/// An `AuthorizationPolicy` object as the policy loader reads it: the
-/// whole object (apiVersion, kind, metadata, spec), so a bad one is
-/// rejected with the same field paths as in the local file.
+/// The ready endpoints of one `EndpointSlice` with its TCP ports. An
+/// endpoint whose readiness is not stated counts as ready, as the API
+/// documents; a terminating one is not ready.
+fn ready_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
+    let ports: BTreeMap<String, u16> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|port| port.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|port| {
+            let number = u16::try_from(port.port?).ok()?;
+            Some((port.name.clone().unwrap_or_default(), number))
+        })
+        .collect();
+    slice
+        .endpoints
+        .iter()
+        .filter(|endpoint| {
+            endpoint
+                .conditions
+                .as_ref()
+                .and_then(|conditions| conditions.ready)
+                != Some(false)
+        })
+        .flat_map(|endpoint| {
+            endpoint
+                .addresses
+                .iter()
+                .filter_map(|address| address.parse::<IpAddr>().ok())
+                .map(|ip| Endpoint {
+                    ip,
+                    ports: ports.clone(),
+                    node: endpoint.node_name.clone(),
+                })
+        })
+        .collect()
+}
+
+/// The Service an `EndpointSlice` belongs to: its namespace and the
+/// `kubernetes.io/service-name` label.
 #[must_use]
-pub fn policy(object: &DynamicObject) -> serde_yaml::Value {
+pub fn slice_owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    Some((
+        slice.metadata.namespace.as_deref()?,
+        slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?,
+    ))
+}
+
+/// A custom resource (`AuthorizationPolicy`, `HTTPRoute`) as the local
+/// file would hold it: apiVersion, kind, name and namespace, spec. The rest
+/// of the metadata and the status are the server's and the controller's
+/// bookkeeping; leaving them out also means a policy is read, and a bad one
+/// rejected, with the same field paths as in the local file.
+#[must_use]
+pub fn local_object(object: &DynamicObject) -> serde_yaml::Value {
     let mut value = serde_json::to_value(object).unwrap_or_default();
-    // Server-side bookkeeping the policy model does not know.
+    if let Some(object) = value.as_object_mut() {
+        object.remove("status");
+    }
     if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         metadata.retain(|key, _| key == "name" || key == "namespace");
     }
@@ -199,11 +318,13 @@ pub fn config(
     pods: Vec<Pod>,
     services: Vec<Service>,
     policies: Vec<serde_yaml::Value>,
+    routes: Vec<serde_yaml::Value>,
 ) -> LocalConfigFile {
     LocalConfigFile {
         pods,
         policies,
         services,
+        routes,
     }
 }
 

@@ -75,6 +75,8 @@ pub enum ResponseFlags {
     /// `IO`: the relay ended with an I/O error (a reset or a broken pipe on
     /// either side).
     Io,
+    /// `UH`: the service the client dialled has no ready endpoint.
+    NoHealthyUpstream,
 }
 
 /// The labels of one series of Istio's TCP metrics, in Istio's order.
@@ -265,6 +267,7 @@ impl ResponseFlags {
                 Self::UpstreamTimeout
             }
             ProxyError::StrictMtls { .. } => Self::Deny,
+            ProxyError::NoEndpoints { .. } => Self::NoHealthyUpstream,
             ProxyError::Hbone(error) => Self::of_hbone(error),
             _ => Self::UpstreamFailure,
         }
@@ -303,6 +306,7 @@ impl ResponseFlags {
             Self::UpstreamFailure => "UF",
             Self::UpstreamTimeout => "UT",
             Self::Io => "IO",
+            Self::NoHealthyUpstream => "UH",
         }
     }
 }

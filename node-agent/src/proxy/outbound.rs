@@ -11,8 +11,10 @@ use tokio::net::TcpStream;
 use super::{Finished, PodContext, ProxyError, UpstreamSource, relay_to_end, until_revoked};
 use crate::{
     authz::{Check, EnforcementPoint},
+    balancer::Pick,
     connections::{Flow, Security},
     proxy::Direction,
+    workloads::WorkloadIndex,
 };
 
 pub(super) async fn forward(
@@ -22,13 +24,16 @@ pub(super) async fn forward(
 ) -> Result<Finished, ProxyError> {
     let listener_addr = stream.local_addr().map_err(ProxyError::Socket)?;
     let tuple = SocketTuple::new(context.netns_cookie, client, listener_addr);
-    let dst = context
+    let dialled = context
         .maps
         .take_original_dst(&tuple)
         .ok_or(ProxyError::NoOriginalDst { client })?;
-    tracing::Span::current().record("dst", tracing::field::display(dst));
-    let peer = context.workloads.current().by_ip(dst.ip()).cloned();
+    tracing::Span::current().record("dst", tracing::field::display(dialled));
+    let workloads = context.workloads.current();
     let src = SocketAddr::new(client.ip().to_canonical(), client.port());
+    let (dst, _pick) = resolve_service(&context, &workloads, dialled, src)?;
+    let peer = workloads.by_ip(dst.ip()).cloned();
+    drop(workloads);
     let mut flow = Flow {
         direction: Direction::Outbound,
         pod: context.pod.to_string(),
@@ -106,4 +111,39 @@ pub(super) async fn forward(
             Ok(relay_to_end(flow, &stream, &upstream, None, &context).await)
         }
     }
+}
+
+/// Where a connection to `dialled` goes: a service's cluster IP stands for
+/// one of its ready endpoints, picked by the balancer (the pick counts
+/// against that endpoint until it is dropped, at the connection's end);
+/// any other address is itself.
+fn resolve_service(
+    context: &PodContext,
+    workloads: &WorkloadIndex,
+    dialled: SocketAddr,
+    src: SocketAddr,
+) -> Result<(SocketAddr, Option<Pick>), ProxyError> {
+    let Some(vip) = workloads.virtual_address(dialled) else {
+        return Ok((dialled, None));
+    };
+    if let Some(pick) = context.balancer.pick(&vip.endpoints) {
+        tracing::debug!(service = %vip.service, endpoint = %pick.endpoint, "cluster IP resolved");
+        return Ok((pick.endpoint, Some(pick)));
+    }
+    let error = ProxyError::NoEndpoints {
+        service: vip.service.clone(),
+        addr: dialled,
+    };
+    let flow = Flow {
+        direction: Direction::Outbound,
+        pod: context.pod.to_string(),
+        src,
+        dst: dialled,
+        src_identity: Some(context.identity.to_string()),
+        dst_identity: None,
+        security: Security::Plaintext,
+        authorization: None,
+    };
+    context.count_failed(&flow, &error);
+    Err(error)
 }

@@ -83,7 +83,9 @@ fn services_and_policies_read_as_the_local_file_would() {
         ]}
     }))
     .unwrap();
-    let service = super::service(&service).unwrap();
+    let service = super::service(&service, []).unwrap();
+    assert_eq!(service.endpoints, Some(Vec::new()));
+    assert!(service.cluster_ips.is_empty());
     assert_eq!(
         service.hostname("cluster.local"),
         "web.shop.svc.cluster.local"
@@ -96,10 +98,16 @@ fn services_and_policies_read_as_the_local_file_would() {
         "kind": "AuthorizationPolicy",
         "metadata": {"name": "deny-all", "namespace": "shop", "uid": "x", "resourceVersion": "42",
                      "managedFields": [], "creationTimestamp": "2026-11-22T08:00:00Z"},
-        "spec": {"action": "DENY", "rules": [{}]}
+        "spec": {"action": "DENY", "rules": [{}]},
+        "status": {"conditions": [{"type": "Accepted", "status": "True"}]}
     }))
     .unwrap();
-    let snapshot = local_config::validate(config(Vec::new(), vec![service], vec![policy(&object)]));
+    let snapshot = local_config::validate(config(
+        Vec::new(),
+        vec![service],
+        vec![local_object(&object)],
+        Vec::new(),
+    ));
     assert_eq!(snapshot.services.len(), 1);
     assert_eq!(snapshot.policies.len(), 1);
     let compiled = &snapshot.policies[0];
@@ -118,4 +126,75 @@ fn namespace_labels_are_indexed_by_name() {
     .unwrap();
     let index = namespace_labels(&[namespace]);
     assert_eq!(index["shop"][MESH_LABEL], "enabled");
+}
+
+#[test]
+fn a_service_resolves_through_its_ready_slice_endpoints() {
+    let service: KubeService = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                 "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}
+    }))
+    .unwrap();
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-abc", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+        "endpoints": [
+            {"addresses": ["10.1.0.5"], "conditions": {"ready": true}, "nodeName": "n2"},
+            {"addresses": ["10.1.0.6"], "conditions": {"ready": false, "terminating": true}},
+            {"addresses": ["10.1.0.7"]}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(slice_owner(&slice), Some(("shop", "web")));
+    let service = super::service(&service, [&slice]).unwrap();
+    assert_eq!(
+        service.cluster_ips,
+        [
+            "10.96.0.10".parse::<IpAddr>().unwrap(),
+            "fd00:96::10".parse().unwrap()
+        ]
+    );
+    let endpoints = service.endpoints.clone().unwrap();
+    let ips: Vec<String> = endpoints.iter().map(|e| e.ip.to_string()).collect();
+    assert_eq!(ips, ["10.1.0.5", "10.1.0.7"], "the unready one is left out");
+    assert_eq!(endpoints[0].node.as_deref(), Some("n2"));
+    assert_eq!(
+        endpoints[0].ports.len(),
+        1,
+        "UDP ports are not TCP endpoints"
+    );
+    let backends = mesh_core::service::backends(&service, &service.ports[0], true, &[]);
+    assert_eq!(
+        backends,
+        [
+            "10.1.0.5:8080".parse().unwrap(),
+            "10.1.0.7:8080".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn other_nodes_meshed_pods_are_destinations() {
+    let namespace = labels(&[(MESH_LABEL, "enabled")]);
+    let mut pod = kube_pod(
+        &json!({}),
+        &json!({"phase": "Running", "podIP": "10.2.0.9", "conditions": [{"type": "Ready", "status": "True"}]}),
+    );
+    pod.spec.as_mut().unwrap().node_name = Some("n2".to_owned());
+    pod.spec.as_mut().unwrap().containers = vec![k8s_openapi::api::core::v1::Container::default()];
+    pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
+    trim_remote_pod(&mut pod);
+    assert!(pod.metadata.annotations.is_none());
+    assert!(pod.spec.as_ref().unwrap().containers.is_empty());
+    assert!(pod.status.as_ref().unwrap().conditions.is_none());
+    let remote = remote_pod(&pod, Some(&namespace), "n1").expect("meshed pod of n2");
+    assert_eq!(remote.node.as_deref(), Some("n2"));
+    assert!(remote.netns.as_os_str().is_empty());
+    assert_eq!(remote.ips, ["10.2.0.9".parse::<IpAddr>().unwrap()]);
+    // Its own node's pods come from the node's watch, not from this one.
+    assert_eq!(remote_pod(&pod, Some(&namespace), "n2"), None);
+    // Not meshed: not a mesh destination.
+    assert_eq!(remote_pod(&pod, None, "n1"), None);
 }
