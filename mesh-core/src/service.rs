@@ -294,12 +294,12 @@ pub fn backends<'a>(
 /// the pod of `namespace` with `labels`.
 #[must_use]
 pub fn first_selecting<'a>(
-    services: &'a [Service],
+    services: impl IntoIterator<Item = &'a Service>,
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Option<&'a Service> {
     services
-        .iter()
+        .into_iter()
         .filter(|service| service.selects(namespace, labels))
         .min_by(|a, b| (&a.name, &a.namespace).cmp(&(&b.name, &b.namespace)))
 }

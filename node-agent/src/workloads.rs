@@ -74,6 +74,15 @@ impl WorkloadIndex {
         cluster_domain: &str,
     ) -> Self {
         let mut by_ip = HashMap::new();
+        // Services by namespace: a pod is only named after one of its own
+        // namespace's, and scanning them all for every pod is quadratic.
+        let mut services_in: HashMap<&str, Vec<&Service>> = HashMap::new();
+        for service in &snapshot.services {
+            services_in
+                .entry(service.namespace.as_str())
+                .or_default()
+                .push(service);
+        }
         for pod in &snapshot.pods {
             let identity = match SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account) {
                 Ok(identity) => identity,
@@ -88,7 +97,16 @@ impl WorkloadIndex {
                 local: pod.is_on_node(node),
                 mtls: pod.mtls,
                 labels: Arc::new(pod.labels.clone()),
-                names: WorkloadNames::new(pod, &identity, &snapshot.services, cluster_domain),
+                names: WorkloadNames::new(
+                    pod,
+                    &identity,
+                    services_in
+                        .get(pod.namespace.as_str())
+                        .into_iter()
+                        .flatten()
+                        .copied(),
+                    cluster_domain,
+                ),
                 identity,
             });
             for ip in &pod.ips {

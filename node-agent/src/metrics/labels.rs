@@ -31,9 +31,15 @@ pub struct WorkloadNames {
 
 impl WorkloadNames {
     /// The names of `pod`, which has `identity`, among `services` of the
-    /// cluster domain `cluster_domain`.
+    /// cluster domain `cluster_domain`; `services` need only hold those of
+    /// the pod's namespace.
     #[must_use]
-    pub fn new(pod: &Pod, identity: &SpiffeId, services: &[Service], cluster_domain: &str) -> Self {
+    pub fn new<'a>(
+        pod: &Pod,
+        identity: &SpiffeId,
+        services: impl IntoIterator<Item = &'a Service>,
+        cluster_domain: &str,
+    ) -> Self {
         let workload = pod
             .labels
             .get(WORKLOAD_LABEL)

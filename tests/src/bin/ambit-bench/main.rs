@@ -13,12 +13,14 @@
 //! runs with `--kernel-splice`). Every scenario runs
 //! `--runs` times, interleaved, and each figure is the median. Then what
 //! authorization costs with 10,000 policies: evaluations per second in
-//! process, and the connection latency they add through the mesh.
+//! process, and the connection latency they add through the mesh. Last,
+//! Kubernetes mode at scale (`kube_scale`): one agent watching 10,000
+//! pods, 2,000 services and 1,000 policies on the fake API server.
 //! docs/benchmark.md explains every figure.
 //!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
 //! Output: `report.json`, `report.md` and `latency.png` (the `rr_1b`
-//! latency CDFs) in the output directory (default `<target>/bench`), the
+//! latency CDFs), `kube-scale.json` and `kube-scale.md` in the output directory (default `<target>/bench`), the
 //! Markdown also on stdout, progress on stderr, and the agents' and
 //! workloads' own output in `bench.log`.
 //!
@@ -30,6 +32,7 @@
 mod authz;
 mod cluster;
 mod console;
+mod kube_scale;
 mod measure;
 mod plot;
 mod report;
@@ -79,6 +82,27 @@ struct Cli {
     /// Directory for report.json, report.md and bench.log [default: <target>/bench]
     #[arg(long, env = OUT_ENV)]
     out: Option<PathBuf>,
+    /// Runs only the Kubernetes-mode scale bench.
+    #[arg(long, conflicts_with = "skip_kube_scale")]
+    kube_scale_only: bool,
+    /// Leaves the Kubernetes-mode scale bench out.
+    #[arg(long)]
+    skip_kube_scale: bool,
+}
+
+/// Which parts of the bench run.
+#[derive(Clone, Copy)]
+struct Parts {
+    /// The scenarios and authorization.
+    main: bool,
+    /// Kubernetes mode at scale, with this many timed changes of each kind.
+    kube_scale: Option<usize>,
+}
+
+/// What the parts that ran found.
+struct Outcome {
+    main: Option<Report>,
+    kube_scale: Option<kube_scale::KubeScaleReport>,
 }
 
 /// Why the bench stopped or a measurement failed.
@@ -123,6 +147,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let plan = Plan::new(cli.quick, usize::from(cli.runs), cli.idle_conns);
+    let parts = Parts {
+        main: !cli.kube_scale_only,
+        kube_scale: (!cli.skip_kube_scale).then_some(if cli.quick { 20 } else { 50 }),
+    };
     progress(&format!(
         "{} bench, {} run(s), interleaved: {} s per latency and connection test after {} s of warm-up, iperf3 {} s, {} idle connections; log: {}",
         if plan.quick { "quick" } else { "full" },
@@ -136,9 +164,9 @@ fn main() -> ExitCode {
 
     // A panic (a test-bed helper that gives up) unwinds through the cluster
     // and the test bed, which clean up on drop; the hook has shown it.
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(plan)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(plan, parts)));
     match outcome {
-        Ok(Ok(report)) => publish(&report, &out_dir),
+        Ok(Ok(outcome)) => publish_all(&outcome, &out_dir),
         Ok(Err(BenchError::Interrupted)) => {
             console::say("ambit-bench: interrupted; the test bed is removed");
             ExitCode::from(130)
@@ -167,7 +195,7 @@ fn main() -> ExitCode {
 }
 
 /// Builds the test bed, measures, and removes the test bed.
-fn run(plan: Plan) -> Result<Report, BenchError> {
+fn run(plan: Plan, parts: Parts) -> Result<Outcome, BenchError> {
     // Both lookups panic with a hint to build when a binary is missing; do
     // them before anything needs cleaning up.
     let pod_tool = Testbed::bin("pod-tool");
@@ -187,7 +215,18 @@ fn run(plan: Plan) -> Result<Report, BenchError> {
     }
     let mut testbed =
         Testbed::new(TESTBED_NAME).map_err(|skip| BenchError::CannotRun(skip.reason))?;
-    let result = measure(&mut testbed, plan, &pod_tool);
+    let result = (|| {
+        let main = if parts.main {
+            Some(measure(&mut testbed, plan, &pod_tool)?)
+        } else {
+            None
+        };
+        let kube_scale = match parts.kube_scale {
+            Some(iterations) => Some(kube_scale::measure(&mut testbed, iterations)?),
+            None => None,
+        };
+        Ok(Outcome { main, kube_scale })
+    })();
     progress(&format!(
         "removing the test bed ({}: namespaces, cgroups, bpffs)",
         testbed.id()
@@ -239,6 +278,39 @@ fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report,
         authorization,
         failures,
     ))
+}
+
+/// Publishes what ran: the main report, then the scale bench's
+/// `kube-scale.json` and `kube-scale.md`.
+fn publish_all(outcome: &Outcome, out_dir: &Path) -> ExitCode {
+    let main = outcome
+        .main
+        .as_ref()
+        .map_or(ExitCode::SUCCESS, |report| publish(report, out_dir));
+    let Some(scale) = &outcome.kube_scale else {
+        return main;
+    };
+    let markdown = kube_scale::render(scale);
+    print!("\n{markdown}");
+    let json = serde_json::to_string_pretty(scale).map(|json| json + "\n");
+    for (name, text) in [
+        ("kube-scale.json", json.unwrap_or_default()),
+        ("kube-scale.md", markdown),
+    ] {
+        let path = out_dir.join(name);
+        if let Err(error) = std::fs::write(&path, text) {
+            console::say(&format!(
+                "ambit-bench: cannot write {}: {error}",
+                path.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    }
+    progress(&format!(
+        "wrote {}",
+        out_dir.join("kube-scale.json").display()
+    ));
+    main
 }
 
 /// Writes report.json and report.md, prints the Markdown, picks the exit code.
