@@ -11,8 +11,9 @@
 //! - The meshed pods of other nodes are destinations: HBONE to them checks
 //!   their identity, which their service account gives. ambit has no
 //!   central workload distributor (Istio's istiod), so each agent also
-//!   watches every Pod, stripped on arrival to what a destination needs
-//!   (see [`translate::trim_remote_pod`]); this node's pods come from the
+//!   watches the Pods of every other node (`spec.nodeName!=`), stripped on
+//!   arrival to what a destination needs (see
+//!   [`translate::trim_remote_pod`]); this node's pods come from the
 //!   node's own watch, whose objects are whole.
 //! - A pod is enrolled when it or its namespace carries `ambit.dev/mesh=
 //!   enabled`; `ambit.dev/mesh=disabled` on the pod wins (see
@@ -106,6 +107,10 @@ pub async fn run(
 ) {
     let changed = Arc::new(Notify::new());
     let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node));
+    // The API server leaves this node's pods out: they come (whole) from
+    // the watch above, and one change must not wake two watches.
+    let other_pods =
+        watcher::Config::default().fields(&format!("spec.nodeName!={}", settings.node));
     let all = watcher::Config::default;
     let watches = Watches {
         client,
@@ -113,11 +118,11 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let stores = Stores {
-        namespaces: watches.typed("namespaces", all(), |_| {}),
+        namespaces: watches.typed("namespaces", all(), translate::trim_metadata),
         pods: watches.typed("pods", node_pods, |_| {}),
-        other_pods: watches.typed("pods (all nodes)", all(), translate::trim_remote_pod),
-        services: watches.typed("services", all(), |_| {}),
-        endpoint_slices: watches.typed("endpointslices", all(), |_| {}),
+        other_pods: watches.typed("pods (other nodes)", other_pods, translate::trim_remote_pod),
+        services: watches.typed("services", all(), translate::trim_metadata),
+        endpoint_slices: watches.typed("endpointslices", all(), translate::trim_metadata),
         policies: watches.custom(
             "authorizationpolicies",
             ("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
@@ -136,7 +141,9 @@ pub async fn run(
     let mut retry = None;
     let mut first = true;
     loop {
+        let started = Instant::now();
         let snapshot = builder.build(&stores);
+        let build_ms = started.elapsed().as_secs_f64() * 1e3;
         retry = builder
             .waiting()
             .then(|| retry.map_or(RETRY_FIRST, |last: Duration| (last * 2).min(RETRY_MAX)));
@@ -144,7 +151,11 @@ pub async fn run(
         if first || **publish.borrow() != snapshot {
             first = false;
             tracing::info!(
-                pods = snapshot.pods.len(),
+                pods = snapshot
+                    .pods
+                    .iter()
+                    .filter(|p| !p.netns.as_os_str().is_empty())
+                    .count(),
                 waiting = snapshot.rejected.len(),
                 destinations = snapshot
                     .pods
@@ -154,6 +165,7 @@ pub async fn run(
                 services = snapshot.services.len(),
                 policies = snapshot.policies.len(),
                 routes = snapshot.routes.len(),
+                build_ms = format_args!("{build_ms:.1}"),
                 "Kubernetes state changed"
             );
             publish.send_replace(Arc::new(snapshot));
@@ -172,7 +184,7 @@ struct Stores {
     namespaces: Store<Namespace>,
     /// This node's pods, whole.
     pods: Store<KubePod>,
-    /// Every pod, trimmed: the destinations on other nodes.
+    /// Other nodes' pods, trimmed: destinations.
     other_pods: Store<KubePod>,
     services: Store<KubeService>,
     endpoint_slices: Store<EndpointSlice>,
@@ -404,9 +416,13 @@ impl Watches {
         let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
         let store = writer.as_reader();
         let api = Api::<DynamicObject>::all_with(self.client.clone(), &resource);
+        let trim: fn(&mut DynamicObject) = translate::trim_metadata;
         self.drive(
             plural,
-            reflector::reflector(writer, watcher(api, watcher::Config::default())),
+            reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).modify(trim),
+            ),
         );
         store
     }

@@ -135,9 +135,22 @@ impl Reconciler {
     ) -> Enroller {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applied: Option<Arc<LocalSnapshot>> = None;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            self.reconcile(&snapshot);
+            if applied
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, &snapshot))
+            {
+                // Nothing new: only retry the pods that failed. Rebuilding
+                // the indexes of a large cluster every tick would cost CPU
+                // for nothing, and the rejected entries would be logged
+                // again and again.
+                self.converge(&snapshot);
+            } else {
+                self.reconcile(&snapshot);
+                applied = Some(snapshot);
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
@@ -157,7 +170,8 @@ impl Reconciler {
         self.enroller
     }
 
-    /// Brings the enrolled pods in line with `snapshot`.
+    /// Applies a new `snapshot`: the workload index, the policies, and the
+    /// enrolled pods brought in line with it.
     pub fn reconcile(&mut self, snapshot: &LocalSnapshot) {
         let mesh = self.enroller.mesh();
         mesh.workloads.publish(WorkloadIndex::build(
@@ -168,6 +182,20 @@ impl Reconciler {
         ));
         mesh.authorizer.publish(snapshot.policies.clone());
         mesh.splicer.update();
+        for rejected in &snapshot.rejected {
+            tracing::warn!(pod = %rejected.pod, entry = rejected.entry, reason = %rejected.reason, "config entry rejected");
+        }
+        for rejected in &snapshot.rejected_services {
+            tracing::warn!(service = %rejected.service, entry = rejected.entry, reason = %rejected.reason, "service entry rejected");
+        }
+        self.converge(snapshot);
+    }
+
+    /// Enrolls the pods of this node that `snapshot` lists and are not
+    /// enrolled yet (including those that failed before), and un-enrolls
+    /// the others.
+    fn converge(&mut self, snapshot: &LocalSnapshot) {
+        let mesh = self.enroller.mesh();
         let node = mesh.node_name.clone();
         let desired: BTreeMap<PodKey, &Pod> = snapshot
             .pods
@@ -208,12 +236,6 @@ impl Reconciler {
                 }
             };
             self.entries.insert(key.clone(), entry);
-        }
-        for rejected in &snapshot.rejected {
-            tracing::warn!(pod = %rejected.pod, entry = rejected.entry, reason = %rejected.reason, "config entry rejected");
-        }
-        for rejected in &snapshot.rejected_services {
-            tracing::warn!(service = %rejected.service, entry = rejected.entry, reason = %rejected.reason, "service entry rejected");
         }
         if !self.cleaned_stale {
             let enrolled: Vec<u64> = self.enrolled_cookies();

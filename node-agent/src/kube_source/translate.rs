@@ -135,13 +135,21 @@ pub fn remote_pod(
         .map(|meshed| meshed.pod)
 }
 
+/// Drops what no translation reads and what often makes up most of an
+/// object's size: `managedFields` and annotations (such as `kubectl`'s
+/// `last-applied-configuration`, a copy of the whole object).
+pub fn trim_metadata<K: kube::Resource>(object: &mut K) {
+    let metadata = object.meta_mut();
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+}
+
 /// Keeps of a pod only what [`remote_pod`] reads, so the cluster-wide
 /// store of other nodes' pods stays small: name, namespace, uid, labels,
 /// deletion mark; node and service account; phase and addresses.
 pub fn trim_remote_pod(pod: &mut KubePod) {
+    trim_metadata(pod);
     let metadata = &mut pod.metadata;
-    metadata.annotations = None;
-    metadata.managed_fields = None;
     metadata.owner_references = None;
     metadata.finalizers = None;
     metadata.generate_name = None;
