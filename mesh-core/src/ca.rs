@@ -234,7 +234,21 @@ impl CertificateAuthority {
     /// CA and that the key is its key.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
         let cert_text = files::read_file(cert_path, "the CA certificate")?;
-        let certificate_der = files::first_certificate(cert_path, &cert_text)?;
+        let key_text = files::read_file(key_path, "the CA key")?;
+        Self::from_pem(&cert_text, cert_path, &key_text, key_path)
+    }
+
+    /// Like [`load`](Self::load), from PEM text already read (e.g. from a
+    /// Kubernetes Secret); `cert_origin` and `key_origin` name where each
+    /// came from in error messages.
+    pub fn from_pem(
+        cert_text: &[u8],
+        cert_origin: &Path,
+        key_text: &[u8],
+        key_origin: &Path,
+    ) -> Result<Self, CaError> {
+        let (cert_path, key_path) = (cert_origin, key_origin);
+        let certificate_der = files::first_certificate(cert_path, cert_text)?;
         let bad_certificate = |reason: String| CaError::BadCertificateFile {
             path: cert_path.to_owned(),
             reason,
@@ -259,8 +273,7 @@ impl CertificateAuthority {
             return Err(not_ca("its keyUsage lacks keyCertSign"));
         }
 
-        let key_text = files::read_file(key_path, "the CA key")?;
-        let key = files::load_key(key_path, &key_text)?;
+        let key = files::load_key(key_path, key_text)?;
         if key.subject_public_key_info() != x509.public_key().raw {
             return Err(CaError::KeyMismatch {
                 cert_path: cert_path.to_owned(),
@@ -384,6 +397,73 @@ impl fmt::Debug for CertificateAuthority {
 }
 
 /// The parameters of every workload certificate.
+/// A TLS server certificate and its key, as
+/// [`CertificateAuthority::issue_server_certificate`] makes them.
+pub struct ServerCertificate {
+    /// The leaf, then the CA.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
+}
+
+impl CertificateAuthority {
+    /// Issues a server certificate (serverAuth) for `dns_names` and `ips`
+    /// with a fresh ECDSA P-256 key, valid from a minute ago for
+    /// `validity`: what a control-plane service of the mesh presents.
+    pub fn issue_server_certificate(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        validity: Duration,
+    ) -> Result<ServerCertificate, CaError> {
+        let what = || format!("a server certificate for {dns_names:?} {ips:?}");
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Generate {
+                what: what(),
+                source,
+            })?;
+        let now = SystemTime::now();
+        let mut params = CertificateParams::default();
+        params.not_before = offset_date_time(backdated(now))?;
+        params.not_after = offset_date_time(checked_add(now, validity)?)?;
+        params.serial_number = Some(random_serial()?);
+        let mut name = DistinguishedName::new();
+        name.push(
+            DnType::CommonName,
+            dns_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "ambit".to_owned()),
+        );
+        params.distinguished_name = name;
+        for dns in dns_names {
+            let dns = Ia5String::try_from(dns.as_str()).map_err(|source| CaError::Generate {
+                what: what(),
+                source,
+            })?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let certificate =
+            params
+                .signed_by(&key, &self.issuer)
+                .map_err(|source| CaError::Generate {
+                    what: what(),
+                    source,
+                })?;
+        Ok(ServerCertificate {
+            chain: vec![certificate.der().clone(), self.certificate_der.clone()],
+            key_der: key.serialize_der(),
+        })
+    }
+}
+
 fn workload_params(
     identity: &SpiffeId,
     not_before: SystemTime,

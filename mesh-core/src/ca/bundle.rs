@@ -35,8 +35,14 @@ impl TrustBundle {
     /// if there is none or one is not a valid certificate.
     pub fn load(path: &Path) -> Result<Self, CaError> {
         let text = super::files::read_file(path, "the trust bundle")?;
+        Self::from_pem(&text, path)
+    }
+
+    /// Like [`load`](Self::load), from PEM text already read; `path` names
+    /// where it came from in error messages.
+    pub fn from_pem(text: &[u8], path: &Path) -> Result<Self, CaError> {
         let mut bundle = Self::new();
-        for (index, item) in CertificateDer::pem_slice_iter(&text).enumerate() {
+        for (index, item) in CertificateDer::pem_slice_iter(text).enumerate() {
             let root = item.map_err(|error| CaError::NoCertificate {
                 path: path.to_owned(),
                 reason: format!("block #{}: {error}", index + 1),

@@ -24,6 +24,8 @@ pub const RESOURCES: &[ResourceType] = &[
     resource("", "v1", "pods", "Pod", true),
     resource("", "v1", "services", "Service", true),
     resource("", "v1", "serviceaccounts", "ServiceAccount", true),
+    resource("", "v1", "secrets", "Secret", true),
+    resource("", "v1", "configmaps", "ConfigMap", true),
     resource(
         "discovery.k8s.io",
         "v1",

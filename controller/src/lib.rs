@@ -1,0 +1,113 @@
+//! ambit's control plane in Kubernetes (one Deployment):
+//!
+//! - **The CA** ([`signing`], [`ca_store`]). Node agents ask it for their
+//!   pods' workload certificates over HTTPS (TLS 1.3; the serving
+//!   certificate is issued by the CA itself, so agents verify it with the
+//!   mesh's trust bundle):
+//!
+//!   ```text
+//!   POST /v1/certificates
+//!   Authorization: Bearer <projected service-account token, audience ambit-ca>
+//!   {"pod": {"namespace": "shop", "name": "web-1"},
+//!    "identity": "spiffe://cluster.local/ns/shop/sa/web",
+//!    "csr": "-----BEGIN CERTIFICATE REQUEST-----..."}
+//!
+//!   200 {"certificateChain": "<PEM leaf + CA>", "trustBundle": "<PEM roots>"}
+//!   400 bad JSON or CSR · 401 token not accepted (TokenReview) ·
+//!   403 not the agents' service account, no node in the token, pod on
+//!   another node, identity not the pod's · 404 no such pod
+//!   every error: {"error": "<why, with what to check>"}
+//!   ```
+//!
+//!   The token is checked with a `TokenReview` (audience `ambit-ca`); it
+//!   must belong to the agents' service account and, being bound to the
+//!   agent's pod, name that pod's node
+//!   (`authentication.kubernetes.io/node-name`). The pod asked about must be
+//!   scheduled on that node (`spec.nodeName`), and the identity must be the
+//!   one its service account gives.
+//! - **The CA key** comes from a Secret (`ca.crt`, `ca.key`, optional
+//!   `trust-bundle.pem`), watched: a new CA signs from the moment the Secret
+//!   changes, and the trust bundle (the CA plus the extra roots) is
+//!   published in the `ConfigMap` `ambit-trust-bundle` (`ca.crt`), which the
+//!   agents mount. Rotation: add the new root to `trust-bundle.pem`, wait
+//!   for the agents to trust it, then switch `ca.crt`/`ca.key`.
+//! - **Policy status** ([`policy_status`]): every `AuthorizationPolicy`
+//!   gets an `Accepted` condition, `True`, or `False` with the reason the
+//!   policy is rejected.
+//! - `GET /healthz` on the same port answers 200.
+
+pub mod ca_store;
+pub mod config;
+pub mod policy_status;
+pub mod server;
+pub mod signing;
+
+use std::sync::Arc;
+
+use kube::Client;
+
+use crate::config::Config;
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// No usable Kubernetes client configuration.
+    #[error(
+        "cannot configure the Kubernetes client: {0} (in a pod: is the service account token mounted? elsewhere: set KUBECONFIG or --kube-api-url)"
+    )]
+    KubeConfig(String),
+    /// The CA could not be loaded at start.
+    #[error(transparent)]
+    Ca(#[from] ca_store::CaStoreError),
+    /// The HTTPS API could not start.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}
+
+/// Sets up `tracing` (`AMBIT_LOG`, default `info`) in the chosen format.
+pub fn logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the CA, then serves the API and follows the Secret and the
+/// policies until the process ends.
+pub async fn run(config: Config) -> Result<(), ControllerError> {
+    let client = client(&config).await?;
+    let store = Arc::new(ca_store::CaStore::load(client.clone(), &config).await?);
+    tracing::info!(
+        namespace = %config.namespace,
+        secret = %config.ca_secret,
+        listen = %config.listen,
+        "CA loaded; serving"
+    );
+    tokio::spawn(ca_store::follow(
+        store.clone(),
+        client.clone(),
+        config.clone(),
+    ));
+    tokio::spawn(policy_status::run(client.clone()));
+    let signer = Arc::new(signing::Signer::new(client, store.clone(), &config));
+    server::serve(&config, store, signer).await?;
+    Ok(())
+}
+
+async fn client(config: &Config) -> Result<Client, ControllerError> {
+    let kube_config = match &config.kube_api_url {
+        Some(url) => kube::Config::new(url.parse().map_err(|e| {
+            ControllerError::KubeConfig(format!("bad --kube-api-url {url:?}: {e}"))
+        })?),
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| ControllerError::KubeConfig(e.to_string()))?,
+    };
+    Client::try_from(kube_config).map_err(|e| ControllerError::KubeConfig(e.to_string()))
+}

@@ -1,0 +1,123 @@
+//! `AuthorizationPolicy` status: each policy is compiled as the agents
+//! compile it, and its `Accepted` condition says whether it loads, or why
+//! not (the agents then apply it fail-closed). Written through the `status`
+//! subresource, only when it changes, so the controller's own writes do not
+//! loop.
+
+use std::pin::pin;
+
+use futures_util::StreamExt as _;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde_json::{Value, json};
+
+/// The condition type written on every policy.
+pub const CONDITION: &str = "Accepted";
+
+/// The condition `object` should carry: (status, reason, message).
+#[must_use]
+pub fn condition_for(object: &Value) -> (&'static str, &'static str, String) {
+    let mut policy = serde_json::Map::new();
+    for key in ["apiVersion", "kind", "spec"] {
+        if let Some(value) = object.get(key) {
+            policy.insert(key.to_owned(), value.clone());
+        }
+    }
+    let metadata = object.get("metadata").cloned().unwrap_or_default();
+    policy.insert(
+        "metadata".into(),
+        json!({"name": metadata.get("name"), "namespace": metadata.get("namespace")}),
+    );
+    let yaml = serde_yaml::to_value(Value::Object(policy)).unwrap_or(serde_yaml::Value::Null);
+    match mesh_core::policy::compile(&yaml).rejected {
+        None => ("True", "Accepted", "the policy is in force".to_owned()),
+        Some(error) => (
+            "False",
+            "Invalid",
+            format!("{error}; it is enforced fail-closed"),
+        ),
+    }
+}
+
+/// Follows every policy and keeps its condition current, until the
+/// process ends.
+pub async fn run(client: Client) {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
+        "authorizationpolicies",
+    );
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let mut events = pin!(
+        watcher(all, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(object) => update(&client, &resource, &object).await,
+            Err(error) => tracing::warn!(%error, "watching AuthorizationPolicies failed; retrying"),
+        }
+    }
+}
+
+async fn update(client: &Client, resource: &ApiResource, object: &DynamicObject) {
+    let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name) else {
+        return;
+    };
+    let value = serde_json::to_value(object).unwrap_or_default();
+    let (status, reason, message) = condition_for(&value);
+    let generation = object.metadata.generation;
+    let current = value
+        .pointer("/status/conditions")
+        .and_then(Value::as_array);
+    let same = current
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == CONDITION))
+        .is_some_and(|c| {
+            c["status"] == status
+                && c["reason"] == reason
+                && c["message"] == message.as_str()
+                && c["observedGeneration"].as_i64() == generation
+        });
+    if same {
+        return;
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({"status": {"conditions": [{
+        "type": CONDITION, "status": status, "reason": reason, "message": message,
+        "observedGeneration": generation, "lastTransitionTime": now,
+    }]}});
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(policy = %format!("{namespace}/{name}"), status, reason, "policy status written");
+        }
+        Err(error) => {
+            tracing::warn!(policy = %format!("{namespace}/{name}"), %error, "cannot write the policy's status");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_good_policy_is_accepted_and_a_bad_one_says_why() {
+        let good = json!({"apiVersion": "security.ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "uid": "x"},
+            "spec": {"action": "DENY", "rules": [{}]}});
+        assert_eq!(condition_for(&good).0, "True");
+        let bad = json!({"apiVersion": "security.ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"action": "MAYBE"}});
+        let (status, reason, message) = condition_for(&bad);
+        assert_eq!((status, reason), ("False", "Invalid"));
+        assert!(message.contains("action"), "{message}");
+    }
+}

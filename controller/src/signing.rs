@@ -1,0 +1,311 @@
+//! Deciding and signing a node agent's certificate request (see the crate
+//! docs for the API). The checks, in order: the request parses; the token
+//! is accepted by a `TokenReview` for the audience [`AUDIENCE`]; it belongs
+//! to the agents' service account and names the agent's node; the pod
+//! exists, runs on that node, and the identity asked for is its own; the
+//! CSR is a valid ECDSA P-256 request. Then the current CA signs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenReview, TokenReviewSpec},
+    core::v1::Pod,
+};
+use kube::{Api, Client, api::PostParams};
+use mesh_core::identity::SpiffeId;
+use serde::{Deserialize, Serialize};
+
+use crate::{ca_store::CaStore, config::Config};
+
+/// The audience agents' projected tokens are made for.
+pub const AUDIENCE: &str = "ambit-ca";
+/// Where a pod-bound token names its pod's node in a review's `extra`.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// A certificate request, as agents send it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// The pod the certificate is for.
+    pub pod: PodRef,
+    /// The SPIFFE id the agent expects the pod to have.
+    pub identity: String,
+    /// The PEM `CERTIFICATE REQUEST`.
+    pub csr: String,
+}
+
+/// A pod's namespace and name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The answer to a granted request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateResponse {
+    /// The leaf then the CA, PEM.
+    pub certificate_chain: String,
+    /// Every root agents must trust, PEM.
+    pub trust_bundle: String,
+}
+
+/// Why a request is refused; each maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// 400: the request or its CSR is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 401: no token, or the API server did not accept it for [`AUDIENCE`].
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// 403: authenticated, but not allowed this certificate.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// 404: the pod does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 503: the API server could not be asked.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+// === impl SignError ===
+
+impl SignError {
+    /// The HTTP status code.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthenticated(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Unavailable(_) => 503,
+        }
+    }
+}
+
+/// Decides and signs requests.
+pub struct Signer {
+    client: Client,
+    store: Arc<CaStore>,
+    agent_user: String,
+    trust_domain: String,
+    lifetime: Duration,
+}
+
+// === impl Signer ===
+
+impl Signer {
+    /// A signer asking `client`'s API server, signing with `store`'s CA.
+    #[must_use]
+    pub fn new(client: Client, store: Arc<CaStore>, config: &Config) -> Self {
+        Self {
+            client,
+            store,
+            agent_user: config.agent_user(),
+            trust_domain: config.trust_domain.clone(),
+            lifetime: config.cert_lifetime(),
+        }
+    }
+
+    /// Handles one request: `bearer` is the `Authorization` header's token.
+    pub async fn sign(
+        &self,
+        bearer: Option<&str>,
+        body: &[u8],
+    ) -> Result<CertificateResponse, SignError> {
+        let request: CertificateRequest = serde_json::from_slice(body).map_err(|e| {
+            SignError::BadRequest(format!(
+                "the body is not a certificate request ({{\"pod\": {{\"namespace\", \"name\"}}, \"identity\", \"csr\"}}): {e}"
+            ))
+        })?;
+        let token = bearer.filter(|t| !t.is_empty()).ok_or_else(|| {
+            SignError::Unauthenticated(
+                "no bearer token (send the agent's projected token with audience ambit-ca)".into(),
+            )
+        })?;
+        let node = self.review(token).await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &request.pod.namespace);
+        let pod = pods
+            .get_opt(&request.pod.name)
+            .await
+            .map_err(|e| SignError::Unavailable(format!("cannot read the pod: {e}")))?
+            .ok_or_else(|| {
+                SignError::NotFound(format!(
+                    "pod {}/{} does not exist",
+                    request.pod.namespace, request.pod.name
+                ))
+            })?;
+        let identity = authorize(&pod, &node, &request.identity, &self.trust_domain)?;
+        let csr = pem::parse(request.csr.as_bytes())
+            .ok()
+            .filter(|block| block.tag() == "CERTIFICATE REQUEST")
+            .ok_or_else(|| {
+                SignError::BadRequest("csr is not a PEM CERTIFICATE REQUEST block".into())
+            })?;
+        let state = self.store.current();
+        let certificate = state
+            .ca
+            .sign_csr(csr.contents(), &identity, self.lifetime)
+            .map_err(|e| SignError::BadRequest(e.to_string()))?;
+        tracing::info!(%identity, pod = %format!("{}/{}", request.pod.namespace, request.pod.name), %node, serial = %certificate.serial, "certificate signed");
+        Ok(CertificateResponse {
+            certificate_chain: certificate.chain_pem(),
+            trust_bundle: state.bundle.to_pem(),
+        })
+    }
+
+    /// The caller's node, from a `TokenReview` of its token.
+    async fn review(&self, token: &str) -> Result<String, SignError> {
+        let reviews: Api<TokenReview> = Api::all(self.client.clone());
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![AUDIENCE.to_owned()]),
+            },
+            ..TokenReview::default()
+        };
+        let reviewed = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| SignError::Unavailable(format!("the TokenReview failed: {e}")))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(SignError::Unauthenticated(format!(
+                "the API server did not accept the token for audience {AUDIENCE}: {}",
+                status.error.as_deref().unwrap_or("no reason given")
+            )));
+        }
+        if let Some(audiences) = &status.audiences
+            && !audiences.iter().any(|a| a == AUDIENCE)
+        {
+            return Err(SignError::Unauthenticated(format!(
+                "the token is for {audiences:?}, not {AUDIENCE}"
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        if username != self.agent_user {
+            return Err(SignError::Forbidden(format!(
+                "{username} is not the node agents' service account ({})",
+                self.agent_user
+            )));
+        }
+        user.extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+            .and_then(|nodes| nodes.first())
+            .cloned()
+            .ok_or_else(|| {
+                SignError::Forbidden(
+                    "the token names no node: use a projected token bound to the agent's pod (Kubernetes 1.30 or later)".into(),
+                )
+            })
+    }
+}
+
+/// The identity `pod` may get when `caller_node`'s agent asks for
+/// `requested`: refused unless the pod runs on that node and `requested` is
+/// the identity its service account gives.
+pub fn authorize(
+    pod: &Pod,
+    caller_node: &str,
+    requested: &str,
+    trust_domain: &str,
+) -> Result<SpiffeId, SignError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    match spec.and_then(|s| s.node_name.as_deref()) {
+        Some(node) if node == caller_node => {}
+        Some(node) => {
+            return Err(SignError::Forbidden(format!(
+                "pod {namespace}/{name} runs on node {node}, not on the caller's node {caller_node}"
+            )));
+        }
+        None => {
+            return Err(SignError::Forbidden(format!(
+                "pod {namespace}/{name} is not scheduled on any node yet"
+            )));
+        }
+    }
+    let account = spec
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    let identity = SpiffeId::new(trust_domain, namespace, account).map_err(|e| {
+        SignError::BadRequest(format!("pod {namespace}/{name} has no valid identity: {e}"))
+    })?;
+    if identity.to_string() != requested {
+        return Err(SignError::Forbidden(format!(
+            "pod {namespace}/{name} runs as {identity}, not {requested}"
+        )));
+    }
+    Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(node: Option<&str>, account: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"nodeName": node, "serviceAccountName": account, "containers": []},
+        }))
+        .unwrap()
+    }
+
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+    #[test]
+    fn the_pods_own_identity_on_the_callers_node_is_granted() {
+        let identity = authorize(&pod(Some("n1"), "web"), "n1", WEB, "cluster.local").unwrap();
+        assert_eq!(identity.to_string(), WEB);
+    }
+
+    #[test]
+    fn another_nodes_pod_or_another_identity_is_forbidden() {
+        let error = authorize(&pod(Some("n2"), "web"), "n1", WEB, "cluster.local").unwrap_err();
+        assert_eq!(error.status(), 403);
+        assert!(
+            error
+                .to_string()
+                .contains("runs on node n2, not on the caller's node n1"),
+            "{error}"
+        );
+        let error = authorize(
+            &pod(Some("n1"), "web"),
+            "n1",
+            "spiffe://cluster.local/ns/shop/sa/admin",
+            "cluster.local",
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("runs as spiffe://cluster.local/ns/shop/sa/web, not"),
+            "{error}"
+        );
+        let error = authorize(&pod(None, "web"), "n1", WEB, "cluster.local").unwrap_err();
+        assert!(error.to_string().contains("not scheduled"), "{error}");
+    }
+
+    #[test]
+    fn requests_with_unknown_fields_do_not_parse() {
+        let error = serde_json::from_str::<CertificateRequest>(
+            r#"{"pod": {"namespace": "a", "name": "b"}, "identity": "x", "csr": "y", "extra": 1}"#,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `extra`"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,468 @@
+//! The controller against the fake API server: the real `ambit-controller`
+//! process, asked with `curl` over HTTPS (verified with the mesh CA) the way
+//! a node agent asks. It signs only the caller's node's pods, with their own
+//! identities; it refuses bad, foreign and wrong-audience tokens; it follows
+//! its CA Secret (rotation through the trust bundle); it writes each
+//! `AuthorizationPolicy`'s `Accepted` condition.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ambit_tests::{Node, Testbed, fake_kube::FakeKube, mesh::mesh_ca, proc::Proc};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use mesh_core::ca::{CertificateAuthority, WorkloadKey};
+use mesh_core::identity::SpiffeId;
+use serde_json::{Value, json};
+
+const AGENT_USER: &str = "system:serviceaccount:ambit-system:ambit-node-agent";
+const PORT: u16 = 15012;
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The fake API server, the controller, and the CA files it started with.
+struct Setup {
+    tb: Testbed,
+    cp: Node,
+    kube: FakeKube,
+    controller: Proc,
+    ca_dir: PathBuf,
+}
+
+fn setup(name: &str) -> Option<Setup> {
+    let mut tb = match Testbed::new(name) {
+        Ok(tb) => tb,
+        Err(skip) => {
+            skip.report(name);
+            return None;
+        }
+    };
+    let cp = tb.add_node("cp");
+    let kube = FakeKube::start(&cp).expect("the fake API server");
+    let ca_dir = mesh_ca(&tb);
+    let read = |file: &str| std::fs::read(ca_dir.join(file)).expect("CA file");
+    for namespace in ["ambit-system", "shop"] {
+        kube.apply(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        )
+        .expect("namespace");
+    }
+    kube.apply(secret(&read("ca.pem"), &read("ca-key.pem"), None))
+        .expect("the CA secret");
+    for (pod, node, account) in [("web-1", "n1", "web"), ("web-2", "n2", "web")] {
+        kube.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": "shop"},
+            "spec": {"nodeName": node, "serviceAccountName": account,
+                     "containers": [{"name": "app", "image": "app"}]}}))
+            .expect("pod");
+    }
+    kube.register_token("agent-n1", AGENT_USER, &["ambit-ca"], Some("n1"));
+    kube.register_token(
+        "agent-n1-api",
+        AGENT_USER,
+        &["https://kubernetes.default.svc"],
+        Some("n1"),
+    );
+    kube.register_token(
+        "web-n1",
+        "system:serviceaccount:shop:web",
+        &["ambit-ca"],
+        Some("n1"),
+    );
+    kube.register_token("agent-unbound", AGENT_USER, &["ambit-ca"], None);
+    let mut cmd = Command::new(Testbed::bin("ambit-controller"));
+    cmd.args([
+        "--kube-api-url",
+        &kube.url(),
+        "--listen",
+        &format!("{}:{PORT}", cp.underlay_v4),
+    ])
+    .args(["--serving-ip", &cp.underlay_v4.to_string()])
+    .env("AMBIT_LOG", "info,controller=debug");
+    let controller = tb.spawn_on_node(&cp, &cp.agent_cgroup, cmd);
+    let setup = Setup {
+        tb,
+        cp,
+        kube,
+        controller,
+        ca_dir,
+    };
+    let deadline = Instant::now() + WAIT;
+    while setup
+        .curl("GET", "/healthz", None, None, &setup.ca_dir.join("ca.pem"))
+        .0
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the controller never answered\n{}",
+            setup.controller.report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(setup)
+}
+
+/// The CA Secret, as `kubectl create secret generic` would write it.
+fn secret(cert: &[u8], key: &[u8], extra_roots: Option<&[u8]>) -> Value {
+    let mut data = std::collections::BTreeMap::from([
+        ("ca.crt".to_owned(), ByteString(cert.to_vec())),
+        ("ca.key".to_owned(), ByteString(key.to_vec())),
+    ]);
+    if let Some(roots) = extra_roots {
+        data.insert("trust-bundle.pem".to_owned(), ByteString(roots.to_vec()));
+    }
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("ambit-ca".into()),
+            namespace: Some("ambit-system".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(secret).expect("secret JSON");
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    value
+}
+
+/// A fresh key's CSR for `identity`, PEM.
+fn csr(identity: &str) -> String {
+    let key = WorkloadKey::generate().expect("key");
+    let id: SpiffeId = identity.parse().expect("SPIFFE id");
+    let der = key.csr_der(&id).expect("CSR");
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
+}
+
+fn request(pod: &str, identity: &str) -> String {
+    json!({"pod": {"namespace": "shop", "name": pod}, "identity": identity, "csr": csr(identity)})
+        .to_string()
+}
+
+// === impl Setup ===
+
+impl Setup {
+    /// `curl` from the API server's namespace, verifying the controller
+    /// against `ca`: (status, body).
+    fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        ca: &Path,
+    ) -> (u16, String) {
+        let url = format!("https://{}:{PORT}{path}", self.cp.underlay_v4);
+        let body_file = self.tb.run_dir().join("request.json");
+        let mut args = vec![
+            "curl".to_owned(),
+            "-s".into(),
+            "--max-time".into(),
+            "5".into(),
+            "--cacert".into(),
+            ca.display().to_string(),
+            "-X".into(),
+            method.into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some(token) = token {
+            args.extend(["-H".into(), format!("Authorization: Bearer {token}")]);
+        }
+        if let Some(body) = body {
+            std::fs::write(&body_file, body).expect("write the body");
+            args.extend(["--data-binary".into(), format!("@{}", body_file.display())]);
+        }
+        args.push(url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.tb.exec_in_netns(&self.cp.netns, &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn ask(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+        let (status, text) = self.curl(
+            "POST",
+            "/v1/certificates",
+            token,
+            Some(body),
+            &self.ca_dir.join("ca.pem"),
+        );
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Checks with `openssl verify` that `chain_pem`'s leaf chains to the
+    /// roots in `ca_file`, and returns the leaf's SPIFFE id.
+    fn verified_identity(&self, chain_pem: &str, ca_file: &Path) -> String {
+        let leaf_file = self.tb.run_dir().join("leaf.pem");
+        std::fs::write(&leaf_file, chain_pem).expect("write the chain");
+        let out = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(ca_file)
+            .arg(&leaf_file)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let leaf = rustls_pki_types_first(chain_pem);
+        mesh_core::ca::spiffe_id_of(&leaf)
+            .expect("a SPIFFE id")
+            .to_string()
+    }
+}
+
+fn rustls_pki_types_first(chain_pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+    let block = pem::parse_many(chain_pem).expect("PEM").remove(0);
+    rustls::pki_types::CertificateDer::from(block.into_contents())
+}
+
+#[test]
+fn signs_only_the_callers_node_pods_with_their_own_identity() {
+    let Some(s) = setup("controller_sign") else {
+        return;
+    };
+    let (status, granted) = s.ask(Some("agent-n1"), &request("web-1", WEB));
+    assert_eq!(status, 200, "{granted}\n{}", s.controller.report());
+    let chain = granted["certificateChain"].as_str().expect("a chain");
+    assert_eq!(s.verified_identity(chain, &s.ca_dir.join("ca.pem")), WEB);
+    assert!(
+        granted["trustBundle"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    let refused = |token: Option<&str>, body: &str, status: u16, says: &str| {
+        let (got, answer) = s.ask(token, body);
+        let error = answer["error"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(got, status, "{says}: {answer}");
+        assert!(error.contains(says), "expected {says:?} in {answer}");
+    };
+    // Another node's pod.
+    refused(
+        Some("agent-n1"),
+        &request("web-2", WEB),
+        403,
+        "runs on node n2, not on the caller's node n1",
+    );
+    // The pod's node, but not its identity.
+    refused(
+        Some("agent-n1"),
+        &request("web-1", "spiffe://cluster.local/ns/shop/sa/admin"),
+        403,
+        "runs as spiffe://cluster.local/ns/shop/sa/web",
+    );
+    // Tokens: unknown, for the API server's audience, not the agents', not bound to a node, none.
+    refused(
+        Some("forged"),
+        &request("web-1", WEB),
+        401,
+        "did not accept the token",
+    );
+    refused(
+        Some("agent-n1-api"),
+        &request("web-1", WEB),
+        401,
+        "did not accept the token",
+    );
+    refused(
+        Some("web-n1"),
+        &request("web-1", WEB),
+        403,
+        "is not the node agents' service account",
+    );
+    refused(
+        Some("agent-unbound"),
+        &request("web-1", WEB),
+        403,
+        "names no node",
+    );
+    refused(None, &request("web-1", WEB), 401, "no bearer token");
+    // Bad input.
+    refused(
+        Some("agent-n1"),
+        "{not json",
+        400,
+        "not a certificate request",
+    );
+    let bad_csr =
+        json!({"pod": {"namespace": "shop", "name": "web-1"}, "identity": WEB, "csr": "hello"})
+            .to_string();
+    refused(Some("agent-n1"), &bad_csr, 400, "CERTIFICATE REQUEST");
+    refused(
+        Some("agent-n1"),
+        &request("ghost", WEB),
+        404,
+        "shop/ghost does not exist",
+    );
+    assert!(
+        s.controller.try_wait().is_none(),
+        "the controller survived every bad request"
+    );
+}
+
+#[test]
+fn a_rotated_ca_signs_at_once_and_the_bundle_holds_both_roots() {
+    let Some(s) = setup("controller_rotate") else {
+        return;
+    };
+    let old_pem = std::fs::read(s.ca_dir.join("ca.pem")).expect("old CA");
+    let bundle = |s: &Setup| -> String {
+        s.kube
+            .get("configmaps", "ambit-system", "ambit-trust-bundle")
+            .ok()
+            .flatten()
+            .and_then(|cm| cm["data"]["ca.crt"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        bundle(&s).matches("BEGIN CERTIFICATE").count(),
+        1,
+        "published at start"
+    );
+
+    // A bad Secret keeps the last good CA.
+    s.kube
+        .apply(secret(b"not a certificate", b"not a key", None))
+        .expect("bad secret");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, granted) = s.ask(Some("agent-n1"), &request("web-1", WEB));
+    assert_eq!(status, 200, "{granted}");
+
+    let new_ca =
+        CertificateAuthority::generate("cluster.local", Duration::from_hours(24)).expect("CA");
+    let new_dir = s.tb.run_dir().join("ca-new");
+    let (new_cert, new_key) = new_ca.write(&new_dir).expect("write the new CA");
+    s.kube
+        .apply(secret(
+            &std::fs::read(&new_cert).expect("cert"),
+            &std::fs::read(&new_key).expect("key"),
+            Some(&old_pem),
+        ))
+        .expect("rotate");
+    let deadline = Instant::now() + WAIT;
+    while bundle(&s).matches("BEGIN CERTIFICATE").count() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "bundle never held both roots: {}\n{}",
+            bundle(&s),
+            s.controller.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // New certificates chain to the new CA; the controller now serves a
+    // certificate of the new CA too, which clients verify with the bundle.
+    let bundle_file = s.tb.run_dir().join("bundle.pem");
+    std::fs::write(&bundle_file, bundle(&s)).expect("write the bundle");
+    let (status, text) = s.curl(
+        "POST",
+        "/v1/certificates",
+        Some("agent-n1"),
+        Some(&request("web-1", WEB)),
+        &bundle_file,
+    );
+    assert_eq!(status, 200, "{text}");
+    let granted: Value = serde_json::from_str(&text).expect("JSON");
+    let chain = granted["certificateChain"].as_str().expect("chain");
+    assert_eq!(s.verified_identity(chain, &new_cert), WEB);
+    let old_only = s.verified_identity_fails(chain);
+    assert!(
+        old_only,
+        "a certificate of the new CA must not verify against the old root alone"
+    );
+}
+
+impl Setup {
+    fn verified_identity_fails(&self, chain_pem: &str) -> bool {
+        let leaf_file = self.tb.run_dir().join("leaf-old.pem");
+        std::fs::write(&leaf_file, chain_pem).expect("write");
+        let out = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(self.ca_dir.join("ca.pem"))
+            .arg(&leaf_file)
+            .output()
+            .expect("openssl runs");
+        !out.status.success()
+    }
+}
+
+#[test]
+fn policies_get_an_accepted_condition_or_the_reason_they_are_rejected() {
+    let Some(s) = setup("controller_status") else {
+        return;
+    };
+    let policy = |name: &str, spec: Value| {
+        s.kube
+            .apply(
+                json!({"apiVersion": "security.ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                          "metadata": {"name": name, "namespace": "shop"}, "spec": spec}),
+            )
+            .expect("policy");
+    };
+    policy(
+        "allow-web",
+        json!({"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}),
+    );
+    policy("typo", json!({"action": "ALOW", "rules": [{}]}));
+    let condition = |name: &str| -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let object = s
+                .kube
+                .get("authorizationpolicies", "shop", name)
+                .expect("the API answers")
+                .expect("the policy exists");
+            if let Some(c) = object["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.first())
+            {
+                return c.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no status on {name}\n{}",
+                s.controller.report()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let good = condition("allow-web");
+    assert_eq!(
+        (good["type"].as_str(), good["status"].as_str()),
+        (Some("Accepted"), Some("True")),
+        "{good}"
+    );
+    let bad = condition("typo");
+    assert_eq!(
+        (bad["status"].as_str(), bad["reason"].as_str()),
+        (Some("False"), Some("Invalid")),
+        "{bad}"
+    );
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("action"),
+        "{bad}"
+    );
+    // Fixing it flips the condition.
+    policy("typo", json!({"action": "ALLOW", "rules": [{}]}));
+    let deadline = Instant::now() + WAIT;
+    while condition("typo")["status"] != "True" {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed policy stayed rejected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
