@@ -26,7 +26,22 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     // The OpenMetrics parser the metrics tests check the agent's /metrics with.
     "python3-prometheus-client",
+    // The virtual environment kubernetes-validate is installed in.
+    "python3-venv",
 ];
+
+/// Debian's `kubectl` (`kubectl kustomize` builds the manifests in the
+/// tests), installed only when no `kubectl` is on the PATH: another
+/// package may already provide one.
+const KUBECTL_PACKAGE: &str = "kubernetes-client";
+
+/// Where `kubernetes-validate` (PyPI) is installed, in a virtual
+/// environment of its own; the manifests tests run it from here.
+pub const KUBERNETES_VALIDATE_VENV: &str = "/opt/ambit-tools/kubernetes-validate";
+
+/// The kubernetes-validate release: it carries the schemas up to
+/// Kubernetes 1.33, which the manifests are validated against.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.33.1";
 
 /// The bpf-linker release that builds against LLVM 22 with our rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -43,6 +58,8 @@ const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none";
 /// Installs whatever is missing and checks that the toolchain paths exist.
 pub fn run() -> Result<()> {
     install_debian_packages()?;
+    install_kubectl()?;
+    install_kubernetes_validate()?;
     install_bpf_linker()?;
     install_nextest()?;
     verify_paths()
@@ -77,6 +94,38 @@ fn install_debian_packages() -> Result<()> {
             .args(["install", "-y"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Installs Debian's `kubernetes-client` unless a `kubectl` runs.
+fn install_kubectl() -> Result<()> {
+    if cmd::succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        println!("✓ kubectl: present");
+        return Ok(());
+    }
+    println!("· kubectl: installing {KUBECTL_PACKAGE}");
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", KUBECTL_PACKAGE])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Creates the kubernetes-validate virtual environment unless its
+/// command already runs.
+fn install_kubernetes_validate() -> Result<()> {
+    let venv = Path::new(KUBERNETES_VALIDATE_VENV);
+    let command = venv.join("bin/kubernetes-validate");
+    if cmd::succeeds(Command::new(&command).arg("--version")) {
+        println!("✓ kubernetes-validate: present");
+        return Ok(());
+    }
+    println!("· kubernetes-validate: installing {KUBERNETES_VALIDATE_VERSION} in {KUBERNETES_VALIDATE_VENV}");
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")),
     )
 }
 
