@@ -120,12 +120,16 @@ fn install_kubernetes_validate() -> Result<()> {
         println!("✓ kubernetes-validate: present");
         return Ok(());
     }
-    println!("· kubernetes-validate: installing {KUBERNETES_VALIDATE_VERSION} in {KUBERNETES_VALIDATE_VENV}");
+    println!(
+        "· kubernetes-validate: installing {KUBERNETES_VALIDATE_VERSION} in {KUBERNETES_VALIDATE_VENV}"
+    );
     cmd::run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     cmd::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet"])
-            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")),
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
     )
 }
 
