@@ -35,7 +35,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// package may already provide one.
 const KUBECTL_PACKAGE: &str = "kubernetes-client";
 
-/// Where `kubernetes-validate` (PyPI) is installed, in a virtual
+/// Where `kubernetes-validate` (from `PyPI`) is installed, in a virtual
 /// environment of its own; the manifests tests run it from here.
 pub const KUBERNETES_VALIDATE_VENV: &str = "/opt/ambit-tools/kubernetes-validate";
 
