@@ -87,11 +87,15 @@ pub fn run(args: &CheckArgs, admin_addr: SocketAddr) -> Report {
     checks.extend(program_types());
     checks.push(agent_ready(admin_addr));
     checks.push(certificates(admin_addr, args.min_cert_validity));
-    // The running agent's CA file, unless one was named.
+    // The running agent's CA file (its trust bundle when the controller
+    // signs), unless one was named.
     let ca_path = args.ca_cert.clone().or_else(|| {
-        admin::get_json(admin_addr, "/config")
-            .ok()
-            .and_then(|config| config["ca_cert"].as_str().map(PathBuf::from))
+        admin::get_json(admin_addr, "/config").ok().and_then(|config| {
+            config["ca_cert"]
+                .as_str()
+                .or_else(|| config["trust_bundle"].as_str())
+                .map(PathBuf::from)
+        })
     });
     checks.push(ca_bundle(ca_path.as_deref()));
     Report {

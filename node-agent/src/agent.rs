@@ -5,7 +5,7 @@
 //! multi-threaded data-path runtime. The control side publishes snapshots;
 //! the data path only reads them.
 
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,9 @@ use crate::{
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Neither `--ca-address` nor both `--ca-cert` and `--ca-key`.
+    #[error("no CA: give --ca-cert and --ca-key (local mode) or --ca-address (the controller)")]
+    NoCa,
     /// The configuration source (the local file or Kubernetes) could not start.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -75,12 +78,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
 
     // The CA comes first: a bad CA file must stop the agent before anything
     // is attached.
-    let ca_files = CaFiles {
-        cert: config.ca_cert.clone(),
-        key: config.ca_key.clone(),
-        trust_bundle: config.trust_bundle.clone(),
-    };
-    let certs = CertManager::load(&ca_files, config.cert_lifetime())?;
+    let certs = cert_manager(config)?;
     let mut ebpf = MeshEbpf::load(
         &config.bpffs_dir,
         &config.cgroup_root,
@@ -213,4 +211,29 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// The certificate manager: the controller's CA with `--ca-address`, else
+/// the local CA files.
+fn cert_manager(config: &Config) -> Result<Arc<CertManager>, AgentError> {
+    Ok(
+        match (&config.ca_address, &config.ca_cert, &config.ca_key) {
+            (Some(address), _, _) => CertManager::with_controller(
+                address,
+                config.trust_bundle.as_deref().unwrap_or(Path::new("")),
+                config.ca_token_file.clone(),
+                config.cert_lifetime(),
+            )?,
+            (None, Some(cert), Some(key)) => {
+                let ca_files = CaFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    trust_bundle: config.trust_bundle.clone(),
+                };
+                CertManager::load(&ca_files, config.cert_lifetime())?
+            }
+            // clap requires both without --ca-address.
+            _ => return Err(AgentError::NoCa),
+        },
+    )
 }

@@ -49,6 +49,10 @@ pub mod env {
     pub const CA_CERT: &str = "AMBIT_CA_CERT";
     /// See [`super::Config::ca_key`].
     pub const CA_KEY: &str = "AMBIT_CA_KEY";
+    /// See [`super::Config::ca_address`].
+    pub const CA_ADDRESS: &str = "AMBIT_CA_ADDRESS";
+    /// See [`super::Config::ca_token_file`].
+    pub const CA_TOKEN_FILE: &str = "AMBIT_CA_TOKEN_FILE";
     /// See [`super::Config::trust_bundle`].
     pub const TRUST_BUNDLE: &str = "AMBIT_TRUST_BUNDLE";
     /// See [`super::Config::trust_domain`].
@@ -137,13 +141,24 @@ pub struct Config {
     #[arg(long, env = env::CONFIG_POLL_MS, default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub config_poll_ms: u64,
-    /// The mesh CA's certificate (PEM), from `ambit ca init`.
-    #[arg(long, env = env::CA_CERT)]
-    pub ca_cert: PathBuf,
+    /// The mesh CA's certificate (PEM), from `ambit ca init`; not with
+    /// `--ca-address`.
+    #[arg(long, env = env::CA_CERT, required_unless_present = "ca_address", conflicts_with = "ca_address")]
+    pub ca_cert: Option<PathBuf>,
     /// The mesh CA's private key (PEM, PKCS#8); the agent signs its pods'
     /// certificates with it (local mode).
-    #[arg(long, env = env::CA_KEY)]
-    pub ca_key: PathBuf,
+    #[arg(long, env = env::CA_KEY, required_unless_present = "ca_address", conflicts_with = "ca_address")]
+    pub ca_key: Option<PathBuf>,
+    /// The controller's CA, e.g.
+    /// `https://ambit-controller.ambit-system.svc:15012`: it signs the
+    /// pods' certificates instead (Kubernetes mode). Needs
+    /// `--trust-bundle`, which it is verified with.
+    #[arg(long, env = env::CA_ADDRESS, requires = "trust_bundle")]
+    pub ca_address: Option<String>,
+    /// The projected service-account token (audience `ambit-ca`) sent to
+    /// the controller; read again for every request.
+    #[arg(long, env = env::CA_TOKEN_FILE, default_value = "/var/run/secrets/ambit/ca-token")]
+    pub ca_token_file: PathBuf,
     /// More trusted roots (PEM, any number of certificates), for rotating the
     /// CA; the CA certificate itself is always trusted.
     #[arg(long, env = env::TRUST_BUNDLE)]

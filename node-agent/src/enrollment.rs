@@ -199,7 +199,7 @@ impl Enroller {
             pod: pod.key(),
             source,
         })?;
-        self.mesh.certs.ensure(&identity)?;
+        self.mesh.certs.ensure(&identity, &pod.key())?;
         let netns = Arc::new(Netns::open(&pod.netns)?);
         let families = Families {
             v4: pod.ips.iter().any(IpAddr::is_ipv4),

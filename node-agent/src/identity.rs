@@ -1,7 +1,11 @@
-//! Workload certificates in local mode: the agent holds the mesh CA (from
-//! `ambit ca init`), issues each enrolled pod's identity a short-lived
-//! certificate, and reissues it at half-life. New TLS handshakes pick the
-//! newest certificate; established connections keep theirs.
+//! Workload certificates: each enrolled pod's identity gets a short-lived
+//! certificate, reissued at half-life. In local mode the agent holds the
+//! mesh CA (from `ambit ca init`) and signs them itself; in Kubernetes mode
+//! with `--ca-address` the controller's CA signs them ([`controller`]).
+//! New TLS handshakes pick the newest certificate; established connections
+//! keep theirs.
+
+pub mod controller;
 
 use std::{
     collections::HashMap,
@@ -13,6 +17,7 @@ use std::{
 use mesh_core::{
     ca::{CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey},
     identity::SpiffeId,
+    workload::PodKey,
 };
 use rustls::{ClientConfig, RootCertStore, ServerConfig, sign::CertifiedKey};
 use serde::Serialize;
@@ -37,6 +42,15 @@ pub enum IdentityError {
     /// A TLS configuration could not be built.
     #[error(transparent)]
     Tls(Box<TlsError>),
+    /// The controller did not give the certificate.
+    #[error(transparent)]
+    Controller(Box<controller::ControllerError>),
+}
+
+impl From<controller::ControllerError> for IdentityError {
+    fn from(error: controller::ControllerError) -> Self {
+        Self::Controller(Box::new(error))
+    }
 }
 
 // Boxed: these errors are rare, and a small error keeps every `Result` on
@@ -87,10 +101,21 @@ struct Issued {
     rotations: u64,
 }
 
+/// Who signs the certificates.
+enum Signer {
+    /// This agent, with the CA's key (local mode).
+    Local(Box<CertificateAuthority>),
+    /// The controller's CA (Kubernetes mode).
+    Controller(controller::ControllerClient),
+}
+
 /// Issues, rotates and serves workload certificates, and builds the TLS
 /// configurations that use them.
 pub struct CertManager {
-    ca: CertificateAuthority,
+    signer: Signer,
+    /// A pod of each identity: the controller signs for a pod of the
+    /// caller's node, so a request names one.
+    pods: RwLock<HashMap<SpiffeId, PodKey>>,
     roots: Arc<RootCertStore>,
     lifetime: Duration,
     issued: RwLock<HashMap<SpiffeId, Issued>>,
@@ -116,24 +141,53 @@ impl CertManager {
         Self::new(ca, &bundle, lifetime)
     }
 
+    /// A manager whose certificates the controller at `address` signs;
+    /// `trust_bundle` holds the mesh's roots (the controller's certificate
+    /// chains to one of them), `token_file` the agent's token.
+    pub fn with_controller(
+        address: &str,
+        trust_bundle: &std::path::Path,
+        token_file: PathBuf,
+        lifetime: Duration,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let bundle = TrustBundle::load(trust_bundle)?;
+        let roots = Arc::new(bundle.root_store()?);
+        let client = controller::ControllerClient::new(address, roots.clone(), token_file)?;
+        Ok(Arc::new(Self::with_signer(
+            Signer::Controller(client),
+            roots,
+            lifetime,
+        )))
+    }
+
+    fn with_signer(signer: Signer, roots: Arc<RootCertStore>, lifetime: Duration) -> Self {
+        Self {
+            signer,
+            pods: RwLock::default(),
+            roots,
+            lifetime,
+            issued: RwLock::default(),
+            server_configs: RwLock::default(),
+            client_configs: RwLock::default(),
+        }
+    }
+
     /// A manager over an already loaded CA.
     pub fn new(
         ca: CertificateAuthority,
         bundle: &TrustBundle,
         lifetime: Duration,
     ) -> Result<Arc<Self>, IdentityError> {
-        Ok(Arc::new(Self {
-            ca,
-            roots: Arc::new(bundle.root_store()?),
+        Ok(Arc::new(Self::with_signer(
+            Signer::Local(Box::new(ca)),
+            Arc::new(bundle.root_store()?),
             lifetime,
-            issued: RwLock::default(),
-            server_configs: RwLock::default(),
-            client_configs: RwLock::default(),
-        }))
+        )))
     }
 
-    /// Makes sure `identity` has a certificate.
-    pub fn ensure(&self, identity: &SpiffeId) -> Result<(), IdentityError> {
+    /// Makes sure `identity`, which `pod` runs as, has a certificate.
+    pub fn ensure(&self, identity: &SpiffeId, pod: &PodKey) -> Result<(), IdentityError> {
+        write(&self.pods).insert(identity.clone(), pod.clone());
         if read(&self.issued).contains_key(identity) {
             return Ok(());
         }
@@ -147,7 +201,18 @@ impl CertManager {
     fn issue(&self, identity: &SpiffeId, rotations: u64) -> Result<Issued, IdentityError> {
         let key = WorkloadKey::generate()?;
         let csr = key.csr_der(identity)?;
-        let certificate = self.ca.sign_csr(&csr, identity, self.lifetime)?;
+        let certificate = match &self.signer {
+            Signer::Local(ca) => ca.sign_csr(&csr, identity, self.lifetime)?,
+            Signer::Controller(client) => {
+                let pod = read(&self.pods).get(identity).cloned().ok_or_else(|| {
+                    IdentityError::Ca(Box::new(CaError::Csr {
+                        identity: identity.clone(),
+                        reason: "has no pod to ask the controller about".into(),
+                    }))
+                })?;
+                client.sign(&pod, identity, &csr)?
+            }
+        };
         let signing_key = tls::provider()
             .key_provider
             .load_private_key(key.private_key_der())

@@ -2,7 +2,7 @@
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -126,14 +126,52 @@ impl Agent {
         Self::spawn_with(tb, node, unused, &args)
     }
 
+    /// Starts an agent in Kubernetes mode whose certificates the
+    /// controller at `ca_address` signs: it holds no CA key, only the mesh
+    /// CA as its trust bundle, and sends the token in `token_file`.
+    pub fn spawn_kubernetes_with_controller(
+        tb: &Testbed,
+        node: &Node,
+        api_url: &str,
+        ca_address: &str,
+        token_file: &Path,
+    ) -> Agent {
+        let trust_bundle = mesh_ca(tb).join("ca.pem");
+        let args = [
+            "--kubernetes",
+            "--kube-api-url",
+            api_url,
+            "--ca-address",
+            ca_address,
+            "--ca-token-file",
+            token_file.to_str().expect("UTF-8 path"),
+            "--trust-bundle",
+            trust_bundle.to_str().expect("UTF-8 path"),
+        ];
+        let unused = tb.run_dir().join(format!("{}-unused.yaml", node.name));
+        Self::spawn_inner(tb, node, unused, &args, false)
+    }
+
     fn spawn_with(tb: &Testbed, node: &Node, config_path: PathBuf, args: &[&str]) -> Agent {
+        Self::spawn_inner(tb, node, config_path, args, true)
+    }
+
+    fn spawn_inner(
+        tb: &Testbed,
+        node: &Node,
+        config_path: PathBuf,
+        args: &[&str],
+        local_ca: bool,
+    ) -> Agent {
         let ca = mesh_ca(tb);
         let mut cmd = Command::new(Testbed::bin(AGENT_BIN));
-        cmd.arg("--ca-cert")
-            .arg(ca.join("ca.pem"))
-            .arg("--ca-key")
-            .arg(ca.join("ca-key.pem"))
-            .arg("--bpffs-dir")
+        if local_ca {
+            cmd.arg("--ca-cert")
+                .arg(ca.join("ca.pem"))
+                .arg("--ca-key")
+                .arg(ca.join("ca-key.pem"));
+        }
+        cmd.arg("--bpffs-dir")
             .arg(node.bpffs.join("ambit"))
             .arg("--cgroup-root")
             .arg(&node.cgroup_root)

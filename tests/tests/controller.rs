@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ambit_tests::{Node, Testbed, fake_kube::FakeKube, mesh::mesh_ca, proc::Proc};
+use ambit_tests::{
+    Node, Testbed,
+    fake_kube::FakeKube,
+    mesh::{Agent, mesh_ca},
+    proc::Proc,
+};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use mesh_core::ca::{CertificateAuthority, WorkloadKey};
 use mesh_core::identity::SpiffeId;
@@ -465,4 +470,124 @@ fn policies_get_an_accepted_condition_or_the_reason_they_are_rejected() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A pod of the `shop` namespace on `node` as the kubelet would run it: the
+/// Pod object, its cgroup named after its UID, its address in the status,
+/// an echo server in it.
+fn running_pod(s: &mut Setup, node: &Node, name: &str) -> (ambit_tests::Pod, Proc) {
+    let created = s
+        .kube
+        .apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+            "spec": {"nodeName": node.name, "serviceAccountName": name,
+                     "containers": [{"name": "app", "image": "pod-tool"}]}}))
+        .expect("pod");
+    let uid = created["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let pod = s.tb.add_kube_pod(
+        node,
+        name,
+        "shop",
+        &uid,
+        ambit_tests::CgroupDriver::Cgroupfs,
+    );
+    s.kube
+        .merge_patch(
+            "pods",
+            "shop",
+            name,
+            &json!({"status": {"phase": "Running",
+            "podIP": pod.ipv4.to_string(), "podIPs": [{"ip": pod.ipv4.to_string()}]}}),
+        )
+        .expect("status");
+    let server = ambit_tests::workload::serve(&s.tb, &pod);
+    (pod, server)
+}
+
+#[test]
+fn agents_get_their_pods_certificates_from_the_controller_and_mesh_across_nodes() {
+    let Some(mut s) = setup("controller_e2e") else {
+        return;
+    };
+    let n1 = s.tb.add_node("n1");
+    let n2 = s.tb.add_node("n2");
+    s.kube
+        .merge_patch(
+            "namespaces",
+            "",
+            "shop",
+            &json!({"metadata": {"labels": {"ambit.dev/mesh": "enabled"}}}),
+        )
+        .expect("label");
+    let (client, _client_server) = running_pod(&mut s, &n1, "client");
+    let (server, _server_server) = running_pod(&mut s, &n2, "server");
+    s.kube
+        .register_token("agent-n2", AGENT_USER, &["ambit-ca"], Some("n2"));
+    let token = |name: &str| {
+        let path = s.tb.run_dir().join(format!("{name}.token"));
+        std::fs::write(&path, name).expect("token file");
+        path
+    };
+    let address = format!("https://{}:{PORT}", s.cp.underlay_v4);
+    let a1 = Agent::spawn_kubernetes_with_controller(
+        &s.tb,
+        &n1,
+        &s.kube.url(),
+        &address,
+        &token("agent-n1"),
+    );
+    // n2's agent first presents n1's token: the controller refuses to sign
+    // n2's pod for it, and the pod waits, saying why.
+    let a2 = Agent::spawn_kubernetes_with_controller(
+        &s.tb,
+        &n2,
+        &s.kube.url(),
+        &address,
+        &token("agent-n1"),
+    );
+    a1.wait_ready(&s.tb);
+    a1.wait_pod_state(&s.tb, "client", "enrolled", WAIT);
+    let failed = a2.wait_pod_state(&s.tb, "server", "failed", WAIT);
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("runs on node n2, not on the caller's node n1"),
+        "{failed}"
+    );
+    // Restarted with its own node's token, it gets the certificate.
+    let n2_token = token("agent-n2");
+    drop(a2);
+    let a2 =
+        Agent::spawn_kubernetes_with_controller(&s.tb, &n2, &s.kube.url(), &address, &n2_token);
+    a2.wait_ready(&s.tb);
+    a2.wait_pod_state(&s.tb, "server", "enrolled", WAIT);
+
+    // The agents hold no CA key: the controller signed both.
+    let signed = s.controller.stderr_text();
+    for identity in [
+        "spiffe://cluster.local/ns/shop/sa/client",
+        "spiffe://cluster.local/ns/shop/sa/server",
+    ] {
+        assert!(
+            signed.contains("certificate signed") && signed.contains(identity),
+            "{identity} not signed by the controller:\n{signed}"
+        );
+    }
+    let certs = a1.get_json(&s.tb, "/certificates");
+    assert!(
+        certs
+            .to_string()
+            .contains("spiffe://cluster.local/ns/shop/sa/client"),
+        "{certs}"
+    );
+
+    // Meshed across nodes over HBONE with those certificates.
+    let to = format!("{}:{}", server.ipv4, ambit_tests::workload::ECHO_PORT);
+    let sent = ambit_tests::workload::send(&s.tb, &client, &to, 10_000);
+    assert_eq!(sent["bytes_received"], 10_000, "{sent}");
+    let record = a1.wait_connection(&s.tb, |c| c["direction"] == "outbound" && c["dst"] == to);
+    assert_eq!(record["security"], "mutual_tls", "{record}");
+    assert_eq!(
+        record["dst_identity"], "spiffe://cluster.local/ns/shop/sa/server",
+        "{record}"
+    );
 }

@@ -6,7 +6,7 @@ use rcgen::{
     CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
     SignatureAlgorithm, string::Ia5String,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
 use x509_parser::{
     certification_request::X509CertificationRequest,
     oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY},
@@ -91,6 +91,38 @@ impl fmt::Debug for WorkloadKey {
 // === impl WorkloadCertificate ===
 
 impl WorkloadCertificate {
+    /// A certificate another CA issued (the controller's): its chain as
+    /// PEM, leaf first, whose leaf must carry exactly `identity`.
+    pub fn from_chain_pem(identity: &SpiffeId, chain_pem: &str) -> Result<Self, CaError> {
+        let origin =
+            || std::path::PathBuf::from(format!("the certificate chain issued for {identity}"));
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| CaError::NoCertificate {
+                path: origin(),
+                reason: error.to_string(),
+            })?;
+        let leaf = chain.first().ok_or_else(|| CaError::NoCertificate {
+            path: origin(),
+            reason: "it is empty".into(),
+        })?;
+        let carried = super::inspect::spiffe_id_of(leaf)?;
+        if &carried != identity {
+            return Err(CaError::BadCertificateFile {
+                path: origin(),
+                reason: format!("its leaf is for {carried}"),
+            });
+        }
+        let facts = super::inspect::CertificateFacts::of(leaf)?;
+        Ok(Self {
+            identity: identity.clone(),
+            chain,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+            serial: facts.serial,
+        })
+    }
+
     /// The leaf certificate.
     ///
     /// # Panics
