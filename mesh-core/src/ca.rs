@@ -199,16 +199,7 @@ impl CertificateAuthority {
     /// `ambit CA <trust-domain>`, a random serial.
     pub fn generate(trust_domain: &str, validity: Duration) -> Result<Self, CaError> {
         identity::validate_trust_domain(trust_domain).map_err(CaError::TrustDomain)?;
-        let key =
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Generate {
-                what: "a CA key".into(),
-                source,
-            })?;
-        let now = SystemTime::now();
-        let mut params = CertificateParams::default();
-        params.not_before = offset_date_time(backdated(now))?;
-        params.not_after = offset_date_time(checked_add(now, validity)?)?;
-        params.serial_number = Some(random_serial()?);
+        let (key, mut params) = fresh_key_and_params(validity, || "a CA key".into())?;
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "ambit");
         name.push(DnType::CommonName, format!("ambit CA {trust_domain}"));
@@ -417,16 +408,7 @@ impl CertificateAuthority {
         validity: Duration,
     ) -> Result<ServerCertificate, CaError> {
         let what = || format!("a server certificate for {dns_names:?} {ips:?}");
-        let key =
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Generate {
-                what: what(),
-                source,
-            })?;
-        let now = SystemTime::now();
-        let mut params = CertificateParams::default();
-        params.not_before = offset_date_time(backdated(now))?;
-        params.not_after = offset_date_time(checked_add(now, validity)?)?;
-        params.serial_number = Some(random_serial()?);
+        let (key, mut params) = fresh_key_and_params(validity, what)?;
         let mut name = DistinguishedName::new();
         name.push(
             DnType::CommonName,
@@ -462,6 +444,26 @@ impl CertificateAuthority {
             key_der: key.serialize_der(),
         })
     }
+}
+
+/// A new ECDSA P-256 key, and certificate parameters valid from a minute
+/// ago for `validity` with a random serial; `what` names the certificate
+/// in errors.
+fn fresh_key_and_params(
+    validity: Duration,
+    what: impl Fn() -> String,
+) -> Result<(KeyPair, CertificateParams), CaError> {
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Generate {
+            what: what(),
+            source,
+        })?;
+    let now = SystemTime::now();
+    let mut params = CertificateParams::default();
+    params.not_before = offset_date_time(backdated(now))?;
+    params.not_after = offset_date_time(checked_add(now, validity)?)?;
+    params.serial_number = Some(random_serial()?);
+    Ok((key, params))
 }
 
 fn workload_params(

@@ -293,24 +293,33 @@ fn publish_all(outcome: &Outcome, out_dir: &Path) -> ExitCode {
     let markdown = kube_scale::render(scale);
     print!("\n{markdown}");
     let json = serde_json::to_string_pretty(scale).map(|json| json + "\n");
-    for (name, text) in [
-        ("kube-scale.json", json.unwrap_or_default()),
-        ("kube-scale.md", markdown),
-    ] {
-        let path = out_dir.join(name);
-        if let Err(error) = std::fs::write(&path, text) {
-            console::say(&format!(
-                "ambit-bench: cannot write {}: {error}",
-                path.display()
-            ));
-            return ExitCode::FAILURE;
-        }
+    let json = json.unwrap_or_default();
+    if let Err(code) = write_outputs(
+        out_dir,
+        &[("kube-scale.json", &json), ("kube-scale.md", &markdown)],
+    ) {
+        return code;
     }
     progress(&format!(
         "wrote {}",
         out_dir.join("kube-scale.json").display()
     ));
     main
+}
+
+/// Writes each (file name, text) into `out_dir`; says which one failed.
+fn write_outputs(out_dir: &Path, files: &[(&str, &str)]) -> Result<(), ExitCode> {
+    for (name, text) in files {
+        let path = out_dir.join(name);
+        if let Err(error) = std::fs::write(&path, text) {
+            console::say(&format!(
+                "ambit-bench: cannot write {}: {error}",
+                path.display()
+            ));
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    Ok(())
 }
 
 /// Writes report.json and report.md, prints the Markdown, picks the exit code.
@@ -326,18 +335,8 @@ fn publish(report: &Report, out_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for (name, text) in [
-        ("report.json", json.as_str()),
-        ("report.md", markdown.as_str()),
-    ] {
-        let path = out_dir.join(name);
-        if let Err(error) = std::fs::write(&path, text) {
-            console::say(&format!(
-                "ambit-bench: cannot write {}: {error}",
-                path.display()
-            ));
-            return ExitCode::FAILURE;
-        }
+    if let Err(code) = write_outputs(out_dir, &[("report.json", &json), ("report.md", &markdown)]) {
+        return code;
     }
     let plot_path = out_dir.join(LATENCY_PLOT);
     match plot::latency_cdf(report, &plot_path) {
