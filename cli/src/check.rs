@@ -90,12 +90,14 @@ pub fn run(args: &CheckArgs, admin_addr: SocketAddr) -> Report {
     // The running agent's CA file (its trust bundle when the controller
     // signs), unless one was named.
     let ca_path = args.ca_cert.clone().or_else(|| {
-        admin::get_json(admin_addr, "/config").ok().and_then(|config| {
-            config["ca_cert"]
-                .as_str()
-                .or_else(|| config["trust_bundle"].as_str())
-                .map(PathBuf::from)
-        })
+        admin::get_json(admin_addr, "/config")
+            .ok()
+            .and_then(|config| {
+                config["ca_cert"]
+                    .as_str()
+                    .or_else(|| config["trust_bundle"].as_str())
+                    .map(PathBuf::from)
+            })
     });
     checks.push(ca_bundle(ca_path.as_deref()));
     Report {
