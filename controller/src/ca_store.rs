@@ -18,7 +18,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt as _, watcher},
 };
-use mesh_core::ca::{CaError, CertificateAuthority, TrustBundle};
+use mesh_core::ca::{CaError, CertificateAuthority, TrustBundle, sha256_fingerprint};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -32,6 +32,8 @@ pub const BUNDLE_KEY: &str = "ca.crt";
 pub const KEY_KEY: &str = "ca.key";
 /// Extra trusted roots in the Secret (CA rotation).
 pub const EXTRA_ROOTS_KEY: &str = "trust-bundle.pem";
+/// How often the published bundle is compared with the current one.
+pub const BUNDLE_CHECK: Duration = Duration::from_secs(10);
 /// How long the serving certificate is valid; it is reissued with each CA.
 const SERVING_VALIDITY: Duration = Duration::from_hours(365 * 24);
 
@@ -177,14 +179,15 @@ fn serving_certificate(
     Ok(Arc::new(CertifiedKey::new(issued.chain, signing_key)))
 }
 
-/// Writes the bundle into the `ConfigMap`, creating it if needed. Failures
-/// are logged: the CA still signs, and the next change tries again.
+/// Writes the bundle into the `ConfigMap`, creating it if needed, unless it
+/// already holds it. Failures are logged: the CA still signs, and the next
+/// check ([`BUNDLE_CHECK`]) tries again.
 async fn publish_bundle(client: &Client, config: &Config, bundle: &TrustBundle) {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &config.namespace);
     let pem = bundle.to_pem();
     let data = BTreeMap::from([(BUNDLE_KEY.to_owned(), pem)]);
     let result = match configmaps.get_opt(BUNDLE_CONFIGMAP).await {
-        Ok(Some(existing)) if existing.data.as_ref() == Some(&data) => Ok(()),
+        Ok(Some(existing)) if existing.data.as_ref() == Some(&data) => return,
         Ok(Some(_)) => configmaps
             .patch(
                 BUNDLE_CONFIGMAP,
@@ -210,20 +213,21 @@ async fn publish_bundle(client: &Client, config: &Config, bundle: &TrustBundle) 
         }
         Err(error) => Err(error),
     };
+    let configmap = format!("{}/{BUNDLE_CONFIGMAP}", config.namespace);
     match result {
-        Ok(()) => tracing::info!(
-            configmap = %format!("{}/{BUNDLE_CONFIGMAP}", config.namespace),
-            roots = bundle.roots().len(),
-            "trust bundle published"
-        ),
+        Ok(()) => {
+            tracing::info!(%configmap, roots = bundle.roots().len(), "trust bundle published");
+        }
         Err(error) => {
-            tracing::warn!(%error, "cannot publish the trust bundle; agents keep the last one");
+            tracing::warn!(%configmap, %error, "cannot publish the trust bundle; agents keep the last one; retrying");
         }
     }
 }
 
 /// Follows the Secret: each change that loads replaces the CA and
-/// republishes the bundle; one that does not is logged and ignored.
+/// republishes the bundle; one that does not is logged and ignored. Every
+/// [`BUNDLE_CHECK`] the `ConfigMap` is compared with the current bundle and
+/// rewritten if it differs (a failed write, or someone's edit).
 pub async fn follow(store: Arc<CaStore>, client: Client, config: Config) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let selector =
@@ -233,16 +237,32 @@ pub async fn follow(store: Arc<CaStore>, client: Client, config: Config) {
             .default_backoff()
             .applied_objects()
     );
-    while let Some(event) = events.next().await {
+    let mut check = tokio::time::interval(BUNDLE_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = check.tick() => {
+                publish_bundle(&client, &config, &store.current().bundle).await;
+                continue;
+            }
+        };
         match event {
             Ok(secret) => match state_from_secret(&secret, &config) {
                 Ok(state) => {
-                    let changed = state.bundle.roots() != store.current().bundle.roots()
-                        || state.ca.certificate_der() != store.current().ca.certificate_der();
+                    let current = store.current();
+                    let changed = state.bundle.roots() != current.bundle.roots()
+                        || state.ca.certificate_der() != current.ca.certificate_der();
                     if changed {
                         publish_bundle(&client, &config, &state.bundle).await;
                         store.replace(state);
-                        tracing::info!("CA Secret changed; new certificates come from the new CA");
+                        tracing::info!(
+                            ca_sha256 = %sha256_fingerprint(store.current().ca.certificate_der()),
+                            "CA Secret changed; new certificates come from the new CA"
+                        );
                     }
                 }
                 Err(error) => {

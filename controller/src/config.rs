@@ -23,9 +23,11 @@ pub struct Config {
     /// The trust domain of workload identities.
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
-    /// Lifetime of the workload certificates it signs, in seconds.
-    #[arg(long, env = "AMBIT_CERT_LIFETIME_SECS", default_value_t = 86_400)]
-    pub cert_lifetime_secs: u64,
+    /// Lifetime of the workload certificates it signs: seconds (`86400`)
+    /// or a number with a unit, `s`, `m`, `h` or `d` (`24h`); at least 2 s.
+    /// Agents reissue at half-life.
+    #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    pub cert_lifetime: Duration,
     /// The controller's Service name: its serving certificate is for
     /// `<name>.<namespace>.svc` and `<name>.<namespace>.svc.cluster.local`.
     #[arg(long, env = "AMBIT_SERVICE_NAME", default_value = "ambit-controller")]
@@ -50,15 +52,37 @@ pub struct Config {
     pub log_format: String,
 }
 
+/// A lifetime: whole seconds, or a number followed by `s`, `m`, `h` or `d`.
+fn parse_lifetime(value: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "{value:?} is not a lifetime: expected seconds (86400) or a number with s, m, h or d (24h)"
+        )
+    };
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = number.checked_mul(scale).ok_or_else(bad)?;
+    if secs < 2 {
+        return Err(format!(
+            "{value:?} is too short: a certificate must live at least 2 s"
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 // === impl Config ===
 
 impl Config {
-    /// The workload certificates' lifetime.
-    #[must_use]
-    pub fn cert_lifetime(&self) -> Duration {
-        Duration::from_secs(self.cert_lifetime_secs)
-    }
-
     /// The user name the API server gives the agents' tokens:
     /// `system:serviceaccount:<namespace>:<name>`.
     #[must_use]
@@ -67,5 +91,57 @@ impl Config {
             "system:serviceaccount:{}",
             self.agent_service_account.replacen('/', ":", 1)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("ambit-controller").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_manifests_values() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:15012".parse().unwrap());
+        assert_eq!(config.namespace, "ambit-system");
+        assert_eq!(config.ca_secret, "ambit-ca");
+        assert_eq!(config.trust_domain, "cluster.local");
+        assert_eq!(config.cert_lifetime, Duration::from_hours(24));
+        assert_eq!(config.service_name, "ambit-controller");
+        assert_eq!(
+            config.agent_user(),
+            "system:serviceaccount:ambit-system:ambit-node-agent"
+        );
+        assert!(config.serving_ips.is_empty() && config.kube_api_url.is_none());
+    }
+
+    #[test]
+    fn lifetimes_take_seconds_or_a_unit() {
+        for (text, secs) in [
+            ("86400", 86_400),
+            ("90s", 90),
+            ("30m", 1_800),
+            ("12h", 43_200),
+            ("2d", 172_800),
+        ] {
+            let config = parse(&["--cert-lifetime", text]).unwrap();
+            assert_eq!(config.cert_lifetime, Duration::from_secs(secs), "{text}");
+        }
+        for bad in ["", "1", "h", "10w", "-5", "1.5h", "99999999999999999999d"] {
+            let flag = format!("--cert-lifetime={bad}");
+            let error = parse(&[&flag]).unwrap_err().to_string();
+            assert!(error.contains("--cert-lifetime"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn serving_ips_repeat() {
+        let config = parse(&["--serving-ip", "10.0.0.1", "--serving-ip", "fd00::1"]).unwrap();
+        assert_eq!(config.serving_ips.len(), 2);
     }
 }

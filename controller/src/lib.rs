@@ -2,20 +2,24 @@
 //!
 //! - **The CA** ([`signing`], [`ca_store`]). Node agents ask it for their
 //!   pods' workload certificates over HTTPS (TLS 1.3; the serving
-//!   certificate is issued by the CA itself, so agents verify it with the
-//!   mesh's trust bundle):
+//!   certificate is issued at start by the CA itself for
+//!   `<--service-name>.<--namespace>.svc`, the same with `.cluster.local`,
+//!   and every `--serving-ip`, so agents verify it with the mesh's trust
+//!   bundle):
 //!
 //!   ```text
 //!   POST /v1/certificates
 //!   Authorization: Bearer <projected service-account token, audience ambit-ca>
 //!   {"pod": {"namespace": "shop", "name": "web-1"},
-//!    "identity": "spiffe://cluster.local/ns/shop/sa/web",
 //!    "csr": "-----BEGIN CERTIFICATE REQUEST-----..."}
 //!
 //!   200 {"certificateChain": "<PEM leaf + CA>", "trustBundle": "<PEM roots>"}
-//!   400 bad JSON or CSR · 401 token not accepted (TokenReview) ·
-//!   403 not the agents' service account, no node in the token, pod on
-//!   another node, identity not the pod's · 404 no such pod
+//!   400 bad JSON, unknown field, a CSR that is not PEM, not signed by its
+//!       key, not P-256, or not for exactly one SPIFFE id
+//!   401 no token, or the TokenReview does not authenticate it for ambit-ca
+//!   403 not the agents' service account (--agent-service-account), no node
+//!       in the token, pod on another node, SPIFFE id not the pod's
+//!   404 no such pod · 503 the API server could not be asked
 //!   every error: {"error": "<why, with what to check>"}
 //!   ```
 //!
@@ -23,18 +27,24 @@
 //!   must belong to the agents' service account and, being bound to the
 //!   agent's pod, name that pod's node
 //!   (`authentication.kubernetes.io/node-name`). The pod asked about must be
-//!   scheduled on that node (`spec.nodeName`), and the identity must be the
-//!   one its service account gives.
+//!   scheduled on that node (`spec.nodeName`), and the CSR's one URI SAN
+//!   must be `spiffe://<trust-domain>/ns/<pod namespace>/sa/<service
+//!   account, or default>`. An optional `"identity"` field, when sent, must
+//!   repeat the CSR's. Every decision is logged with the pod and node.
 //! - **The CA key** comes from a Secret (`ca.crt`, `ca.key`, optional
 //!   `trust-bundle.pem`), watched: a new CA signs from the moment the Secret
-//!   changes, and the trust bundle (the CA plus the extra roots) is
-//!   published in the `ConfigMap` `ambit-trust-bundle` (`ca.crt`), which the
-//!   agents mount. Rotation: add the new root to `trust-bundle.pem`, wait
-//!   for the agents to trust it, then switch `ca.crt`/`ca.key`.
+//!   changes, and the trust bundle (the CA plus the extra roots,
+//!   deduplicated) is published in the `ConfigMap` `ambit-trust-bundle`
+//!   (`ca.crt`), which the agents mount; it is checked every few seconds and
+//!   rewritten if it differs. Rotation: add the new root to
+//!   `trust-bundle.pem`, wait for the agents to trust it, then switch
+//!   `ca.crt`/`ca.key`. A Secret that does not load is logged and the last
+//!   good CA stays.
 //! - **Policy status** ([`policy_status`]): every `AuthorizationPolicy`
-//!   gets an `Accepted` condition, `True`, or `False` with the reason the
-//!   policy is rejected.
-//! - `GET /healthz` on the same port answers 200.
+//!   gets an `Accepted` condition, `True`, or `False` (reason `Invalid`)
+//!   with the reason the policy is rejected; written only when it changes.
+//! - `GET /healthz` on the same port answers 200. The port opens only once
+//!   the CA is loaded, so it is also the readiness probe.
 
 pub mod ca_store;
 pub mod config;

@@ -73,21 +73,26 @@ async fn update(client: &Client, resource: &ApiResource, object: &DynamicObject)
     let current = value
         .pointer("/status/conditions")
         .and_then(Value::as_array);
-    let same = current
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == CONDITION))
-        .is_some_and(|c| {
-            c["status"] == status
-                && c["reason"] == reason
-                && c["message"] == message.as_str()
-                && c["observedGeneration"].as_i64() == generation
-        });
+    let previous =
+        current.and_then(|conditions| conditions.iter().find(|c| c["type"] == CONDITION));
+    let same = previous.is_some_and(|c| {
+        c["status"] == status
+            && c["reason"] == reason
+            && c["message"] == message.as_str()
+            && c["observedGeneration"].as_i64() == generation
+    });
     if same {
         return;
     }
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    // As Kubernetes conditions do: the transition time moves only when the
+    // status does, not for a new message or generation.
+    let transition = previous
+        .filter(|c| c["status"] == status)
+        .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().to_string());
     let patch = json!({"status": {"conditions": [{
         "type": CONDITION, "status": status, "reason": reason, "message": message,
-        "observedGeneration": generation, "lastTransitionTime": now,
+        "observedGeneration": generation, "lastTransitionTime": transition,
     }]}});
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
     match api

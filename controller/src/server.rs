@@ -120,10 +120,7 @@ async fn handle(
                         StatusCode::OK,
                         serde_json::to_string(&granted).unwrap_or_default(),
                     ),
-                    Err(error) => {
-                        tracing::warn!(%error, "certificate request refused");
-                        error_response(error.status(), &error.to_string())
-                    }
+                    Err(error) => error_response(error.status(), &error.to_string()),
                 },
             }
         }

@@ -1,9 +1,11 @@
 //! Deciding and signing a node agent's certificate request (see the crate
 //! docs for the API). The checks, in order: the request parses; the token
 //! is accepted by a `TokenReview` for the audience [`AUDIENCE`]; it belongs
-//! to the agents' service account and names the agent's node; the pod
-//! exists, runs on that node, and the identity asked for is its own; the
-//! CSR is a valid ECDSA P-256 request. Then the current CA signs.
+//! to the agents' service account and names the agent's node; the CSR is a
+//! PEM request for one SPIFFE id; the pod exists, runs on that node, and
+//! the CSR's id is the one the pod's service account gives; the CSR is
+//! signed by its own ECDSA P-256 key. Then the current CA signs. Every
+//! decision is logged with the pod and the caller's node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use k8s_openapi::api::{
     core::v1::Pod,
 };
 use kube::{Api, Client, api::PostParams};
-use mesh_core::identity::SpiffeId;
+use mesh_core::{ca::csr_spiffe_id, identity::SpiffeId};
 use serde::{Deserialize, Serialize};
 
 use crate::{ca_store::CaStore, config::Config};
@@ -29,10 +31,13 @@ pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 pub struct CertificateRequest {
     /// The pod the certificate is for.
     pub pod: PodRef,
-    /// The SPIFFE id the agent expects the pod to have.
-    pub identity: String,
-    /// The PEM `CERTIFICATE REQUEST`.
+    /// The PEM `CERTIFICATE REQUEST`; its one URI SAN is the SPIFFE id
+    /// asked for.
     pub csr: String,
+    /// Optional: the SPIFFE id the requester expects; when given it must be
+    /// the CSR's.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// A pod's namespace and name.
@@ -91,6 +96,27 @@ impl SignError {
     }
 }
 
+/// A request that parses: its pod, its CSR (DER) and the SPIFFE id the CSR
+/// asks for.
+#[derive(Debug)]
+pub struct ValidRequest {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The CSR, DER.
+    pub csr_der: Vec<u8>,
+    /// The one URI SAN of the CSR.
+    pub identity: SpiffeId,
+}
+
+/// What a request revealed before it was decided, for the log.
+#[derive(Default)]
+struct Seen {
+    pod: Option<String>,
+    node: Option<String>,
+}
+
 /// Decides and signs requests.
 pub struct Signer {
     client: Client,
@@ -111,55 +137,69 @@ impl Signer {
             store,
             agent_user: config.agent_user(),
             trust_domain: config.trust_domain.clone(),
-            lifetime: config.cert_lifetime(),
+            lifetime: config.cert_lifetime,
         }
     }
 
     /// Handles one request: `bearer` is the `Authorization` header's token.
+    /// The decision is logged.
     pub async fn sign(
         &self,
         bearer: Option<&str>,
         body: &[u8],
     ) -> Result<CertificateResponse, SignError> {
-        let request: CertificateRequest = serde_json::from_slice(body).map_err(|e| {
-            SignError::BadRequest(format!(
-                "the body is not a certificate request ({{\"pod\": {{\"namespace\", \"name\"}}, \"identity\", \"csr\"}}): {e}"
-            ))
-        })?;
+        let mut seen = Seen::default();
+        let decided = self.decide(bearer, body, &mut seen).await;
+        let pod = seen.pod.as_deref().unwrap_or("-");
+        let node = seen.node.as_deref().unwrap_or("-");
+        match &decided {
+            Ok((identity, serial, _)) => {
+                tracing::info!(%pod, %node, %identity, %serial, "certificate signed");
+            }
+            Err(error) => {
+                tracing::warn!(%pod, %node, status = error.status(), %error, "certificate request refused");
+            }
+        }
+        decided.map(|(_, _, response)| response)
+    }
+
+    async fn decide(
+        &self,
+        bearer: Option<&str>,
+        body: &[u8],
+        seen: &mut Seen,
+    ) -> Result<(SpiffeId, String, CertificateResponse), SignError> {
+        let request = ValidRequest::parse(body)?;
+        let pod_name = format!("{}/{}", request.namespace, request.name);
+        seen.pod = Some(pod_name.clone());
         let token = bearer.filter(|t| !t.is_empty()).ok_or_else(|| {
             SignError::Unauthenticated(
                 "no bearer token (send the agent's projected token with audience ambit-ca)".into(),
             )
         })?;
         let node = self.review(token).await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &request.pod.namespace);
+        seen.node = Some(node.clone());
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &request.namespace);
         let pod = pods
-            .get_opt(&request.pod.name)
+            .get_opt(&request.name)
             .await
-            .map_err(|e| SignError::Unavailable(format!("cannot read the pod: {e}")))?
-            .ok_or_else(|| {
-                SignError::NotFound(format!(
-                    "pod {}/{} does not exist",
-                    request.pod.namespace, request.pod.name
-                ))
-            })?;
+            .map_err(|e| SignError::Unavailable(format!("cannot read pod {pod_name}: {e}")))?
+            .ok_or_else(|| SignError::NotFound(format!("pod {pod_name} does not exist")))?;
         let identity = authorize(&pod, &node, &request.identity, &self.trust_domain)?;
-        let csr = pem::parse(request.csr.as_bytes())
-            .ok()
-            .filter(|block| block.tag() == "CERTIFICATE REQUEST")
-            .ok_or_else(|| {
-                SignError::BadRequest("csr is not a PEM CERTIFICATE REQUEST block".into())
-            })?;
         let state = self.store.current();
         let certificate = state
             .ca
-            .sign_csr(csr.contents(), &identity, self.lifetime)
+            .sign_csr(&request.csr_der, &identity, self.lifetime)
             .map_err(|e| SignError::BadRequest(e.to_string()))?;
-        tracing::info!(%identity, pod = %format!("{}/{}", request.pod.namespace, request.pod.name), %node, serial = %certificate.serial, "certificate signed");
-        Ok(CertificateResponse {
-            certificate_chain: certificate.chain_pem(),
-            trust_bundle: state.bundle.to_pem(),
-        })
+        let serial = certificate.serial.clone();
+        Ok((
+            identity,
+            serial,
+            CertificateResponse {
+                certificate_chain: certificate.chain_pem(),
+                trust_bundle: state.bundle.to_pem(),
+            },
+        ))
     }
 
     /// The caller's node, from a `TokenReview` of its token.
@@ -211,13 +251,54 @@ impl Signer {
     }
 }
 
+// === impl ValidRequest ===
+
+impl ValidRequest {
+    /// Parses a body: JSON of the expected shape (no unknown fields), a PEM
+    /// CSR asking for exactly one SPIFFE id, which the optional `identity`
+    /// must repeat. Anything else is a 400 naming what is wrong.
+    pub fn parse(body: &[u8]) -> Result<Self, SignError> {
+        let request: CertificateRequest = serde_json::from_slice(body).map_err(|e| {
+            SignError::BadRequest(format!(
+                "the body is not a certificate request ({{\"pod\": {{\"namespace\", \"name\"}}, \"csr\"}}): {e}"
+            ))
+        })?;
+        if request.pod.namespace.is_empty() || request.pod.name.is_empty() {
+            return Err(SignError::BadRequest(
+                "pod.namespace and pod.name must not be empty".into(),
+            ));
+        }
+        let csr = pem::parse(request.csr.as_bytes())
+            .ok()
+            .filter(|block| block.tag() == "CERTIFICATE REQUEST")
+            .ok_or_else(|| {
+                SignError::BadRequest("csr is not a PEM CERTIFICATE REQUEST block".into())
+            })?;
+        let identity =
+            csr_spiffe_id(csr.contents()).map_err(|e| SignError::BadRequest(e.to_string()))?;
+        if let Some(expected) = &request.identity
+            && *expected != identity.to_string()
+        {
+            return Err(SignError::BadRequest(format!(
+                "identity {expected} is not the one the CSR asks for ({identity})"
+            )));
+        }
+        Ok(Self {
+            namespace: request.pod.namespace,
+            name: request.pod.name,
+            csr_der: csr.into_contents(),
+            identity,
+        })
+    }
+}
+
 /// The identity `pod` may get when `caller_node`'s agent asks for
 /// `requested`: refused unless the pod runs on that node and `requested` is
 /// the identity its service account gives.
 pub fn authorize(
     pod: &Pod,
     caller_node: &str,
-    requested: &str,
+    requested: &SpiffeId,
     trust_domain: &str,
 ) -> Result<SpiffeId, SignError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -242,7 +323,7 @@ pub fn authorize(
     let identity = SpiffeId::new(trust_domain, namespace, account).map_err(|e| {
         SignError::BadRequest(format!("pod {namespace}/{name} has no valid identity: {e}"))
     })?;
-    if identity.to_string() != requested {
+    if identity != *requested {
         return Err(SignError::Forbidden(format!(
             "pod {namespace}/{name} runs as {identity}, not {requested}"
         )));
@@ -251,61 +332,4 @@ pub fn authorize(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(node: Option<&str>, account: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "shop"},
-            "spec": {"nodeName": node, "serviceAccountName": account, "containers": []},
-        }))
-        .unwrap()
-    }
-
-    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
-
-    #[test]
-    fn the_pods_own_identity_on_the_callers_node_is_granted() {
-        let identity = authorize(&pod(Some("n1"), "web"), "n1", WEB, "cluster.local").unwrap();
-        assert_eq!(identity.to_string(), WEB);
-    }
-
-    #[test]
-    fn another_nodes_pod_or_another_identity_is_forbidden() {
-        let error = authorize(&pod(Some("n2"), "web"), "n1", WEB, "cluster.local").unwrap_err();
-        assert_eq!(error.status(), 403);
-        assert!(
-            error
-                .to_string()
-                .contains("runs on node n2, not on the caller's node n1"),
-            "{error}"
-        );
-        let error = authorize(
-            &pod(Some("n1"), "web"),
-            "n1",
-            "spiffe://cluster.local/ns/shop/sa/admin",
-            "cluster.local",
-        )
-        .unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("runs as spiffe://cluster.local/ns/shop/sa/web, not"),
-            "{error}"
-        );
-        let error = authorize(&pod(None, "web"), "n1", WEB, "cluster.local").unwrap_err();
-        assert!(error.to_string().contains("not scheduled"), "{error}");
-    }
-
-    #[test]
-    fn requests_with_unknown_fields_do_not_parse() {
-        let error = serde_json::from_str::<CertificateRequest>(
-            r#"{"pod": {"namespace": "a", "name": "b"}, "identity": "x", "csr": "y", "extra": 1}"#,
-        )
-        .unwrap_err();
-        assert!(
-            error.to_string().contains("unknown field `extra`"),
-            "{error}"
-        );
-    }
-}
+mod tests;

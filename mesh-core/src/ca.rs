@@ -34,7 +34,7 @@ mod tests;
 
 pub use bundle::TrustBundle;
 pub use inspect::{not_after_of, serial_of, sha256_fingerprint, spiffe_id_of};
-pub use workload::{WorkloadCertificate, WorkloadKey};
+pub use workload::{WorkloadCertificate, WorkloadKey, csr_spiffe_id};
 
 /// File name of the CA certificate that [`CertificateAuthority::write`] writes.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -143,6 +143,12 @@ pub enum CaError {
         /// The identity the certificate was for.
         identity: SpiffeId,
         /// What is wrong with the CSR.
+        reason: String,
+    },
+    /// A CSR does not say which SPIFFE id it asks for.
+    #[error("the CSR carries no usable SPIFFE id: {reason}")]
+    CsrIdentity {
+        /// What is wrong.
         reason: String,
     },
     /// Signing a workload certificate failed.

@@ -9,14 +9,15 @@ use anyhow::Result;
 
 use crate::{cmd, release};
 
-/// Runs setup, the release build, then execs `ambit-demo`.
-pub fn run(root: &Path) -> Result<()> {
+/// Runs setup, the release build, then execs `ambit-demo` with `demo_args`.
+pub fn run(root: &Path, demo_args: &[String]) -> Result<()> {
     let why = "the demo creates network namespaces and cgroups and loads eBPF programs";
     let (bin_dir, demo) = release::prepare(root, "demo", why, "ambit-demo")?;
     // exec, so Ctrl-C reaches the demo alone and it can tear its cluster
     // down; its exit code becomes ours.
     Err(cmd::exec(
         Command::new(&demo)
+            .args(demo_args)
             .env("AMBIT_BIN_DIR", &bin_dir)
             .current_dir(root),
     ))

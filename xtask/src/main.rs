@@ -56,7 +56,12 @@ enum Task {
         nextest_args: Vec<String>,
     },
     /// Run setup, build the release binaries and run `ambit-demo` (as root).
-    Demo,
+    Demo {
+        /// Extra arguments for `ambit-demo`, given after `--` (e.g.
+        /// `--every-command`).
+        #[arg(last = true)]
+        demo_args: Vec<String>,
+    },
     /// Run setup, build the release binaries and run `ambit-bench`, which
     /// measures the mesh against direct traffic (as root; see docs/benchmark.md).
     Bench {
@@ -97,7 +102,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::Test { nextest_args } => test::run(&root, &nextest_args),
-        Task::Demo => demo::run(&root),
+        Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
     }
 }

@@ -218,6 +218,35 @@ fn the_ca_decides_the_identity_not_the_csr() {
 }
 
 #[test]
+fn a_csr_says_which_spiffe_id_it_asks_for() {
+    let identity = id("shop", "web");
+    let csr = WorkloadKey::generate().unwrap().csr_der(&identity).unwrap();
+    assert_eq!(csr_spiffe_id(&csr).unwrap(), identity);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let request = |uris: &[&str]| {
+        let mut params = CertificateParams::new(vec!["web.example".to_owned()]).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(Ia5String::try_from(*uri).unwrap()));
+        }
+        params.serialize_request(&key).unwrap().der().to_vec()
+    };
+    for (csr, expected) in [
+        (request(&[]), "asks for no URI SAN"),
+        (
+            request(&["spiffe://cluster.local/ns/a/sa/b", "https://x"]),
+            "2 URI SANs",
+        ),
+        (request(&["https://x"]), "spiffe"),
+        (b"not a csr".to_vec(), "not a DER PKCS#10"),
+    ] {
+        let error = csr_spiffe_id(&csr).unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected:?} in {error}");
+    }
+}
+
+#[test]
 fn chain_verifies_against_the_trust_bundle_as_server_and_client() {
     let ca = new_ca();
     let cert = issue(&ca, &id("default", "server"));

@@ -9,6 +9,7 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _};
 use x509_parser::{
     certification_request::X509CertificationRequest,
+    extensions::{GeneralName, ParsedExtension},
     oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY},
     prelude::FromDer as _,
 };
@@ -152,6 +153,37 @@ impl PublicKeyData for CsrPublicKey {
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// The SPIFFE id a CSR asks for: its extension request must carry a
+/// subjectAltName with exactly one URI SAN, a valid SPIFFE id. A signer that
+/// decides identities itself (the controller) compares it with the one it
+/// grants, so a requester learns of a mismatch instead of getting a
+/// certificate it did not expect.
+pub fn csr_spiffe_id(csr_der: &[u8]) -> Result<SpiffeId, CaError> {
+    let bad = |reason: String| CaError::CsrIdentity { reason };
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|error| bad(format!("it is not a DER PKCS#10 request: {error}")))?;
+    let mut uris = Vec::new();
+    for extension in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(names) = extension {
+            uris.extend(names.general_names.iter().filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            }));
+        }
+    }
+    match uris.as_slice() {
+        [uri] => uri
+            .parse()
+            .map_err(|error: crate::identity::IdentityError| bad(error.to_string())),
+        [] => Err(bad("it asks for no URI SAN".into())),
+        many => Err(bad(format!(
+            "it asks for {} URI SANs ({}), expected exactly one",
+            many.len(),
+            many.join(", ")
+        ))),
     }
 }
 

@@ -120,11 +120,16 @@ const POLICIES: &str = "policies:
 ";
 
 /// The shop's services: they name the backend's and the cache's traffic
-/// (`destination_service`, `ambit services`).
+/// (`destination_service`, `ambit services`), and meshed clients reach them
+/// by cluster IP (only inside the pods: the connect hook redirects them).
 const SERVICES: &str = "services:
-  - {name: backend, namespace: shop, selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
-  - {name: cache, namespace: shop, selector: {app: cache}, ports: [{name: cache, port: 6379, targetPort: 8080}]}
+  - {name: backend, namespace: shop, selector: {app: backend}, clusterIPs: [10.96.0.10], ports: [{name: http, port: 80, targetPort: 8080}]}
+  - {name: cache, namespace: shop, selector: {app: cache}, clusterIPs: [10.96.0.11], ports: [{name: cache, port: 6379, targetPort: 8080}]}
 ";
+
+/// The backend service's cluster IP and port, which the inspection's open
+/// connection dials.
+const BACKEND_SERVICE: &str = "10.96.0.10:80";
 
 #[derive(Parser)]
 #[command(
@@ -368,11 +373,12 @@ fn run_demo(
     for agent in &agents.0 {
         counters.insert(agent.node.name.clone(), ebpf_counters(testbed, agent)?);
     }
-    progress("asking `ambit` what each node sees, with frontend -> backend open");
+    progress(&format!(
+        "asking `ambit` what each node sees, with frontend -> backend open (dialled as the service's cluster IP {BACKEND_SERVICE})"
+    ));
     let frontend = find_workload(&workloads, "frontend");
-    let backend = find_workload(&workloads, "backend");
     let mut ping = Command::new(pod_tool);
-    ping.args(["ping", "--to", &format!("{}:{ECHO_PORT}", backend.pod.ipv4)])
+    ping.args(["ping", "--to", BACKEND_SERVICE])
         .args(["--max-secs", "30"]);
     let pinger = testbed.spawn_in_pod(&frontend.pod, ping);
     if pinger
