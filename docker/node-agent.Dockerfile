@@ -1,8 +1,11 @@
-# The node agent image: ambit-node-agent and the ambit CLI.
+# The node agent image: ambit-node-agent and the ambit CLI (for
+# `kubectl exec ds/ambit-node-agent -- ambit check`).
 #   docker build -f docker/node-agent.Dockerfile -t ambit-node-agent .
 # Built from the workspace root. The builder follows docs/building.md:
 # Debian's rustc with a prebuilt core for the BPF target builds the eBPF
-# programs, bpf-linker links them against Debian's LLVM 22.
+# programs, bpf-linker links them against Debian's LLVM 22; node-agent's
+# build.rs runs that build (what `cargo xtask build-ebpf` runs on its own)
+# and embeds the object, so one cargo build makes both binaries.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
@@ -17,9 +20,9 @@ RUN cargo build --release --locked -p node-agent -p ambit-cli \
  && install -D target/release/ambit-node-agent /out/ambit-node-agent \
  && install -D target/release/ambit /out/ambit
 
-# glibc, libgcc and CA certificates, no shell: the agent needs nothing else.
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+# glibc, libgcc and CA certificates, no shell or package manager: the
+# binaries link nothing else (rustls, no OpenSSL) and run no other program.
+# Root: the DaemonSet grants its capabilities to uid 0 only.
+FROM gcr.io/distroless/cc-debian12 AS runtime
 COPY --from=build /out/ /usr/local/bin/
-# The agent needs root (with the DaemonSet's capabilities) for bpf() and setns().
-USER 0:0
 ENTRYPOINT ["/usr/local/bin/ambit-node-agent"]

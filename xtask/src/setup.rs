@@ -36,7 +36,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const KUBECTL_PACKAGE: &str = "kubernetes-client";
 
 /// Where `kubernetes-validate` (from `PyPI`) is installed, in a virtual
-/// environment of its own; the manifests tests run it from here.
+/// environment of its own; the manifests tests run it from here, and its
+/// Python (which has kubernetes-validate's `jsonschema` and `PyYAML`) runs
+/// `tests/scripts/validate_crs.py`.
 pub const KUBERNETES_VALIDATE_VENV: &str = "/opt/ambit-tools/kubernetes-validate";
 
 /// The kubernetes-validate release: it carries the schemas up to
