@@ -79,6 +79,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     // The CA comes first: a bad CA file must stop the agent before anything
     // is attached.
     let certs = cert_manager(config)?;
+    crate::routing::set_proc_sys_net(&config.proc_sys_net);
     let mut ebpf = MeshEbpf::load(
         &config.bpffs_dir,
         &config.cgroup_root,

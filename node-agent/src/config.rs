@@ -49,6 +49,8 @@ pub mod env {
     pub const CA_CERT: &str = "AMBIT_CA_CERT";
     /// See [`super::Config::ca_key`].
     pub const CA_KEY: &str = "AMBIT_CA_KEY";
+    /// See [`super::Config::proc_sys_net`].
+    pub const PROC_SYS_NET: &str = "AMBIT_PROC_SYS_NET";
     /// See [`super::Config::ca_address`].
     pub const CA_ADDRESS: &str = "AMBIT_CA_ADDRESS";
     /// See [`super::Config::ca_token_file`].
@@ -149,6 +151,12 @@ pub struct Config {
     /// certificates with it (local mode).
     #[arg(long, env = env::CA_KEY, required_unless_present = "ca_address", conflicts_with = "ca_address")]
     pub ca_key: Option<PathBuf>,
+    /// Where the pods' network sysctls are written: a writable mount of the
+    /// host's `/proc/sys/net` (a container's own `/proc/sys` is read-only
+    /// unless it is privileged). The pod's value changes, not the host's:
+    /// the writing thread is in the pod's network namespace.
+    #[arg(long, env = env::PROC_SYS_NET, default_value = crate::routing::DEFAULT_PROC_SYS_NET)]
+    pub proc_sys_net: PathBuf,
     /// The controller's CA, e.g.
     /// `https://ambit-controller.ambit-system.svc:15012`: it signs the
     /// pods' certificates instead (Kubernetes mode). Needs

@@ -195,7 +195,10 @@ struct Stores {
 // === impl Stores ===
 
 impl Stores {
-    /// Until every watcher has listed once.
+    /// Until every watcher has listed once; `HTTPRoute`s excepted: the agent
+    /// only carries them for the waypoint, and a cluster without the Gateway
+    /// API CRDs must not keep it from being ready (that watch then retries
+    /// and logs).
     async fn wait_until_ready(&self) {
         let _ = tokio::join!(
             self.namespaces.wait_until_ready(),
@@ -204,7 +207,6 @@ impl Stores {
             self.services.wait_until_ready(),
             self.endpoint_slices.wait_until_ready(),
             self.policies.wait_until_ready(),
-            self.routes.wait_until_ready(),
         );
     }
 }

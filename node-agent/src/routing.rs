@@ -15,7 +15,11 @@
 //! Nothing changes in the node's own network namespace. Every function here
 //! must run on a thread that has entered the pod's namespace.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use mesh_ebpf_common::{LOOPBACK_IFINDEX, MESH_RETURN_MARK};
 use rtnetlink::{
@@ -30,7 +34,28 @@ use rtnetlink::{
 pub const MESH_ROUTE_TABLE: u32 = 133;
 /// Priority of the fwmark rule: ahead of the `main` table (32766).
 pub const MESH_RULE_PRIORITY: u32 = 32_000;
-const FWMARK_ACCEPT_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+/// Where the network sysctls are written when nothing else is set.
+pub const DEFAULT_PROC_SYS_NET: &str = "/proc/sys/net";
+const FWMARK_ACCEPT: &str = "ipv4/tcp_fwmark_accept";
+
+/// The `/proc/sys/net` the agent writes through, set once at start.
+static PROC_SYS_NET: OnceLock<PathBuf> = OnceLock::new();
+
+/// Writes the pods' network sysctls through `dir` instead of
+/// `/proc/sys/net`: in a container that is not privileged `/proc/sys` is
+/// read-only, so the `DaemonSet` mounts the host's `/proc/sys/net` elsewhere.
+/// What a write there changes is decided by the writing thread's network
+/// namespace (the pod's), not by the mount. Only the first call counts.
+pub fn set_proc_sys_net(dir: &Path) {
+    let _ = PROC_SYS_NET.set(dir.to_owned());
+}
+
+fn fwmark_accept_path() -> PathBuf {
+    PROC_SYS_NET
+        .get()
+        .map_or_else(|| Path::new(DEFAULT_PROC_SYS_NET), PathBuf::as_path)
+        .join(FWMARK_ACCEPT)
+}
 
 /// Errors setting up or removing the return path.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +77,13 @@ pub enum RoutingError {
         source: rtnetlink::Error,
     },
     /// The sysctl could not be written.
-    #[error("cannot write {FWMARK_ACCEPT_SYSCTL} in the pod: {0}")]
-    Sysctl(#[source] std::io::Error),
+    #[error("cannot write {} in the pod: {source} (in a container: is --proc-sys-net a writable mount of the host's /proc/sys/net?)", .path.display())]
+    Sysctl {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Which families the pod uses.
@@ -67,7 +97,7 @@ pub struct Families {
 
 /// Installs the return path. Idempotent: what already exists is kept.
 pub fn install(families: Families) -> Result<(), RoutingError> {
-    std::fs::write(FWMARK_ACCEPT_SYSCTL, "1").map_err(RoutingError::Sysctl)?;
+    write_fwmark_accept("1")?;
     with_netlink(|handle| async move {
         if families.v4 {
             let rule = handle
@@ -146,7 +176,12 @@ pub fn remove(families: Families) -> Result<(), RoutingError> {
         }
         Ok(())
     })?;
-    std::fs::write(FWMARK_ACCEPT_SYSCTL, "0").map_err(RoutingError::Sysctl)
+    write_fwmark_accept("0")
+}
+
+fn write_fwmark_accept(value: &str) -> Result<(), RoutingError> {
+    let path = fwmark_accept_path();
+    std::fs::write(&path, value).map_err(|source| RoutingError::Sysctl { path, source })
 }
 
 fn local_route_v4() -> RouteMessage {

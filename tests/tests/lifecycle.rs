@@ -317,3 +317,70 @@ fn broken_config_reload_keeps_the_last_good_state() {
     wait_conn_from(&echo, &client.ipv4.to_string());
     assert_eq!(agent.counter(&tb, "connect_redirected"), 1);
 }
+
+#[test]
+fn pod_sysctls_are_written_through_proc_sys_net_and_a_bad_one_is_named() {
+    let mut tb = testbed_or_skip!("proc_sys_net");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server: _,
+    } = client_and_server(&mut tb);
+    // A writable bind of /proc/sys/net elsewhere, as the DaemonSet mounts
+    // the host's: the pod's value changes through it.
+    let bound = tb.run_dir().join("host-proc-sys-net");
+    std::fs::create_dir_all(&bound).expect("mount point");
+    nix::mount::mount(
+        Some("/proc/sys/net"),
+        &bound,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind /proc/sys/net");
+    let _unmount = Unmount(bound.clone());
+    let agent = Agent::spawn(
+        &tb,
+        &n1,
+        &pods_yaml(&[&client]),
+        &["--proc-sys-net", bound.to_str().expect("UTF-8")],
+    );
+    agent.wait_ready(&tb);
+    agent.wait_pod_state(&tb, "client", "enrolled", WAIT);
+    let value = tb.exec_in_netns(
+        &client.netns,
+        &["cat", "/proc/sys/net/ipv4/tcp_fwmark_accept"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&value.stdout).trim(),
+        "1",
+        "the pod's sysctl"
+    );
+    drop(agent);
+
+    // A path that cannot be written fails the pod, naming it and what to check.
+    let agent = Agent::spawn(
+        &tb,
+        &n1,
+        &pods_yaml(&[&client]),
+        &["--proc-sys-net", "/nonexistent/net"],
+    );
+    agent.wait_ready(&tb);
+    let failed = agent.wait_pod_state(&tb, "client", "failed", WAIT);
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("/nonexistent/net/ipv4/tcp_fwmark_accept")
+            && error.contains("--proc-sys-net"),
+        "{failed}"
+    );
+}
+
+/// Detaches a bind mount when dropped, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
