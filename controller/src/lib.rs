@@ -78,8 +78,11 @@ pub enum ControllerError {
 pub fn logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log collectors and tests read plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();

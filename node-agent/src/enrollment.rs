@@ -154,6 +154,24 @@ enum Family {
     V6,
 }
 
+// === impl EnrollError ===
+
+impl EnrollError {
+    /// Whether the pod waits for the controller to sign its certificate (a
+    /// request under way, or refused and retried with a backoff): the
+    /// certificate manager logs the refusals itself, once each.
+    #[must_use]
+    pub fn is_waiting_for_certificate(&self) -> bool {
+        matches!(
+            self,
+            Self::Certificate(
+                crate::identity::IdentityError::Requested { .. }
+                    | crate::identity::IdentityError::NotSigned { .. }
+            )
+        )
+    }
+}
+
 // === impl Enroller ===
 
 impl Enroller {
@@ -326,6 +344,14 @@ impl Enroller {
     /// return path removed. Problems are logged; the pod is gone either way.
     pub fn unenroll(&mut self, enrollment: PodEnrollment) {
         let key = enrollment.pod.key();
+        let pod = &enrollment.pod;
+        if let Ok(identity) = SpiffeId::new(
+            &self.mesh.trust_domain,
+            &pod.namespace,
+            &pod.service_account,
+        ) {
+            self.mesh.certs.release(&identity, &key);
+        }
         self.teardown(enrollment);
         tracing::info!(pod = %key, "pod un-enrolled");
     }

@@ -1,16 +1,30 @@
 //! Workload certificates: each enrolled pod's identity gets a short-lived
-//! certificate, reissued at half-life. In local mode the agent holds the
-//! mesh CA (from `ambit ca init`) and signs them itself; in Kubernetes mode
-//! with `--ca-address` the controller's CA signs them ([`controller`]).
-//! New TLS handshakes pick the newest certificate; established connections
-//! keep theirs.
+//! certificate, reissued at half-life. New TLS handshakes pick the newest
+//! certificate; established connections keep theirs.
+//!
+//! Who signs:
+//! - local mode: the agent holds the mesh CA (from `ambit ca init`) and
+//!   signs at once, on the caller's thread;
+//! - Kubernetes mode with `--ca-address`: the controller's CA
+//!   ([`controller`]), which signs only for pods of this node, so each
+//!   request names a pod of the identity (module `requests`). Requests run on
+//!   their own thread: [`CertManager::ensure`] starts one and answers at
+//!   once that the pod waits; when the answer comes the certificate is
+//!   stored and [`CertManager::changed`] wakes the enrollment, which tries
+//!   again. A refusal is kept, with the controller's reason, until a retry
+//!   (with a backoff) succeeds.
+//!
+//! The trust bundle file (`--trust-bundle`) is re-read when it changes:
+//! the kubelet updates the mounted `ConfigMap` during a CA rotation, and
+//! new handshakes then trust the new roots.
 
 pub mod controller;
+mod requests;
 
 use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Arc, RwLock},
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -19,11 +33,16 @@ use mesh_core::{
     identity::SpiffeId,
     workload::PodKey,
 };
-use rustls::{ClientConfig, RootCertStore, ServerConfig, sign::CertifiedKey};
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig, pki_types::CertificateDer, sign::CertifiedKey,
+};
 use serde::Serialize;
 
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
 use crate::tls::{self, CertificateSource, TlsError};
+
+/// How often the trust bundle file is checked for changes.
+pub const TRUST_BUNDLE_POLL: Duration = Duration::from_secs(5);
 
 /// Errors issuing certificates or loading the CA.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +61,26 @@ pub enum IdentityError {
     /// A TLS configuration could not be built.
     #[error(transparent)]
     Tls(Box<TlsError>),
-    /// The controller did not give the certificate.
+    /// The controller client could not be set up.
     #[error(transparent)]
     Controller(Box<controller::ControllerError>),
+    /// The certificate was asked of the controller; the pod waits for it.
+    #[error("waiting for the controller at {address} to sign the certificate of {identity}")]
+    Requested {
+        /// The identity.
+        identity: Box<SpiffeId>,
+        /// `--ca-address`.
+        address: String,
+    },
+    /// The controller did not sign the last request; the next one follows
+    /// after a backoff.
+    #[error("{reason} (asking again with a backoff)")]
+    NotSigned {
+        /// The identity.
+        identity: Box<SpiffeId>,
+        /// Why, with the controller's own words when it refused.
+        reason: String,
+    },
 }
 
 impl From<controller::ControllerError> for IdentityError {
@@ -105,20 +141,40 @@ struct Issued {
 enum Signer {
     /// This agent, with the CA's key (local mode).
     Local(Box<CertificateAuthority>),
-    /// The controller's CA (Kubernetes mode).
-    Controller(controller::ControllerClient),
+    /// The controller's CA (Kubernetes mode), asked on its own thread.
+    Controller {
+        client: controller::ControllerClient,
+        runtime: controller::CaRuntime,
+    },
+}
+
+/// The trusted roots and where they come from.
+struct Trust {
+    /// `--trust-bundle`, followed for changes.
+    file: Option<PathBuf>,
+    /// The local CA, always trusted besides the file's roots.
+    ca: Option<CertificateDer<'static>>,
+    /// The file's contents when last read (`None`: unreadable), so an
+    /// unchanged or still broken file is not parsed or reported again.
+    seen: Mutex<Option<Vec<u8>>>,
+    roots: RwLock<Arc<RootCertStore>>,
 }
 
 /// Issues, rotates and serves workload certificates, and builds the TLS
 /// configurations that use them.
 pub struct CertManager {
     signer: Signer,
-    /// A pod of each identity: the controller signs for a pod of the
-    /// caller's node, so a request names one.
-    pods: RwLock<HashMap<SpiffeId, PodKey>>,
-    roots: Arc<RootCertStore>,
+    trust: Trust,
     lifetime: Duration,
+    /// The enrolled pods of each identity: the controller signs for a pod
+    /// of the caller's node, so a request names one, and an identity no
+    /// pod uses any more is dropped.
+    pods: RwLock<HashMap<SpiffeId, BTreeSet<PodKey>>>,
     issued: RwLock<HashMap<SpiffeId, Issued>>,
+    /// Controller requests under way or failed, by identity.
+    requests: Mutex<HashMap<SpiffeId, requests::Request>>,
+    /// Woken when a controller request ends.
+    changed: tokio::sync::Notify,
     server_configs: RwLock<HashMap<SpiffeId, Arc<ServerConfig>>>,
     client_configs: RwLock<HashMap<(SpiffeId, SpiffeId), Arc<ClientConfig>>>,
 }
@@ -133,12 +189,15 @@ impl CertManager {
     /// Loads the CA and trust bundle; each bad file is an error naming it.
     pub fn load(files: &CaFiles, lifetime: Duration) -> Result<Arc<Self>, IdentityError> {
         let ca = CertificateAuthority::load(&files.cert, &files.key)?;
-        let mut bundle = match &files.trust_bundle {
-            Some(path) => TrustBundle::load(path)?,
-            None => TrustBundle::new(),
-        };
-        bundle.add(ca.certificate_der().clone());
-        Self::new(ca, &bundle, lifetime)
+        let trust = Trust::load(
+            files.trust_bundle.clone(),
+            Some(ca.certificate_der().clone()),
+        )?;
+        Ok(Arc::new(Self::with_signer(
+            Signer::Local(Box::new(ca)),
+            trust,
+            lifetime,
+        )))
     }
 
     /// A manager whose certificates the controller at `address` signs;
@@ -146,81 +205,152 @@ impl CertManager {
     /// chains to one of them), `token_file` the agent's token.
     pub fn with_controller(
         address: &str,
-        trust_bundle: &std::path::Path,
+        trust_bundle: &Path,
         token_file: PathBuf,
         lifetime: Duration,
     ) -> Result<Arc<Self>, IdentityError> {
-        let bundle = TrustBundle::load(trust_bundle)?;
-        let roots = Arc::new(bundle.root_store()?);
-        let client = controller::ControllerClient::new(address, roots.clone(), token_file)?;
+        let trust = Trust::load(Some(trust_bundle.to_owned()), None)?;
+        let client = controller::ControllerClient::new(address, token_file)?;
+        let runtime = controller::CaRuntime::start()?;
         Ok(Arc::new(Self::with_signer(
-            Signer::Controller(client),
-            roots,
+            Signer::Controller { client, runtime },
+            trust,
             lifetime,
         )))
     }
 
-    fn with_signer(signer: Signer, roots: Arc<RootCertStore>, lifetime: Duration) -> Self {
-        Self {
-            signer,
-            pods: RwLock::default(),
-            roots,
-            lifetime,
-            issued: RwLock::default(),
-            server_configs: RwLock::default(),
-            client_configs: RwLock::default(),
-        }
-    }
-
-    /// A manager over an already loaded CA.
+    /// A manager over an already loaded CA, trusting `bundle`.
     pub fn new(
         ca: CertificateAuthority,
         bundle: &TrustBundle,
         lifetime: Duration,
     ) -> Result<Arc<Self>, IdentityError> {
+        let trust = Trust {
+            file: None,
+            ca: None,
+            seen: Mutex::default(),
+            roots: RwLock::new(Arc::new(bundle.root_store()?)),
+        };
         Ok(Arc::new(Self::with_signer(
             Signer::Local(Box::new(ca)),
-            Arc::new(bundle.root_store()?),
+            trust,
             lifetime,
         )))
     }
 
-    /// Makes sure `identity`, which `pod` runs as, has a certificate.
-    pub fn ensure(&self, identity: &SpiffeId, pod: &PodKey) -> Result<(), IdentityError> {
-        write(&self.pods).insert(identity.clone(), pod.clone());
+    fn with_signer(signer: Signer, trust: Trust, lifetime: Duration) -> Self {
+        Self {
+            signer,
+            trust,
+            lifetime,
+            pods: RwLock::default(),
+            issued: RwLock::default(),
+            requests: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+            server_configs: RwLock::default(),
+            client_configs: RwLock::default(),
+        }
+    }
+
+    /// Makes sure `identity`, which `pod` runs as, has a certificate. In
+    /// local mode it is issued now. With the controller this never waits:
+    /// without a certificate yet it starts a request (unless one is under
+    /// way or backing off) and answers [`IdentityError::Requested`], or
+    /// [`IdentityError::NotSigned`] with the last refusal; call again when
+    /// [`changed`](Self::changed) fires.
+    pub fn ensure(
+        self: &Arc<Self>,
+        identity: &SpiffeId,
+        pod: &PodKey,
+    ) -> Result<(), IdentityError> {
+        write(&self.pods)
+            .entry(identity.clone())
+            .or_default()
+            .insert(pod.clone());
         if read(&self.issued).contains_key(identity) {
             return Ok(());
         }
-        let issued = self.issue(identity, 0)?;
-        write(&self.issued)
-            .entry(identity.clone())
-            .or_insert(issued);
-        Ok(())
+        match &self.signer {
+            Signer::Local(ca) => {
+                let issued = self.issue_locally(ca, identity, 0)?;
+                write(&self.issued)
+                    .entry(identity.clone())
+                    .or_insert(issued);
+                Ok(())
+            }
+            Signer::Controller { .. } => Err(self.request(identity)),
+        }
     }
 
-    fn issue(&self, identity: &SpiffeId, rotations: u64) -> Result<Issued, IdentityError> {
+    /// `pod`, un-enrolled, no longer runs as `identity` on this node. The
+    /// certificate stays until its half-life, so a pod that is re-enrolled
+    /// (its spec changed) or comes back has it at once, even while the
+    /// controller is away; then, if no pod runs as the identity, it is
+    /// dropped instead of renewed.
+    pub fn release(&self, identity: &SpiffeId, pod: &PodKey) {
+        let mut pods = write(&self.pods);
+        if let Some(set) = pods.get_mut(identity) {
+            set.remove(pod);
+            if set.is_empty() {
+                pods.remove(identity);
+            }
+        }
+    }
+
+    /// Drops `identity` when `pods` (the locked map) holds no pod of it.
+    fn forget_if_unused(
+        &self,
+        pods: &mut HashMap<SpiffeId, BTreeSet<PodKey>>,
+        identity: &SpiffeId,
+    ) {
+        if pods.get(identity).is_some_and(|set| !set.is_empty()) {
+            return;
+        }
+        pods.remove(identity);
+        let dropped = write(&self.issued).remove(identity).is_some();
+        lock(&self.requests).remove(identity);
+        write(&self.server_configs).remove(identity);
+        write(&self.client_configs).retain(|(own, _), _| own != identity);
+        if dropped {
+            tracing::info!(%identity, "certificate dropped: no enrolled pod runs as it");
+        }
+    }
+
+    /// Resolves when a controller request has ended (a certificate stored
+    /// or a refusal recorded); a notice given while nobody waits is kept
+    /// for the next wait.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    fn issue_locally(
+        &self,
+        ca: &CertificateAuthority,
+        identity: &SpiffeId,
+        rotations: u64,
+    ) -> Result<Issued, IdentityError> {
         let key = WorkloadKey::generate()?;
         let csr = key.csr_der(identity)?;
-        let certificate = match &self.signer {
-            Signer::Local(ca) => ca.sign_csr(&csr, identity, self.lifetime)?,
-            Signer::Controller(client) => {
-                let pod = read(&self.pods).get(identity).cloned().ok_or_else(|| {
-                    IdentityError::Ca(Box::new(CaError::Csr {
-                        identity: identity.clone(),
-                        reason: "has no pod to ask the controller about".into(),
-                    }))
-                })?;
-                client.sign(&pod, identity, &csr)?
-            }
+        let certificate = ca.sign_csr(&csr, identity, self.lifetime)?;
+        Self::certify(certificate, &key, rotations)
+    }
+
+    /// Pairs a certificate with the key it certifies, checking that it does.
+    fn certify(
+        certificate: WorkloadCertificate,
+        key: &WorkloadKey,
+        rotations: u64,
+    ) -> Result<Issued, IdentityError> {
+        let key_error = |source| IdentityError::Key {
+            identity: Box::new(certificate.identity.clone()),
+            source: Box::new(source),
         };
         let signing_key = tls::provider()
             .key_provider
             .load_private_key(key.private_key_der())
-            .map_err(|source| IdentityError::Key {
-                identity: Box::new(identity.clone()),
-                source: Box::new(source),
-            })?;
+            .map_err(key_error)?;
         let key = Arc::new(CertifiedKey::new(certificate.chain.clone(), signing_key));
+        key.keys_match().map_err(key_error)?;
         Ok(Issued {
             certificate,
             key,
@@ -228,17 +358,37 @@ impl CertManager {
         })
     }
 
-    /// Reissues every certificate past half its lifetime; returns the
-    /// identities that got a new one.
-    pub fn rotate_due(&self, now: SystemTime) -> Vec<SpiffeId> {
-        let due: Vec<(SpiffeId, u64)> = read(&self.issued)
+    /// Reissues every certificate past half its lifetime, and drops those
+    /// that no enrolled pod uses any more. Local mode: returns the
+    /// identities that got a new one. With the controller it sends the
+    /// requests and returns none: each certificate is replaced when its
+    /// answer comes, the old one serving until then.
+    pub fn rotate_due(self: &Arc<Self>, now: SystemTime) -> Vec<SpiffeId> {
+        let mut due: Vec<(SpiffeId, u64)> = read(&self.issued)
             .iter()
             .filter(|(_, issued)| past_half_life(&issued.certificate, now))
             .map(|(id, issued)| (id.clone(), issued.rotations))
             .collect();
+        {
+            let mut pods = write(&self.pods);
+            due.retain(|(identity, _)| {
+                let used = pods.contains_key(identity);
+                if !used {
+                    self.forget_if_unused(&mut pods, identity);
+                }
+                used
+            });
+        }
         let mut rotated = Vec::new();
         for (identity, rotations) in due {
-            match self.issue(&identity, rotations + 1) {
+            let ca = match &self.signer {
+                Signer::Local(ca) => ca,
+                Signer::Controller { .. } => {
+                    self.request(&identity);
+                    continue;
+                }
+            };
+            match self.issue_locally(ca, &identity, rotations + 1) {
                 Ok(issued) => {
                     tracing::info!(%identity, serial = %issued.certificate.serial, "certificate rotated");
                     write(&self.issued).insert(identity.clone(), issued);
@@ -281,6 +431,43 @@ impl CertManager {
         infos
     }
 
+    /// The roots trusted now.
+    fn roots(&self) -> Arc<RootCertStore> {
+        read(&self.trust.roots).clone()
+    }
+
+    /// Re-reads the trust bundle file if it changed: new roots apply to new
+    /// handshakes (the cached configurations are dropped); a file that
+    /// cannot be read or parsed is reported once and the roots stay.
+    pub fn follow_trust_bundle(&self) {
+        let Some(path) = &self.trust.file else {
+            return;
+        };
+        let contents = std::fs::read(path).ok();
+        {
+            let mut seen = lock(&self.trust.seen);
+            if *seen == contents {
+                return;
+            }
+            seen.clone_from(&contents);
+        }
+        let Some(contents) = contents else {
+            tracing::warn!(path = %path.display(), "cannot read the trust bundle; keeping the roots in use");
+            return;
+        };
+        match self.trust.root_store(Some(&contents)) {
+            Ok((store, count)) => {
+                *write(&self.trust.roots) = Arc::new(store);
+                write(&self.server_configs).clear();
+                write(&self.client_configs).clear();
+                tracing::info!(path = %path.display(), roots = count, "trust bundle changed; new connections trust its roots");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the trust bundle changed but does not load; keeping the roots in use");
+            }
+        }
+    }
+
     /// The HBONE server configuration of `identity` (cached).
     pub fn server_config(
         self: &Arc<Self>,
@@ -290,11 +477,7 @@ impl CertManager {
             return Ok(config.clone());
         }
         let source: Arc<dyn CertificateSource> = Arc::new(Certificates(self.clone()));
-        let config = Arc::new(tls::server_config(
-            identity.clone(),
-            source,
-            self.roots.clone(),
-        )?);
+        let config = Arc::new(tls::server_config(identity.clone(), source, self.roots())?);
         write(&self.server_configs).insert(identity.clone(), config.clone());
         Ok(config)
     }
@@ -314,27 +497,73 @@ impl CertManager {
             identity.clone(),
             peer.clone(),
             source,
-            self.roots.clone(),
+            self.roots(),
         )?);
         write(&self.client_configs).insert(key, config.clone());
         Ok(config)
     }
 }
 
-/// Runs certificate rotation until cancelled, checking often enough that no
-/// certificate lives past its half-life by more than a tenth of its lifetime.
+// === impl Trust ===
+
+impl Trust {
+    /// Reads `file` (if any) and builds the roots: its certificates and `ca`.
+    fn load(
+        file: Option<PathBuf>,
+        ca: Option<CertificateDer<'static>>,
+    ) -> Result<Self, IdentityError> {
+        let contents = match &file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| CaError::Read {
+                what: "the trust bundle",
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let trust = Self {
+            file,
+            ca,
+            seen: Mutex::new(contents.clone()),
+            roots: RwLock::new(Arc::new(RootCertStore::empty())),
+        };
+        let (store, _) = trust.root_store(contents.as_deref())?;
+        *write(&trust.roots) = Arc::new(store);
+        Ok(trust)
+    }
+
+    /// The roots of `contents` (PEM of the trust bundle file, if there is
+    /// one) and the CA, and how many there are.
+    fn root_store(&self, contents: Option<&[u8]>) -> Result<(RootCertStore, usize), IdentityError> {
+        let mut bundle = match (contents, &self.file) {
+            (Some(contents), Some(path)) => TrustBundle::from_pem(contents, path)?,
+            _ => TrustBundle::new(),
+        };
+        if let Some(ca) = &self.ca {
+            bundle.add(ca.clone());
+        }
+        Ok((bundle.root_store()?, bundle.roots().len()))
+    }
+}
+
+/// Runs certificate rotation and follows the trust bundle file until
+/// cancelled, checking often enough that no certificate lives past its
+/// half-life by more than a tenth of its lifetime.
 pub async fn rotate_until_cancelled(
     manager: Arc<CertManager>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let period = (manager.lifetime / 10).clamp(Duration::from_millis(100), Duration::from_mins(1));
     let mut ticks = tokio::time::interval(period);
+    let mut bundle_checks = tokio::time::interval(TRUST_BUNDLE_POLL);
+    bundle_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
+            _ = ticks.tick() => {
+                manager.rotate_due(SystemTime::now());
+            }
+            _ = bundle_checks.tick() => manager.follow_trust_bundle(),
         }
-        manager.rotate_due(SystemTime::now());
     }
 }
 
@@ -359,3 +588,6 @@ impl CertificateSource for Certificates {
             .map(|issued| issued.key.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,9 @@
 //! a node agent asks. It signs only the caller's node's pods, with their own
 //! identities; it refuses bad, foreign and wrong-audience tokens; it follows
 //! its CA Secret (rotation through the trust bundle); it writes each
-//! `AuthorizationPolicy`'s `Accepted` condition.
+//! `AuthorizationPolicy`'s `Accepted` condition. Then real node agents in
+//! Kubernetes mode get their pods' certificates from it: across nodes, while
+//! it is down and after it comes up, and through a CA rotation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +77,20 @@ fn setup(name: &str) -> Option<Setup> {
         Some("n1"),
     );
     kube.register_token("agent-unbound", AGENT_USER, &["ambit-ca"], None);
+    let controller = start_controller(&mut tb, &cp, &kube);
+    let setup = Setup {
+        tb,
+        cp,
+        kube,
+        controller,
+        ca_dir,
+    };
+    setup.wait_healthy();
+    Some(setup)
+}
+
+/// Starts `ambit-controller` on `cp`, listening on its underlay address.
+fn start_controller(tb: &mut Testbed, cp: &Node, kube: &FakeKube) -> Proc {
     let mut cmd = Command::new(Testbed::bin("ambit-controller"));
     cmd.args([
         "--kube-api-url",
@@ -84,28 +100,7 @@ fn setup(name: &str) -> Option<Setup> {
     ])
     .args(["--serving-ip", &cp.underlay_v4.to_string()])
     .env("AMBIT_LOG", "info,controller=debug");
-    let controller = tb.spawn_on_node(&cp, &cp.agent_cgroup, cmd);
-    let setup = Setup {
-        tb,
-        cp,
-        kube,
-        controller,
-        ca_dir,
-    };
-    let deadline = Instant::now() + WAIT;
-    while setup
-        .curl("GET", "/healthz", None, None, &setup.ca_dir.join("ca.pem"))
-        .0
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the controller never answered\n{}",
-            setup.controller.report()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(setup)
+    tb.spawn_on_node(cp, &cp.agent_cgroup, cmd)
 }
 
 /// The CA Secret, as `kubectl create secret generic` would write it.
@@ -140,14 +135,56 @@ fn csr(identity: &str) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
 }
 
+/// A request as the API defines it: the pod, and a CSR for `identity`.
 fn request(pod: &str, identity: &str) -> String {
-    json!({"pod": {"namespace": "shop", "name": pod}, "identity": identity, "csr": csr(identity)})
-        .to_string()
+    json!({"pod": {"namespace": "shop", "name": pod}, "csr": csr(identity)}).to_string()
 }
 
 // === impl Setup ===
 
 impl Setup {
+    /// Waits until the controller answers `/healthz` (it listens only once
+    /// its CA is loaded).
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self
+            .curl("GET", "/healthz", None, None, &self.ca_dir.join("ca.pem"))
+            .0
+            != 200
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the controller never answered\n{}",
+                self.controller.report()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The trust bundle the controller publishes (`ConfigMap`
+    /// `ambit-trust-bundle`, key `ca.crt`).
+    fn published_bundle(&self) -> String {
+        self.kube
+            .get("configmaps", "ambit-system", "ambit-trust-bundle")
+            .ok()
+            .flatten()
+            .and_then(|cm| cm["data"]["ca.crt"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// Writes a token file holding `token` (the fake API server's tokens
+    /// are their own names).
+    fn token_file(&self, token: &str) -> PathBuf {
+        let path = self.tb.run_dir().join(format!("{token}.token"));
+        std::fs::write(&path, token).expect("token file");
+        path
+    }
+
+    /// The controller's address as agents are given it.
+    fn address(&self) -> String {
+        format!("https://{}:{PORT}", self.cp.underlay_v4)
+    }
+
     /// `curl` from the API server's namespace, verifying the controller
     /// against `ca`: (status, body).
     fn curl(
@@ -230,6 +267,15 @@ impl Setup {
     }
 }
 
+/// The DER of every PEM block of `pem_text`.
+fn der_blocks(pem_text: &[u8]) -> Vec<Vec<u8>> {
+    pem::parse_many(pem_text)
+        .expect("PEM")
+        .into_iter()
+        .map(pem::Pem::into_contents)
+        .collect()
+}
+
 fn rustls_pki_types_first(chain_pem: &str) -> rustls::pki_types::CertificateDer<'static> {
     let block = pem::parse_many(chain_pem).expect("PEM").remove(0);
     rustls::pki_types::CertificateDer::from(block.into_contents())
@@ -304,10 +350,25 @@ fn signs_only_the_callers_node_pods_with_their_own_identity() {
         400,
         "not a certificate request",
     );
-    let bad_csr =
-        json!({"pod": {"namespace": "shop", "name": "web-1"}, "identity": WEB, "csr": "hello"})
-            .to_string();
+    let pod = json!({"namespace": "shop", "name": "web-1"});
+    let bad_csr = json!({"pod": pod, "csr": "hello"}).to_string();
     refused(Some("agent-n1"), &bad_csr, 400, "CERTIFICATE REQUEST");
+    let unknown_field = json!({"pod": pod, "csr": csr(WEB), "node": "n1"}).to_string();
+    refused(
+        Some("agent-n1"),
+        &unknown_field,
+        400,
+        "unknown field `node`",
+    );
+    let claims_another =
+        json!({"pod": pod, "csr": csr(WEB), "identity": "spiffe://cluster.local/ns/shop/sa/admin"})
+            .to_string();
+    refused(
+        Some("agent-n1"),
+        &claims_another,
+        400,
+        "is not the one the CSR asks for",
+    );
     refused(
         Some("agent-n1"),
         &request("ghost", WEB),
@@ -326,14 +387,7 @@ fn a_rotated_ca_signs_at_once_and_the_bundle_holds_both_roots() {
         return;
     };
     let old_pem = std::fs::read(s.ca_dir.join("ca.pem")).expect("old CA");
-    let bundle = |s: &Setup| -> String {
-        s.kube
-            .get("configmaps", "ambit-system", "ambit-trust-bundle")
-            .ok()
-            .flatten()
-            .and_then(|cm| cm["data"]["ca.crt"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
+    let bundle = Setup::published_bundle;
     assert_eq!(
         bundle(&s).matches("BEGIN CERTIFICATE").count(),
         1,
@@ -352,23 +406,32 @@ fn a_rotated_ca_signs_at_once_and_the_bundle_holds_both_roots() {
         CertificateAuthority::generate("cluster.local", Duration::from_hours(24)).expect("CA");
     let new_dir = s.tb.run_dir().join("ca-new");
     let (new_cert, new_key) = new_ca.write(&new_dir).expect("write the new CA");
+    // The extra roots repeat the new CA: the bundle holds it once.
+    let new_pem = std::fs::read(&new_cert).expect("cert");
+    let extra_roots = [old_pem.as_slice(), new_pem.as_slice()].concat();
     s.kube
         .apply(secret(
-            &std::fs::read(&new_cert).expect("cert"),
+            &new_pem,
             &std::fs::read(&new_key).expect("key"),
-            Some(&old_pem),
+            Some(&extra_roots),
         ))
         .expect("rotate");
+    let new_root = der_blocks(&new_pem).remove(0);
     let deadline = Instant::now() + WAIT;
-    while bundle(&s).matches("BEGIN CERTIFICATE").count() != 2 {
+    while !der_blocks(bundle(&s).as_bytes()).contains(&new_root) {
         assert!(
             Instant::now() < deadline,
-            "bundle never held both roots: {}\n{}",
+            "bundle never held the new root: {}\n{}",
             bundle(&s),
             s.controller.report()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        der_blocks(bundle(&s).as_bytes()),
+        [der_blocks(&old_pem), vec![new_root]].concat(),
+        "both roots, once each"
+    );
     // New certificates chain to the new CA; the controller now serves a
     // certificate of the new CA too, which clients verify with the bundle.
     let bundle_file = s.tb.run_dir().join("bundle.pem");
@@ -496,13 +559,51 @@ fn running_pod(s: &mut Setup, node: &Node, name: &str) -> (ambit_tests::Pod, Pro
     (pod, server)
 }
 
-#[test]
-fn agents_get_their_pods_certificates_from_the_controller_and_mesh_across_nodes() {
-    let Some(mut s) = setup("controller_e2e") else {
-        return;
-    };
-    let n1 = s.tb.add_node("n1");
-    let n2 = s.tb.add_node("n2");
+/// Waits until the agent lists pod `name` with an error containing `says`.
+fn wait_pod_error(tb: &Testbed, agent: &Agent, name: &str, says: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pod = agent.pod(tb, name);
+        if let Some(pod) = pod
+            .as_ref()
+            .filter(|p| p["error"].as_str().is_some_and(|e| e.contains(says)))
+        {
+            return pod.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} never said {says:?}: {pod:?}\n{}",
+            agent.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The serial the controller logged for a certificate it signed for
+/// `identity`, if any.
+fn signed_serials(controller: &Proc, identity: &str) -> Vec<String> {
+    controller
+        .stderr_text()
+        .lines()
+        .filter(|line| line.contains("certificate signed") && line.contains(identity))
+        .filter_map(|line| {
+            let at = line.find("serial=")? + "serial=".len();
+            Some(line[at..].split_whitespace().next()?.to_owned())
+        })
+        .collect()
+}
+
+/// The serial the agent's `/certificates` shows for `identity`.
+fn agent_serial(tb: &Testbed, agent: &Agent, identity: &str) -> String {
+    let certs = agent.get_json(tb, "/certificates");
+    certs
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["identity"] == identity))
+        .and_then(|c| c["serial"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no certificate of {identity}: {certs}"))
+}
+
+fn label_shop_meshed(s: &Setup) {
     s.kube
         .merge_patch(
             "namespaces",
@@ -511,22 +612,52 @@ fn agents_get_their_pods_certificates_from_the_controller_and_mesh_across_nodes(
             &json!({"metadata": {"labels": {"ambit.dev/mesh": "enabled"}}}),
         )
         .expect("label");
+}
+
+/// Sends through the mesh from `client` to `server`'s echo port and
+/// checks, on the client's agent, that it went over mutual TLS to the
+/// server's identity.
+fn assert_meshed(
+    s: &Setup,
+    client_agent: &Agent,
+    client: &ambit_tests::Pod,
+    server: &ambit_tests::Pod,
+) {
+    let to = format!("{}:{}", server.ipv4, ambit_tests::workload::ECHO_PORT);
+    let sent = ambit_tests::workload::send(&s.tb, client, &to, 10_000);
+    assert_eq!(sent["bytes_received"], 10_000, "{sent}");
+    let record =
+        client_agent.wait_connection(&s.tb, |c| c["direction"] == "outbound" && c["dst"] == to);
+    assert_eq!(record["security"], "mutual_tls", "{record}");
+    assert_eq!(
+        record["dst_identity"],
+        format!("spiffe://cluster.local/ns/shop/sa/{}", server.name),
+        "{record}"
+    );
+}
+
+const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
+const SERVER: &str = "spiffe://cluster.local/ns/shop/sa/server";
+
+#[test]
+fn agents_get_their_pods_certificates_from_the_controller_and_mesh_across_nodes() {
+    let Some(mut s) = setup("controller_e2e") else {
+        return;
+    };
+    let n1 = s.tb.add_node("n1");
+    let n2 = s.tb.add_node("n2");
+    label_shop_meshed(&s);
     let (client, _client_server) = running_pod(&mut s, &n1, "client");
     let (server, _server_server) = running_pod(&mut s, &n2, "server");
     s.kube
         .register_token("agent-n2", AGENT_USER, &["ambit-ca"], Some("n2"));
-    let token = |name: &str| {
-        let path = s.tb.run_dir().join(format!("{name}.token"));
-        std::fs::write(&path, name).expect("token file");
-        path
-    };
-    let address = format!("https://{}:{PORT}", s.cp.underlay_v4);
+    let address = s.address();
     let a1 = Agent::spawn_kubernetes_with_controller(
         &s.tb,
         &n1,
         &s.kube.url(),
         &address,
-        &token("agent-n1"),
+        &s.token_file("agent-n1"),
     );
     // n2's agent first presents n1's token: the controller refuses to sign
     // n2's pod for it, and the pod waits, saying why.
@@ -535,51 +666,178 @@ fn agents_get_their_pods_certificates_from_the_controller_and_mesh_across_nodes(
         &n2,
         &s.kube.url(),
         &address,
-        &token("agent-n1"),
+        &s.token_file("agent-n1"),
     );
     a1.wait_ready(&s.tb);
     a1.wait_pod_state(&s.tb, "client", "enrolled", WAIT);
-    let failed = a2.wait_pod_state(&s.tb, "server", "failed", WAIT);
-    let error = failed["error"].as_str().unwrap_or_default();
+    let refused = wait_pod_error(
+        &s.tb,
+        &a2,
+        "server",
+        "runs on node n2, not on the caller's node n1",
+    );
+    assert_eq!(refused["state"], "failed", "{refused}");
+    let error = refused["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("refused") && error.contains("runs on node n2, not on the caller's node n1"),
-        "{failed}"
+        error.contains(&format!("the controller at {address} refused")) && error.contains("(403)"),
+        "{refused}"
+    );
+    assert!(
+        a2.get_json(&s.tb, "/certificates")
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "nothing was issued to n2 with n1's token"
     );
     // Restarted with its own node's token, it gets the certificate.
-    let n2_token = token("agent-n2");
+    let n2_token = s.token_file("agent-n2");
     drop(a2);
     let a2 =
         Agent::spawn_kubernetes_with_controller(&s.tb, &n2, &s.kube.url(), &address, &n2_token);
     a2.wait_ready(&s.tb);
     a2.wait_pod_state(&s.tb, "server", "enrolled", WAIT);
 
-    // The agents hold no CA key: the controller signed both.
-    let signed = s.controller.stderr_text();
-    for identity in [
-        "spiffe://cluster.local/ns/shop/sa/client",
-        "spiffe://cluster.local/ns/shop/sa/server",
-    ] {
+    // The agents hold no CA key: the certificates they show are the ones
+    // the controller signed.
+    for (agent, identity) in [(&a1, CLIENT), (&a2, SERVER)] {
+        let serial = agent_serial(&s.tb, agent, identity);
         assert!(
-            signed.contains("certificate signed") && signed.contains(identity),
-            "{identity} not signed by the controller:\n{signed}"
+            signed_serials(&s.controller, identity).contains(&serial),
+            "{identity}'s serial {serial} was not signed by the controller:\n{}",
+            s.controller.stderr_text()
         );
     }
-    let certs = a1.get_json(&s.tb, "/certificates");
-    assert!(
-        certs
-            .to_string()
-            .contains("spiffe://cluster.local/ns/shop/sa/client"),
-        "{certs}"
-    );
 
-    // Meshed across nodes over HBONE with those certificates.
-    let to = format!("{}:{}", server.ipv4, ambit_tests::workload::ECHO_PORT);
-    let sent = ambit_tests::workload::send(&s.tb, &client, &to, 10_000);
-    assert_eq!(sent["bytes_received"], 10_000, "{sent}");
-    let record = a1.wait_connection(&s.tb, |c| c["direction"] == "outbound" && c["dst"] == to);
-    assert_eq!(record["security"], "mutual_tls", "{record}");
-    assert_eq!(
-        record["dst_identity"], "spiffe://cluster.local/ns/shop/sa/server",
-        "{record}"
+    // Meshed across nodes over HBONE with those certificates, which the
+    // agents verify against the mesh CA (their --trust-bundle).
+    assert_meshed(&s, &a1, &client, &server);
+}
+
+#[test]
+fn pods_wait_for_the_controller_and_enroll_when_it_answers() {
+    let Some(mut s) = setup("controller_down") else {
+        return;
+    };
+    s.controller.kill();
+    let n1 = s.tb.add_node("n1");
+    label_shop_meshed(&s);
+    let (_client, _client_server) = running_pod(&mut s, &n1, "client");
+    // No token yet, no controller: the pod waits, saying what to check,
+    // and the agent stays responsive meanwhile.
+    let token = s.tb.run_dir().join("late.token");
+    let agent =
+        Agent::spawn_kubernetes_with_controller(&s.tb, &n1, &s.kube.url(), &s.address(), &token);
+    agent.wait_ready(&s.tb);
+    let waiting = wait_pod_error(
+        &s.tb,
+        &agent,
+        "client",
+        "cannot read the service-account token",
     );
+    assert!(
+        waiting["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(token.to_str().unwrap_or_default())
+                && e.contains("audience ambit-ca")),
+        "{waiting}"
+    );
+    std::fs::write(&token, "agent-n1").expect("token");
+    wait_pod_error(
+        &s.tb,
+        &agent,
+        "client",
+        &format!("cannot reach the controller at {}", s.address()),
+    );
+    let started = Instant::now();
+    s.controller = start_controller(&mut s.tb, &s.cp, &s.kube);
+    s.wait_healthy();
+    agent.wait_pod_state(&s.tb, "client", "enrolled", WAIT);
+    let serial = agent_serial(&s.tb, &agent, CLIENT);
+    assert!(signed_serials(&s.controller, CLIENT).contains(&serial));
+    // Retries back off (0.5 s doubling), but not past a few seconds here.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "enrolled {:?} after the controller came up",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn agents_follow_the_trust_bundle_through_a_ca_rotation() {
+    let Some(mut s) = setup("controller_ca_rotation") else {
+        return;
+    };
+    let n1 = s.tb.add_node("n1");
+    let n2 = s.tb.add_node("n2");
+    label_shop_meshed(&s);
+    s.kube
+        .register_token("agent-n2", AGENT_USER, &["ambit-ca"], Some("n2"));
+    // The agents' --trust-bundle is the mesh CA's ca.pem; rewriting it
+    // plays the kubelet updating the mounted ConfigMap.
+    let agents_bundle = s.ca_dir.join("ca.pem");
+    let old_pem = std::fs::read(&agents_bundle).expect("old CA");
+    let old_key = std::fs::read(s.ca_dir.join("ca-key.pem")).expect("old key");
+    let (client, _client_server) = running_pod(&mut s, &n1, "client");
+    let a1 = Agent::spawn_kubernetes_with_controller(
+        &s.tb,
+        &n1,
+        &s.kube.url(),
+        &s.address(),
+        &s.token_file("agent-n1"),
+    );
+    a1.wait_ready(&s.tb);
+    a1.wait_pod_state(&s.tb, "client", "enrolled", WAIT);
+
+    // 1. The new root joins the bundle; the agents read it.
+    let new_ca =
+        CertificateAuthority::generate("cluster.local", Duration::from_hours(24)).expect("CA");
+    let (new_cert, new_key) = new_ca
+        .write(&s.tb.run_dir().join("ca-new"))
+        .expect("write the new CA");
+    let new_pem = std::fs::read(&new_cert).expect("new CA");
+    s.kube
+        .apply(secret(&old_pem, &old_key, Some(&new_pem)))
+        .expect("add the new root");
+    let deadline = Instant::now() + WAIT;
+    while der_blocks(s.published_bundle().as_bytes()).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the bundle never held both roots"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&agents_bundle, s.published_bundle()).expect("update the agents' bundle");
+    a1.proc
+        .wait_for_stderr_line(WAIT, |line| line.contains("trust bundle changed"))
+        .unwrap_or_else(|| panic!("n1's agent never read the new bundle\n{}", a1.proc.report()));
+
+    // 2. The new CA signs; the old root stays trusted.
+    s.kube
+        .apply(secret(
+            &new_pem,
+            &std::fs::read(&new_key).expect("key"),
+            Some(&old_pem),
+        ))
+        .expect("switch to the new CA");
+    s.controller
+        .wait_for_stderr_line(WAIT, |line| line.contains("CA Secret changed"))
+        .unwrap_or_else(|| panic!("the controller kept the old CA\n{}", s.controller.report()));
+    std::fs::write(&agents_bundle, s.published_bundle()).expect("update the agents' bundle");
+
+    // A pod enrolled now gets a certificate of the new CA ...
+    let (server, _server_server) = running_pod(&mut s, &n2, "server");
+    let a2 = Agent::spawn_kubernetes_with_controller(
+        &s.tb,
+        &n2,
+        &s.kube.url(),
+        &s.address(),
+        &s.token_file("agent-n2"),
+    );
+    a2.wait_ready(&s.tb);
+    a2.wait_pod_state(&s.tb, "server", "enrolled", WAIT);
+    let serial = agent_serial(&s.tb, &a2, SERVER);
+    assert!(signed_serials(&s.controller, SERVER).contains(&serial));
+    // ... and a pod of the old CA and one of the new mesh: n1's agent,
+    // started when only the old root existed, verifies the server's new
+    // chain with the root it read from the file.
+    assert_meshed(&s, &a1, &client, &server);
 }

@@ -81,7 +81,15 @@ pub struct Reconciler {
     entries: BTreeMap<PodKey, Entry>,
     board: Arc<PodStatusBoard>,
     cleaned_stale: bool,
+    /// When this reconciler started: the stale-capture clean-up waits for
+    /// the configured pods to enroll, at most [`STALE_GRACE`] after it.
+    started: std::time::Instant,
 }
+
+/// How long capture left by a previous agent is kept for pods that are
+/// configured but not enrolled yet (e.g. waiting for their certificate):
+/// removing it at once would let their connections bypass the mesh.
+const STALE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 // === impl PodStatusBoard ===
 
@@ -122,6 +130,7 @@ impl Reconciler {
             entries: BTreeMap::new(),
             board,
             cleaned_stale: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -135,6 +144,9 @@ impl Reconciler {
     ) -> Enroller {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A pod waiting for its certificate from the controller is tried
+        // again as soon as the answer comes, not at the next retry tick.
+        let certs = self.enroller.mesh().certs.clone();
         let mut applied: Option<Arc<LocalSnapshot>> = None;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
@@ -155,6 +167,7 @@ impl Reconciler {
                 () = shutdown.cancelled() => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
                 _ = retry.tick() => {}
+                () = certs.changed() => {}
             }
         }
         for (key, entry) in std::mem::take(&mut self.entries) {
@@ -225,8 +238,11 @@ impl Reconciler {
             let entry = match self.enroller.enroll(pod) {
                 Ok(enrollment) => Entry::Enrolled(enrollment),
                 Err(error) => {
+                    let waiting = error.is_waiting_for_certificate();
                     let error = error.to_string();
-                    if previous_error.as_ref() != Some(&error) {
+                    if waiting {
+                        tracing::debug!(pod = %key, %error, "pod waits for its certificate");
+                    } else if previous_error.as_ref() != Some(&error) {
                         tracing::error!(pod = %key, netns = %pod.netns.display(), %error, "cannot enroll pod; will retry");
                     }
                     Entry::Failed {
@@ -237,7 +253,14 @@ impl Reconciler {
             };
             self.entries.insert(key.clone(), entry);
         }
-        if !self.cleaned_stale {
+        // Capture a previous agent left stays until every configured pod is
+        // enrolled again (or the grace is over): a pod still waiting keeps
+        // failing closed instead of leaving the mesh for a moment.
+        let all_enrolled = self
+            .entries
+            .values()
+            .all(|entry| matches!(entry, Entry::Enrolled(_)));
+        if !self.cleaned_stale && (all_enrolled || self.started.elapsed() >= STALE_GRACE) {
             let enrolled: Vec<u64> = self.enrolled_cookies();
             self.enroller.remove_stale(&enrolled);
             self.cleaned_stale = true;
