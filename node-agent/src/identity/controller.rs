@@ -337,15 +337,19 @@ mod tests {
         assert!(!unreachable.is_about_the_pod());
     }
 
-    #[tokio::test]
-    async fn a_missing_token_file_is_named_with_a_hint() {
-        let client =
-            ControllerClient::new("https://127.0.0.1:1", "/nonexistent/ca-token".into()).unwrap();
+    fn pod_and_identity() -> (PodKey, SpiffeId) {
         let pod = PodKey {
             namespace: "a".into(),
             name: "p".into(),
         };
-        let identity: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        (pod, "spiffe://cluster.local/ns/a/sa/b".parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_file_is_named_with_a_hint() {
+        let client =
+            ControllerClient::new("https://127.0.0.1:1", "/nonexistent/ca-token".into()).unwrap();
+        let (pod, identity) = pod_and_identity();
         let error = client
             .sign(Arc::new(RootCertStore::empty()), &pod, &identity, b"csr")
             .await
@@ -365,11 +369,7 @@ mod tests {
         std::fs::write(&token, "t").unwrap();
         // Port 1 on loopback: nothing listens, the connect is refused.
         let client = ControllerClient::new("https://127.0.0.1:1", token.clone()).unwrap();
-        let pod = PodKey {
-            namespace: "a".into(),
-            name: "p".into(),
-        };
-        let identity: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let (pod, identity) = pod_and_identity();
         let error = client
             .sign(Arc::new(RootCertStore::empty()), &pod, &identity, b"csr")
             .await
