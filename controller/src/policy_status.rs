@@ -20,19 +20,10 @@ pub const CONDITION: &str = "Accepted";
 /// The condition `object` should carry: (status, reason, message).
 #[must_use]
 pub fn condition_for(object: &Value) -> (&'static str, &'static str, String) {
-    let mut policy = serde_json::Map::new();
-    for key in ["apiVersion", "kind", "spec"] {
-        if let Some(value) = object.get(key) {
-            policy.insert(key.to_owned(), value.clone());
-        }
-    }
-    let metadata = object.get("metadata").cloned().unwrap_or_default();
-    policy.insert(
-        "metadata".into(),
-        json!({"name": metadata.get("name"), "namespace": metadata.get("namespace")}),
-    );
-    let yaml = serde_yaml::to_value(Value::Object(policy)).unwrap_or(serde_yaml::Value::Null);
-    match mesh_core::policy::compile(&yaml).rejected {
+    // Compiled from what the agents compile, so both reach one verdict.
+    let yaml = serde_yaml::to_value(object).unwrap_or(serde_yaml::Value::Null);
+    let policy = mesh_core::local_config::resource_as_written(&yaml);
+    match mesh_core::policy::compile(&policy).rejected {
         None => ("True", "Accepted", "the policy is in force".to_owned()),
         Some(error) => (
             "False",

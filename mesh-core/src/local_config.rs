@@ -128,6 +128,27 @@ pub struct LocalSnapshot {
     pub routes: Vec<serde_yaml::Value>,
 }
 
+/// A Kubernetes custom resource (`AuthorizationPolicy`, `HTTPRoute`) as
+/// the local file would hold it: everything but the status, and of the
+/// metadata only the name and namespace. The rest is the API server's and
+/// the controller's bookkeeping; leaving it out means a policy is read, and
+/// a bad one rejected, with the same field paths as in the local file,
+/// wherever it is compiled (the agents, the controller's status).
+#[must_use]
+pub fn resource_as_written(object: &serde_yaml::Value) -> serde_yaml::Value {
+    let mut value = object.clone();
+    if let Some(mapping) = value.as_mapping_mut() {
+        mapping.remove("status");
+    }
+    if let Some(metadata) = value
+        .get_mut("metadata")
+        .and_then(serde_yaml::Value::as_mapping_mut)
+    {
+        metadata.retain(|key, _| key.as_str() == Some("name") || key.as_str() == Some("namespace"));
+    }
+    value
+}
+
 /// Reads and validates a local configuration file.
 pub fn load(path: &Path) -> Result<LocalSnapshot, LocalConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {

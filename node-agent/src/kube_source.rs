@@ -240,15 +240,17 @@ impl SnapshotBuilder {
     fn build(&mut self, stores: &Stores) -> LocalSnapshot {
         let namespace_state = stores.namespaces.state();
         let namespace_labels = translate::namespace_labels(namespace_state.iter().map(|ns| &**ns));
+        let labels_of_namespace = |pod: &KubePod| {
+            pod.metadata
+                .namespace
+                .as_ref()
+                .and_then(|ns| namespace_labels.get(ns))
+        };
         let mut pods = Vec::new();
         let mut waiting = Vec::new();
         let mut seen_uids = Vec::new();
         for kube_pod in stores.pods.state() {
-            let labels = kube_pod
-                .metadata
-                .namespace
-                .as_ref()
-                .and_then(|ns| namespace_labels.get(ns));
+            let labels = labels_of_namespace(&kube_pod);
             let Some(meshed) = translate::node_pod(&kube_pod, labels, &self.settings.node) else {
                 continue;
             };
@@ -289,11 +291,7 @@ impl SnapshotBuilder {
         self.netns.retain(|uid, _| seen_uids.contains(uid));
         self.waiting_since.retain(|uid, _| seen_uids.contains(uid));
         for kube_pod in stores.other_pods.state() {
-            let labels = kube_pod
-                .metadata
-                .namespace
-                .as_ref()
-                .and_then(|ns| namespace_labels.get(ns));
+            let labels = labels_of_namespace(&kube_pod);
             pods.extend(translate::remote_pod(
                 &kube_pod,
                 labels,

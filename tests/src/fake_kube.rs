@@ -61,7 +61,7 @@ pub use tokens::{API_SERVER_AUDIENCE, NODE_NAME_EXTRA};
 pub use watch::BOOKMARK_INTERVAL;
 
 use crate::netns::run_in_netns;
-use crate::testbed::Node;
+use crate::testbed::{CgroupDriver, Node, Pod, Testbed};
 use server::ServerContext;
 use store::{DEFAULT_HISTORY_LIMIT, SharedStore};
 use tokens::TokenRegistry;
@@ -291,6 +291,41 @@ impl FakeKube {
                 store.create(resource, namespace, object)
             }
         })?)
+    }
+
+    /// What the scheduler and the kubelet would do for one pod: the Pod
+    /// object bound to `node` (with `labels`, and a service account named
+    /// after the pod), its cgroup named after the UID this server gave it
+    /// (`driver` names it), its address in the status. Returns the test
+    /// bed's pod.
+    pub fn run_pod(
+        &self,
+        tb: &mut Testbed,
+        node: &Node,
+        namespace: &str,
+        name: &str,
+        labels: &Value,
+        driver: CgroupDriver,
+    ) -> Result<Pod, FakeKubeError> {
+        let created = self.apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"nodeName": node.name, "serviceAccountName": name,
+                     "containers": [{"name": "app", "image": "pod-tool"}]},
+        }))?;
+        let uid = created["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let pod = tb.add_kube_pod(node, name, namespace, &uid, driver);
+        self.merge_patch(
+            "pods",
+            namespace,
+            name,
+            &serde_json::json!({"status": {"phase": "Running", "podIP": pod.ipv4.to_string(),
+                                           "podIPs": [{"ip": pod.ipv4.to_string()}]}}),
+        )?;
+        Ok(pod)
     }
 
     /// Applies an RFC 7386 merge patch to an object (`namespace` is ignored

@@ -531,30 +531,17 @@ fn policies_get_an_accepted_condition_or_the_reason_they_are_rejected() {
 /// Pod object, its cgroup named after its UID, its address in the status,
 /// an echo server in it.
 fn running_pod(s: &mut Setup, node: &Node, name: &str) -> (ambit_tests::Pod, Proc) {
-    let created = s
+    let pod = s
         .kube
-        .apply(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
-            "spec": {"nodeName": node.name, "serviceAccountName": name,
-                     "containers": [{"name": "app", "image": "pod-tool"}]}}))
-        .expect("pod");
-    let uid = created["metadata"]["uid"].as_str().expect("uid").to_owned();
-    let pod = s.tb.add_kube_pod(
-        node,
-        name,
-        "shop",
-        &uid,
-        ambit_tests::CgroupDriver::Cgroupfs,
-    );
-    s.kube
-        .merge_patch(
-            "pods",
+        .run_pod(
+            &mut s.tb,
+            node,
             "shop",
             name,
-            &json!({"status": {"phase": "Running",
-            "podIP": pod.ipv4.to_string(), "podIPs": [{"ip": pod.ipv4.to_string()}]}}),
+            &json!({"app": name}),
+            ambit_tests::CgroupDriver::Cgroupfs,
         )
-        .expect("status");
+        .expect("pod");
     let server = ambit_tests::workload::serve(&s.tb, &pod);
     (pod, server)
 }

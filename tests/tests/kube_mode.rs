@@ -18,9 +18,8 @@ use serde_json::{Value, json};
 const NAMESPACE: &str = "shop";
 const MESH_LABEL: &str = "ambit.dev/mesh";
 
-/// What the kubelet and the scheduler would do for one pod: the Pod object
-/// bound to `node`, the pod's cgroup named after the UID the API server
-/// gave it, its address in the status.
+/// A running pod of the test's namespace on `node` (see
+/// [`FakeKube::run_pod`]).
 fn kube_pod(
     tb: &mut Testbed,
     kube: &FakeKube,
@@ -29,28 +28,8 @@ fn kube_pod(
     labels: &Value,
     driver: CgroupDriver,
 ) -> Pod {
-    let created = kube
-        .apply(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
-            "spec": {"nodeName": node.name, "serviceAccountName": name,
-                     "containers": [{"name": "app", "image": "pod-tool"}]},
-        }))
-        .expect("create the pod");
-    let uid = created["metadata"]["uid"]
-        .as_str()
-        .expect("a uid")
-        .to_owned();
-    let pod = tb.add_kube_pod(node, name, NAMESPACE, &uid, driver);
-    kube.merge_patch(
-        "pods",
-        NAMESPACE,
-        name,
-        &json!({"status": {"phase": "Running", "podIP": pod.ipv4.to_string(),
-                           "podIPs": [{"ip": pod.ipv4.to_string()}]}}),
-    )
-    .expect("the pod's status");
-    pod
+    kube.run_pod(tb, node, NAMESPACE, name, labels, driver)
+        .expect("the pod")
 }
 
 /// `shop/client` (cgroupfs driver) and `shop/server` (`server_driver`) on

@@ -196,3 +196,17 @@ fn routes_are_carried_as_written() {
     assert_eq!(snapshot.routes.len(), 1);
     assert_eq!(snapshot.routes[0]["metadata"]["name"], "r");
 }
+
+#[test]
+fn a_resource_as_written_keeps_its_fields_but_not_the_servers_bookkeeping() {
+    let object: serde_yaml::Value = serde_yaml::from_str(
+        "{apiVersion: v1, kind: X, metadata: {name: a, namespace: b, uid: u, resourceVersion: '1'}, spec: {k: v}, status: {s: 1}}",
+    )
+    .unwrap();
+    let written = resource_as_written(&object);
+    let expected: serde_yaml::Value = serde_yaml::from_str(
+        "{apiVersion: v1, kind: X, metadata: {name: a, namespace: b}, spec: {k: v}}",
+    )
+    .unwrap();
+    assert_eq!(written, expected);
+}

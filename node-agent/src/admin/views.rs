@@ -2,8 +2,13 @@
 //! resolved to workloads, and the eBPF state. Field names are `snake_case`
 //! and stable; docs/operations.md documents them.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::PathBuf,
+};
 
+use mesh_core::service::ServiceKey;
 use mesh_ebpf_common::{map_names, program_names};
 use serde::Serialize;
 
@@ -158,6 +163,17 @@ pub fn workloads(index: &WorkloadIndex) -> Vec<WorkloadView> {
 /// Every configured service with the meshed pods it selects.
 #[must_use]
 pub fn services(index: &WorkloadIndex, cluster_domain: &str) -> Vec<ServiceView> {
+    // Each service's cluster IPs and ports, gathered in one pass.
+    let mut virtual_addresses_of: HashMap<&ServiceKey, Vec<VirtualAddressView>> = HashMap::new();
+    for (address, vip) in index.virtual_addresses() {
+        virtual_addresses_of
+            .entry(&vip.service)
+            .or_default()
+            .push(VirtualAddressView {
+                address,
+                endpoints: vip.endpoints.clone(),
+            });
+    }
     index
         .services()
         .iter()
@@ -169,15 +185,9 @@ pub fn services(index: &WorkloadIndex, cluster_domain: &str) -> Vec<ServiceView>
                 .collect();
             endpoints.sort_unstable();
             endpoints.dedup();
-            let key = service.key();
-            let mut virtual_addresses: Vec<VirtualAddressView> = index
-                .virtual_addresses()
-                .filter(|(_, vip)| vip.service == key)
-                .map(|(address, vip)| VirtualAddressView {
-                    address,
-                    endpoints: vip.endpoints.clone(),
-                })
-                .collect();
+            let mut virtual_addresses = virtual_addresses_of
+                .remove(&service.key())
+                .unwrap_or_default();
             virtual_addresses.sort_unstable_by_key(|view| view.address);
             ServiceView {
                 namespace: service.namespace.clone(),

@@ -256,11 +256,12 @@ impl Reconciler {
         // Capture a previous agent left stays until every configured pod is
         // enrolled again (or the grace is over): a pod still waiting keeps
         // failing closed instead of leaving the mesh for a moment.
-        let all_enrolled = self
-            .entries
-            .values()
-            .all(|entry| matches!(entry, Entry::Enrolled(_)));
-        if !self.cleaned_stale && (all_enrolled || self.started.elapsed() >= STALE_GRACE) {
+        let all_enrolled = || {
+            self.entries
+                .values()
+                .all(|entry| matches!(entry, Entry::Enrolled(_)))
+        };
+        if !self.cleaned_stale && (self.started.elapsed() >= STALE_GRACE || all_enrolled()) {
             let enrolled: Vec<u64> = self.enrolled_cookies();
             self.enroller.remove_stale(&enrolled);
             self.cleaned_stale = true;

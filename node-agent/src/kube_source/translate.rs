@@ -304,20 +304,11 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
 }
 
 /// A custom resource (`AuthorizationPolicy`, `HTTPRoute`) as the local
-/// file would hold it: apiVersion, kind, name and namespace, spec. The rest
-/// of the metadata and the status are the server's and the controller's
-/// bookkeeping; leaving them out also means a policy is read, and a bad one
-/// rejected, with the same field paths as in the local file.
+/// file would hold it (see [`mesh_core::local_config::resource_as_written`]).
 #[must_use]
 pub fn local_object(object: &DynamicObject) -> serde_yaml::Value {
-    let mut value = serde_json::to_value(object).unwrap_or_default();
-    if let Some(object) = value.as_object_mut() {
-        object.remove("status");
-    }
-    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        metadata.retain(|key, _| key == "name" || key == "namespace");
-    }
-    serde_yaml::to_value(value).unwrap_or(serde_yaml::Value::Null)
+    let value = serde_yaml::to_value(object).unwrap_or(serde_yaml::Value::Null);
+    mesh_core::local_config::resource_as_written(&value)
 }
 
 /// The configuration file the objects amount to.

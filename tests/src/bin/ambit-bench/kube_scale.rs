@@ -180,29 +180,16 @@ fn probe_pods(tb: &mut Testbed, kube: &FakeKube, node: &Node) -> Result<(Pod, Po
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PROBE_NAMESPACE}}),
     )
     .map_err(failed)?;
-    let mut pod = |name: &str| -> Result<Pod, BenchError> {
-        let created = kube
-            .apply(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": PROBE_NAMESPACE, "labels": {"app": name}},
-                "spec": {"nodeName": node.name, "serviceAccountName": name,
-                         "containers": [{"name": "app", "image": "pod-tool"}]},
-            }))
-            .map_err(failed)?;
-        let uid = created["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let pod = tb.add_kube_pod(node, name, PROBE_NAMESPACE, &uid, CgroupDriver::Cgroupfs);
-        kube.merge_patch(
-            "pods",
+    let mut pod = |name: &str| {
+        kube.run_pod(
+            tb,
+            node,
             PROBE_NAMESPACE,
             name,
-            &json!({"status": {"phase": "Running", "podIP": pod.ipv4.to_string(),
-                               "podIPs": [{"ip": pod.ipv4.to_string()}]}}),
+            &json!({"app": name}),
+            CgroupDriver::Cgroupfs,
         )
-        .map_err(failed)?;
-        Ok(pod)
+        .map_err(failed)
     };
     Ok((pod("client")?, pod("server")?))
 }
