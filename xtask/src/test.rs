@@ -35,12 +35,14 @@ pub fn run(root: &Path, nextest_args: &[String]) -> Result<()> {
     ]))?;
 
     header(4, "build");
-    cmd::run(cargo(root).args(["build", "--workspace", "--bins"]))?;
+    // All targets in one build: the tests activate dev-dependencies' features,
+    // so a `--bins` build alone would be compiled a second time by nextest.
+    cmd::run(cargo(root).args(["build", "--workspace", "--all-targets"]))?;
 
     header(5, "tests");
     let mut nextest = cargo(root);
     nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-    if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) {
+    if in_ci() {
         nextest.args(["--profile", "ci"]);
     }
     // The tests start the node agent and their helpers from here.
@@ -50,10 +52,20 @@ pub fn run(root: &Path, nextest_args: &[String]) -> Result<()> {
     cmd::run(&mut nextest)
 }
 
-/// A `cargo` command that runs in the workspace root.
+/// Whether this runs in CI (`CI` set and not empty).
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|ci| !ci.is_empty())
+}
+
+/// A `cargo` command that runs in the workspace root. In CI, incremental
+/// compilation is off: a fresh clone builds once, and its caches would
+/// take gigabytes of a disk that the build has to share.
 fn cargo(root: &Path) -> Command {
     let mut cargo = Command::new("cargo");
     cargo.current_dir(root);
+    if in_ci() {
+        cargo.env("CARGO_INCREMENTAL", "0");
+    }
     cargo
 }
 
