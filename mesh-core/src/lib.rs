@@ -1,5 +1,6 @@
-//! ambit's userspace core, shared by every binary: the workload and service
-//! models and the loader for the local (non-Kubernetes) configuration file.
+//! ambit's userspace core, shared by every binary: identity and the CA, TLS
+//! for HBONE, the workload, service, policy and route models, and the loader
+//! for the local (non-Kubernetes) configuration file.
 
 #![forbid(unsafe_code)]
 
@@ -7,5 +8,7 @@ pub mod ca;
 pub mod identity;
 pub mod local_config;
 pub mod policy;
+pub mod route;
 pub mod service;
+pub mod tls;
 pub mod workload;

@@ -41,5 +41,5 @@ pub mod stats;
 pub mod sync;
 mod sys;
 pub mod telemetry;
-pub mod tls;
+pub use mesh_core::tls;
 pub mod workloads;

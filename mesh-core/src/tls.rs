@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use mesh_core::{ca::spiffe_id_of, identity::SpiffeId};
+use crate::{ca::spiffe_id_of, identity::SpiffeId};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
     SignatureScheme,

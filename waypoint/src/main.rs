@@ -1,0 +1,3 @@
+//! `ambit-waypoint`: the per-namespace L7 proxy.
+
+fn main() {}

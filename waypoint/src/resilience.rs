@@ -1,0 +1,1 @@
+//! Resilience primitives of the waypoint.
