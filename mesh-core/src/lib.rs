@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod hbone;
 pub mod identity;
 pub mod local_config;
 pub mod policy;
+pub mod published;
 pub mod route;
 pub mod service;
 pub mod tls;

@@ -45,7 +45,9 @@ mod evaluate;
 #[cfg(test)]
 mod tests;
 
-pub use evaluate::{Decision, PolicySet, Request, Verdict, Workload};
+pub use evaluate::{
+    Decision, HttpAttributes, PolicySet, Request, ServiceTarget, Verdict, Workload,
+};
 
 /// The root namespace when none is configured: its policies apply mesh-wide.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "ambit-system";
@@ -107,6 +109,20 @@ pub struct Policy {
     pub rejected: Option<PolicyError>,
     /// Fields it uses that only a waypoint can enforce, by path.
     pub waypoint_fields: Vec<String>,
+    /// The Services or waypoints it is attached to (`targetRefs`): such a
+    /// policy is enforced by the waypoint, not by the node agents.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<TargetRef>,
+}
+
+/// What a policy's `targetRefs` entry attaches it to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name")]
+pub enum TargetRef {
+    /// Traffic to this Service of the policy's namespace, at its waypoint.
+    Service(String),
+    /// Every request through this waypoint (Gateway API `Gateway`).
+    Gateway(String),
 }
 
 /// One rule: every `from` list and `to` list given must match.
@@ -116,8 +132,25 @@ pub struct Rule {
     pub from: Vec<Source>,
     /// Operations; one must match. Empty: any operation.
     pub to: Vec<Operation>,
+    /// Request headers (`when: request.headers[...]`); each must match.
+    pub headers: Vec<HeaderCondition>,
     /// The rule uses fields only a waypoint can enforce.
     pub needs_waypoint: bool,
+    /// The rule uses fields no part of ambit enforces (`requestPrincipals`,
+    /// `remoteIpBlocks`: JWT and proxy-protocol attributes): it fails
+    /// closed at the waypoint too.
+    pub unenforceable: bool,
+}
+
+/// A `when` condition on a request header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderCondition {
+    /// The header, lowercase.
+    pub name: String,
+    /// Its value must match one of these (when given).
+    pub values: Vec<Pattern>,
+    /// Its value must match none of these.
+    pub not_values: Vec<Pattern>,
 }
 
 /// Who is connecting. Every field given must match.
@@ -144,6 +177,19 @@ pub struct Operation {
     pub ports: Vec<u16>,
     /// The destination port must be none of these.
     pub not_ports: Vec<u16>,
+    /// The request's host (lowercase; a pattern without a port also
+    /// matches the host with any port) must match one of these. Waypoint.
+    pub hosts: Vec<Pattern>,
+    /// ... and none of these. Waypoint.
+    pub not_hosts: Vec<Pattern>,
+    /// The method must be one of these. Waypoint.
+    pub methods: Vec<String>,
+    /// ... and none of these. Waypoint.
+    pub not_methods: Vec<String>,
+    /// The path (without the query) must match one of these. Waypoint.
+    pub paths: Vec<Pattern>,
+    /// ... and none of these. Waypoint.
+    pub not_paths: Vec<Pattern>,
 }
 
 /// A principal or namespace pattern: exact, `prefix*`, `*suffix` or `*`.
@@ -196,9 +242,9 @@ struct RawSpec {
     #[serde(default)]
     selector: Option<RawSelector>,
     #[serde(default)]
-    target_refs: Option<serde_yaml::Value>,
+    target_refs: Option<Vec<RawTargetRef>>,
     #[serde(default)]
-    target_ref: Option<serde_yaml::Value>,
+    target_ref: Option<RawTargetRef>,
     #[serde(default)]
     action: Option<String>,
     #[serde(default)]
@@ -222,7 +268,28 @@ struct RawRule {
     #[serde(default)]
     to: Option<Vec<RawTo>>,
     #[serde(default)]
-    when: Option<serde_yaml::Value>,
+    when: Option<Vec<RawCondition>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawCondition {
+    key: String,
+    #[serde(default)]
+    values: Option<Vec<String>>,
+    #[serde(default)]
+    not_values: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawTargetRef {
+    #[serde(default)]
+    group: Option<String>,
+    kind: String,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -348,11 +415,18 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
         ));
     }
     let spec = raw.spec;
-    if spec.target_refs.is_some() || spec.target_ref.is_some() {
+    let target_refs = compile_target_refs(
+        spec.target_refs
+            .into_iter()
+            .flatten()
+            .chain(spec.target_ref),
+        &key.namespace,
+    )
+    .map_err(|(field, m)| fail(&field, m))?;
+    if !target_refs.is_empty() && spec.selector.is_some() {
         return Err(fail(
             "spec.targetRefs",
-            "targetRefs attach a policy to a waypoint, which ambit does not run yet; use selector"
-                .to_owned(),
+            "a policy has either a selector (node agents enforce it) or targetRefs (the waypoint does), not both".to_owned(),
         ));
     }
     if spec.provider.is_some() {
@@ -366,13 +440,13 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
     let mut rules = Vec::new();
     for (r, raw_rule) in spec.rules.unwrap_or_default().into_iter().enumerate() {
         let path = format!("spec.rules[{r}]");
-        if raw_rule.when.is_some() {
-            return Err(fail(
-                &format!("{path}.when"),
-                "`when` conditions are not supported; express the rule with from and to".to_owned(),
-            ));
-        }
         let mut rule = Rule::default();
+        for (w, condition) in raw_rule.when.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("{path}.when[{w}]");
+            rule.headers
+                .push(compile_condition(condition, &path).map_err(|(field, m)| fail(&field, m))?);
+            waypoint_fields.push(path);
+        }
         for (f, from) in raw_rule.from.unwrap_or_default().into_iter().enumerate() {
             let path = format!("{path}.from[{f}].source");
             let (source, l7) =
@@ -387,9 +461,16 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
             waypoint_fields.extend(l7);
             rule.to.push(operation);
         }
-        rule.needs_waypoint = waypoint_fields
+        let own: Vec<&String> = waypoint_fields
             .iter()
-            .any(|f| f.starts_with(&format!("{path}.")));
+            .filter(|f| f.starts_with(&format!("{path}.")))
+            .collect();
+        rule.needs_waypoint = !own.is_empty();
+        rule.unenforceable = own.iter().any(|f| {
+            UNENFORCEABLE_FIELDS
+                .iter()
+                .any(|u| f.ends_with(&format!(".{u}")))
+        });
         rules.push(rule);
     }
     Ok(Policy {
@@ -399,6 +480,7 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
         rules,
         rejected: None,
         waypoint_fields,
+        target_refs,
     })
 }
 
@@ -464,9 +546,40 @@ fn compile_operation(
             .map(|(i, port)| parse_port(port).map_err(|m| (format!("{path}.{field}[{i}]"), m)))
             .collect::<Result<Vec<_>, _>>()
     };
+    let patterns =
+        |list: &Option<Vec<String>>, field: &str, check: fn(&str) -> Result<(), String>| {
+            list.iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, value)| {
+                    Pattern::parse(value, check).map_err(|m| (format!("{path}.{field}[{i}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+    let methods = |list: &Option<Vec<String>>, field: &str| {
+        list.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, method)| {
+                check_method(method)
+                    .map(|()| method.clone())
+                    .map_err(|m| (format!("{path}.{field}[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let lowercase = |list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map(|hosts| hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
+    };
     let operation = Operation {
         ports: ports(raw.ports, "ports")?,
         not_ports: ports(raw.not_ports, "notPorts")?,
+        hosts: patterns(&lowercase(&raw.hosts), "hosts", accept_any)?,
+        not_hosts: patterns(&lowercase(&raw.not_hosts), "notHosts", accept_any)?,
+        methods: methods(&raw.methods, "methods")?,
+        not_methods: methods(&raw.not_methods, "notMethods")?,
+        paths: patterns(&raw.paths, "paths", check_path)?,
+        not_paths: patterns(&raw.not_paths, "notPaths", check_path)?,
     };
     let waypoint_only = [
         ("hosts", &raw.hosts),
@@ -477,6 +590,108 @@ fn compile_operation(
         ("notPaths", &raw.not_paths),
     ];
     Ok((operation, used_fields(path, &waypoint_only)))
+}
+
+/// Fields that no part of ambit can enforce (they need JWT validation or
+/// the PROXY protocol); a rule that uses them fails closed everywhere.
+const UNENFORCEABLE_FIELDS: &[&str] = &[
+    "requestPrincipals",
+    "notRequestPrincipals",
+    "remoteIpBlocks",
+    "notRemoteIpBlocks",
+];
+
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "the shape Pattern::parse takes for its checks"
+)]
+fn accept_any(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+fn check_path(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not a path (it must start with /)"))
+    }
+}
+
+fn check_method(method: &str) -> Result<(), String> {
+    if !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method:?} is not an HTTP method (uppercase, e.g. GET)"
+        ))
+    }
+}
+
+/// The header a `when` key names, from `request.headers[<name>]`; any
+/// other key is refused with the supported one.
+fn compile_condition(raw: RawCondition, path: &str) -> Result<HeaderCondition, FieldError> {
+    let name = raw
+        .key
+        .strip_prefix("request.headers[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .filter(|name| http::HeaderName::from_bytes(name.as_bytes()).is_ok())
+        .ok_or_else(|| {
+            (
+                format!("{path}.key"),
+                format!(
+                    "{:?} is not supported; the supported condition key is request.headers[<name>] (use from and to for sources and ports)",
+                    raw.key
+                ),
+            )
+        })?;
+    let patterns = |list: Option<Vec<String>>, field: &str| {
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                Pattern::parse(value, accept_any).map_err(|m| (format!("{path}.{field}[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let condition = HeaderCondition {
+        name: name.to_ascii_lowercase(),
+        values: patterns(raw.values, "values")?,
+        not_values: patterns(raw.not_values, "notValues")?,
+    };
+    if condition.values.is_empty() && condition.not_values.is_empty() {
+        return Err((
+            format!("{path}.values"),
+            "a condition needs values or notValues".to_owned(),
+        ));
+    }
+    Ok(condition)
+}
+
+/// `targetRefs`: Services of the policy's namespace (group `""`) or
+/// waypoints (`gateway.networking.k8s.io` `Gateway`).
+fn compile_target_refs(
+    refs: impl Iterator<Item = RawTargetRef>,
+    namespace: &str,
+) -> Result<Vec<TargetRef>, FieldError> {
+    refs.enumerate()
+        .map(|(i, raw)| {
+            let field = format!("spec.targetRefs[{i}]");
+            if raw.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+                return Err((
+                    format!("{field}.namespace"),
+                    "a policy can only target objects of its own namespace".to_owned(),
+                ));
+            }
+            match (raw.group.as_deref().unwrap_or(""), raw.kind.as_str()) {
+                ("" | "core", "Service") => Ok(TargetRef::Service(raw.name)),
+                ("gateway.networking.k8s.io", "Gateway") => Ok(TargetRef::Gateway(raw.name)),
+                (group, kind) => Err((
+                    field,
+                    format!("{kind} (group {group:?}) cannot be targeted; use a Service (group \"\") or a waypoint's Gateway"),
+                )),
+            }
+        })
+        .collect()
 }
 
 fn used_fields(path: &str, fields: &[(&str, &Option<Vec<String>>)]) -> Vec<String> {
@@ -585,7 +800,32 @@ fn rejected(value: &serde_yaml::Value, key: PolicyKey, error: PolicyError) -> Po
         rules,
         rejected: Some(error),
         waypoint_fields: Vec::new(),
+        target_refs: readable_target_refs(value),
     }
+}
+
+/// The targets of a rejected policy, as far as they can be read: it then
+/// fails closed at those targets (at the waypoint); with none readable, in
+/// its namespace or selector's scope at the node agents.
+fn readable_target_refs(value: &serde_yaml::Value) -> Vec<TargetRef> {
+    value["spec"]["targetRefs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .chain(
+            value["spec"]["targetRef"]
+                .as_mapping()
+                .map(|_| &value["spec"]["targetRef"]),
+        )
+        .filter_map(|target| {
+            let name = target["name"].as_str()?.to_owned();
+            match target["kind"].as_str()? {
+                "Service" => Some(TargetRef::Service(name)),
+                "Gateway" => Some(TargetRef::Gateway(name)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// serde's path to the failing field (`spec.rules[0].from`); the whole
@@ -614,6 +854,25 @@ impl Policy {
             return format!(
                 "rejected: {}: {}; it fails closed and {effect} in its scope",
                 error.field, error.message
+            );
+        }
+        let unenforceable: Vec<&str> = self
+            .waypoint_fields
+            .iter()
+            .filter(|f| {
+                UNENFORCEABLE_FIELDS
+                    .iter()
+                    .any(|u| f.ends_with(&format!(".{u}")))
+            })
+            .map(String::as_str)
+            .collect();
+        if !self.target_refs.is_empty() {
+            if unenforceable.is_empty() {
+                return "accepted; enforced by the waypoint".to_owned();
+            }
+            return format!(
+                "accepted, failing closed: {} are not supported (no JWT or PROXY protocol); rules that use them allow nothing",
+                unenforceable.join(", ")
             );
         }
         if self.waypoint_fields.is_empty() {

@@ -11,6 +11,7 @@
 //!     clusterIPs: [10.96.0.10]   # optional: the virtual addresses clients dial
 //!     ports:                     # optional
 //!       - {name: http, port: 80, targetPort: 8080}
+//!     waypoint: shop-waypoint    # optional: L7 traffic goes through it
 //! ```
 //!
 //! A service selects the pods of its own namespace whose labels include all
@@ -115,6 +116,13 @@ pub struct Service {
     /// picks, at each port's target port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<Endpoint>>,
+    /// The waypoint of the service's namespace that its traffic must pass
+    /// through (Kubernetes: the label `ambit.dev/use-waypoint` on the
+    /// Service or, failing that, its namespace; `none` opts out). Meshed
+    /// clients' connections to its cluster IPs go to that waypoint, never
+    /// straight to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
 }
 
 /// One ready endpoint of a service, as an `EndpointSlice` lists it.
@@ -199,6 +207,15 @@ impl Service {
                     value: value.clone(),
                 });
             }
+        }
+        if let Some(waypoint) = &self.waypoint
+            && !is_dns_label(waypoint, true)
+        {
+            return Err(ServiceError::NotDnsLabel {
+                service: self.key(),
+                part: "waypoint",
+                value: waypoint.clone(),
+            });
         }
         if self.selector.is_empty() && self.endpoints.is_none() {
             return Err(ServiceError::NoSelector(self.key()));

@@ -6,8 +6,6 @@
 //! - [`relay`]: copying between an application's TCP connection and a
 //!   CONNECT stream, with flow control and half-close.
 
-use std::time::Duration;
-
 use mesh_core::policy::Decision;
 
 use crate::authz::{Authorization, EnforcementPoint};
@@ -16,34 +14,10 @@ pub mod client;
 pub mod relay;
 pub mod server;
 
-/// Streams one HBONE connection may carry before the pool opens another.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
-/// Connections to one destination that busy streams are spread over before
-/// they share: one TLS connection is encrypted on one thread at a time.
-pub const SPREAD_CONNECTIONS: usize = 4;
-/// Largest request header block the server accepts; a larger one gets 431.
-pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
-/// Per-stream flow-control window: large enough for bulk transfer over one
-/// stream without waiting on window updates.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// Per-connection flow-control window, shared by the streams.
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest HTTP/2 DATA frame sent.
-pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
-/// How long a TLS + HTTP/2 handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// CONNECT response headers in which the destination's agent reports its
-/// authorization verdict to the source's agent, for the source's logs. Only
-/// agents holding mesh certificates see them.
-pub mod verdict_headers {
-    /// `allow` or `deny`.
-    pub const DECISION: &str = "ambit-authz-decision";
-    /// The deciding policy (namespace/name), `default allow` or `no ALLOW matched`.
-    pub const POLICY: &str = "ambit-authz-policy";
-    /// The node whose agent decided.
-    pub const ENFORCED_BY: &str = "ambit-authz-enforced-by";
-}
+pub use mesh_core::hbone::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
+    MAX_STREAMS_PER_CONNECTION, SPREAD_CONNECTIONS, STREAM_WINDOW, verdict_headers,
+};
 
 /// Why an HBONE connection or stream failed.
 #[derive(Debug, thiserror::Error)]

@@ -298,7 +298,7 @@ impl SnapshotBuilder {
                 &self.settings.node,
             ));
         }
-        let services = services(stores);
+        let services = services(stores, &namespace_labels);
         let custom = |store: &Store<DynamicObject>| {
             store
                 .state()
@@ -348,8 +348,12 @@ impl SnapshotBuilder {
     }
 }
 
-/// The Services with the ready endpoints of their `EndpointSlices`.
-fn services(stores: &Stores) -> Vec<mesh_core::service::Service> {
+/// The Services with the ready endpoints of their `EndpointSlices` and the
+/// waypoint each uses (its own label, else its namespace's).
+fn services(
+    stores: &Stores,
+    namespace_labels: &HashMap<String, std::collections::BTreeMap<String, String>>,
+) -> Vec<mesh_core::service::Service> {
     let slices = stores.endpoint_slices.state();
     let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in &slices {
@@ -367,7 +371,7 @@ fn services(stores: &Stores) -> Vec<mesh_core::service::Service> {
                 service.metadata.name.as_deref()?,
             );
             let slices = slices_of.get(&owner).into_iter().flatten().copied();
-            translate::service(service, slices)
+            translate::service(service, slices, namespace_labels.get(owner.0))
         })
         .collect()
 }

@@ -33,7 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;
-pub mod published;
+pub use mesh_core::published;
 pub mod routing;
 pub mod source;
 pub mod splice;

@@ -67,6 +67,20 @@ pub enum ProxyError {
         /// The cluster IP and port dialled.
         addr: SocketAddr,
     },
+    /// The client dialled a service that uses a waypoint, and the waypoint
+    /// has no ready pod: the traffic is refused, never sent around it.
+    #[error(
+        "service {service} uses waypoint {waypoint}, which has no ready endpoint (check `kubectl get pods -n {ns} -l ambit.dev/waypoint={name}`); refusing {addr} rather than bypass it",
+        ns = waypoint.namespace, name = waypoint.name
+    )]
+    NoWaypoint {
+        /// The service.
+        service: Box<mesh_core::service::ServiceKey>,
+        /// Its waypoint.
+        waypoint: Box<mesh_core::service::ServiceKey>,
+        /// The cluster IP and port dialled.
+        addr: SocketAddr,
+    },
     /// A connection addressed to a mesh port reached the inbound proxy.
     #[error("refusing to proxy a connection addressed to the mesh port {0} (it would loop)")]
     MeshPort(SocketAddr),

@@ -47,6 +47,23 @@ pub struct VirtualAddress {
     /// Its ready endpoints at the port behind this one, sorted; meshed or
     /// not.
     pub endpoints: Vec<SocketAddr>,
+    /// The waypoint the service's traffic must pass through, when it names
+    /// one: connections go there instead of to `endpoints`.
+    pub waypoint: Option<Arc<WaypointTarget>>,
+}
+
+/// A waypoint that a service's traffic goes through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaypointTarget {
+    /// The waypoint's Service (namespace/name).
+    pub service: ServiceKey,
+    /// The identity its certificate must carry: the service account named
+    /// after the waypoint, in its namespace (as `ambit waypoint apply`
+    /// creates it).
+    pub identity: SpiffeId,
+    /// The HBONE addresses of its ready pods; empty when it has none (or
+    /// no such Service exists), and then the traffic is refused.
+    pub endpoints: Vec<SocketAddr>,
 }
 
 /// Meshed pods by address, and services by cluster IP and port.
@@ -117,7 +134,7 @@ impl WorkloadIndex {
         Self {
             by_ip,
             services,
-            virtual_addresses: virtual_addresses(snapshot),
+            virtual_addresses: virtual_addresses(snapshot, trust_domain),
         }
     }
 
@@ -157,10 +174,17 @@ impl WorkloadIndex {
 }
 
 /// Every cluster IP and port of the snapshot's services with their
-/// endpoints.
-fn virtual_addresses(snapshot: &LocalSnapshot) -> HashMap<SocketAddr, Arc<VirtualAddress>> {
+/// endpoints and waypoint.
+fn virtual_addresses(
+    snapshot: &LocalSnapshot,
+    trust_domain: &str,
+) -> HashMap<SocketAddr, Arc<VirtualAddress>> {
     let mut table = HashMap::new();
     for svc in &snapshot.services {
+        let waypoint = svc
+            .waypoint
+            .as_deref()
+            .and_then(|name| waypoint_target(snapshot, &svc.namespace, name, trust_domain));
         for ip in &svc.cluster_ips {
             for port in &svc.ports {
                 let endpoints = service::backends(svc, port, ip.is_ipv4(), &snapshot.pods);
@@ -169,10 +193,53 @@ fn virtual_addresses(snapshot: &LocalSnapshot) -> HashMap<SocketAddr, Arc<Virtua
                     Arc::new(VirtualAddress {
                         service: svc.key(),
                         endpoints,
+                        waypoint: waypoint.clone(),
                     }),
                 );
             }
         }
     }
     table
+}
+
+/// The waypoint `name` of `namespace`: its Service's ready pods at the HBONE
+/// port (the port named `hbone`, or 15008). `None` only when its identity
+/// cannot be formed; a missing Service gives a target without endpoints,
+/// so that traffic fails closed rather than bypassing the waypoint.
+fn waypoint_target(
+    snapshot: &LocalSnapshot,
+    namespace: &str,
+    name: &str,
+    trust_domain: &str,
+) -> Option<Arc<WaypointTarget>> {
+    let identity = match SpiffeId::new(trust_domain, namespace, name) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(waypoint = name, namespace, %error, "waypoint has no valid identity; its services' traffic is refused");
+            return None;
+        }
+    };
+    let service = snapshot
+        .services
+        .iter()
+        .find(|s| s.namespace == namespace && s.name == name);
+    let endpoints = service
+        .and_then(|svc| {
+            let port = svc
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some("hbone") || p.port == mesh_core::hbone::PORT)?;
+            let mut addrs = service::backends(svc, port, true, &snapshot.pods);
+            addrs.extend(service::backends(svc, port, false, &snapshot.pods));
+            Some(addrs)
+        })
+        .unwrap_or_default();
+    Some(Arc::new(WaypointTarget {
+        service: ServiceKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        identity,
+        endpoints,
+    }))
 }

@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod netns;
 pub mod proc;
 pub mod testbed;
+pub mod waypoint;
 pub mod workload;
 
 mod cgroup;

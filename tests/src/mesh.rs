@@ -333,7 +333,9 @@ impl Agent {
     }
 }
 
-fn write_atomically(path: &std::path::Path, text: &str) {
+/// Writes `text` to `path` by renaming a complete temporary file over it,
+/// so a process polling the file never reads half of it.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
     std::fs::rename(&tmp, path)

@@ -757,22 +757,29 @@ const CASES: &[Case] = &[
         true,
         false,
     ),
-    // Kept by the schema so that the model sees them and fails closed.
+    // Kept by the schema so that the model sees them: accepted where the
+    // waypoint enforces them, rejected (failing closed) otherwise.
     case(
         "{rules: [{when: [{key: 'request.headers[x]', values: [v]}]}]}",
+        true,
+        true,
+    ),
+    case(
+        "{rules: [{when: [{key: 'request.auth.claims[iss]', values: [v]}]}]}",
         true,
         false,
     ),
     case(
         "{targetRefs: [{kind: Service, group: '', name: db}]}",
         true,
-        false,
+        true,
     ),
     case(
         "{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: w}}",
         true,
-        false,
+        true,
     ),
+    case("{targetRefs: [{kind: Deployment, group: apps, name: db}]}", true, false),
     case("{provider: {name: opa}}", true, false),
 ];
 

@@ -1,6 +1,48 @@
 //! ambit's waypoint: the per-namespace L7 proxy. Node agents send it the
-//! HBONE streams of Services that use it; it applies HTTP routing, retries,
-//! timeouts, resilience and HTTP authorization, then opens HBONE to the
-//! chosen backend pod's node.
+//! HBONE streams of clients that dialled a Service using it; it applies
+//! HTTP authorization, routing, retries, timeouts and resilience, then
+//! opens HBONE to the chosen backend pod's agent.
+//!
+//! - [`inbound`]: the HBONE listener and protocol detection.
+//! - [`http_proxy`]: one HTTP request, from authorization to response.
+//! - [`opaque`]: streams that are not HTTP, passed through under L4 policy.
+//! - [`upstream`]: HBONE and plain connections to backends.
+//! - [`resilience`]: rate limits, retry budgets, circuit breakers, outlier
+//!   detection and the least-request balancer.
+//! - [`state`]: services, endpoints, policies and routes, from the
+//!   configuration file.
 
+use std::sync::Arc;
+
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod h2io;
+pub mod http_proxy;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod opaque;
 pub mod resilience;
+pub mod runtime;
+pub mod state;
+pub mod trace;
+pub mod upstream;
+
+/// Everything a stream or request of the waypoint needs.
+pub struct Waypoint {
+    /// Who the waypoint is, as services name it.
+    pub name: state::WaypointName,
+    /// Its identity and certificate.
+    pub identity: Arc<identity::WaypointIdentity>,
+    /// The current configuration.
+    pub state: state::SharedState,
+    /// Connections to backends.
+    pub upstreams: upstream::Upstreams,
+    /// Per-route and per-backend state that outlives configuration changes.
+    pub runtime: runtime::Runtime,
+    /// Its metrics.
+    pub metrics: metrics::Metrics,
+    /// The command line.
+    pub config: config::Config,
+}

@@ -1,3 +1,138 @@
 //! `ambit-waypoint`: the per-namespace L7 proxy.
 
-fn main() {}
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser as _;
+use mesh_core::{identity::SpiffeId, published::Published, route::RouteTable};
+use tokio_util::sync::CancellationToken;
+use waypoint::{
+    Waypoint, admin,
+    config::{Config, LogFormat},
+    identity::WaypointIdentity,
+    inbound, metrics, runtime, state, upstream,
+};
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    install_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let name = state::WaypointName {
+        namespace: config.namespace.clone(),
+        name: config.name.clone(),
+        trust_domain: config.trust_domain.clone(),
+    };
+    let id = SpiffeId::new(&config.trust_domain, &config.namespace, &config.name)?;
+    let identity = Arc::new(WaypointIdentity::new(
+        id,
+        &config.ca_cert,
+        &config.ca_key,
+        config.cert_lifetime,
+    )?);
+    let first = state::load(&config.config, &name, &RouteTable::default()).map_err(|error| {
+        anyhow::anyhow!(
+            "{error}\nhint: the waypoint reads the same file as the node agents (--config)"
+        )
+    })?;
+    let state: state::SharedState = Arc::new(Published::new(first));
+    let hbone = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for HBONE on {}: {e}", config.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for admin on {}: {e}", config.admin))?;
+    let cancel = CancellationToken::new();
+    let runtime = runtime::Runtime::default();
+    let waypoint = Arc::new(Waypoint {
+        name: name.clone(),
+        upstreams: upstream::Upstreams::new(identity.clone(), state.clone(), runtime.breakers()),
+        identity: identity.clone(),
+        state: state.clone(),
+        runtime,
+        metrics: metrics::Metrics::new(),
+        config: config.clone(),
+    });
+    tokio::spawn(state::watch(
+        config.config.clone(),
+        name,
+        state,
+        config.config_poll,
+        cancel.clone(),
+    ));
+    tokio::spawn(renew(identity.clone(), cancel.clone()));
+    tokio::spawn(admin::serve(
+        waypoint.clone(),
+        admin_listener,
+        cancel.clone(),
+    ));
+    tracing::info!(
+        identity = %identity.id,
+        hbone = %config.listen,
+        admin = %config.admin,
+        "waypoint ready"
+    );
+    let serving = tokio::spawn(inbound::serve(waypoint, hbone, cancel.clone()));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+    Ok(())
+}
+
+/// Renews the certificate at half its life, checking every 30 s.
+async fn renew(identity: Arc<WaypointIdentity>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+        match identity.renew_if_due(std::time::SystemTime::now()) {
+            Ok(true) => tracing::info!(identity = %identity.id, "certificate renewed"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, "certificate renewal failed; retrying in 30 s"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn install_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

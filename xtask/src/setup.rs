@@ -22,6 +22,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "tshark",
     "openssl",
+    // h2load and nghttp: HTTP/2 clients for the waypoint's tests and bench.
+    "nghttp2-client",
+    // HTTP/1.1 load for the waypoint's bench.
+    "wrk",
     // The font of the benchmark's latency plot (ambit-bench loads the TTF).
     "fonts-dejavu-core",
     // The OpenMetrics parser the metrics tests check the agent's /metrics with.

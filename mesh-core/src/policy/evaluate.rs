@@ -7,6 +7,13 @@
 //! AUDIT policies only record. The set is indexed by namespace and by each
 //! selector's first label, so a connection looks at the policies that can
 //! apply to its workload and never scans the rest.
+//!
+//! The node agents evaluate policies with a `selector` (or none) for a
+//! workload, at L4 ([`PolicySet::evaluate`]); the waypoint evaluates those
+//! with `targetRefs` for a Service, with the request's HTTP attributes
+//! ([`PolicySet::evaluate_target`]). A rule using HTTP fields that cannot be
+//! checked (no HTTP attributes, or fields ambit never enforces) never
+//! allows, and a DENY or AUDIT rule then applies on its other fields.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,7 +25,7 @@ use serde::Serialize;
 
 use crate::identity::SpiffeId;
 
-use super::{Action, Operation, Policy, Rule, Source};
+use super::{Action, HeaderCondition, Operation, Pattern, Policy, Rule, Source, TargetRef};
 
 /// The workload a connection is for: its namespace and labels.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +49,33 @@ pub struct Request {
     pub source_ip: IpAddr,
     /// The destination port.
     pub port: u16,
+    /// The HTTP request, at a waypoint; `None` at L4.
+    #[serde(skip)]
+    pub http: Option<HttpAttributes>,
+}
+
+/// What a waypoint knows of an HTTP request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAttributes {
+    /// The method.
+    pub method: http::Method,
+    /// The path, without the query.
+    pub path: String,
+    /// `Host` or `:authority`.
+    pub host: Option<String>,
+    /// The headers.
+    pub headers: http::HeaderMap,
+}
+
+/// The Service a waypoint evaluates `targetRefs` policies for.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceTarget<'a> {
+    /// The Service's namespace.
+    pub namespace: &'a str,
+    /// The Service's name.
+    pub service: &'a str,
+    /// The waypoint's name (policies may target it as a `Gateway`).
+    pub waypoint: &'a str,
 }
 
 // === impl Decision ===
@@ -84,7 +118,15 @@ impl Request {
             namespace: peer.map(|id| id.namespace().to_owned()),
             source_ip: source_ip.to_canonical(),
             port,
+            http: None,
         }
+    }
+
+    /// The same request with its HTTP attributes (at a waypoint).
+    #[must_use]
+    pub fn with_http(mut self, http: HttpAttributes) -> Self {
+        self.http = Some(http);
+        self
     }
 }
 
@@ -125,6 +167,8 @@ pub struct PolicySet {
     root_namespace: String,
     policies: Vec<Arc<Policy>>,
     by_namespace: HashMap<String, NamespacePolicies>,
+    /// Policies with `targetRefs`, for the waypoint.
+    targeted: Vec<Arc<Policy>>,
 }
 
 /// One namespace's policies.
@@ -148,6 +192,11 @@ impl PolicySet {
         };
         for policy in policies {
             let policy = Arc::new(policy);
+            if !policy.target_refs.is_empty() {
+                set.targeted.push(policy.clone());
+                set.policies.push(policy);
+                continue;
+            }
             let namespace = set
                 .by_namespace
                 .entry(policy.key.namespace.clone())
@@ -201,78 +250,97 @@ impl PolicySet {
             })
     }
 
-    /// The verdict for `request` to `workload`.
+    /// The verdict for `request` to `workload` (a node agent's, at L4).
     #[must_use]
     pub fn evaluate(&self, workload: Workload<'_>, request: &Request) -> Verdict {
-        let mut audited = Vec::new();
-        let mut allow_policies: Vec<&Policy> = Vec::new();
-        for policy in self.applicable(workload) {
-            match policy.action {
-                Action::Deny => {
-                    if let Some(rule) = matching_rule(policy, request, true) {
-                        return Verdict {
-                            decision: Decision::Deny,
-                            policy: policy.key.to_string(),
-                            reason: deny_reason(policy, rule),
-                            audited,
-                        };
-                    }
+        decide(self.applicable(workload), request)
+    }
+
+    /// The verdict for `request` to a Service at its waypoint: the
+    /// policies of the Service's namespace that target it or the waypoint.
+    #[must_use]
+    pub fn evaluate_target(&self, target: &ServiceTarget<'_>, request: &Request) -> Verdict {
+        let applicable = self.targeted.iter().filter(|policy| {
+            policy.key.namespace == target.namespace
+                && policy.target_refs.iter().any(|r| match r {
+                    TargetRef::Service(name) => name == target.service,
+                    TargetRef::Gateway(name) => name == target.waypoint,
+                })
+        });
+        decide(applicable, request)
+    }
+}
+
+/// Istio's evaluation over `policies` (see the module docs).
+fn decide<'a>(policies: impl Iterator<Item = &'a Arc<Policy>>, request: &Request) -> Verdict {
+    let mut audited = Vec::new();
+    let mut allow_policies: Vec<&Policy> = Vec::new();
+    for policy in policies {
+        match policy.action {
+            Action::Deny => {
+                if let Some(rule) = matching_rule(policy, request, true) {
+                    return Verdict {
+                        decision: Decision::Deny,
+                        policy: policy.key.to_string(),
+                        reason: deny_reason(policy, rule, request),
+                        audited,
+                    };
                 }
-                Action::Audit => {
-                    if matching_rule(policy, request, true).is_some() {
-                        audited.push(policy.key.to_string());
-                    }
-                }
-                Action::Allow => allow_policies.push(policy),
             }
+            Action::Audit => {
+                if matching_rule(policy, request, true).is_some() {
+                    audited.push(policy.key.to_string());
+                }
+            }
+            Action::Allow => allow_policies.push(policy),
         }
-        if allow_policies.is_empty() {
-            return Verdict {
-                decision: Decision::Allow,
-                policy: DEFAULT_ALLOW.to_owned(),
-                reason: "no ALLOW or DENY policy matched".to_owned(),
-                audited,
-            };
-        }
-        if let Some(policy) = allow_policies
-            .iter()
-            .find(|policy| matching_rule(policy, request, false).is_some())
-        {
-            return Verdict {
-                decision: Decision::Allow,
-                policy: policy.key.to_string(),
-                reason: format!("ALLOW policy {} matched", policy.key),
-                audited,
-            };
-        }
-        // Attribute the denial to a policy that failed closed, if one did:
-        // that is what the operator must fix.
-        let failed_closed = allow_policies
-            .iter()
-            .find(|p| p.rejected.is_some())
-            .or_else(|| {
-                allow_policies
-                    .iter()
-                    .find(|p| !p.waypoint_fields.is_empty())
-            });
-        if let Some(policy) = failed_closed {
-            return Verdict {
-                decision: Decision::Deny,
-                policy: policy.key.to_string(),
-                reason: format!("{} fails closed: {}", policy.key, policy.status()),
-                audited,
-            };
-        }
-        let names: Vec<String> = allow_policies.iter().map(|p| p.key.to_string()).collect();
-        Verdict {
-            decision: Decision::Deny,
-            policy: NO_ALLOW_MATCHED.to_owned(),
-            reason: format!(
-                "ALLOW policies apply ({}) and none matched",
-                names.join(", ")
-            ),
+    }
+    if allow_policies.is_empty() {
+        return Verdict {
+            decision: Decision::Allow,
+            policy: DEFAULT_ALLOW.to_owned(),
+            reason: "no ALLOW or DENY policy matched".to_owned(),
             audited,
-        }
+        };
+    }
+    if let Some(policy) = allow_policies
+        .iter()
+        .find(|policy| matching_rule(policy, request, false).is_some())
+    {
+        return Verdict {
+            decision: Decision::Allow,
+            policy: policy.key.to_string(),
+            reason: format!("ALLOW policy {} matched", policy.key),
+            audited,
+        };
+    }
+    // Attribute the denial to a policy that failed closed, if one did:
+    // that is what the operator must fix.
+    let failed_closed = allow_policies
+        .iter()
+        .find(|p| p.rejected.is_some())
+        .or_else(|| {
+            allow_policies
+                .iter()
+                .find(|p| !p.waypoint_fields.is_empty())
+        });
+    if let Some(policy) = failed_closed {
+        return Verdict {
+            decision: Decision::Deny,
+            policy: policy.key.to_string(),
+            reason: format!("{} fails closed: {}", policy.key, policy.status()),
+            audited,
+        };
+    }
+    let names: Vec<String> = allow_policies.iter().map(|p| p.key.to_string()).collect();
+    Verdict {
+        decision: Decision::Deny,
+        policy: NO_ALLOW_MATCHED.to_owned(),
+        reason: format!(
+            "ALLOW policies apply ({}) and none matched",
+            names.join(", ")
+        ),
+        audited,
     }
 }
 
@@ -283,21 +351,25 @@ fn selects(policy: &Policy, labels: &BTreeMap<String, String>) -> bool {
         .all(|(key, value)| labels.get(key) == Some(value))
 }
 
-/// The first rule of `policy` that `request` matches. Rules that need a
-/// waypoint never match for ALLOW; for DENY and AUDIT (`l4_only`) their L4
-/// fields alone decide.
-fn matching_rule<'a>(policy: &'a Policy, request: &Request, l4_only: bool) -> Option<&'a Rule> {
+/// The first rule of `policy` that `request` matches. A rule whose HTTP
+/// fields cannot be checked (no HTTP attributes, or fields ambit never
+/// enforces) never matches for ALLOW; for DENY and AUDIT (`partial_ok`)
+/// its other fields alone decide.
+fn matching_rule<'a>(policy: &'a Policy, request: &Request, partial_ok: bool) -> Option<&'a Rule> {
     policy.rules.iter().find(|rule| {
-        (l4_only || !rule.needs_waypoint)
+        let partial = rule.needs_waypoint && (request.http.is_none() || rule.unenforceable);
+        let http = request.http.as_ref().filter(|_| !partial);
+        (partial_ok || !partial)
             && (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request)))
-            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request)))
+            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request, http)))
+            && http.is_none_or(|http| rule.headers.iter().all(|c| header_matches(c, http)))
     })
 }
 
-fn deny_reason(policy: &Policy, rule: &Rule) -> String {
+fn deny_reason(policy: &Policy, rule: &Rule, request: &Request) -> String {
     if policy.rejected.is_some() {
         format!("{} fails closed: {}", policy.key, policy.status())
-    } else if rule.needs_waypoint {
+    } else if rule.needs_waypoint && (request.http.is_none() || rule.unenforceable) {
         format!(
             "DENY policy {} matched on its L4 fields only: {}",
             policy.key,
@@ -328,7 +400,60 @@ fn source_matches(source: &Source, request: &Request) -> bool {
         && !source.not_ip_blocks.iter().any(|b| b.contains(&ip))
 }
 
-fn operation_matches(operation: &Operation, request: &Request) -> bool {
-    (operation.ports.is_empty() || operation.ports.contains(&request.port))
-        && !operation.not_ports.contains(&request.port)
+/// Ports always; with `http`, methods, paths and hosts too.
+fn operation_matches(
+    operation: &Operation,
+    request: &Request,
+    http: Option<&HttpAttributes>,
+) -> bool {
+    let l4 = (operation.ports.is_empty() || operation.ports.contains(&request.port))
+        && !operation.not_ports.contains(&request.port);
+    let Some(http) = http else {
+        return l4;
+    };
+    let method = http.method.as_str();
+    let host = http
+        .host
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let host_matches =
+        |patterns: &[Pattern]| patterns.iter().any(|p| host_pattern_matches(p, &host));
+    l4 && (operation.methods.is_empty() || operation.methods.iter().any(|m| m == method))
+        && !operation.not_methods.iter().any(|m| m == method)
+        && (operation.paths.is_empty() || operation.paths.iter().any(|p| p.matches(&http.path)))
+        && !operation.not_paths.iter().any(|p| p.matches(&http.path))
+        && (operation.hosts.is_empty() || host_matches(&operation.hosts))
+        && !host_matches(&operation.not_hosts)
+}
+
+/// A host pattern without a port also matches the host with any port.
+fn host_pattern_matches(pattern: &Pattern, host: &str) -> bool {
+    if pattern.matches(host) {
+        return true;
+    }
+    let without_port = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => return false,
+    };
+    pattern.matches(without_port)
+}
+
+fn header_matches(condition: &HeaderCondition, http: &HttpAttributes) -> bool {
+    let values: Vec<&str> = http
+        .headers
+        .get_all(condition.name.as_str())
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    !values.is_empty()
+        && (condition.values.is_empty()
+            || values
+                .iter()
+                .any(|v| condition.values.iter().any(|p| p.matches(v))))
+        && !values
+            .iter()
+            .any(|v| condition.not_values.iter().any(|p| p.matches(v)))
 }

@@ -27,6 +27,7 @@ fn mtls(principal: &str, ip: &str, port: u16) -> Request {
         namespace: principal.split('/').nth(2).map(ToOwned::to_owned),
         source_ip: ip.parse().unwrap(),
         port,
+        http: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn plaintext(ip: &str, port: u16) -> Request {
         namespace: None,
         source_ip: ip.parse().unwrap(),
         port,
+        http: None,
     }
 }
 
@@ -537,6 +539,7 @@ fn audit_matches_are_reported() {
 
 /// Each bad field is rejected with the policy's name and the field's path.
 #[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn bad_policies_name_the_policy_and_the_field() {
     let cases = [
         (
@@ -591,14 +594,39 @@ fn bad_policies_name_the_policy_and_the_field() {
             "unknown field `principal`",
         ),
         (
-            "spec: {rules: [{when: [{key: 'request.headers[x]'}]}]}",
-            "spec.rules[0].when",
-            "not supported",
+            "spec: {rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}",
+            "spec.rules[0].when[0].key",
+            "the supported condition key is request.headers[<name>]",
         ),
         (
-            "spec: {targetRefs: [{kind: Gateway, name: w}]}",
+            "spec: {rules: [{when: [{key: 'request.headers[x]'}]}]}",
+            "spec.rules[0].when[0].values",
+            "needs values or notValues",
+        ),
+        (
+            "spec: {targetRefs: [{kind: Deployment, group: apps, name: w}]}",
+            "spec.targetRefs[0]",
+            "cannot be targeted",
+        ),
+        (
+            "spec: {targetRefs: [{kind: Service, name: w, namespace: other}]}",
+            "spec.targetRefs[0].namespace",
+            "its own namespace",
+        ),
+        (
+            "spec: {selector: {matchLabels: {app: x}}, targetRefs: [{kind: Service, name: w}]}",
             "spec.targetRefs",
-            "waypoint",
+            "not both",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {methods: [get]}}]}]}",
+            "spec.rules[0].to[0].operation.methods[0]",
+            "not an HTTP method",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {paths: [api]}}]}]}",
+            "spec.rules[0].to[0].operation.paths[0]",
+            "must start with /",
         ),
         (
             "apiVersion: networking.k8s.io/v1\nspec: {}",
@@ -718,4 +746,183 @@ fn a_request_carries_the_principal_without_the_scheme() {
         "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
     );
     assert_eq!(Request::new(None, request.source_ip, 80).principal, None);
+}
+
+// --- At the waypoint: HTTP attributes and targetRefs.
+
+const L7_POLICIES: &str = "
+- metadata: {name: get-only, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, group: '', name: backend}]
+    rules:
+      - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]
+        to: [{operation: {methods: [GET, HEAD], paths: ['/api/*', /health]}}]
+- metadata: {name: no-delete, namespace: shop}
+  spec:
+    targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: shop-waypoint}]
+    action: DENY
+    rules:
+      - to: [{operation: {methods: [DELETE]}}]
+- metadata: {name: internal-host, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, name: admin}]
+    rules:
+      - to: [{operation: {hosts: [admin.shop.svc.cluster.local, '*.internal']}}]
+        when: [{key: 'request.headers[x-team]', values: [ops, 'sre-*'], notValues: [sre-intern]}]
+";
+
+fn http(method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> HttpAttributes {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    HttpAttributes {
+        method: method.parse().unwrap(),
+        path: path.to_owned(),
+        host: Some(host.to_owned()),
+        headers: map,
+    }
+}
+
+fn at_waypoint(set: &PolicySet, service: &str, request: &Request) -> Verdict {
+    set.evaluate_target(
+        &ServiceTarget {
+            namespace: "shop",
+            service,
+            waypoint: "shop-waypoint",
+        },
+        request,
+    )
+}
+
+#[test]
+fn the_waypoint_checks_methods_paths_and_principals() {
+    let set = set(L7_POLICIES);
+    let request = |principal: &str, method: &str, path: &str| {
+        mtls(principal, "10.0.0.1", 80).with_http(http(method, path, "backend", &[]))
+    };
+    let decide = |r| at_waypoint(&set, "backend", &r).decision;
+    assert_eq!(
+        decide(request(CLIENT, "GET", "/api/items")),
+        Decision::Allow
+    );
+    assert_eq!(decide(request(CLIENT, "HEAD", "/health")), Decision::Allow);
+    assert_eq!(
+        decide(request(CLIENT, "POST", "/api/items")),
+        Decision::Deny
+    );
+    assert_eq!(decide(request(CLIENT, "GET", "/admin")), Decision::Deny);
+    assert_eq!(decide(request(ADMIN, "GET", "/api/items")), Decision::Deny);
+    // The DENY on the waypoint wins over the ALLOW, and names itself.
+    let denied = at_waypoint(&set, "backend", &request(CLIENT, "DELETE", "/api/items"));
+    assert_eq!(denied.decision, Decision::Deny);
+    assert_eq!(denied.policy, "shop/no-delete");
+    // Another service of the waypoint: only the Gateway-wide DENY applies.
+    let other = |method| at_waypoint(&set, "other", &request(ADMIN, method, "/")).decision;
+    assert_eq!(other("GET"), Decision::Allow);
+    assert_eq!(other("DELETE"), Decision::Deny);
+}
+
+#[test]
+fn the_waypoint_checks_hosts_and_headers() {
+    let set = set(L7_POLICIES);
+    let decide = |host: &str, team: Option<&str>| {
+        let headers: Vec<(&str, &str)> = team.map(|t| ("x-team", t)).into_iter().collect();
+        let request = mtls(CLIENT, "10.0.0.1", 80).with_http(http("GET", "/", host, &headers));
+        at_waypoint(&set, "admin", &request).decision
+    };
+    assert_eq!(
+        decide("admin.shop.svc.cluster.local", Some("ops")),
+        Decision::Allow
+    );
+    assert_eq!(
+        decide("ADMIN.shop.svc.cluster.local:8080", Some("ops")),
+        Decision::Allow
+    );
+    assert_eq!(decide("db.internal", Some("sre-oncall")), Decision::Allow);
+    assert_eq!(decide("db.internal", Some("sre-intern")), Decision::Deny);
+    assert_eq!(decide("db.internal", Some("dev")), Decision::Deny);
+    assert_eq!(decide("db.internal", None), Decision::Deny);
+    assert_eq!(decide("example.com", Some("ops")), Decision::Deny);
+}
+
+#[test]
+fn targeted_policies_are_the_waypoints_and_l7_rules_fail_closed_without_http() {
+    let set = set(L7_POLICIES);
+    // Node agents never see targetRefs policies.
+    let at_agent = verdict(
+        &set,
+        "shop",
+        &[("app", "backend")],
+        &mtls(ADMIN, "10.0.0.1", 80),
+    );
+    assert_eq!(at_agent.decision, Decision::Allow);
+    assert_eq!(at_agent.policy, evaluate::DEFAULT_ALLOW);
+    // Opaque TCP at the waypoint: the ALLOW rule's HTTP fields cannot
+    // match, so it allows nothing; the DENY of DELETE applies on its L4
+    // fields alone, so everything through the waypoint is denied.
+    let opaque = at_waypoint(&set, "backend", &mtls(CLIENT, "10.0.0.1", 80));
+    assert_eq!(opaque.decision, Decision::Deny);
+    assert_eq!(opaque.policy, "shop/no-delete");
+    assert!(
+        opaque.reason.contains("L4 fields only"),
+        "{}",
+        opaque.reason
+    );
+    assert_eq!(
+        policies(L7_POLICIES)[0].status(),
+        "accepted; enforced by the waypoint"
+    );
+}
+
+#[test]
+fn a_selector_policy_with_http_fields_still_fails_closed_at_the_agent() {
+    let set = set("
+- metadata: {name: get-only, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    rules: [{to: [{operation: {methods: [GET]}}]}]
+");
+    let decided = verdict(
+        &set,
+        "shop",
+        &[("app", "backend")],
+        &mtls(CLIENT, "10.0.0.1", 80),
+    );
+    assert_eq!(decided.decision, Decision::Deny);
+    assert!(
+        decided.reason.contains("fails closed"),
+        "{}",
+        decided.reason
+    );
+}
+
+#[test]
+fn request_principals_fail_closed_even_at_the_waypoint() {
+    let set = set("
+- metadata: {name: jwt, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, name: backend}]
+    rules: [{from: [{source: {requestPrincipals: ['*']}}], to: [{operation: {methods: [GET]}}]}]
+");
+    let request = mtls(CLIENT, "10.0.0.1", 80).with_http(http("GET", "/", "backend", &[]));
+    assert_eq!(
+        at_waypoint(&set, "backend", &request).decision,
+        Decision::Deny
+    );
+    assert!(
+        policies(
+            "
+- metadata: {name: jwt, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, name: backend}]
+    rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+"
+        )[0]
+        .status()
+        .contains("not supported")
+    );
 }

@@ -29,6 +29,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MESH_LABEL: &str = "ambit.dev/mesh";
 /// The label that sets a namespace's or a pod's mTLS mode.
 pub const MTLS_LABEL: &str = "ambit.dev/mtls";
+/// The label on a Service that names the waypoint its traffic goes
+/// through (`none`: no waypoint).
+pub const USE_WAYPOINT_LABEL: &str = "ambit.dev/use-waypoint";
 
 /// Whether a pod with `pod_labels` in a namespace with `namespace_labels`
 /// is in the mesh: `disabled` on the pod wins, then `enabled` on the pod or
@@ -137,12 +140,21 @@ pub fn remote_pod(
 
 /// Drops what no translation reads and what often makes up most of an
 /// object's size: `managedFields` and annotations (such as `kubectl`'s
-/// `last-applied-configuration`, a copy of the whole object).
+/// `last-applied-configuration`, a copy of the whole object), except
+/// ambit's own (`ambit.dev/...`, which routes carry settings in).
 pub fn trim_metadata<K: kube::Resource>(object: &mut K) {
     let metadata = object.meta_mut();
     metadata.managed_fields = None;
-    metadata.annotations = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|key, _| key.starts_with(AMBIT_ANNOTATION_PREFIX));
+        if annotations.is_empty() {
+            metadata.annotations = None;
+        }
+    }
 }
+
+/// The prefix of the annotations ambit reads.
+pub const AMBIT_ANNOTATION_PREFIX: &str = "ambit.dev/";
 
 /// Keeps of a pod only what [`remote_pod`] reads, so the cluster-wide
 /// store of other nodes' pods stays small: name, namespace, uid, labels,
@@ -208,12 +220,15 @@ pub fn namespace_labels<'a>(
 
 /// A Kubernetes Service as the mesh's service model: selector, ports
 /// (numeric target ports; a named one is resolved by the `EndpointSlices`),
-/// cluster IPs (none for a headless service) and the ready endpoints of
-/// its `slices`.
+/// cluster IPs (none for a headless service), the ready endpoints of
+/// its `slices`, and the waypoint it uses: the Service's
+/// `ambit.dev/use-waypoint` label, else its namespace's (`namespace_labels`);
+/// `none` on the Service opts it out of its namespace's waypoint.
 #[must_use]
 pub fn service<'a>(
     service: &KubeService,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
 ) -> Option<Service> {
     let spec = service.spec.as_ref()?;
     let cluster_ips = spec
@@ -252,6 +267,14 @@ pub fn service<'a>(
         ports,
         cluster_ips,
         endpoints: Some(slices.into_iter().flat_map(ready_endpoints).collect()),
+        waypoint: service
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(USE_WAYPOINT_LABEL))
+            .or_else(|| namespace_labels?.get(USE_WAYPOINT_LABEL))
+            .filter(|name| *name != "none")
+            .cloned(),
     })
 }
 

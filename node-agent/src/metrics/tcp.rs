@@ -267,7 +267,9 @@ impl ResponseFlags {
                 Self::UpstreamTimeout
             }
             ProxyError::StrictMtls { .. } => Self::Deny,
-            ProxyError::NoEndpoints { .. } => Self::NoHealthyUpstream,
+            ProxyError::NoEndpoints { .. } | ProxyError::NoWaypoint { .. } => {
+                Self::NoHealthyUpstream
+            }
             ProxyError::Hbone(error) => Self::of_hbone(error),
             _ => Self::UpstreamFailure,
         }

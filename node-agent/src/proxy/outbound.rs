@@ -14,7 +14,7 @@ use crate::{
     balancer::Pick,
     connections::{Flow, Security},
     proxy::Direction,
-    workloads::WorkloadIndex,
+    workloads::{WaypointTarget, WorkloadIndex},
 };
 
 pub(super) async fn forward(
@@ -31,7 +31,13 @@ pub(super) async fn forward(
     tracing::Span::current().record("dst", tracing::field::display(dialled));
     let workloads = context.workloads.current();
     let src = SocketAddr::new(client.ip().to_canonical(), client.port());
-    let (dst, _pick) = resolve_service(&context, &workloads, dialled, src)?;
+    let (dst, _pick) = match resolve_service(&context, &workloads, dialled, src)? {
+        Resolved::Direct(dst, pick) => (dst, pick),
+        Resolved::Waypoint(waypoint, pick) => {
+            drop(workloads);
+            return via_waypoint(&context, &stream, src, dialled, &waypoint, pick).await;
+        }
+    };
     let peer = workloads.by_ip(dst.ip()).cloned();
     drop(workloads);
     let mut flow = Flow {
@@ -113,26 +119,88 @@ pub(super) async fn forward(
     }
 }
 
+/// Carries a connection to a service that uses a waypoint: an HBONE stream
+/// to the picked waypoint pod, addressed to the cluster IP and port the
+/// application dialled, so the waypoint knows the service and port. The
+/// waypoint applies L7 policy and routing and opens its own HBONE stream to
+/// the chosen endpoint; it reports nothing back, so the connection carries
+/// no verdict here.
+async fn via_waypoint(
+    context: &PodContext,
+    stream: &TcpStream,
+    src: SocketAddr,
+    dialled: SocketAddr,
+    waypoint: &WaypointTarget,
+    pick: Pick,
+) -> Result<Finished, ProxyError> {
+    let flow = Flow {
+        direction: Direction::Outbound,
+        pod: context.pod.to_string(),
+        src,
+        dst: dialled,
+        src_identity: Some(context.identity.to_string()),
+        dst_identity: Some(waypoint.identity.to_string()),
+        security: Security::MutualTls,
+        authorization: None,
+    };
+    tracing::debug!(waypoint = %waypoint.service, endpoint = %pick.endpoint, "through the waypoint");
+    let hbone = context
+        .hbone
+        .open_stream(context, &waypoint.identity, pick.endpoint, dialled)
+        .await
+        .map_err(ProxyError::from)
+        .inspect_err(|error| context.count_failed(&flow, error))?;
+    let live = context.connections.open(&flow);
+    context.count_opened(&flow);
+    let end = until_revoked(hbone.relay(stream, live.counts(), live.reported()), None).await;
+    drop(pick);
+    Ok(Finished::relayed(
+        flow,
+        live.counts(),
+        end,
+        &context.stats.outbound,
+        &[stream],
+    ))
+}
+
+/// Where a connection goes, once its cluster IP is resolved.
+enum Resolved {
+    /// To this address (the endpoint picked, or what was dialled).
+    Direct(SocketAddr, Option<Pick>),
+    /// Through this waypoint, to the pod picked (an HBONE address).
+    Waypoint(Arc<WaypointTarget>, Pick),
+}
+
 /// Where a connection to `dialled` goes: a service's cluster IP stands for
 /// one of its ready endpoints, picked by the balancer (the pick counts
-/// against that endpoint until it is dropped, at the connection's end);
-/// any other address is itself.
+/// against that endpoint until it is dropped, at the connection's end), or
+/// for its waypoint when it names one; any other address is itself.
 fn resolve_service(
     context: &PodContext,
     workloads: &WorkloadIndex,
     dialled: SocketAddr,
     src: SocketAddr,
-) -> Result<(SocketAddr, Option<Pick>), ProxyError> {
+) -> Result<Resolved, ProxyError> {
     let Some(vip) = workloads.virtual_address(dialled) else {
-        return Ok((dialled, None));
+        return Ok(Resolved::Direct(dialled, None));
     };
-    if let Some(pick) = context.balancer.pick(&vip.endpoints) {
+    let error = if let Some(waypoint) = &vip.waypoint {
+        if let Some(pick) = context.balancer.pick(&waypoint.endpoints) {
+            return Ok(Resolved::Waypoint(waypoint.clone(), pick));
+        }
+        ProxyError::NoWaypoint {
+            service: Box::new(vip.service.clone()),
+            waypoint: Box::new(waypoint.service.clone()),
+            addr: dialled,
+        }
+    } else if let Some(pick) = context.balancer.pick(&vip.endpoints) {
         tracing::debug!(service = %vip.service, endpoint = %pick.endpoint, "cluster IP resolved");
-        return Ok((pick.endpoint, Some(pick)));
-    }
-    let error = ProxyError::NoEndpoints {
-        service: vip.service.clone(),
-        addr: dialled,
+        return Ok(Resolved::Direct(pick.endpoint, Some(pick)));
+    } else {
+        ProxyError::NoEndpoints {
+            service: vip.service.clone(),
+            addr: dialled,
+        }
     };
     let flow = Flow {
         direction: Direction::Outbound,

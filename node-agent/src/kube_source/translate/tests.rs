@@ -74,6 +74,30 @@ fn pods_that_cannot_be_enrolled_yet_say_why() {
 }
 
 #[test]
+fn a_service_uses_its_own_waypoint_label_else_its_namespaces() {
+    let service = |labels: serde_json::Value| -> KubeService {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": labels},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    };
+    let namespace: BTreeMap<String, String> =
+        [("ambit.dev/use-waypoint".to_owned(), "shop-wp".to_owned())].into();
+    let plain = service(json!({}));
+    let own = service(json!({"ambit.dev/use-waypoint": "web-wp"}));
+    let opted_out = service(json!({"ambit.dev/use-waypoint": "none"}));
+    let waypoint = |svc: &KubeService, ns| super::service(svc, [], ns).unwrap().waypoint;
+    assert_eq!(waypoint(&plain, None), None);
+    assert_eq!(
+        waypoint(&plain, Some(&namespace)).as_deref(),
+        Some("shop-wp")
+    );
+    assert_eq!(waypoint(&own, Some(&namespace)).as_deref(), Some("web-wp"));
+    assert_eq!(waypoint(&opted_out, Some(&namespace)), None);
+}
+
+#[test]
 fn services_and_policies_read_as_the_local_file_would() {
     let service: KubeService = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "shop"},
@@ -83,8 +107,9 @@ fn services_and_policies_read_as_the_local_file_would() {
         ]}
     }))
     .unwrap();
-    let service = super::service(&service, []).unwrap();
+    let service = super::service(&service, [], None).unwrap();
     assert_eq!(service.endpoints, Some(Vec::new()));
+    assert_eq!(service.waypoint, None);
     assert!(service.cluster_ips.is_empty());
     assert_eq!(
         service.hostname("cluster.local"),
@@ -148,7 +173,7 @@ fn a_service_resolves_through_its_ready_slice_endpoints() {
     }))
     .unwrap();
     assert_eq!(slice_owner(&slice), Some(("shop", "web")));
-    let service = super::service(&service, [&slice]).unwrap();
+    let service = super::service(&service, [&slice], None).unwrap();
     assert_eq!(
         service.cluster_ips,
         [
@@ -187,6 +212,18 @@ fn other_nodes_meshed_pods_are_destinations() {
     pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
     trim_remote_pod(&mut pod);
     assert!(pod.metadata.annotations.is_none());
+    pod.metadata.annotations = Some(
+        [
+            ("big".to_owned(), "x".repeat(1000)),
+            ("ambit.dev/rate-limit".to_owned(), "5".to_owned()),
+        ]
+        .into(),
+    );
+    trim_metadata(&mut pod);
+    assert_eq!(
+        pod.metadata.annotations,
+        Some([("ambit.dev/rate-limit".to_owned(), "5".to_owned())].into())
+    );
     assert!(pod.spec.as_ref().unwrap().containers.is_empty());
     assert!(pod.status.as_ref().unwrap().conditions.is_none());
     let remote = remote_pod(&pod, Some(&namespace), "n1").expect("meshed pod of n2");

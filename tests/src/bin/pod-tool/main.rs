@@ -6,6 +6,7 @@
 mod crr;
 mod event;
 mod hold;
+mod http_serve;
 mod latency;
 mod open_files;
 mod original_dst;
@@ -53,11 +54,15 @@ enum Command {
     /// One connection, a 1-byte round trip at an interval, until it is cut
     /// or the time is up; reports how it ended.
     Ping(ping::Args),
+    /// HTTP/1.1 and HTTP/2 server that names itself, fails or slows on
+    /// demand, and streams with trailers: the waypoint's backends.
+    HttpServe(http_serve::Args),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
+        Command::HttpServe(args) => http_serve::run(args),
         Command::Send(args) => send::run(&args),
         Command::TryBind(args) => try_bind::run(&args),
         Command::OriginalDstProxy(args) => original_dst::run(&args),

@@ -19,11 +19,17 @@ impl<T> Published<T> {
     /// The current version.
     #[must_use]
     pub fn current(&self) -> Arc<T> {
-        crate::sync::read(&self.0).clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the current version.
     pub fn publish(&self, value: T) {
-        *crate::sync::write(&self.0) = Arc::new(value);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(value);
     }
 }

@@ -1,0 +1,418 @@
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::*;
+
+/// Services that exist in the tests.
+fn services(namespace: &str, name: &str) -> bool {
+    namespace == "shop" && ["web", "web-v1", "web-v2", "api"].contains(&name)
+}
+
+fn route(yaml: &str) -> Result<Route, RouteError> {
+    let value: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test YAML");
+    compile(&value, &services)
+}
+
+fn with_rules(name: &str, rules: &str) -> String {
+    format!(
+        "metadata: {{name: {name}, namespace: shop}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: web, port: 80}}]
+  rules:
+{rules}"
+    )
+}
+
+fn request<'a>(
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+) -> RequestView<'a> {
+    RequestView {
+        method,
+        path,
+        query,
+        headers,
+        host: Some("web.shop:80"),
+    }
+}
+
+fn table(yamls: &[String]) -> RouteTable {
+    let values: Vec<serde_yaml::Value> = yamls
+        .iter()
+        .map(|y| serde_yaml::from_str(y).unwrap())
+        .collect();
+    let mut table = RouteTable::default();
+    let errors = table.apply(&values, &services);
+    assert!(errors.is_empty(), "{errors:?}");
+    table
+}
+
+/// The backend name a request is routed to.
+fn routed(
+    table: &RouteTable,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    let selected = table.select("shop", "web", 80, &request(method, path, query, headers))?;
+    Some(format!(
+        "{}#{}",
+        selected.route.key.name,
+        selected.rule().backends[0].name
+    ))
+}
+
+#[test]
+fn every_match_kind_matches_what_it_says() {
+    let rules = "    - matches: [{path: {type: Exact, value: /exact}}]
+      backendRefs: [{name: web-v1, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /api/}}]
+      backendRefs: [{name: api, port: 80}]
+    - matches: [{path: {type: RegularExpression, value: '/items/[0-9]+'}}]
+      backendRefs: [{name: web-v2, port: 80}]
+    - matches: [{headers: [{name: X-Canary, value: 'yes'}], method: POST}]
+      backendRefs: [{name: web-v2, port: 80}]
+    - matches: [{queryParams: [{type: RegularExpression, name: v, value: '2|two'}]}]
+      backendRefs: [{name: web-v2, port: 80}]
+";
+    let table = table(&[with_rules("r", rules)]);
+    let none = HeaderMap::new();
+    let mut canary = HeaderMap::new();
+    canary.insert("x-canary", HeaderValue::from_static("yes"));
+    let get = Method::GET;
+    let post = Method::POST;
+    assert_eq!(
+        routed(&table, &get, "/exact", None, &none).as_deref(),
+        Some("r#web-v1")
+    );
+    assert_eq!(routed(&table, &get, "/exact/more", None, &none), None);
+    assert_eq!(
+        routed(&table, &get, "/api", None, &none).as_deref(),
+        Some("r#api")
+    );
+    assert_eq!(
+        routed(&table, &get, "/api/x", None, &none).as_deref(),
+        Some("r#api")
+    );
+    assert_eq!(routed(&table, &get, "/apix", None, &none), None);
+    assert_eq!(
+        routed(&table, &get, "/items/42", None, &none).as_deref(),
+        Some("r#web-v2")
+    );
+    assert_eq!(routed(&table, &get, "/items/42x", None, &none), None);
+    assert_eq!(
+        routed(&table, &post, "/", None, &canary).as_deref(),
+        Some("r#web-v2")
+    );
+    assert_eq!(routed(&table, &get, "/", None, &canary), None);
+    assert_eq!(
+        routed(&table, &get, "/", Some("a=1&v=two"), &none).as_deref(),
+        Some("r#web-v2")
+    );
+    assert_eq!(routed(&table, &get, "/", Some("v=3"), &none), None);
+    // Another port of the service has no route.
+    assert!(
+        table
+            .select("shop", "web", 8080, &request(&get, "/exact", None, &none))
+            .is_none()
+    );
+    assert!(table.has_parent("shop", "web"));
+    assert!(!table.has_parent("shop", "api"));
+}
+
+#[test]
+fn precedence_across_routes_follows_gateway_api() {
+    let catch_all = with_rules(
+        "a-catch-all",
+        "    - backendRefs: [{name: web-v1, port: 80}]\n",
+    );
+    let prefix = with_rules(
+        "b-prefix",
+        "    - matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: api, port: 80}]\n",
+    );
+    let longer = with_rules(
+        "c-longer",
+        "    - matches: [{path: {type: PathPrefix, value: /api/v2}}]\n      backendRefs: [{name: web-v2, port: 80}]\n",
+    );
+    let with_header = with_rules(
+        "d-header",
+        "    - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-v, value: '1'}]}]\n      backendRefs: [{name: web-v1, port: 80}]\n",
+    );
+    let table = table(&[catch_all, prefix, longer, with_header]);
+    let none = HeaderMap::new();
+    let mut v1 = HeaderMap::new();
+    v1.insert("x-v", HeaderValue::from_static("1"));
+    let get = Method::GET;
+    assert_eq!(
+        routed(&table, &get, "/", None, &none).as_deref(),
+        Some("a-catch-all#web-v1")
+    );
+    assert_eq!(
+        routed(&table, &get, "/api/x", None, &none).as_deref(),
+        Some("b-prefix#api")
+    );
+    assert_eq!(
+        routed(&table, &get, "/api/v2/x", None, &none).as_deref(),
+        Some("c-longer#web-v2")
+    );
+    assert_eq!(
+        routed(&table, &get, "/api/x", None, &v1).as_deref(),
+        Some("d-header#web-v1")
+    );
+}
+
+#[test]
+fn weights_split_in_proportion_and_zero_never_wins() {
+    let rule = route(&with_rules(
+        "split",
+        "    - backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}, {name: api, port: 80, weight: 0}]\n",
+    ))
+    .unwrap()
+    .rules
+    .remove(0);
+    let mut counts = BTreeMap::new();
+    for draw in 0..1000 {
+        *counts
+            .entry(rule.pick_backend(draw).unwrap().name.clone())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("web-v1"), Some(&900));
+    assert_eq!(counts.get("web-v2"), Some(&100));
+    assert_eq!(counts.get("api"), None);
+}
+
+#[test]
+fn bad_routes_name_the_field_and_the_reason() {
+    let cases: &[(&str, &str, Reason, &str)] = &[
+        (
+            "    - backendRefs: [{name: nowhere, port: 80}]\n",
+            "spec.rules[0].backendRefs[0].name",
+            Reason::BackendNotFound,
+            "does not exist",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, port: 80, weight: 0}]\n",
+            "spec.rules[0].backendRefs",
+            Reason::Invalid,
+            "sum to 0",
+        ),
+        (
+            "    - matches: [{path: {type: RegularExpression, value: '/(x'}}]\n      backendRefs: [{name: web-v1, port: 80}]\n",
+            "spec.rules[0].matches[0].path.value",
+            Reason::Invalid,
+            "not a valid regular expression",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, port: 80}]\n      timeouts: {request: 5 seconds}\n",
+            "spec.rules[0].timeouts.request",
+            Reason::Invalid,
+            "not a duration",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, port: 80}]\n      timeouts: {request: 1s, backendRequest: 2s}\n",
+            "spec.rules[0].timeouts.backendRequest",
+            Reason::Invalid,
+            "must not be longer",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, port: 80}]\n      filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]\n",
+            "spec.rules[0].filters[0].type",
+            Reason::UnsupportedValue,
+            "not supported",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, namespace: other, port: 80}]\n",
+            "spec.rules[0].backendRefs[0].namespace",
+            Reason::RefNotPermitted,
+            "ReferenceGrant",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1}]\n",
+            "spec.rules[0].backendRefs[0].port",
+            Reason::Invalid,
+            "needs a port",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, port: 80}]\n      retry: {codes: [200]}\n",
+            "spec.rules[0].retry.codes[0]",
+            Reason::Invalid,
+            "400-599",
+        ),
+        (
+            "    - backendRefs: [{name: web-v1, port: 80}]\n      sessionPersistence: {}\n",
+            "spec.rules[0]",
+            Reason::Invalid,
+            "unknown field",
+        ),
+    ];
+    for (rules, field, reason, message) in cases {
+        let error = route(&with_rules("bad", rules)).unwrap_err();
+        assert_eq!(error.route.to_string(), "shop/bad", "{rules}");
+        assert!(error.field.starts_with(field), "{rules}: {error}");
+        assert_eq!(error.kind, *reason, "{rules}: {error}");
+        assert!(error.message.contains(message), "{rules}: {error}");
+    }
+    let gateway = "metadata: {name: gw, namespace: shop}\nspec:\n  parentRefs: [{name: my-gateway}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]\n";
+    let error = route(gateway).unwrap_err();
+    assert_eq!(error.kind, Reason::UnsupportedValue);
+    assert_eq!(error.field, "spec.parentRefs[0]");
+    let annotated = "metadata: {name: typo, namespace: shop, annotations: {ambit.dev/rate-limt: '5'}}\nspec:\n  parentRefs: [{kind: Service, group: '', name: web}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]\n";
+    let error = route(annotated).unwrap_err();
+    assert!(error.field.contains("ambit.dev/rate-limt"), "{error}");
+    assert!(
+        error.message.contains("unknown ambit annotation"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_route_that_turns_bad_keeps_its_last_good_version() {
+    let good = with_rules("r", "    - backendRefs: [{name: web-v2, port: 80}]\n");
+    let bad = with_rules("r", "    - backendRefs: [{name: gone, port: 80}]\n");
+    let new_bad = with_rules("n", "    - backendRefs: [{name: gone, port: 80}]\n");
+    let parse = |y: &String| serde_yaml::from_str::<serde_yaml::Value>(y).unwrap();
+    let mut table = RouteTable::default();
+    assert!(table.apply(&[parse(&good)], &services).is_empty());
+    let errors = table.apply(&[parse(&bad), parse(&new_bad)], &services);
+    assert_eq!(errors.len(), 2);
+    assert_eq!(table.routes().count(), 1);
+    let none = HeaderMap::new();
+    assert_eq!(
+        routed(&table, &Method::GET, "/", None, &none).as_deref(),
+        Some("r#web-v2")
+    );
+    // Removed from the objects: gone from the table.
+    assert!(table.apply(&[], &services).is_empty());
+    assert!(table.is_empty());
+}
+
+#[test]
+fn annotations_set_ambits_policies_with_defaults() {
+    let yaml = "metadata:
+  name: tuned
+  namespace: shop
+  annotations:
+    ambit.dev/fault-delay: 50ms
+    ambit.dev/fault-abort-status: '503'
+    ambit.dev/fault-abort-percent: '12.5'
+    ambit.dev/rate-limit: '2.5'
+    ambit.dev/max-requests: '8'
+    ambit.dev/outlier-base-ejection: 1m
+    other.io/ignored: x
+spec:
+  parentRefs: [{kind: Service, group: '', name: web}]
+  rules: [{backendRefs: [{name: web, port: 80}], retry: {attempts: 2, backoff: 10ms}}]
+";
+    let route = route(yaml).unwrap();
+    let policy = &route.policy;
+    assert_eq!(
+        policy.fault.delay,
+        Some(FaultDelay {
+            duration: Duration::from_millis(50),
+            percent: 100.0
+        })
+    );
+    assert_eq!(
+        policy.fault.abort,
+        Some(FaultAbort {
+            status: 503,
+            percent: 12.5
+        })
+    );
+    assert_eq!(
+        policy.rate_limit,
+        Some(RateLimit {
+            requests_per_second: 2.5,
+            burst: 3
+        })
+    );
+    assert_eq!(policy.circuit_breaker.max_requests, Some(8));
+    assert_eq!(policy.circuit_breaker.max_connections, None);
+    assert_eq!(policy.outlier.base_ejection, Duration::from_mins(1));
+    assert_eq!(policy.outlier.consecutive_failures, 5);
+    assert!((policy.retry_budget.percent - 20.0).abs() < f64::EPSILON);
+    let retry = route.rules[0].retry.clone().unwrap();
+    assert_eq!(retry.codes, DEFAULT_RETRY_CODES);
+    assert_eq!(retry.attempts, 2);
+    assert_eq!(retry.backoff, Some(Duration::from_millis(10)));
+}
+
+#[test]
+fn durations_follow_gep_2257() {
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_mins(90)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    for bad in ["", "1", "1.5s", "100000s", "1h1m1s1ms1h", "-1s", "1d"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn redirects_and_header_filters() {
+    let rules = "    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {scheme: https, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+    - matches: [{path: {type: Exact, value: /moved}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {hostname: other.example, path: {type: ReplaceFullPath, replaceFullPath: /here}}
+    - filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {set: [{name: x-served-by, value: waypoint}]}
+      backendRefs: [{name: web, port: 80}]
+";
+    let table = table(&[with_rules("r", rules)]);
+    let none = HeaderMap::new();
+    let get = Method::GET;
+    let view = request(&get, "/old/page", Some("q=1"), &none);
+    let selected = table.select("shop", "web", 80, &view).unwrap();
+    assert_eq!(
+        selected.rule().redirect(&view, selected.matched(), "http"),
+        Some((
+            StatusCode::MOVED_PERMANENTLY,
+            "https://web.shop/new/page?q=1".to_owned()
+        ))
+    );
+    let view = request(&get, "/moved", None, &none);
+    let selected = table.select("shop", "web", 80, &view).unwrap();
+    assert_eq!(
+        selected.rule().redirect(&view, selected.matched(), "http"),
+        Some((StatusCode::FOUND, "http://other.example/here".to_owned()))
+    );
+    let view = request(&get, "/other", None, &none);
+    let selected = table.select("shop", "web", 80, &view).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-a", HeaderValue::from_static("0"));
+    headers.insert("x-b", HeaderValue::from_static("1"));
+    headers.insert("x-c", HeaderValue::from_static("gone"));
+    let mut response = HeaderMap::new();
+    for filter in &selected.rule().filters {
+        filter.apply_request_headers(&mut headers);
+        filter.apply_response_headers(&mut response);
+    }
+    assert_eq!(headers["x-a"], "1");
+    assert_eq!(headers.get_all("x-b").iter().count(), 2);
+    assert!(headers.get("x-c").is_none());
+    assert_eq!(response["x-served-by"], "waypoint");
+    assert!(
+        selected
+            .rule()
+            .redirect(&view, selected.matched(), "http")
+            .is_none()
+    );
+}
+
+#[test]
+fn host_names_restrict_a_route() {
+    assert!(matching::host_matches(&[], None));
+    let names = vec!["web.shop".to_owned(), "*.example.com".to_owned()];
+    assert!(matching::host_matches(&names, Some("web.shop:80")));
+    assert!(matching::host_matches(&names, Some("A.Example.com")));
+    assert!(!matching::host_matches(&names, Some("example.com")));
+    assert!(!matching::host_matches(&names, None));
+}

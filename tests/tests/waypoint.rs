@@ -1,0 +1,485 @@
+//! The waypoint with real clients (curl, h2load, nghttp): canary splits,
+//! retries within a budget, timeouts, outlier detection and circuit
+//! breaking, HTTP authorization, HTTP/2 streaming with trailers, fault
+//! injection, opaque TCP, bad input, and failing closed when the waypoint
+//! is gone.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use ambit_tests::{
+    Pod, Testbed, testbed_or_skip,
+    waypoint::{VIP, WaypointMesh},
+    workload::{pod_tool, try_send},
+};
+
+/// A route attached to `backend:80` with `rules` (YAML, indented for the
+/// rules list) and `annotations` (YAML map).
+fn route(name: &str, annotations: &str, rules: &str) -> String {
+    format!(
+        "  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata:
+      name: {name}
+      namespace: shop
+      annotations: {annotations}
+    spec:
+      parentRefs: [{{group: '', kind: Service, name: backend, port: 80}}]
+      rules:
+{rules}"
+    )
+}
+
+/// A rule sending everything to `backend-v1` and `backend-v2` with these
+/// weights, plus `more` (YAML lines at rule level).
+fn split(v1: u32, v2: u32, more: &str) -> String {
+    format!(
+        "        - backendRefs:
+            - {{name: backend-v1, port: 80, weight: {v1}}}
+            - {{name: backend-v2, port: 80, weight: {v2}}}
+{more}"
+    )
+}
+
+/// Runs h2load in `client` against `path` on the backend's cluster IP and
+/// returns its report; HTTP/2 unless `http1`.
+fn h2load(
+    tb: &Testbed,
+    client: &Pod,
+    path: &str,
+    requests: u32,
+    clients: u32,
+    http1: bool,
+) -> H2load {
+    let mut command = Command::new("h2load");
+    command.args([
+        "-n",
+        &requests.to_string(),
+        "-c",
+        &clients.to_string(),
+        "-m",
+        "1",
+        "-T",
+        "20",
+    ]);
+    if http1 {
+        command.arg("--h1");
+    }
+    command.arg(format!("http://{VIP}{path}"));
+    let out = tb.run_in_pod(client, command);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "h2load failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    H2load::parse(&text)
+}
+
+/// The parts of h2load's report the tests read.
+#[derive(Debug)]
+struct H2load {
+    status_2xx: u64,
+    status_5xx: u64,
+    text: String,
+}
+
+impl H2load {
+    fn parse(text: &str) -> Self {
+        // "status codes: 100 2xx, 0 3xx, 0 4xx, 0 5xx"
+        let number_before = |line: &str, word: &str| -> u64 {
+            let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            words
+                .windows(2)
+                .find(|w| w[1] == word)
+                .and_then(|w| w[0].parse().ok())
+                .unwrap_or(0)
+        };
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let codes = line("status codes:");
+        Self {
+            status_2xx: number_before(&codes, "2xx"),
+            status_5xx: number_before(&codes, "5xx"),
+            text: text.to_owned(),
+        }
+    }
+}
+
+/// Requests the waypoint sent to `backend` (a Service name) so far.
+fn routed_to(tb: &Testbed, mesh: &WaypointMesh, backend: &str) -> u64 {
+    mesh.metric(
+        tb,
+        "istio_requests_total",
+        &[&format!("destination_backend=\"{backend}\"")],
+    )
+}
+
+/// The mesh with `v1` (with `v1_args`), `v2` and `v3` serving and the
+/// waypoint running, configured with `extra`.
+fn mesh_with(tb: &mut Testbed, extra: &str, v1_args: &[&str]) -> WaypointMesh {
+    mesh_serving(tb, extra, v1_args, true)
+}
+
+/// [`mesh_with`], with `v3` serving only if `v3_serves`.
+fn mesh_serving(tb: &mut Testbed, extra: &str, v1_args: &[&str], v3_serves: bool) -> WaypointMesh {
+    let mut mesh = WaypointMesh::new(tb, extra);
+    let (v1, v2, v3) = (mesh.v1.clone(), mesh.v2.clone(), mesh.v3.clone());
+    mesh.serve_http(tb, &v1, v1_args);
+    mesh.serve_http(tb, &v2, &[]);
+    if v3_serves {
+        mesh.serve_http(tb, &v3, &[]);
+    }
+    mesh.start_waypoint(tb, &[]);
+    mesh
+}
+
+#[test]
+fn canary_split_lands_within_binomial_bounds_and_follows_weight_changes() {
+    let mut tb = testbed_or_skip!("waypoint_canary");
+    let routes = format!("routes:\n{}", route("canary", "{}", &split(90, 10, "")));
+    let mesh = mesh_with(&mut tb, &routes, &[]);
+
+    // 10,000 requests over HTTP/2 (h2load's default, prior knowledge).
+    let report = h2load(&tb, &mesh.client_a, "/", 10_000, 10, false);
+    assert_eq!(report.status_2xx, 10_000, "{}", report.text);
+    let v1 = routed_to(&tb, &mesh, "backend-v1");
+    let v2 = routed_to(&tb, &mesh, "backend-v2");
+    assert_eq!(v1 + v2, 10_000);
+    // Binomial(10000, 0.1): sd 30; 99.9% two-sided is ±3.29 sd.
+    assert!((901..=1099).contains(&v2), "v1 {v1}, v2 {v2}");
+
+    // New weights take effect within a second of the file changing.
+    let routes = format!("routes:\n{}", route("canary", "{}", &split(0, 100, "")));
+    let changed = Instant::now();
+    mesh.set_extra(&routes);
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(changed.elapsed()));
+    let before = routed_to(&tb, &mesh, "backend-v1");
+    let report = h2load(&tb, &mesh.client_a, "/", 200, 2, true);
+    assert_eq!(report.status_2xx, 200, "{}", report.text);
+    assert_eq!(
+        routed_to(&tb, &mesh, "backend-v1"),
+        before,
+        "v1 still got requests"
+    );
+}
+
+#[test]
+fn retries_hide_a_failing_backend_and_the_budget_caps_them() {
+    let mut tb = testbed_or_skip!("waypoint_retries");
+    let retry = "          retry: {codes: [503], attempts: 3, backoff: 1ms}\n";
+    let generous = "{ambit.dev/retry-budget-percent: '50'}";
+    let rules = |budget: &str| {
+        format!(
+            "routes:\n{}",
+            route(
+                "flaky",
+                budget,
+                &format!("        - backendRefs: [{{name: backend-v1, port: 80}}]\n{retry}")
+            )
+        )
+    };
+    let mesh = mesh_with(&mut tb, &rules(generous), &["--fail-percent", "30"]);
+
+    // 30% of the backend's answers are 503; the client sees none of them.
+    let report = h2load(&tb, &mesh.client_a, "/", 1000, 1, true);
+    assert_eq!(report.status_2xx, 1000, "{}", report.text);
+    let retries = mesh.metric(&tb, "ambit_waypoint_retries_total", &[]);
+    // About 3/7 of 1000 (each try fails with p = 0.3), within the budget.
+    assert!(retries >= 300, "retries {retries}");
+    assert!(retries <= 500 + 10 * 10, "retries {retries}");
+
+    // A tight budget (5%, no floor): retries stop multiplying the load and
+    // the failures show.
+    let tight = "{ambit.dev/retry-budget-percent: '5', ambit.dev/retry-budget-min-per-second: '0'}";
+    mesh.set_extra(&rules(tight));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = mesh.metric(&tb, "ambit_waypoint_retries_total", &[]);
+    let report = h2load(&tb, &mesh.client_a, "/", 1000, 1, true);
+    let spent = mesh.metric(&tb, "ambit_waypoint_retries_total", &[]) - before;
+    assert!(spent <= 50 + 5, "retries {spent} exceed the 5% budget");
+    assert!(report.status_5xx > 100, "{}", report.text);
+    assert!(mesh.metric(&tb, "ambit_waypoint_retry_budget_exhausted_total", &[]) > 0);
+}
+
+#[test]
+fn a_slow_backend_gets_504_within_the_timeout() {
+    let mut tb = testbed_or_skip!("waypoint_timeout");
+    let rules = "        - backendRefs: [{name: backend-v1, port: 80}]\n          timeouts: {request: 300ms}\n";
+    let routes = format!("routes:\n{}", route("slow", "{}", rules));
+    let mesh = mesh_with(&mut tb, &routes, &["--delay-ms", "2000"]);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let got = mesh.curl(&tb, &mesh.client_a, "/", &[]);
+        assert_eq!(got.status, 504, "{got:?}");
+        assert_eq!(got.body.trim(), "upstream request timeout");
+        times.push(got.seconds);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[2];
+    assert!(median >= 0.3, "answered before the timeout: {times:?}");
+    assert!(median <= 0.35, "504 later than timeout + 50 ms: {times:?}");
+}
+
+#[test]
+fn a_dead_backend_is_ejected_and_traffic_moves_to_the_healthy_ones() {
+    let mut tb = testbed_or_skip!("waypoint_outlier");
+    // No route: the Service's own endpoints v1, v2 and v3; v3 runs nothing.
+    let annotations =
+        "{ambit.dev/outlier-consecutive-failures: '3', ambit.dev/outlier-base-ejection: 30s}";
+    let rules = "        - backendRefs: [{name: backend, port: 80}]\n          retry: {codes: [503], attempts: 2}\n";
+    let routes = format!("routes:\n{}", route("pool", annotations, rules));
+    let mesh = mesh_serving(&mut tb, &routes, &[], false);
+    let report = h2load(&tb, &mesh.client_a, "/", 300, 1, true);
+    assert_eq!(report.status_2xx, 300, "{}", report.text);
+    let backends = mesh.config_view(&tb)["endpoints"].clone();
+    let count = |ip: std::net::Ipv4Addr, field: &str| {
+        backends
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["endpoint"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&format!("{ip}:")))
+            })
+            .map(|e| e[field].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (v1, v2, v3) = (
+        count(mesh.v1.ipv4, "attempts"),
+        count(mesh.v2.ipv4, "attempts"),
+        count(mesh.v3.ipv4, "attempts"),
+    );
+    assert!(
+        v3 <= 3,
+        "the dead backend kept getting requests: v1 {v1}, v2 {v2}, v3 {v3}\n{backends:#}"
+    );
+    assert!(v1 >= 100 && v2 >= 100, "v1 {v1}, v2 {v2}, v3 {v3}");
+    assert!(count(mesh.v3.ipv4, "ejections") >= 1, "{backends:#}");
+    assert!(mesh.metric(&tb, "ambit_waypoint_outlier_ejections_total", &[]) >= 1);
+}
+
+#[test]
+fn the_circuit_breaker_sheds_load_past_its_limits() {
+    let mut tb = testbed_or_skip!("waypoint_circuit");
+    let annotations = "{ambit.dev/max-requests: '1', ambit.dev/max-pending-requests: '1'}";
+    let rules = "        - backendRefs: [{name: backend-v1, port: 80}]\n";
+    let routes = format!("routes:\n{}", route("guarded", annotations, rules));
+    let mesh = mesh_with(&mut tb, &routes, &["--delay-ms", "200"]);
+    // Ten at once against one slow endpoint: one in flight, one waiting,
+    // the rest refused at once.
+    let report = h2load(&tb, &mesh.client_a, "/", 20, 10, true);
+    assert!(report.status_2xx >= 2, "{}", report.text);
+    assert!(report.status_5xx >= 5, "{}", report.text);
+    let overflowed = mesh.metric(
+        &tb,
+        "istio_requests_total",
+        &["response_flags=\"UO\"", "response_code=\"503\""],
+    );
+    assert_eq!(overflowed, report.status_5xx);
+}
+
+#[test]
+fn http_authorization_by_method_and_principal() {
+    let mut tb = testbed_or_skip!("waypoint_authz");
+    let policy = "policies:
+  - metadata: {name: backend-get-only, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, group: '', name: backend}]
+      action: ALLOW
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/shop/sa/client-a]}}]
+          to: [{operation: {methods: [GET]}}]
+";
+    let mesh = mesh_with(&mut tb, policy, &[]);
+    let get = mesh.curl(&tb, &mesh.client_a, "/", &[]);
+    assert_eq!(get.status, 200, "{get:?}");
+    let delete = mesh.curl(&tb, &mesh.client_a, "/", &["-X", "DELETE"]);
+    assert_eq!(delete.status, 403, "{delete:?}");
+    assert!(delete.body.contains("shop/backend-get-only"), "{delete:?}");
+    let other = mesh.curl(&tb, &mesh.client_b, "/", &[]);
+    assert_eq!(other.status, 403, "{other:?}");
+    assert!(other.body.contains("access denied"), "{other:?}");
+}
+
+#[test]
+fn http2_streams_and_trailers_pass_through_intact() {
+    let mut tb = testbed_or_skip!("waypoint_h2");
+    let mesh = mesh_with(&mut tb, "", &[]);
+    let mut command = Command::new("nghttp");
+    command.args(["-v", "-t", "20", &format!("http://{VIP}/stream?chunks=20")]);
+    let out = tb.run_in_pod(&mesh.client_a, command);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for i in 0..20 {
+        assert!(
+            text.contains(&format!("chunk {i}\n")),
+            "chunk {i} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("grpc-status: 0"), "trailers missing:\n{text}");
+    assert!(text.contains("x-chunks: 20"), "trailers missing:\n{text}");
+    // The backend saw HTTP/2 and a traceparent the waypoint started.
+    let got = mesh.curl(&tb, &mesh.client_a, "/", &["--http2-prior-knowledge"]);
+    assert_eq!(got.status, 200, "{got:?}");
+    let seen: serde_json::Value = serde_json::from_str(got.body.trim()).expect("JSON body");
+    assert_eq!(seen["version"], "HTTP/2.0", "{seen}");
+    let traceparent = seen["headers"]["traceparent"].as_str().unwrap_or_default();
+    assert_eq!(traceparent.len(), 55, "{seen}");
+}
+
+#[test]
+fn fault_injection_aborts_the_configured_share() {
+    let mut tb = testbed_or_skip!("waypoint_fault");
+    let annotations = "{ambit.dev/fault-abort-status: '503', ambit.dev/fault-abort-percent: '20'}";
+    let rules = "        - backendRefs: [{name: backend-v1, port: 80}]\n";
+    let routes = format!("routes:\n{}", route("faulty", annotations, rules));
+    let mesh = mesh_with(&mut tb, &routes, &[]);
+    let report = h2load(&tb, &mesh.client_a, "/", 2000, 4, false);
+    // Binomial(2000, 0.2): sd 17.9; 99.9% two-sided is ±3.29 sd.
+    assert!((341..=459).contains(&report.status_5xx), "{}", report.text);
+    assert_eq!(
+        report.status_2xx + report.status_5xx,
+        2000,
+        "{}",
+        report.text
+    );
+    let injected = mesh.metric(&tb, "istio_requests_total", &["response_flags=\"FI\""]);
+    assert_eq!(injected, report.status_5xx);
+}
+
+#[test]
+fn opaque_tcp_passes_through_and_bad_input_is_refused() {
+    let mut tb = testbed_or_skip!("waypoint_opaque");
+    let mesh = mesh_with(&mut tb, "", &[]);
+    // Bytes that are not HTTP pass through to an endpoint, echoed intact.
+    // (The echo servers listen on 9000; the Service's port 80 maps to 8080,
+    // so this port is reached by its own entry.)
+    let echo = tb.spawn_in_pod(&mesh.v1, pod_tool(&["serve", "--listen", "0.0.0.0:9000"]));
+    echo.wait_for_event("listening", Duration::from_secs(20));
+    let yaml = "  - name: echo
+    namespace: shop
+    waypoint: wp
+    clusterIPs: [10.96.0.21]
+    selector: {app: v1}
+    ports: [{name: tcp, port: 9000}]
+";
+    let text = mesh.config("").replace(
+        "  - name: backend-v1\n",
+        &format!("{yaml}  - name: backend-v1\n"),
+    );
+    mesh.set_raw_config(&text);
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, sent, report) = try_send(&tb, &mesh.client_a, "10.96.0.21:9000", 100_000);
+    assert!(ok, "{sent}\n{report}");
+    assert_eq!(sent["echo_ok"], true, "{sent}");
+
+    // A malformed request gets 400 from the waypoint.
+    let mut raw = Command::new("bash");
+    raw.args([
+        "-c",
+        &format!("exec 3<>/dev/tcp/{VIP}/80; printf 'GET / HTTP/1.1\\r\\nHost x\\r\\n\\r\\n' >&3; head -c 12 <&3"),
+    ]);
+    let out = tb.run_in_pod(&mesh.client_a, raw);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "HTTP/1.1 400",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn invalid_routes_are_rejected_and_the_previous_version_stays() {
+    let mut tb = testbed_or_skip!("waypoint_bad_route");
+    let good = format!("routes:\n{}", route("canary", "{}", &split(0, 100, "")));
+    let mesh = mesh_with(&mut tb, &good, &[]);
+    assert_eq!(
+        mesh.curl(&tb, &mesh.client_a, "/", &[])
+            .header("x-backend")
+            .as_deref(),
+        Some("v2")
+    );
+
+    let bad_regex = "        - matches: [{path: {type: RegularExpression, value: '/(unclosed'}}]\n          backendRefs: [{name: backend-v1, port: 80}]\n";
+    let unknown = "        - backendRefs: [{name: nowhere, port: 80}]\n";
+    let zero = split(0, 0, "");
+    let routes = format!(
+        "routes:\n{}{}{}",
+        route("canary", "{}", bad_regex),
+        route("lost", "{}", unknown),
+        route("empty", "{}", &zero)
+    );
+    mesh.set_extra(&routes);
+    std::thread::sleep(Duration::from_secs(1));
+    let view = mesh.config_view(&tb);
+    let rejected = view["rejectedRoutes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let reason_of = |name: &str| {
+        let found = rejected
+            .iter()
+            .find(|r| r["route"] == format!("shop/{name}"))
+            .unwrap_or_else(|| panic!("{name} not rejected: {view:#}"));
+        (
+            found["reason"].as_str().unwrap_or_default().to_owned(),
+            found["message"].to_string(),
+        )
+    };
+    let (_, message) = reason_of("canary");
+    assert!(
+        message.contains("regular expression") || message.contains("regex"),
+        "{message}"
+    );
+    assert_eq!(reason_of("lost").0, "BackendNotFound");
+    let (_, message) = reason_of("empty");
+    assert!(message.contains("sum to 0"), "{message}");
+    // The last good version of `canary` still routes.
+    for _ in 0..10 {
+        let got = mesh.curl(&tb, &mesh.client_a, "/", &[]);
+        assert_eq!(got.header("x-backend").as_deref(), Some("v2"), "{got:?}");
+    }
+}
+
+#[test]
+fn without_its_waypoint_a_service_fails_closed() {
+    let mut tb = testbed_or_skip!("waypoint_down");
+    let mut mesh = mesh_with(&mut tb, "", &[]);
+    assert_eq!(mesh.curl(&tb, &mesh.client_a, "/", &[]).status, 200);
+    // The waypoint process is gone: connections are refused, never sent
+    // straight to the backends.
+    let waypoint = mesh.waypoint.take().expect("running");
+    waypoint.terminate();
+    let got = mesh.curl(&tb, &mesh.client_a, "/", &[]);
+    assert_eq!(
+        got.status, 0,
+        "a response came without the waypoint: {got:?}"
+    );
+    // No ready waypoint pod at all: refused by the client's agent, which
+    // says why.
+    let text = mesh.config("").replace(
+        &format!(
+            "endpoints: [{{ip: {}, ports: {{hbone: 15008}}}}]",
+            mesh.wp.ipv4
+        ),
+        "endpoints: []",
+    );
+    mesh.set_raw_config(&text);
+    std::thread::sleep(Duration::from_secs(3));
+    let got = mesh.curl(&tb, &mesh.client_a, "/", &[]);
+    assert_eq!(got.status, 0, "{got:?}");
+    let agent = &mesh.agents[0];
+    let logged = agent
+        .proc
+        .wait_for_stderr_line(Duration::from_secs(10), |line| {
+            line.contains("uses waypoint shop/wp, which has no ready endpoint")
+        });
+    assert!(logged.is_some(), "{}", agent.proc.report());
+}

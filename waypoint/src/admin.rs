@@ -1,0 +1,115 @@
+//! The waypoint's admin port: `/stats/prometheus` (metrics),
+//! `/healthz/ready` (200 once the HBONE listener is up and a certificate
+//! is issued) and `/config` (JSON: the services served, the routes and why
+//! any were rejected).
+
+use std::{convert::Infallible, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Waypoint;
+
+/// Serves the admin endpoints on `listener` until cancelled.
+pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: CancellationToken) {
+    loop {
+        let tcp = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let waypoint = waypoint.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let waypoint = waypoint.clone();
+                async move { Ok::<_, Infallible>(answer(&waypoint, &request)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn answer(waypoint: &Waypoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/stats/prometheus" | "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            waypoint.metrics.encode(),
+        ),
+        "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/config" => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&config_view(waypoint)).unwrap_or_default(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    }
+}
+
+/// What `/config` shows.
+fn config_view(waypoint: &Waypoint) -> serde_json::Value {
+    let state = waypoint.state.current();
+    let mut served: Vec<serde_json::Value> = state
+        .served_ports()
+        .map(|(addr, served)| {
+            serde_json::json!({
+                "address": addr.to_string(),
+                "service": served.service.to_string(),
+                "port": served.port.port,
+            })
+        })
+        .collect();
+    served.sort_by_key(|v| v["address"].as_str().unwrap_or_default().to_owned());
+    let routes: Vec<serde_json::Value> = state
+        .routes
+        .routes()
+        .map(|route| serde_json::to_value(route.view()).unwrap_or_default())
+        .collect();
+    let errors: Vec<serde_json::Value> = state
+        .route_errors
+        .iter()
+        .map(|error| {
+            serde_json::json!({
+                "route": error.route.to_string(),
+                "reason": error.reason(),
+                "message": error.to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "waypoint": format!("{}/{}", waypoint.name.namespace, waypoint.name.name),
+        "identity": waypoint.identity.id.to_string(),
+        "services": served,
+        "routes": routes,
+        "rejectedRoutes": errors,
+        "endpoints": waypoint.runtime.endpoint_status(std::time::Instant::now()),
+    })
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}

@@ -1,0 +1,31 @@
+//! Authorization at the waypoint: the `AuthorizationPolicy` objects
+//! attached to the destination Service (`targetRefs` of kind `Service`) or
+//! to the waypoint itself (kind `Gateway`, named after the waypoint), with
+//! the client's identity from mutual TLS and, for HTTP, the request's
+//! method, path, host and headers. Policies with a `selector` are the node
+//! agents' to enforce (L4) and do not apply here.
+
+use mesh_core::policy::{Decision, HttpAttributes, Request, ServiceTarget, Verdict};
+
+use crate::{inbound::StreamInfo, state::State};
+
+/// The verdict for a stream (`http` `None`: opaque TCP) or one request.
+#[must_use]
+pub fn check(state: &State, info: &StreamInfo, http: Option<HttpAttributes>) -> Verdict {
+    let mut request = Request::new(Some(&info.peer), info.client.ip(), info.served.port.port);
+    if let Some(http) = http {
+        request = request.with_http(http);
+    }
+    let target = ServiceTarget {
+        namespace: &info.served.service.namespace,
+        service: &info.served.service.name,
+        waypoint: &state.waypoint_name,
+    };
+    state.policies.evaluate_target(&target, &request)
+}
+
+/// Whether a verdict lets the request through.
+#[must_use]
+pub fn allowed(verdict: &Verdict) -> bool {
+    verdict.decision == Decision::Allow
+}

@@ -1,0 +1,304 @@
+//! The waypoint's HBONE listener. Node agents send it the streams of
+//! clients that dialled a service using this waypoint, each a CONNECT to the
+//! cluster IP and port the client dialled. The stream's first bytes tell
+//! what it carries: the HTTP/2 connection preface, an HTTP/1.1 request
+//! line, or anything else (opaque TCP, passed through under L4 policy).
+//!
+//! Bad requests fail their own stream only: a method other than CONNECT
+//! gets 405, an authority that is not a cluster IP and port of a service
+//! using this waypoint gets 400.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::{hbone, identity::SpiffeId, tls};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::{Waypoint, h2io::H2Io, http_proxy, opaque, state::ServedPort};
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Longest HTTP/1.1 method read while detecting.
+const MAX_METHOD_LEN: usize = 16;
+
+/// What a stream carries, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (or 1.0).
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// Anything else: bytes passed through.
+    Opaque,
+}
+
+impl Protocol {
+    /// The name used in metrics (`request_protocol`) and logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http",
+            Self::Http2 => "grpc_or_http2",
+            Self::Opaque => "tcp",
+        }
+    }
+}
+
+/// One accepted HBONE stream: who sent it and where it was going.
+#[derive(Debug)]
+pub struct StreamInfo {
+    /// The client's identity, from its agent's certificate.
+    pub peer: SpiffeId,
+    /// The client's address (its pod's, as its agent connects from it).
+    pub client: SocketAddr,
+    /// The cluster IP and port it dialled.
+    pub dialled: SocketAddr,
+    /// The service port behind it.
+    pub served: ServedPort,
+}
+
+/// Serves HBONE on `listener` until cancelled.
+pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: CancellationToken) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "HBONE accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let span = tracing::info_span!("hbone", %client, peer = tracing::field::Empty);
+        tokio::spawn(serve_connection(waypoint.clone(), tcp, client).instrument(span));
+    }
+}
+
+async fn serve_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = async {
+        let config = tls::server_config(
+            waypoint.identity.id.clone(),
+            waypoint.identity.clone(),
+            waypoint.identity.roots(),
+        )
+        .map_err(|e| e.to_string())?;
+        let tls = TlsAcceptor::from(Arc::new(config))
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {}", tls::handshake_failure(&e)))?;
+        let peer = tls::peer_identity(tls.get_ref().1.peer_certificates())
+            .ok_or_else(|| "the client certificate carries no SPIFFE id".to_owned())?;
+        let connection = h2::server::Builder::new()
+            .max_header_list_size(hbone::MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(hbone::MAX_STREAMS_PER_CONNECTION)
+            .initial_window_size(hbone::STREAM_WINDOW)
+            .initial_connection_window_size(hbone::CONNECTION_WINDOW)
+            .max_frame_size(hbone::MAX_FRAME_SIZE)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+        Ok::<_, String>((peer, connection))
+    };
+    let (peer, mut connection) =
+        match tokio::time::timeout(hbone::HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "HBONE connection refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("HBONE handshake timed out");
+                return;
+            }
+        };
+    tracing::Span::current().record("peer", tracing::field::display(&peer));
+    while let Some(next) = connection.accept().await {
+        match next {
+            Ok((request, respond)) => {
+                let stream = serve_stream(waypoint.clone(), request, respond, peer.clone(), client);
+                tokio::spawn(stream.in_current_span());
+            }
+            Err(error) => {
+                tracing::debug!(%error, "HBONE connection ended");
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    waypoint: Arc<Waypoint>,
+    request: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    peer: SpiffeId,
+    client: SocketAddr,
+) {
+    let state = waypoint.state.current();
+    let target = connect_target(&request).and_then(|dialled| {
+        state
+            .served(dialled)
+            .cloned()
+            .map(|served| (dialled, served))
+            .ok_or((
+                StatusCode::BAD_REQUEST,
+                "the authority is not a cluster IP and port of a service using this waypoint",
+            ))
+    });
+    drop(state);
+    let (dialled, served) = match target {
+        Ok(target) => target,
+        Err((status, why)) => {
+            tracing::warn!(%status, reason = why, "HBONE request refused");
+            let _ = respond.send_response(empty_response(status), true);
+            return;
+        }
+    };
+    let send = match respond.send_response(empty_response(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(error) => {
+            tracing::debug!(%error, "HBONE stream reset before it started");
+            return;
+        }
+    };
+    let info = Arc::new(StreamInfo {
+        peer,
+        client,
+        dialled,
+        served,
+    });
+    let mut io = H2Io::new(send, request.into_body());
+    let started = Instant::now();
+    let protocol = detect(&mut io, waypoint.config.detect_timeout).await;
+    tracing::debug!(protocol = protocol.as_str(), dialled = %info.dialled, "stream detected");
+    match protocol {
+        Protocol::Http1 => {
+            let service = http_proxy::service(waypoint.clone(), info.clone(), protocol);
+            let served = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(io), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "HTTP/1.1 connection ended with an error");
+            }
+        }
+        Protocol::Http2 => {
+            let service = http_proxy::service(waypoint.clone(), info.clone(), protocol);
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(hbone::STREAM_WINDOW)
+                .initial_connection_window_size(hbone::CONNECTION_WINDOW)
+                .serve_connection(TokioIo::new(io), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "HTTP/2 connection ended with an error");
+            }
+        }
+        Protocol::Opaque => opaque::forward(&waypoint, &info, io, started).await,
+    }
+}
+
+/// Reads the stream's first bytes (waiting at most `timeout` for the
+/// first) and decides what it carries. Nothing is consumed.
+pub async fn detect(io: &mut H2Io, timeout: std::time::Duration) -> Protocol {
+    match tokio::time::timeout(timeout, io.peek(1)).await {
+        Ok(Ok(bytes)) if !bytes.is_empty() => {}
+        _ => return Protocol::Opaque,
+    }
+    let mut want = 1;
+    loop {
+        let Ok(bytes) = io.peek(want).await else {
+            return Protocol::Opaque;
+        };
+        match classify(bytes) {
+            Some(protocol) => return protocol,
+            None if bytes.len() < want => return Protocol::Opaque,
+            None => want = bytes.len() + 1,
+        }
+    }
+}
+
+/// What `prefix` is, or `None` when more bytes are needed to tell.
+fn classify(prefix: &[u8]) -> Option<Protocol> {
+    let n = prefix.len().min(H2_PREFACE.len());
+    if prefix[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
+    }
+    // An HTTP/1 request line starts with a method token and a space.
+    for (i, &byte) in prefix.iter().enumerate().take(MAX_METHOD_LEN + 1) {
+        if byte == b' ' {
+            return Some(if i > 0 {
+                Protocol::Http1
+            } else {
+                Protocol::Opaque
+            });
+        }
+        if !byte.is_ascii_uppercase() {
+            return Some(Protocol::Opaque);
+        }
+    }
+    (prefix.len() > MAX_METHOD_LEN).then_some(Protocol::Opaque)
+}
+
+/// Where a CONNECT request goes: an IP address and port.
+fn connect_target(
+    request: &Request<h2::RecvStream>,
+) -> Result<SocketAddr, (StatusCode, &'static str)> {
+    if request.method() != Method::CONNECT {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only CONNECT is served on the HBONE port",
+        ));
+    }
+    request
+        .uri()
+        .authority()
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "the CONNECT request has no authority",
+        ))?
+        .as_str()
+        .parse()
+        .map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                "the authority is not an IP address and port",
+            )
+        })
+}
+
+fn empty_response(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Protocol, classify};
+
+    #[test]
+    fn classifies_first_bytes() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"DELETE /x"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(classify(b"PRI * HT"), None);
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"\x16\x03\x01"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"hello"), Some(Protocol::Opaque));
+        assert_eq!(classify(b" x"), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(b"AAAAAAAAAAAAAAAAAAAAAAAA"),
+            Some(Protocol::Opaque)
+        );
+    }
+}
