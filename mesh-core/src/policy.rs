@@ -1,4 +1,4 @@
-//! L4 authorization: `AuthorizationPolicy` objects, modelled on Istio's so
+//! Authorization: `AuthorizationPolicy` objects, modelled on Istio's so
 //! that policies carry over, checked once when they are loaded and compiled
 //! into a form the data path evaluates without parsing anything.
 //!
@@ -17,24 +17,40 @@
 //!             ipBlocks: [10.10.0.0/16]
 //!       to:
 //!         - operation: {ports: ["8080"]}
+//!       when:
+//!         - {key: source.ip, notValues: [10.10.9.0/24]}
 //! ```
 //!
 //! A policy in the mesh's root namespace without a selector applies to every
 //! workload of the mesh; with a selector, to every workload of any namespace
 //! whose labels match.
 //!
-//! **Fields only a waypoint can enforce** (`methods`, `paths`, `hosts`,
-//! `requestPrincipals`, `remoteIpBlocks` and their `not` forms) are accepted.
-//! Without a waypoint they fail closed: a rule that uses them never allows,
-//! and a DENY or AUDIT rule that uses them applies on its L4 fields alone, so
-//! it denies at least what it meant to. The policy's status says so.
+//! **Who enforces what.** A policy with a `selector` (or none) is the node
+//! agents': they see connections (L4), so they check `principals`,
+//! `namespaces`, `ipBlocks`, `ports`, the `not` forms, and the `when` keys
+//! `source.principal`, `source.namespace`, `source.ip` and
+//! `destination.port`. A policy with `targetRefs` (a Service, or the
+//! waypoint as a Gateway) is the waypoint's: an L7 proxy, it sees each HTTP
+//! request and also checks `methods`, `paths`, `hosts` and
+//! `when: request.headers[<name>]` (Istio's semantics: methods exact and
+//! case-sensitive; paths and hosts exact, `prefix*`, `*suffix` or `*`; hosts
+//! without regard to case, a pattern without a port matching any port).
+//!
+//! **Fields only a waypoint can enforce** fail closed wherever they cannot
+//! be checked (at a node agent, or at the waypoint on a stream that is not
+//! HTTP): a rule that uses them never allows, and a DENY or AUDIT rule that
+//! uses them applies on its other fields alone, so it denies at least what
+//! it meant to. `requestPrincipals` and `remoteIpBlocks` (and their `not`
+//! forms) need JWT validation or the PROXY protocol, which ambit does not
+//! have: they are accepted but fail closed everywhere, the waypoint
+//! included. The policy's status says so.
 //!
 //! **A policy that is wrong** (an unknown action, an invalid CIDR, a malformed
-//! principal, an unknown field) is rejected with an error naming the policy
-//! and the field, and it fails closed too: what can be read of its scope is
-//! kept, and a rejected ALLOW allows nothing there, while a rejected DENY, or
-//! one whose action cannot be read, denies everything there. A broken policy
-//! never opens traffic.
+//! principal, an unknown field or `when` key) is rejected with an error
+//! naming the policy and the field, and it fails closed too: what can be read
+//! of its scope is kept, and a rejected ALLOW allows nothing there, while a
+//! rejected DENY, or one whose action cannot be read, denies everything
+//! there. A broken policy never opens traffic.
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
@@ -42,12 +58,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod evaluate;
+mod l7;
 #[cfg(test)]
 mod tests;
 
-pub use evaluate::{
-    Decision, HttpAttributes, PolicySet, Request, ServiceTarget, Verdict, Workload,
-};
+pub use evaluate::{Decision, PolicySet, Request, ServiceTarget, Verdict, Workload};
+pub use l7::HttpAttributes;
 
 /// The root namespace when none is configured: its policies apply mesh-wide.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "ambit-system";
@@ -125,15 +141,19 @@ pub enum TargetRef {
     Gateway(String),
 }
 
-/// One rule: every `from` list and `to` list given must match.
+/// One rule: every `from` list and `to` list given, and every `when`
+/// condition, must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Rule {
     /// Sources; one must match. Empty: any source.
     pub from: Vec<Source>,
-    /// Operations; one must match. Empty: any operation.
+    /// Operations; one must match. Empty: any operation. Every port the
+    /// rule depends on is named in them (`ports`, `not_ports`): its
+    /// `destination.port` conditions are folded in, as Istio does, so
+    /// ports a rule does not name are all alike to it.
     pub to: Vec<Operation>,
-    /// Request headers (`when: request.headers[...]`); each must match.
-    pub headers: Vec<HeaderCondition>,
+    /// Its `when` conditions but `destination.port`; each must match.
+    pub when: Vec<Condition>,
     /// The rule uses fields only a waypoint can enforce.
     pub needs_waypoint: bool,
     /// The rule uses fields no part of ambit enforces (`requestPrincipals`,
@@ -142,7 +162,38 @@ pub struct Rule {
     pub unenforceable: bool,
 }
 
-/// A `when` condition on a request header.
+/// A `when` condition: the attribute its key names must match one of its
+/// values (when given) and none of its `notValues`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "key")]
+pub enum Condition {
+    /// `request.headers[<name>]`: waypoint only.
+    #[serde(rename = "request.headers")]
+    RequestHeader(HeaderCondition),
+    /// `source.principal`: the peer's principal, as in `principals`.
+    #[serde(rename = "source.principal")]
+    SourcePrincipal(ConditionValues<Pattern>),
+    /// `source.namespace`: the peer's namespace, as in `namespaces`.
+    #[serde(rename = "source.namespace")]
+    SourceNamespace(ConditionValues<Pattern>),
+    /// `source.ip`: the peer's address, as in `ipBlocks`.
+    #[serde(rename = "source.ip")]
+    SourceIp(ConditionValues<IpNet>),
+}
+
+/// A condition's values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConditionValues<T> {
+    /// The attribute must match one of these (when given); an attribute the
+    /// connection lacks (a plaintext peer's principal) matches none.
+    pub values: Vec<T>,
+    /// The attribute must match none of these.
+    pub not_values: Vec<T>,
+}
+
+/// A `when` condition on a request header, as Istio has it: `values` need
+/// the header with a value matching one of them, `not_values` need no value
+/// matching one of them (a missing header has none).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HeaderCondition {
     /// The header, lowercase.
@@ -152,6 +203,15 @@ pub struct HeaderCondition {
     /// Its value must match none of these.
     pub not_values: Vec<Pattern>,
 }
+
+/// The condition keys a policy may use.
+pub const CONDITION_KEYS: &[&str] = &[
+    "request.headers[<name>]",
+    "source.principal",
+    "source.namespace",
+    "source.ip",
+    "destination.port",
+];
 
 /// Who is connecting. Every field given must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -177,12 +237,13 @@ pub struct Operation {
     pub ports: Vec<u16>,
     /// The destination port must be none of these.
     pub not_ports: Vec<u16>,
-    /// The request's host (lowercase; a pattern without a port also
-    /// matches the host with any port) must match one of these. Waypoint.
+    /// The request's host must match one of these (lowercase: case does
+    /// not matter; a pattern without a port also matches the host with any
+    /// port). Waypoint.
     pub hosts: Vec<Pattern>,
     /// ... and none of these. Waypoint.
     pub not_hosts: Vec<Pattern>,
-    /// The method must be one of these. Waypoint.
+    /// The method must be one of these, exactly (`GET`, uppercase). Waypoint.
     pub methods: Vec<String>,
     /// ... and none of these. Waypoint.
     pub not_methods: Vec<String>,
@@ -192,7 +253,8 @@ pub struct Operation {
     pub not_paths: Vec<Pattern>,
 }
 
-/// A principal or namespace pattern: exact, `prefix*`, `*suffix` or `*`.
+/// A principal, namespace, path, host or header value pattern: exact,
+/// `prefix*`, `*suffix` or `*`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
 pub enum Pattern {
@@ -276,9 +338,9 @@ struct RawRule {
 struct RawCondition {
     key: String,
     #[serde(default)]
-    values: Option<Vec<String>>,
+    values: Option<Vec<RawScalar>>,
     #[serde(default)]
-    not_values: Option<Vec<String>>,
+    not_values: Option<Vec<RawScalar>>,
 }
 
 #[derive(Deserialize)]
@@ -336,9 +398,9 @@ struct RawTo {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawOperation {
     #[serde(default)]
-    ports: Option<Vec<RawPort>>,
+    ports: Option<Vec<RawScalar>>,
     #[serde(default)]
-    not_ports: Option<Vec<RawPort>>,
+    not_ports: Option<Vec<RawScalar>>,
     // Waypoint only.
     #[serde(default)]
     hosts: Option<Vec<String>>,
@@ -354,10 +416,11 @@ struct RawOperation {
     not_paths: Option<Vec<String>>,
 }
 
-/// Istio writes ports as strings; a number is accepted too.
+/// Istio writes ports and condition values as strings; a number is
+/// accepted too.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawPort {
+enum RawScalar {
     Number(i64),
     Text(String),
 }
@@ -439,39 +502,11 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
     let mut waypoint_fields = Vec::new();
     let mut rules = Vec::new();
     for (r, raw_rule) in spec.rules.unwrap_or_default().into_iter().enumerate() {
-        let path = format!("spec.rules[{r}]");
-        let mut rule = Rule::default();
-        for (w, condition) in raw_rule.when.unwrap_or_default().into_iter().enumerate() {
-            let path = format!("{path}.when[{w}]");
-            rule.headers
-                .push(compile_condition(condition, &path).map_err(|(field, m)| fail(&field, m))?);
-            waypoint_fields.push(path);
-        }
-        for (f, from) in raw_rule.from.unwrap_or_default().into_iter().enumerate() {
-            let path = format!("{path}.from[{f}].source");
-            let (source, l7) =
-                compile_source(from.source, &path).map_err(|(field, m)| fail(&field, m))?;
-            waypoint_fields.extend(l7);
-            rule.from.push(source);
-        }
-        for (t, to) in raw_rule.to.unwrap_or_default().into_iter().enumerate() {
-            let path = format!("{path}.to[{t}].operation");
-            let (operation, l7) =
-                compile_operation(to.operation, &path).map_err(|(field, m)| fail(&field, m))?;
-            waypoint_fields.extend(l7);
-            rule.to.push(operation);
-        }
-        let own: Vec<&String> = waypoint_fields
-            .iter()
-            .filter(|f| f.starts_with(&format!("{path}.")))
-            .collect();
-        rule.needs_waypoint = !own.is_empty();
-        rule.unenforceable = own.iter().any(|f| {
-            UNENFORCEABLE_FIELDS
-                .iter()
-                .any(|u| f.ends_with(&format!(".{u}")))
-        });
-        rules.push(rule);
+        let rule = compile_rule(raw_rule, &format!("spec.rules[{r}]"), &mut waypoint_fields)
+            .map_err(|(field, m)| fail(&field, m))?;
+        // A rule whose ports contradict each other matches nothing: without
+        // it the policy means the same.
+        rules.extend(rule);
     }
     Ok(Policy {
         key,
@@ -482,6 +517,45 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
         waypoint_fields,
         target_refs,
     })
+}
+
+/// One rule at `path`; the fields it uses that need a waypoint are added to
+/// `waypoint_fields`. `None` when it can match nothing.
+fn compile_rule(
+    raw: RawRule,
+    path: &str,
+    waypoint_fields: &mut Vec<String>,
+) -> Result<Option<Rule>, FieldError> {
+    let mut rule = Rule::default();
+    let mut own_fields = Vec::new();
+    let mut destination_ports = Vec::new();
+    for (w, condition) in raw.when.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("{path}.when[{w}]");
+        match compile_condition(condition, &path)? {
+            Compiled::When(condition) => {
+                if matches!(condition, Condition::RequestHeader(_)) {
+                    own_fields.push(path);
+                }
+                rule.when.push(condition);
+            }
+            Compiled::DestinationPort(ports) => destination_ports.push(ports),
+        }
+    }
+    for (f, from) in raw.from.unwrap_or_default().into_iter().enumerate() {
+        let (source, l7) = compile_source(from.source, &format!("{path}.from[{f}].source"))?;
+        own_fields.extend(l7);
+        rule.from.push(source);
+    }
+    for (t, to) in raw.to.unwrap_or_default().into_iter().enumerate() {
+        let (operation, l7) =
+            compile_operation(to.operation, &format!("{path}.to[{t}].operation"))?;
+        own_fields.extend(l7);
+        rule.to.push(operation);
+    }
+    rule.needs_waypoint = !own_fields.is_empty();
+    rule.unenforceable = own_fields.iter().any(|f| is_unenforceable(f));
+    waypoint_fields.extend(own_fields);
+    Ok(fold_destination_ports(&mut rule, destination_ports).then_some(rule))
 }
 
 fn parse_action(action: Option<&str>) -> Result<Action, String> {
@@ -539,21 +613,19 @@ fn compile_operation(
     raw: RawOperation,
     path: &str,
 ) -> Result<(Operation, Vec<String>), FieldError> {
-    let ports = |list: Option<Vec<RawPort>>, field: &str| {
+    let ports = |list: Option<Vec<RawScalar>>, field: &str| {
         list.unwrap_or_default()
             .iter()
             .enumerate()
             .map(|(i, port)| parse_port(port).map_err(|m| (format!("{path}.{field}[{i}]"), m)))
             .collect::<Result<Vec<_>, _>>()
     };
-    let patterns =
-        |list: &Option<Vec<String>>, field: &str, check: fn(&str) -> Result<(), String>| {
+    let parsed =
+        |list: &Option<Vec<String>>, field: &str, parse: fn(&str) -> Result<Pattern, String>| {
             list.iter()
                 .flatten()
                 .enumerate()
-                .map(|(i, value)| {
-                    Pattern::parse(value, check).map_err(|m| (format!("{path}.{field}[{i}]"), m))
-                })
+                .map(|(i, value)| parse(value).map_err(|m| (format!("{path}.{field}[{i}]"), m)))
                 .collect::<Result<Vec<_>, _>>()
         };
     let methods = |list: &Option<Vec<String>>, field: &str| {
@@ -561,25 +633,21 @@ fn compile_operation(
             .flatten()
             .enumerate()
             .map(|(i, method)| {
-                check_method(method)
+                l7::check_method(method)
                     .map(|()| method.clone())
                     .map_err(|m| (format!("{path}.{field}[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    let lowercase = |list: &Option<Vec<String>>| {
-        list.as_ref()
-            .map(|hosts| hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
-    };
     let operation = Operation {
         ports: ports(raw.ports, "ports")?,
         not_ports: ports(raw.not_ports, "notPorts")?,
-        hosts: patterns(&lowercase(&raw.hosts), "hosts", accept_any)?,
-        not_hosts: patterns(&lowercase(&raw.not_hosts), "notHosts", accept_any)?,
+        hosts: parsed(&raw.hosts, "hosts", l7::parse_host)?,
+        not_hosts: parsed(&raw.not_hosts, "notHosts", l7::parse_host)?,
         methods: methods(&raw.methods, "methods")?,
         not_methods: methods(&raw.not_methods, "notMethods")?,
-        paths: patterns(&raw.paths, "paths", check_path)?,
-        not_paths: patterns(&raw.not_paths, "notPaths", check_path)?,
+        paths: parsed(&raw.paths, "paths", l7::parse_path)?,
+        not_paths: parsed(&raw.not_paths, "notPaths", l7::parse_path)?,
     };
     let waypoint_only = [
         ("hosts", &raw.hosts),
@@ -609,62 +677,163 @@ fn accept_any(_: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_path(value: &str) -> Result<(), String> {
-    if value.is_empty() || value.starts_with('/') {
-        Ok(())
-    } else {
-        Err(format!("{value:?} is not a path (it must start with /)"))
-    }
+/// A `when` condition, compiled: kept on the rule, or (`destination.port`)
+/// folded into its operations.
+enum Compiled {
+    When(Condition),
+    DestinationPort(ConditionValues<u16>),
 }
 
-fn check_method(method: &str) -> Result<(), String> {
-    if !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{method:?} is not an HTTP method (uppercase, e.g. GET)"
-        ))
+/// A `when` condition; a key not in [`CONDITION_KEYS`] is refused with the
+/// supported ones.
+fn compile_condition(raw: RawCondition, path: &str) -> Result<Compiled, FieldError> {
+    enum Key {
+        Header(String),
+        Principal,
+        Namespace,
+        Ip,
+        Port,
     }
-}
-
-/// The header a `when` key names, from `request.headers[<name>]`; any
-/// other key is refused with the supported one.
-fn compile_condition(raw: RawCondition, path: &str) -> Result<HeaderCondition, FieldError> {
-    let name = raw
-        .key
-        .strip_prefix("request.headers[")
-        .and_then(|rest| rest.strip_suffix(']'))
-        .filter(|name| http::HeaderName::from_bytes(name.as_bytes()).is_ok())
-        .ok_or_else(|| {
-            (
-                format!("{path}.key"),
-                format!(
-                    "{:?} is not supported; the supported condition key is request.headers[<name>] (use from and to for sources and ports)",
-                    raw.key
-                ),
-            )
-        })?;
-    let patterns = |list: Option<Vec<String>>, field: &str| {
+    let key = match raw.key.trim() {
+        "source.principal" => Key::Principal,
+        "source.namespace" => Key::Namespace,
+        "source.ip" => Key::Ip,
+        "destination.port" => Key::Port,
+        other => match l7::header_key(other) {
+            Some(Ok(name)) => Key::Header(name),
+            Some(Err(message)) => return Err((format!("{path}.key"), message)),
+            None => {
+                let why = if other.starts_with("request.auth.") {
+                    " (ambit validates no JWT)"
+                } else {
+                    ""
+                };
+                return Err((
+                    format!("{path}.key"),
+                    format!(
+                        "{other:?} is not supported{why}; the supported condition keys are {}",
+                        CONDITION_KEYS.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    let texts = |list: Option<Vec<RawScalar>>| -> Vec<String> {
         list.unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, value)| {
-                Pattern::parse(value, accept_any).map_err(|m| (format!("{path}.{field}[{i}]"), m))
+            .into_iter()
+            .map(|value| match value {
+                RawScalar::Number(n) => n.to_string(),
+                RawScalar::Text(text) => text,
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect()
     };
-    let condition = HeaderCondition {
-        name: name.to_ascii_lowercase(),
-        values: patterns(raw.values, "values")?,
-        not_values: patterns(raw.not_values, "notValues")?,
-    };
-    if condition.values.is_empty() && condition.not_values.is_empty() {
+    let (values, not_values) = (texts(raw.values), texts(raw.not_values));
+    if values.is_empty() && not_values.is_empty() {
         return Err((
             format!("{path}.values"),
             "a condition needs values or notValues".to_owned(),
         ));
     }
-    Ok(condition)
+    let patterns = |check: fn(&str) -> Result<(), String>| {
+        condition_values(&values, &not_values, path, &|value| {
+            Pattern::parse(value, check)
+        })
+    };
+    Ok(match key {
+        Key::Header(name) => {
+            let values = patterns(accept_any)?;
+            Compiled::When(Condition::RequestHeader(HeaderCondition {
+                name,
+                values: values.values,
+                not_values: values.not_values,
+            }))
+        }
+        Key::Principal => Compiled::When(Condition::SourcePrincipal(patterns(check_principal)?)),
+        Key::Namespace => Compiled::When(Condition::SourceNamespace(patterns(check_namespace)?)),
+        Key::Ip => Compiled::When(Condition::SourceIp(condition_values(
+            &values,
+            &not_values,
+            path,
+            &parse_ip_block,
+        )?)),
+        Key::Port => {
+            Compiled::DestinationPort(condition_values(&values, &not_values, path, &|value| {
+                parse_port(&RawScalar::Text(value.to_owned()))
+            })?)
+        }
+    })
+}
+
+/// A condition's values and notValues, each read by `parse`.
+fn condition_values<T>(
+    values: &[String],
+    not_values: &[String],
+    path: &str,
+    parse: &dyn Fn(&str) -> Result<T, String>,
+) -> Result<ConditionValues<T>, FieldError> {
+    let each = |list: &[String], field: &str| {
+        list.iter()
+            .enumerate()
+            .map(|(i, value)| parse(value).map_err(|m| (format!("{path}.{field}[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(ConditionValues {
+        values: each(values, "values")?,
+        not_values: each(not_values, "notValues")?,
+    })
+}
+
+/// Folds a rule's `destination.port` conditions into its operations, as
+/// Istio does (each operation then needs the ports too), so that every
+/// port the rule depends on is in its operations. `false` when no
+/// operation can match any more: the rule matches nothing.
+fn fold_destination_ports(rule: &mut Rule, conditions: Vec<ConditionValues<u16>>) -> bool {
+    if conditions.is_empty() {
+        return true;
+    }
+    // Every condition must hold: the ports in all of their values, and in
+    // none of their notValues.
+    let mut allowed: Option<Vec<u16>> = None;
+    let mut excluded: Vec<u16> = Vec::new();
+    for condition in conditions {
+        if !condition.values.is_empty() {
+            allowed = Some(match allowed {
+                None => condition.values,
+                Some(ports) => ports
+                    .into_iter()
+                    .filter(|p| condition.values.contains(p))
+                    .collect(),
+            });
+        }
+        excluded.extend(condition.not_values);
+    }
+    if rule.to.is_empty() {
+        rule.to.push(Operation::default());
+    }
+    rule.to.retain_mut(|operation| {
+        if let Some(allowed) = &allowed {
+            operation.ports = if operation.ports.is_empty() {
+                allowed.clone()
+            } else {
+                operation
+                    .ports
+                    .iter()
+                    .copied()
+                    .filter(|p| allowed.contains(p))
+                    .collect()
+            };
+            if operation.ports.is_empty() {
+                return false;
+            }
+        }
+        for port in &excluded {
+            if !operation.not_ports.contains(port) {
+                operation.not_ports.push(*port);
+            }
+        }
+        true
+    });
+    !rule.to.is_empty()
 }
 
 /// `targetRefs`: Services of the policy's namespace (group `""`) or
@@ -702,10 +871,10 @@ fn used_fields(path: &str, fields: &[(&str, &Option<Vec<String>>)]) -> Vec<Strin
         .collect()
 }
 
-fn parse_port(port: &RawPort) -> Result<u16, String> {
+fn parse_port(port: &RawScalar) -> Result<u16, String> {
     let number = match port {
-        RawPort::Number(n) => *n,
-        RawPort::Text(text) => text
+        RawScalar::Number(n) => *n,
+        RawScalar::Text(text) => text
             .trim()
             .parse::<i64>()
             .map_err(|_| format!("{text:?} is not a port number"))?,
@@ -859,20 +1028,23 @@ impl Policy {
         let unenforceable: Vec<&str> = self
             .waypoint_fields
             .iter()
-            .filter(|f| {
-                UNENFORCEABLE_FIELDS
-                    .iter()
-                    .any(|u| f.ends_with(&format!(".{u}")))
-            })
+            .filter(|f| is_unenforceable(f))
             .map(String::as_str)
             .collect();
+        let unsupported = format!(
+            "{} are not supported (no JWT or PROXY protocol) and fail closed at the waypoint too",
+            unenforceable.join(", ")
+        );
         if !self.target_refs.is_empty() {
             if unenforceable.is_empty() {
                 return "accepted; enforced by the waypoint".to_owned();
             }
+            let effect = match self.action {
+                Action::Allow => "rules that use them allow nothing",
+                Action::Deny | Action::Audit => "rules that use them apply without them",
+            };
             return format!(
-                "accepted, failing closed: {} are not supported (no JWT or PROXY protocol); rules that use them allow nothing",
-                unenforceable.join(", ")
+                "accepted; enforced by the waypoint, failing closed: {unsupported}; {effect}"
             );
         }
         if self.waypoint_fields.is_empty() {
@@ -882,11 +1054,26 @@ impl Policy {
             Action::Allow => "rules that use them allow nothing",
             Action::Deny | Action::Audit => "rules that use them apply on their L4 fields alone",
         };
-        format!(
-            "accepted, failing closed: {} need a waypoint and none serves this workload; {effect}",
+        let mut status = format!(
+            "accepted, failing closed at the node agent: {} need a waypoint (they are enforced only by a waypoint, for a policy attached with targetRefs); {effect}",
             self.waypoint_fields.join(", ")
-        )
+        );
+        if !unenforceable.is_empty() {
+            status.push_str("; ");
+            status.push_str(&unsupported);
+        }
+        status
     }
+}
+
+/// Whether `field` (a path in [`Policy::waypoint_fields`]) is one no part
+/// of ambit enforces.
+fn is_unenforceable(field: &str) -> bool {
+    UNENFORCEABLE_FIELDS.iter().any(|u| {
+        field
+            .strip_suffix(u)
+            .is_some_and(|rest| rest.ends_with('.'))
+    })
 }
 
 // === impl PolicyKey ===

@@ -59,6 +59,11 @@ impl WaypointMesh {
     pub fn new(tb: &mut Testbed, extra: &str) -> Self {
         let n1 = tb.add_node("n1");
         let n2 = tb.add_node("n2");
+        Self::on_nodes(tb, n1, n2, extra)
+    }
+
+    /// [`new`](Self::new) on nodes the caller made.
+    pub fn on_nodes(tb: &mut Testbed, n1: Node, n2: Node, extra: &str) -> Self {
         let client_a = tb.add_pod(&n1, "client-a", "shop");
         let client_b = tb.add_pod(&n1, "client-b", "shop");
         let v1 = tb.add_pod(&n2, "v1", "shop");
@@ -184,7 +189,11 @@ impl WaypointMesh {
             .arg(ca.join("ca-key.pem"))
             .args(["--log-format", "json"])
             .args(extra_args)
-            .env("AMBIT_LOG", "info,waypoint=debug");
+            .env(
+                "AMBIT_LOG",
+                std::env::var(crate::mesh::AGENT_LOG_ENV)
+                    .unwrap_or_else(|_| "info,waypoint=debug".to_owned()),
+            );
         let waypoint = tb.spawn_in_pod(&self.wp, command);
         let ready = waypoint.wait_for_stderr_line(Duration::from_secs(20), |line| {
             line.contains("waypoint ready")

@@ -779,7 +779,11 @@ const CASES: &[Case] = &[
         true,
         true,
     ),
-    case("{targetRefs: [{kind: Deployment, group: apps, name: db}]}", true, false),
+    case(
+        "{targetRefs: [{kind: Deployment, group: apps, name: db}]}",
+        true,
+        false,
+    ),
     case("{provider: {name: opa}}", true, false),
 ];
 

@@ -1,4 +1,4 @@
-//! Evaluating policies for one connection, Istio's way:
+//! Evaluating policies for one connection or request, Istio's way:
 //!
 //! 1. any DENY policy that matches denies;
 //! 2. otherwise, if any ALLOW policy applies to the workload, one must match;
@@ -9,12 +9,15 @@
 //! apply to its workload and never scans the rest.
 //!
 //! The node agents evaluate policies with a `selector` (or none) for a
-//! workload, at L4 ([`PolicySet::evaluate`]); the waypoint evaluates those
-//! with `targetRefs` for a Service, with the request's HTTP attributes
-//! ([`PolicySet::evaluate_target`]). A rule using HTTP fields that cannot be
-//! checked (no HTTP attributes, or fields ambit never enforces) never
-//! allows, and a DENY or AUDIT rule then applies on its other fields.
-
+//! workload, at L4 ([`PolicySet::evaluate`], a [`Request`] without HTTP
+//! attributes); the waypoint evaluates those with `targetRefs` for a
+//! Service ([`PolicySet::evaluate_target`]), with the request's HTTP
+//! attributes ([`Request::with_http`]) when the stream is HTTP. With them,
+//! every field is checked: an ALLOW rule on `methods: [GET]` allows GET, a
+//! DENY rule on `methods: [DELETE]` denies DELETE and nothing else. A rule
+//! whose fields cannot all be checked (HTTP fields without HTTP
+//! attributes; `requestPrincipals` or `remoteIpBlocks` anywhere) never
+//! allows, and a DENY or AUDIT rule then applies on the fields that can be.
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -25,7 +28,10 @@ use serde::Serialize;
 
 use crate::identity::SpiffeId;
 
-use super::{Action, HeaderCondition, Operation, Pattern, Policy, Rule, Source, TargetRef};
+use super::{
+    Action, Condition, ConditionValues, HttpAttributes, Operation, Pattern, Policy, Rule, Source,
+    TargetRef, l7,
+};
 
 /// The workload a connection is for: its namespace and labels.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +42,7 @@ pub struct Workload<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-/// What is known about a connection at L4.
+/// What is known about a connection (at L4) or a request (at a waypoint).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Request {
     /// The peer's principal (its SPIFFE id without the scheme) when it
@@ -52,19 +58,6 @@ pub struct Request {
     /// The HTTP request, at a waypoint; `None` at L4.
     #[serde(skip)]
     pub http: Option<HttpAttributes>,
-}
-
-/// What a waypoint knows of an HTTP request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpAttributes {
-    /// The method.
-    pub method: http::Method,
-    /// The path, without the query.
-    pub path: String,
-    /// `Host` or `:authority`.
-    pub host: Option<String>,
-    /// The headers.
-    pub headers: http::HeaderMap,
 }
 
 /// The Service a waypoint evaluates `targetRefs` policies for.
@@ -122,7 +115,8 @@ impl Request {
         }
     }
 
-    /// The same request with its HTTP attributes (at a waypoint).
+    /// The same request with its HTTP attributes (at a waypoint): rules
+    /// are then checked on their HTTP fields too.
     #[must_use]
     pub fn with_http(mut self, http: HttpAttributes) -> Self {
         self.http = Some(http);
@@ -319,16 +313,36 @@ fn decide<'a>(policies: impl Iterator<Item = &'a Arc<Policy>>, request: &Request
     let failed_closed = allow_policies
         .iter()
         .find(|p| p.rejected.is_some())
-        .or_else(|| {
-            allow_policies
-                .iter()
-                .find(|p| !p.waypoint_fields.is_empty())
-        });
+        .or_else(|| allow_policies.iter().find(|p| fails_closed(p, request)));
     if let Some(policy) = failed_closed {
         return Verdict {
             decision: Decision::Deny,
             policy: policy.key.to_string(),
-            reason: format!("{} fails closed: {}", policy.key, policy.status()),
+            reason: format!(
+                "{} fails closed: {}",
+                policy.key,
+                closed_reason(policy, request)
+            ),
+            audited,
+        };
+    }
+    // At a waypoint, name the policy that lets the client in but not this
+    // request: its HTTP fields are what refused it.
+    if let Some(http) = &request.http
+        && let Some(policy) = allow_policies.iter().find(|p| {
+            p.rules
+                .iter()
+                .any(|rule| rule.needs_waypoint && rule_matches(rule, request, None))
+        })
+    {
+        return Verdict {
+            decision: Decision::Deny,
+            policy: policy.key.to_string(),
+            reason: format!(
+                "ALLOW policy {} matches the connection but not {}: no rule's methods, paths, hosts and headers all match",
+                policy.key,
+                describe(http)
+            ),
             audited,
         };
     }
@@ -351,46 +365,104 @@ fn selects(policy: &Policy, labels: &BTreeMap<String, String>) -> bool {
         .all(|(key, value)| labels.get(key) == Some(value))
 }
 
-/// The first rule of `policy` that `request` matches. A rule whose HTTP
-/// fields cannot be checked (no HTTP attributes, or fields ambit never
-/// enforces) never matches for ALLOW; for DENY and AUDIT (`partial_ok`)
-/// its other fields alone decide.
+/// The first rule of `policy` that `request` matches. A rule whose fields
+/// cannot all be checked (see [`is_complete`]) never matches for ALLOW; for
+/// DENY and AUDIT (`partial_ok`) the fields that can be checked decide.
 fn matching_rule<'a>(policy: &'a Policy, request: &Request, partial_ok: bool) -> Option<&'a Rule> {
     policy.rules.iter().find(|rule| {
-        let partial = rule.needs_waypoint && (request.http.is_none() || rule.unenforceable);
-        let http = request.http.as_ref().filter(|_| !partial);
-        (partial_ok || !partial)
-            && (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request)))
-            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request, http)))
-            && http.is_none_or(|http| rule.headers.iter().all(|c| header_matches(c, http)))
+        (partial_ok || is_complete(rule, request))
+            && rule_matches(rule, request, request.http.as_ref())
     })
+}
+
+/// Whether every field of `rule` can be checked for `request`: its HTTP
+/// fields need HTTP attributes, and `requestPrincipals` and
+/// `remoteIpBlocks` (not compiled: nothing here can check them) never can.
+fn is_complete(rule: &Rule, request: &Request) -> bool {
+    !(rule.unenforceable || (rule.needs_waypoint && request.http.is_none()))
+}
+
+/// Whether `request` matches what can be checked of `rule`: its L4 fields,
+/// and with `http` its HTTP fields too.
+fn rule_matches(rule: &Rule, request: &Request, http: Option<&HttpAttributes>) -> bool {
+    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request, http)))
+        && rule
+            .when
+            .iter()
+            .all(|c| condition_matches(c, request, http))
+}
+
+/// Whether an ALLOW `policy` that did not match failed closed for
+/// `request`: at L4 because it uses HTTP fields, at a waypoint because it
+/// uses fields nothing checks.
+fn fails_closed(policy: &Policy, request: &Request) -> bool {
+    if request.http.is_none() {
+        !policy.waypoint_fields.is_empty()
+    } else {
+        policy.rules.iter().any(|rule| rule.unenforceable)
+    }
+}
+
+/// Why `policy` fails closed for `request`.
+fn closed_reason(policy: &Policy, request: &Request) -> String {
+    if policy.rejected.is_none() && request.http.is_none() && !policy.target_refs.is_empty() {
+        // At the waypoint, on a stream that is not HTTP.
+        return format!(
+            "{} need HTTP attributes and this stream is not HTTP",
+            policy.waypoint_fields.join(", ")
+        );
+    }
+    policy.status()
 }
 
 fn deny_reason(policy: &Policy, rule: &Rule, request: &Request) -> String {
     if policy.rejected.is_some() {
-        format!("{} fails closed: {}", policy.key, policy.status())
-    } else if rule.needs_waypoint && (request.http.is_none() || rule.unenforceable) {
-        format!(
+        return format!("{} fails closed: {}", policy.key, policy.status());
+    }
+    match &request.http {
+        _ if !rule.needs_waypoint => format!("DENY policy {} matched", policy.key),
+        None => format!(
             "DENY policy {} matched on its L4 fields only: {}",
             policy.key,
+            closed_reason(policy, request)
+        ),
+        Some(http) if rule.unenforceable => format!(
+            "DENY policy {} matched {} on the fields that can be checked: {}",
+            policy.key,
+            describe(http),
             policy.status()
-        )
-    } else {
-        format!("DENY policy {} matched", policy.key)
+        ),
+        Some(http) => format!("DENY policy {} matched {}", policy.key, describe(http)),
     }
+}
+
+/// `GET /path (host h)` for a reason, the path cut short.
+fn describe(http: &HttpAttributes) -> String {
+    const MAX_PATH: usize = 128;
+    let path = match http.path.char_indices().nth(MAX_PATH) {
+        Some((cut, _)) => format!("{}...", &http.path[..cut]),
+        None => http.path.clone(),
+    };
+    match &http.host {
+        Some(host) => format!("{} {path} (host {host})", http.method),
+        None => format!("{} {path}", http.method),
+    }
+}
+
+// A list that is given must match; plaintext has no principal or namespace,
+// so those lists never match it, and their `not` lists never exclude it.
+fn any_of(patterns: &[Pattern], value: Option<&str>) -> bool {
+    patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| p.matches(v)))
+}
+
+fn none_of(patterns: &[Pattern], value: Option<&str>) -> bool {
+    value.is_none_or(|v| !patterns.iter().any(|p| p.matches(v)))
 }
 
 fn source_matches(source: &Source, request: &Request) -> bool {
     let principal = request.principal.as_deref();
     let namespace = request.namespace.as_deref();
-    // A list that is given must match; plaintext has no principal or
-    // namespace, so those lists never match it.
-    let any_of = |patterns: &[super::Pattern], value: Option<&str>| {
-        patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| p.matches(v)))
-    };
-    let none_of = |patterns: &[super::Pattern], value: Option<&str>| {
-        value.is_none_or(|v| !patterns.iter().any(|p| p.matches(v)))
-    };
     let ip = request.source_ip.to_canonical();
     any_of(&source.principals, principal)
         && none_of(&source.not_principals, principal)
@@ -406,54 +478,31 @@ fn operation_matches(
     request: &Request,
     http: Option<&HttpAttributes>,
 ) -> bool {
-    let l4 = (operation.ports.is_empty() || operation.ports.contains(&request.port))
-        && !operation.not_ports.contains(&request.port);
-    let Some(http) = http else {
-        return l4;
-    };
-    let method = http.method.as_str();
-    let host = http
-        .host
-        .as_deref()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let host_matches =
-        |patterns: &[Pattern]| patterns.iter().any(|p| host_pattern_matches(p, &host));
-    l4 && (operation.methods.is_empty() || operation.methods.iter().any(|m| m == method))
-        && !operation.not_methods.iter().any(|m| m == method)
-        && (operation.paths.is_empty() || operation.paths.iter().any(|p| p.matches(&http.path)))
-        && !operation.not_paths.iter().any(|p| p.matches(&http.path))
-        && (operation.hosts.is_empty() || host_matches(&operation.hosts))
-        && !host_matches(&operation.not_hosts)
+    (operation.ports.is_empty() || operation.ports.contains(&request.port))
+        && !operation.not_ports.contains(&request.port)
+        && http.is_none_or(|http| l7::operation_matches(operation, http))
 }
 
-/// A host pattern without a port also matches the host with any port.
-fn host_pattern_matches(pattern: &Pattern, host: &str) -> bool {
-    if pattern.matches(host) {
-        return true;
-    }
-    let without_port = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
-            name
+/// A `when` condition; a header condition only with `http` (without, the
+/// rule is incomplete and only DENY and AUDIT get here).
+fn condition_matches(
+    condition: &Condition,
+    request: &Request,
+    http: Option<&HttpAttributes>,
+) -> bool {
+    let patterns = |values: &ConditionValues<Pattern>, value: Option<&str>| {
+        any_of(&values.values, value) && none_of(&values.not_values, value)
+    };
+    match condition {
+        Condition::RequestHeader(header) => {
+            http.is_none_or(|http| l7::header_matches(header, http))
         }
-        _ => return false,
-    };
-    pattern.matches(without_port)
-}
-
-fn header_matches(condition: &HeaderCondition, http: &HttpAttributes) -> bool {
-    let values: Vec<&str> = http
-        .headers
-        .get_all(condition.name.as_str())
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    !values.is_empty()
-        && (condition.values.is_empty()
-            || values
-                .iter()
-                .any(|v| condition.values.iter().any(|p| p.matches(v))))
-        && !values
-            .iter()
-            .any(|v| condition.not_values.iter().any(|p| p.matches(v)))
+        Condition::SourcePrincipal(values) => patterns(values, request.principal.as_deref()),
+        Condition::SourceNamespace(values) => patterns(values, request.namespace.as_deref()),
+        Condition::SourceIp(blocks) => {
+            let ip = request.source_ip.to_canonical();
+            (blocks.values.is_empty() || blocks.values.iter().any(|b| b.contains(&ip)))
+                && !blocks.not_values.iter().any(|b| b.contains(&ip))
+        }
+    }
 }

@@ -596,7 +596,37 @@ fn bad_policies_name_the_policy_and_the_field() {
         (
             "spec: {rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}",
             "spec.rules[0].when[0].key",
-            "the supported condition key is request.headers[<name>]",
+            "\"request.auth.claims[iss]\" is not supported (ambit validates no JWT); the supported condition keys are request.headers[<name>], source.principal, source.namespace, source.ip, destination.port",
+        ),
+        (
+            "spec: {rules: [{when: [{key: destination.ip, values: [10.0.0.1]}]}]}",
+            "spec.rules[0].when[0].key",
+            "\"destination.ip\" is not supported; the supported condition keys are request.headers[<name>], source.principal",
+        ),
+        (
+            "spec: {rules: [{when: [{key: 'request.headers[x y]', values: [x]}]}]}",
+            "spec.rules[0].when[0].key",
+            "\"x y\" in \"request.headers[x y]\" is not a header name",
+        ),
+        (
+            "spec: {rules: [{when: [{key: source.ip, notValues: [10.0.0.0/33]}]}]}",
+            "spec.rules[0].when[0].notValues[0]",
+            "not an IP address or CIDR",
+        ),
+        (
+            "spec: {rules: [{when: [{key: destination.port, values: ['8080', http]}]}]}",
+            "spec.rules[0].when[0].values[1]",
+            "not a port number",
+        ),
+        (
+            "spec: {rules: [{when: [{key: source.principal, values: ['spiffe://cluster.local/ns/a/sa/b']}]}]}",
+            "spec.rules[0].when[0].values[0]",
+            "without the scheme",
+        ),
+        (
+            "spec: {rules: [{when: [{key: source.namespace}]}]}",
+            "spec.rules[0].when[0].values",
+            "needs values or notValues",
         ),
         (
             "spec: {rules: [{when: [{key: 'request.headers[x]'}]}]}",
@@ -624,9 +654,39 @@ fn bad_policies_name_the_policy_and_the_field() {
             "not an HTTP method",
         ),
         (
+            "spec: {rules: [{to: [{operation: {notMethods: ['*']}}]}]}",
+            "spec.rules[0].to[0].operation.notMethods[0]",
+            "leave methods out to match any",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {methods: ['GET /']}}]}]}",
+            "spec.rules[0].to[0].operation.methods[0]",
+            "not an HTTP method",
+        ),
+        (
             "spec: {rules: [{to: [{operation: {paths: [api]}}]}]}",
             "spec.rules[0].to[0].operation.paths[0]",
             "must start with /",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {paths: ['api*']}}]}]}",
+            "spec.rules[0].to[0].operation.paths[0]",
+            "must start with /",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {notPaths: ['/search?q=x']}}]}]}",
+            "spec.rules[0].to[0].operation.notPaths[0]",
+            "without the query",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {paths: ['/a*/b']}}]}]}",
+            "spec.rules[0].to[0].operation.paths[0]",
+            "`*` may only",
+        ),
+        (
+            "spec: {rules: [{to: [{operation: {hosts: ['http://example.com']}}]}]}",
+            "spec.rules[0].to[0].operation.hosts[0]",
+            "not a host",
         ),
         (
             "apiVersion: networking.k8s.io/v1\nspec: {}",
@@ -699,11 +759,18 @@ fn waypoint_fields_are_listed_in_the_status() {
         ]
     );
     assert!(policy.rules[0].needs_waypoint);
-    assert!(
-        policy.status().contains("need a waypoint"),
-        "{}",
-        policy.status()
-    );
+    assert!(policy.rules[0].unenforceable);
+    let status = policy.status();
+    for part in [
+        "failing closed at the node agent",
+        "need a waypoint",
+        "enforced only by a waypoint",
+        "rules that use them allow nothing",
+        "spec.rules[0].from[0].source.requestPrincipals are not supported",
+        "fail closed at the waypoint too",
+    ] {
+        assert!(status.contains(part), "{part:?} not in {status:?}");
+    }
 }
 
 #[test]
@@ -924,5 +991,445 @@ fn request_principals_fail_closed_even_at_the_waypoint() {
         )[0]
         .status()
         .contains("not supported")
+    );
+}
+
+// --- L7 fields, evaluated fully when the request has HTTP attributes.
+
+/// A node agent's verdict for `request` to `shop` pod `app=backend`.
+fn at_agent(set: &PolicySet, request: &Request) -> Verdict {
+    verdict(set, "shop", &[("app", "backend")], request)
+}
+
+fn get(path: &str) -> HttpAttributes {
+    http("GET", path, "backend", &[])
+}
+
+fn with(request: Request, method: &str, path: &str) -> Request {
+    request.with_http(http(method, path, "backend", &[]))
+}
+
+const GET_ONLY: &str = "
+- metadata: {name: get-only, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    rules: [{to: [{operation: {methods: [GET]}}]}]
+";
+
+#[test]
+fn an_allow_of_get_allows_get_and_denies_delete_at_a_waypoint() {
+    let set = set(GET_ONLY);
+    let client = || mtls(CLIENT, "10.0.0.1", 80);
+    let allowed = at_agent(&set, &with(client(), "GET", "/api"));
+    assert_eq!(allowed.decision, Decision::Allow, "{}", allowed.reason);
+    assert_eq!(allowed.policy, "shop/get-only");
+    let denied = at_agent(&set, &with(client(), "DELETE", "/api"));
+    assert_eq!(denied.decision, Decision::Deny);
+    assert_eq!(
+        denied.policy, "shop/get-only",
+        "the denial names the policy"
+    );
+    assert!(
+        denied.reason.contains("DELETE /api (host backend)")
+            && !denied.reason.contains("fails closed"),
+        "{}",
+        denied.reason
+    );
+    // The same policy at L4 fails closed, as it always did.
+    let l4 = at_agent(&set, &client());
+    assert_eq!(l4.decision, Decision::Deny);
+    assert_eq!(l4.policy, "shop/get-only");
+    assert!(
+        l4.reason.contains("fails closed") && l4.reason.contains("need a waypoint"),
+        "{}",
+        l4.reason
+    );
+}
+
+#[test]
+fn a_deny_of_delete_denies_only_delete_at_a_waypoint_and_l4_fields_at_the_agent() {
+    let set = set("
+- metadata: {name: no-delete, namespace: shop}
+  spec:
+    action: DENY
+    rules: [{to: [{operation: {ports: ['80'], methods: [DELETE]}}]}]
+");
+    let client = || mtls(CLIENT, "10.0.0.1", 80);
+    for method in ["GET", "POST", "PUT", "HEAD"] {
+        let got = at_agent(&set, &with(client(), method, "/"));
+        assert_eq!(got.decision, Decision::Allow, "{method}: {}", got.reason);
+        assert_eq!(got.policy, evaluate::DEFAULT_ALLOW);
+    }
+    let denied = at_agent(&set, &with(client(), "DELETE", "/items/7"));
+    assert_eq!(denied.decision, Decision::Deny);
+    assert_eq!(denied.policy, "shop/no-delete");
+    assert_eq!(
+        denied.reason,
+        "DENY policy shop/no-delete matched DELETE /items/7 (host backend)"
+    );
+    // At L4 it applies on its port alone, as before.
+    let l4 = at_agent(&set, &client());
+    assert_eq!(l4.decision, Decision::Deny);
+    assert_eq!(l4.policy, "shop/no-delete");
+    assert!(l4.reason.contains("L4 fields only"), "{}", l4.reason);
+    assert_eq!(
+        at_agent(&set, &mtls(CLIENT, "10.0.0.1", 8080)).decision,
+        Decision::Allow
+    );
+}
+
+#[test]
+fn paths_match_exactly_by_prefix_by_suffix_or_any() {
+    let set = set(r"
+- metadata: {name: paths, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    rules:
+      - to: [{operation: {paths: [/health, '/api/*', '*.png'], notPaths: ['/api/internal*']}}]
+      - to: [{operation: {methods: [OPTIONS], paths: ['*']}}]
+");
+    let decide = |method: &str, path: &str| {
+        at_agent(&set, &with(mtls(CLIENT, "10.0.0.1", 80), method, path)).decision
+    };
+    let cases = [
+        ("GET", "/health", Decision::Allow),
+        ("GET", "/health/", Decision::Deny),
+        ("GET", "/healthz", Decision::Deny),
+        ("GET", "/api/items", Decision::Allow),
+        ("GET", "/api/", Decision::Allow),
+        ("GET", "/api", Decision::Deny),
+        ("GET", "/img/logo.png", Decision::Allow),
+        ("GET", "/img/logo.PNG", Decision::Deny),
+        ("GET", "/api/internal/keys", Decision::Deny),
+        ("GET", "/other", Decision::Deny),
+        ("OPTIONS", "/anything", Decision::Allow),
+        // The query is not part of the path.
+        ("GET", "/health?verbose=1", Decision::Allow),
+    ];
+    for (method, path, expected) in cases {
+        assert_eq!(decide(method, path), expected, "{method} {path}");
+    }
+    assert_eq!(
+        HttpAttributes::new(http::Method::GET, "/health?verbose=1").path,
+        "/health"
+    );
+}
+
+#[test]
+fn hosts_match_without_case_and_with_any_port() {
+    let set = set(r"
+- metadata: {name: hosts, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    rules:
+      - to: [{operation: {hosts: [Backend.Shop.svc.cluster.local, '*.example.com', 'api.*', 'pinned.local:8443'], notHosts: [legacy.example.com]}}]
+");
+    let decide = |host: Option<&str>| {
+        let mut attributes = get("/");
+        attributes.host = host.map(ToOwned::to_owned);
+        at_agent(&set, &mtls(CLIENT, "10.0.0.1", 80).with_http(attributes)).decision
+    };
+    let cases = [
+        (Some("backend.shop.svc.cluster.local"), Decision::Allow),
+        (Some("BACKEND.shop.svc.cluster.local"), Decision::Allow),
+        (Some("backend.shop.svc.cluster.local:8080"), Decision::Allow),
+        (Some("www.example.com"), Decision::Allow),
+        (Some("www.Example.com:443"), Decision::Allow),
+        (Some("api.anything"), Decision::Allow),
+        (Some("pinned.local:8443"), Decision::Allow),
+        (Some("pinned.local"), Decision::Deny),
+        (Some("pinned.local:9000"), Decision::Deny),
+        (Some("legacy.example.com"), Decision::Deny),
+        (Some("legacy.example.com:80"), Decision::Deny),
+        (Some("backend.shop"), Decision::Deny),
+        (Some("example.com"), Decision::Deny),
+        (None, Decision::Deny),
+    ];
+    for (host, expected) in cases {
+        assert_eq!(decide(host), expected, "{host:?}");
+    }
+}
+
+#[test]
+fn header_conditions_follow_istio() {
+    let set = set(r"
+- metadata: {name: users, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    rules:
+      - when: [{key: 'request.headers[X-User]', values: [alice, 'team-*'], notValues: [team-intern]}]
+- metadata: {name: no-bots, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    action: DENY
+    rules:
+      - when: [{key: 'request.headers[user-agent]', notValues: ['browser/*']}]
+");
+    let decide = |headers: &[(&str, &str)]| {
+        let mut headers = headers.to_vec();
+        headers.push(("user-agent", "browser/1"));
+        let attributes = http("GET", "/", "backend", &headers);
+        at_agent(&set, &mtls(CLIENT, "10.0.0.1", 80).with_http(attributes)).decision
+    };
+    assert_eq!(decide(&[("x-user", "alice")]), Decision::Allow);
+    assert_eq!(decide(&[("x-user", "team-ops")]), Decision::Allow);
+    assert_eq!(decide(&[("x-user", "team-intern")]), Decision::Deny);
+    assert_eq!(decide(&[("x-user", "bob")]), Decision::Deny);
+    assert_eq!(decide(&[]), Decision::Deny, "values need the header");
+    // Any value of a repeated header can match, and any can exclude.
+    assert_eq!(
+        decide(&[("x-user", "bob"), ("x-user", "alice")]),
+        Decision::Allow
+    );
+    assert_eq!(
+        decide(&[("x-user", "alice"), ("x-user", "team-intern")]),
+        Decision::Deny
+    );
+    // notValues alone: a missing header matches, so the DENY catches it.
+    let bot = |headers: &[(&str, &str)]| {
+        let attributes = http("GET", "/", "backend", headers);
+        at_agent(&set, &mtls(CLIENT, "10.0.0.1", 80).with_http(attributes))
+    };
+    assert_eq!(bot(&[("x-user", "alice")]).policy, "shop/no-bots");
+    assert_eq!(
+        bot(&[("x-user", "alice"), ("user-agent", "curl/8")]).policy,
+        "shop/no-bots"
+    );
+    let policy = &set.policies()[0];
+    assert_eq!(policy.waypoint_fields, ["spec.rules[0].when[0]"]);
+    assert!(matches!(
+        &policy.rules[0].when[0],
+        Condition::RequestHeader(h) if h.name == "x-user"
+    ));
+}
+
+#[test]
+fn source_conditions_work_at_the_node_agent() {
+    let set = set(r"
+- metadata: {name: by-condition, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: backend}}
+    rules:
+      - when:
+          - {key: source.principal, values: ['*/sa/frontend', '*/sa/admin'], notValues: ['cluster.local/ns/ops/*']}
+          - {key: source.ip, values: [10.0.0.0/16], notValues: [10.0.9.0/24]}
+      - when: [{key: source.namespace, values: [batch]}]
+");
+    let policy = &set.policies()[0];
+    assert!(
+        policy.waypoint_fields.is_empty(),
+        "L4 conditions need no waypoint"
+    );
+    assert!(!policy.rules[0].needs_waypoint);
+    assert_eq!(policy.status(), "accepted");
+    let cases = [
+        ("frontend", mtls(CLIENT, "10.0.0.1", 80), Decision::Allow),
+        ("admin of ops", mtls(ADMIN, "10.0.0.1", 80), Decision::Deny),
+        (
+            "frontend from the excluded block",
+            mtls(CLIENT, "10.0.9.1", 80),
+            Decision::Deny,
+        ),
+        (
+            "frontend from outside",
+            mtls(CLIENT, "192.168.0.1", 80),
+            Decision::Deny,
+        ),
+        (
+            "batch namespace",
+            mtls("cluster.local/ns/batch/sa/job", "192.168.0.1", 80),
+            Decision::Allow,
+        ),
+        ("plaintext", plaintext("10.0.0.1", 80), Decision::Deny),
+    ];
+    for (name, request, expected) in cases {
+        let got = at_agent(&set, &request);
+        assert_eq!(got.decision, expected, "{name}: {}", got.reason);
+    }
+    // As with notNamespaces, notValues do not exclude plaintext (it has no
+    // namespace to exclude), so a DENY on them catches it.
+    let deny = set_of_deny_unless_shop();
+    assert_eq!(
+        at_agent(&deny, &mtls(ADMIN, "10.0.0.1", 80)).policy,
+        "shop/outsiders"
+    );
+    assert_eq!(
+        at_agent(&deny, &mtls(CLIENT, "10.0.0.1", 80)).decision,
+        Decision::Allow
+    );
+    assert_eq!(
+        at_agent(&deny, &plaintext("10.0.0.1", 80)).policy,
+        "shop/outsiders"
+    );
+}
+
+fn set_of_deny_unless_shop() -> PolicySet {
+    set("
+- metadata: {name: outsiders, namespace: shop}
+  spec:
+    action: DENY
+    rules: [{when: [{key: source.namespace, notValues: [shop]}]}]
+")
+}
+
+#[test]
+fn destination_port_conditions_are_folded_into_the_ports() {
+    let set = set("
+- metadata: {name: db-port, namespace: shop}
+  spec:
+    action: DENY
+    rules:
+      - when: [{key: destination.port, values: ['5432', 6432]}]
+      - to: [{operation: {ports: ['80', '5432'], methods: [POST]}}, {operation: {ports: ['443']}}]
+        when: [{key: destination.port, values: ['80', '8080'], notValues: ['8080']}]
+      - to: [{operation: {ports: ['9000']}}]
+        when: [{key: destination.port, values: ['9001']}]
+");
+    let policy = &set.policies()[0];
+    // Every port the rules depend on is in their operations (the fast
+    // path tells ports apart by those alone); the contradictory rule is gone.
+    assert_eq!(policy.rules.len(), 2);
+    assert_eq!(policy.rules[0].to[0].ports, [5432, 6432]);
+    assert_eq!(policy.rules[1].to.len(), 1);
+    assert_eq!(policy.rules[1].to[0].ports, [80]);
+    assert_eq!(policy.rules[1].to[0].not_ports, [8080]);
+    let decide = |port| at_agent(&set, &mtls(CLIENT, "10.0.0.1", port)).decision;
+    assert_eq!(decide(5432), Decision::Deny);
+    assert_eq!(decide(6432), Decision::Deny);
+    assert_eq!(decide(443), Decision::Allow);
+    assert_eq!(decide(9000), Decision::Allow);
+    assert_eq!(decide(9001), Decision::Allow);
+    // Port 80 needs POST: at L4 the DENY applies on its ports alone.
+    assert_eq!(decide(80), Decision::Deny);
+    let at_waypoint =
+        |method| at_agent(&set, &with(mtls(CLIENT, "10.0.0.1", 80), method, "/")).decision;
+    assert_eq!(at_waypoint("POST"), Decision::Deny);
+    assert_eq!(at_waypoint("GET"), Decision::Allow);
+}
+
+#[test]
+fn a_principal_rule_with_methods_lets_one_client_in_and_not_another() {
+    let set = set("
+- metadata: {name: frontend-reads, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, name: backend}]
+    rules:
+      - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]
+        to: [{operation: {methods: [GET, HEAD]}}]
+");
+    let decide = |principal: &str, method: &str| {
+        at_waypoint(
+            &set,
+            "backend",
+            &with(mtls(principal, "10.0.0.1", 80), method, "/items"),
+        )
+    };
+    assert_eq!(decide(CLIENT, "GET").decision, Decision::Allow);
+    assert_eq!(decide(CLIENT, "HEAD").decision, Decision::Allow);
+    let write = decide(CLIENT, "POST");
+    assert_eq!(write.decision, Decision::Deny);
+    assert_eq!(write.policy, "shop/frontend-reads");
+    assert!(write.reason.contains("POST /items"), "{}", write.reason);
+    // Another client: its principal is not let in at all.
+    let admin = decide(ADMIN, "GET");
+    assert_eq!(admin.decision, Decision::Deny);
+    assert_eq!(admin.policy, evaluate::NO_ALLOW_MATCHED);
+}
+
+#[test]
+fn request_principals_deny_on_what_the_waypoint_can_check() {
+    let set = set("
+- metadata: {name: no-jwt-delete, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, name: backend}]
+    action: DENY
+    rules: [{from: [{source: {requestPrincipals: ['*']}}], to: [{operation: {methods: [DELETE]}}]}]
+");
+    let request = |method| with(mtls(CLIENT, "10.0.0.1", 80), method, "/");
+    assert_eq!(
+        at_waypoint(&set, "backend", &request("GET")).decision,
+        Decision::Allow
+    );
+    let denied = at_waypoint(&set, "backend", &request("DELETE"));
+    assert_eq!(denied.policy, "shop/no-jwt-delete");
+    assert!(denied.reason.contains("not supported"), "{}", denied.reason);
+    assert!(
+        set.policies()[0]
+            .status()
+            .contains("rules that use them apply without them"),
+        "{}",
+        set.policies()[0].status()
+    );
+}
+
+#[test]
+fn methods_are_http_tokens_in_uppercase() {
+    let policy = &policies(
+        "
+- metadata: {name: m, namespace: shop}
+  spec: {rules: [{to: [{operation: {methods: [GET, M-SEARCH, PROPFIND]}}]}]}
+",
+    )[0];
+    assert!(policy.rejected.is_none(), "{}", policy.status());
+    let set = PolicySet::new(vec![policy.clone()], DEFAULT_ROOT_NAMESPACE);
+    let decide = |method| at_agent(&set, &with(mtls(CLIENT, "10.0.0.1", 80), method, "/")).decision;
+    assert_eq!(decide("M-SEARCH"), Decision::Allow);
+    assert_eq!(decide("PROPFIND"), Decision::Allow);
+    assert_eq!(decide("POST"), Decision::Deny);
+    // Methods are case-sensitive: a lowercase request method is another one.
+    assert_eq!(decide("get"), Decision::Deny);
+}
+
+#[test]
+fn http_attributes_from_a_request_head() {
+    let request = http::Request::builder()
+        .method("PUT")
+        .uri("http://backend.shop:8080/api/items?id=7")
+        .header("x-user", "alice")
+        .body(())
+        .unwrap();
+    let (parts, ()) = request.into_parts();
+    let attributes = HttpAttributes::from_parts(&parts);
+    assert_eq!(attributes.method, http::Method::PUT);
+    assert_eq!(attributes.path, "/api/items");
+    assert_eq!(attributes.host.as_deref(), Some("backend.shop:8080"));
+    assert_eq!(attributes.headers["x-user"], "alice");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, http::HeaderValue::from_static("a.b"));
+    let built = HttpAttributes::new(http::Method::GET, "/")
+        .with_host("a.b")
+        .with_headers(headers.clone());
+    assert_eq!(
+        built,
+        HttpAttributes {
+            method: http::Method::GET,
+            path: "/".to_owned(),
+            host: Some("a.b".to_owned()),
+            headers,
+        }
+    );
+}
+
+#[test]
+fn the_status_says_who_enforces_a_policy() {
+    let status = |yaml: &str| policies(yaml)[0].status();
+    assert_eq!(
+        status(
+            "
+- metadata: {name: l4, namespace: shop}
+  spec: {rules: [{when: [{key: source.principal, values: ['*']}]}]}
+"
+        ),
+        "accepted"
+    );
+    let deny = status(
+        "
+- metadata: {name: l7, namespace: shop}
+  spec: {action: DENY, rules: [{when: [{key: 'request.headers[x-debug]', values: ['*']}]}]}
+",
+    );
+    assert_eq!(
+        deny,
+        "accepted, failing closed at the node agent: spec.rules[0].when[0] need a waypoint (they are enforced only by a waypoint, for a policy attached with targetRefs); rules that use them apply on their L4 fields alone"
     );
 }

@@ -15,12 +15,15 @@
 //! authorization costs with 10,000 policies: evaluations per second in
 //! process, and the connection latency they add through the mesh. Last,
 //! Kubernetes mode at scale (`kube_scale`): one agent watching 10,000
-//! pods, 2,000 services and 1,000 policies on the fake API server.
+//! pods, 2,000 services and 1,000 policies on the fake API server. Then
+//! the waypoint (`waypoint`): HTTP latency and request rate direct, through
+//! the mesh at L4, and through the waypoint, on a test bed of its own.
 //! docs/benchmark.md explains every figure.
 //!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
 //! Output: `report.json`, `report.md` and `latency.png` (the `rr_1b`
-//! latency CDFs), `kube-scale.json` and `kube-scale.md` in the output directory (default `<target>/bench`), the
+//! latency CDFs), `kube-scale.json`, `kube-scale.md`, `waypoint.json` and
+//! `waypoint.md` in the output directory (default `<target>/bench`), the
 //! Markdown also on stdout, progress on stderr, and the agents' and
 //! workloads' own output in `bench.log`.
 //!
@@ -38,6 +41,7 @@ mod plot;
 mod report;
 mod scenario;
 mod usage;
+mod waypoint;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -63,6 +67,10 @@ const TESTBED_NAME: &str = "bench";
 const LATENCY_PLOT: &str = "latency.png";
 
 #[derive(Parser)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
 #[command(
     about = "Measures ambit's overhead: latency, connection rate, throughput and agent resources, meshed vs direct (as root)"
 )]
@@ -83,11 +91,17 @@ struct Cli {
     #[arg(long, env = OUT_ENV)]
     out: Option<PathBuf>,
     /// Runs only the Kubernetes-mode scale bench.
-    #[arg(long, conflicts_with = "skip_kube_scale")]
+    #[arg(long, conflicts_with_all = ["skip_kube_scale", "waypoint_only"])]
     kube_scale_only: bool,
     /// Leaves the Kubernetes-mode scale bench out.
     #[arg(long)]
     skip_kube_scale: bool,
+    /// Runs only the waypoint bench.
+    #[arg(long, conflicts_with = "skip_waypoint")]
+    waypoint_only: bool,
+    /// Leaves the waypoint bench out.
+    #[arg(long)]
+    skip_waypoint: bool,
 }
 
 /// Which parts of the bench run.
@@ -97,12 +111,15 @@ struct Parts {
     main: bool,
     /// Kubernetes mode at scale, with this many timed changes of each kind.
     kube_scale: Option<usize>,
+    /// The waypoint.
+    waypoint: bool,
 }
 
 /// What the parts that ran found.
 struct Outcome {
     main: Option<Report>,
     kube_scale: Option<kube_scale::KubeScaleReport>,
+    waypoint: Option<waypoint::WaypointReport>,
 }
 
 /// Why the bench stopped or a measurement failed.
@@ -148,8 +165,13 @@ fn main() -> ExitCode {
     }
     let plan = Plan::new(cli.quick, usize::from(cli.runs), cli.idle_conns);
     let parts = Parts {
-        main: !cli.kube_scale_only,
-        kube_scale: (!cli.skip_kube_scale).then_some(if cli.quick { 20 } else { 50 }),
+        main: !cli.kube_scale_only && !cli.waypoint_only,
+        kube_scale: (!cli.skip_kube_scale && !cli.waypoint_only).then_some(if cli.quick {
+            20
+        } else {
+            50
+        }),
+        waypoint: !cli.skip_waypoint && !cli.kube_scale_only,
     };
     progress(&format!(
         "{} bench, {} run(s), interleaved: {} s per latency and connection test after {} s of warm-up, iperf3 {} s, {} idle connections; log: {}",
@@ -164,7 +186,14 @@ fn main() -> ExitCode {
 
     // A panic (a test-bed helper that gives up) unwinds through the cluster
     // and the test bed, which clean up on drop; the hook has shown it.
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(plan, parts)));
+    let (quick, runs) = (plan.quick, plan.runs);
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut outcome = run(plan, parts)?;
+        if parts.waypoint {
+            outcome.waypoint = Some(waypoint::measure(quick, runs)?);
+        }
+        Ok(outcome)
+    }));
     match outcome {
         Ok(Ok(outcome)) => publish_all(&outcome, &out_dir),
         Ok(Err(BenchError::Interrupted)) => {
@@ -225,7 +254,11 @@ fn run(plan: Plan, parts: Parts) -> Result<Outcome, BenchError> {
             Some(iterations) => Some(kube_scale::measure(&mut testbed, iterations)?),
             None => None,
         };
-        Ok(Outcome { main, kube_scale })
+        Ok(Outcome {
+            main,
+            kube_scale,
+            waypoint: None,
+        })
     })();
     progress(&format!(
         "removing the test bed ({}: namespaces, cgroups, bpffs)",
@@ -281,12 +314,31 @@ fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report,
 }
 
 /// Publishes what ran: the main report, then the scale bench's
-/// `kube-scale.json` and `kube-scale.md`.
+/// `kube-scale.json` and `kube-scale.md`, then `waypoint.json` and
+/// `waypoint.md`.
 fn publish_all(outcome: &Outcome, out_dir: &Path) -> ExitCode {
     let main = outcome
         .main
         .as_ref()
         .map_or(ExitCode::SUCCESS, |report| publish(report, out_dir));
+    if let Some(report) = &outcome.waypoint {
+        let markdown = waypoint::render(report);
+        print!("\n{markdown}");
+        let json = serde_json::to_string_pretty(report).map(|json| json + "\n");
+        if let Err(code) = write_outputs(
+            out_dir,
+            &[
+                ("waypoint.json", &json.unwrap_or_default()),
+                ("waypoint.md", &markdown),
+            ],
+        ) {
+            return code;
+        }
+        progress(&format!(
+            "wrote {}",
+            out_dir.join("waypoint.json").display()
+        ));
+    }
     let Some(scale) = &outcome.kube_scale else {
         return main;
     };
