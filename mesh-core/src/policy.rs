@@ -1010,8 +1010,9 @@ fn field_path(path: &str) -> String {
 // === impl Policy ===
 
 impl Policy {
-    /// What an operator should know about how the policy is enforced:
-    /// why it was rejected, or which fields need a waypoint.
+    /// What an operator should know about how the policy is enforced: why
+    /// it was rejected, who enforces it (the waypoint for `targetRefs`, the
+    /// node agents otherwise), and which of its fields fail closed there.
     #[must_use]
     pub fn status(&self) -> String {
         if let Some(error) = &self.rejected {
@@ -1031,10 +1032,12 @@ impl Policy {
             .filter(|f| is_unenforceable(f))
             .map(String::as_str)
             .collect();
-        let unsupported = format!(
-            "{} are not supported (no JWT or PROXY protocol) and fail closed at the waypoint too",
-            unenforceable.join(", ")
-        );
+        let unsupported = || {
+            format!(
+                "{} are not supported (no JWT or PROXY protocol) and fail closed at the waypoint too",
+                unenforceable.join(", ")
+            )
+        };
         if !self.target_refs.is_empty() {
             if unenforceable.is_empty() {
                 return "accepted; enforced by the waypoint".to_owned();
@@ -1044,7 +1047,8 @@ impl Policy {
                 Action::Deny | Action::Audit => "rules that use them apply without them",
             };
             return format!(
-                "accepted; enforced by the waypoint, failing closed: {unsupported}; {effect}"
+                "accepted; enforced by the waypoint, failing closed: {}; {effect}",
+                unsupported()
             );
         }
         if self.waypoint_fields.is_empty() {
@@ -1060,7 +1064,7 @@ impl Policy {
         );
         if !unenforceable.is_empty() {
             status.push_str("; ");
-            status.push_str(&unsupported);
+            status.push_str(&unsupported());
         }
         status
     }

@@ -376,6 +376,8 @@ async fn forward(
     let deadline = timeouts.request.map(|t| Instant::now() + t);
     let attempts = 1 + retry.as_ref().map_or(0, |r| r.attempts);
     let mut last: Option<Response<Body>> = None;
+    // Retries go to another endpoint while there is one.
+    let mut tried: Vec<SocketAddr> = Vec::new();
     for attempt in 1..=attempts {
         outcome.attempts = attempt;
         if attempt > 1
@@ -397,20 +399,17 @@ async fn forward(
                 "upstream request timeout\n".to_owned(),
             );
         }
-        let (pick, permit) = match reserve(
-            waypoint,
-            &balancer,
-            &limits,
-            remaining,
-            &backend_key,
-            outcome,
-        )
-        .await
-        {
+        let target = Target {
+            balancer: &balancer,
+            limits: &limits,
+            key: &backend_key,
+        };
+        let (pick, permit) = match reserve(waypoint, &target, remaining, &tried, outcome).await {
             Ok(reserved) => reserved,
             Err(answer) => return answer,
         };
         let endpoint = *pick.endpoint();
+        tried.push(endpoint);
         let upstream_body: Body = match (&held, body.take()) {
             (Some(bytes), _) => Full::new(bytes.clone())
                 .map_err(|never| match never {})
@@ -465,13 +464,20 @@ async fn forward(
     })
 }
 
-/// An endpoint for one attempt and a slot of its circuit breaker.
+/// The backend an attempt goes to.
+struct Target<'a> {
+    balancer: &'a crate::resilience::balancer::LeastRequest<SocketAddr>,
+    limits: &'a crate::resilience::circuit::Limits,
+    key: &'a ServiceKey,
+}
+
+/// An endpoint for one attempt (another than those `tried`, while there is
+/// one) and a slot of its circuit breaker.
 async fn reserve(
     waypoint: &Waypoint,
-    balancer: &crate::resilience::balancer::LeastRequest<SocketAddr>,
-    limits: &crate::resilience::circuit::Limits,
+    target: &Target<'_>,
     remaining: Option<Duration>,
-    backend_key: &ServiceKey,
+    tried: &[SocketAddr],
     outcome: &mut RequestEnd,
 ) -> Result<
     (
@@ -480,16 +486,19 @@ async fn reserve(
     ),
     Response<Body>,
 > {
-    let Some(pick) = balancer.pick(Instant::now()) else {
+    let Some(pick) = target.balancer.pick_avoiding(Instant::now(), tried) else {
         outcome.flags = "UH";
         return Err(text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no healthy upstream: {backend_key} has no ready endpoint\n"),
+            format!(
+                "no healthy upstream: {} has no ready endpoint\n",
+                target.key
+            ),
         ));
     };
     let endpoint = *pick.endpoint();
     outcome.endpoint = Some(endpoint);
-    let breaker = waypoint.runtime.breaker(endpoint, limits);
+    let breaker = waypoint.runtime.breaker(endpoint, target.limits);
     match breaker
         .acquire_request(remaining.unwrap_or(Duration::from_secs(30)))
         .await

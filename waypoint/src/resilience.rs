@@ -16,3 +16,24 @@ pub mod circuit;
 pub mod outlier;
 pub mod rate_limit;
 pub mod retry_budget;
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    /// Requests on a multi-threaded runtime share all of these.
+    #[test]
+    fn every_primitive_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<rate_limit::TokenBucket>();
+        shared::<retry_budget::RetryBudget>();
+        shared::<circuit::CircuitBreaker>();
+        shared::<circuit::RequestPermit>();
+        shared::<circuit::ConnectionPermit>();
+        shared::<outlier::EndpointHealth>();
+        shared::<balancer::LeastRequest<SocketAddr>>();
+        shared::<balancer::Pick<SocketAddr>>();
+    }
+}

@@ -148,14 +148,19 @@ impl Runtime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match balancers.get_mut(&key) {
-            Some((known, balancer)) if known.as_slice() == endpoints => balancer.clone(),
-            Some((known, balancer)) => {
+            Some((known, balancer))
+                if known.as_slice() == endpoints && *balancer.config() == config =>
+            {
+                balancer.clone()
+            }
+            Some((known, balancer)) if *balancer.config() == config => {
                 let rebuilt = Arc::new(balancer.rebuild(endpoints.to_vec()));
                 *known = endpoints.to_vec();
                 *balancer = rebuilt.clone();
                 rebuilt
             }
-            None => {
+            _ => {
+                // New, or its outlier settings changed: start afresh.
                 let fresh = Arc::new(LeastRequest::new(endpoints.to_vec(), config));
                 balancers.insert(key, (endpoints.to_vec(), fresh.clone()));
                 fresh
@@ -202,7 +207,7 @@ impl Runtime {
         match breakers.get(&endpoint) {
             Some((known, breaker)) if known == limits => breaker.clone(),
             _ => {
-                let fresh = Arc::new(CircuitBreaker::new(limits.clone()));
+                let fresh = Arc::new(CircuitBreaker::for_endpoint(endpoint, limits.clone()));
                 breakers.insert(endpoint, (limits.clone(), fresh.clone()));
                 fresh
             }

@@ -18,6 +18,7 @@
 //! whose fields cannot all be checked (HTTP fields without HTTP
 //! attributes; `requestPrincipals` or `remoteIpBlocks` anywhere) never
 //! allows, and a DENY or AUDIT rule then applies on the fields that can be.
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,

@@ -160,7 +160,7 @@ pub(super) fn check_method(method: &str) -> Result<(), String> {
     }
     if method.bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(format!(
-            "{method:?} is not an HTTP method (uppercase, e.g. GET): methods are case-sensitive, and clients send {:?}",
+            "{method:?} is not an HTTP method (uppercase, e.g. GET): methods are case-sensitive; write {:?}",
             method.to_ascii_uppercase()
         ));
     }
@@ -180,7 +180,14 @@ pub(super) fn parse_path(value: &str) -> Result<Pattern, String> {
             "{value:?}: paths are matched without the query or fragment; remove them"
         ));
     }
-    Pattern::parse(value, |_| Ok(()))
+    // Taken as an exact path, a template would never match: a DENY would
+    // deny nothing.
+    if value.contains("{*}") || value.contains("{**}") {
+        return Err(format!(
+            "{value:?}: path templates ({{*}}, {{**}}) are not supported; use prefix* or *suffix"
+        ));
+    }
+    Pattern::parse(value, super::accept_any)
 }
 
 /// A host pattern, lowercase: hosts are matched without regard to case.
@@ -190,7 +197,7 @@ pub(super) fn parse_host(value: &str) -> Result<Pattern, String> {
             "{value:?} is not a host (a name, optionally with a port)"
         ));
     }
-    Pattern::parse(&value.to_ascii_lowercase(), |_| Ok(()))
+    Pattern::parse(&value.to_ascii_lowercase(), super::accept_any)
 }
 
 /// The header a `request.headers[<name>]` key names, lowercase; `None`

@@ -679,6 +679,11 @@ fn bad_policies_name_the_policy_and_the_field() {
             "without the query",
         ),
         (
+            "spec: {rules: [{to: [{operation: {paths: ['/api/{*}/keys']}}]}]}",
+            "spec.rules[0].to[0].operation.paths[0]",
+            "path templates ({*}, {**}) are not supported",
+        ),
+        (
             "spec: {rules: [{to: [{operation: {paths: ['/a*/b']}}]}]}",
             "spec.rules[0].to[0].operation.paths[0]",
             "`*` may only",
@@ -1222,6 +1227,11 @@ fn source_conditions_work_at_the_node_agent() {
     );
     assert!(!policy.rules[0].needs_waypoint);
     assert_eq!(policy.status(), "accepted");
+    // As the agents' /policies shows them.
+    let shown = serde_yaml::to_string(&**policy).unwrap();
+    for part in ["key: source.principal", "key: source.ip", "- 10.0.9.0/24"] {
+        assert!(shown.contains(part), "{part:?} not in {shown}");
+    }
     let cases = [
         ("frontend", mtls(CLIENT, "10.0.0.1", 80), Decision::Allow),
         ("admin of ops", mtls(ADMIN, "10.0.0.1", 80), Decision::Deny),
@@ -1301,10 +1311,10 @@ fn destination_port_conditions_are_folded_into_the_ports() {
     assert_eq!(decide(9001), Decision::Allow);
     // Port 80 needs POST: at L4 the DENY applies on its ports alone.
     assert_eq!(decide(80), Decision::Deny);
-    let at_waypoint =
+    let by_method =
         |method| at_agent(&set, &with(mtls(CLIENT, "10.0.0.1", 80), method, "/")).decision;
-    assert_eq!(at_waypoint("POST"), Decision::Deny);
-    assert_eq!(at_waypoint("GET"), Decision::Allow);
+    assert_eq!(by_method("POST"), Decision::Deny);
+    assert_eq!(by_method("GET"), Decision::Allow);
 }
 
 #[test]

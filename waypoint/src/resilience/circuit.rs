@@ -1,9 +1,12 @@
 //! Circuit breaking per backend endpoint: at most `max_connections`
 //! connections, `max_requests` requests in flight, and `max_pending_requests`
 //! requests waiting for a slot. Past a limit the request is refused at once
-//! (503, `UO`) instead of queueing without bound behind a slow endpoint.
+//! (503, `UO`) instead of queueing without bound behind a slow endpoint; the
+//! refusal says which limit and which endpoint.
 
 use std::{
+    fmt,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -12,6 +15,9 @@ use std::{
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[cfg(test)]
+mod tests;
 
 /// The limits; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -24,30 +30,44 @@ pub struct Limits {
     pub max_requests: Option<u32>,
 }
 
-/// Which limit refused a request or connection.
+/// Which limit refused a request or connection; the message is the body of
+/// the 503.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Overflow {
-    /// Too many requests waiting.
+    /// Every slot was taken and too many requests already waited for one.
     #[error(
-        "circuit breaker open: {waiting} requests already wait for a slot (max-pending-requests {max})"
+        "circuit breaker open: {waiting} requests already waiting for a slot{} (max-pending-requests {max})",
+        At("at", *.endpoint)
     )]
     PendingRequests {
+        /// The endpoint, when the breaker knows it.
+        endpoint: Option<SocketAddr>,
         /// Waiting now.
         waiting: u32,
         /// The limit.
         max: u32,
     },
-    /// No slot freed up in time.
+    /// Every slot was taken and none freed up in time.
     #[error(
-        "circuit breaker open: {max} requests in flight (max-requests {max}) and none finished in time"
+        "circuit breaker open: {max} requests in flight{} (max-requests {max}), none finished within {waited:?}",
+        At("to", *.endpoint)
     )]
     Requests {
+        /// The endpoint, when the breaker knows it.
+        endpoint: Option<SocketAddr>,
         /// The limit.
         max: u32,
+        /// How long the request waited.
+        waited: Duration,
     },
     /// Too many connections.
-    #[error("circuit breaker open: {max} connections open (max-connections {max})")]
+    #[error(
+        "circuit breaker open: {max} connections open{} (max-connections {max})",
+        At("to", *.endpoint)
+    )]
     Connections {
+        /// The endpoint, when the breaker knows it.
+        endpoint: Option<SocketAddr>,
         /// The limit.
         max: u32,
     },
@@ -56,8 +76,11 @@ pub enum Overflow {
 /// One endpoint's breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    endpoint: Option<SocketAddr>,
     limits: Limits,
-    requests: Option<Arc<Semaphore>>,
+    /// Slots of `max_requests`; `None` when unlimited.
+    slots: Option<Arc<Semaphore>>,
+    active: Arc<AtomicU32>,
     pending: AtomicU32,
     connections: Arc<AtomicU32>,
 }
@@ -65,7 +88,8 @@ pub struct CircuitBreaker {
 /// A request slot, released on drop.
 #[derive(Debug)]
 pub struct RequestPermit {
-    _permit: Option<OwnedSemaphorePermit>,
+    _slot: Option<OwnedSemaphorePermit>,
+    active: Arc<AtomicU32>,
 }
 
 /// A connection slot, released on drop.
@@ -74,33 +98,38 @@ pub struct ConnectionPermit {
     connections: Arc<AtomicU32>,
 }
 
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        self.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Counts one waiting request while alive.
+/// Counts one waiting request while alive, so a cancelled wait uncounts.
 struct Waiting<'a>(&'a AtomicU32);
 
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+/// " to 10.1.0.4:80" in a message, or nothing when the endpoint is unknown.
+struct At(&'static str, Option<SocketAddr>);
+
+// === impl CircuitBreaker ===
 
 impl CircuitBreaker {
-    /// A breaker with `limits`.
+    /// A breaker with `limits`; its refusals name no endpoint.
     #[must_use]
     pub fn new(limits: Limits) -> Self {
-        let requests = limits
-            .max_requests
-            .map(|max| Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX))));
+        let slots = limits.max_requests.map(|max| {
+            let permits = usize::try_from(max).unwrap_or(usize::MAX);
+            Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS)))
+        });
         Self {
+            endpoint: None,
             limits,
-            requests,
+            slots,
+            active: Arc::default(),
             pending: AtomicU32::new(0),
-            connections: Arc::new(AtomicU32::new(0)),
+            connections: Arc::default(),
+        }
+    }
+
+    /// A breaker of `endpoint` with `limits`; its refusals name it.
+    #[must_use]
+    pub fn for_endpoint(endpoint: SocketAddr, limits: Limits) -> Self {
+        Self {
+            endpoint: Some(endpoint),
+            ..Self::new(limits)
         }
     }
 
@@ -110,57 +139,75 @@ impl CircuitBreaker {
         &self.limits
     }
 
-    /// A request slot: at once if one is free, else after waiting at most
-    /// `wait` if fewer than `max_pending_requests` already wait.
+    /// A request slot: at once if fewer than `max_requests` are in flight;
+    /// else, if fewer than `max_pending_requests` already wait, after
+    /// waiting at most `wait` for one to finish.
     pub async fn acquire_request(&self, wait: Duration) -> Result<RequestPermit, Overflow> {
-        let Some(semaphore) = &self.requests else {
-            return Ok(RequestPermit { _permit: None });
+        let slot = match &self.slots {
+            None => None,
+            Some(slots) => Some(match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => self.wait_for_slot(slots, wait).await?,
+            }),
         };
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Ok(RequestPermit {
-                _permit: Some(permit),
-            });
-        }
-        let max = self.limits.max_requests.unwrap_or_default();
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Ok(RequestPermit {
+            _slot: slot,
+            active: self.active.clone(),
+        })
+    }
+
+    async fn wait_for_slot(
+        &self,
+        slots: &Arc<Semaphore>,
+        wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, Overflow> {
         let waiting = self.pending.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.pending);
-        if let Some(max_pending) = self.limits.max_pending_requests
-            && waiting >= max_pending
+        if let Some(max) = self.limits.max_pending_requests
+            && waiting >= max
         {
             return Err(Overflow::PendingRequests {
+                endpoint: self.endpoint,
                 waiting,
-                max: max_pending,
+                max,
             });
         }
-        match tokio::time::timeout(wait, semaphore.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(RequestPermit {
-                _permit: Some(permit),
-            }),
-            _ => Err(Overflow::Requests { max }),
+        let timed_out = Overflow::Requests {
+            endpoint: self.endpoint,
+            max: self.limits.max_requests.unwrap_or_default(),
+            waited: wait,
+        };
+        if wait.is_zero() {
+            return Err(timed_out);
+        }
+        match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // The semaphore is never closed; treat it as no slot anyway.
+            Ok(Err(_)) | Err(_) => Err(timed_out),
         }
     }
 
     /// A connection slot, if fewer than `max_connections` are open.
     pub fn try_connection(&self) -> Result<ConnectionPermit, Overflow> {
-        let open = self.connections.fetch_add(1, Ordering::AcqRel);
-        let permit = ConnectionPermit {
-            connections: self.connections.clone(),
-        };
-        match self.limits.max_connections {
-            Some(max) if open >= max => Err(Overflow::Connections { max }),
-            _ => Ok(permit),
-        }
+        let max = self.limits.max_connections.unwrap_or(u32::MAX);
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .map(|_| ConnectionPermit {
+                connections: self.connections.clone(),
+            })
+            .map_err(|_| Overflow::Connections {
+                endpoint: self.endpoint,
+                max,
+            })
     }
 
-    /// Requests in flight.
+    /// Requests in flight (holding a [`RequestPermit`]).
     #[must_use]
     pub fn active_requests(&self) -> u32 {
-        match (&self.requests, self.limits.max_requests) {
-            (Some(semaphore), Some(max)) => {
-                max.saturating_sub(u32::try_from(semaphore.available_permits()).unwrap_or(max))
-            }
-            _ => 0,
-        }
+        self.active.load(Ordering::Acquire)
     }
 
     /// Requests waiting for a slot.
@@ -169,78 +216,44 @@ impl CircuitBreaker {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// Connections open.
+    /// Connections open (holding a [`ConnectionPermit`]).
     #[must_use]
     pub fn connections(&self) -> u32 {
         self.connections.load(Ordering::Acquire)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// === impl RequestPermit ===
 
-    fn limits(requests: u32, pending: u32, connections: u32) -> Limits {
-        Limits {
-            max_connections: Some(connections),
-            max_pending_requests: Some(pending),
-            max_requests: Some(requests),
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl ConnectionPermit ===
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl Waiting ===
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl At ===
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(endpoint) => write!(f, " {} {endpoint}", self.0),
+            None => Ok(()),
         }
-    }
-
-    #[tokio::test]
-    async fn requests_past_the_limits_are_refused_and_slots_come_back() {
-        let breaker = Arc::new(CircuitBreaker::new(limits(1, 1, 1)));
-        let first = breaker.acquire_request(Duration::ZERO).await.unwrap();
-        assert_eq!(breaker.active_requests(), 1);
-        // One may wait; it gets the slot when the first ends.
-        let waiter = {
-            let breaker = breaker.clone();
-            tokio::spawn(async move { breaker.acquire_request(Duration::from_secs(5)).await })
-        };
-        while breaker.pending() == 0 {
-            tokio::task::yield_now().await;
-        }
-        // A third is refused at once: one already waits.
-        assert_eq!(
-            breaker
-                .acquire_request(Duration::from_secs(5))
-                .await
-                .unwrap_err(),
-            Overflow::PendingRequests { waiting: 1, max: 1 }
-        );
-        drop(first);
-        let second = waiter.await.unwrap().unwrap();
-        assert_eq!(breaker.pending(), 0);
-        drop(second);
-        assert_eq!(breaker.active_requests(), 0);
-    }
-
-    #[tokio::test]
-    async fn waiting_too_long_overflows() {
-        let breaker = CircuitBreaker::new(limits(1, 5, 1));
-        let _held = breaker.acquire_request(Duration::ZERO).await.unwrap();
-        let refused = breaker.acquire_request(Duration::from_millis(20)).await;
-        assert_eq!(refused.unwrap_err(), Overflow::Requests { max: 1 });
-        assert_eq!(breaker.pending(), 0);
-    }
-
-    #[test]
-    fn connections_are_limited_and_released() {
-        let breaker = CircuitBreaker::new(limits(1, 1, 2));
-        let a = breaker.try_connection().unwrap();
-        let _b = breaker.try_connection().unwrap();
-        assert_eq!(
-            breaker.try_connection().unwrap_err(),
-            Overflow::Connections { max: 2 }
-        );
-        assert_eq!(breaker.connections(), 2);
-        drop(a);
-        assert!(breaker.try_connection().is_ok());
-        let unlimited = CircuitBreaker::new(Limits::default());
-        let held: Vec<_> = (0..100)
-            .map(|_| unlimited.try_connection().unwrap())
-            .collect();
-        assert_eq!(held.len(), 100);
     }
 }

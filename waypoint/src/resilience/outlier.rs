@@ -1,20 +1,31 @@
 //! Outlier detection: passive health per endpoint. After
 //! `consecutive_failures` failures in a row (a 5xx answer or a failed
 //! connection) the endpoint is ejected for `base_ejection` × the number of
-//! times it has been ejected (at most 10×). When that time is up it is
-//! re-admitted with a clean count; one more failure streak ejects it for
-//! longer. A success resets the streak.
+//! times it has been ejected (at most 10×). A success resets the streak.
+//!
+//! Re-admission: once the ejection time is up, the endpoint is eligible
+//! again with a clean streak (no probe is needed; the next request is the
+//! probe). Failures recorded while it is ejected (requests that were
+//! already in flight) neither extend the ejection nor count towards the
+//! next one. The ejection count is never forgotten, so an endpoint that
+//! keeps failing is kept out longer each time, up to 10 × the base.
+//!
+//! Whether ejected endpoints are actually skipped is the balancer's call:
+//! it keeps at most `max_ejection_percent` of a backend's endpoints out.
 
 use std::{
     sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 /// Longest ejection, in multiples of the base.
 const MAX_EJECTION_MULTIPLIER: u32 = 10;
+
+/// Longest ejection whatever the base, so that the end is an `Instant`.
+const MAX_EJECTION: Duration = Duration::from_hours(7 * 24);
 
 /// Outlier detection settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,11 +60,15 @@ pub enum Outcome {
     ConnectFailure,
 }
 
-/// One endpoint's health.
+/// One endpoint's health, shared by every request to it (a balancer holds
+/// one per endpoint in an `Arc`).
 #[derive(Debug)]
 pub struct EndpointHealth {
     config: Config,
     state: Mutex<State>,
+    /// Set (under the lock) while `state` holds an ejection, so that the
+    /// balancer's per-pick check of a healthy endpoint takes no lock.
+    maybe_ejected: AtomicBool,
     ejections: AtomicU64,
 }
 
@@ -64,6 +79,8 @@ struct State {
     ejected_until: Option<Instant>,
 }
 
+// === impl EndpointHealth ===
+
 impl EndpointHealth {
     /// A healthy endpoint.
     #[must_use]
@@ -71,37 +88,46 @@ impl EndpointHealth {
         Self {
             config,
             state: Mutex::new(State::default()),
+            maybe_ejected: AtomicBool::new(false),
             ejections: AtomicU64::new(0),
         }
     }
 
-    /// Records an attempt; returns whether it ejected the endpoint.
+    /// Records how an attempt ended; returns whether that ejected the
+    /// endpoint.
     pub fn record(&self, outcome: Outcome, now: Instant) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        readmit_if_due(&mut state, now);
+        let mut state = self.lock(now);
         if outcome == Outcome::Success {
             state.consecutive = 0;
             return false;
         }
+        if state.ejected_until.is_some() {
+            return false;
+        }
         state.consecutive = state.consecutive.saturating_add(1);
         let threshold = self.config.consecutive_failures;
-        if threshold == 0 || state.consecutive < threshold || state.ejected_until.is_some() {
+        if threshold == 0 || state.consecutive < threshold {
             return false;
         }
         state.times_ejected = state.times_ejected.saturating_add(1);
         let multiplier = state.times_ejected.min(MAX_EJECTION_MULTIPLIER);
-        state.ejected_until = Some(now + self.config.base_ejection * multiplier);
+        let length = self
+            .config
+            .base_ejection
+            .saturating_mul(multiplier)
+            .min(MAX_EJECTION);
+        state.ejected_until = Some(now.checked_add(length).unwrap_or(now));
         state.consecutive = 0;
+        self.maybe_ejected.store(true, Ordering::Release);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         true
     }
 
-    /// Whether the endpoint is ejected now.
+    /// Whether the endpoint is ejected at `now`; re-admits it if its time
+    /// is up.
     #[must_use]
     pub fn is_ejected(&self, now: Instant) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        readmit_if_due(&mut state, now);
-        state.ejected_until.is_some()
+        self.maybe_ejected.load(Ordering::Acquire) && self.lock(now).ejected_until.is_some()
     }
 
     /// When the current ejection ends, if ejected.
@@ -124,12 +150,16 @@ impl EndpointHealth {
     pub fn config(&self) -> &Config {
         &self.config
     }
-}
 
-fn readmit_if_due(state: &mut State, now: Instant) {
-    if state.ejected_until.is_some_and(|until| until <= now) {
-        state.ejected_until = None;
-        state.consecutive = 0;
+    /// The state, after re-admitting the endpoint if its ejection is over.
+    fn lock(&self, now: Instant) -> MutexGuard<'_, State> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.ejected_until.is_some_and(|until| until <= now) {
+            state.ejected_until = None;
+            state.consecutive = 0;
+            self.maybe_ejected.store(false, Ordering::Release);
+        }
+        state
     }
 }
 
@@ -179,5 +209,38 @@ mod tests {
             assert!(!never.record(Outcome::ConnectFailure, now));
         }
         assert!(!never.is_ejected(now));
+    }
+
+    #[test]
+    fn failures_while_ejected_do_not_count_and_ejections_are_capped() {
+        let endpoint = health(2);
+        let mut now = Instant::now();
+        for times in 1..=12u32 {
+            // Re-admitted with a clean streak: one failure does not eject.
+            assert!(!endpoint.record(Outcome::ServerError, now));
+            assert!(endpoint.record(Outcome::ConnectFailure, now));
+            // Failures of requests that were in flight change nothing.
+            for _ in 0..5 {
+                assert!(!endpoint.record(Outcome::ServerError, now));
+            }
+            let length = Duration::from_secs(10) * times.min(10);
+            let almost = now + length.saturating_sub(Duration::from_millis(1));
+            assert!(endpoint.is_ejected(almost), "ejection {times} too short");
+            now += length;
+            assert!(!endpoint.is_ejected(now), "ejection {times} too long");
+        }
+        assert_eq!(endpoint.ejections_total(), 12);
+    }
+
+    #[test]
+    fn a_huge_base_ejection_does_not_panic() {
+        let endpoint = EndpointHealth::new(Config {
+            consecutive_failures: 1,
+            base_ejection: Duration::MAX,
+            max_ejection_percent: 100,
+        });
+        let now = Instant::now();
+        assert!(endpoint.record(Outcome::ServerError, now));
+        assert!(endpoint.is_ejected(now + Duration::from_hours(1)));
     }
 }

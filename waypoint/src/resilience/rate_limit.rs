@@ -6,13 +6,15 @@ use std::{
     time::Instant,
 };
 
-/// A local rate limit.
+/// A local rate limit, shared by a route's concurrent requests.
 #[derive(Debug)]
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
     state: Mutex<Option<(f64, Instant)>>,
 }
+
+// === impl TokenBucket ===
 
 impl TokenBucket {
     /// A bucket of `burst` tokens (at least 1) refilled at
@@ -69,10 +71,25 @@ mod tests {
     }
 
     #[test]
+    fn time_going_backwards_mints_nothing() {
+        let bucket = TokenBucket::new(1.0, 1);
+        let earlier = Instant::now();
+        let start = earlier + Duration::from_secs(10);
+        assert!(bucket.try_acquire(start));
+        assert!(!bucket.try_acquire(earlier));
+        assert!(!bucket.try_acquire(start + Duration::from_millis(900)));
+        assert!(bucket.try_acquire(start + Duration::from_secs(1)));
+    }
+
+    #[test]
     fn a_zero_rate_allows_the_burst_only() {
         let bucket = TokenBucket::new(0.0, 0);
         let start = Instant::now();
         assert!(bucket.try_acquire(start));
         assert!(!bucket.try_acquire(start + Duration::from_secs(100)));
+        for rate in [f64::NAN, f64::INFINITY, -1.0] {
+            let odd = TokenBucket::new(rate, 2);
+            assert_eq!((0..4).filter(|_| odd.try_acquire(start)).count(), 2);
+        }
     }
 }
