@@ -23,13 +23,18 @@
 //!       retry: {codes: [503], attempts: 2, backoff: 25ms}
 //! ```
 //!
-//! **Supported**: matches on path (`Exact`, `PathPrefix`,
-//! `RegularExpression`, anchored to the whole path), headers and query
-//! parameters (`Exact`, `RegularExpression`) and method; weighted
+//! **Supported**: `parentRefs` to existing Services of the route's
+//! namespace (producer routes; a route attached to another namespace's
+//! Service, a consumer route, is refused, since the waypoint cannot tell
+//! one namespace's clients from another's), optionally limited to a port;
+//! matches on path (`Exact`, `PathPrefix`, `RegularExpression`, anchored to
+//! the whole path), headers and query parameters (`Exact`,
+//! `RegularExpression`) and method; weighted
 //! `backendRefs` to Services of the route's namespace; the filters
 //! `RequestHeaderModifier`, `ResponseHeaderModifier` and `RequestRedirect`;
 //! `timeouts.request` and `timeouts.backendRequest`; `retry` (codes,
-//! attempts, backoff; codes default to 500, 502, 503 and 504, attempts to 1).
+//! attempts, backoff; codes default to 500, 502, 503 and 504, attempts to 1,
+//! at most 10; no backoff unless given).
 //! Between routes attached to one Service, Gateway API's precedence decides:
 //! an exact path, then the longest prefix, then a regular expression; then a
 //! method match; then more header matches; then more query matches; then
@@ -56,9 +61,9 @@
 //!
 //! Durations use Gateway API's format: `1h`, `30s`, `250ms`, `1m30s`.
 //!
-//! **A route that is wrong** (an unknown backend, weights that sum to 0, a
-//! bad regular expression, an unsupported filter, an unknown `ambit.dev/`
-//! annotation, an unknown field) is rejected with an error naming the route
+//! **A route that is wrong** (an unknown backend or parent Service, weights
+//! that sum to 0, a bad regular expression, an unsupported filter, an
+//! unknown `ambit.dev/` annotation, an unknown field) is rejected with an error naming the route
 //! and the field, and a Gateway API reason for its status. A route that was
 //! good and turns bad keeps its last good version ([`RouteTable::apply`]).
 
@@ -111,7 +116,7 @@ pub enum Reason {
     BackendNotFound,
     /// A `backendRef` in another namespace (no `ReferenceGrant` support).
     RefNotPermitted,
-    /// No `parentRef` is a Service.
+    /// The route has no `parentRef`, or its parent Service does not exist.
     NoMatchingParent,
 }
 

@@ -42,8 +42,9 @@ struct RawMetadata {
     name: String,
     #[serde(default = "crate::workload::default_namespace")]
     namespace: String,
+    /// Values are read as text only for ambit's keys (see [`policy`]).
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    annotations: BTreeMap<String, serde_yaml::Value>,
     #[serde(default)]
     creation_timestamp: Option<String>,
 }
@@ -315,7 +316,7 @@ fn compile_raw(raw: RawRoute, services: &dyn Fn(&str, &str) -> bool) -> Checked<
         return Err(unsupported("kind", format!("{kind:?} is not HTTPRoute")));
     }
     let namespace = raw.metadata.namespace.clone();
-    let parents = parents(&raw.spec.parent_refs, &namespace)?;
+    let parents = parents(&raw.spec.parent_refs, &namespace, services)?;
     let hostnames = raw
         .spec
         .hostnames
@@ -348,7 +349,13 @@ fn compile_raw(raw: RawRoute, services: &dyn Fn(&str, &str) -> bool) -> Checked<
     })
 }
 
-fn parents(refs: &[RawParentRef], namespace: &str) -> Checked<Vec<ParentRef>> {
+/// The Services a route attaches to: each must exist and be in the
+/// route's namespace.
+fn parents(
+    refs: &[RawParentRef],
+    namespace: &str,
+    services: &dyn Fn(&str, &str) -> bool,
+) -> Checked<Vec<ParentRef>> {
     if refs.is_empty() {
         return Err(Problem {
             kind: Reason::NoMatchingParent,
@@ -371,11 +378,30 @@ fn parents(refs: &[RawParentRef], namespace: &str) -> Checked<Vec<ParentRef>> {
                     "sectionName does not apply to a Service parent; use port",
                 ));
             }
+            // GAMMA's consumer routes (a route attached to another
+            // namespace's Service) apply only to that namespace's clients;
+            // the waypoint serves every client alike, so it would apply
+            // such a route to all of them.
+            if let Some(other) = parent.namespace.as_deref().filter(|ns| *ns != namespace) {
+                return Err(unsupported(
+                    format!("{field}.namespace"),
+                    format!(
+                        "Service {other}/{} is in another namespace: consumer routes are not supported; put the route in namespace {other}",
+                        parent.name
+                    ),
+                ));
+            }
+            if !services(namespace, &parent.name) {
+                return Err(Problem {
+                    kind: Reason::NoMatchingParent,
+                    ..invalid(
+                        format!("{field}.name"),
+                        format!("Service {namespace}/{} does not exist", parent.name),
+                    )
+                });
+            }
             Ok(ParentRef {
-                namespace: parent
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| namespace.to_owned()),
+                namespace: namespace.to_owned(),
                 name: parent.name.clone(),
                 port: parent
                     .port
@@ -858,7 +884,7 @@ fn compile_retry(raw: RawRetry, path: &str) -> Checked<Retry> {
     clippy::too_many_lines,
     reason = "one check per annotation, in table order"
 )]
-fn policy(annotations: &BTreeMap<String, String>) -> Checked<RoutePolicy> {
+fn policy(all: &BTreeMap<String, serde_yaml::Value>) -> Checked<RoutePolicy> {
     const KEYS: &[&str] = &[
         "fault-delay",
         "fault-delay-percent",
@@ -876,21 +902,21 @@ fn policy(annotations: &BTreeMap<String, String>) -> Checked<RoutePolicy> {
         "outlier-max-ejection-percent",
     ];
     let field = |key: &str| format!("metadata.annotations[\"{ANNOTATION_PREFIX}{key}\"]");
-    for key in annotations.keys() {
-        if let Some(short) = key.strip_prefix(ANNOTATION_PREFIX)
-            && !KEYS.contains(&short)
-        {
+    let mut annotations = BTreeMap::new();
+    for (key, value) in all {
+        let Some(short) = key.strip_prefix(ANNOTATION_PREFIX) else {
+            continue;
+        };
+        let at = format!("metadata.annotations[\"{key}\"]");
+        if !KEYS.contains(&short) {
             return Err(invalid(
-                format!("metadata.annotations[\"{key}\"]"),
+                at,
                 format!("unknown ambit annotation; known: {}", KEYS.join(", ")),
             ));
         }
+        annotations.insert(short, annotation_text(value).map_err(|m| invalid(at, m))?);
     }
-    let get = |key: &str| {
-        annotations
-            .get(&format!("{ANNOTATION_PREFIX}{key}"))
-            .map(|v| v.trim())
-    };
+    let get = |key: &str| annotations.get(key).map(|v| v.trim());
     let number = |key: &str, max: f64| -> Checked<Option<f64>> {
         get(key)
             .map(|v| {
@@ -989,6 +1015,18 @@ fn policy(annotations: &BTreeMap<String, String>) -> Checked<RoutePolicy> {
                 .unwrap_or(defaults.outlier.max_ejection_percent),
         },
     })
+}
+
+/// An annotation's value as text. Kubernetes only has strings, but a
+/// hand-written local configuration may leave `"100"` unquoted, which YAML
+/// reads as a number: that is taken as its text.
+fn annotation_text(value: &serde_yaml::Value) -> Result<String, String> {
+    match value {
+        serde_yaml::Value::String(text) => Ok(text.clone()),
+        serde_yaml::Value::Number(number) => Ok(number.to_string()),
+        serde_yaml::Value::Bool(flag) => Ok(flag.to_string()),
+        _ => Err("an annotation's value must be a string".to_owned()),
+    }
 }
 
 /// A Gateway API duration (GEP-2257): one to four `<number><unit>` parts,

@@ -416,3 +416,301 @@ fn host_names_restrict_a_route() {
     assert!(!matching::host_matches(&names, Some("example.com")));
     assert!(!matching::host_matches(&names, None));
 }
+
+#[test]
+fn header_regex_and_exact_query_match() {
+    let rules = "    - matches: [{headers: [{type: RegularExpression, name: User-Agent, value: 'curl/.*'}]}]
+      backendRefs: [{name: web-v1, port: 80}]
+    - matches: [{queryParams: [{name: debug, value: 'on'}]}]
+      backendRefs: [{name: web-v2, port: 80}]
+";
+    let table = table(&[with_rules("r", rules)]);
+    let get = Method::GET;
+    let mut curl = HeaderMap::new();
+    curl.insert("user-agent", HeaderValue::from_static("curl/8.5"));
+    let mut other = HeaderMap::new();
+    other.insert("user-agent", HeaderValue::from_static("xcurl/8.5"));
+    assert_eq!(
+        routed(&table, &get, "/", None, &curl).as_deref(),
+        Some("r#web-v1")
+    );
+    // Anchored: a match inside the value is not enough.
+    assert_eq!(routed(&table, &get, "/", None, &other), None);
+    assert_eq!(
+        routed(&table, &get, "/", Some("debug=on"), &other).as_deref(),
+        Some("r#web-v2")
+    );
+    assert_eq!(routed(&table, &get, "/", Some("debug=onx"), &other), None);
+    assert_eq!(routed(&table, &get, "/", Some("Debug=on"), &other), None);
+}
+
+/// A route on `web` with `meta` (YAML lines under `metadata`, besides the
+/// name and namespace) and one rule matching `matches`, to backend `name`.
+fn ranked(name: &str, meta: &str, matches: &str) -> String {
+    format!(
+        "metadata:
+  name: {name}
+  namespace: shop
+{meta}spec:
+  parentRefs: [{{kind: Service, group: '', name: web}}]
+  rules: [{{matches: [{matches}], backendRefs: [{{name: web, port: 80}}]}}]
+"
+    )
+}
+
+#[test]
+fn precedence_ties_break_on_kind_method_queries_age_then_name() {
+    let table = table(&[
+        ranked("z-exact", "", "{path: {type: Exact, value: /api/x}}"),
+        ranked("b-prefix", "", "{path: {value: /api}}"),
+        ranked(
+            "a-regex",
+            "",
+            "{path: {type: RegularExpression, value: '/api.*'}}",
+        ),
+        ranked("m-any", "", "{path: {value: /m}}"),
+        ranked("z-get", "", "{path: {value: /m}, method: GET}"),
+        ranked(
+            "q-one",
+            "",
+            "{path: {value: /q}, queryParams: [{name: a, value: '1'}]}",
+        ),
+        ranked(
+            "z-two",
+            "",
+            "{path: {value: /q}, queryParams: [{name: a, value: '1'}, {name: b, value: '2'}]}",
+        ),
+        ranked(
+            "a-new",
+            "  creationTimestamp: '2025-01-01T00:00:00Z'\n",
+            "{path: {value: /t}}",
+        ),
+        ranked(
+            "z-old",
+            "  creationTimestamp: '2024-01-01T00:00:00Z'\n",
+            "{path: {value: /t}}",
+        ),
+        ranked("a-unknown-age", "", "{path: {value: /t}}"),
+        ranked("n-b", "", "{path: {value: /n}}"),
+        ranked("n-a", "", "{path: {value: /n}}"),
+    ]);
+    let none = HeaderMap::new();
+    let name = |method: &Method, path: &str, query: Option<&str>| {
+        table
+            .select("shop", "web", 80, &request(method, path, query, &none))
+            .map(|s| s.route.key.name.clone())
+    };
+    let get = Method::GET;
+    assert_eq!(name(&get, "/api/x", None).as_deref(), Some("z-exact"));
+    assert_eq!(name(&get, "/api/y", None).as_deref(), Some("b-prefix"));
+    assert_eq!(name(&get, "/apix", None).as_deref(), Some("a-regex"));
+    assert_eq!(name(&get, "/m", None).as_deref(), Some("z-get"));
+    assert_eq!(name(&Method::POST, "/m", None).as_deref(), Some("m-any"));
+    assert_eq!(name(&get, "/q", Some("a=1&b=2")).as_deref(), Some("z-two"));
+    assert_eq!(name(&get, "/q", Some("a=1")).as_deref(), Some("q-one"));
+    assert_eq!(name(&get, "/t", None).as_deref(), Some("z-old"));
+    assert_eq!(name(&get, "/n", None).as_deref(), Some("n-a"));
+}
+
+#[test]
+fn a_parent_without_a_port_takes_every_port() {
+    let table = table(&[ranked("any-port", "", "{path: {value: /}}")]);
+    let none = HeaderMap::new();
+    for port in [80, 8080] {
+        let view = request(&Method::GET, "/", None, &none);
+        assert!(table.select("shop", "web", port, &view).is_some(), "{port}");
+    }
+    assert!(
+        table
+            .select("shop", "api", 80, &request(&Method::GET, "/", None, &none))
+            .is_none()
+    );
+}
+
+/// Checks that each route is rejected for `shop/bad`, at this field, for
+/// this reason, with a message containing this.
+fn assert_rejected(cases: &[(String, &str, Reason, &str)]) {
+    for (yaml, field, reason, message) in cases {
+        let error = route(yaml).unwrap_err();
+        assert_eq!(error.route.to_string(), "shop/bad", "{yaml}");
+        assert_eq!(error.field, *field, "{yaml}: {error}");
+        assert_eq!(error.kind, *reason, "{yaml}: {error}");
+        assert_eq!(error.reason(), reason.as_str());
+        assert!(error.message.contains(message), "{yaml}: {error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("HTTP route shop/bad: {field}: ")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn bad_parents_and_annotations_name_the_field() {
+    // A route `shop/bad` with these annotations and parents.
+    let bad = |annotations: &str, parents: &str| {
+        format!(
+            "metadata: {{name: bad, namespace: shop, annotations: {{{annotations}}}}}
+spec:
+  parentRefs: [{parents}]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+"
+        )
+    };
+    let web = "{kind: Service, group: '', name: web}";
+    assert_rejected(&[
+        (
+            bad("", "{kind: Service, group: '', name: wbe}"),
+            "spec.parentRefs[0].name",
+            Reason::NoMatchingParent,
+            "does not exist",
+        ),
+        (
+            bad(
+                "",
+                "{kind: Service, group: '', name: web, namespace: other}",
+            ),
+            "spec.parentRefs[0].namespace",
+            Reason::UnsupportedValue,
+            "consumer routes",
+        ),
+        (
+            bad("", ""),
+            "spec.parentRefs",
+            Reason::NoMatchingParent,
+            "needs a Service",
+        ),
+        (
+            bad("ambit.dev/rate-limit: fast", web),
+            "metadata.annotations[\"ambit.dev/rate-limit\"]",
+            Reason::Invalid,
+            "not a number",
+        ),
+        (
+            bad("ambit.dev/outlier-base-ejection: 30", web),
+            "metadata.annotations[\"ambit.dev/outlier-base-ejection\"]",
+            Reason::Invalid,
+            "not a duration",
+        ),
+        (
+            bad("ambit.dev/fault-abort-status: '200'", web),
+            "metadata.annotations[\"ambit.dev/fault-abort-status\"]",
+            Reason::Invalid,
+            "400-599",
+        ),
+    ]);
+}
+
+#[test]
+fn bad_rules_name_the_field() {
+    let bad = |rules: &str| with_rules("bad", rules);
+    assert_rejected(&[
+        (
+            bad(
+                "    - matches: [{path: {type: Exact, value: /x}}]\n      filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /y}}}]\n",
+            ),
+            "spec.rules[0].filters",
+            Reason::Invalid,
+            "PathPrefix",
+        ),
+        (
+            bad("    - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]\n"),
+            "spec.rules[0].filters[0].requestRedirect.statusCode",
+            Reason::Invalid,
+            "301",
+        ),
+        (
+            bad("    - matches: [{path: {value: /x}}]\n"),
+            "spec.rules[0].backendRefs",
+            Reason::Invalid,
+            "needs backendRefs",
+        ),
+        (
+            bad(
+                "    - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: 'bad header', value: x}]}}]\n      backendRefs: [{name: web, port: 80}]\n",
+            ),
+            "spec.rules[0].filters[0].requestHeaderModifier.set[0].name",
+            Reason::Invalid,
+            "not a header name",
+        ),
+        (
+            bad("    - matches: [{method: FETCH}]\n      backendRefs: [{name: web, port: 80}]\n"),
+            "spec.rules[0].matches[0].method",
+            Reason::Invalid,
+            "FETCH",
+        ),
+        (
+            bad(
+                "    - matches: [{path: {value: api}}]\n      backendRefs: [{name: web, port: 80}]\n",
+            ),
+            "spec.rules[0].matches[0].path.value",
+            Reason::Invalid,
+            "start with /",
+        ),
+    ]);
+}
+
+#[test]
+fn an_object_without_readable_metadata_is_reported_as_unknown() {
+    let value: serde_yaml::Value = serde_yaml::from_str("spec: {rules: []}").expect("test YAML");
+    let mut table = RouteTable::default();
+    let errors = table.apply(&[value], &services);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].route.to_string(), "?/?");
+    assert!(table.is_empty());
+}
+
+#[test]
+fn zero_timeouts_mean_none_and_small_rates_get_a_burst_of_one() {
+    // An unquoted number is read as its text.
+    let yaml = "metadata: {name: r, namespace: shop, annotations: {ambit.dev/rate-limit: '0.5', ambit.dev/max-connections: 4}}
+spec:
+  parentRefs: [{kind: Service, group: '', name: web}]
+  rules: [{backendRefs: [{name: web, port: 80}], timeouts: {request: 0s, backendRequest: 1m30s}}]
+";
+    let route = route(yaml).unwrap();
+    assert_eq!(
+        route.rules[0].timeouts,
+        Timeouts {
+            request: None,
+            backend_request: Some(Duration::from_secs(90)),
+        }
+    );
+    assert_eq!(route.policy.rate_limit.map(|r| r.burst), Some(1));
+    assert_eq!(route.policy.circuit_breaker.max_connections, Some(4));
+    assert_eq!(route.policy.outlier.max_ejection_percent, 50);
+    assert_eq!(route.policy.retry_budget.min_per_second, 10);
+    assert_eq!(route.policy.fault, Fault::default());
+    assert!(route.rules[0].retry.is_none());
+}
+
+#[test]
+fn redirects_keep_the_request_port_unless_the_scheme_changes() {
+    let rules = "    - matches: [{path: {value: /old}}]
+      filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
+";
+    let route = route(&with_rules("r", rules)).unwrap();
+    let rule = &route.rules[0];
+    let none = HeaderMap::new();
+    let get = Method::GET;
+    let view = RequestView {
+        host: Some("web.shop:8080"),
+        ..request(&get, "/old/page", Some("a=1&b=2"), &none)
+    };
+    assert_eq!(
+        rule.redirect(&view, &rule.matches[0], "http"),
+        Some((
+            StatusCode::FOUND,
+            "http://web.shop:8080/page?a=1&b=2".to_owned()
+        ))
+    );
+    let view = RequestView {
+        host: Some("web.shop:8080"),
+        ..request(&get, "/old", None, &none)
+    };
+    assert_eq!(
+        rule.redirect(&view, &rule.matches[0], "http"),
+        Some((StatusCode::FOUND, "http://web.shop:8080/".to_owned()))
+    );
+}
