@@ -21,8 +21,20 @@ pub struct Config {
     pub trust_domain: String,
     /// The local configuration file (services, pods, policies, routes), the
     /// same file the node agents read; re-read when it changes.
-    #[arg(long, env = "AMBIT_CONFIG")]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        env = "AMBIT_CONFIG",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub config: Option<PathBuf>,
+    /// Reads Services, `EndpointSlices`, Pods, `AuthorizationPolicy` and
+    /// `HTTPRoute` objects from the Kubernetes API server instead of a file.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The API server's URL; default: in-cluster, or `KUBECONFIG`.
+    #[arg(long, env = "AMBIT_KUBE_API_URL", requires = "kubernetes")]
+    pub kube_api_url: Option<String>,
     /// How often the configuration file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub config_poll: Duration,

@@ -48,19 +48,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &config.ca_key,
         config.cert_lifetime,
     )?);
-    let first = state::load(&config.config, &name, &RouteTable::default()).map_err(|error| {
-        anyhow::anyhow!(
-            "{error}\nhint: the waypoint reads the same file as the node agents (--config)"
-        )
-    })?;
-    let state: state::SharedState = Arc::new(Published::new(first));
+    let cancel = CancellationToken::new();
+    let state: state::SharedState = match &config.config {
+        Some(path) => {
+            let first = state::load(path, &name, &RouteTable::default()).map_err(|error| {
+                anyhow::anyhow!(
+                    "{error}\nhint: the waypoint reads the same file as the node agents (--config)"
+                )
+            })?;
+            let state = Arc::new(Published::new(first));
+            tokio::spawn(state::watch(
+                path.clone(),
+                name.clone(),
+                state.clone(),
+                config.config_poll,
+                cancel.clone(),
+            ));
+            state
+        }
+        None => kubernetes(&config, &name, &cancel).await?,
+    };
     let hbone = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HBONE on {}: {e}", config.listen))?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for admin on {}: {e}", config.admin))?;
-    let cancel = CancellationToken::new();
     let runtime = runtime::Runtime::default();
     let waypoint = Arc::new(Waypoint {
         name: name.clone(),
@@ -71,13 +84,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics::Metrics::new(),
         config: config.clone(),
     });
-    tokio::spawn(state::watch(
-        config.config.clone(),
-        name,
-        state,
-        config.config_poll,
-        cancel.clone(),
-    ));
     tokio::spawn(renew(identity.clone(), cancel.clone()));
     tokio::spawn(admin::serve(
         waypoint.clone(),
@@ -96,6 +102,48 @@ async fn run(config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
     Ok(())
+}
+
+/// Kubernetes mode: watches the API server as the node agents do (every
+/// pod is another node's to the waypoint, so none is enrolled) and waits
+/// for the first complete view before serving.
+async fn kubernetes(
+    config: &Config,
+    name: &state::WaypointName,
+    cancel: &CancellationToken,
+) -> anyhow::Result<state::SharedState> {
+    use node_agent::kube_source::{self, KubeSettings};
+    let settings = KubeSettings {
+        // No pod is on the waypoint's "node": it enrolls nothing and sees
+        // every pod as a destination.
+        node: String::new(),
+        cgroup_root: std::path::PathBuf::from("/nonexistent"),
+        api_url: config.kube_api_url.clone(),
+    };
+    let client = kube_source::client(&settings).await.map_err(|error| {
+        anyhow::anyhow!("{error}\nhint: check --kube-api-url, or the pod's service account")
+    })?;
+    let (publish, mut snapshots) =
+        tokio::sync::watch::channel(Arc::new(mesh_core::local_config::LocalSnapshot::default()));
+    tokio::spawn(kube_source::run(client, settings, publish, cancel.clone()));
+    tracing::info!("waiting for the API server's objects");
+    tokio::select! {
+        changed = snapshots.changed() => changed.map_err(|_| anyhow::anyhow!("the Kubernetes watch stopped"))?,
+        () = shutdown_signal() => anyhow::bail!("interrupted before the API server answered"),
+    }
+    let first = snapshots.borrow_and_update().as_ref().clone();
+    let state = Arc::new(Published::new(state::State::build(
+        first,
+        name,
+        &RouteTable::default(),
+    )));
+    tokio::spawn(state::follow(
+        snapshots,
+        name.clone(),
+        state.clone(),
+        cancel.clone(),
+    ));
+    Ok(state)
 }
 
 /// Renews the certificate at half its life, checking every 30 s.

@@ -176,10 +176,42 @@ pub fn load(
         tracing::warn!(policy = %policy.key, status = %policy.status(), "policy rejected; it fails closed");
     }
     let state = State::build(snapshot, me, previous);
+    log_rejections(&state);
+    Ok(state)
+}
+
+/// Builds a new state from each snapshot `snapshots` receives (Kubernetes
+/// mode: the node agents' watch of the API server), publishing it; returns
+/// when the sender is gone or `cancel` fires.
+pub async fn follow(
+    mut snapshots: tokio::sync::watch::Receiver<Arc<LocalSnapshot>>,
+    me: WaypointName,
+    state: SharedState,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        let snapshot = snapshots.borrow_and_update().as_ref().clone();
+        let previous = state.current();
+        let next = State::build(snapshot, &me, &previous.routes);
+        log_rejections(&next);
+        tracing::info!(
+            services = next.served.len(),
+            routes = next.routes.routes().count(),
+            rejected_routes = next.route_errors.len(),
+            "cluster state changed"
+        );
+        state.publish(next);
+    }
+}
+
+fn log_rejections(state: &State) {
     for error in &state.route_errors {
         tracing::warn!(route = %error.route, %error, "route rejected; its previous version, if any, stays");
     }
-    Ok(state)
 }
 
 /// Re-reads `path` whenever its modification time or size changes, every
