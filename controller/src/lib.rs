@@ -43,12 +43,16 @@
 //! - **Policy status** ([`policy_status`]): every `AuthorizationPolicy`
 //!   gets an `Accepted` condition, `True`, or `False` (reason `Invalid`)
 //!   with the reason the policy is rejected; written only when it changes.
+//! - **Route status** ([`route_status`]): every `HTTPRoute` gets, per
+//!   parent, `Accepted` and `ResolvedRefs` conditions with Gateway API's
+//!   reasons, re-checked when Services change; written only when it changes.
 //! - `GET /healthz` on the same port answers 200. The port opens only once
 //!   the CA is loaded, so it is also the readiness probe.
 
 pub mod ca_store;
 pub mod config;
 pub mod policy_status;
+pub mod route_status;
 pub mod server;
 pub mod signing;
 
@@ -108,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         config.clone(),
     ));
     tokio::spawn(policy_status::run(client.clone()));
+    tokio::spawn(route_status::run(client.clone()));
     let signer = Arc::new(signing::Signer::new(client, store.clone(), &config));
     server::serve(&config, store, signer).await?;
     Ok(())

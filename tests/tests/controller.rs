@@ -527,6 +527,80 @@ fn policies_get_an_accepted_condition_or_the_reason_they_are_rejected() {
     }
 }
 
+#[test]
+fn http_routes_get_gateway_api_status_and_follow_their_backends() {
+    let Some(s) = setup("controller_route_status") else {
+        return;
+    };
+    let service = |name: &str| {
+        s.kube
+            .apply(json!({"apiVersion": "v1", "kind": "Service",
+                          "metadata": {"name": name, "namespace": "shop"},
+                          "spec": {"ports": [{"port": 80}]}}))
+            .expect("service");
+    };
+    service("web");
+    let route = |name: &str, backend: &str| {
+        s.kube
+            .apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                          "metadata": {"name": name, "namespace": "shop"},
+                          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                                   "rules": [{"backendRefs": [{"name": backend, "port": 80}]}]}}))
+            .expect("route");
+    };
+    route("good", "web");
+    route("missing", "web-v2");
+    // The conditions of the route's first parent, once written with `accepted`.
+    let conditions = |name: &str, accepted: &str| -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let object = s
+                .kube
+                .get("httproutes", "shop", name)
+                .expect("the API answers")
+                .expect("the route exists");
+            let parent = &object["status"]["parents"][0];
+            if parent["conditions"][0]["status"] == accepted {
+                assert_eq!(parent["controllerName"], "ambit.dev/waypoint", "{object}");
+                assert_eq!(parent["parentRef"]["name"], "web", "{object}");
+                return parent["conditions"].as_array().cloned().unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never got Accepted={accepted}: {object}\n{}",
+                s.controller.report()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let good = conditions("good", "True");
+    assert_eq!(
+        (good[0]["type"].as_str(), good[0]["reason"].as_str()),
+        (Some("Accepted"), Some("Accepted"))
+    );
+    assert_eq!(
+        (good[1]["type"].as_str(), good[1]["status"].as_str()),
+        (Some("ResolvedRefs"), Some("True"))
+    );
+    let missing = conditions("missing", "False");
+    assert_eq!(missing[0]["reason"], "BackendNotFound", "{missing:?}");
+    assert_eq!(
+        (missing[1]["status"].as_str(), missing[1]["reason"].as_str()),
+        (Some("False"), Some("BackendNotFound"))
+    );
+    assert!(
+        missing[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("web-v2"),
+        "{missing:?}"
+    );
+    // The backend appears: the route is re-checked and accepted.
+    service("web-v2");
+    let fixed = conditions("missing", "True");
+    assert_eq!(fixed[1]["status"], "True", "{fixed:?}");
+}
+
 /// A pod of the `shop` namespace on `node` as the kubelet would run it: the
 /// Pod object, its cgroup named after its UID, its address in the status,
 /// an echo server in it.
