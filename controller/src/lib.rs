@@ -17,8 +17,9 @@
 //!   400 bad JSON, unknown field, a CSR that is not PEM, not signed by its
 //!       key, not P-256, or not for exactly one SPIFFE id
 //!   401 no token, or the TokenReview does not authenticate it for ambit-ca
-//!   403 not the agents' service account (--agent-service-account), no node
-//!       in the token, pod on another node, SPIFFE id not the pod's
+//!   403 not the agents' service account (--agent-service-account) nor a
+//!       waypoint's, no node in the token, pod on another node, SPIFFE id
+//!       not the pod's
 //!   404 no such pod · 503 the API server could not be asked
 //!   every error: {"error": "<why, with what to check>"}
 //!   ```
@@ -31,6 +32,13 @@
 //!   must be `spiffe://<trust-domain>/ns/<pod namespace>/sa/<service
 //!   account, or default>`. An optional `"identity"` field, when sent, must
 //!   repeat the CSR's. Every decision is logged with the pod and node.
+//!
+//!   A waypoint asks for its own certificate with its own token: any other
+//!   service account's token must be bound to a pod
+//!   (`authentication.kubernetes.io/pod-name`), the request must name that
+//!   pod, the pod must run as that account and carry
+//!   `ambit.dev/waypoint=<account>`; the identity granted is the account's.
+//!   Workloads' own tokens are refused: their agents ask for them.
 //! - **The CA key** comes from a Secret (`ca.crt`, `ca.key`, optional
 //!   `trust-bundle.pem`), watched: a new CA signs from the moment the Secret
 //!   changes, and the trust bundle (the CA plus the extra roots,

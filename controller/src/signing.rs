@@ -6,6 +6,13 @@
 //! the CSR's id is the one the pod's service account gives; the CSR is
 //! signed by its own ECDSA P-256 key. Then the current CA signs. Every
 //! decision is logged with the pod and the caller's node.
+//!
+//! A **waypoint** asks for its own certificate: its token (audience
+//! [`AUDIENCE`], bound to its pod) must belong to the service account the
+//! waypoint is named after, the request must name the token's own pod, and
+//! that pod must carry `ambit.dev/waypoint=<its service account>`. Any
+//! other workload's token is refused: workloads get certificates through
+//! their node agent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +31,29 @@ use crate::{ca_store::CaStore, config::Config};
 pub const AUDIENCE: &str = "ambit-ca";
 /// Where a pod-bound token names its pod's node in a review's `extra`.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// Where a pod-bound token names its pod in a review's `extra`.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The label that marks a waypoint's pods, with the waypoint's name.
+pub const WAYPOINT_LABEL: &str = "ambit.dev/waypoint";
+
+/// Who asks, from the `TokenReview` of its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A node agent, on this node.
+    Agent {
+        /// The agent's node.
+        node: String,
+    },
+    /// Some other service account's pod: only a waypoint may be granted.
+    Pod {
+        /// The service account's namespace.
+        namespace: String,
+        /// The service account.
+        account: String,
+        /// The pod the token is bound to.
+        pod: String,
+    },
+}
 
 /// A certificate request, as agents send it.
 #[derive(Debug, Deserialize)]
@@ -177,15 +207,30 @@ impl Signer {
                 "no bearer token (send the agent's projected token with audience ambit-ca)".into(),
             )
         })?;
-        let node = self.review(token).await?;
-        seen.node = Some(node.clone());
+        let caller = self.review(token).await?;
+        if let Caller::Pod { namespace, pod, .. } = &caller
+            && (*namespace != request.namespace || *pod != request.name)
+        {
+            return Err(SignError::Forbidden(format!(
+                "the token is bound to pod {namespace}/{pod}; a waypoint may only ask for its own certificate"
+            )));
+        }
+        seen.node = Some(match &caller {
+            Caller::Agent { node } => node.clone(),
+            Caller::Pod { .. } => "(waypoint)".to_owned(),
+        });
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &request.namespace);
         let pod = pods
             .get_opt(&request.name)
             .await
             .map_err(|e| SignError::Unavailable(format!("cannot read pod {pod_name}: {e}")))?
             .ok_or_else(|| SignError::NotFound(format!("pod {pod_name} does not exist")))?;
-        let identity = authorize(&pod, &node, &request.identity, &self.trust_domain)?;
+        let identity = match &caller {
+            Caller::Agent { node } => authorize(&pod, node, &request.identity, &self.trust_domain)?,
+            Caller::Pod { account, .. } => {
+                authorize_waypoint(&pod, account, &request.identity, &self.trust_domain)?
+            }
+        };
         let state = self.store.current();
         let certificate = state
             .ca
@@ -202,8 +247,8 @@ impl Signer {
         ))
     }
 
-    /// The caller's node, from a `TokenReview` of its token.
-    async fn review(&self, token: &str) -> Result<String, SignError> {
+    /// Who the caller is, from a `TokenReview` of its token.
+    async fn review(&self, token: &str) -> Result<Caller, SignError> {
         let reviews: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -232,22 +277,42 @@ impl Signer {
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
-        if username != self.agent_user {
+        let extra = |key: &str| {
+            user.extra
+                .as_ref()
+                .and_then(|extra| extra.get(key))
+                .and_then(|values| values.first())
+                .cloned()
+        };
+        if username == self.agent_user {
+            return extra(NODE_NAME_EXTRA)
+                .map(|node| Caller::Agent { node })
+                .ok_or_else(|| {
+                    SignError::Forbidden(
+                        "the token names no node: use a projected token bound to the agent's pod (Kubernetes 1.30 or later)".into(),
+                    )
+                });
+        }
+        let Some((namespace, account)) = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        else {
             return Err(SignError::Forbidden(format!(
-                "{username} is not the node agents' service account ({})",
+                "{username} is neither the node agents' service account ({}) nor a waypoint's",
                 self.agent_user
             )));
-        }
-        user.extra
-            .as_ref()
-            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
-            .and_then(|nodes| nodes.first())
-            .cloned()
-            .ok_or_else(|| {
-                SignError::Forbidden(
-                    "the token names no node: use a projected token bound to the agent's pod (Kubernetes 1.30 or later)".into(),
-                )
-            })
+        };
+        let pod = extra(POD_NAME_EXTRA).ok_or_else(|| {
+            SignError::Forbidden(format!(
+                "{username} is not the node agents' service account ({}), and its token is not bound to a pod, as a waypoint's must be",
+                self.agent_user
+            ))
+        })?;
+        Ok(Caller::Pod {
+            namespace: namespace.to_owned(),
+            account: account.to_owned(),
+            pod,
+        })
     }
 }
 
@@ -326,6 +391,48 @@ pub fn authorize(
     if identity != *requested {
         return Err(SignError::Forbidden(format!(
             "pod {namespace}/{name} runs as {identity}, not {requested}"
+        )));
+    }
+    Ok(identity)
+}
+
+/// The identity a waypoint's `pod`, whose token belongs to `account`, may
+/// get for `requested`: refused unless the pod runs as `account`, carries
+/// `ambit.dev/waypoint=<account>`, and `requested` is that account's id.
+pub fn authorize_waypoint(
+    pod: &Pod,
+    account: &str,
+    requested: &SpiffeId,
+    trust_domain: &str,
+) -> Result<SpiffeId, SignError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let runs_as = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    if runs_as != account {
+        return Err(SignError::Forbidden(format!(
+            "pod {namespace}/{name} runs as service account {runs_as}, not the token's {account}"
+        )));
+    }
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(WAYPOINT_LABEL));
+    if label.map(String::as_str) != Some(account) {
+        return Err(SignError::Forbidden(format!(
+            "pod {namespace}/{name} is not a waypoint (label {WAYPOINT_LABEL}={account}); workloads get certificates through their node agent"
+        )));
+    }
+    let identity = SpiffeId::new(trust_domain, namespace, account).map_err(|e| {
+        SignError::BadRequest(format!("pod {namespace}/{name} has no valid identity: {e}"))
+    })?;
+    if identity != *requested {
+        return Err(SignError::Forbidden(format!(
+            "waypoint {namespace}/{name} is {identity}, not {requested}"
         )));
     }
     Ok(identity)

@@ -389,7 +389,23 @@ impl FakeKube {
         audiences: &[&str],
         node_name: Option<&str>,
     ) {
-        self.tokens.register(token, username, audiences, node_name);
+        self.tokens
+            .register(token, username, audiences, node_name, None);
+    }
+
+    /// [`register_token`](Self::register_token) for a token bound to the
+    /// pod `pod_name` on `node_name`, as a projected service-account token
+    /// is: the review's `extra` names both.
+    pub fn register_pod_token(
+        &self,
+        token: &str,
+        username: &str,
+        audiences: &[&str],
+        node_name: &str,
+        pod_name: &str,
+    ) {
+        self.tokens
+            .register(token, username, audiences, Some(node_name), Some(pod_name));
     }
 }
 

@@ -601,6 +601,98 @@ fn http_routes_get_gateway_api_status_and_follow_their_backends() {
     assert_eq!(fixed[1]["status"], "True", "{fixed:?}");
 }
 
+#[test]
+fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
+    let Some(s) = setup("controller_waypoint") else {
+        return;
+    };
+    s.kube
+        .apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "wp-1", "namespace": "shop", "labels": {"ambit.dev/waypoint": "wp"}},
+            "spec": {"nodeName": "cp", "serviceAccountName": "wp",
+                     "containers": [{"name": "waypoint", "image": "ambit-waypoint"}]}}))
+        .expect("the waypoint pod");
+    s.kube.register_pod_token(
+        "wp-token",
+        "system:serviceaccount:shop:wp",
+        &["ambit-ca"],
+        "cp",
+        "wp-1",
+    );
+    s.kube.register_pod_token(
+        "web-token",
+        "system:serviceaccount:shop:web",
+        &["ambit-ca"],
+        "n1",
+        "web-1",
+    );
+    let ca = s.ca_dir.join("ca.pem");
+    // A workload's own token cannot get a certificate directly, nor can a
+    // waypoint's token get another pod's.
+    let (status, text) = s.curl(
+        "POST",
+        "/v1/certificates",
+        Some("web-token"),
+        Some(&request("web-1", WEB)),
+        &ca,
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("not a waypoint"), "{text}");
+    let (status, text) = s.curl(
+        "POST",
+        "/v1/certificates",
+        Some("wp-token"),
+        Some(&request("web-1", WEB)),
+        &ca,
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("its own certificate"), "{text}");
+
+    // The waypoint itself, with its pod-bound token: signed, and serving.
+    let token_file = s.tb.run_dir().join("wp-token");
+    std::fs::write(&token_file, "wp-token").expect("token file");
+    let mut command = Command::new(Testbed::bin("ambit-waypoint"));
+    command
+        .args([
+            "--name",
+            "wp",
+            "--namespace",
+            "shop",
+            "--kubernetes",
+            "--kube-api-url",
+            &s.kube.url(),
+        ])
+        .args([
+            "--ca-address",
+            &format!("https://{}:{PORT}", s.cp.underlay_v4),
+        ])
+        .arg("--ca-token-file")
+        .arg(&token_file)
+        .arg("--trust-bundle")
+        .arg(&ca)
+        .args([
+            "--pod-name",
+            "wp-1",
+            "--listen",
+            "127.0.0.1:15008",
+            "--admin",
+            "127.0.0.1:15020",
+        ]);
+    let waypoint = s.tb.spawn_on_node(&s.cp, &s.cp.agent_cgroup, command);
+    assert!(
+        waypoint
+            .wait_for_stderr_line(WAIT, |l| l.contains("waypoint ready"))
+            .is_some(),
+        "{}\n{}",
+        waypoint.report(),
+        s.controller.report()
+    );
+    let signed = s.controller.wait_for_stderr_line(WAIT, |l| {
+        l.contains("certificate signed") && l.contains("shop/wp-1") && l.contains("/sa/wp")
+    });
+    assert!(signed.is_some(), "{}", s.controller.report());
+}
+
 /// A pod of the `shop` namespace on `node` as the kubelet would run it: the
 /// Pod object, its cgroup named after its UID, its address in the status,
 /// an echo server in it.

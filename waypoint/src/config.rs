@@ -38,13 +38,42 @@ pub struct Config {
     /// How often the configuration file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub config_poll: Duration,
-    /// The mesh CA certificate (PEM); the waypoint's own certificate is
-    /// signed with it and peers are verified against it.
-    #[arg(long, env = "AMBIT_CA_CERT")]
-    pub ca_cert: PathBuf,
-    /// The mesh CA key (PEM).
-    #[arg(long, env = "AMBIT_CA_KEY")]
-    pub ca_key: PathBuf,
+    /// The mesh CA certificate (PEM), for signing locally: the waypoint's
+    /// own certificate is signed with it and peers are verified against it.
+    #[arg(
+        long,
+        env = "AMBIT_CA_CERT",
+        requires = "ca_key",
+        required_unless_present = "ca_address"
+    )]
+    pub ca_cert: Option<PathBuf>,
+    /// The mesh CA key (PEM), for signing locally.
+    #[arg(
+        long,
+        env = "AMBIT_CA_KEY",
+        requires = "ca_cert",
+        conflicts_with = "ca_address"
+    )]
+    pub ca_key: Option<PathBuf>,
+    /// The controller that signs the waypoint's certificate
+    /// (`https://host[:port]`), instead of a local CA.
+    #[arg(long, env = "AMBIT_CA_ADDRESS", requires_all = ["trust_bundle", "pod_name"])]
+    pub ca_address: Option<String>,
+    /// The projected service-account token (audience `ambit-ca`) sent to
+    /// the controller; re-read for each request.
+    #[arg(
+        long,
+        env = "AMBIT_CA_TOKEN_FILE",
+        default_value = "/var/run/secrets/ambit/ca-token"
+    )]
+    pub ca_token_file: PathBuf,
+    /// The mesh's trust bundle (PEM roots), with `--ca-address`.
+    #[arg(long, env = "AMBIT_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// The waypoint's own pod (the downward API's `metadata.name`), which
+    /// its token is bound to; with `--ca-address`.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Lifetime of the waypoint's certificate; it is renewed at half-life.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub cert_lifetime: Duration,

@@ -1,6 +1,10 @@
 //! The waypoint's own identity: `spiffe://<trust domain>/ns/<namespace>/sa/<name>`,
-//! with a certificate signed by the mesh CA and renewed at half its life.
-//! Connections pick the current certificate at handshake time.
+//! with a certificate renewed at half its life. It is signed either locally
+//! with the mesh CA's files (`--ca-cert/--ca-key`, local mode) or by the
+//! controller (`--ca-address`): the waypoint sends a CSR with its
+//! service-account token, bound to its pod, and the controller grants it
+//! only its own identity (see `controller/src/signing.rs`). Connections
+//! pick the current certificate at handshake time.
 
 use std::{
     path::Path,
@@ -9,10 +13,12 @@ use std::{
 };
 
 use mesh_core::{
-    ca::{CaError, CertificateAuthority, WorkloadKey},
+    ca::{CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey},
     identity::{IdentityError, SpiffeId},
     tls::{self, CertificateSource},
+    workload::PodKey,
 };
+use node_agent::identity::controller::{ControllerClient, ControllerError};
 use rustls::{RootCertStore, sign::CertifiedKey};
 
 /// Why the waypoint has no certificate.
@@ -21,12 +27,35 @@ pub enum WaypointIdentityError {
     /// The identity cannot be formed from the name and namespace.
     #[error("the waypoint has no valid identity: {0}")]
     Identity(#[from] IdentityError),
-    /// The CA could not be read or could not sign.
+    /// The CA or the trust bundle could not be read, or the CA could not
+    /// sign.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// The controller refused or could not be reached.
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
     /// The signed certificate and the key do not go together.
     #[error("the waypoint's certificate cannot be used: {0}")]
     Key(#[from] rustls::Error),
+}
+
+/// Who signs the waypoint's certificates.
+#[derive(Debug)]
+pub enum Signer {
+    /// The mesh CA, from files.
+    Local {
+        /// The CA.
+        ca: Box<CertificateAuthority>,
+        /// Lifetime of each certificate.
+        lifetime: Duration,
+    },
+    /// The controller, for the waypoint's pod.
+    Controller {
+        /// The controller's client.
+        client: ControllerClient,
+        /// The waypoint's pod, which its token is bound to.
+        pod: PodKey,
+    },
 }
 
 /// The waypoint's identity and its current certificate.
@@ -34,8 +63,7 @@ pub enum WaypointIdentityError {
 pub struct WaypointIdentity {
     /// Its SPIFFE id.
     pub id: SpiffeId,
-    ca: CertificateAuthority,
-    lifetime: Duration,
+    signer: Signer,
     current: RwLock<Issued>,
     roots: Arc<RootCertStore>,
 }
@@ -47,7 +75,7 @@ struct Issued {
 }
 
 impl WaypointIdentity {
-    /// Loads the CA and issues the first certificate.
+    /// Loads the CA and issues the first certificate locally.
     pub fn new(
         id: SpiffeId,
         ca_cert: &Path,
@@ -56,11 +84,34 @@ impl WaypointIdentity {
     ) -> Result<Self, WaypointIdentityError> {
         let ca = CertificateAuthority::load(ca_cert, ca_key)?;
         let roots = Arc::new(ca.trust_bundle().root_store()?);
-        let current = RwLock::new(issue(&ca, &id, lifetime)?);
+        let key = WorkloadKey::generate()?;
+        let certificate = ca.sign_csr(&key.csr_der(&id)?, &id, lifetime)?;
+        let current = RwLock::new(certify(&certificate, &key)?);
         Ok(Self {
             id,
-            ca,
-            lifetime,
+            signer: Signer::Local {
+                ca: Box::new(ca),
+                lifetime,
+            },
+            current,
+            roots,
+        })
+    }
+
+    /// Asks the controller for the first certificate; peers and the
+    /// controller are verified against the roots in `trust_bundle`.
+    pub async fn from_controller(
+        id: SpiffeId,
+        client: ControllerClient,
+        pod: PodKey,
+        trust_bundle: &Path,
+    ) -> Result<Self, WaypointIdentityError> {
+        let roots = Arc::new(TrustBundle::load(trust_bundle)?.root_store()?);
+        let signer = Signer::Controller { client, pod };
+        let current = RwLock::new(sign(&signer, &id, &roots).await?);
+        Ok(Self {
+            id,
+            signer,
             current,
             roots,
         })
@@ -73,7 +124,7 @@ impl WaypointIdentity {
     }
 
     /// Renews the certificate if it is past half its life.
-    pub fn renew_if_due(&self, now: SystemTime) -> Result<bool, WaypointIdentityError> {
+    pub async fn renew_if_due(&self, now: SystemTime) -> Result<bool, WaypointIdentityError> {
         let due = self
             .current
             .read()
@@ -81,7 +132,7 @@ impl WaypointIdentity {
             .renew_at
             <= now;
         if due {
-            let issued = issue(&self.ca, &self.id, self.lifetime)?;
+            let issued = sign(&self.signer, &self.id, &self.roots).await?;
             *self
                 .current
                 .write()
@@ -103,13 +154,25 @@ impl CertificateSource for WaypointIdentity {
     }
 }
 
-fn issue(
-    ca: &CertificateAuthority,
+/// A new key and its certificate from `signer`.
+async fn sign(
+    signer: &Signer,
     id: &SpiffeId,
-    lifetime: Duration,
+    roots: &Arc<RootCertStore>,
 ) -> Result<Issued, WaypointIdentityError> {
     let key = WorkloadKey::generate()?;
-    let certificate = ca.sign_csr(&key.csr_der(id)?, id, lifetime)?;
+    let csr = key.csr_der(id)?;
+    let certificate = match signer {
+        Signer::Local { ca, lifetime } => ca.sign_csr(&csr, id, *lifetime)?,
+        Signer::Controller { client, pod } => client.sign(roots.clone(), pod, id, &csr).await?,
+    };
+    certify(&certificate, &key)
+}
+
+fn certify(
+    certificate: &WorkloadCertificate,
+    key: &WorkloadKey,
+) -> Result<Issued, WaypointIdentityError> {
     let signing_key = tls::provider()
         .key_provider
         .load_private_key(key.private_key_der())?;

@@ -42,12 +42,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         trust_domain: config.trust_domain.clone(),
     };
     let id = SpiffeId::new(&config.trust_domain, &config.namespace, &config.name)?;
-    let identity = Arc::new(WaypointIdentity::new(
-        id,
-        &config.ca_cert,
-        &config.ca_key,
-        config.cert_lifetime,
-    )?);
+    let identity = Arc::new(identity(&config, id).await?);
     let cancel = CancellationToken::new();
     let state: state::SharedState = match &config.config {
         Some(path) => {
@@ -146,6 +141,29 @@ async fn kubernetes(
     Ok(state)
 }
 
+/// The waypoint's first certificate: from the local CA files, or from the
+/// controller.
+async fn identity(config: &Config, id: SpiffeId) -> anyhow::Result<WaypointIdentity> {
+    match (&config.ca_cert, &config.ca_key, &config.ca_address) {
+        (Some(cert), Some(key), _) => {
+            Ok(WaypointIdentity::new(id, cert, key, config.cert_lifetime)?)
+        }
+        (_, _, Some(address)) => {
+            let client = node_agent::identity::controller::ControllerClient::new(
+                address,
+                config.ca_token_file.clone(),
+            )?;
+            let pod = mesh_core::workload::PodKey {
+                namespace: config.namespace.clone(),
+                name: config.pod_name.clone().unwrap_or_default(),
+            };
+            let bundle = config.trust_bundle.clone().unwrap_or_default();
+            Ok(WaypointIdentity::from_controller(id, client, pod, &bundle).await?)
+        }
+        _ => anyhow::bail!("give --ca-cert and --ca-key, or --ca-address"),
+    }
+}
+
 /// Renews the certificate at half its life, checking every 30 s.
 async fn renew(identity: Arc<WaypointIdentity>, cancel: CancellationToken) {
     loop {
@@ -153,7 +171,7 @@ async fn renew(identity: Arc<WaypointIdentity>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
-        match identity.renew_if_due(std::time::SystemTime::now()) {
+        match identity.renew_if_due(std::time::SystemTime::now()).await {
             Ok(true) => tracing::info!(identity = %identity.id, "certificate renewed"),
             Ok(false) => {}
             Err(error) => tracing::error!(%error, "certificate renewal failed; retrying in 30 s"),

@@ -170,3 +170,43 @@ fn every_refusal_has_its_status() {
         assert_eq!(error.status(), status, "{error}");
     }
 }
+
+#[test]
+fn only_a_labelled_waypoint_pod_gets_its_own_identity() {
+    let waypoint = |labels: serde_json::Value, account: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "wp-1", "namespace": "shop", "labels": labels},
+            "spec": {"nodeName": "n2", "serviceAccountName": account, "containers": []},
+        }))
+        .unwrap()
+    };
+    let wp = id("spiffe://cluster.local/ns/shop/sa/wp");
+    let labelled = waypoint(json!({"ambit.dev/waypoint": "wp"}), "wp");
+    assert_eq!(
+        authorize_waypoint(&labelled, "wp", &wp, "cluster.local").unwrap(),
+        wp
+    );
+    // An ordinary workload's token: no waypoint label.
+    let plain = waypoint(json!({"app": "web"}), "wp");
+    let error = authorize_waypoint(&plain, "wp", &wp, "cluster.local").unwrap_err();
+    assert_eq!(error.status(), 403);
+    assert!(error.to_string().contains("not a waypoint"), "{error}");
+    // The label names another waypoint than the token's account.
+    let other = waypoint(json!({"ambit.dev/waypoint": "other"}), "wp");
+    assert_eq!(
+        authorize_waypoint(&other, "wp", &wp, "cluster.local")
+            .unwrap_err()
+            .status(),
+        403
+    );
+    // The pod runs as another account than the token's.
+    assert!(
+        authorize_waypoint(&labelled, "web", &wp, "cluster.local")
+            .unwrap_err()
+            .to_string()
+            .contains("runs as service account wp")
+    );
+    // Another identity than its own.
+    let error = authorize_waypoint(&labelled, "wp", &id(WEB), "cluster.local").unwrap_err();
+    assert_eq!(error.status(), 403, "{error}");
+}

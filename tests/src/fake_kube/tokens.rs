@@ -15,6 +15,8 @@ pub const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.lo
 
 /// The `extra` key under which a projected token names its pod's node.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// Where a review names the pod a token is bound to.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
 /// The tokens the server recognises.
 #[derive(Default)]
@@ -42,6 +44,7 @@ impl TokenRegistry {
         username: &str,
         audiences: &[&str],
         node_name: Option<&str>,
+        pod_name: Option<&str>,
     ) {
         let mut groups = Vec::new();
         if let Some(rest) = username.strip_prefix("system:serviceaccount:")
@@ -54,6 +57,7 @@ impl TokenRegistry {
         let extra = node_name
             .map(|node| (NODE_NAME_EXTRA.to_owned(), vec![node.to_owned()]))
             .into_iter()
+            .chain(pod_name.map(|pod| (POD_NAME_EXTRA.to_owned(), vec![pod.to_owned()])))
             .collect();
         let owner = TokenOwner {
             username: username.to_owned(),
