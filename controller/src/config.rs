@@ -26,7 +26,7 @@ pub struct Config {
     /// Lifetime of the workload certificates it signs: seconds (`86400`)
     /// or a number with a unit, `s`, `m`, `h` or `d` (`24h`); at least 2 s.
     /// Agents reissue at half-life.
-    #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value = "24h", value_parser = mesh_core::ca::parse_lifetime)]
     pub cert_lifetime: Duration,
     /// The controller's Service name: its serving certificate is for
     /// `<name>.<namespace>.svc` and `<name>.<namespace>.svc.cluster.local`.
@@ -50,34 +50,6 @@ pub struct Config {
     /// `text` or `json` logs.
     #[arg(long, env = "AMBIT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-}
-
-/// A lifetime: whole seconds, or a number followed by `s`, `m`, `h` or `d`.
-fn parse_lifetime(value: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "{value:?} is not a lifetime: expected seconds (86400) or a number with s, m, h or d (24h)"
-        )
-    };
-    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => value.split_at(at),
-        None => (value, "s"),
-    };
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    let secs = number.checked_mul(scale).ok_or_else(bad)?;
-    if secs < 2 {
-        return Err(format!(
-            "{value:?} is too short: a certificate must live at least 2 s"
-        ));
-    }
-    Ok(Duration::from_secs(secs))
 }
 
 // === impl Config ===

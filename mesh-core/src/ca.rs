@@ -36,6 +36,36 @@ pub use bundle::TrustBundle;
 pub use inspect::{not_after_of, serial_of, sha256_fingerprint, spiffe_id_of};
 pub use workload::{WorkloadCertificate, WorkloadKey, csr_spiffe_id};
 
+/// A certificate lifetime as a command line gives it (`--cert-lifetime`):
+/// whole seconds, or a number followed by `s`, `m`, `h` or `d`; at least
+/// 2 s.
+pub fn parse_lifetime(value: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "{value:?} is not a lifetime: expected seconds (86400) or a number with s, m, h or d (24h)"
+        )
+    };
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = number.checked_mul(scale).ok_or_else(bad)?;
+    if secs < 2 {
+        return Err(format!(
+            "{value:?} is too short: a certificate must live at least 2 s"
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// File name of the CA certificate that [`CertificateAuthority::write`] writes.
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key that [`CertificateAuthority::write`] writes.

@@ -1,8 +1,17 @@
-//! HBONE's shared settings: TCP carried in HTTP/2 CONNECT streams over
-//! mutual TLS 1.3 (port 15008). The node agent and the waypoint both speak
-//! it, with the same limits and windows.
+//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3 (port
+//! 15008). The node agent and the waypoint both speak it, with the same
+//! limits and windows, through the handshakes here: [`accept`] on the
+//! server side, [`connect`] on the client side, and [`connect_authority`]
+//! for what a CONNECT request asks for.
 
-use std::time::Duration;
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use rustls::{ClientConfig, ServerConfig, pki_types::ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::{identity::SpiffeId, tls};
 
 /// The HBONE port, in each meshed pod and on each waypoint.
 pub const PORT: u16 = 15008;
@@ -34,4 +43,186 @@ pub mod verdict_headers {
     pub const POLICY: &str = "ambit-authz-policy";
     /// The node whose agent decided.
     pub const ENFORCED_BY: &str = "ambit-authz-enforced-by";
+}
+
+/// The server side of an HBONE connection, after the handshakes.
+pub type ServerConnection =
+    h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
+/// The driver of the client side of an HBONE connection: it must be polled
+/// (spawned) for the connection's streams to make progress.
+pub type ClientConnection =
+    h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>, Bytes>;
+
+/// Why an accepted HBONE connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The TLS handshake failed (no client certificate, wrong CA...).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The client's certificate names no SPIFFE id.
+    #[error("the client certificate carries no SPIFFE id")]
+    NoSpiffeId,
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake failed: {0}")]
+    H2(#[source] h2::Error),
+    /// The handshakes took longer than [`HANDSHAKE_TIMEOUT`].
+    #[error("the HBONE handshake timed out")]
+    Timeout,
+}
+
+/// Why an HBONE connection to a peer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The TLS handshake failed (wrong CA, wrong identity, expired
+    /// certificate...).
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Tls {
+        /// The peer's HBONE address.
+        addr: SocketAddr,
+        /// What went wrong, naming the certificate problem.
+        reason: String,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 with {addr} failed: {source}")]
+    H2 {
+        /// The peer's HBONE address.
+        addr: SocketAddr,
+        /// The error.
+        source: h2::Error,
+    },
+    /// The handshakes took longer than [`HANDSHAKE_TIMEOUT`].
+    #[error("the HBONE handshake with {0} timed out")]
+    Timeout(SocketAddr),
+}
+
+/// The server side: TLS with `config` (which requires a client
+/// certificate), the client's SPIFFE id, then HTTP/2 with HBONE's limits
+/// and windows, all within [`HANDSHAKE_TIMEOUT`].
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+) -> Result<(SpiffeId, ServerConnection), AcceptError> {
+    let handshake = async {
+        let tls = TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .map_err(|e| AcceptError::Tls(tls::handshake_failure(&e)))?;
+        let peer = tls::peer_identity(tls.get_ref().1.peer_certificates())
+            .ok_or(AcceptError::NoSpiffeId)?;
+        let connection = h2::server::Builder::new()
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(AcceptError::H2)?;
+        Ok((peer, connection))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| AcceptError::Timeout)?
+}
+
+/// Serves one accepted HBONE connection: [`accept`], then each CONNECT
+/// stream handed to `on_stream` with the client's SPIFFE id and spawned in
+/// the current span (whose `peer` field is filled in), until the
+/// connection ends. A refused connection is logged.
+pub async fn serve<F, S>(tcp: TcpStream, config: Arc<ServerConfig>, mut on_stream: F)
+where
+    F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
+    S: Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument as _;
+    let (peer, mut connection) = match accept(tcp, config).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::warn!(%error, "HBONE connection refused");
+            return;
+        }
+    };
+    tracing::Span::current().record("peer", tracing::field::display(&peer));
+    while let Some(next) = connection.accept().await {
+        match next {
+            Ok((request, respond)) => {
+                tokio::spawn(on_stream(request, respond, peer.clone()).in_current_span());
+            }
+            Err(error) => {
+                tracing::debug!(%error, "HBONE connection ended");
+                break;
+            }
+        }
+    }
+}
+
+/// The client side, over `tcp` to the peer's HBONE address `addr`: TLS
+/// with `config` (which checks the peer's SPIFFE id), then HTTP/2 with
+/// HBONE's windows, all within [`HANDSHAKE_TIMEOUT`]. The caller spawns the
+/// returned connection driver.
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+) -> Result<(h2::client::SendRequest<Bytes>, ClientConnection), HandshakeError> {
+    let handshake = async {
+        let tls = TlsConnector::from(config)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|error| HandshakeError::Tls {
+                addr,
+                reason: tls::handshake_failure(&error),
+            })?;
+        h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|source| HandshakeError::H2 { addr, source })
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| HandshakeError::Timeout(addr))?
+}
+
+/// Where a CONNECT request asks to go: an IP address and port; else the
+/// status to answer (405 for another method, 400 for a missing or
+/// unparseable authority) and why.
+pub fn connect_authority<B>(
+    request: &http::Request<B>,
+) -> Result<SocketAddr, (http::StatusCode, &'static str)> {
+    if request.method() != http::Method::CONNECT {
+        return Err((
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "only CONNECT is served on the HBONE port",
+        ));
+    }
+    request
+        .uri()
+        .authority()
+        .ok_or((
+            http::StatusCode::BAD_REQUEST,
+            "the CONNECT request has no authority",
+        ))?
+        .as_str()
+        .parse()
+        .map_err(|_| {
+            (
+                http::StatusCode::BAD_REQUEST,
+                "the authority is not an IP address and port",
+            )
+        })
+}
+
+/// An h2 error as an I/O error: its own I/O error when it has one.
+#[must_use]
+pub fn h2_to_io(error: h2::Error) -> io::Error {
+    if error.is_io() {
+        error
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
+    } else {
+        io::Error::other(error)
+    }
 }

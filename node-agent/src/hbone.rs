@@ -69,6 +69,17 @@ pub enum HboneError {
     Identity(#[from] crate::identity::IdentityError),
 }
 
+impl From<mesh_core::hbone::HandshakeError> for HboneError {
+    fn from(error: mesh_core::hbone::HandshakeError) -> Self {
+        use mesh_core::hbone::HandshakeError;
+        match error {
+            HandshakeError::Tls { addr, reason } => Self::Tls { addr, reason },
+            HandshakeError::H2 { addr, source } => Self::H2 { addr, source },
+            HandshakeError::Timeout(addr) => Self::Timeout(addr),
+        }
+    }
+}
+
 /// The verdict a destination's agent reported in a CONNECT response.
 #[must_use]
 pub fn reported_authorization(headers: &http::HeaderMap) -> Option<Authorization> {

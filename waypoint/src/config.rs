@@ -35,8 +35,9 @@ pub struct Config {
     /// The API server's URL; default: in-cluster, or `KUBECONFIG`.
     #[arg(long, env = "AMBIT_KUBE_API_URL", requires = "kubernetes")]
     pub kube_api_url: Option<String>,
-    /// How often the configuration file is checked for changes.
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    /// How often the configuration file is checked for changes (a Gateway
+    /// API duration: `200ms`, `1s`).
+    #[arg(long, default_value = "200ms", value_parser = mesh_core::route::parse_duration)]
     pub config_poll: Duration,
     /// The mesh CA certificate (PEM), for signing locally: the waypoint's
     /// own certificate is signed with it and peers are verified against it.
@@ -75,7 +76,7 @@ pub struct Config {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     /// Lifetime of the waypoint's certificate; it is renewed at half-life.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = mesh_core::ca::parse_lifetime)]
     pub cert_lifetime: Duration,
     /// Where HBONE is served.
     #[arg(long, default_value = "0.0.0.0:15008")]
@@ -92,7 +93,7 @@ pub struct Config {
     pub access_log: bool,
     /// How long the first bytes of a stream may take before it is treated
     /// as opaque TCP (server-first protocols send nothing first).
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = mesh_core::route::parse_duration)]
     pub detect_timeout: Duration,
 }
 
@@ -105,25 +106,41 @@ pub enum LogFormat {
     Json,
 }
 
-/// A duration such as `200ms`, `5s`, `30m`, `24h` or `2d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m, h or d)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number"))?;
-    let seconds = |factor: u64| Duration::from_secs(number.saturating_mul(factor));
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(seconds(1)),
-        "m" => Ok(seconds(60)),
-        "h" => Ok(seconds(3600)),
-        "d" => Ok(seconds(86_400)),
-        _ => Err(format!(
-            "{text:?} has an unknown unit (use ms, s, m, h or d)"
-        )),
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser as _;
+
+    use super::Config;
+
+    #[test]
+    fn durations_read_as_routes_and_lifetimes_as_the_controllers() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(
+                [
+                    "ambit-waypoint",
+                    "--name",
+                    "wp",
+                    "--config",
+                    "m.yaml",
+                    "--ca-cert",
+                    "c",
+                    "--ca-key",
+                    "k",
+                ]
+                .iter()
+                .chain(args),
+            )
+        };
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.config_poll, Duration::from_millis(200));
+        assert_eq!(config.detect_timeout, Duration::from_millis(300));
+        assert_eq!(config.cert_lifetime, Duration::from_hours(24));
+        let config = parse(&["--detect-timeout", "1s500ms", "--cert-lifetime", "2d"]).unwrap();
+        assert_eq!(config.detect_timeout, Duration::from_millis(1500));
+        assert_eq!(config.cert_lifetime, Duration::from_hours(48));
+        assert!(parse(&["--detect-timeout", "1.5s"]).is_err());
+        assert!(parse(&["--cert-lifetime", "1s"]).is_err());
     }
 }

@@ -11,6 +11,7 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
+use mesh_core::hbone::h2_to_io;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest chunk written into one DATA frame batch.
@@ -143,16 +144,5 @@ impl Drop for H2Io {
         if !self.shut {
             self.send.send_reset(h2::Reason::CANCEL);
         }
-    }
-}
-
-/// An h2 error as an I/O error.
-pub fn h2_to_io(error: h2::Error) -> io::Error {
-    if error.is_io() {
-        error
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
-    } else {
-        io::Error::other(error)
     }
 }

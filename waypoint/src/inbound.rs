@@ -11,11 +11,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::{hbone, identity::SpiffeId, tls};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -83,55 +82,21 @@ pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: Cance
 
 async fn serve_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let handshake = async {
-        let config = tls::server_config(
-            waypoint.identity.id.clone(),
-            waypoint.identity.clone(),
-            waypoint.identity.roots(),
-        )
-        .map_err(|e| e.to_string())?;
-        let tls = TlsAcceptor::from(Arc::new(config))
-            .accept(tcp)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {}", tls::handshake_failure(&e)))?;
-        let peer = tls::peer_identity(tls.get_ref().1.peer_certificates())
-            .ok_or_else(|| "the client certificate carries no SPIFFE id".to_owned())?;
-        let connection = h2::server::Builder::new()
-            .max_header_list_size(hbone::MAX_HEADER_LIST_SIZE)
-            .max_concurrent_streams(hbone::MAX_STREAMS_PER_CONNECTION)
-            .initial_window_size(hbone::STREAM_WINDOW)
-            .initial_connection_window_size(hbone::CONNECTION_WINDOW)
-            .max_frame_size(hbone::MAX_FRAME_SIZE)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-        Ok::<_, String>((peer, connection))
-    };
-    let (peer, mut connection) =
-        match tokio::time::timeout(hbone::HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "HBONE connection refused");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("HBONE handshake timed out");
-                return;
-            }
-        };
-    tracing::Span::current().record("peer", tracing::field::display(&peer));
-    while let Some(next) = connection.accept().await {
-        match next {
-            Ok((request, respond)) => {
-                let stream = serve_stream(waypoint.clone(), request, respond, peer.clone(), client);
-                tokio::spawn(stream.in_current_span());
-            }
-            Err(error) => {
-                tracing::debug!(%error, "HBONE connection ended");
-                break;
-            }
+    let config = match tls::server_config(
+        waypoint.identity.id.clone(),
+        waypoint.identity.clone(),
+        waypoint.identity.roots(),
+    ) {
+        Ok(config) => Arc::new(config),
+        Err(error) => {
+            tracing::error!(%error, "no TLS configuration for the waypoint's identity");
+            return;
         }
-    }
+    };
+    hbone::serve(tcp, config, |request, respond, peer| {
+        serve_stream(waypoint.clone(), request, respond, peer, client)
+    })
+    .await;
 }
 
 async fn serve_stream(
@@ -142,7 +107,7 @@ async fn serve_stream(
     client: SocketAddr,
 ) {
     let state = waypoint.state.current();
-    let target = connect_target(&request).and_then(|dialled| {
+    let target = hbone::connect_authority(&request).and_then(|dialled| {
         state
             .served(dialled)
             .cloned()
@@ -244,33 +209,6 @@ fn classify(prefix: &[u8]) -> Option<Protocol> {
         }
     }
     (prefix.len() > MAX_METHOD_LEN).then_some(Protocol::Opaque)
-}
-
-/// Where a CONNECT request goes: an IP address and port.
-fn connect_target(
-    request: &Request<h2::RecvStream>,
-) -> Result<SocketAddr, (StatusCode, &'static str)> {
-    if request.method() != Method::CONNECT {
-        return Err((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only CONNECT is served on the HBONE port",
-        ));
-    }
-    request
-        .uri()
-        .authority()
-        .ok_or((
-            StatusCode::BAD_REQUEST,
-            "the CONNECT request has no authority",
-        ))?
-        .as_str()
-        .parse()
-        .map_err(|_| {
-            (
-                StatusCode::BAD_REQUEST,
-                "the authority is not an IP address and port",
-            )
-        })
 }
 
 fn empty_response(status: StatusCode) -> Response<()> {

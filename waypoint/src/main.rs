@@ -4,6 +4,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use mesh_core::{identity::SpiffeId, published::Published, route::RouteTable};
+use node_agent::{kube_source::KubeSettings, source::Source};
 use tokio_util::sync::CancellationToken;
 use waypoint::{
     Waypoint, admin,
@@ -44,25 +45,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let id = SpiffeId::new(&config.trust_domain, &config.namespace, &config.name)?;
     let identity = Arc::new(identity(&config, id).await?);
     let cancel = CancellationToken::new();
-    let state: state::SharedState = match &config.config {
-        Some(path) => {
-            let first = state::load(path, &name, &RouteTable::default()).map_err(|error| {
-                anyhow::anyhow!(
-                    "{error}\nhint: the waypoint reads the same file as the node agents (--config)"
-                )
-            })?;
-            let state = Arc::new(Published::new(first));
-            tokio::spawn(state::watch(
-                path.clone(),
-                name.clone(),
-                state.clone(),
-                config.config_poll,
-                cancel.clone(),
-            ));
-            state
-        }
-        None => kubernetes(&config, &name, &cancel).await?,
-    };
+    let state = configuration(&config, &name, &cancel).await?;
     let hbone = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HBONE on {}: {e}", config.listen))?;
@@ -99,32 +82,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kubernetes mode: watches the API server as the node agents do (every
-/// pod is another node's to the waypoint, so none is enrolled) and waits
-/// for the first complete view before serving.
-async fn kubernetes(
+/// The configuration, from the file or the API server as the node agents
+/// read it (in Kubernetes mode no pod is on the waypoint's "node": it
+/// enrolls nothing and sees every pod as a destination); waits for the
+/// first complete view, then follows every change.
+async fn configuration(
     config: &Config,
     name: &state::WaypointName,
     cancel: &CancellationToken,
 ) -> anyhow::Result<state::SharedState> {
-    use node_agent::kube_source::{self, KubeSettings};
-    let settings = KubeSettings {
-        // No pod is on the waypoint's "node": it enrolls nothing and sees
-        // every pod as a destination.
-        node: String::new(),
-        cgroup_root: std::path::PathBuf::from("/nonexistent"),
-        api_url: config.kube_api_url.clone(),
+    let source = match &config.config {
+        Some(path) => Source::File {
+            path: path.clone(),
+            poll: config.config_poll,
+        },
+        None => Source::Kubernetes(KubeSettings {
+            node: String::new(),
+            cgroup_root: std::path::PathBuf::from("/nonexistent"),
+            api_url: config.kube_api_url.clone(),
+        }),
     };
-    let client = kube_source::client(&settings).await.map_err(|error| {
-        anyhow::anyhow!("{error}\nhint: check --kube-api-url, or the pod's service account")
-    })?;
-    let (publish, mut snapshots) =
-        tokio::sync::watch::channel(Arc::new(mesh_core::local_config::LocalSnapshot::default()));
-    tokio::spawn(kube_source::run(client, settings, publish, cancel.clone()));
-    tracing::info!("waiting for the API server's objects");
+    let hint = match source {
+        Source::File { .. } => "the waypoint reads the same file as the node agents (--config)",
+        Source::Kubernetes(_) => "check --kube-api-url, or the pod's service account",
+    };
+    let (publish, mut snapshots) = source
+        .initial()
+        .map_err(|error| anyhow::anyhow!("{error}\nhint: {hint}"))?;
+    source
+        .clone()
+        .start(publish, cancel.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}\nhint: {hint}"))?;
     tokio::select! {
-        changed = snapshots.changed() => changed.map_err(|_| anyhow::anyhow!("the Kubernetes watch stopped"))?,
-        () = shutdown_signal() => anyhow::bail!("interrupted before the API server answered"),
+        () = source.wait_for_first(&snapshots, cancel) => {}
+        () = shutdown_signal() => anyhow::bail!("interrupted before the configuration was read"),
     }
     let first = snapshots.borrow_and_update().as_ref().clone();
     let state = Arc::new(Published::new(state::State::build(

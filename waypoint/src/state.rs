@@ -6,14 +6,12 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::Path,
     sync::Arc,
-    time::{Duration, SystemTime},
 };
 
 use mesh_core::{
     identity::SpiffeId,
-    local_config::{self, LocalSnapshot},
+    local_config::LocalSnapshot,
     policy::{DEFAULT_ROOT_NAMESPACE, PolicySet},
     published::Published,
     route::{RouteError, RouteTable},
@@ -67,6 +65,12 @@ impl State {
     /// their version from `previous`.
     #[must_use]
     pub fn build(snapshot: LocalSnapshot, me: &WaypointName, previous: &RouteTable) -> Self {
+        for rejected in &snapshot.rejected_services {
+            tracing::warn!(service = %rejected.service, reason = %rejected.reason, "service rejected");
+        }
+        for policy in snapshot.policies.iter().filter(|p| p.rejected.is_some()) {
+            tracing::warn!(policy = %policy.key, status = %policy.status(), "policy rejected; it fails closed");
+        }
         let services: HashMap<ServiceKey, Arc<Service>> = snapshot
             .services
             .iter()
@@ -109,6 +113,9 @@ impl State {
             })
         };
         let route_errors = routes.apply(&snapshot.routes, &exists);
+        for error in &route_errors {
+            tracing::warn!(route = %error.route, %error, "route rejected; its previous version, if any, stays");
+        }
         Self {
             policies: PolicySet::new(snapshot.policies, DEFAULT_ROOT_NAMESPACE),
             services,
@@ -161,28 +168,10 @@ impl State {
     }
 }
 
-/// Loads `path` into a new state; on a file that cannot be read or parsed
-/// the error is returned and the caller keeps its current state.
-pub fn load(
-    path: &Path,
-    me: &WaypointName,
-    previous: &RouteTable,
-) -> Result<State, local_config::LocalConfigError> {
-    let snapshot = local_config::load(path)?;
-    for rejected in &snapshot.rejected_services {
-        tracing::warn!(service = %rejected.service, reason = %rejected.reason, "service rejected");
-    }
-    for policy in snapshot.policies.iter().filter(|p| p.rejected.is_some()) {
-        tracing::warn!(policy = %policy.key, status = %policy.status(), "policy rejected; it fails closed");
-    }
-    let state = State::build(snapshot, me, previous);
-    log_rejections(&state);
-    Ok(state)
-}
-
-/// Builds a new state from each snapshot `snapshots` receives (Kubernetes
-/// mode: the node agents' watch of the API server), publishing it; returns
-/// when the sender is gone or `cancel` fires.
+/// Builds a new state from each snapshot `snapshots` receives (the node
+/// agents' configuration source: the file's poller or the watch of the API
+/// server), publishing it; returns when the sender is gone or `cancel`
+/// fires.
 pub async fn follow(
     mut snapshots: tokio::sync::watch::Receiver<Arc<LocalSnapshot>>,
     me: WaypointName,
@@ -197,7 +186,6 @@ pub async fn follow(
         let snapshot = snapshots.borrow_and_update().as_ref().clone();
         let previous = state.current();
         let next = State::build(snapshot, &me, &previous.routes);
-        log_rejections(&next);
         tracing::info!(
             services = next.served.len(),
             routes = next.routes.routes().count(),
@@ -205,54 +193,5 @@ pub async fn follow(
             "cluster state changed"
         );
         state.publish(next);
-    }
-}
-
-fn log_rejections(state: &State) {
-    for error in &state.route_errors {
-        tracing::warn!(route = %error.route, %error, "route rejected; its previous version, if any, stays");
-    }
-}
-
-/// Re-reads `path` whenever its modification time or size changes, every
-/// `poll`, publishing each version that loads; returns when `cancel` fires.
-pub async fn watch(
-    path: std::path::PathBuf,
-    me: WaypointName,
-    state: SharedState,
-    poll: Duration,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-    };
-    let mut seen = stamp(&path);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(poll) => {}
-        }
-        let now = stamp(&path);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        let previous = state.current();
-        match load(&path, &me, &previous.routes) {
-            Ok(next) => {
-                tracing::info!(
-                    services = next.served.len(),
-                    routes = next.routes.routes().count(),
-                    rejected_routes = next.route_errors.len(),
-                    "configuration reloaded"
-                );
-                state.publish(next);
-            }
-            Err(error) => {
-                tracing::error!(%error, "configuration not reloaded; the previous one stays");
-            }
-        }
     }
 }

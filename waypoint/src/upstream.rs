@@ -32,7 +32,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
-use tokio_rustls::TlsConnector;
 
 use crate::{h2io::H2Io, identity::WaypointIdentity, state::SharedState};
 
@@ -86,6 +85,9 @@ pub enum UpstreamError {
     /// The endpoint's circuit breaker allows no more connections.
     #[error("{0}")]
     Overflow(#[from] crate::resilience::circuit::Overflow),
+    /// The TLS or HTTP/2 handshake with the endpoint's agent failed.
+    #[error(transparent)]
+    Handshake(#[from] hbone::HandshakeError),
     /// No TLS configuration could be built.
     #[error(transparent)]
     TlsConfig(#[from] tls::TlsError),
@@ -261,21 +263,7 @@ impl ConnectorInner {
             self.identity.clone(),
             self.identity.roots(),
         )?;
-        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|error| UpstreamError::Tls {
-                addr,
-                reason: tls::handshake_failure(&error),
-            })?;
-        let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(hbone::STREAM_WINDOW)
-            .initial_connection_window_size(hbone::CONNECTION_WINDOW)
-            .max_frame_size(hbone::MAX_FRAME_SIZE)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|source| UpstreamError::H2 { addr, source })?;
+        let (send, connection) = hbone::connect(tcp, Arc::new(config), addr).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%addr, %error, "HBONE connection to a backend ended");

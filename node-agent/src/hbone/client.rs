@@ -20,13 +20,8 @@ use std::{
 use bytes::Bytes;
 use h2::{SendStream, client::SendRequest};
 use mesh_core::identity::SpiffeId;
-use rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
-use super::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION,
-    SPREAD_CONNECTIONS, STREAM_WINDOW,
-};
+use super::{HboneError, MAX_STREAMS_PER_CONNECTION, SPREAD_CONNECTIONS};
 use crate::{
     authz::Authorization,
     proxy::{ByteCounts, PodContext},
@@ -146,25 +141,7 @@ async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Byte
             other => HboneError::Socket(std::io::Error::other(other.to_string())),
         })?;
     let config = context.certs.client_config(&context.identity, &key.peer)?;
-    let handshake = async {
-        let tls = TlsConnector::from(config)
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(|error| HboneError::Tls {
-                addr,
-                reason: crate::tls::handshake_failure(&error),
-            })?;
-        h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|source| HboneError::H2 { addr, source })
-    };
-    let (send, connection) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| HboneError::Timeout(addr))??;
+    let (send, connection) = mesh_core::hbone::connect(tcp, config, addr).await?;
     let pod = context.pod.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {

@@ -12,6 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
+use mesh_core::hbone::h2_to_io;
 use tokio::net::TcpStream;
 
 use crate::copy::{ChunkReader, shutdown_write, write_all};
@@ -77,16 +78,6 @@ async fn stream_to_tcp(
     }
     // END_STREAM: pass the half-close on.
     shutdown_write(tcp)
-}
-
-fn h2_to_io(error: h2::Error) -> io::Error {
-    if error.is_io() {
-        error
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
-    } else {
-        io::Error::other(error)
-    }
 }
 
 #[cfg(test)]

@@ -12,24 +12,18 @@ use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use mesh_core::{identity::SpiffeId, policy::Request as AuthzRequest};
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
-};
 use crate::{
     authz::{Authorization, Check, EnforcementPoint},
     connections::{Flow, Security},
     metrics::tcp::ResponseFlags,
     proxy::{Direction, Finished, PodContext, UpstreamSource, until_revoked},
-    tls,
 };
 
 /// Serves HBONE on `listeners` until cancelled.
@@ -71,48 +65,10 @@ async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: Sock
             return;
         }
     };
-    let handshake = async {
-        let tls = TlsAcceptor::from(config)
-            .accept(tcp)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {}", tls::handshake_failure(&e)))?;
-        let peer = tls::peer_identity(tls.get_ref().1.peer_certificates())
-            .ok_or_else(|| "the client certificate carries no SPIFFE id".to_owned())?;
-        let connection = h2::server::Builder::new()
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
-        Ok::<_, String>((peer, connection))
-    };
-    let (peer, mut connection) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "HBONE connection refused");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("HBONE handshake timed out");
-            return;
-        }
-    };
-    tracing::Span::current().record("peer", tracing::field::display(&peer));
-    while let Some(next) = connection.accept().await {
-        match next {
-            Ok((request, respond)) => {
-                let stream = serve_stream(context.clone(), request, respond, peer.clone(), client);
-                tokio::spawn(stream.in_current_span());
-            }
-            Err(error) => {
-                tracing::debug!(%error, "HBONE connection ended");
-                break;
-            }
-        }
-    }
+    mesh_core::hbone::serve(tcp, config, |request, respond, peer| {
+        serve_stream(context.clone(), request, respond, peer, client)
+    })
+    .await;
 }
 
 async fn serve_stream(
@@ -214,22 +170,7 @@ fn connect_target(
     context: &PodContext,
     request: &Request<h2::RecvStream>,
 ) -> Result<SocketAddr, (StatusCode, &'static str)> {
-    if request.method() != Method::CONNECT {
-        return Err((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only CONNECT is served on the HBONE port",
-        ));
-    }
-    let authority = request.uri().authority().ok_or((
-        StatusCode::BAD_REQUEST,
-        "the CONNECT request has no authority",
-    ))?;
-    let dst: SocketAddr = authority.as_str().parse().map_err(|_| {
-        (
-            StatusCode::BAD_REQUEST,
-            "the authority is not an IP address and port",
-        )
-    })?;
+    let dst = mesh_core::hbone::connect_authority(request)?;
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     if !context.pod_ips.contains(&dst.ip()) {
         return Err((

@@ -41,14 +41,8 @@ pub(super) async fn forward(
     let peer = workloads.by_ip(dst.ip()).cloned();
     drop(workloads);
     let mut flow = Flow {
-        direction: Direction::Outbound,
-        pod: context.pod.to_string(),
-        src,
-        dst,
-        src_identity: Some(context.identity.to_string()),
         dst_identity: peer.as_ref().map(|p| p.identity.to_string()),
-        security: Security::Plaintext,
-        authorization: None,
+        ..outbound_flow(&context, src, dst)
     };
     let stats = &context.stats.outbound;
     match peer {
@@ -134,14 +128,9 @@ async fn via_waypoint(
     pick: Pick,
 ) -> Result<Finished, ProxyError> {
     let flow = Flow {
-        direction: Direction::Outbound,
-        pod: context.pod.to_string(),
-        src,
-        dst: dialled,
-        src_identity: Some(context.identity.to_string()),
         dst_identity: Some(waypoint.identity.to_string()),
         security: Security::MutualTls,
-        authorization: None,
+        ..outbound_flow(context, src, dialled)
     };
     tracing::debug!(waypoint = %waypoint.service, endpoint = %pick.endpoint, "through the waypoint");
     let hbone = context
@@ -161,6 +150,21 @@ async fn via_waypoint(
         &context.stats.outbound,
         &[stream],
     ))
+}
+
+/// A connection of this pod from `src` to `dst`, as yet plaintext, to no
+/// known identity and without a verdict.
+fn outbound_flow(context: &PodContext, src: SocketAddr, dst: SocketAddr) -> Flow {
+    Flow {
+        direction: Direction::Outbound,
+        pod: context.pod.to_string(),
+        src,
+        dst,
+        src_identity: Some(context.identity.to_string()),
+        dst_identity: None,
+        security: Security::Plaintext,
+        authorization: None,
+    }
 }
 
 /// Where a connection goes, once its cluster IP is resolved.
@@ -202,16 +206,6 @@ fn resolve_service(
             addr: dialled,
         }
     };
-    let flow = Flow {
-        direction: Direction::Outbound,
-        pod: context.pod.to_string(),
-        src,
-        dst: dialled,
-        src_identity: Some(context.identity.to_string()),
-        dst_identity: None,
-        security: Security::Plaintext,
-        authorization: None,
-    };
-    context.count_failed(&flow, &error);
+    context.count_failed(&outbound_flow(context, src, dialled), &error);
     Err(error)
 }
