@@ -130,10 +130,12 @@ pub struct LocalSnapshot {
 
 /// A Kubernetes custom resource (`AuthorizationPolicy`, `HTTPRoute`) as
 /// the local file would hold it: everything but the status, and of the
-/// metadata only the name and namespace. The rest is the API server's and
-/// the controller's bookkeeping; leaving it out means a policy is read, and
-/// a bad one rejected, with the same field paths as in the local file,
-/// wherever it is compiled (the agents, the controller's status).
+/// metadata the name, the namespace, and what routes read: ambit's
+/// annotations (`ambit.dev/...`) and the creation time (their precedence).
+/// The rest is the API server's and the controller's bookkeeping; leaving
+/// it out means an object is read, and a bad one rejected, with the same
+/// field paths as in the local file, wherever it is compiled (the agents,
+/// the waypoint, the controller's status).
 #[must_use]
 pub fn resource_as_written(object: &serde_yaml::Value) -> serde_yaml::Value {
     let mut value = object.clone();
@@ -144,7 +146,25 @@ pub fn resource_as_written(object: &serde_yaml::Value) -> serde_yaml::Value {
         .get_mut("metadata")
         .and_then(serde_yaml::Value::as_mapping_mut)
     {
-        metadata.retain(|key, _| key.as_str() == Some("name") || key.as_str() == Some("namespace"));
+        metadata.retain(|key, _| {
+            matches!(
+                key.as_str(),
+                Some("name" | "namespace" | "annotations" | "creationTimestamp")
+            )
+        });
+        if let Some(annotations) = metadata
+            .get_mut("annotations")
+            .and_then(serde_yaml::Value::as_mapping_mut)
+        {
+            annotations.retain(|key, _| key.as_str().is_some_and(|k| k.starts_with("ambit.dev/")));
+        }
+        if metadata
+            .get("annotations")
+            .and_then(serde_yaml::Value::as_mapping)
+            .is_some_and(serde_yaml::Mapping::is_empty)
+        {
+            metadata.remove("annotations");
+        }
     }
     value
 }

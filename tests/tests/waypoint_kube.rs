@@ -93,6 +93,38 @@ fn start_waypoint(tb: &Testbed, kube: &FakeKube, wp: &Pod) -> ambit_tests::Proc 
     waypoint
 }
 
+/// An `ambit.dev/` annotation set on the API server reaches the waypoint:
+/// fault injection aborts every request with 503; without it, v2 answers
+/// again.
+fn expect_faults(tb: &Testbed, kube: &FakeKube, client: &Pod, waypoint: &ambit_tests::Proc) {
+    let mut faulty = route(0, 100);
+    faulty["metadata"]["annotations"] = json!({"ambit.dev/fault-abort-status": "503"});
+    kube.apply(faulty).expect("annotate the route");
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..5 {
+        assert_eq!(status_of(tb, client), "503", "{}", waypoint.report());
+    }
+    kube.apply(route(0, 100)).expect("the route without faults");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(answered_by(tb, client), "v2", "{}", waypoint.report());
+}
+
+/// The status of a GET to the cluster IP from `client`.
+fn status_of(tb: &Testbed, client: &Pod) -> String {
+    let mut curl = std::process::Command::new("curl");
+    curl.args([
+        "-s",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .arg(format!("http://{BACKEND_IP}/"));
+    String::from_utf8_lossy(&tb.run_in_pod(client, curl).stdout).into_owned()
+}
+
 #[test]
 fn in_kubernetes_mode_the_waypoint_follows_the_api_server() {
     let mut tb = testbed_or_skip!("waypoint_kube");
@@ -189,6 +221,10 @@ fn in_kubernetes_mode_the_waypoint_follows_the_api_server() {
     for _ in 0..10 {
         assert_eq!(answered_by(&tb, &client), "v2", "{}", waypoint.report());
     }
+
+    // ambit's settings on the route reach the waypoint: every request
+    // aborted with 503 by fault injection.
+    expect_faults(&tb, &kube, &client, &waypoint);
 
     // An invalid route is refused and the last good version stays.
     let mut broken = route(0, 100);

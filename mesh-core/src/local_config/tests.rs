@@ -209,4 +209,18 @@ fn a_resource_as_written_keeps_its_fields_but_not_the_servers_bookkeeping() {
     )
     .unwrap();
     assert_eq!(written, expected);
+
+    // A route's settings and its age (precedence) stay; other annotations
+    // (kubectl's copy of the object) do not.
+    let route: serde_yaml::Value = serde_yaml::from_str(
+        "{metadata: {name: r, namespace: b, creationTimestamp: '2026-11-22T08:00:00Z',
+          annotations: {ambit.dev/rate-limit: '5', kubectl.kubernetes.io/last-applied-configuration: '{}'}}}",
+    )
+    .unwrap();
+    let expected: serde_yaml::Value = serde_yaml::from_str(
+        "{metadata: {name: r, namespace: b, creationTimestamp: '2026-11-22T08:00:00Z',
+          annotations: {ambit.dev/rate-limit: '5'}}}",
+    )
+    .unwrap();
+    assert_eq!(resource_as_written(&route), expected);
 }
