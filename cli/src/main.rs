@@ -16,11 +16,16 @@
 //! FILTERS: --namespace NS, --workload NAME|NS/NAME, --node NODE; -o table|json|yaml everywhere
 //! ambit ca init --dir DIR [--trust-domain TD] [--validity-days N] [--force]
 //!                                        make a CA: DIR/ca.pem and DIR/ca-key.pem
+//! ambit waypoint apply -n NS [--name N] [--image I] [--wait SECS] [--dry-run]
+//! ambit waypoint list [-n NS]
+//! ambit waypoint delete -n NS [--name N]
+//!                                        a namespace's waypoint in Kubernetes
 //! ```
 //!
 //! The listings read the agent's admin API (`--admin`, default
 //! `127.0.0.1:15000`, or `AMBIT_ADMIN_ADDR`), so run them in the agent's
-//! network namespace. Exit codes: 0 success, 1 the command failed (the agent
+//! network namespace. `waypoint` talks to the API server (`--kube-api-url`,
+//! else the kubeconfig or the in-cluster configuration). Exit codes: 0 success, 1 the command failed (the agent
 //! could not be reached or answered an error, a check failed, the CA files
 //! exist, ...), 2 bad usage.
 
@@ -38,6 +43,7 @@ mod check;
 mod listing;
 mod render;
 mod table;
+mod waypoint;
 
 /// ambit: inspect and operate the mesh.
 #[derive(Debug, Parser)]
@@ -122,6 +128,8 @@ enum Command {
         #[command(subcommand)]
         command: ca::CaCommand,
     },
+    /// A namespace's waypoint (L7 proxy) in Kubernetes: apply, list, delete.
+    Waypoint(waypoint::WaypointArgs),
 }
 
 /// Output format of listing commands.
@@ -223,6 +231,7 @@ fn run(cli: &Cli) -> Result<String, Box<dyn Error>> {
         Command::Ca {
             command: ca::CaCommand::Init(args),
         } => Ok(ca::init(args)?.render(cli.output)),
+        Command::Waypoint(args) => Ok(waypoint::run(args, cli.output)?),
     }
 }
 

@@ -342,7 +342,7 @@ fn timestamp(secs: &Value) -> String {
 }
 
 /// A duration for people: `3d4h`, `5h12m`, `7m3s`, `42s`.
-fn duration(secs: u64) -> String {
+pub fn duration(secs: u64) -> String {
     let (days, hours, minutes, seconds) = (
         secs / 86_400,
         secs % 86_400 / 3600,

@@ -1,7 +1,9 @@
 //! The CA, loaded from its Secret and followed: a new `ca.crt`/`ca.key`
 //! signs from the moment it arrives, and the trust bundle (the CA and the
 //! extra roots of `trust-bundle.pem`) is published in the `ConfigMap` the
-//! agents mount. A bad Secret is logged and the last good CA stays.
+//! agents mount, in the controller's namespace and in every namespace that
+//! holds a waypoint (a `ServiceAccount` labelled `ambit.dev/waypoint`), where
+//! the waypoint mounts it. A bad Secret is logged and the last good CA stays.
 
 use std::{
     collections::BTreeMap,
@@ -12,17 +14,17 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt as _, watcher},
 };
 use mesh_core::ca::{CaError, CertificateAuthority, TrustBundle, sha256_fingerprint};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::config::Config;
+use crate::{config::Config, signing::WAYPOINT_LABEL};
 
 /// The `ConfigMap` the trust bundle is published in, key [`BUNDLE_KEY`].
 pub const BUNDLE_CONFIGMAP: &str = "ambit-trust-bundle";
@@ -104,7 +106,7 @@ impl CaStore {
                 source,
             })?;
         let state = state_from_secret(&secret, config)?;
-        publish_bundle(&client, config, &state.bundle).await;
+        publish_everywhere(&client, config, &state.bundle).await;
         Ok(Self {
             current: RwLock::new(Arc::new(state)),
         })
@@ -179,11 +181,38 @@ fn serving_certificate(
     Ok(Arc::new(CertifiedKey::new(issued.chain, signing_key)))
 }
 
-/// Writes the bundle into the `ConfigMap`, creating it if needed, unless it
-/// already holds it. Failures are logged: the CA still signs, and the next
-/// check ([`BUNDLE_CHECK`]) tries again.
-async fn publish_bundle(client: &Client, config: &Config, bundle: &TrustBundle) {
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &config.namespace);
+/// Publishes the bundle in the controller's namespace and in every
+/// namespace that holds a waypoint's `ServiceAccount`. A failed list of the
+/// accounts is logged; the own namespace is published regardless.
+async fn publish_everywhere(client: &Client, config: &Config, bundle: &TrustBundle) {
+    publish_bundle(client, &config.namespace, bundle).await;
+    let accounts: Api<ServiceAccount> = Api::all(client.clone());
+    match accounts
+        .list_metadata(&ListParams::default().labels(WAYPOINT_LABEL))
+        .await
+    {
+        Ok(list) => {
+            let namespaces: std::collections::BTreeSet<String> = list
+                .items
+                .into_iter()
+                .filter_map(|account| account.metadata.namespace)
+                .filter(|namespace| *namespace != config.namespace)
+                .collect();
+            for namespace in namespaces {
+                publish_bundle(client, &namespace, bundle).await;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot list waypoint service accounts; their namespaces keep the last bundle; retrying");
+        }
+    }
+}
+
+/// Writes the bundle into the `ConfigMap` in `namespace`, creating it if
+/// needed, unless it already holds it. Failures are logged: the CA still
+/// signs, and the next check ([`BUNDLE_CHECK`]) tries again.
+async fn publish_bundle(client: &Client, namespace: &str, bundle: &TrustBundle) {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let pem = bundle.to_pem();
     let data = BTreeMap::from([(BUNDLE_KEY.to_owned(), pem)]);
     let result = match configmaps.get_opt(BUNDLE_CONFIGMAP).await {
@@ -200,7 +229,11 @@ async fn publish_bundle(client: &Client, config: &Config, bundle: &TrustBundle) 
             let configmap = ConfigMap {
                 metadata: kube::api::ObjectMeta {
                     name: Some(BUNDLE_CONFIGMAP.to_owned()),
-                    namespace: Some(config.namespace.clone()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/part-of".to_owned(),
+                        "ambit".to_owned(),
+                    )])),
                     ..Default::default()
                 },
                 data: Some(data),
@@ -213,7 +246,7 @@ async fn publish_bundle(client: &Client, config: &Config, bundle: &TrustBundle) 
         }
         Err(error) => Err(error),
     };
-    let configmap = format!("{}/{BUNDLE_CONFIGMAP}", config.namespace);
+    let configmap = format!("{namespace}/{BUNDLE_CONFIGMAP}");
     match result {
         Ok(()) => {
             tracing::info!(%configmap, roots = bundle.roots().len(), "trust bundle published");
@@ -225,8 +258,9 @@ async fn publish_bundle(client: &Client, config: &Config, bundle: &TrustBundle) 
 }
 
 /// Follows the Secret: each change that loads replaces the CA and
-/// republishes the bundle; one that does not is logged and ignored. Every
-/// [`BUNDLE_CHECK`] the `ConfigMap` is compared with the current bundle and
+/// republishes the bundle; one that does not is logged and ignored. A new
+/// waypoint `ServiceAccount` gets the bundle in its namespace at once. Every
+/// [`BUNDLE_CHECK`] each `ConfigMap` is compared with the current bundle and
 /// rewritten if it differs (a failed write, or someone's edit).
 pub async fn follow(store: Arc<CaStore>, client: Client, config: Config) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
@@ -234,6 +268,12 @@ pub async fn follow(store: Arc<CaStore>, client: Client, config: Config) {
         watcher::Config::default().fields(&format!("metadata.name={}", config.ca_secret));
     let mut events = pin!(
         watcher(secrets, selector)
+            .default_backoff()
+            .applied_objects()
+    );
+    let accounts: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
+    let mut waypoint_accounts = pin!(
+        watcher(accounts, watcher::Config::default().labels(WAYPOINT_LABEL))
             .default_backoff()
             .applied_objects()
     );
@@ -246,7 +286,20 @@ pub async fn follow(store: Arc<CaStore>, client: Client, config: Config) {
                 None => return,
             },
             _ = check.tick() => {
-                publish_bundle(&client, &config, &store.current().bundle).await;
+                publish_everywhere(&client, &config, &store.current().bundle).await;
+                continue;
+            }
+            Some(account) = waypoint_accounts.next() => {
+                match account {
+                    Ok(account) => {
+                        if let Some(namespace) = account.metadata.namespace {
+                            publish_bundle(&client, &namespace, &store.current().bundle).await;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "watching waypoint service accounts failed; retrying");
+                    }
+                }
                 continue;
             }
         };
@@ -257,7 +310,7 @@ pub async fn follow(store: Arc<CaStore>, client: Client, config: Config) {
                     let changed = state.bundle.roots() != current.bundle.roots()
                         || state.ca.certificate_der() != current.ca.certificate_der();
                     if changed {
-                        publish_bundle(&client, &config, &state.bundle).await;
+                        publish_everywhere(&client, &config, &state.bundle).await;
                         store.replace(state);
                         tracing::info!(
                             ca_sha256 = %sha256_fingerprint(store.current().ca.certificate_der()),

@@ -164,8 +164,13 @@ impl Setup {
     /// The trust bundle the controller publishes (`ConfigMap`
     /// `ambit-trust-bundle`, key `ca.crt`).
     fn published_bundle(&self) -> String {
+        self.published_bundle_in("ambit-system")
+    }
+
+    /// The trust bundle published in `namespace`, or empty.
+    fn published_bundle_in(&self, namespace: &str) -> String {
         self.kube
-            .get("configmaps", "ambit-system", "ambit-trust-bundle")
+            .get("configmaps", namespace, "ambit-trust-bundle")
             .ok()
             .flatten()
             .and_then(|cm| cm["data"]["ca.crt"].as_str().map(str::to_owned))
@@ -606,6 +611,7 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
     let Some(s) = setup("controller_waypoint") else {
         return;
     };
+    let bundle_file = trust_bundle_published_for_waypoints(&s);
     s.kube
         .apply(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "wp-1", "namespace": "shop", "labels": {"ambit.dev/waypoint": "wp"}},
@@ -669,7 +675,7 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
         .arg("--ca-token-file")
         .arg(&token_file)
         .arg("--trust-bundle")
-        .arg(&ca)
+        .arg(&bundle_file)
         .args([
             "--pod-name",
             "wp-1",
@@ -691,6 +697,36 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
         l.contains("certificate signed") && l.contains("shop/wp-1") && l.contains("/sa/wp")
     });
     assert!(signed.is_some(), "{}", s.controller.report());
+}
+
+/// A waypoint's account appears (as `ambit waypoint apply` writes it): the
+/// trust bundle is published in its namespace, which the waypoint mounts; a
+/// namespace without a waypoint gets none. Returns the bundle as a file.
+fn trust_bundle_published_for_waypoints(s: &Setup) -> PathBuf {
+    assert!(s.published_bundle_in("shop").is_empty());
+    for (namespace, labels) in [
+        ("shop", json!({"ambit.dev/waypoint": "wp"})),
+        ("plain", json!({})),
+    ] {
+        s.kube
+            .apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "wp", "namespace": namespace, "labels": labels}}))
+            .expect("an account");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.published_bundle_in("shop").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no trust bundle in the waypoint's namespace\n{}",
+            s.controller.report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.published_bundle_in("shop"), s.published_bundle());
+    assert!(s.published_bundle_in("plain").is_empty());
+    let bundle_file = s.tb.run_dir().join("shop-trust-bundle.pem");
+    std::fs::write(&bundle_file, s.published_bundle_in("shop")).expect("bundle file");
+    bundle_file
 }
 
 /// A pod of the `shop` namespace on `node` as the kubelet would run it: the

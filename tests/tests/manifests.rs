@@ -24,6 +24,7 @@ const VENV: &str = "/opt/ambit-tools/kubernetes-validate";
 const CRD: &str = "manifests/crds/authorizationpolicies.security.ambit.dev.yaml";
 const AGENT_CONFIG: &str = "node-agent/src/config.rs";
 const CONTROLLER_CONFIG: &str = "controller/src/config.rs";
+const WAYPOINT_CONFIG: &str = "waypoint/src/config.rs";
 const SETUP_HINT: &str = "run `cargo xtask setup` (it installs kubectl and kubernetes-validate)";
 
 /// The capabilities the agent holds; docs/install.md says why for each.
@@ -164,6 +165,7 @@ fn kustomize_builds_the_agent_controller_crd_and_least_privilege_rbac() {
         ("ClusterRole", "ambit-controller"),
         ("ClusterRoleBinding", "ambit-node-agent"),
         ("ClusterRoleBinding", "ambit-controller"),
+        ("ClusterRole", "ambit-waypoint"),
         ("Role", "ambit-controller"),
         ("RoleBinding", "ambit-controller"),
         ("DaemonSet", "ambit-node-agent"),
@@ -422,6 +424,161 @@ fn rbac_gives_the_agent_reads_only_and_the_controller_its_own_secret_only() {
             }
         }
     }
+}
+
+/// What `ambit waypoint apply` writes (`--dry-run`): valid for the
+/// Kubernetes versions ambit supports; the container's flags and variables
+/// are the waypoint's own; its certificate inputs are mounted where the
+/// variables point; the pod carries what the controller requires of a
+/// waypoint; the Service finds the pods on the port the agents dial; the
+/// account is bound to the read-only `ambit-waypoint` role of the build.
+#[test]
+fn the_waypoint_as_applied_matches_its_settings_and_role() {
+    let out = run(
+        ambit_tests::Testbed::bin("ambit"),
+        &[
+            "waypoint",
+            "apply",
+            "--dry-run",
+            "-n",
+            "shop",
+            "--name",
+            "wp",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let docs: Vec<Value> =
+        serde_yaml::from_value(serde_yaml::to_value(&json).expect("as YAML")).expect("documents");
+    let dir = tempdir("waypoint");
+    let file = dir.join("waypoint.yaml");
+    let yaml = docs.iter().fold(String::new(), |yaml, doc| {
+        yaml + "---\n" + &serde_yaml::to_string(doc).expect("YAML")
+    });
+    std::fs::write(&file, yaml).expect("write");
+    for version in KUBERNETES_VERSIONS {
+        let validated = kubernetes_validate(&file, version);
+        assert!(
+            validated.status.success(),
+            "the applied waypoint, {version}:\n{}",
+            text(&validated)
+        );
+    }
+
+    let deployment = find(&docs, "Deployment", "wp");
+    the_waypoint_pod_matches_its_settings(&deployment["spec"]["template"]);
+
+    let service = find(&docs, "Service", "wp");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        service["metadata"]["labels"]["ambit.dev/waypoint"], "wp",
+        "the waypoint's own Service never goes through a waypoint"
+    );
+    assert_eq!(
+        named(&service["spec"]["ports"], "hbone")["port"].as_u64(),
+        Some(15008)
+    );
+    assert_eq!(
+        find(&docs, "ServiceAccount", "wp")["metadata"]["labels"]["ambit.dev/waypoint"],
+        "wp",
+        "the controller publishes the trust bundle where such accounts live"
+    );
+
+    let binding = find(&docs, "ClusterRoleBinding", "ambit-waypoint:shop:wp");
+    assert_eq!(binding["roleRef"]["name"], "ambit-waypoint");
+    assert_eq!(binding["subjects"][0]["name"], "wp");
+    assert_eq!(binding["subjects"][0]["namespace"], "shop");
+    let (_, built) = built();
+    let role = find(&built, "ClusterRole", "ambit-waypoint");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        assert_eq!(
+            strings(&rule["verbs"]),
+            ["get", "list", "watch"],
+            "{rule:?}"
+        );
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                granted.insert((group.clone(), resource));
+            }
+        }
+    }
+    let expected: BTreeSet<(String, String)> = AGENT_RESOURCES
+        .iter()
+        .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
+        .collect();
+    assert_eq!(granted, expected, "the waypoint reads what the agents read");
+}
+
+/// The waypoint's pod template: what the controller requires of a
+/// waypoint, flags and variables the waypoint reads, certificate inputs
+/// mounted where the variables point, its ports and readiness.
+fn the_waypoint_pod_matches_its_settings(pod: &Value) {
+    assert_eq!(pod["metadata"]["labels"]["ambit.dev/waypoint"], "wp");
+    assert_eq!(pod["metadata"]["labels"]["ambit.dev/mesh"], "disabled");
+    assert_eq!(pod["spec"]["serviceAccountName"], "wp");
+    let container = &pod["spec"]["containers"][0];
+    let flags: Vec<String> = strings(&container["args"])
+        .into_iter()
+        .filter(|a| a.starts_with("--"))
+        .collect();
+    let mut settings = container.clone();
+    settings["args"] = serde_yaml::to_value(&flags).expect("flags");
+    let unknown = unknown_settings(&settings, WAYPOINT_CONFIG);
+    assert!(
+        unknown.is_empty(),
+        "{WAYPOINT_CONFIG} does not read {unknown:?}"
+    );
+    assert_eq!(
+        named(&container["env"], "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let mount = |volume: &str| {
+        named(&container["volumeMounts"], volume)["mountPath"]
+            .as_str()
+            .expect("a mount path")
+            .to_owned()
+    };
+    let volumes = &pod["spec"]["volumes"];
+    assert_eq!(
+        named(volumes, "trust-bundle")["configMap"]["name"],
+        "ambit-trust-bundle"
+    );
+    assert_eq!(
+        env_value(container, "AMBIT_TRUST_BUNDLE"),
+        format!("{}/ca.crt", mount("trust-bundle"))
+    );
+    let token = &named(volumes, "ca-token")["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "ambit-ca");
+    assert_eq!(
+        env_value(container, "AMBIT_CA_TOKEN_FILE"),
+        format!(
+            "{}/{}",
+            mount("ca-token"),
+            token["path"].as_str().expect("path")
+        )
+    );
+    let port = |name: &str| named(&container["ports"], name)["containerPort"].as_u64();
+    assert_eq!(
+        port("hbone"),
+        Some(15008),
+        "the waypoint's default --listen port"
+    );
+    assert_eq!(
+        port("admin"),
+        Some(15020),
+        "the waypoint's default --admin port"
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"],
+        "/healthz/ready"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub const MTLS_LABEL: &str = "ambit.dev/mtls";
 /// The label on a Service that names the waypoint its traffic goes
 /// through (`none`: no waypoint).
 pub const USE_WAYPOINT_LABEL: &str = "ambit.dev/use-waypoint";
+/// The label on a waypoint's own objects (its Service, pods, account),
+/// naming it; a Service so labelled never goes through a waypoint.
+pub const WAYPOINT_LABEL: &str = "ambit.dev/waypoint";
 
 /// Whether a pod with `pod_labels` in a namespace with `namespace_labels`
 /// is in the mesh: `disabled` on the pod wins, then `enabled` on the pod or
@@ -223,7 +226,8 @@ pub fn namespace_labels<'a>(
 /// cluster IPs (none for a headless service), the ready endpoints of
 /// its `slices`, and the waypoint it uses: the Service's
 /// `ambit.dev/use-waypoint` label, else its namespace's (`namespace_labels`);
-/// `none` on the Service opts it out of its namespace's waypoint.
+/// `none` on the Service opts it out of its namespace's waypoint, and a
+/// waypoint's own Service (labelled `ambit.dev/waypoint`) has none.
 #[must_use]
 pub fn service<'a>(
     service: &KubeService,
@@ -267,15 +271,25 @@ pub fn service<'a>(
         ports,
         cluster_ips,
         endpoints: Some(slices.into_iter().flat_map(ready_endpoints).collect()),
-        waypoint: service
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(USE_WAYPOINT_LABEL))
-            .or_else(|| namespace_labels?.get(USE_WAYPOINT_LABEL))
-            .filter(|name| *name != "none")
-            .cloned(),
+        waypoint: waypoint_of(service.metadata.labels.as_ref(), namespace_labels),
     })
+}
+
+/// The waypoint a Service with `labels` in a namespace with
+/// `namespace_labels` goes through; see [`service`].
+#[must_use]
+pub fn waypoint_of(
+    labels: Option<&BTreeMap<String, String>>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Option<String> {
+    if labels.is_some_and(|labels| labels.contains_key(WAYPOINT_LABEL)) {
+        return None;
+    }
+    labels
+        .and_then(|labels| labels.get(USE_WAYPOINT_LABEL))
+        .or_else(|| namespace_labels?.get(USE_WAYPOINT_LABEL))
+        .filter(|name| *name != "none")
+        .cloned()
 }
 
 /// The ready endpoints of one `EndpointSlice` with its TCP ports. An

@@ -26,6 +26,14 @@ pub const RESOURCES: &[ResourceType] = &[
     resource("", "v1", "serviceaccounts", "ServiceAccount", true),
     resource("", "v1", "secrets", "Secret", true),
     resource("", "v1", "configmaps", "ConfigMap", true),
+    resource("apps", "v1", "deployments", "Deployment", true),
+    resource(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+    ),
     resource(
         "discovery.k8s.io",
         "v1",

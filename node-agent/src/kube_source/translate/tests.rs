@@ -87,7 +87,9 @@ fn a_service_uses_its_own_waypoint_label_else_its_namespaces() {
     let plain = service(json!({}));
     let own = service(json!({"ambit.dev/use-waypoint": "web-wp"}));
     let opted_out = service(json!({"ambit.dev/use-waypoint": "none"}));
+    let the_waypoints_own = service(json!({"ambit.dev/waypoint": "shop-wp"}));
     let waypoint = |svc: &KubeService, ns| super::service(svc, [], ns).unwrap().waypoint;
+    assert_eq!(waypoint(&the_waypoints_own, Some(&namespace)), None);
     assert_eq!(waypoint(&plain, None), None);
     assert_eq!(
         waypoint(&plain, Some(&namespace)).as_deref(),
