@@ -1,5 +1,6 @@
 //! `ambit-demo`: a two-node meshed cluster on this host, seven TCP flows
-//! through it, and a table of what the mesh did with each.
+//! through it, a table of what the mesh did with each, then L7 checks
+//! through a waypoint on two more nodes.
 //!
 //! The demo builds a test bed of simulated nodes and pods (network namespaces
 //! and cgroups), runs the real node agent on each node, and sends 1 MiB echo
@@ -18,7 +19,9 @@
 //!   plaintext when one end is outside the mesh;
 //! - the authorization verdict and the policy that decided it: `shop/cache`
 //!   admits only the shop's frontend and backend, so the legacy batch job's
-//!   plaintext connection to it is refused.
+//!   plaintext connection to it is refused;
+//! - L7 through a waypoint, on two more nodes: a 90/10 canary split and
+//!   HTTP authorization by method and principal (see `l7.rs`).
 //!
 //! `cargo xtask demo` builds the release binaries and runs this as root.
 //! Exit status: 0 when every flow behaved as expected, 1 when one did not or
@@ -38,6 +41,9 @@ use ambit_tests::{Pod, Proc, Testbed, interrupt};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
+
+#[path = "ambit-demo/l7.rs"]
+mod l7;
 
 /// The test bed's name, part of every namespace and cgroup it creates.
 const TESTBED_NAME: &str = "demo";
@@ -199,6 +205,8 @@ struct DemoReport {
     counters: BTreeMap<String, BTreeMap<String, u64>>,
     /// What `ambit` shows on each node at the end.
     inspections: Vec<Inspection>,
+    /// The waypoint's checks.
+    l7: Vec<l7::L7Check>,
 }
 
 /// One `ambit` command run on a node, and what it printed.
@@ -392,7 +400,11 @@ fn run_demo(
     }
     let inspections = inspect(testbed, agents, every_command)?;
     drop(pinger);
+    check_interrupted()?;
+    let l7 = l7::run(testbed, progress)
+        .map_err(|detail| DemoError::step("the waypoint part could not run".to_owned(), detail))?;
     Ok(DemoReport {
+        l7,
         flows_as_expected: flows.iter().filter(|flow| flow.as_expected).count(),
         flows_total: flows.len(),
         flows,
@@ -432,8 +444,12 @@ fn finish(
             }
         },
     }
-    if report.flows_as_expected == report.flows_total {
+    let l7_ok = report.l7.iter().all(|check| check.ok);
+    if report.flows_as_expected == report.flows_total && l7_ok {
         return ExitCode::SUCCESS;
+    }
+    if !l7_ok {
+        eprintln!("\nambit-demo: some waypoint checks did not behave as expected");
     }
     eprintln!("\nambit-demo: some flows did not behave as expected; the processes involved said:");
     for flow in report.flows.iter().filter(|flow| !flow.as_expected) {
@@ -910,6 +926,23 @@ fn render_report(report: &DemoReport) -> String {
         })
         .collect();
     out.push_str(&render_table(&header, &counter_rows));
+    let l7_rows: Vec<Vec<String>> = report
+        .l7
+        .iter()
+        .map(|check| {
+            vec![
+                check.request.clone(),
+                check.expected.clone(),
+                check.got.clone(),
+                if check.ok { "ok" } else { "NOT AS EXPECTED" }.to_owned(),
+            ]
+        })
+        .collect();
+    out.push_str("\nL7 through the waypoint shop/wp (Service shop/backend):\n");
+    out.push_str(&render_table(
+        &["REQUEST", "EXPECTED", "GOT", "RESULT"],
+        &l7_rows,
+    ));
     for inspection in &report.inspections {
         let _ = write!(
             out,
