@@ -393,15 +393,9 @@ struct Kube {
 
 impl Kube {
     async fn connect(url: Option<&str>) -> Result<Self, WaypointError> {
-        let config = match url {
-            Some(url) => kube::Config::new(
-                url.parse()
-                    .map_err(|e| WaypointError::Config(format!("bad URL {url:?}: {e}")))?,
-            ),
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| WaypointError::Config(e.to_string()))?,
-        };
+        let config = node_agent::kube_source::config_for(url)
+            .await
+            .map_err(|e| WaypointError::Config(e.to_string()))?;
         let server = config.cluster_url.to_string();
         let client = Client::try_from(config).map_err(|e| WaypointError::Config(e.to_string()))?;
         Ok(Self { client, server })

@@ -85,7 +85,15 @@ pub struct KubeSettings {
 
 /// A client for the API server `settings` name.
 pub async fn client(settings: &KubeSettings) -> Result<Client, KubeSourceError> {
-    let config = match &settings.api_url {
+    let config = config_for(settings.api_url.as_deref()).await?;
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+/// The client configuration for the API server at `api_url`, or (`None`)
+/// the one the environment names: in-cluster, else `KUBECONFIG` or
+/// `~/.kube/config`.
+pub async fn config_for(api_url: Option<&str>) -> Result<kube::Config, KubeSourceError> {
+    Ok(match api_url {
         Some(url) => kube::Config::new(
             url.parse()
                 .map_err(|e| KubeSourceError::Config(format!("bad --kube-api-url {url:?}: {e}")))?,
@@ -93,8 +101,7 @@ pub async fn client(settings: &KubeSettings) -> Result<Client, KubeSourceError> 
         None => kube::Config::infer()
             .await
             .map_err(|e| KubeSourceError::Config(e.to_string()))?,
-    };
-    Client::try_from(config).map_err(KubeSourceError::Client)
+    })
 }
 
 /// Watches the API server and publishes a snapshot whenever what it means

@@ -19,6 +19,18 @@ use crate::{
 
 /// The cluster IP of the Service `backend`.
 pub const VIP: &str = "10.96.0.20";
+/// A `policies:` section allowing only `client-a`'s GETs to the Service
+/// `backend` (the policy `shop/backend-get-only`), enforced by the waypoint.
+pub const GET_ONLY_FOR_CLIENT_A: &str = "policies:
+  - metadata: {name: backend-get-only, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, group: '', name: backend}]
+      action: ALLOW
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/shop/sa/client-a]}}]
+          to: [{operation: {methods: [GET]}}]
+";
+
 /// The waypoint's binary.
 pub const WAYPOINT_BIN: &str = "ambit-waypoint";
 /// The waypoint's admin port.

@@ -118,6 +118,34 @@ fn env_value<'a>(container: &'a Value, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{name} has no plain value"))
 }
 
+/// The (group, resource) pairs `role` grants, asserting it only reads.
+fn reads_only(role: &Value) -> BTreeSet<(String, String)> {
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        for verb in strings(&rule["verbs"]) {
+            assert!(
+                ["get", "list", "watch"].contains(&verb.as_str()),
+                "{} may {verb}: {rule:?}",
+                role["metadata"]["name"].as_str().unwrap_or("?")
+            );
+        }
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                granted.insert((group.clone(), resource));
+            }
+        }
+    }
+    granted
+}
+
+/// [`AGENT_RESOURCES`] as a set.
+fn agent_resources() -> BTreeSet<(String, String)> {
+    AGENT_RESOURCES
+        .iter()
+        .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
+        .collect()
+}
+
 /// The environment variables and flags a container is given that the
 /// binary's settings (`config_rs`) do not know: a typo is ignored at run
 /// time, so it is caught here.
@@ -379,26 +407,8 @@ fn the_controller_deployment_matches_its_settings_and_service() {
 #[test]
 fn rbac_gives_the_agent_reads_only_and_the_controller_its_own_secret_only() {
     let (_, docs) = built();
-    let role = find(&docs, "ClusterRole", "ambit-node-agent");
-    let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_sequence().expect("rules") {
-        for verb in strings(&rule["verbs"]) {
-            assert!(
-                ["get", "list", "watch"].contains(&verb.as_str()),
-                "the agent may {verb}: {rule:?}"
-            );
-        }
-        for group in strings(&rule["apiGroups"]) {
-            for resource in strings(&rule["resources"]) {
-                granted.insert((group.clone(), resource));
-            }
-        }
-    }
-    let expected: BTreeSet<(String, String)> = AGENT_RESOURCES
-        .iter()
-        .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
-        .collect();
-    assert_eq!(granted, expected, "the agent reads exactly these");
+    let granted = reads_only(find(&docs, "ClusterRole", "ambit-node-agent"));
+    assert_eq!(granted, agent_resources(), "the agent reads exactly these");
 
     // Each role is bound to its own service account only.
     for name in ["ambit-node-agent", "ambit-controller"] {
@@ -494,25 +504,12 @@ fn the_waypoint_as_applied_matches_its_settings_and_role() {
     assert_eq!(binding["subjects"][0]["name"], "wp");
     assert_eq!(binding["subjects"][0]["namespace"], "shop");
     let (_, built) = built();
-    let role = find(&built, "ClusterRole", "ambit-waypoint");
-    let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_sequence().expect("rules") {
-        assert_eq!(
-            strings(&rule["verbs"]),
-            ["get", "list", "watch"],
-            "{rule:?}"
-        );
-        for group in strings(&rule["apiGroups"]) {
-            for resource in strings(&rule["resources"]) {
-                granted.insert((group.clone(), resource));
-            }
-        }
-    }
-    let expected: BTreeSet<(String, String)> = AGENT_RESOURCES
-        .iter()
-        .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
-        .collect();
-    assert_eq!(granted, expected, "the waypoint reads what the agents read");
+    let granted = reads_only(find(&built, "ClusterRole", "ambit-waypoint"));
+    assert_eq!(
+        granted,
+        agent_resources(),
+        "the waypoint reads what the agents read"
+    );
 }
 
 /// The waypoint's pod template: what the controller requires of a

@@ -11,7 +11,7 @@ use std::{
 
 use ambit_tests::{
     Pod, Testbed, testbed_or_skip,
-    waypoint::{VIP, WaypointMesh},
+    waypoint::{GET_ONLY_FOR_CLIENT_A, VIP, WaypointMesh},
     workload::{pod_tool, try_send},
 };
 
@@ -289,15 +289,7 @@ fn the_circuit_breaker_sheds_load_past_its_limits() {
 #[test]
 fn http_authorization_by_method_and_principal() {
     let mut tb = testbed_or_skip!("waypoint_authz");
-    let policy = "policies:
-  - metadata: {name: backend-get-only, namespace: shop}
-    spec:
-      targetRefs: [{kind: Service, group: '', name: backend}]
-      action: ALLOW
-      rules:
-        - from: [{source: {principals: [cluster.local/ns/shop/sa/client-a]}}]
-          to: [{operation: {methods: [GET]}}]
-";
+    let policy = GET_ONLY_FOR_CLIENT_A;
     let mesh = mesh_with(&mut tb, policy, &[]);
     let get = mesh.curl(&tb, &mesh.client_a, "/", &[]);
     assert_eq!(get.status, 200, "{get:?}");

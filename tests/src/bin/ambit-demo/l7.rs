@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Command;
 
 use ambit_tests::Testbed;
-use ambit_tests::waypoint::{VIP, WaypointMesh};
+use ambit_tests::waypoint::{GET_ONLY_FOR_CLIENT_A, VIP, WaypointMesh};
 use serde::Serialize;
 
 /// Requests sent for the split.
@@ -18,8 +18,9 @@ const SPLIT_REQUESTS: u64 = 1000;
 /// p = 0.1 (sd 9.5, ±3.29 sd).
 const V2_BOUNDS: std::ops::RangeInclusive<u64> = 69..=131;
 
-/// The route and the policy the waypoint enforces.
-const L7_CONFIG: &str = "routes:
+/// The route the waypoint follows (the policy is
+/// [`GET_ONLY_FOR_CLIENT_A`]).
+const ROUTE: &str = "routes:
   - apiVersion: gateway.networking.k8s.io/v1
     kind: HTTPRoute
     metadata: {name: canary, namespace: shop}
@@ -29,14 +30,6 @@ const L7_CONFIG: &str = "routes:
         - backendRefs:
             - {name: backend-v1, port: 80, weight: 90}
             - {name: backend-v2, port: 80, weight: 10}
-policies:
-  - metadata: {name: backend-get-only, namespace: shop}
-    spec:
-      targetRefs: [{kind: Service, group: '', name: backend}]
-      action: ALLOW
-      rules:
-        - from: [{source: {principals: [cluster.local/ns/shop/sa/client-a]}}]
-          to: [{operation: {methods: [GET]}}]
 ";
 
 /// One L7 check: what was sent, what was expected, what came back.
@@ -61,7 +54,8 @@ pub fn run(tb: &mut Testbed, progress: impl Fn(&str)) -> Result<Vec<L7Check>, St
     catch_unwind(AssertUnwindSafe(|| {
         let w1 = tb.add_node("w1");
         let w2 = tb.add_node("w2");
-        let mut mesh = WaypointMesh::on_nodes(tb, w1, w2, L7_CONFIG);
+        let mut mesh =
+            WaypointMesh::on_nodes(tb, w1, w2, &format!("{ROUTE}{GET_ONLY_FOR_CLIENT_A}"));
         for pod in [mesh.v1.clone(), mesh.v2.clone(), mesh.v3.clone()] {
             mesh.serve_http(tb, &pod, &[]);
         }
