@@ -335,16 +335,24 @@ fn fault_injection_aborts_the_configured_share() {
     let routes = format!("routes:\n{}", route("faulty", annotations, rules));
     let mesh = mesh_with(&mut tb, &routes, &[]);
     let report = h2load(&tb, &mesh.client_a, "/", 2000, 4, false);
-    // Binomial(2000, 0.2): sd 17.9; 99.9% two-sided is ±3.29 sd.
-    assert!((341..=459).contains(&report.status_5xx), "{}", report.text);
     assert_eq!(
         report.status_2xx + report.status_5xx,
         2000,
         "{}",
         report.text
     );
+    // Every 5xx is an injected abort, none an upstream failure.
     let injected = mesh.metric(&tb, "istio_requests_total", &["response_flags=\"FI\""]);
-    assert_eq!(injected, report.status_5xx);
+    assert_eq!(
+        injected,
+        report.status_5xx,
+        "5xx that are not injected aborts:\n{}",
+        report.text
+    );
+    // Binomial(2000, 0.2): sd 17.9; ±4 sd (a false alarm once in about
+    // 16,000 runs) still fails a 15% or a 25% abort rate.
+    eprintln!("injected aborts: {injected} of 2000 (expected 400)");
+    assert!((329..=471).contains(&injected), "{}", report.text);
 }
 
 #[test]
