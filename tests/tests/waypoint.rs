@@ -344,8 +344,7 @@ fn fault_injection_aborts_the_configured_share() {
     // Every 5xx is an injected abort, none an upstream failure.
     let injected = mesh.metric(&tb, "istio_requests_total", &["response_flags=\"FI\""]);
     assert_eq!(
-        injected,
-        report.status_5xx,
+        injected, report.status_5xx,
         "5xx that are not injected aborts:\n{}",
         report.text
     );
