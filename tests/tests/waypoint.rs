@@ -482,3 +482,41 @@ fn without_its_waypoint_a_service_fails_closed() {
         });
     assert!(logged.is_some(), "{}", agent.proc.report());
 }
+
+#[test]
+fn connections_are_spread_over_the_workers_and_served_on_them() {
+    let mut tb = testbed_or_skip!("waypoint_workers");
+    let mut mesh = WaypointMesh::new(&mut tb, "");
+    let (v1, v2, v3) = (mesh.v1.clone(), mesh.v2.clone(), mesh.v3.clone());
+    for pod in [&v1, &v2, &v3] {
+        mesh.serve_http(&tb, pod, &[]);
+    }
+    mesh.start_waypoint(&tb, &["--workers", "2"]);
+    // Two HBONE connections, one from each node's agent (a client on n1,
+    // a backend pod on n2 calling its own service); the second request
+    // from n1 reuses the first connection.
+    for client in [&mesh.client_a, &v1, &mesh.client_a] {
+        let got = mesh.curl(&tb, client, "/", &[]);
+        assert_eq!(got.status, 200, "{got:?}");
+    }
+    let workers = mesh.config_view(&tb)["workers"].clone();
+    let counts: Vec<(u64, u64)> = workers
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers in /config: {workers}"))
+        .iter()
+        .map(|w| {
+            (
+                w["connections"].as_u64().unwrap_or_default(),
+                w["requests"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{workers}");
+    assert!(
+        counts
+            .iter()
+            .all(|&(connections, requests)| connections >= 1 && requests >= 1),
+        "a worker got no connection or no request: {workers}"
+    );
+    assert_eq!(counts.iter().map(|c| c.1).sum::<u64>(), 3, "{workers}");
+}

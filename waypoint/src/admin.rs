@@ -1,7 +1,7 @@
 //! The waypoint's admin port: `/stats/prometheus` (metrics),
 //! `/healthz/ready` (200 once the HBONE listener is up and a certificate
 //! is issued) and `/config` (JSON: the services served, the routes and why
-//! any were rejected).
+//! any were rejected, the endpoints' health, and what each worker served).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -100,6 +100,7 @@ fn config_view(waypoint: &Waypoint) -> serde_json::Value {
         "routes": routes,
         "rejectedRoutes": errors,
         "endpoints": waypoint.runtime.endpoint_status(std::time::Instant::now()),
+        "workers": waypoint.workers.view(),
     })
 }
 

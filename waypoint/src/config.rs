@@ -81,6 +81,11 @@ pub struct Config {
     /// Where HBONE is served.
     #[arg(long, default_value = "0.0.0.0:15008")]
     pub listen: SocketAddr,
+    /// Threads serving HBONE connections and their requests, each with its
+    /// own event loop and backend connections; 0: one per CPU the process
+    /// may use.
+    #[arg(long, env = "AMBIT_WAYPOINT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
     /// Where metrics (`/stats/prometheus`) and readiness (`/healthz/ready`)
     /// are served.
     #[arg(long, default_value = "0.0.0.0:15020")]

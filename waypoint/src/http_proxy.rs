@@ -62,6 +62,7 @@ struct RequestEnd {
 }
 
 /// The hyper service of one inbound connection.
+#[must_use]
 pub fn service(
     waypoint: Arc<Waypoint>,
     info: Arc<StreamInfo>,
@@ -85,6 +86,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    waypoint.workers.request(waypoint.worker);
     let method = request.method().clone();
     let path = request
         .uri()

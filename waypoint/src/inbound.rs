@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{Waypoint, h2io::H2Io, http_proxy, opaque, state::ServedPort};
+use crate::{Waypoint, h2io::H2Io, http_proxy, opaque, state::ServedPort, workers::Workers};
 
 /// The HTTP/2 client connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -61,8 +61,9 @@ pub struct StreamInfo {
     pub served: ServedPort,
 }
 
-/// Serves HBONE on `listener` until cancelled.
-pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: CancellationToken) {
+/// Accepts HBONE connections on `listener` until cancelled, handing each
+/// to a worker.
+pub async fn serve(listener: TcpListener, workers: &Workers, cancel: CancellationToken) {
     loop {
         let (tcp, client) = tokio::select! {
             () = cancel.cancelled() => return,
@@ -75,9 +76,14 @@ pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: Cance
                 }
             },
         };
-        let span = tracing::info_span!("hbone", %client, peer = tracing::field::Empty);
-        tokio::spawn(serve_connection(waypoint.clone(), tcp, client).instrument(span));
+        workers.dispatch(tcp, client);
     }
+}
+
+/// Serves one accepted HBONE connection on the current (worker's) thread.
+pub fn spawn_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: SocketAddr) {
+    let span = tracing::info_span!("hbone", %client, peer = tracing::field::Empty);
+    tokio::spawn(serve_connection(waypoint, tcp, client).instrument(span));
 }
 
 async fn serve_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: SocketAddr) {

@@ -11,6 +11,7 @@
 //!   detection and the least-request balancer.
 //! - [`state`]: services, endpoints, policies and routes, from the
 //!   configuration file.
+//! - [`workers`]: the data path's threads, one event loop each.
 
 use std::sync::Arc;
 
@@ -28,8 +29,10 @@ pub mod runtime;
 pub mod state;
 pub mod trace;
 pub mod upstream;
+pub mod workers;
 
-/// Everything a stream or request of the waypoint needs.
+/// Everything a stream or request of the waypoint needs: one per worker,
+/// sharing all but the connections to backends.
 pub struct Waypoint {
     /// Who the waypoint is, as services name it.
     pub name: state::WaypointName,
@@ -37,12 +40,39 @@ pub struct Waypoint {
     pub identity: Arc<identity::WaypointIdentity>,
     /// The current configuration.
     pub state: state::SharedState,
-    /// Connections to backends.
+    /// Connections to backends, this worker's own.
     pub upstreams: upstream::Upstreams,
     /// Per-route and per-backend state that outlives configuration changes.
-    pub runtime: runtime::Runtime,
+    pub runtime: Arc<runtime::Runtime>,
     /// Its metrics.
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     /// The command line.
-    pub config: config::Config,
+    pub config: Arc<config::Config>,
+    /// Which worker this copy belongs to.
+    pub worker: usize,
+    /// What each worker has served.
+    pub workers: Arc<workers::WorkerStats>,
+}
+
+impl Waypoint {
+    /// The copy worker `worker` uses: the same configuration, state and
+    /// metrics, with connections to backends of its own.
+    #[must_use]
+    pub fn for_worker(&self, worker: usize) -> Self {
+        Self {
+            name: self.name.clone(),
+            identity: self.identity.clone(),
+            state: self.state.clone(),
+            upstreams: upstream::Upstreams::new(
+                self.identity.clone(),
+                self.state.clone(),
+                self.runtime.breakers(),
+            ),
+            runtime: self.runtime.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config.clone(),
+            worker,
+            workers: self.workers.clone(),
+        }
+    }
 }

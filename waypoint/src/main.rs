@@ -10,13 +10,15 @@ use waypoint::{
     Waypoint, admin,
     config::{Config, LogFormat},
     identity::WaypointIdentity,
-    inbound, metrics, runtime, state, upstream,
+    inbound, metrics, runtime, state, upstream, workers,
 };
 
 fn main() -> ExitCode {
     let config = Config::parse();
     install_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane (configuration, certificates, admin, signals) runs
+    // on the main thread; the data path on the workers' threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -52,16 +54,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for admin on {}: {e}", config.admin))?;
-    let runtime = runtime::Runtime::default();
+    let runtime = Arc::new(runtime::Runtime::default());
+    let worker_count = workers::count(config.workers);
     let waypoint = Arc::new(Waypoint {
         name: name.clone(),
         upstreams: upstream::Upstreams::new(identity.clone(), state.clone(), runtime.breakers()),
         identity: identity.clone(),
         state: state.clone(),
         runtime,
-        metrics: metrics::Metrics::new(),
-        config: config.clone(),
+        metrics: Arc::new(metrics::Metrics::new()),
+        config: Arc::new(config.clone()),
+        worker: 0,
+        workers: Arc::new(workers::WorkerStats::new(worker_count)),
     });
+    let workers = workers::Workers::start(&waypoint, worker_count, &cancel)?;
     tokio::spawn(renew(identity.clone(), cancel.clone()));
     tokio::spawn(admin::serve(
         waypoint.clone(),
@@ -72,13 +78,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         identity = %identity.id,
         hbone = %config.listen,
         admin = %config.admin,
+        workers = worker_count,
         "waypoint ready"
     );
-    let serving = tokio::spawn(inbound::serve(waypoint, hbone, cancel.clone()));
-    shutdown_signal().await;
+    tokio::select! {
+        () = inbound::serve(hbone, &workers, cancel.clone()) => {}
+        () = shutdown_signal() => {}
+    }
     tracing::info!("shutting down");
     cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+    workers.join();
     Ok(())
 }
 
