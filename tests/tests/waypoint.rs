@@ -323,6 +323,8 @@ fn http2_streams_and_trailers_pass_through_intact() {
     assert_eq!(got.status, 200, "{got:?}");
     let seen: serde_json::Value = serde_json::from_str(got.body.trim()).expect("JSON body");
     assert_eq!(seen["version"], "HTTP/2.0", "{seen}");
+    // The client's :authority reaches the backend, not the endpoint's address.
+    assert_eq!(seen["authority"], VIP, "{seen}");
     let traceparent = seen["headers"]["traceparent"].as_str().unwrap_or_default();
     assert_eq!(traceparent.len(), 55, "{seen}");
 }
@@ -484,7 +486,7 @@ fn without_its_waypoint_a_service_fails_closed() {
 }
 
 #[test]
-fn connections_are_spread_over_the_workers_and_served_on_them() {
+fn connections_are_spread_over_the_workers_and_backend_connections_reused() {
     let mut tb = testbed_or_skip!("waypoint_workers");
     let mut mesh = WaypointMesh::new(&mut tb, "");
     let (v1, v2, v3) = (mesh.v1.clone(), mesh.v2.clone(), mesh.v3.clone());
@@ -519,4 +521,22 @@ fn connections_are_spread_over_the_workers_and_served_on_them() {
         "a worker got no connection or no request: {workers}"
     );
     assert_eq!(counts.iter().map(|c| c.1).sum::<u64>(), 3, "{workers}");
+
+    // HTTP/1.1 connections to backends are pooled per worker: 30 more
+    // requests, each on a new client connection (a new curl), open at most
+    // one connection per (worker, endpoint).
+    let opened = || mesh.metric(&tb, "ambit_waypoint_backend_connections_opened_total", &[]);
+    let before = opened();
+    for _ in 0..30 {
+        let got = mesh.curl(&tb, &mesh.client_a, "/", &[]);
+        assert_eq!(got.status, 200, "{got:?}");
+        assert_eq!(got.header("x-backend").map(|b| b.len()), Some(2), "{got:?}");
+    }
+    let after = opened();
+    assert!(before >= 1, "no backend connection counted");
+    assert!(
+        after - before <= 6,
+        "{} backend connections for 30 requests: not reused",
+        after - before
+    );
 }

@@ -565,7 +565,7 @@ struct Context<'a> {
     endpoint: SocketAddr,
 }
 
-type Sent = Option<Result<Response<Incoming>, hyper_util::client::legacy::Error>>;
+type Sent = Option<Result<Response<Body>, crate::pool::SendError>>;
 
 /// How an attempt went: the endpoint's health, whether to retry, and the
 /// response to give if not (`None` result: the attempt timed out).
@@ -599,7 +599,7 @@ fn classify(
                 && context
                     .retry
                     .is_some_and(|r| r.codes.contains(&status.as_u16()));
-            let mut response = response.map(http_body_util::BodyExt::boxed);
+            let mut response = response;
             strip_hop_by_hop(response.headers_mut());
             for filter in context.rule.into_iter().flat_map(|r| &r.filters) {
                 filter.apply_response_headers(response.headers_mut());
@@ -632,8 +632,7 @@ async fn send(
     };
     let sent = waypoint
         .upstreams
-        .http(protocol == Protocol::Http2)
-        .request(upstream);
+        .send(endpoint, upstream, protocol == Protocol::Http2);
     Ok(match per_try {
         Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
         None => Some(sent.await),
@@ -641,7 +640,9 @@ async fn send(
 }
 
 /// The request to send to `endpoint`: the client's method, headers and
-/// path, in the client's HTTP version.
+/// path, in the client's HTTP version. HTTP/1.1 goes in origin form (the
+/// client's `Host` header is kept); HTTP/2 keeps the client's authority
+/// (`:authority`, else `Host`), or names the endpoint when it had none.
 fn upstream_request(
     parts: &http::request::Parts,
     body: Body,
@@ -651,15 +652,28 @@ fn upstream_request(
     let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method.clone();
     *upstream.headers_mut() = parts.headers.clone();
-    *upstream.version_mut() = match protocol {
-        Protocol::Http2 => Version::HTTP_2,
-        _ => Version::HTTP_11,
-    };
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    *upstream.uri_mut() = format!("http://{endpoint}{path_and_query}").parse().ok()?;
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = if protocol == Protocol::Http2 {
+        *upstream.version_mut() = Version::HTTP_2;
+        let authority = match host_of(parts) {
+            Some(host) => http::uri::Authority::try_from(host).ok()?,
+            None => http::uri::Authority::try_from(endpoint.to_string()).ok()?,
+        };
+        http::Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .ok()?
+    } else {
+        *upstream.version_mut() = Version::HTTP_11;
+        http::Uri::from(path_and_query)
+    };
+    *upstream.uri_mut() = uri;
     Some(upstream)
 }
 

@@ -7,6 +7,7 @@
 //! - [`http_proxy`]: one HTTP request, from authorization to response.
 //! - [`opaque`]: streams that are not HTTP, passed through under L4 policy.
 //! - [`upstream`]: HBONE and plain connections to backends.
+//! - [`pool`]: a worker's HTTP connections to backends.
 //! - [`resilience`]: rate limits, retry budgets, circuit breakers, outlier
 //!   detection and the least-request balancer.
 //! - [`state`]: services, endpoints, policies and routes, from the
@@ -24,6 +25,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod opaque;
+pub mod pool;
 pub mod resilience;
 pub mod runtime;
 pub mod state;
@@ -67,6 +69,7 @@ impl Waypoint {
                 self.identity.clone(),
                 self.state.clone(),
                 self.runtime.breakers(),
+                self.metrics.backend_connections.clone(),
             ),
             runtime: self.runtime.clone(),
             metrics: self.metrics.clone(),

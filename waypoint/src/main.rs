@@ -56,13 +56,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen for admin on {}: {e}", config.admin))?;
     let runtime = Arc::new(runtime::Runtime::default());
     let worker_count = workers::count(config.workers);
+    let metrics = Arc::new(metrics::Metrics::new());
+    // The workers' copies carry the connections to backends; this one
+    // serves the admin port.
     let waypoint = Arc::new(Waypoint {
         name: name.clone(),
-        upstreams: upstream::Upstreams::new(identity.clone(), state.clone(), runtime.breakers()),
+        upstreams: upstream::Upstreams::new(
+            identity.clone(),
+            state.clone(),
+            runtime.breakers(),
+            metrics.backend_connections.clone(),
+        ),
         identity: identity.clone(),
         state: state.clone(),
         runtime,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
         config: Arc::new(config.clone()),
         worker: 0,
         workers: Arc::new(workers::WorkerStats::new(worker_count)),

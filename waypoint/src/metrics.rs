@@ -59,6 +59,9 @@ pub struct Metrics {
     pub retries_refused: Counter,
     /// Backend endpoints ejected by outlier detection (`ambit_waypoint_outlier_ejections_total`).
     pub ejections: Counter,
+    /// HTTP connections opened to backend endpoints, all workers
+    /// (`ambit_waypoint_backend_connections_opened_total`).
+    pub backend_connections: Counter,
 }
 
 impl Metrics {
@@ -99,6 +102,12 @@ impl Metrics {
             "Backend endpoints ejected after consecutive failures",
             ejections.clone(),
         );
+        let backend_connections = Counter::default();
+        registry.register(
+            "ambit_waypoint_backend_connections_opened",
+            "HTTP connections opened to backend endpoints (each over its own HBONE stream or TCP connection)",
+            backend_connections.clone(),
+        );
         Self {
             registry,
             requests,
@@ -106,6 +115,7 @@ impl Metrics {
             retries,
             retries_refused,
             ejections,
+            backend_connections,
         }
     }
 

@@ -2,13 +2,11 @@
 //! HBONE: an HTTP/2 CONNECT stream, over mutual TLS with the waypoint's
 //! identity, to the HBONE port of the endpoint's pod, whose agent checks L4
 //! policy with the waypoint as the source. An endpoint outside the mesh is
-//! reached over plain TCP. HTTP requests ride on pooled connections per
-//! endpoint (hyper's client: HTTP/1.1 keep-alive or one multiplexed HTTP/2
-//! connection).
+//! reached over plain TCP. HTTP requests ride on the worker's pooled
+//! connections per endpoint ([`pool`](crate::pool)).
 
 use std::{
     collections::HashMap,
-    future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -20,20 +18,18 @@ use std::{
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http_body_util::combinators::BoxBody;
-use hyper_util::{
-    client::legacy::{
-        Client,
-        connect::{Connected, Connection},
-    },
-    rt::{TokioExecutor, TokioIo},
-};
 use mesh_core::{hbone, identity::SpiffeId, tls};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
-use crate::{h2io::H2Io, identity::WaypointIdentity, state::SharedState};
+use crate::{
+    h2io::H2Io,
+    identity::WaypointIdentity,
+    pool::{Pool, SendError},
+    state::SharedState,
+};
 
 /// How long a TCP connection (and an HBONE handshake) to a backend may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,7 +75,7 @@ pub enum UpstreamError {
         /// The CONNECT response status.
         status: http::StatusCode,
     },
-    /// The URI handed to the connector names no endpoint.
+    /// The CONNECT request for the endpoint could not be built.
     #[error("not an endpoint address: {0}")]
     BadEndpoint(String),
     /// The endpoint's circuit breaker allows no more connections.
@@ -93,21 +89,22 @@ pub enum UpstreamError {
     TlsConfig(#[from] tls::TlsError),
 }
 
-/// Connections to backends: the HBONE connections and the HTTP clients.
-#[derive(Clone)]
+/// A worker's connections to backends: the HBONE connections and the
+/// HTTP connections over them.
 pub struct Upstreams {
     connector: Connector,
-    http1: Client<Connector, Body>,
-    http2: Client<Connector, Body>,
+    pool: Pool,
 }
 
 impl Upstreams {
-    /// Upstreams that look endpoints up in `state` and present `identity`.
+    /// Upstreams that look endpoints up in `state` and present `identity`,
+    /// counting the HTTP connections they open in `opened`.
     #[must_use]
     pub fn new(
         identity: Arc<WaypointIdentity>,
         state: SharedState,
         breakers: crate::runtime::Breakers,
+        opened: prometheus_client::metrics::counter::Counter,
     ) -> Self {
         let connector = Connector {
             inner: Arc::new(ConnectorInner {
@@ -117,37 +114,41 @@ impl Upstreams {
                 hbone: tokio::sync::Mutex::new(HashMap::new()),
             }),
         };
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_mins(1))
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .http2_initial_stream_window_size(hbone::STREAM_WINDOW)
-            .http2_initial_connection_window_size(hbone::CONNECTION_WINDOW)
-            .build(connector.clone());
         Self {
+            pool: Pool::new(connector.clone(), opened),
             connector,
-            http1,
-            http2,
         }
     }
 
-    /// The HTTP client for a protocol version.
-    #[must_use]
-    pub fn http(&self, http2: bool) -> &Client<Connector, Body> {
-        if http2 { &self.http2 } else { &self.http1 }
+    /// Sends an HTTP request to `endpoint` on a pooled connection.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        request: http::Request<Body>,
+        http2: bool,
+    ) -> Result<http::Response<Body>, SendError> {
+        self.pool.send(endpoint, request, http2).await
     }
 
     /// A byte stream to `endpoint` (opaque TCP).
     pub async fn connect(&self, endpoint: SocketAddr) -> Result<Tunnel, UpstreamError> {
-        self.connector.inner.connect(endpoint).await
+        self.connector.connect(endpoint).await
     }
 }
 
-/// Opens byte streams to endpoints for hyper's client.
+/// Opens byte streams to endpoints, within each endpoint's connection
+/// limit.
 #[derive(Clone)]
 pub struct Connector {
     inner: Arc<ConnectorInner>,
+}
+
+impl Connector {
+    /// A byte stream to `endpoint`: a CONNECT stream through its agent, or
+    /// TCP for an endpoint outside the mesh.
+    pub async fn connect(&self, endpoint: SocketAddr) -> Result<Tunnel, UpstreamError> {
+        self.inner.connect(endpoint).await
+    }
 }
 
 struct ConnectorInner {
@@ -273,27 +274,6 @@ impl ConnectorInner {
     }
 }
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<Tunnel>;
-    type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let endpoint: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| UpstreamError::BadEndpoint(uri.to_string()))?;
-            inner.connect(endpoint).await.map(TokioIo::new)
-        })
-    }
-}
-
 /// A byte stream to an endpoint, holding its slot of the endpoint's
 /// connection limit.
 pub struct Tunnel {
@@ -307,12 +287,6 @@ enum TunnelIo {
     Hbone(Box<H2Io>),
     /// Straight to an endpoint outside the mesh.
     Tcp(TcpStream),
-}
-
-impl Connection for Tunnel {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for Tunnel {

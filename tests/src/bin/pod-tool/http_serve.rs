@@ -1,7 +1,7 @@
 //! `pod-tool http-serve`: an HTTP/1.1 and HTTP/2 (prior knowledge) server
 //! that says who answered, for the waypoint's tests. Every response carries
-//! `x-backend: <name>` and a JSON body with the request's method, path and
-//! headers. It can fail a share of requests, answer slowly, and stream:
+//! `x-backend: <name>` and a JSON body with the request's method, path,
+//! authority (HTTP/2's `:authority`) and headers. It can fail a share of requests, answer slowly, and stream:
 //!
 //! - `--fail-percent P --fail-status S`: P of every 100 requests get S,
 //!   spread out (request n fails when `n × 37 mod 100 < P`), so that for P
@@ -146,6 +146,7 @@ impl Server {
                 "backend": self.args.name,
                 "method": request.method().as_str(),
                 "path": request.uri().path_and_query().map(ToString::to_string),
+                "authority": request.uri().authority().map(ToString::to_string),
                 "version": format!("{:?}", request.version()),
                 "headers": headers,
             });
