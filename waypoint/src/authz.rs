@@ -16,12 +16,24 @@ pub fn check(state: &State, info: &StreamInfo, http: Option<HttpAttributes>) -> 
     if let Some(http) = http {
         request = request.with_http(http);
     }
-    let target = ServiceTarget {
+    state
+        .policies
+        .evaluate_target(&target(state, info), &request)
+}
+
+/// Whether any policy applies to the stream's service; with none, every
+/// request is allowed and [`check`] need not be called.
+#[must_use]
+pub fn applies(state: &State, info: &StreamInfo) -> bool {
+    state.policies.any_targets(&target(state, info))
+}
+
+fn target<'a>(state: &'a State, info: &'a StreamInfo) -> ServiceTarget<'a> {
+    ServiceTarget {
         namespace: &info.served.service.namespace,
         service: &info.served.service.name,
         waypoint: &state.waypoint_name,
-    };
-    state.policies.evaluate_target(&target, &request)
+    }
 }
 
 /// Whether a verdict lets the request through.

@@ -87,11 +87,13 @@ async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     waypoint.workers.request(waypoint.worker);
-    let method = request.method().clone();
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), ToString::to_string);
+    let logged = waypoint.config.access_log.then(|| {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), ToString::to_string);
+        (request.method().clone(), path)
+    });
     let trace = TraceContext::continue_or_start(request.headers());
     let mut outcome = RequestEnd {
         flags: "-",
@@ -107,7 +109,7 @@ async fn handle(
         .duration
         .get_or_create(&labels)
         .observe(elapsed_ms);
-    if waypoint.config.access_log {
+    if let Some((method, path)) = logged {
         access_log(&serde_json::json!({
             "protocol": protocol.as_str(),
             "method": method.as_str(),
@@ -142,24 +144,14 @@ fn labels(
     status: StatusCode,
     outcome: &RequestEnd,
 ) -> RequestLabels {
-    let service = &info.served.service;
-    RequestLabels {
-        reporter: "waypoint",
-        source_principal: info.peer.to_string().into(),
-        source_workload_namespace: info.peer.namespace().into(),
-        destination_service: format!("{}.{}.svc.cluster.local", service.name, service.namespace)
-            .into(),
-        destination_service_name: service.name.as_str().into(),
-        destination_service_namespace: service.namespace.as_str().into(),
-        destination_backend: outcome
-            .backend
-            .as_ref()
-            .map_or_else(|| "unknown".into(), |b| b.name.as_str().into()),
-        request_protocol: protocol.as_str(),
-        response_code: status.as_u16(),
-        response_flags: outcome.flags,
-        connection_security_policy: "mutual_tls",
+    let mut labels = info.labels.clone();
+    if let Some(backend) = &outcome.backend {
+        labels.destination_backend = backend.name.as_str().into();
     }
+    labels.request_protocol = protocol.as_str();
+    labels.response_code = status.as_u16();
+    labels.response_flags = outcome.flags;
+    labels
 }
 
 async fn proxy(
@@ -228,19 +220,22 @@ async fn plan(
     let state = waypoint.state.current();
     let (mut parts, body) = request.into_parts();
     let host = host_of(&parts);
-    let attributes = HttpAttributes {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        host: host.clone(),
-        headers: parts.headers.clone(),
-    };
-    let verdict = authz::check(&state, info, Some(attributes));
-    if !authz::allowed(&verdict) {
-        outcome.denied_by = Some(verdict.policy.clone());
-        return Err(text(
-            StatusCode::FORBIDDEN,
-            format!("RBAC: access denied by policy {}\n", verdict.policy),
-        ));
+    // The request's attributes are gathered only when a policy applies.
+    if authz::applies(&state, info) {
+        let attributes = HttpAttributes {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            host: host.clone(),
+            headers: parts.headers.clone(),
+        };
+        let verdict = authz::check(&state, info, Some(attributes));
+        if !authz::allowed(&verdict) {
+            outcome.denied_by = Some(verdict.policy.clone());
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                format!("RBAC: access denied by policy {}\n", verdict.policy),
+            ));
+        }
     }
     let view = RequestView {
         method: &parts.method,

@@ -18,7 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{Waypoint, h2io::H2Io, http_proxy, opaque, state::ServedPort, workers::Workers};
+use crate::{
+    Waypoint, h2io::H2Io, http_proxy, metrics::RequestLabels, opaque, state::ServedPort,
+    workers::Workers,
+};
 
 /// The HTTP/2 client connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -59,6 +62,29 @@ pub struct StreamInfo {
     pub dialled: SocketAddr,
     /// The service port behind it.
     pub served: ServedPort,
+    /// The labels its requests' metrics share (source and destination),
+    /// built once per stream.
+    pub labels: RequestLabels,
+}
+
+impl StreamInfo {
+    /// The stream's details, with its metrics' shared labels.
+    #[must_use]
+    pub fn new(
+        peer: SpiffeId,
+        client: SocketAddr,
+        dialled: SocketAddr,
+        served: ServedPort,
+    ) -> Self {
+        let labels = RequestLabels::for_stream(&peer, &served.service);
+        Self {
+            peer,
+            client,
+            dialled,
+            served,
+            labels,
+        }
+    }
 }
 
 /// Accepts HBONE connections on `listener` until cancelled, handing each
@@ -139,12 +165,7 @@ async fn serve_stream(
             return;
         }
     };
-    let info = Arc::new(StreamInfo {
-        peer,
-        client,
-        dialled,
-        served,
-    });
+    let info = Arc::new(StreamInfo::new(peer, client, dialled, served));
     let mut io = H2Io::new(send, request.into_body());
     let started = Instant::now();
     let protocol = detect(&mut io, waypoint.config.detect_timeout).await;

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use mesh_core::{identity::SpiffeId, service::ServiceKey};
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -44,6 +46,31 @@ pub struct RequestLabels {
     pub response_flags: &'static str,
     /// Always `mutual_tls`: clients reach the waypoint over HBONE.
     pub connection_security_policy: &'static str,
+}
+
+impl RequestLabels {
+    /// The labels a stream's requests share: the client's identity and the
+    /// service; the rest is filled in per request.
+    #[must_use]
+    pub fn for_stream(peer: &SpiffeId, service: &ServiceKey) -> Self {
+        Self {
+            reporter: "waypoint",
+            source_principal: peer.to_string().into(),
+            source_workload_namespace: peer.namespace().into(),
+            destination_service: format!(
+                "{}.{}.svc.cluster.local",
+                service.name, service.namespace
+            )
+            .into(),
+            destination_service_name: service.name.as_str().into(),
+            destination_service_namespace: service.namespace.as_str().into(),
+            destination_backend: "unknown".into(),
+            request_protocol: "http",
+            response_code: 0,
+            response_flags: "-",
+            connection_security_policy: "mutual_tls",
+        }
+    }
 }
 
 /// The waypoint's registry and its metrics.

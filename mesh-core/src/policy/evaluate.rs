@@ -255,14 +255,30 @@ impl PolicySet {
     /// policies of the Service's namespace that target it or the waypoint.
     #[must_use]
     pub fn evaluate_target(&self, target: &ServiceTarget<'_>, request: &Request) -> Verdict {
-        let applicable = self.targeted.iter().filter(|policy| {
+        decide(self.targeting(target), request)
+    }
+
+    /// Whether any policy targets the Service or its waypoint. With none,
+    /// [`evaluate_target`](Self::evaluate_target) allows every request, so
+    /// a caller may skip gathering the request's attributes.
+    #[must_use]
+    pub fn any_targets(&self, target: &ServiceTarget<'_>) -> bool {
+        self.targeting(target).next().is_some()
+    }
+
+    /// The policies of the Service's namespace that target it or its
+    /// waypoint.
+    fn targeting<'a>(
+        &'a self,
+        target: &'a ServiceTarget<'_>,
+    ) -> impl Iterator<Item = &'a Arc<Policy>> + 'a {
+        self.targeted.iter().filter(|policy| {
             policy.key.namespace == target.namespace
                 && policy.target_refs.iter().any(|r| match r {
                     TargetRef::Service(name) => name == target.service,
                     TargetRef::Gateway(name) => name == target.waypoint,
                 })
-        });
-        decide(applicable, request)
+        })
     }
 }
 

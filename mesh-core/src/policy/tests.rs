@@ -871,6 +871,33 @@ fn at_waypoint(set: &PolicySet, service: &str, request: &Request) -> Verdict {
 }
 
 #[test]
+fn targeting_policies_are_found_by_service_or_waypoint() {
+    let targets = |set: &PolicySet, namespace: &str, service: &str, waypoint: &str| {
+        set.any_targets(&ServiceTarget {
+            namespace,
+            service,
+            waypoint,
+        })
+    };
+    let set = set(L7_POLICIES);
+    assert!(targets(&set, "shop", "backend", "other-waypoint"));
+    assert!(targets(&set, "shop", "unnamed", "shop-waypoint"));
+    assert!(!targets(&set, "shop", "unnamed", "other-waypoint"));
+    assert!(!targets(&set, "other", "backend", "shop-waypoint"));
+    // With none, every request is allowed by default.
+    let request = mtls(CLIENT, "10.0.0.1", 80).with_http(http("DELETE", "/", "x", &[]));
+    let verdict = set.evaluate_target(
+        &ServiceTarget {
+            namespace: "shop",
+            service: "unnamed",
+            waypoint: "other-waypoint",
+        },
+        &request,
+    );
+    assert_eq!(verdict.decision, Decision::Allow);
+}
+
+#[test]
 fn the_waypoint_checks_methods_paths_and_principals() {
     let set = set(L7_POLICIES);
     let request = |principal: &str, method: &str, path: &str| {
