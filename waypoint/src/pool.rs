@@ -139,12 +139,7 @@ impl Pool {
             .handshake(TokioIo::new(tunnel))
             .await
             .map_err(|source| SendError::Handshake { endpoint, source })?;
-        self.opened.inc();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%endpoint, %error, "HTTP/1.1 connection to a backend ended");
-            }
-        });
+        self.drive(endpoint, "HTTP/1.1", connection);
         let response = sender.send_request(request).await.map_err(request_error)?;
         Ok(self.returning(endpoint, sender, response))
     }
@@ -212,13 +207,24 @@ impl Pool {
             .handshake(TokioIo::new(tunnel))
             .await
             .map_err(|source| SendError::Handshake { endpoint, source })?;
+        self.drive(endpoint, "HTTP/2", connection);
+        Ok(sender)
+    }
+
+    /// Counts a new connection and drives it on this worker's thread until
+    /// it ends.
+    fn drive(
+        &self,
+        endpoint: SocketAddr,
+        version: &'static str,
+        connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    ) {
         self.opened.inc();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%endpoint, %error, "HTTP/2 connection to a backend ended");
+                tracing::debug!(%endpoint, %error, version, "connection to a backend ended");
             }
         });
-        Ok(sender)
     }
 }
 
