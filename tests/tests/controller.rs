@@ -697,6 +697,23 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
         l.contains("certificate signed") && l.contains("shop/wp-1") && l.contains("/sa/wp")
     });
     assert!(signed.is_some(), "{}", s.controller.report());
+
+    // A CA rotation adds a root to the mounted bundle: the waypoint follows
+    // the file; a bundle that does not parse is reported and not used.
+    let next_ca = CertificateAuthority::generate("cluster.local", Duration::from_hours(1))
+        .expect("the next CA");
+    let mut rotated = std::fs::read_to_string(&bundle_file).expect("the bundle");
+    rotated.push_str(next_ca.certificate_pem());
+    std::fs::write(&bundle_file, rotated).expect("the rotated bundle");
+    let followed = waypoint.wait_for_stderr_line(Duration::from_secs(15), |l| {
+        l.contains("trust bundle changed") && l.contains("roots=2")
+    });
+    assert!(followed.is_some(), "{}", waypoint.report());
+    std::fs::write(&bundle_file, "not a certificate").expect("a broken bundle");
+    let refused = waypoint.wait_for_stderr_line(Duration::from_secs(15), |l| {
+        l.contains("cannot be used; keeping the roots in use")
+    });
+    assert!(refused.is_some(), "{}", waypoint.report());
 }
 
 /// A waypoint's account appears (as `ambit waypoint apply` writes it): the

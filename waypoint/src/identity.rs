@@ -4,11 +4,13 @@
 //! controller (`--ca-address`): the waypoint sends a CSR with its
 //! service-account token, bound to its pod, and the controller grants it
 //! only its own identity (see `controller/src/signing.rs`). Connections
-//! pick the current certificate at handshake time.
+//! pick the current certificate at handshake time. With the controller, the
+//! trust bundle file (the `ambit-trust-bundle` `ConfigMap`, mounted) is
+//! followed: after a CA rotation new connections trust the new roots.
 
 use std::{
-    path::Path,
-    sync::{Arc, RwLock},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -65,7 +67,38 @@ pub struct WaypointIdentity {
     pub id: SpiffeId,
     signer: Signer,
     current: RwLock<Issued>,
-    roots: Arc<RootCertStore>,
+    roots: RwLock<Arc<RootCertStore>>,
+    /// The trust bundle file followed.
+    bundle: Option<BundleFile>,
+}
+
+/// A trust bundle file and the contents last loaded from it.
+#[derive(Debug)]
+struct BundleFile {
+    path: PathBuf,
+    seen: Mutex<Vec<u8>>,
+}
+
+impl BundleFile {
+    /// The roots, when the file changed since the last call; an error
+    /// (unreadable, no certificate) once per change.
+    fn changed(&self) -> Result<Option<RootCertStore>, CaError> {
+        let contents = read_bundle(&self.path);
+        {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = contents.as_deref().unwrap_or_default();
+            if *seen == now {
+                return Ok(None);
+            }
+            seen.clear();
+            seen.extend_from_slice(now);
+        }
+        let bundle = TrustBundle::from_pem(&contents?, &self.path)?;
+        bundle.root_store().map(Some)
+    }
 }
 
 #[derive(Debug)]
@@ -94,7 +127,8 @@ impl WaypointIdentity {
                 lifetime,
             },
             current,
-            roots,
+            roots: RwLock::new(roots),
+            bundle: None,
         })
     }
 
@@ -106,21 +140,48 @@ impl WaypointIdentity {
         pod: PodKey,
         trust_bundle: &Path,
     ) -> Result<Self, WaypointIdentityError> {
-        let roots = Arc::new(TrustBundle::load(trust_bundle)?.root_store()?);
+        let contents = read_bundle(trust_bundle)?;
+        let roots = Arc::new(TrustBundle::from_pem(&contents, trust_bundle)?.root_store()?);
         let signer = Signer::Controller { client, pod };
         let current = RwLock::new(sign(&signer, &id, &roots).await?);
         Ok(Self {
             id,
             signer,
             current,
-            roots,
+            roots: RwLock::new(roots),
+            bundle: Some(BundleFile {
+                path: trust_bundle.to_owned(),
+                seen: Mutex::new(contents),
+            }),
         })
+    }
+
+    /// Re-reads the trust bundle file if it changed; new roots apply to new
+    /// connections (TLS configurations are built per connection). Returns
+    /// the number of roots when they changed; a file that cannot be read
+    /// or parsed leaves the roots in use and is reported once.
+    pub fn follow_trust_bundle(&self) -> Result<Option<usize>, WaypointIdentityError> {
+        let Some(bundle) = &self.bundle else {
+            return Ok(None);
+        };
+        let Some(store) = bundle.changed()? else {
+            return Ok(None);
+        };
+        let count = store.len();
+        *self
+            .roots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(store);
+        Ok(Some(count))
     }
 
     /// The trust anchors peers are verified against.
     #[must_use]
     pub fn roots(&self) -> Arc<RootCertStore> {
-        self.roots.clone()
+        self.roots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Renews the certificate if it is past half its life.
@@ -132,7 +193,7 @@ impl WaypointIdentity {
             .renew_at
             <= now;
         if due {
-            let issued = sign(&self.signer, &self.id, &self.roots).await?;
+            let issued = sign(&self.signer, &self.id, &self.roots()).await?;
             *self
                 .current
                 .write()
@@ -152,6 +213,14 @@ impl CertificateSource for WaypointIdentity {
                 .clone()
         })
     }
+}
+
+fn read_bundle(path: &Path) -> Result<Vec<u8>, CaError> {
+    std::fs::read(path).map_err(|source| CaError::Read {
+        what: "the trust bundle",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A new key and its certificate from `signer`.
@@ -187,4 +256,41 @@ fn certify(
         key: Arc::new(certified),
         renew_at: certificate.not_before + half,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_core::ca::CertificateAuthority;
+
+    use super::{BundleFile, Mutex};
+
+    #[test]
+    fn a_changed_bundle_is_loaded_once_and_a_bad_one_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pem");
+        let ca =
+            |_| CertificateAuthority::generate("cluster.local", Duration::from_hours(1)).unwrap();
+        let (old, new) = (ca(1), ca(2));
+        std::fs::write(&path, old.certificate_pem()).unwrap();
+        let file = BundleFile {
+            path: path.clone(),
+            seen: Mutex::new(old.certificate_pem().as_bytes().to_vec()),
+        };
+        assert!(file.changed().unwrap().is_none(), "unchanged");
+        // Rotation: both roots, then the new one alone.
+        let both = format!("{}{}", old.certificate_pem(), new.certificate_pem());
+        std::fs::write(&path, &both).unwrap();
+        assert_eq!(file.changed().unwrap().map(|s| s.len()), Some(2));
+        assert!(file.changed().unwrap().is_none(), "loaded once");
+        std::fs::write(&path, "not a certificate").unwrap();
+        assert!(file.changed().is_err());
+        assert!(file.changed().unwrap().is_none(), "reported once");
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.changed().is_err(), "a missing file is reported");
+        assert!(file.changed().unwrap().is_none());
+        std::fs::write(&path, new.certificate_pem()).unwrap();
+        assert_eq!(file.changed().unwrap().map(|s| s.len()), Some(1));
+    }
 }

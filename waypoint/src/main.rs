@@ -173,17 +173,30 @@ async fn identity(config: &Config, id: SpiffeId) -> anyhow::Result<WaypointIdent
     }
 }
 
-/// Renews the certificate at half its life, checking every 30 s.
+/// Renews the certificate at half its life (checked every 30 s) and
+/// follows the trust bundle file (checked every 5 s, as the node agents
+/// do).
 async fn renew(identity: Arc<WaypointIdentity>, cancel: CancellationToken) {
+    let mut renewals = tokio::time::interval(Duration::from_secs(30));
+    let mut bundle_checks = tokio::time::interval(node_agent::identity::TRUST_BUNDLE_POLL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(30)) => {}
-        }
-        match identity.renew_if_due(std::time::SystemTime::now()).await {
-            Ok(true) => tracing::info!(identity = %identity.id, "certificate renewed"),
-            Ok(false) => {}
-            Err(error) => tracing::error!(%error, "certificate renewal failed; retrying in 30 s"),
+            _ = renewals.tick() => match identity.renew_if_due(std::time::SystemTime::now()).await {
+                Ok(true) => tracing::info!(identity = %identity.id, "certificate renewed"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, "certificate renewal failed; retrying in 30 s"),
+            },
+            _ = bundle_checks.tick() => match identity.follow_trust_bundle() {
+                Ok(Some(roots)) => {
+                    tracing::info!(roots, "trust bundle changed; new connections trust its roots");
+                }
+                Ok(None) => {}
+                // Reported once per change of the file.
+                Err(error) => {
+                    tracing::warn!(%error, "the trust bundle changed but cannot be used; keeping the roots in use");
+                }
+            },
         }
     }
 }
@@ -203,8 +216,12 @@ async fn shutdown_signal() {
 fn install_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: log collectors (and the
+    // tests) read plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
