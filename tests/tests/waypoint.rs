@@ -1,5 +1,5 @@
 //! The waypoint with real clients (curl, h2load, nghttp): canary splits,
-//! retries within a budget, timeouts, outlier detection and circuit
+//! retries within a budget, timeouts (also of a streaming body), outlier detection and circuit
 //! breaking, HTTP authorization, HTTP/2 streaming with trailers, fault
 //! injection, opaque TCP, bad input, and failing closed when the waypoint
 //! is gone.
@@ -225,6 +225,27 @@ fn a_slow_backend_gets_504_within_the_timeout() {
     let median = times[2];
     assert!(median >= 0.3, "answered before the timeout: {times:?}");
     assert!(median <= 0.35, "504 later than timeout + 50 ms: {times:?}");
+}
+
+#[test]
+fn a_response_still_streaming_at_the_timeout_is_cut() {
+    let mut tb = testbed_or_skip!("waypoint_body_timeout");
+    let rules = "        - backendRefs: [{name: backend-v2, port: 80}]\n          timeouts: {request: 300ms}\n";
+    let routes = format!("routes:\n{}", route("streaming", "{}", rules));
+    let mesh = mesh_with(&mut tb, &routes, &[]);
+    // 100 chunks 10 ms apart: about a second, cut at 300 ms.
+    let cut = mesh.curl(&tb, &mesh.client_a, "/stream?chunks=100", &[]);
+    assert_eq!(cut.status, 200, "{cut:?}");
+    assert!(cut.body.contains("chunk 0\n"), "{cut:?}");
+    assert!(!cut.body.contains("chunk 99\n"), "not cut: {cut:?}");
+    assert!(
+        (0.3..0.6).contains(&cut.seconds),
+        "cut after {} s, not at the 300 ms timeout",
+        cut.seconds
+    );
+    // A response that ends in time is whole.
+    let whole = mesh.curl(&tb, &mesh.client_a, "/stream?chunks=10", &[]);
+    assert!(whole.body.contains("chunk 9\n"), "{whole:?}");
 }
 
 #[test]

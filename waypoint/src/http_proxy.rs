@@ -7,8 +7,10 @@
 //! request timeout, and retries within the route's retry budget. Every
 //! request is counted in Istio's metrics and logged on one access-log line.
 //!
-//! Timeouts cover the time to the response's headers: a streaming response
-//! (gRPC server streaming) is not cut once it has started.
+//! Timeouts cover the whole response: past its deadline a response still
+//! waiting for its headers gets 504, one whose body is still streaming is
+//! cut ([`deadline`](crate::deadline)). A route without timeouts never cuts
+//! a stream (gRPC server streaming).
 
 use std::{
     convert::Infallible,
@@ -411,13 +413,15 @@ async fn forward(
             (Some(bytes), _) => Full::new(bytes.clone())
                 .map_err(|never| match never {})
                 .boxed(),
-            (None, Some(body)) => body.boxed(),
+            (None, Some(body)) => body.map_err(crate::upstream::BodyError::from).boxed(),
             (None, None) => break,
         };
         let per_try = match (timeouts.backend_request, remaining) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // The attempt's deadline also bounds the response's body.
+        let body_deadline = per_try.map(|limit| (tokio::time::Instant::now() + limit, limit));
         let result = match send(
             waypoint,
             protocol,
@@ -447,6 +451,10 @@ async fn forward(
         if pick.finish(health, now) {
             waypoint.metrics.ejections.inc();
         }
+        let response = match body_deadline {
+            Some((at, limit)) => response.map(|body| crate::deadline::limit(body, at, limit)),
+            None => response,
+        };
         if !retriable || attempt == attempts {
             return response;
         }

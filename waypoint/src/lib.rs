@@ -5,6 +5,7 @@
 //!
 //! - [`inbound`]: the HBONE listener and protocol detection.
 //! - [`http_proxy`]: one HTTP request, from authorization to response.
+//! - [`deadline`]: response bodies cut at the route's timeouts.
 //! - [`opaque`]: streams that are not HTTP, passed through under L4 policy.
 //! - [`upstream`]: HBONE and plain connections to backends.
 //! - [`pool`]: a worker's HTTP connections to backends.
@@ -19,6 +20,7 @@ use std::sync::Arc;
 pub mod admin;
 pub mod authz;
 pub mod config;
+pub mod deadline;
 pub mod h2io;
 pub mod http_proxy;
 pub mod identity;

@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::hbone;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::upstream::{Body, Connector, UpstreamError};
+use crate::upstream::{Body, BodyError, Connector, UpstreamError};
 
 /// How long an idle HTTP/1.1 connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_mins(1);
@@ -162,7 +162,7 @@ impl Pool {
             if body.body.is_end_stream() {
                 body.give_back();
             }
-            body.boxed()
+            body.map_err(BodyError::from).boxed()
         })
     }
 
@@ -193,7 +193,7 @@ impl Pool {
         };
         sender.ready().await.map_err(request_error)?;
         let response = sender.send_request(request).await.map_err(request_error)?;
-        Ok(response.map(BodyExt::boxed))
+        Ok(response.map(|body| body.map_err(BodyError::from).boxed()))
     }
 
     async fn connect_http2(

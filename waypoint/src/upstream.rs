@@ -35,7 +35,11 @@ use crate::{
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Request and response bodies as the waypoint passes them on.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a body could not be passed on: the peer's error, or a deadline
+/// ([`crate::deadline`]).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]
