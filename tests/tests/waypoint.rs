@@ -246,6 +246,10 @@ fn a_response_still_streaming_at_the_timeout_is_cut() {
     // A response that ends in time is whole.
     let whole = mesh.curl(&tb, &mesh.client_a, "/stream?chunks=10", &[]);
     assert!(whole.body.contains("chunk 9\n"), "{whole:?}");
+    assert_eq!(
+        mesh.metric(&tb, "ambit_waypoint_response_bodies_cut_total", &[]),
+        1
+    );
 }
 
 #[test]

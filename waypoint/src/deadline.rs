@@ -14,6 +14,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
 use crate::upstream::{Body, BodyError};
@@ -23,10 +24,10 @@ use crate::upstream::{Body, BodyError};
 #[error("the response body was cut after the route's timeout ({0:?})")]
 pub struct BodyTimeout(pub Duration);
 
-/// `body`, cut with [`BodyTimeout`] if it has not ended by `deadline`
-/// (`timeout` is what the deadline came from, for the error).
+/// `body`, cut with [`BodyTimeout`] (and counted in `cut`) if it has not
+/// ended by `deadline`; `timeout` is what the deadline came from.
 #[must_use]
-pub fn limit(body: Body, deadline: Instant, timeout: Duration) -> Body {
+pub fn limit(body: Body, deadline: Instant, timeout: Duration, cut: Counter) -> Body {
     if body.is_end_stream() {
         return body;
     }
@@ -34,6 +35,7 @@ pub fn limit(body: Body, deadline: Instant, timeout: Duration) -> Body {
         body,
         sleep: Box::pin(tokio::time::sleep_until(deadline)),
         timeout,
+        cut,
     }
     .boxed()
 }
@@ -42,6 +44,7 @@ struct Limited {
     body: Body,
     sleep: Pin<Box<Sleep>>,
     timeout: Duration,
+    cut: Counter,
 }
 
 impl hyper::body::Body for Limited {
@@ -57,6 +60,7 @@ impl hyper::body::Body for Limited {
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
             tracing::debug!(timeout = ?self.timeout, "response body cut at the route's timeout");
+            self.cut.inc();
             return Poll::Ready(Some(Err(BodyTimeout(self.timeout).into())));
         }
         Poll::Pending
@@ -80,6 +84,8 @@ mod tests {
     use http_body_util::{BodyExt as _, Full, StreamBody};
     use hyper::body::Frame;
 
+    use prometheus_client::metrics::counter::Counter;
+
     use super::{BodyTimeout, limit};
     use crate::upstream::{Body, BodyError};
 
@@ -93,7 +99,8 @@ mod tests {
     async fn a_stalled_body_is_cut_at_its_deadline_and_a_finished_one_passes() {
         let timeout = Duration::from_millis(50);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut body = limit(stalled_after_one_chunk(), deadline, timeout);
+        let cut = Counter::default();
+        let mut body = limit(stalled_after_one_chunk(), deadline, timeout, cut.clone());
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().ok(), Some(Bytes::from("first")));
         let error = body.frame().await.expect("an end").expect_err("cut");
@@ -107,10 +114,11 @@ mod tests {
         let whole: Body = Full::new(Bytes::from("all"))
             .map_err(|never| match never {})
             .boxed();
-        let collected = limit(whole, deadline, timeout)
+        let collected = limit(whole, deadline, timeout, cut.clone())
             .collect()
             .await
             .expect("whole");
         assert_eq!(collected.to_bytes(), Bytes::from("all"));
+        assert_eq!(cut.get(), 1, "a whole body is not counted");
     }
 }

@@ -452,7 +452,9 @@ async fn forward(
             waypoint.metrics.ejections.inc();
         }
         let response = match body_deadline {
-            Some((at, limit)) => response.map(|body| crate::deadline::limit(body, at, limit)),
+            Some((at, limit)) => response.map(|body| {
+                crate::deadline::limit(body, at, limit, waypoint.metrics.bodies_cut.clone())
+            }),
             None => response,
         };
         if !retriable || attempt == attempts {

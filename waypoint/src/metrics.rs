@@ -89,6 +89,9 @@ pub struct Metrics {
     /// HTTP connections opened to backend endpoints, all workers
     /// (`ambit_waypoint_backend_connections_opened_total`).
     pub backend_connections: Counter,
+    /// Response bodies cut at a route's timeout after their headers had
+    /// gone out (`ambit_waypoint_response_bodies_cut_total`).
+    pub bodies_cut: Counter,
 }
 
 impl Metrics {
@@ -135,6 +138,12 @@ impl Metrics {
             "HTTP connections opened to backend endpoints (each over its own HBONE stream or TCP connection)",
             backend_connections.clone(),
         );
+        let bodies_cut = Counter::default();
+        registry.register(
+            "ambit_waypoint_response_bodies_cut",
+            "Response bodies cut at a route's timeout after their headers had been sent",
+            bodies_cut.clone(),
+        );
         Self {
             registry,
             requests,
@@ -143,6 +152,7 @@ impl Metrics {
             retries_refused,
             ejections,
             backend_connections,
+            bodies_cut,
         }
     }
 
