@@ -32,7 +32,7 @@ mod workload;
 #[cfg(test)]
 mod tests;
 
-pub use bundle::TrustBundle;
+pub use bundle::{BundleFile, TrustBundle};
 pub use inspect::{not_after_of, serial_of, sha256_fingerprint, spiffe_id_of};
 pub use workload::{WorkloadCertificate, WorkloadKey, csr_spiffe_id};
 

@@ -29,7 +29,9 @@ use std::{
 };
 
 use mesh_core::{
-    ca::{CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey},
+    ca::{
+        BundleFile, CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey,
+    },
     identity::SpiffeId,
     workload::PodKey,
 };
@@ -151,12 +153,9 @@ enum Signer {
 /// The trusted roots and where they come from.
 struct Trust {
     /// `--trust-bundle`, followed for changes.
-    file: Option<PathBuf>,
+    file: Option<BundleFile>,
     /// The local CA, always trusted besides the file's roots.
     ca: Option<CertificateDer<'static>>,
-    /// The file's contents when last read (`None`: unreadable), so an
-    /// unchanged or still broken file is not parsed or reported again.
-    seen: Mutex<Option<Vec<u8>>>,
     roots: RwLock<Arc<RootCertStore>>,
 }
 
@@ -228,7 +227,6 @@ impl CertManager {
         let trust = Trust {
             file: None,
             ca: None,
-            seen: Mutex::default(),
             roots: RwLock::new(Arc::new(bundle.root_store()?)),
         };
         Ok(Arc::new(Self::with_signer(
@@ -440,27 +438,23 @@ impl CertManager {
     /// handshakes (the cached configurations are dropped); a file that
     /// cannot be read or parsed is reported once and the roots stay.
     pub fn follow_trust_bundle(&self) {
-        let Some(path) = &self.trust.file else {
+        let Some(file) = &self.trust.file else {
             return;
         };
-        let contents = std::fs::read(path).ok();
-        {
-            let mut seen = lock(&self.trust.seen);
-            if *seen == contents {
+        let contents = match file.changed() {
+            Ok(Some(contents)) => contents,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(path = %file.path().display(), "cannot read the trust bundle; keeping the roots in use");
                 return;
             }
-            seen.clone_from(&contents);
-        }
-        let Some(contents) = contents else {
-            tracing::warn!(path = %path.display(), "cannot read the trust bundle; keeping the roots in use");
-            return;
         };
         match self.trust.root_store(Some(&contents)) {
             Ok((store, count)) => {
                 *write(&self.trust.roots) = Arc::new(store);
                 write(&self.server_configs).clear();
                 write(&self.client_configs).clear();
-                tracing::info!(path = %path.display(), roots = count, "trust bundle changed; new connections trust its roots");
+                tracing::info!(path = %file.path().display(), roots = count, "trust bundle changed; new connections trust its roots");
             }
             Err(error) => {
                 tracing::warn!(%error, "the trust bundle changed but does not load; keeping the roots in use");
@@ -512,18 +506,16 @@ impl Trust {
         file: Option<PathBuf>,
         ca: Option<CertificateDer<'static>>,
     ) -> Result<Self, IdentityError> {
-        let contents = match &file {
-            Some(path) => Some(std::fs::read(path).map_err(|source| CaError::Read {
-                what: "the trust bundle",
-                path: path.clone(),
-                source,
-            })?),
-            None => None,
+        let (file, contents) = match file {
+            Some(path) => {
+                let (file, contents) = BundleFile::open(&path)?;
+                (Some(file), Some(contents))
+            }
+            None => (None, None),
         };
         let trust = Self {
             file,
             ca,
-            seen: Mutex::new(contents.clone()),
             roots: RwLock::new(Arc::new(RootCertStore::empty())),
         };
         let (store, _) = trust.root_store(contents.as_deref())?;
@@ -535,7 +527,7 @@ impl Trust {
     /// one) and the CA, and how many there are.
     fn root_store(&self, contents: Option<&[u8]>) -> Result<(RootCertStore, usize), IdentityError> {
         let mut bundle = match (contents, &self.file) {
-            (Some(contents), Some(path)) => TrustBundle::from_pem(contents, path)?,
+            (Some(contents), Some(file)) => TrustBundle::from_pem(contents, file.path())?,
             _ => TrustBundle::new(),
         };
         if let Some(ca) = &self.ca {

@@ -9,13 +9,15 @@
 //! followed: after a CA rotation new connections trust the new roots.
 
 use std::{
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    path::Path,
+    sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
 
 use mesh_core::{
-    ca::{CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey},
+    ca::{
+        BundleFile, CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey,
+    },
     identity::{IdentityError, SpiffeId},
     tls::{self, CertificateSource},
     workload::PodKey,
@@ -72,35 +74,6 @@ pub struct WaypointIdentity {
     bundle: Option<BundleFile>,
 }
 
-/// A trust bundle file and the contents last loaded from it.
-#[derive(Debug)]
-struct BundleFile {
-    path: PathBuf,
-    seen: Mutex<Vec<u8>>,
-}
-
-impl BundleFile {
-    /// The roots, when the file changed since the last call; an error
-    /// (unreadable, no certificate) once per change.
-    fn changed(&self) -> Result<Option<RootCertStore>, CaError> {
-        let contents = read_bundle(&self.path);
-        {
-            let mut seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = contents.as_deref().unwrap_or_default();
-            if *seen == now {
-                return Ok(None);
-            }
-            seen.clear();
-            seen.extend_from_slice(now);
-        }
-        let bundle = TrustBundle::from_pem(&contents?, &self.path)?;
-        bundle.root_store().map(Some)
-    }
-}
-
 #[derive(Debug)]
 struct Issued {
     key: Arc<CertifiedKey>,
@@ -140,7 +113,7 @@ impl WaypointIdentity {
         pod: PodKey,
         trust_bundle: &Path,
     ) -> Result<Self, WaypointIdentityError> {
-        let contents = read_bundle(trust_bundle)?;
+        let (bundle, contents) = BundleFile::open(trust_bundle)?;
         let roots = Arc::new(TrustBundle::from_pem(&contents, trust_bundle)?.root_store()?);
         let signer = Signer::Controller { client, pod };
         let current = RwLock::new(sign(&signer, &id, &roots).await?);
@@ -149,10 +122,7 @@ impl WaypointIdentity {
             signer,
             current,
             roots: RwLock::new(roots),
-            bundle: Some(BundleFile {
-                path: trust_bundle.to_owned(),
-                seen: Mutex::new(contents),
-            }),
+            bundle: Some(bundle),
         })
     }
 
@@ -164,9 +134,10 @@ impl WaypointIdentity {
         let Some(bundle) = &self.bundle else {
             return Ok(None);
         };
-        let Some(store) = bundle.changed()? else {
+        let Some(contents) = bundle.changed()? else {
             return Ok(None);
         };
+        let store = TrustBundle::from_pem(&contents, bundle.path())?.root_store()?;
         let count = store.len();
         *self
             .roots
@@ -215,14 +186,6 @@ impl CertificateSource for WaypointIdentity {
     }
 }
 
-fn read_bundle(path: &Path) -> Result<Vec<u8>, CaError> {
-    std::fs::read(path).map_err(|source| CaError::Read {
-        what: "the trust bundle",
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// A new key and its certificate from `signer`.
 async fn sign(
     signer: &Signer,
@@ -256,41 +219,4 @@ fn certify(
         key: Arc::new(certified),
         renew_at: certificate.not_before + half,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use mesh_core::ca::CertificateAuthority;
-
-    use super::{BundleFile, Mutex};
-
-    #[test]
-    fn a_changed_bundle_is_loaded_once_and_a_bad_one_reported_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bundle.pem");
-        let ca =
-            |_| CertificateAuthority::generate("cluster.local", Duration::from_hours(1)).unwrap();
-        let (old, new) = (ca(1), ca(2));
-        std::fs::write(&path, old.certificate_pem()).unwrap();
-        let file = BundleFile {
-            path: path.clone(),
-            seen: Mutex::new(old.certificate_pem().as_bytes().to_vec()),
-        };
-        assert!(file.changed().unwrap().is_none(), "unchanged");
-        // Rotation: both roots, then the new one alone.
-        let both = format!("{}{}", old.certificate_pem(), new.certificate_pem());
-        std::fs::write(&path, &both).unwrap();
-        assert_eq!(file.changed().unwrap().map(|s| s.len()), Some(2));
-        assert!(file.changed().unwrap().is_none(), "loaded once");
-        std::fs::write(&path, "not a certificate").unwrap();
-        assert!(file.changed().is_err());
-        assert!(file.changed().unwrap().is_none(), "reported once");
-        std::fs::remove_file(&path).unwrap();
-        assert!(file.changed().is_err(), "a missing file is reported");
-        assert!(file.changed().unwrap().is_none());
-        std::fs::write(&path, new.certificate_pem()).unwrap();
-        assert_eq!(file.changed().unwrap().map(|s| s.len()), Some(1));
-    }
 }

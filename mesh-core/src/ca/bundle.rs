@@ -1,6 +1,10 @@
-//! The trust bundle: the roots a peer's certificate must chain to.
+//! The trust bundle: the roots a peer's certificate must chain to, and
+//! the file it is followed in ([`BundleFile`]).
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
 
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
@@ -89,5 +93,51 @@ impl TrustBundle {
             .iter()
             .map(super::files::certificate_pem)
             .collect()
+    }
+}
+
+/// A trust bundle file followed for changes (the `ambit-trust-bundle`
+/// `ConfigMap`, mounted; or `--trust-bundle`): node agents and waypoints
+/// check it periodically and load new roots when its contents change.
+#[derive(Debug)]
+pub struct BundleFile {
+    path: PathBuf,
+    /// The contents when last read (`None`: unreadable), so an unchanged
+    /// or still broken file is not parsed or reported again.
+    seen: Mutex<Option<Vec<u8>>>,
+}
+
+// === impl BundleFile ===
+
+impl BundleFile {
+    /// Reads the file a first time; fails, naming it, if it cannot be read.
+    /// Returns the follower and the contents read.
+    pub fn open(path: &Path) -> Result<(Self, Vec<u8>), CaError> {
+        let contents = super::files::read_file(path, "the trust bundle")?;
+        let file = Self {
+            path: path.to_owned(),
+            seen: Mutex::new(Some(contents.clone())),
+        };
+        Ok((file, contents))
+    }
+
+    /// The file's path, for messages and [`TrustBundle::from_pem`].
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The contents, if they changed since the last read (`Ok(None)`:
+    /// unchanged). A file that cannot be read is an error once, until it
+    /// can be read again.
+    pub fn changed(&self) -> Result<Option<Vec<u8>>, CaError> {
+        let contents = super::files::read_file(&self.path, "the trust bundle");
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = contents.as_ref().ok();
+        if seen.as_ref() == now {
+            return Ok(None);
+        }
+        *seen = now.cloned();
+        contents.map(Some)
     }
 }

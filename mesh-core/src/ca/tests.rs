@@ -709,3 +709,40 @@ fn workload_key_is_pkcs8_p256_and_debug_hides_it() {
         "{debug}"
     );
 }
+
+/// What a follower loads at a check: the new roots' count, `None` when
+/// unchanged, `Err` for a file that cannot be used.
+fn check(file: &BundleFile) -> Result<Option<usize>, CaError> {
+    let Some(contents) = file.changed()? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        TrustBundle::from_pem(&contents, file.path())?.roots().len(),
+    ))
+}
+
+#[test]
+fn a_changed_bundle_is_loaded_once_and_a_bad_one_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.pem");
+    let ca = |_| CertificateAuthority::generate("cluster.local", Duration::from_hours(1)).unwrap();
+    let (old, new) = (ca(1), ca(2));
+    std::fs::write(&path, old.certificate_pem()).unwrap();
+    let (file, contents) = BundleFile::open(&path).unwrap();
+    assert_eq!(contents, old.certificate_pem().as_bytes());
+    assert!(check(&file).unwrap().is_none(), "unchanged");
+    // Rotation: both roots, then the new one alone.
+    let both = format!("{}{}", old.certificate_pem(), new.certificate_pem());
+    std::fs::write(&path, &both).unwrap();
+    assert_eq!(check(&file).unwrap(), Some(2));
+    assert!(check(&file).unwrap().is_none(), "loaded once");
+    std::fs::write(&path, "not a certificate").unwrap();
+    assert!(check(&file).is_err());
+    assert!(check(&file).unwrap().is_none(), "reported once");
+    std::fs::remove_file(&path).unwrap();
+    assert!(check(&file).is_err(), "a missing file is reported");
+    assert!(check(&file).unwrap().is_none());
+    std::fs::write(&path, new.certificate_pem()).unwrap();
+    assert_eq!(check(&file).unwrap(), Some(1));
+    assert!(BundleFile::open(&dir.path().join("missing.pem")).is_err());
+}
