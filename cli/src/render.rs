@@ -176,9 +176,15 @@ pub fn services_table(services: &Value) -> String {
                 },
             );
             let ports: Vec<String> = items(&s["ports"])
-                .map(|p| match p["targetPort"].as_u64() {
-                    Some(target) => format!("{}→{target}", text(&p["port"])),
-                    None => text(&p["port"]),
+                .map(|p| {
+                    let port = match p["targetPort"].as_u64() {
+                        Some(target) => format!("{}→{target}", text(&p["port"])),
+                        None => text(&p["port"]),
+                    };
+                    match p["appProtocol"].as_str() {
+                        Some(protocol) => format!("{port}[{protocol}]"),
+                        None => port,
+                    }
                 })
                 .collect();
             vec![
@@ -419,6 +425,16 @@ mod tests {
         }
         assert!(lines[2].starts_with("closed"), "{out}");
         assert!(lines[2].contains("10.9.0.1:5000"), "{out}");
+    }
+
+    #[test]
+    fn services_table_shows_ports_with_their_declared_protocol() {
+        let out = services_table(&serde_json::json!([{
+            "namespace": "shop", "name": "db", "cluster_ips": ["10.96.0.5"], "hostname": "db.shop.svc.cluster.local",
+            "selector": {"app": "db"}, "endpoints": [],
+            "ports": [{"port": 80, "targetPort": 8080}, {"port": 3306, "appProtocol": "tcp"}]
+        }]));
+        assert!(out.contains("80→8080,3306[tcp]"), "{out}");
     }
 
     #[test]

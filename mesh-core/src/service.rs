@@ -11,8 +11,13 @@
 //!     clusterIPs: [10.96.0.10]   # optional: the virtual addresses clients dial
 //!     ports:                     # optional
 //!       - {name: http, port: 80, targetPort: 8080}
+//!       - {name: db, port: 3306, appProtocol: tcp}  # declared: not HTTP
 //!     waypoint: shop-waypoint    # optional: L7 traffic goes through it
 //! ```
+//!
+//! A port's `appProtocol` (as in Kubernetes) tells a waypoint what the port
+//! carries instead of letting it guess from the first bytes; see
+//! [`ServicePort::declared_protocol`].
 //!
 //! A service selects the pods of its own namespace whose labels include all
 //! of its selector. A pod behind several services is named after the first
@@ -152,6 +157,25 @@ pub struct ServicePort {
     /// The port on the pods; the same as `port` when not given.
     #[serde(default)]
     pub target_port: Option<u16>,
+    /// The application protocol, as Kubernetes' `appProtocol` names it
+    /// (`http`, `tcp`, `kubernetes.io/h2c`, ...); see
+    /// [`ServicePort::declared_protocol`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+/// What a service port says it carries, from its `appProtocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclaredProtocol {
+    /// HTTP/1.1 or HTTP/2 (`http`, `http2`, `grpc`, `grpc-web`, `h2c`,
+    /// `kubernetes.io/h2c`): a waypoint serves it as HTTP without waiting
+    /// for the client's first bytes to tell, and answers bytes that are not
+    /// HTTP with 400.
+    Http,
+    /// Not HTTP (`tcp`, `tls`, `https`, `mysql`, `mongo`, `redis`): a
+    /// waypoint passes it through at once under L4 policy. Server-first
+    /// protocols need this: they send nothing for the waypoint to detect.
+    Tcp,
 }
 
 // === impl ServiceKey ===
@@ -265,6 +289,21 @@ impl ServicePort {
     #[must_use]
     pub fn target(&self) -> u16 {
         self.target_port.unwrap_or(self.port)
+    }
+
+    /// What the port's `appProtocol` declares (case-insensitive); `None`
+    /// when it has none or one the mesh does not know, and a waypoint then
+    /// detects the protocol from the first bytes.
+    #[must_use]
+    pub fn declared_protocol(&self) -> Option<DeclaredProtocol> {
+        let protocol = self.app_protocol.as_deref()?.to_ascii_lowercase();
+        match protocol.as_str() {
+            "http" | "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => {
+                Some(DeclaredProtocol::Http)
+            }
+            "tcp" | "tls" | "https" | "mysql" | "mongo" | "redis" => Some(DeclaredProtocol::Tcp),
+            _ => None,
+        }
     }
 
     /// The name `EndpointSlices` list this port under: its name, or `""`.
@@ -494,5 +533,36 @@ mod tests {
         // Without a selector the endpoints alone make a valid service.
         let manual = service("{name: ext, endpoints: [{ip: 10.0.0.9, ports: {'': 80}}]}");
         assert_eq!(manual.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_port_declares_its_protocol_by_app_protocol() {
+        let svc = service(
+            "{name: s, ports: [{port: 80, appProtocol: HTTP}, {port: 81, appProtocol: kubernetes.io/h2c},
+              {port: 3306, appProtocol: mysql}, {port: 82, appProtocol: tcp}, {port: 83, appProtocol: example.com/x},
+              {name: tcp-named, port: 84}]}",
+        );
+        let declared: Vec<_> = svc
+            .ports
+            .iter()
+            .map(ServicePort::declared_protocol)
+            .collect();
+        assert_eq!(
+            declared,
+            [
+                Some(DeclaredProtocol::Http),
+                Some(DeclaredProtocol::Http),
+                Some(DeclaredProtocol::Tcp),
+                Some(DeclaredProtocol::Tcp),
+                None,
+                // Only `appProtocol` declares: a port's name does not.
+                None,
+            ]
+        );
+        // It is written back only when set.
+        let yaml = serde_yaml::to_string(&svc.ports[..=0]).unwrap();
+        assert!(yaml.contains("appProtocol: HTTP"), "{yaml}");
+        let yaml = serde_yaml::to_string(&svc.ports[5]).unwrap();
+        assert!(!yaml.contains("appProtocol"), "{yaml}");
     }
 }

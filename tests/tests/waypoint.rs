@@ -1,8 +1,8 @@
 //! The waypoint with real clients (curl, h2load, nghttp): canary splits,
 //! retries within a budget, timeouts (also of a streaming body), outlier detection and circuit
 //! breaking, HTTP authorization, HTTP/2 streaming with trailers, fault
-//! injection, opaque TCP, bad input, and failing closed when the waypoint
-//! is gone.
+//! injection, opaque TCP, protocols declared by `appProtocol`, bad input,
+//! and failing closed when the waypoint is gone.
 
 use std::{
     process::Command,
@@ -419,6 +419,93 @@ fn opaque_tcp_passes_through_and_bad_input_is_refused() {
         "HTTP/1.1 400",
         "{out:?}"
     );
+}
+
+/// Runs `script` in bash in `pod` and returns what it printed.
+fn bash_in(tb: &Testbed, pod: &Pod, script: &str) -> String {
+    let mut command = Command::new("bash");
+    command.args(["-c", script]);
+    let out = tb.run_in_pod(pod, command);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_declared_app_protocol_replaces_detection() {
+    let mut tb = testbed_or_skip!("waypoint_declared");
+    let mut mesh = WaypointMesh::new(&mut tb, "");
+    let (v1, v2) = (mesh.v1.clone(), mesh.v2.clone());
+    mesh.serve_http(&tb, &v1, &[]);
+    mesh.serve_http(&tb, &v2, &[]);
+    // Detection waits this long for a client's first bytes.
+    mesh.start_waypoint(&tb, &["--detect-timeout", "60s"]);
+    // A server-first protocol on 9025 (it greets before reading) and an
+    // echo server on 9000, behind three services using the waypoint.
+    let greeter = tb.spawn_in_pod(
+        &v1,
+        pod_tool(&["serve", "--listen", "0.0.0.0:9025", "--banner", "220 ready"]),
+    );
+    greeter.wait_for_event("listening", Duration::from_secs(20));
+    let echo = tb.spawn_in_pod(&v1, pod_tool(&["serve", "--listen", "0.0.0.0:9000"]));
+    echo.wait_for_event("listening", Duration::from_secs(20));
+    let service = |name: &str, ip: &str, port: &str| {
+        format!(
+            "  - name: {name}\n    namespace: shop\n    waypoint: wp\n    clusterIPs: [{ip}]\n    selector: {{app: v1}}\n    ports: [{port}]\n"
+        )
+    };
+    let services = [
+        service("greeter-tcp", "10.96.0.23", "{port: 9025, appProtocol: tcp}"),
+        service("greeter", "10.96.0.24", "{port: 9025}"),
+        service(
+            "echo-http",
+            "10.96.0.25",
+            "{name: raw, port: 9000, appProtocol: http}, {name: web, port: 80, targetPort: 8080, appProtocol: HTTP}",
+        ),
+    ]
+    .concat();
+    let text = mesh.config("").replace(
+        "  - name: backend-v1\n",
+        &format!("{services}  - name: backend-v1\n"),
+    );
+    mesh.set_raw_config(&text);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Declared `tcp`: passed through at once, so the greeting arrives.
+    let greeting = bash_in(
+        &tb,
+        &mesh.client_a,
+        "exec 3<>/dev/tcp/10.96.0.23/9025; timeout 5 head -c 9 <&3",
+    );
+    assert_eq!(greeting, "220 ready", "{}", mesh.waypoint().report());
+    // Undeclared: the waypoint waits for the client's first bytes (up to
+    // the detection timeout), so the server is not even reached yet.
+    let waiting = bash_in(
+        &tb,
+        &mesh.client_a,
+        "exec 3<>/dev/tcp/10.96.0.24/9025; timeout 3 head -c 9 <&3",
+    );
+    assert_eq!(
+        waiting, "",
+        "an undeclared server-first stream was not detected"
+    );
+    // Declared `http`: bytes that are not HTTP get 400 instead of passing
+    // through as opaque TCP (the echo server would send them back).
+    let answered = bash_in(
+        &tb,
+        &mesh.client_a,
+        "exec 3<>/dev/tcp/10.96.0.25/9000; printf 'hello there\\r\\n\\r\\n' >&3; timeout 5 head -c 12 <&3",
+    );
+    assert_eq!(answered, "HTTP/1.1 400", "{}", mesh.waypoint().report());
+    // HTTP/1.1 and HTTP/2 on a port declared HTTP are served as usual.
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let http = bash_in(
+            &tb,
+            &mesh.client_a,
+            &format!(
+                "curl -s {version} -o /dev/null -w '%{{http_code}}' --max-time 5 http://10.96.0.25/"
+            ),
+        );
+        assert_eq!(http, "200", "{version}");
+    }
 }
 
 #[test]

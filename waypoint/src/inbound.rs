@@ -1,8 +1,10 @@
 //! The waypoint's HBONE listener. Node agents send it the streams of
 //! clients that dialled a service using this waypoint, each a CONNECT to the
-//! cluster IP and port the client dialled. The stream's first bytes tell
-//! what it carries: the HTTP/2 connection preface, an HTTP/1.1 request
-//! line, or anything else (opaque TCP, passed through under L4 policy).
+//! cluster IP and port the client dialled. What the stream carries is what
+//! the service port's `appProtocol` declares (`tcp`: passed through at once;
+//! `http`: HTTP/1.1 or HTTP/2); otherwise its first bytes tell: the HTTP/2
+//! connection preface, an HTTP/1.1 request line, or anything else (opaque
+//! TCP, passed through under L4 policy).
 //!
 //! Bad requests fail their own stream only: a method other than CONNECT
 //! gets 405, an authority that is not a cluster IP and port of a service
@@ -13,7 +15,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::{hbone, identity::SpiffeId, tls};
+use mesh_core::{hbone, identity::SpiffeId, service::DeclaredProtocol, tls};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -168,8 +170,18 @@ async fn serve_stream(
     let info = Arc::new(StreamInfo::new(peer, client, dialled, served));
     let mut io = H2Io::new(send, request.into_body());
     let started = Instant::now();
-    let protocol = detect(&mut io, waypoint.config.detect_timeout).await;
-    tracing::debug!(protocol = protocol.as_str(), dialled = %info.dialled, "stream detected");
+    let declared = info.served.port.declared_protocol();
+    let protocol = match declared {
+        Some(DeclaredProtocol::Tcp) => Protocol::Opaque,
+        Some(DeclaredProtocol::Http) => detect_http(&mut io).await,
+        None => detect(&mut io, waypoint.config.detect_timeout).await,
+    };
+    tracing::debug!(
+        protocol = protocol.as_str(),
+        declared = declared.is_some(),
+        dialled = %info.dialled,
+        "stream detected"
+    );
     match protocol {
         Protocol::Http1 => {
             let service = http_proxy::service(waypoint.clone(), info.clone(), protocol);
@@ -213,6 +225,27 @@ pub async fn detect(io: &mut H2Io, timeout: std::time::Duration) -> Protocol {
             None if bytes.len() < want => return Protocol::Opaque,
             None => want = bytes.len() + 1,
         }
+    }
+}
+
+/// For a port declared HTTP: HTTP/2 when the stream starts with the
+/// HTTP/2 preface, else HTTP/1.1, whose parser answers bytes that are not
+/// HTTP with 400. Waits for the first bytes as long as the client takes:
+/// there is no falling back to opaque TCP. Nothing is consumed.
+pub async fn detect_http(io: &mut H2Io) -> Protocol {
+    let mut want = 1;
+    loop {
+        let Ok(bytes) = io.peek(want).await else {
+            return Protocol::Http1;
+        };
+        let n = bytes.len().min(H2_PREFACE.len());
+        if bytes.len() < want || bytes[..n] != H2_PREFACE[..n] {
+            return Protocol::Http1;
+        }
+        if n == H2_PREFACE.len() {
+            return Protocol::Http2;
+        }
+        want = bytes.len() + 1;
     }
 }
 

@@ -261,6 +261,7 @@ pub fn service<'a>(
                     }
                     _ => None,
                 },
+                app_protocol: port.app_protocol.clone(),
             })
         })
         .collect();

@@ -105,7 +105,7 @@ fn services_and_policies_read_as_the_local_file_would() {
         "metadata": {"name": "web", "namespace": "shop"},
         "spec": {"selector": {"app": "web"}, "ports": [
             {"name": "http", "port": 80, "targetPort": 8080},
-            {"port": 443, "targetPort": "https"}
+            {"port": 443, "targetPort": "https", "appProtocol": "tcp"}
         ]}
     }))
     .unwrap();
@@ -119,6 +119,11 @@ fn services_and_policies_read_as_the_local_file_would() {
     );
     assert_eq!(service.ports[0].target_port, Some(8080));
     assert_eq!(service.ports[1].target_port, None);
+    assert_eq!(service.ports[0].declared_protocol(), None);
+    assert_eq!(
+        service.ports[1].declared_protocol(),
+        Some(mesh_core::service::DeclaredProtocol::Tcp)
+    );
 
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "security.ambit.dev/v1alpha1",

@@ -1,4 +1,6 @@
-//! `pod-tool serve`: a TCP echo server on one or more addresses.
+//! `pod-tool serve`: a TCP echo server on one or more addresses. With
+//! `--banner TEXT` it speaks first, as server-first protocols such as SMTP
+//! do: each connection gets `TEXT` and a newline before any echo.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,9 @@ pub(crate) struct Args {
     /// IPv6 listeners are IPv6-only).
     #[arg(long, value_delimiter = ',', required = true)]
     listen: Vec<SocketAddr>,
+    /// A line sent on every connection before anything is read.
+    #[arg(long)]
+    banner: Option<String>,
 }
 
 pub(crate) fn run(args: &Args) -> ExitCode {
@@ -44,7 +49,10 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     Event::Listening { addrs }.emit();
     let acceptors: Vec<_> = listeners
         .into_iter()
-        .map(|listener| std::thread::spawn(move || accept_loop(&listener)))
+        .map(|listener| {
+            let banner = args.banner.clone();
+            std::thread::spawn(move || accept_loop(&listener, banner.as_deref()))
+        })
         .collect();
     for acceptor in acceptors {
         let _ = acceptor.join();
@@ -65,11 +73,12 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn accept_loop(listener: &TcpListener) {
+fn accept_loop(listener: &TcpListener, banner: Option<&str>) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                std::thread::spawn(move || echo_connection(stream));
+                let banner = banner.map(|text| format!("{text}\n"));
+                std::thread::spawn(move || echo_connection(stream, banner.as_deref()));
             }
             Err(error) => {
                 Event::Error {
@@ -82,7 +91,7 @@ fn accept_loop(listener: &TcpListener) {
     }
 }
 
-fn echo_connection(stream: TcpStream) {
+fn echo_connection(stream: TcpStream, banner: Option<&str>) {
     // getpeername, as the application sees it (the mesh may rewrite it).
     let peer = stream
         .peer_addr()
@@ -92,7 +101,13 @@ fn echo_connection(stream: TcpStream) {
         .map_or_else(|error| format!("error: {error}"), |addr| addr.to_string());
     let mut bytes_in = 0;
     let mut bytes_out = 0;
-    let result = echo(&stream, &mut bytes_in, &mut bytes_out);
+    let result = banner
+        .map_or(Ok(()), |banner| {
+            (&stream).write_all(banner.as_bytes())?;
+            bytes_out += banner.len() as u64;
+            Ok(())
+        })
+        .and_then(|()| echo(&stream, &mut bytes_in, &mut bytes_out));
     // Report a connection only once it is closed on our side too.
     drop(stream);
     Event::Conn {
