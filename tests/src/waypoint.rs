@@ -19,6 +19,10 @@ use crate::{
 
 /// The cluster IP of the Service `backend`.
 pub const VIP: &str = "10.96.0.20";
+/// The cluster IP of the Service `backend-tcp`: the same pods as `backend`,
+/// its port declared `appProtocol: tcp`, so the waypoint passes its streams
+/// through without HTTP.
+pub const TCP_VIP: &str = "10.96.0.22";
 /// A `policies:` section allowing only `client-a`'s GETs to the Service
 /// `backend` (the policy `shop/backend-get-only`), enforced by the waypoint.
 pub const GET_ONLY_FOR_CLIENT_A: &str = "policies:
@@ -145,6 +149,12 @@ impl WaypointMesh {
     clusterIPs: [{VIP}]
     selector: {{tier: backend}}
     ports: [{{name: http, port: 80, targetPort: {ECHO_PORT}}}]
+  - name: backend-tcp
+    namespace: shop
+    waypoint: wp
+    clusterIPs: [{TCP_VIP}]
+    selector: {{tier: backend}}
+    ports: [{{name: http, port: 80, targetPort: {ECHO_PORT}, appProtocol: tcp}}]
   - name: backend-v1
     namespace: shop
     selector: {{app: v1}}

@@ -1,11 +1,15 @@
 //! What the waypoint costs: HTTP request latency (p50/p99, one request at a
 //! time with wrk) and requests per second (wrk over HTTP/1.1 with 16
 //! connections, h2load over HTTP/2 with 16 streams on 4 connections), on
-//! three paths between the same two nodes, in the same run:
+//! four paths between the same two nodes, in the same run:
 //!
 //! - `direct`: an unmeshed client to an unmeshed server, the baseline;
 //! - `mesh-l4`: meshed client to meshed server by pod address (HBONE
 //!   between the node agents, no waypoint);
+//! - `waypoint-tcp`: meshed client to a Service using the waypoint whose
+//!   port is declared `appProtocol: tcp`: the waypoint relays the bytes
+//!   HBONE to HBONE with no HTTP work. The waypoint path can cost no less
+//!   than this, whatever its L7 work: it is the floor under it;
 //! - `waypoint`: meshed client to the Service's cluster IP, whose traffic
 //!   goes through the waypoint (HBONE in, HTTP routing, HBONE out).
 //!
@@ -22,7 +26,7 @@
 
 use std::process::Command;
 
-use ambit_tests::waypoint::{VIP, WaypointMesh};
+use ambit_tests::waypoint::{TCP_VIP, VIP, WaypointMesh};
 use ambit_tests::workload::{ECHO_PORT, WAIT, pod_tool};
 use ambit_tests::{Pod, Proc, Testbed};
 use serde::Serialize;
@@ -36,7 +40,7 @@ pub const TARGET_ADDED_P50_US: f64 = 150.0;
 /// One path's figures (medians of the runs).
 #[derive(Clone, Debug, Serialize)]
 pub struct PathFigures {
-    /// `direct`, `mesh-l4` or `waypoint`.
+    /// `direct`, `mesh-l4`, `waypoint-tcp` or `waypoint`.
     pub path: String,
     /// Latency percentiles of sequential requests, µs.
     pub p50_us: f64,
@@ -63,6 +67,9 @@ pub struct WaypointReport {
     pub added_p50_us: f64,
     /// Waypoint p99 minus direct p99, µs.
     pub added_p99_us: f64,
+    /// `waypoint-tcp` p50 minus direct p50, µs: what the waypoint path adds
+    /// before any HTTP work.
+    pub floor_added_p50_us: f64,
     /// Waypoint RPS / direct RPS, HTTP/1.1.
     pub rps_ratio_http1: f64,
     /// The target for `added_p50_us`.
@@ -85,6 +92,8 @@ pub struct OneCpuLatency {
     pub added_p50_us: f64,
     /// Waypoint p99 minus direct p99, µs.
     pub added_p99_us: f64,
+    /// `waypoint-tcp` p50 minus direct p50, µs.
+    pub floor_added_p50_us: f64,
 }
 
 /// Runs the waypoint bench on a test bed of its own.
@@ -125,6 +134,11 @@ pub fn measure(quick: bool, runs: usize) -> Result<WaypointReport, BenchError> {
             mesh.client_a.clone(),
             format!("http://{}:{ECHO_PORT}/", v1.ipv4),
         ),
+        (
+            "waypoint-tcp",
+            mesh.client_a.clone(),
+            format!("http://{TCP_VIP}/"),
+        ),
         ("waypoint", mesh.client_a.clone(), format!("http://{VIP}/")),
     ];
     let mut samples: Vec<Vec<PathFigures>> = targets.iter().map(|_| Vec::new()).collect();
@@ -148,15 +162,16 @@ pub fn measure(quick: bool, runs: usize) -> Result<WaypointReport, BenchError> {
     let one_cpu = one_cpu_latency(&tb, &targets, &pids, latency_secs, runs)?;
     drop(mesh);
     let paths: Vec<PathFigures> = samples.iter().map(|s| median_figures(s)).collect();
-    let added_p50_us = paths[2].p50_us - paths[0].p50_us;
-    let added_p99_us = paths[2].p99_us - paths[0].p99_us;
+    let (direct, floor, waypoint) = (&paths[0], &paths[2], &paths[3]);
+    let added_p50_us = waypoint.p50_us - direct.p50_us;
     Ok(WaypointReport {
         latency_secs,
         load_secs,
         runs,
-        rps_ratio_http1: paths[2].rps_http1 / paths[0].rps_http1.max(f64::MIN_POSITIVE),
+        rps_ratio_http1: waypoint.rps_http1 / direct.rps_http1.max(f64::MIN_POSITIVE),
         added_p50_us,
-        added_p99_us,
+        added_p99_us: waypoint.p99_us - direct.p99_us,
+        floor_added_p50_us: floor.p50_us - direct.p50_us,
         target_added_p50_us: TARGET_ADDED_P50_US,
         target_met: added_p50_us <= TARGET_ADDED_P50_US,
         paths,
@@ -223,8 +238,9 @@ fn one_cpu_latency(
         .collect();
     Ok(Some(OneCpuLatency {
         cpu,
-        added_p50_us: paths[2].1 - paths[0].1,
-        added_p99_us: paths[2].2 - paths[0].2,
+        added_p50_us: paths[3].1 - paths[0].1,
+        added_p99_us: paths[3].2 - paths[0].2,
+        floor_added_p50_us: paths[2].1 - paths[0].1,
         paths,
     }))
 }
@@ -405,6 +421,12 @@ pub fn render(report: &WaypointReport) -> String {
         report.target_added_p50_us,
         if report.target_met { "met" } else { "missed" }
     );
+    let _ = writeln!(
+        text,
+        "\nThe floor: `waypoint-tcp` (the same waypoint, the port declared `appProtocol: tcp`, bytes relayed HBONE to HBONE with no HTTP work) adds p50 {:.0} µs, so the waypoint's HTTP work adds {:.0} µs on top of it.",
+        report.floor_added_p50_us,
+        report.added_p50_us - report.floor_added_p50_us
+    );
     if let Some(one) = &report.one_cpu {
         let _ = writeln!(
             text,
@@ -416,8 +438,8 @@ pub fn render(report: &WaypointReport) -> String {
         }
         let _ = writeln!(
             text,
-            "\nAdded on one CPU: p50 {:.0} µs, p99 {:.0} µs.",
-            one.added_p50_us, one.added_p99_us
+            "\nAdded on one CPU: p50 {:.0} µs (floor, `waypoint-tcp`: {:.0} µs), p99 {:.0} µs.",
+            one.added_p50_us, one.floor_added_p50_us, one.added_p99_us
         );
     }
     text
