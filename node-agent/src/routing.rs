@@ -8,6 +8,10 @@
 //!
 //! - sets `net.ipv4.tcp_fwmark_accept=1`, so a connection accepted from a
 //!   marked SYN (the agent's) carries the return mark on every reply;
+//! - sets `net.ipv4.fwmark_reflect=1` (and `net.ipv6.fwmark_reflect=1`), so
+//!   what the kernel answers for no socket, such as the reset for a SYN to
+//!   a closed port, carries the mark too: the agent's connect is refused at
+//!   once instead of timing out while the reset leaves the pod;
 //! - adds `ip rule fwmark 0x53a lookup 133` and `local default dev lo table 133`
 //!   (and the IPv6 twins), so marked packets are delivered locally, to the
 //!   agent's transparent socket.
@@ -37,6 +41,8 @@ pub const MESH_RULE_PRIORITY: u32 = 32_000;
 /// Where the network sysctls are written when nothing else is set.
 pub const DEFAULT_PROC_SYS_NET: &str = "/proc/sys/net";
 const FWMARK_ACCEPT: &str = "ipv4/tcp_fwmark_accept";
+const FWMARK_REFLECT_V4: &str = "ipv4/fwmark_reflect";
+const FWMARK_REFLECT_V6: &str = "ipv6/fwmark_reflect";
 
 /// The `/proc/sys/net` the agent writes through, set once at start.
 static PROC_SYS_NET: OnceLock<PathBuf> = OnceLock::new();
@@ -50,11 +56,11 @@ pub fn set_proc_sys_net(dir: &Path) {
     let _ = PROC_SYS_NET.set(dir.to_owned());
 }
 
-fn fwmark_accept_path() -> PathBuf {
+fn sysctl_path(name: &str) -> PathBuf {
     PROC_SYS_NET
         .get()
         .map_or_else(|| Path::new(DEFAULT_PROC_SYS_NET), PathBuf::as_path)
-        .join(FWMARK_ACCEPT)
+        .join(name)
 }
 
 /// Errors setting up or removing the return path.
@@ -97,7 +103,7 @@ pub struct Families {
 
 /// Installs the return path. Idempotent: what already exists is kept.
 pub fn install(families: Families) -> Result<(), RoutingError> {
-    write_fwmark_accept("1")?;
+    write_sysctls(families, "1")?;
     with_netlink(|handle| async move {
         if families.v4 {
             let rule = handle
@@ -176,12 +182,23 @@ pub fn remove(families: Families) -> Result<(), RoutingError> {
         }
         Ok(())
     })?;
-    write_fwmark_accept("0")
+    write_sysctls(families, "0")
 }
 
-fn write_fwmark_accept(value: &str) -> Result<(), RoutingError> {
-    let path = fwmark_accept_path();
-    std::fs::write(&path, value).map_err(|source| RoutingError::Sysctl { path, source })
+/// Sets the mark-carrying sysctls of the families in use to `value`.
+fn write_sysctls(families: Families, value: &str) -> Result<(), RoutingError> {
+    let mut names = vec![FWMARK_ACCEPT];
+    if families.v4 {
+        names.push(FWMARK_REFLECT_V4);
+    }
+    if families.v6 {
+        names.push(FWMARK_REFLECT_V6);
+    }
+    for name in names {
+        let path = sysctl_path(name);
+        std::fs::write(&path, value).map_err(|source| RoutingError::Sysctl { path, source })?;
+    }
+    Ok(())
 }
 
 fn local_route_v4() -> RouteMessage {

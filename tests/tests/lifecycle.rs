@@ -108,6 +108,14 @@ fn unenrolling_restores_direct_traffic() {
         !String::from_utf8_lossy(&rules.stdout).contains("0x53a"),
         "the return-path rule must be removed"
     );
+    for sysctl in ["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"] {
+        let value = tb.exec_in_netns(&client.netns, &["cat", &format!("/proc/sys/net/{sysctl}")]);
+        assert_eq!(
+            String::from_utf8_lossy(&value.stdout).trim(),
+            "0",
+            "the pod's {sysctl} must be reset"
+        );
+    }
 }
 
 #[test]
@@ -348,15 +356,14 @@ fn pod_sysctls_are_written_through_proc_sys_net_and_a_bad_one_is_named() {
     );
     agent.wait_ready(&tb);
     agent.wait_pod_state(&tb, "client", "enrolled", WAIT);
-    let value = tb.exec_in_netns(
-        &client.netns,
-        &["cat", "/proc/sys/net/ipv4/tcp_fwmark_accept"],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&value.stdout).trim(),
-        "1",
-        "the pod's sysctl"
-    );
+    for sysctl in ["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"] {
+        let value = tb.exec_in_netns(&client.netns, &["cat", &format!("/proc/sys/net/{sysctl}")]);
+        assert_eq!(
+            String::from_utf8_lossy(&value.stdout).trim(),
+            "1",
+            "the pod's {sysctl}"
+        );
+    }
     drop(agent);
 
     // A path that cannot be written fails the pod, naming it and what to check.
