@@ -201,6 +201,7 @@ async fn set_log_filter(state: &AdminState, request: Request<Incoming>) -> Respo
 /// `GET /connections?follow`: one JSON line per connection as it closes.
 fn follow_connections(state: &AdminState, shutdown: CancellationToken) -> Response<Body> {
     let receiver = state.connections.follow();
+    tracing::debug!("a client follows closed connections");
     let workloads = state.workloads.clone();
     let node = state.config.node_name.clone();
     let lines = futures_util::stream::unfold(

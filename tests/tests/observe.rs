@@ -3,7 +3,7 @@
 //! stream, workloads, certificates, the log filter, and `ambit check`
 //! passing on a ready node and failing with the right hints.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
 use ambit_tests::{
     Node, Testbed,
@@ -256,7 +256,7 @@ fn follow_streams_each_connection_with_its_verdict() {
     let cs = client_and_server(&mut tb);
     let yaml = format!("{}{DENY_PORT}", pods_yaml(&[&cs.client, &cs.server]));
     let _client_agent = Agent::start_with_config(&tb, &cs.n1, &yaml, &[&cs.client], &[]);
-    let _server_agent = Agent::start_with_config(&tb, &cs.n2, &yaml, &[&cs.server], &[]);
+    let server_agent = Agent::start_with_config(&tb, &cs.n2, &yaml, &[&cs.server], &[]);
     let _server = serve(&tb, &cs.server);
     let follower = tb.spawn_on_node(
         &cs.n2,
@@ -274,8 +274,12 @@ fn follow_streams_each_connection_with_its_verdict() {
             "json",
         ]),
     );
-    // The stream is subscribed once the request is in; give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
+    // Connections that close before the agent has the follower subscribed
+    // are not streamed: wait for it.
+    server_agent
+        .proc
+        .wait_for_stderr_line(WAIT, |l| l.contains("a client follows closed connections"))
+        .unwrap_or_else(|| panic!("the follower did not subscribe\n{}", follower.report()));
 
     send(
         &tb,
