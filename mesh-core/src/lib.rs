@@ -8,6 +8,7 @@ pub mod ca;
 pub mod hbone;
 pub mod identity;
 pub mod local_config;
+mod object;
 pub mod policy;
 pub mod published;
 pub mod route;

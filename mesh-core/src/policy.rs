@@ -271,24 +271,7 @@ pub enum Pattern {
 // --- The object as written. Lists are optional so that `[]` and a missing
 // --- field mean the same; unknown fields are errors.
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    metadata: RawMetadata,
-    #[serde(default)]
-    spec: RawSpec,
-    /// Written by controllers; ignored on input.
-    #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted so that objects from a cluster load as they are"
-    )]
-    status: Option<serde_yaml::Value>,
-}
+type RawPolicy = crate::object::RawObject<RawMetadata, RawSpec>;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

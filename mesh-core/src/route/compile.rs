@@ -18,23 +18,7 @@ const ANNOTATION_PREFIX: &str = "ambit.dev/";
 
 // --- The object as written; unknown fields are errors.
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawRoute {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    metadata: RawMetadata,
-    #[serde(default)]
-    spec: RawSpec,
-    #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted so objects from a cluster load as they are"
-    )]
-    status: Option<serde_yaml::Value>,
-}
+type RawRoute = crate::object::RawObject<RawMetadata, RawSpec>;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
