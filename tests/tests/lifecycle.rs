@@ -61,6 +61,19 @@ fn pins(node: &Node) -> usize {
     std::fs::read_dir(node.bpffs.join("ambit/links")).map_or(0, Iterator::count)
 }
 
+/// The pod's return-mark sysctls (`tcp_fwmark_accept`, `fwmark_reflect`)
+/// all read `expected`: "1" while enrolled, "0" after.
+fn assert_mark_sysctls(tb: &Testbed, pod: &Pod, expected: &str) {
+    for sysctl in ["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"] {
+        let value = tb.exec_in_netns(&pod.netns, &["cat", &format!("/proc/sys/net/{sysctl}")]);
+        assert_eq!(
+            String::from_utf8_lossy(&value.stdout).trim(),
+            expected,
+            "the pod's {sysctl}"
+        );
+    }
+}
+
 #[test]
 fn unenrolling_restores_direct_traffic() {
     let mut tb = testbed_or_skip!("unenroll");
@@ -108,14 +121,7 @@ fn unenrolling_restores_direct_traffic() {
         !String::from_utf8_lossy(&rules.stdout).contains("0x53a"),
         "the return-path rule must be removed"
     );
-    for sysctl in ["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"] {
-        let value = tb.exec_in_netns(&client.netns, &["cat", &format!("/proc/sys/net/{sysctl}")]);
-        assert_eq!(
-            String::from_utf8_lossy(&value.stdout).trim(),
-            "0",
-            "the pod's {sysctl} must be reset"
-        );
-    }
+    assert_mark_sysctls(&tb, &client, "0");
 }
 
 #[test]
@@ -356,14 +362,7 @@ fn pod_sysctls_are_written_through_proc_sys_net_and_a_bad_one_is_named() {
     );
     agent.wait_ready(&tb);
     agent.wait_pod_state(&tb, "client", "enrolled", WAIT);
-    for sysctl in ["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"] {
-        let value = tb.exec_in_netns(&client.netns, &["cat", &format!("/proc/sys/net/{sysctl}")]);
-        assert_eq!(
-            String::from_utf8_lossy(&value.stdout).trim(),
-            "1",
-            "the pod's {sysctl}"
-        );
-    }
+    assert_mark_sysctls(&tb, &client, "1");
     drop(agent);
 
     // A path that cannot be written fails the pod, naming it and what to check.

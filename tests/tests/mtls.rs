@@ -214,19 +214,15 @@ fn server_with_an_unexpected_identity_is_refused_and_the_app_connection_closed()
 #[test]
 fn a_closed_app_port_fails_the_connection_at_once() {
     let mut tb = testbed_or_skip!("mtls_closed_port");
-    let ClientServer {
-        n1,
-        n2,
-        client,
-        server,
-    } = client_and_server(&mut tb);
-    let _agent1 = Agent::start(&tb, &n1, &[&client, &server], &[]);
-    let agent2 = Agent::start(&tb, &n2, &[&client, &server], &[]);
+    let cs = client_and_server(&mut tb);
+    let (client, server) = (&cs.client, &cs.server);
+    let _agent1 = Agent::start(&tb, &cs.n1, &[client, server], &[]);
+    let agent2 = Agent::start(&tb, &cs.n2, &[client, server], &[]);
     // Nothing listens on the server pod's port 9999: the destination agent's
     // connection to it is refused, and the client's connection must end as
     // soon as that is known (the connect timeout is 10 s).
     let started = std::time::Instant::now();
-    let (ok, sent, report) = try_send(&tb, &client, &format!("{}:9999", server.ipv4), 1000);
+    let (ok, sent, report) = try_send(&tb, client, &format!("{}:9999", server.ipv4), 1000);
     let took = started.elapsed();
     assert!(!ok, "the connection must fail: {sent}\n{report}");
     let refused = agent2
