@@ -221,7 +221,7 @@ async fn plan(
 ) -> Result<Plan, Response<Body>> {
     let state = waypoint.state.current();
     let (mut parts, body) = request.into_parts();
-    let host = host_of(&parts);
+    let host = host_of(&parts.headers, &parts.uri);
     // The request's attributes are gathered only when a policy applies.
     if authz::applies(&state, info) {
         let attributes = HttpAttributes {
@@ -422,10 +422,16 @@ async fn forward(
         };
         // The attempt's deadline also bounds the response's body.
         let body_deadline = per_try.map(|limit| (tokio::time::Instant::now() + limit, limit));
+        // The last attempt takes the headers; earlier ones send a copy.
+        let headers = if attempt == attempts {
+            std::mem::take(&mut plan.parts.headers)
+        } else {
+            plan.parts.headers.clone()
+        };
         let result = match send(
             waypoint,
             protocol,
-            &plan.parts,
+            (&plan.parts, headers),
             upstream_body,
             endpoint,
             per_try,
@@ -624,12 +630,12 @@ fn classify(
 async fn send(
     waypoint: &Waypoint,
     protocol: Protocol,
-    parts: &http::request::Parts,
+    (parts, headers): (&http::request::Parts, HeaderMap),
     body: Body,
     endpoint: SocketAddr,
     per_try: Option<Duration>,
 ) -> Result<Sent, Response<Body>> {
-    let Some(upstream) = upstream_request(parts, body, endpoint, protocol) else {
+    let Some(upstream) = upstream_request(parts, headers, body, endpoint, protocol) else {
         return Err(text(
             StatusCode::BAD_REQUEST,
             "bad request target\n".to_owned(),
@@ -644,19 +650,20 @@ async fn send(
     })
 }
 
-/// The request to send to `endpoint`: the client's method, headers and
-/// path, in the client's HTTP version. HTTP/1.1 goes in origin form (the
-/// client's `Host` header is kept); HTTP/2 keeps the client's authority
-/// (`:authority`, else `Host`), or names the endpoint when it had none.
+/// The request to send to `endpoint`: the client's method and path, with
+/// `headers` (the client's, after the route's filters), in the client's
+/// HTTP version. HTTP/1.1 goes in origin form (the client's `Host` header is
+/// kept); HTTP/2 keeps the client's authority (`Host`, else `:authority`),
+/// or names the endpoint when it had none.
 fn upstream_request(
     parts: &http::request::Parts,
+    headers: HeaderMap,
     body: Body,
     endpoint: SocketAddr,
     protocol: Protocol,
 ) -> Option<Request<Body>> {
     let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method.clone();
-    *upstream.headers_mut() = parts.headers.clone();
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -664,7 +671,7 @@ fn upstream_request(
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let uri = if protocol == Protocol::Http2 {
         *upstream.version_mut() = Version::HTTP_2;
-        let authority = match host_of(parts) {
+        let authority = match host_of(&headers, &parts.uri) {
             Some(host) => http::uri::Authority::try_from(host).ok()?,
             None => http::uri::Authority::try_from(endpoint.to_string()).ok()?,
         };
@@ -679,17 +686,17 @@ fn upstream_request(
         http::Uri::from(path_and_query)
     };
     *upstream.uri_mut() = uri;
+    *upstream.headers_mut() = headers;
     Some(upstream)
 }
 
 /// The request's host: `Host`, else the URI's authority (HTTP/2).
-fn host_of(parts: &http::request::Parts) -> Option<String> {
-    parts
-        .headers
+fn host_of(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+    headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
 }
 
 /// Whether a body is known to fit [`MAX_RETRY_BODY`].
