@@ -215,6 +215,23 @@ pub async fn detect(io: &mut H2Io, timeout: std::time::Duration) -> Protocol {
         Ok(Ok(bytes)) if !bytes.is_empty() => {}
         _ => return Protocol::Opaque,
     }
+    read_protocol(io).await
+}
+
+/// For a port declared HTTP: HTTP/2 when the stream starts with the
+/// HTTP/2 preface, else HTTP/1.1, whose parser answers bytes that are not
+/// HTTP with 400. Waits for the first bytes as long as the client takes:
+/// there is no falling back to opaque TCP. Nothing is consumed.
+pub async fn detect_http(io: &mut H2Io) -> Protocol {
+    match read_protocol(io).await {
+        Protocol::Http2 => Protocol::Http2,
+        Protocol::Http1 | Protocol::Opaque => Protocol::Http1,
+    }
+}
+
+/// Peeks at more of the stream until [`classify`] can tell what it is;
+/// a stream that ends first is opaque.
+async fn read_protocol(io: &mut H2Io) -> Protocol {
     let mut want = 1;
     loop {
         let Ok(bytes) = io.peek(want).await else {
@@ -225,27 +242,6 @@ pub async fn detect(io: &mut H2Io, timeout: std::time::Duration) -> Protocol {
             None if bytes.len() < want => return Protocol::Opaque,
             None => want = bytes.len() + 1,
         }
-    }
-}
-
-/// For a port declared HTTP: HTTP/2 when the stream starts with the
-/// HTTP/2 preface, else HTTP/1.1, whose parser answers bytes that are not
-/// HTTP with 400. Waits for the first bytes as long as the client takes:
-/// there is no falling back to opaque TCP. Nothing is consumed.
-pub async fn detect_http(io: &mut H2Io) -> Protocol {
-    let mut want = 1;
-    loop {
-        let Ok(bytes) = io.peek(want).await else {
-            return Protocol::Http1;
-        };
-        let n = bytes.len().min(H2_PREFACE.len());
-        if bytes.len() < want || bytes[..n] != H2_PREFACE[..n] {
-            return Protocol::Http1;
-        }
-        if n == H2_PREFACE.len() {
-            return Protocol::Http2;
-        }
-        want = bytes.len() + 1;
     }
 }
 
