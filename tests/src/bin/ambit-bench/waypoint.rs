@@ -37,6 +37,12 @@ use crate::console::progress;
 /// Target for the waypoint's added p50 latency, in microseconds.
 pub const TARGET_ADDED_P50_US: f64 = 150.0;
 
+/// Where the paths stand in the bench's list of targets, and so in its
+/// figures: `direct`, (`mesh-l4`), `waypoint-tcp`, `waypoint`.
+const DIRECT: usize = 0;
+const FLOOR: usize = 2;
+const WAYPOINT: usize = 3;
+
 /// One path's figures (medians of the runs).
 #[derive(Clone, Debug, Serialize)]
 pub struct PathFigures {
@@ -123,6 +129,7 @@ pub fn measure(quick: bool, runs: usize) -> Result<WaypointReport, BenchError> {
     let plain = serve_plain(&tb, &plain_server);
     mesh.start_waypoint(&tb, &["--access-log", "false"]);
     let (latency_secs, load_secs) = if quick { (2, 2) } else { (8, 8) };
+    // In the order of DIRECT, FLOOR and WAYPOINT.
     let targets = [
         (
             "direct",
@@ -162,7 +169,7 @@ pub fn measure(quick: bool, runs: usize) -> Result<WaypointReport, BenchError> {
     let one_cpu = one_cpu_latency(&tb, &targets, &pids, latency_secs, runs)?;
     drop(mesh);
     let paths: Vec<PathFigures> = samples.iter().map(|s| median_figures(s)).collect();
-    let (direct, floor, waypoint) = (&paths[0], &paths[2], &paths[3]);
+    let (direct, floor, waypoint) = (&paths[DIRECT], &paths[FLOOR], &paths[WAYPOINT]);
     let added_p50_us = waypoint.p50_us - direct.p50_us;
     Ok(WaypointReport {
         latency_secs,
@@ -210,21 +217,7 @@ fn one_cpu_latency(
         for ((path, client, url), figures) in targets.iter().zip(&mut samples) {
             crate::check_interrupted()?;
             progress(&format!("waypoint on one CPU: run {run} of {runs}, {path}"));
-            let duration = format!("-d{latency_secs}s");
-            let args = [
-                "-c",
-                &cpu.to_string(),
-                "wrk",
-                "-t1",
-                "-c1",
-                &duration,
-                "--latency",
-                url,
-            ];
-            let report = run_tool(tb, client, "taskset", &args)?;
-            figures.push(wrk_percentiles(&report).ok_or_else(|| {
-                BenchError::failed(format!("{path}: no latency in wrk's report:\n{report}"))
-            })?);
+            figures.push(latency(tb, path, client, url, latency_secs, Some(cpu))?);
         }
     }
     let paths: Vec<(String, f64, f64)> = targets
@@ -238,9 +231,9 @@ fn one_cpu_latency(
         .collect();
     Ok(Some(OneCpuLatency {
         cpu,
-        added_p50_us: paths[3].1 - paths[0].1,
-        added_p99_us: paths[3].2 - paths[0].2,
-        floor_added_p50_us: paths[2].1 - paths[0].1,
+        added_p50_us: paths[WAYPOINT].1 - paths[DIRECT].1,
+        added_p99_us: paths[WAYPOINT].2 - paths[DIRECT].2,
+        floor_added_p50_us: paths[FLOOR].1 - paths[DIRECT].1,
         paths,
     }))
 }
@@ -270,21 +263,7 @@ fn measure_path(
     latency_secs: u64,
     load_secs: u64,
 ) -> Result<PathFigures, BenchError> {
-    let latency = run_tool(
-        tb,
-        client,
-        "wrk",
-        &[
-            "-t1",
-            "-c1",
-            &format!("-d{latency_secs}s"),
-            "--latency",
-            url,
-        ],
-    )?;
-    let (p50_us, p99_us) = wrk_percentiles(&latency).ok_or_else(|| {
-        BenchError::failed(format!("{path}: no latency in wrk's report:\n{latency}"))
-    })?;
+    let (p50_us, p99_us) = latency(tb, path, client, url, latency_secs, None)?;
     let load = run_tool(
         tb,
         client,
@@ -308,6 +287,30 @@ fn measure_path(
         rps_http1,
         rps_http2,
     })
+}
+
+/// Latency of one request at a time on one connection for `secs` (wrk):
+/// (p50, p99) in µs. With `cpu`, wrk runs pinned to that CPU.
+fn latency(
+    tb: &Testbed,
+    path: &str,
+    client: &Pod,
+    url: &str,
+    secs: u64,
+    cpu: Option<usize>,
+) -> Result<(f64, f64), BenchError> {
+    let duration = format!("-d{secs}s");
+    let wrk = ["wrk", "-t1", "-c1", duration.as_str(), "--latency", url];
+    let report = match cpu {
+        Some(cpu) => {
+            let cpu = cpu.to_string();
+            let args: Vec<&str> = ["-c", cpu.as_str()].into_iter().chain(wrk).collect();
+            run_tool(tb, client, "taskset", &args)?
+        }
+        None => run_tool(tb, client, wrk[0], &wrk[1..])?,
+    };
+    wrk_percentiles(&report)
+        .ok_or_else(|| BenchError::failed(format!("{path}: no latency in wrk's report:\n{report}")))
 }
 
 fn run_tool(tb: &Testbed, client: &Pod, tool: &str, args: &[&str]) -> Result<String, BenchError> {
