@@ -381,6 +381,14 @@ fn fault_injection_aborts_the_configured_share() {
     assert!((329..=471).contains(&injected), "{}", report.text);
 }
 
+/// Runs `script` in bash in `pod` and returns what it printed.
+fn bash_in(tb: &Testbed, pod: &Pod, script: &str) -> String {
+    let mut command = Command::new("bash");
+    command.args(["-c", script]);
+    let out = tb.run_in_pod(pod, command);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn opaque_tcp_passes_through_and_bad_input_is_refused() {
     let mut tb = testbed_or_skip!("waypoint_opaque");
@@ -408,25 +416,14 @@ fn opaque_tcp_passes_through_and_bad_input_is_refused() {
     assert_eq!(sent["echo_ok"], true, "{sent}");
 
     // A malformed request gets 400 from the waypoint.
-    let mut raw = Command::new("bash");
-    raw.args([
-        "-c",
-        &format!("exec 3<>/dev/tcp/{VIP}/80; printf 'GET / HTTP/1.1\\r\\nHost x\\r\\n\\r\\n' >&3; head -c 12 <&3"),
-    ]);
-    let out = tb.run_in_pod(&mesh.client_a, raw);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "HTTP/1.1 400",
-        "{out:?}"
+    let answered = bash_in(
+        &tb,
+        &mesh.client_a,
+        &format!(
+            "exec 3<>/dev/tcp/{VIP}/80; printf 'GET / HTTP/1.1\\r\\nHost x\\r\\n\\r\\n' >&3; head -c 12 <&3"
+        ),
     );
-}
-
-/// Runs `script` in bash in `pod` and returns what it printed.
-fn bash_in(tb: &Testbed, pod: &Pod, script: &str) -> String {
-    let mut command = Command::new("bash");
-    command.args(["-c", script]);
-    let out = tb.run_in_pod(pod, command);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert_eq!(answered, "HTTP/1.1 400", "{}", mesh.waypoint().report());
 }
 
 #[test]
