@@ -69,6 +69,12 @@ pub fn put_text(addr: SocketAddr, path: &str, body: &str) -> Result<serde_json::
     Ok(serde_json::from_slice(&answer)?)
 }
 
+/// `POST path` with no body, and parse the answer as JSON.
+pub fn post_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value, AdminError> {
+    let answer = exchange(addr, hyper::Method::POST, path, Bytes::new())?;
+    Ok(serde_json::from_slice(&answer)?)
+}
+
 /// `GET path` of a stream of JSON lines, handing each line to `on_line`
 /// until it says stop, the stream ends, or `limit` has passed.
 pub fn follow_lines(

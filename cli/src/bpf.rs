@@ -12,8 +12,8 @@
 //!
 //! They open the pins under `--bpffs-dir` (default `/sys/fs/bpf/ambit`, or
 //! `AMBIT_BPFFS_DIR`, the agent's own setting) directly, never the admin
-//! API, so they work while the agent is down or stopped with
-//! `--keep-bpf-state`. Programs are found through the pinned links (link →
+//! API, so they work while the agent is down or stopped (it never
+//! removes its pins when it stops). Programs are found through the pinned links (link →
 //! program id) and, for those without a link of their own (`sk_msg`, or
 //! `sk_lookup` before any pod is enrolled), through the pinned maps they
 //! use. Reading eBPF objects needs root. Map names may be given in any

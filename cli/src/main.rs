@@ -43,6 +43,7 @@ mod check;
 mod listing;
 mod render;
 mod table;
+mod uninstall;
 mod waypoint;
 
 /// ambit: inspect and operate the mesh.
@@ -130,6 +131,10 @@ enum Command {
     },
     /// A namespace's waypoint (L7 proxy) in Kubernetes: apply, list, delete.
     Waypoint(waypoint::WaypointArgs),
+    /// Take every pod of this node out of the mesh and remove the eBPF
+    /// state: through the running agent, or directly from bpffs when none
+    /// runs. The agent stopping never does this.
+    Uninstall(uninstall::UninstallArgs),
 }
 
 /// Output format of listing commands.
@@ -232,6 +237,7 @@ fn run(cli: &Cli) -> Result<String, Box<dyn Error>> {
             command: ca::CaCommand::Init(args),
         } => Ok(ca::init(args)?.render(cli.output)),
         Command::Waypoint(args) => Ok(waypoint::run(args, cli.output)?),
+        Command::Uninstall(args) => Ok(uninstall::run(args, cli.admin)?.render(cli.output)),
     }
 }
 

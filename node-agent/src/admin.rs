@@ -76,6 +76,9 @@ pub struct AdminState {
     pub logging: LogControl,
     /// Whether the agent is ready (the same answer as port 15021's).
     pub readiness: Arc<Readiness>,
+    /// Cancelled by `POST /uninstall`: the agent un-enrolls every pod,
+    /// removes its eBPF state and exits.
+    pub uninstall: CancellationToken,
 }
 
 /// Serves the admin API on `listener` until `shutdown`.
@@ -119,9 +122,18 @@ async fn respond(
         .is_some_and(|q| q.split('&').any(|p| p == "follow" || p == "follow=true"));
     match (request.method().clone(), path.as_str()) {
         (Method::PUT, "/logging") => set_log_filter(state, request).await,
+        (Method::POST, "/uninstall") => {
+            tracing::warn!(
+                "uninstall requested through the admin API: releasing every pod and removing the eBPF state"
+            );
+            state.uninstall.cancel();
+            shutdown.cancel();
+            json(&serde_json::json!({ "uninstalling": true }))
+        }
         (Method::GET, "/connections") if follow => follow_connections(state, shutdown),
         (Method::GET, path) => get(state, path),
         (_, "/logging") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT\n"),
+        (_, "/uninstall") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET is supported here\n",

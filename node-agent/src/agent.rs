@@ -126,6 +126,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
     let board = Arc::new(PodStatusBoard::default());
     let shutdown = CancellationToken::new();
+    let uninstall = CancellationToken::new();
 
     let result: Result<Enroller, AgentError> = control.block_on(async {
         let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
@@ -147,6 +148,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
                 kernel_splice,
                 logging,
                 readiness,
+                uninstall: uninstall.clone(),
             });
         tokio::spawn(crate::identity::rotate_until_cancelled(certs.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(admin_listener, admin_state, shutdown.clone()));
@@ -161,21 +163,22 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         tracing::info!(admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, node = %config.node_name, "ambit node agent ready");
         source_kind.wait_for_first(&snapshots, &shutdown).await;
         let reconciler = Reconciler::new(enroller, board);
-        Ok(reconciler.run(snapshots, shutdown, config.keep_bpf_state).await)
+        Ok(reconciler.run(snapshots, shutdown, uninstall.clone()).await)
     });
-    shut_down(config, data_plane, result?);
+    shut_down(data_plane, result?, uninstall.is_cancelled());
     Ok(())
 }
 
-/// Stops the data path, then leaves the eBPF state to the next agent
-/// (`keep_bpf_state`) or removes it.
-fn shut_down(config: &Config, data_plane: tokio::runtime::Runtime, enroller: Enroller) {
+/// Stops the data path, then leaves the eBPF state to the next agent, so
+/// enrolled pods stay captured and fail closed until it takes over; with
+/// `uninstall` (`ambit uninstall`), removes it.
+fn shut_down(data_plane: tokio::runtime::Runtime, enroller: Enroller, uninstall: bool) {
     data_plane.shutdown_timeout(std::time::Duration::from_secs(5));
     let ebpf = enroller.into_ebpf();
-    if config.keep_bpf_state {
-        ebpf.keep_for_upgrade();
-    } else {
+    if uninstall {
         ebpf.detach_and_unpin();
+    } else {
+        ebpf.keep_for_next_agent();
     }
     tracing::info!("ambit node agent stopped");
 }

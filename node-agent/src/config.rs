@@ -27,8 +27,6 @@ pub mod env {
     pub const BPFFS_DIR: &str = "AMBIT_BPFFS_DIR";
     /// See [`super::Config::cgroup_root`].
     pub const CGROUP_ROOT: &str = "AMBIT_CGROUP_ROOT";
-    /// See [`super::Config::keep_bpf_state`].
-    pub const KEEP_BPF_STATE: &str = "AMBIT_KEEP_BPF_STATE";
     /// See [`super::Config::admin_addr`].
     pub const ADMIN_ADDR: &str = "AMBIT_ADMIN_ADDR";
     /// See [`super::Config::metrics_addr`].
@@ -78,10 +76,6 @@ pub mod env {
     version,
     about = "ambit's per-node agent: captures enrolled pods' traffic with eBPF and proxies it"
 )]
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "each flag is a setting of its own, as on the command line"
-)]
 pub struct Config {
     /// Local configuration file listing the pods to enroll; re-read when it
     /// changes (local mode; or `--kubernetes`).
@@ -106,11 +100,6 @@ pub struct Config {
     /// pods' cgroup root, e.g. `/sys/fs/cgroup/kubepods.slice`).
     #[arg(long, env = env::CGROUP_ROOT, default_value = DEFAULT_CGROUP_ROOT)]
     pub cgroup_root: PathBuf,
-    /// On exit, leave programs attached and maps pinned so the next agent
-    /// takes over without a gap in capture (upgrades).
-    #[arg(long, env = env::KEEP_BPF_STATE, default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    pub keep_bpf_state: bool,
     /// Address of the admin API (JSON) in the agent's own network namespace.
     #[arg(long, env = env::ADMIN_ADDR, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -272,27 +261,14 @@ mod tests {
         assert_eq!(config.metrics_addr, "0.0.0.0:15020".parse().unwrap());
         assert_eq!(config.readiness_addr, "0.0.0.0:15021".parse().unwrap());
         assert_eq!(config.cluster_domain, "cluster.local");
-        assert!(!config.keep_bpf_state);
         assert_eq!(config.worker_threads, 2);
     }
 
     #[test]
-    fn keep_state_accepts_bare_flag_and_boolish_values() {
-        assert!(
-            parse(&["--config", "x", "--keep-bpf-state"])
-                .unwrap()
-                .keep_bpf_state
-        );
-        assert!(
-            parse(&["--config", "x", "--keep-bpf-state", "yes"])
-                .unwrap()
-                .keep_bpf_state
-        );
-        assert!(
-            !parse(&["--config", "x", "--keep-bpf-state=false"])
-                .unwrap()
-                .keep_bpf_state
-        );
+    fn the_old_keep_state_flag_is_gone() {
+        // Keeping the eBPF state is what every exit does now; a leftover
+        // flag must not be read as a way to turn it off.
+        assert!(parse(&["--config", "x", "--keep-bpf-state"]).is_err());
     }
 
     #[test]

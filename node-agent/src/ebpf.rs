@@ -8,11 +8,14 @@
 //! <bpffs_dir>/maps/<MAP>                 every map (see mesh_ebpf_common::map_names)
 //! <bpffs_dir>/links/<program>            the cgroup attachments, one link each
 //! <bpffs_dir>/links/sk_lookup_<cookie>   one sk_lookup attachment per enrolled pod netns
+//! <bpffs_dir>/layout-<N>                 empty; the maps' layout version (PIN_LAYOUT_VERSION)
 //! ```
 //!
 //! A starting agent that finds these pins reuses them: maps keep their
 //! contents and attached links are adopted, never attached twice. An agent
-//! that exits removes them unless it was told to keep state for an upgrade.
+//! that exits, or dies, leaves them in place: enrolled pods stay captured
+//! and fail closed until the next agent takes over. Only an uninstall
+//! (`ambit uninstall`) removes them.
 
 use std::{
     fs::File,
@@ -29,7 +32,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use mesh_ebpf_common::program_names;
+use mesh_ebpf_common::{PIN_LAYOUT_VERSION, program_names};
 
 pub mod maps;
 mod preflight;
@@ -46,6 +49,18 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Errors loading and attaching the eBPF programs.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    /// The pinned state has another layout than this agent's.
+    #[error(
+        "the eBPF state pinned under {dir} has map layout version {pinned}, and this agent uses version {ours}: it cannot take that state over, so it changed nothing (run an agent of the version that pinned it, or `ambit uninstall` first, which takes every pod out of the mesh)"
+    )]
+    PinLayout {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The version found there.
+        pinned: u32,
+        /// This agent's version.
+        ours: u32,
+    },
     /// The pin directory is not on a bpffs.
     #[error(
         "{dir} is not on a bpf filesystem (mount one with `mount -t bpf bpf {mount}`, or set AMBIT_BPFFS_DIR)"
@@ -369,23 +384,15 @@ impl MeshEbpf {
         drop(bpf);
         // sk_lookup links of pods still enrolled are removed with their
         // enrollments; whatever is left here belonged to no live pod.
-        for sub in ["links", "maps"] {
-            if let Ok(entries) = std::fs::read_dir(pin_dir.join(sub)) {
-                for entry in entries.flatten() {
-                    if let Err(error) = std::fs::remove_file(entry.path()) {
-                        tracing::warn!(path = %entry.path().display(), %error, "cannot remove pin");
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(pin_dir.join(sub));
-        }
-        let _ = std::fs::remove_dir(&pin_dir);
+        remove_pinned_state(&pin_dir);
         tracing::info!(pin_dir = %pin_dir.display(), "eBPF programs detached and unpinned");
     }
 
-    /// Leaves every attachment and map pinned for the next agent (an upgrade).
-    pub fn keep_for_upgrade(self) {
-        tracing::info!(pin_dir = %self.pin_dir.display(), "eBPF programs left attached and pinned for the next agent");
+    /// Leaves every attachment and map pinned for the next agent: enrolled
+    /// pods stay captured, and their connections are refused until it
+    /// takes over.
+    pub fn keep_for_next_agent(self) {
+        tracing::info!(pin_dir = %self.pin_dir.display(), "eBPF programs left attached and pinned for the next agent; enrolled pods fail closed until it takes over");
     }
 }
 
@@ -472,13 +479,102 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
             mount: probe,
         });
     }
-    for sub in ["maps", "links"] {
+    check_pin_layout(pin_dir)?;
+    for sub in ["maps", "links", &layout_marker(PIN_LAYOUT_VERSION)] {
         std::fs::create_dir_all(pin_dir.join(sub)).map_err(|source| EbpfError::PinDir {
             dir: pin_dir.join(sub),
             source,
         })?;
     }
     Ok(())
+}
+
+/// What [`remove_pinned_state`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemovedPins {
+    /// Link pins: each one's attachment is detached as its pin goes (no
+    /// process holds it once the agent is gone).
+    pub links: usize,
+    /// Map pins.
+    pub maps: usize,
+}
+
+/// Removes everything pinned under `pin_dir` and the directory itself:
+/// with no agent holding them, the programs are detached and the maps
+/// freed. Problems are logged and the rest is still removed.
+pub fn remove_pinned_state(pin_dir: &Path) -> RemovedPins {
+    let mut removed = RemovedPins::default();
+    for sub in ["links", "maps"] {
+        if let Ok(entries) = std::fs::read_dir(pin_dir.join(sub)) {
+            for entry in entries.flatten() {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) if sub == "links" => removed.links += 1,
+                    Ok(()) => removed.maps += 1,
+                    Err(error) => {
+                        tracing::warn!(path = %entry.path().display(), %error, "cannot remove pin");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(pin_dir.join(sub));
+    }
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("layout-"))
+            {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    removed
+}
+
+/// The name of the empty directory that records the layout version of the
+/// maps pinned beside it (bpffs holds only directories and BPF objects).
+fn layout_marker(version: u32) -> String {
+    format!("layout-{version}")
+}
+
+/// The layout version of the state pinned under `pin_dir`: `None` when no
+/// map is pinned there, 1 for state pinned before versions were recorded.
+#[must_use]
+pub fn pinned_layout(pin_dir: &Path) -> Option<u32> {
+    let has_maps =
+        std::fs::read_dir(pin_dir.join("maps")).is_ok_and(|mut entries| entries.next().is_some());
+    if !has_maps {
+        return None;
+    }
+    let recorded = std::fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("layout-")?
+                .parse()
+                .ok()
+        })
+        .max();
+    Some(recorded.unwrap_or(1))
+}
+
+/// Refuses pinned state of another layout version before anything is
+/// loaded, so the agent that pinned it is left alone.
+fn check_pin_layout(pin_dir: &Path) -> Result<(), EbpfError> {
+    match pinned_layout(pin_dir) {
+        Some(pinned) if pinned != PIN_LAYOUT_VERSION => Err(EbpfError::PinLayout {
+            dir: pin_dir.to_owned(),
+            pinned,
+            ours: PIN_LAYOUT_VERSION,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn program_mut<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>

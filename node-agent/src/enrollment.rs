@@ -336,7 +336,11 @@ impl Enroller {
             )
             .run(),
         );
-        maps.enroll_netns(enrollment.netns_cookie, &enrollment.pod.ips)?;
+        maps.enroll_netns(
+            enrollment.netns_cookie,
+            &enrollment.pod.ips,
+            enrollment.pod.mtls == mesh_core::workload::MtlsMode::Strict,
+        )?;
         Ok(())
     }
 
@@ -363,6 +367,13 @@ impl Enroller {
         if let Err(error) = maps.unenroll_netns(enrollment.netns_cookie) {
             tracing::warn!(pod = %key, %error, "cannot turn capture off");
         }
+        // sk_lookup goes before the listeners' entries: it refuses
+        // connections to a pod without a registered listener, so the other
+        // order would refuse them for a moment instead of letting the pod
+        // leave the mesh.
+        if let Err(error) = enrollment.sk_lookup.detach() {
+            tracing::warn!(pod = %key, %error, "cannot detach sk_lookup");
+        }
         // Unregister while the listeners are still open: closing a socket
         // drops its sock-hash entries, after which the delete would fail.
         for ip in &enrollment.pod.ips {
@@ -371,15 +382,13 @@ impl Enroller {
             }
         }
         enrollment.cancel.cancel();
-        if let Err(error) = enrollment.sk_lookup.detach() {
-            tracing::warn!(pod = %key, %error, "cannot detach sk_lookup");
-        }
         remove_return_path(&enrollment.netns, enrollment.families);
     }
 
     /// Stops the pod's proxies but leaves capture and attachments in place
-    /// for the next agent (an upgrade).
-    pub fn release_for_upgrade(enrollment: &PodEnrollment) {
+    /// for the next agent: until it takes over, the pod's connections are
+    /// refused (fail closed).
+    pub fn stop_proxies(enrollment: &PodEnrollment) {
         enrollment.cancel.cancel();
     }
 

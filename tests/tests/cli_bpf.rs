@@ -464,7 +464,7 @@ fn check_cgroups(dir: &Path, cgroup_root: &Path) {
 fn bpf_commands_read_the_pins_a_stopped_agent_kept() {
     let mut tb = testbed_or_skip!("cli_bpf_kept");
     let setup = client_and_server(&mut tb);
-    let agent = agent_with_traffic(&tb, &setup, &["--keep-bpf-state"]);
+    let agent = agent_with_traffic(&tb, &setup, &[]);
     let dir = setup.n1.bpffs.join("ambit");
     let running = stable_view(&dir);
     let listeners =

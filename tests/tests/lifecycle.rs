@@ -8,7 +8,8 @@ use ambit_tests::{
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
     workload::{
-        ClientServer, ECHO_PORT, WAIT, client_and_server, pod_tool, send, serve, wait_conn_from,
+        ClientServer, ECHO_PORT, WAIT, client_and_server, pod_tool, send, serve, try_send,
+        wait_conn_from,
     },
 };
 use serde_json::Value;
@@ -136,7 +137,7 @@ fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
     let echo = serve(&tb, &server);
     let to = format!("{}:{ECHO_PORT}", server.ipv4);
 
-    let first = Agent::start(&tb, &n1, &[&client], &["--keep-bpf-state"]);
+    let first = Agent::start(&tb, &n1, &[&client], &[]);
     assert_eq!(
         attached_programs(&n1.cgroup_root).len(),
         8,
@@ -154,7 +155,7 @@ fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
     assert_eq!(
         pins(&n1),
         9,
-        "8 cgroup links and 1 sk_lookup link stay pinned for the next agent"
+        "a graceful stop keeps 8 cgroup links and 1 sk_lookup link pinned for the next agent"
     );
     assert_eq!(
         attached_programs(&n1.cgroup_root).len(),
@@ -186,8 +187,28 @@ fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
     // The counters live in the pinned map, so they carry over.
     assert_eq!(second.counter(&tb, "connect_redirected"), 2);
 
-    // Without --keep-bpf-state, exit detaches and unpins everything.
-    let status = second.proc.terminate();
+    // `ambit uninstall` through the running agent: it un-enrolls the pod
+    // (return path and sysctls too), removes everything and exits.
+    let ambit = Testbed::bin("ambit");
+    let ambit = ambit.to_str().expect("utf-8 path");
+    let bpffs_dir = n1.bpffs.join("ambit");
+    let bpffs_dir = bpffs_dir.to_str().expect("utf-8 path");
+    let out = tb.exec_in_netns(
+        &n1.netns,
+        &[ambit, "uninstall", "--bpffs-dir", bpffs_dir, "-o", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["via"], "agent", "{report}");
+    let status = second
+        .proc
+        .wait_timeout(WAIT)
+        .expect("the agent exits after an uninstall");
     assert!(
         status.success(),
         "agent exit: {status}\n{}",
@@ -203,6 +224,112 @@ fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
         !n1.bpffs.join("ambit").exists(),
         "the pin directory must be removed"
     );
+    assert_mark_sysctls(&tb, &client, "0");
+    // The pod left the mesh: its traffic goes straight out again.
+    send(&tb, &client, &to, 100_000);
+    wait_conn_from(&echo, &client.ipv4.to_string());
+}
+
+#[test]
+fn uninstall_without_an_agent_removes_the_pinned_state() {
+    let mut tb = testbed_or_skip!("uninstall_pins");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let echo = serve(&tb, &server);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    let agent = Agent::start(&tb, &n1, &[&client], &[]);
+    agent.proc.kill();
+    assert_eq!(pins(&n1), 9, "a crash leaves everything pinned");
+    let (ok, sent, _) = try_send(&tb, &client, &to, 1000);
+    assert!(
+        !ok,
+        "without an agent the enrolled pod's traffic is refused: {sent}"
+    );
+
+    let ambit = Testbed::bin("ambit");
+    let ambit = ambit.to_str().expect("utf-8 path");
+    let bpffs_dir = n1.bpffs.join("ambit");
+    let bpffs_dir = bpffs_dir.to_str().expect("utf-8 path");
+    let out = tb.exec_in_netns(&n1.netns, &[ambit, "uninstall", "--bpffs-dir", bpffs_dir]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("9 link(s) detached") && table.contains("map(s) removed"),
+        "{table}"
+    );
+    assert!(attached_programs(&n1.cgroup_root).is_empty());
+    assert_eq!(sk_lookup_links(&client), 0);
+    assert!(!n1.bpffs.join("ambit").exists());
+    send(&tb, &client, &to, 1000);
+    wait_conn_from(&echo, &client.ipv4.to_string());
+
+    // Nothing left: a second uninstall says so and succeeds.
+    let out = tb.exec_in_netns(
+        &n1.netns,
+        &[ambit, "uninstall", "--bpffs-dir", bpffs_dir, "-o", "json"],
+    );
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["via"], "nothing", "{report}");
+}
+
+#[test]
+fn an_agent_refuses_pinned_state_of_another_layout_and_changes_nothing() {
+    let mut tb = testbed_or_skip!("pin_layout");
+    let ClientServer {
+        n1,
+        n2: _,
+        client,
+        server: _,
+    } = client_and_server(&mut tb);
+    let first = Agent::start(&tb, &n1, &[&client], &[]);
+    first.proc.terminate();
+    // Pretend a future agent pinned this state.
+    let pin_dir = n1.bpffs.join("ambit");
+    let ours = std::fs::read_dir(&pin_dir)
+        .expect("pin dir")
+        .flatten()
+        .find_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("layout-")
+                .map(str::to_owned)
+        })
+        .expect("a layout marker");
+    std::fs::rename(
+        pin_dir.join(format!("layout-{ours}")),
+        pin_dir.join("layout-99"),
+    )
+    .expect("rename marker");
+    let links_before = attached_programs(&n1.cgroup_root);
+
+    let second = Agent::spawn(&tb, &n1, &pods_yaml(&[&client]), &[]);
+    let status = second
+        .proc
+        .wait_timeout(WAIT)
+        .expect("the agent refuses to start");
+    assert!(!status.success());
+    let stderr = second.proc.stderr_text();
+    assert!(
+        stderr.contains("map layout version 99")
+            && stderr.contains(&format!("uses version {ours}")),
+        "the error names both versions:\n{stderr}"
+    );
+    assert_eq!(
+        attached_programs(&n1.cgroup_root),
+        links_before,
+        "nothing changed"
+    );
+    assert_eq!(pins(&n1), 9, "nothing changed");
+    assert_eq!(sk_lookup_links(&client), 1);
 }
 
 #[test]

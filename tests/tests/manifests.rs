@@ -324,7 +324,17 @@ fn the_agent_runs_in_kubernetes_mode_with_certificates_from_the_controller() {
     // The projected token and the trust bundle are mounted where the agent
     // is told to read them.
     assert!(strings(&agent["args"]).contains(&"--kubernetes".to_owned()));
-    assert_eq!(env_value(agent, "AMBIT_KEEP_BPF_STATE"), "true");
+    // Keeping the eBPF state on exit is no longer a setting: the agent
+    // always keeps it, so the old variable must not linger.
+    assert!(
+        !agent["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["name"] == "AMBIT_KEEP_BPF_STATE"),
+        "{}",
+        agent["env"]
+    );
     let token =
         &named(&spec["volumes"], "ca-token")["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(token["audience"], "ambit-ca");

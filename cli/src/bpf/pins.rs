@@ -183,7 +183,7 @@ fn missing_hint(root: &Path, missing: &Path) -> String {
     let on_bpffs = host::mount_of(&mounts, missing).is_some_and(|m| m.fstype == "bpf");
     if on_bpffs || mounts.is_empty() {
         format!(
-            "is the node agent running (or stopped with --keep-bpf-state), and was it started with --bpffs-dir {}? Set --bpffs-dir or AMBIT_BPFFS_DIR to the agent's",
+            "has a node agent run on this node (its pins outlive it until `ambit uninstall`), and was it started with --bpffs-dir {}? Set --bpffs-dir or AMBIT_BPFFS_DIR to the agent's",
             root.display()
         )
     } else {

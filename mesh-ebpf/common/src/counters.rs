@@ -8,7 +8,7 @@ pub const CONNECT_SKIPPED_MESH_MARK: u32 = 1;
 /// `connect4/6` saw a TCP connect in a network namespace that is not enrolled.
 pub const CONNECT_SKIPPED_NOT_ENROLLED: u32 = 2;
 /// `connect4/6` could not record the original destination (map full); the
-/// connection went ahead unredirected.
+/// connect was refused (`EPERM`) rather than let through unredirected.
 pub const CONNECT_RECORD_FAILED: u32 = 3;
 /// `sock_ops` moved an original destination to its 4-tuple key.
 pub const TUPLE_RECORDED: u32 = 4;
@@ -34,8 +34,15 @@ pub const MESSAGES_SPLICED: u32 = 13;
 /// `sk_msg` sent a message through TCP because the peer socket was not in
 /// the sock hash yet (the connection stays on TCP from then on).
 pub const MESSAGES_VIA_TCP: u32 = 14;
+/// `sk_lookup` refused (reset) a connection arriving at an enrolled pod
+/// because no agent listener is registered for it: the agent is stopped,
+/// crashed or has not taken the pod over yet. Never delivered around it.
+pub const INBOUND_REFUSED_NO_AGENT: u32 = 15;
+/// `sock_ops` could not key a redirected connection's original destination
+/// by its 4-tuple; the agent then finds none and closes the connection.
+pub const TUPLE_RECORD_FAILED: u32 = 16;
 /// Number of counters.
-pub const COUNT: u32 = 15;
+pub const COUNT: u32 = 17;
 
 /// Human names, indexed like the constants above.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -54,4 +61,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "sockets_spliced",
     "messages_spliced",
     "messages_via_tcp",
+    "inbound_refused_no_agent",
+    "tuple_record_failed",
 ];

@@ -150,6 +150,18 @@ pub mod program_names {
     };
 }
 
+/// Version of the layout of the pinned maps (their names, key and value
+/// types and sizes). An agent refuses to adopt pinned state of another
+/// version. Raise it with any change to a pinned map.
+///
+/// - 1: the layout before versioning (no marker in the pin directory).
+/// - 2: [`EnrolledNetns::flags`] carries [`ENROLLED_STRICT`]; 17 counters.
+pub const PIN_LAYOUT_VERSION: u32 = 2;
+
+/// [`EnrolledNetns::flags`] bit: the pod's mTLS mode is strict. Kept in the
+/// pinned state so that it outlives the agent.
+pub const ENROLLED_STRICT: u32 = 1;
+
 /// Value of the enrolled-netns map: presence turns capture on; the pod's
 /// addresses let `connect4/6` bind a captured socket to the pod's own
 /// address, so the application's `getsockname()` shows the pod, not loopback.
@@ -158,7 +170,7 @@ pub mod program_names {
 pub struct EnrolledNetns {
     /// The pod's IPv4 address, network byte order; 0 when it has none.
     pub ipv4: u32,
-    /// Reserved per-pod flags (for example strict mTLS); zero today.
+    /// Per-pod flags: [`ENROLLED_STRICT`] when the pod accepts only mTLS.
     pub flags: u32,
     /// The pod's IPv6 address, network byte order; all zero when it has none.
     pub ipv6: [u32; 4],
@@ -361,6 +373,23 @@ impl EnrolledNetns {
             }
         }
         value
+    }
+
+    /// The same entry with the strict-mTLS flag set or cleared.
+    #[must_use]
+    pub const fn with_strict(mut self, strict: bool) -> Self {
+        if strict {
+            self.flags |= ENROLLED_STRICT;
+        } else {
+            self.flags &= !ENROLLED_STRICT;
+        }
+        self
+    }
+
+    /// Whether the pod's mTLS mode is strict.
+    #[must_use]
+    pub const fn is_strict(&self) -> bool {
+        self.flags & ENROLLED_STRICT != 0
     }
 }
 

@@ -57,10 +57,12 @@ fn try_sock_ops(ctx: &SockOpsContext) {
             let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let Some(tuple) = application_tuple(ctx, original.netns_cookie) else { return };
-            if ORIG_DST_BY_TUPLE.insert(&tuple, &original, 0).is_ok() {
-                count(counters::TUPLE_RECORDED);
-            }
+            // Without the tuple record the agent finds no original
+            // destination and closes the connection: it fails closed, and
+            // the failure is counted.
+            let recorded = application_tuple(ctx, original.netns_cookie)
+                .is_some_and(|tuple| ORIG_DST_BY_TUPLE.insert(&tuple, &original, 0).is_ok());
+            count(if recorded { counters::TUPLE_RECORDED } else { counters::TUPLE_RECORD_FAILED });
         }
         _ => {
             // STATE_CB: arg 1 is the new state.

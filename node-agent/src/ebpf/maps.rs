@@ -97,12 +97,18 @@ impl MeshMaps {
     }
 
     /// Turns capture on for the network namespace with this cookie, whose
-    /// pod has these addresses.
-    pub fn enroll_netns(&self, netns_cookie: u64, pod_ips: &[IpAddr]) -> Result<(), MapOpError> {
+    /// pod has these addresses; `strict` records its mTLS mode in the
+    /// pinned state.
+    pub fn enroll_netns(
+        &self,
+        netns_cookie: u64,
+        pod_ips: &[IpAddr],
+        strict: bool,
+    ) -> Result<(), MapOpError> {
         lock(&self.enrolled)
             .insert(
                 netns_cookie,
-                EnrolledNetns::for_pod(pod_ips.iter().copied()),
+                EnrolledNetns::for_pod(pod_ips.iter().copied()).with_strict(strict),
                 0,
             )
             .map_err(|source| MapOpError {

@@ -134,13 +134,16 @@ impl Reconciler {
         }
     }
 
-    /// Follows `snapshots` until `shutdown`, then un-enrolls every pod (or,
-    /// with `keep_state`, leaves capture in place) and hands the enroller back.
+    /// Follows `snapshots` until `shutdown`, then stops the pods' proxies
+    /// and hands the enroller back. Capture stays in place (the agent going
+    /// away never takes a pod out of the mesh: its traffic fails closed
+    /// until the next agent takes over), unless `uninstall` was cancelled
+    /// too: then every pod is un-enrolled.
     pub async fn run(
         mut self,
         mut snapshots: watch::Receiver<Arc<LocalSnapshot>>,
         shutdown: CancellationToken,
-        keep_state: bool,
+        uninstall: CancellationToken,
     ) -> Enroller {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,14 +173,15 @@ impl Reconciler {
                 () = certs.changed() => {}
             }
         }
+        let uninstalling = uninstall.is_cancelled();
         for (key, entry) in std::mem::take(&mut self.entries) {
             if let Entry::Enrolled(enrollment) = entry {
-                if keep_state {
-                    Enroller::release_for_upgrade(&enrollment);
-                } else {
+                if uninstalling {
                     self.enroller.unenroll(enrollment);
+                } else {
+                    Enroller::stop_proxies(&enrollment);
                 }
-                tracing::debug!(pod = %key, keep_state, "pod released at shutdown");
+                tracing::debug!(pod = %key, uninstalling, "pod's proxies stopped at shutdown");
             }
         }
         self.enroller
