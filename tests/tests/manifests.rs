@@ -328,11 +328,11 @@ fn the_agent_runs_in_kubernetes_mode_with_certificates_from_the_controller() {
     // always keeps it, so the old variable must not linger.
     assert!(
         !agent["env"]
-            .as_array()
+            .as_sequence()
             .into_iter()
             .flatten()
             .any(|e| e["name"] == "AMBIT_KEEP_BPF_STATE"),
-        "{}",
+        "{:?}",
         agent["env"]
     );
     let token =
