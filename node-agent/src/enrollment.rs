@@ -89,6 +89,9 @@ pub enum EnrollError {
 pub struct PodEnrollment {
     /// The pod as configured.
     pub pod: Pod,
+    /// The pod's workload identity (its certificate may still be on its
+    /// way: see [`crate::identity::CertManager::has_certificate`]).
+    pub identity: SpiffeId,
     /// The pod's network namespace cookie.
     pub netns_cookie: u64,
     /// The pod's traffic counters.
@@ -162,13 +165,7 @@ impl EnrollError {
     /// certificate manager logs the refusals itself, once each.
     #[must_use]
     pub fn is_waiting_for_certificate(&self) -> bool {
-        matches!(
-            self,
-            Self::Certificate(
-                crate::identity::IdentityError::Requested { .. }
-                    | crate::identity::IdentityError::NotSigned { .. }
-            )
-        )
+        matches!(self, Self::Certificate(error) if error.is_pending())
     }
 }
 
@@ -217,7 +214,15 @@ impl Enroller {
             pod: pod.key(),
             source,
         })?;
-        self.mesh.certs.ensure(&identity, &pod.key())?;
+        // A certificate on its way does not hold capture back: the pod is
+        // captured (fail closed) now, and its mesh connections wait for it.
+        match self.mesh.certs.ensure(&identity, &pod.key()) {
+            Ok(()) => {}
+            Err(error) if error.is_pending() => {
+                tracing::info!(pod = %pod.key(), %error, "pod captured before its certificate; its mesh connections wait for it");
+            }
+            Err(error) => return Err(error.into()),
+        }
         let netns = Arc::new(Netns::open(&pod.netns)?);
         let families = Families {
             v4: pod.ips.iter().any(IpAddr::is_ipv4),
@@ -235,6 +240,7 @@ impl Enroller {
         let reused_attachment = sk_lookup.reused();
         let mut enrollment = PodEnrollment {
             pod: pod.clone(),
+            identity: identity.clone(),
             netns_cookie,
             stats: Arc::new(PodStats::default()),
             reused_attachment,

@@ -83,6 +83,25 @@ pub enum IdentityError {
         /// Why, with the controller's own words when it refused.
         reason: String,
     },
+    /// A connection waited for the pod's certificate and gave up.
+    #[error("no certificate for {identity} after waiting {waited_ms} ms: {reason}")]
+    NoCertificate {
+        /// The identity.
+        identity: Box<SpiffeId>,
+        /// How long the connection waited.
+        waited_ms: u128,
+        /// Why there is none: the last refusal, or the request under way.
+        reason: String,
+    },
+}
+
+impl IdentityError {
+    /// Whether the certificate is on its way (asked of the controller, or
+    /// refused and asked again with a backoff) rather than impossible.
+    #[must_use]
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Requested { .. } | Self::NotSigned { .. })
+    }
 }
 
 impl From<controller::ControllerError> for IdentityError {
@@ -174,6 +193,9 @@ pub struct CertManager {
     requests: Mutex<HashMap<SpiffeId, requests::Request>>,
     /// Woken when a controller request ends.
     changed: tokio::sync::Notify,
+    /// Counts ended controller requests; connections waiting for a
+    /// certificate watch it (every waiter is woken, unlike `changed`).
+    requests_ended: tokio::sync::watch::Sender<u64>,
     server_configs: RwLock<HashMap<SpiffeId, Arc<ServerConfig>>>,
     client_configs: RwLock<HashMap<(SpiffeId, SpiffeId), Arc<ClientConfig>>>,
 }
@@ -245,6 +267,7 @@ impl CertManager {
             issued: RwLock::default(),
             requests: Mutex::default(),
             changed: tokio::sync::Notify::new(),
+            requests_ended: tokio::sync::watch::Sender::new(0),
             server_configs: RwLock::default(),
             client_configs: RwLock::default(),
         }
@@ -319,6 +342,65 @@ impl CertManager {
     /// for the next wait.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Whether `identity` holds a certificate now.
+    #[must_use]
+    pub fn has_certificate(&self, identity: &SpiffeId) -> bool {
+        read(&self.issued).contains_key(identity)
+    }
+
+    /// Waits until `identity` holds a certificate, at most `timeout`: a
+    /// pod is captured before its certificate arrives, and its mesh
+    /// connections wait for it rather than flow without one. The error
+    /// says why there is none (the controller's last refusal, or the
+    /// request under way).
+    pub async fn wait_for_certificate(
+        &self,
+        identity: &SpiffeId,
+        timeout: Duration,
+    ) -> Result<(), IdentityError> {
+        if self.has_certificate(identity) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut ended = self.requests_ended.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.has_certificate(identity) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, ended.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if self.has_certificate(identity) {
+            return Ok(());
+        }
+        Err(IdentityError::NoCertificate {
+            identity: Box::new(identity.clone()),
+            waited_ms: started.elapsed().as_millis(),
+            reason: self.pending_reason(identity),
+        })
+    }
+
+    /// Why `identity` has no certificate yet, for operators.
+    #[must_use]
+    pub fn pending_reason(&self, identity: &SpiffeId) -> String {
+        let last_failure = lock(&self.requests)
+            .get(identity)
+            .and_then(|request| request.last_failure.clone());
+        match (last_failure, &self.signer) {
+            (Some(reason), _) => reason,
+            (None, Signer::Controller { client, .. }) => format!(
+                "waiting for the controller at {} to sign it",
+                client.address()
+            ),
+            (None, Signer::Local(_)) => "not issued (the pod is not enrolled)".to_owned(),
+        }
     }
 
     fn issue_locally(

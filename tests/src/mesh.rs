@@ -136,8 +136,20 @@ impl Agent {
         ca_address: &str,
         token_file: &Path,
     ) -> Agent {
+        Self::spawn_kubernetes_with_controller_and(tb, node, api_url, ca_address, token_file, &[])
+    }
+
+    /// [`Agent::spawn_kubernetes_with_controller`] with more arguments.
+    pub fn spawn_kubernetes_with_controller_and(
+        tb: &Testbed,
+        node: &Node,
+        api_url: &str,
+        ca_address: &str,
+        token_file: &Path,
+        extra_args: &[&str],
+    ) -> Agent {
         let trust_bundle = mesh_ca(tb).join("ca.pem");
-        let args = [
+        let mut args = vec![
             "--kubernetes",
             "--kube-api-url",
             api_url,
@@ -148,6 +160,7 @@ impl Agent {
             "--trust-bundle",
             trust_bundle.to_str().expect("UTF-8 path"),
         ];
+        args.extend_from_slice(extra_args);
         let unused = tb.run_dir().join(format!("{}-unused.yaml", node.name));
         Self::spawn_inner(tb, node, unused, &args, false)
     }

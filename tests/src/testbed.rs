@@ -34,6 +34,9 @@ pub const BIN_DIR_ENV: &str = "AMBIT_BIN_DIR";
 
 /// Set to `0` to run as if the machine had no IPv6.
 pub const IPV6_ENV: &str = "AMBIT_TEST_IPV6";
+/// A file every skipped test appends its `SKIPPED:` line to (set by
+/// `cargo xtask test`, which prints it after the run).
+pub const SKIP_LOG_ENV: &str = "AMBIT_SKIP_LOG";
 
 /// Numbers test beds made by this process, so parallel tests in one process
 /// get distinct names.
@@ -173,8 +176,7 @@ impl Testbed {
             run_dir: Path::new(RUN_ROOT).join(&id),
             fabric_netns: format!("{id}-fabric"),
             id,
-            ipv6: Path::new("/proc/sys/net/ipv6").exists()
-                && std::env::var(IPV6_ENV).map_or(true, |value| value != "0"),
+            ipv6: ipv6_wanted()?,
             nodes: Vec::new(),
             pod_count: 0,
             netns: Vec::new(),
@@ -383,20 +385,61 @@ fn program_name(cmd: &Command) -> String {
     )
 }
 
+/// Whether pods get IPv6 addresses: when the kernel has IPv6, unless
+/// [`IPV6_ENV`] is `0`. Without IPv6 the dual-stack halves of the tests
+/// would not run, so under `CI` that is a [`Skip`] (which fails there).
+fn ipv6_wanted() -> Result<bool, Skip> {
+    let turned_off = std::env::var(IPV6_ENV).is_ok_and(|value| value == "0");
+    let available = Path::new("/proc/sys/net/ipv6").exists();
+    if in_ci() && (turned_off || !available) {
+        return Err(Skip::new(if turned_off {
+            "IPv6 is turned off (AMBIT_TEST_IPV6=0), so the IPv6 halves of the tests would not run"
+        } else {
+            "the kernel has no IPv6 (/proc/sys/net/ipv6 is missing), so the IPv6 halves of the tests cannot run"
+        }));
+    }
+    Ok(available && !turned_off)
+}
+
+/// Whether this runs in CI (`CI` set and not empty), where nothing may be
+/// skipped: `.ci/run` must prove the machine ran every test.
+#[must_use]
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|ci| !ci.is_empty())
+}
+
 // === impl Skip ===
 
 impl Skip {
-    fn new(reason: &str) -> Self {
+    /// A skip for this reason.
+    #[must_use]
+    pub fn new(reason: &str) -> Self {
         Self {
             reason: reason.to_owned(),
         }
     }
 
     /// Prints the loud `SKIPPED: <test>: <reason>` line, on stderr and stdout
-    /// so it shows whichever the runner keeps.
+    /// so it shows whichever the runner keeps, and appends it to the file
+    /// named by [`SKIP_LOG_ENV`] (`cargo xtask test` prints that file after
+    /// the run, so skips are seen although nextest hides a passing test's
+    /// output). Under `CI` it panics instead: a skipped test there would
+    /// hide a machine that did not run everything.
     pub fn report(&self, test_name: &str) {
-        eprintln!("SKIPPED: {test_name}: {}", self.reason);
-        println!("SKIPPED: {test_name}: {}", self.reason);
+        let line = format!("SKIPPED: {test_name}: {}", self.reason);
+        assert!(
+            !in_ci(),
+            "{test_name} cannot run on this machine and CI=true forbids skipping: {}",
+            self.reason
+        );
+        eprintln!("{line}");
+        println!("{line}");
+        if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+            use std::io::Write as _;
+            if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(log, "{line}");
+            }
+        }
     }
 }
 

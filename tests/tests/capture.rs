@@ -169,9 +169,10 @@ fn application_cannot_bind_mesh_ports() {
 fn ipv6_connection_is_captured() {
     let mut tb = testbed_or_skip!("ipv6_capture");
     if !tb.ipv6_available() {
-        eprintln!(
-            "SKIPPED: ipv6_connection_is_captured: IPv6 is disabled on this machine (/proc/sys/net/ipv6 is missing or AMBIT_TEST_IPV6=0)"
-        );
+        ambit_tests::Skip::new(
+            "IPv6 is disabled on this machine (/proc/sys/net/ipv6 is missing or AMBIT_TEST_IPV6=0)",
+        )
+        .report("ipv6_connection_is_captured");
         return;
     }
     let ClientServer {

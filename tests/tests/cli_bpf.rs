@@ -327,7 +327,8 @@ fn check_maps(dir: &Path, tb: &Testbed, agent: &Agent, client: &Pod, cookie: u64
     assert_eq!(names, MAPS);
     let counters_map = &maps[5];
     assert_eq!(counters_map["type"], "percpu_array", "{counters_map}");
-    assert_eq!(counters_map["entries"], 15, "{counters_map}");
+    // mesh_ebpf_common::counters::COUNT
+    assert_eq!(counters_map["entries"], 17, "{counters_map}");
     assert_eq!(maps[1]["entries"], 1, "one enrolled netns: {}", maps[1]);
     assert_eq!(maps[1]["key_size"], 8);
     assert_eq!(maps[1]["value_size"], 24);

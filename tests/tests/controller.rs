@@ -882,7 +882,8 @@ fn agents_get_their_pods_certificates_from_the_controller_and_mesh_across_nodes(
         "server",
         "runs on node n2, not on the caller's node n1",
     );
-    assert_eq!(refused["state"], "failed", "{refused}");
+    // Captured while it waits (fail closed), not left out of the mesh.
+    assert_eq!(refused["state"], "waiting", "{refused}");
     let error = refused["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(&format!("the controller at {address} refused")) && error.contains("(403)"),
@@ -965,6 +966,114 @@ fn pods_wait_for_the_controller_and_enroll_when_it_answers() {
         "enrolled {:?} after the controller came up",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_pod_waiting_for_its_certificate_is_captured_and_its_connections_wait() {
+    let Some(mut s) = setup("controller_cert_wait") else {
+        return;
+    };
+    s.controller.kill();
+    let n1 = s.tb.add_node("n1");
+    let n2 = s.tb.add_node("n2");
+    s.kube
+        .merge_patch(
+            "namespaces",
+            "",
+            "shop",
+            &json!({"metadata": {"labels": {"ambit.dev/mesh": "enabled", "ambit.dev/mtls": "strict"}}}),
+        )
+        .expect("label");
+    let (client, _client_echo) = running_pod(&mut s, &n1, "client");
+    let (server, server_echo) = running_pod(&mut s, &n2, "server");
+    let legacy = s.tb.add_pod(&n1, "legacy", "legacy");
+    s.kube
+        .register_token("agent-n2", AGENT_USER, &["ambit-ca"], Some("n2"));
+    // Long enough for a connection to outlast the controller's retry
+    // backoff once it is back (at most about half the time it was away).
+    let timeout = ["--connect-timeout-ms", "12000"];
+    let spawn = |node: &Node, token: &str| {
+        Agent::spawn_kubernetes_with_controller_and(
+            &s.tb,
+            node,
+            &s.kube.url(),
+            &s.address(),
+            &s.token_file(token),
+            &timeout,
+        )
+    };
+    let a1 = spawn(&n1, "agent-n1");
+    let a2 = spawn(&n2, "agent-n2");
+    a1.wait_ready(&s.tb);
+    a2.wait_ready(&s.tb);
+
+    // Captured at once, waiting, saying what for.
+    let unreachable = format!("cannot reach the controller at {}", s.address());
+    for (agent, pod) in [(&a1, "client"), (&a2, "server")] {
+        let entry = agent.wait_pod_state(&s.tb, pod, "waiting", WAIT);
+        assert!(
+            entry["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&unreachable)),
+            "{entry}"
+        );
+        assert!(entry["netns_cookie"].is_u64(), "captured: {entry}");
+    }
+    let ambit = Testbed::bin("ambit");
+    let out =
+        s.tb.exec_in_netns(&n1.netns, &[ambit.to_str().expect("utf-8"), "pods"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("client") && l.contains("waiting") && l.contains(&unreachable)),
+        "ambit pods shows the wait:\n{table}"
+    );
+
+    // The strict pod waiting for its certificate takes no plaintext.
+    let to_server = format!("{}:{}", server.ipv4, ambit_tests::workload::ECHO_PORT);
+    let (ok, sent, _) = ambit_tests::workload::try_send(&s.tb, &legacy, &to_server, 1000);
+    assert!(
+        !ok,
+        "plaintext reached a pod waiting for its certificate: {sent}"
+    );
+    assert!(
+        !server_echo.json_lines().iter().any(|l| l["event"] == "conn"
+            && l["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&legacy.ipv4.to_string()))),
+        "the server accepted a connection from outside the mesh"
+    );
+
+    // The client's mesh connection waits for the certificate, then fails
+    // with the reason.
+    let started = Instant::now();
+    let (ok, sent, _) = ambit_tests::workload::try_send(&s.tb, &client, &to_server, 1000);
+    let waited = started.elapsed();
+    assert!(!ok, "no certificate, no connection: {sent}");
+    assert!(
+        waited >= Duration::from_secs(11),
+        "it waited for the certificate: {waited:?}"
+    );
+    a1.proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("no certificate for spiffe://cluster.local/ns/shop/sa/client")
+                && l.contains("cannot reach the controller")
+        })
+        .expect("the failure is logged with the reason");
+
+    // A connection made while the controller comes back waits and then
+    // goes over mutual TLS.
+    let sender = s.tb.spawn_in_pod(
+        &client,
+        ambit_tests::workload::pod_tool(&["send", "--to", &to_server, "--bytes", "10000"]),
+    );
+    s.controller = start_controller(&mut s.tb, &s.cp, &s.kube);
+    s.wait_healthy();
+    let (status, lines) = sender.output_json_lines(Duration::from_mins(1));
+    assert!(status.success(), "{lines:?}\n{}", sender.report());
+    assert_meshed(&s, &a1, &client, &server);
+    a1.wait_pod_state(&s.tb, "client", "enrolled", WAIT);
 }
 
 #[test]

@@ -92,7 +92,8 @@ fn pods_on_two_nodes_reach_each_other() {
             echo_once(&tb, &server, &a, &format!("[{b6}]:{PORT}"), &a6.to_string());
         }
         _ => {
-            eprintln!("SKIPPED (IPv6 part): IPv6 is unavailable or turned off (AMBIT_TEST_IPV6=0)");
+            ambit_tests::Skip::new("IPv6 is unavailable or turned off (AMBIT_TEST_IPV6=0)")
+                .report("testbed (IPv6 part)");
         }
     }
 
@@ -303,4 +304,37 @@ fn is_mounted(path: &Path) -> bool {
     mountinfo
         .lines()
         .any(|line| line.split(' ').nth(4) == Some(path))
+}
+
+#[test]
+fn a_skip_is_logged_outside_ci_and_fails_in_ci() {
+    // Each nextest test is a process of its own, so changing this
+    // process's environment touches no other test.
+    let log = std::env::temp_dir().join(format!("ambit-skip-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    // SAFETY: this test's process runs no other thread that reads the
+    // environment while it is changed.
+    unsafe {
+        std::env::remove_var("CI");
+        std::env::set_var(ambit_tests::testbed::SKIP_LOG_ENV, &log);
+    }
+    ambit_tests::Skip::new("no frobnicator").report("some_test");
+    let logged = std::fs::read_to_string(&log).expect("the skip is logged");
+    assert_eq!(logged, "SKIPPED: some_test: no frobnicator\n");
+    let _ = std::fs::remove_file(&log);
+
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CI", "true") };
+    let failed = std::panic::catch_unwind(|| {
+        ambit_tests::Skip::new("no frobnicator").report("some_test");
+    });
+    let message = failed
+        .expect_err("a skip must fail under CI")
+        .downcast::<String>()
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(
+        message.contains("CI=true forbids skipping") && message.contains("no frobnicator"),
+        "{message}"
+    );
 }

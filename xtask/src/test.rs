@@ -45,11 +45,35 @@ pub fn run(root: &Path, nextest_args: &[String]) -> Result<()> {
     if in_ci() {
         nextest.args(["--profile", "ci"]);
     }
-    // The tests start the node agent and their helpers from here.
+    // The tests start the node agent and their helpers from here; each
+    // test that skips appends its reason to the skip log, shown below
+    // (nextest hides a passing test's output). In CI a skip fails instead.
+    let skip_log = root.join("target/skipped-tests.log");
+    let _ = std::fs::remove_file(&skip_log);
     nextest
         .args(nextest_args)
-        .env("AMBIT_BIN_DIR", root.join("target/debug"));
-    cmd::run(&mut nextest)
+        .env("AMBIT_BIN_DIR", root.join("target/debug"))
+        .env("AMBIT_SKIP_LOG", &skip_log);
+    let result = cmd::run(&mut nextest);
+    report_skips(&skip_log);
+    result
+}
+
+/// Prints the `SKIPPED:` lines the tests logged, if any.
+fn report_skips(skip_log: &Path) {
+    let Ok(text) = std::fs::read_to_string(skip_log) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    if !lines.is_empty() {
+        println!(
+            "\n==> {} test(s) skipped what this machine cannot run:",
+            lines.len()
+        );
+        for line in lines {
+            println!("    {line}");
+        }
+    }
 }
 
 /// Whether this runs in CI (`CI` set and not empty).

@@ -31,6 +31,10 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 pub enum PodState {
     /// Captured and proxied.
     Enrolled,
+    /// Captured (fail closed) while its certificate is on its way: its
+    /// mesh connections wait for it, up to the connect timeout, and never
+    /// flow without it. The error says what the certificate waits for.
+    Waiting,
     /// Enrollment failed; retried every [`RETRY_INTERVAL`].
     Failed,
     /// The configuration entry itself is invalid; fix the file.
@@ -231,8 +235,13 @@ impl Reconciler {
                 self.enroller.unenroll(enrollment);
             }
         }
+        let certs = self.enroller.mesh().certs.clone();
         for (key, pod) in &desired {
-            if matches!(self.entries.get(key), Some(Entry::Enrolled(_))) {
+            if let Some(Entry::Enrolled(enrollment)) = self.entries.get(key) {
+                if !certs.has_certificate(&enrollment.identity) {
+                    // Keeps the request going (it backs off on its own).
+                    let _ = certs.ensure(&enrollment.identity, key);
+                }
                 continue;
             }
             let previous_error = match self.entries.get(key) {
@@ -284,7 +293,8 @@ impl Reconciler {
     }
 
     fn publish(&self, snapshot: &LocalSnapshot) {
-        let mut pods: Vec<PodStatus> = self.entries.values().map(Entry::status).collect();
+        let certs = &self.enroller.mesh().certs;
+        let mut pods: Vec<PodStatus> = self.entries.values().map(|e| e.status(certs)).collect();
         pods.extend(snapshot.rejected.iter().map(|r| PodStatus {
             namespace: r.pod.namespace.clone(),
             name: r.pod.name.clone(),
@@ -311,9 +321,18 @@ impl Entry {
         }
     }
 
-    fn status(&self) -> PodStatus {
+    fn status(&self, certs: &crate::identity::CertManager) -> PodStatus {
         let pod = self.pod();
         let (state, reason, netns_cookie, counters) = match self {
+            Entry::Enrolled(enrollment) if !certs.has_certificate(&enrollment.identity) => (
+                PodState::Waiting,
+                Some(format!(
+                    "captured; its mesh connections wait for its certificate: {}",
+                    certs.pending_reason(&enrollment.identity)
+                )),
+                Some(enrollment.netns_cookie),
+                Some(enrollment.stats.clone()),
+            ),
             Entry::Enrolled(enrollment) => (
                 PodState::Enrolled,
                 None,

@@ -130,6 +130,12 @@ impl HbonePool {
 /// Opens a TCP + TLS + HTTP/2 connection to the peer's HBONE port.
 async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Bytes>, HboneError> {
     let addr = key.addr;
+    // A pod is captured before its certificate arrives: its connections
+    // wait for it here (at once when it is there), never go without it.
+    context
+        .certs
+        .wait_for_certificate(&context.identity, context.connect_timeout)
+        .await?;
     let tcp = context
         .connect_upstream(addr, crate::proxy::UpstreamSource::Pod)
         .await

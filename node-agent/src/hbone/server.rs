@@ -58,6 +58,16 @@ pub async fn serve(
 
 async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    // A pod captured before its certificate arrived: the peer's handshake
+    // waits for it rather than fail at once.
+    if let Err(error) = context
+        .certs
+        .wait_for_certificate(&context.identity, context.connect_timeout)
+        .await
+    {
+        tracing::warn!(%error, "HBONE connection closed: the pod has no certificate");
+        return;
+    }
     let config = match context.certs.server_config(&context.identity) {
         Ok(config) => config,
         Err(error) => {

@@ -31,7 +31,7 @@ pub(super) struct Request {
     in_flight: bool,
     failures: u32,
     /// Why the last request failed, shown until one succeeds.
-    last_failure: Option<String>,
+    pub(super) last_failure: Option<String>,
     /// No new request before this.
     not_before: Instant,
 }
@@ -151,6 +151,7 @@ impl CertManager {
             }
         }
         self.changed.notify_one();
+        self.requests_ended.send_modify(|ended| *ended += 1);
     }
 }
 
