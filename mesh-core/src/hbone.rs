@@ -129,8 +129,23 @@ pub async fn accept(
 /// stream handed to `on_stream` with the client's SPIFFE id and spawned in
 /// the current span (whose `peer` field is filled in), until the
 /// connection ends. A refused connection is logged.
-pub async fn serve<F, S>(tcp: TcpStream, config: Arc<ServerConfig>, mut on_stream: F)
+pub async fn serve<F, S>(tcp: TcpStream, config: Arc<ServerConfig>, on_stream: F)
 where
+    F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
+    S: Future<Output = ()> + Send + 'static,
+{
+    serve_until(tcp, config, std::future::pending(), on_stream).await;
+}
+
+/// [`serve`], and once `drain` completes, a graceful shutdown: the peer is
+/// told (`GOAWAY`) to open no new stream here, the streams under way go on,
+/// and the connection ends when they are done.
+pub async fn serve_until<F, S>(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    drain: impl Future<Output = ()>,
+    mut on_stream: F,
+) where
     F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
     S: Future<Output = ()> + Send + 'static,
 {
@@ -143,7 +158,19 @@ where
         }
     };
     tracing::Span::current().record("peer", tracing::field::display(&peer));
-    while let Some(next) = connection.accept().await {
+    let mut drain = std::pin::pin!(drain);
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            next = connection.accept() => next,
+            () = &mut drain, if !draining => {
+                tracing::debug!("draining: the peer is asked to open no new stream here");
+                connection.graceful_shutdown();
+                draining = true;
+                continue;
+            }
+        };
+        let Some(next) = next else { break };
         match next {
             Ok((request, respond)) => {
                 tokio::spawn(on_stream(request, respond, peer.clone()).in_current_span());

@@ -17,8 +17,9 @@ use crate::{
     ebpf::{EbpfError, KernelSplice, MeshEbpf},
     enrollment::{
         Enroller, MeshSettings,
-        reconcile::{PodStatusBoard, Reconciler},
+        reconcile::{Ending, HandoffHooks, PodStatusBoard, Reconciler},
     },
+    handoff::{self, Start},
     identity::{CaFiles, CertManager},
     logging::LogControl,
     metrics::Metrics,
@@ -47,6 +48,10 @@ pub enum AgentError {
     /// The agent's own network namespace could not be opened.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// The handoff socket or the active-agent lock could not be used, or
+    /// the running agent refused to hand over.
+    #[error(transparent)]
+    Handoff(#[from] crate::handoff::HandoffError),
     /// A runtime could not be started.
     #[error("cannot start the {0} runtime: {1}")]
     Runtime(&'static str, #[source] std::io::Error),
@@ -80,11 +85,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     // is attached.
     let certs = cert_manager(config)?;
     crate::routing::set_proc_sys_net(&config.proc_sys_net);
-    let mut ebpf = MeshEbpf::load(
-        &config.bpffs_dir,
-        &config.cgroup_root,
-        config.kernel_splice && config.same_node_fast_path,
-    )?;
+    let (mut ebpf, start) = load_and_take_over(config)?;
     let log_forwarder = ebpf.take_log_forwarder();
     let splice_events = ebpf.take_splice_events();
     let maps = ebpf.maps().clone();
@@ -108,11 +109,13 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         connections.clone(),
         metrics.clone(),
     ));
+    let drain = CancellationToken::new();
     let mesh = MeshSettings {
         node_name: config.node_name.clone(),
         trust_domain: config.trust_domain.clone(),
         cluster_domain: config.cluster_domain.clone(),
         connect_timeout: config.connect_timeout(),
+        drain: drain.clone(),
         same_node_fast_path: config.same_node_fast_path,
         certs: certs.clone(),
         workloads,
@@ -123,12 +126,14 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         metrics: metrics.clone(),
         balancer: Arc::default(),
     };
-    let enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
+    let connections_log = connections.clone();
+    let mut enroller = Enroller::new(ebpf, home_netns, data_plane.handle().clone(), mesh);
+    let start = adopt_handed_over(start, &mut enroller);
     let board = Arc::new(PodStatusBoard::default());
     let shutdown = CancellationToken::new();
     let uninstall = CancellationToken::new();
 
-    let result: Result<Enroller, AgentError> = control.block_on(async {
+    let result: Result<(Enroller, Ending), AgentError> = control.block_on(async {
         let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
             .await
             .map_err(|source| AgentError::Admin { addr: config.admin_addr, source })?;
@@ -163,10 +168,139 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         tracing::info!(admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, node = %config.node_name, "ambit node agent ready");
         source_kind.wait_for_first(&snapshots, &shutdown).await;
         let reconciler = Reconciler::new(enroller, board);
-        Ok(reconciler.run(snapshots, shutdown, uninstall.clone()).await)
+        let stop = Stop { shutdown, uninstall, drain };
+        Ok(serve_pods(config, start, reconciler, snapshots, &stop, &connections_log).await)
     });
-    shut_down(data_plane, result?, uninstall.is_cancelled());
+    let (enroller, ending) = result?;
+    shut_down(data_plane, enroller, ending == Ending::Uninstalled);
     Ok(())
+}
+
+/// Loads (or adopts) the eBPF state, then finds the running agent, if any,
+/// which hands its pods' listeners over before anything is enrolled here.
+fn load_and_take_over(config: &Config) -> Result<(MeshEbpf, Start), AgentError> {
+    let ebpf = MeshEbpf::load(
+        &config.bpffs_dir,
+        &config.cgroup_root,
+        config.kernel_splice && config.same_node_fast_path,
+    )?;
+    let start = Start::begin(&config.handoff_socket, mesh_ebpf_common::PIN_LAYOUT_VERSION)?;
+    Ok((ebpf, start))
+}
+
+/// What ends the agent's work: a signal, an uninstall, or a handoff (then
+/// `drain` asks the HBONE peers to move on).
+struct Stop {
+    shutdown: CancellationToken,
+    uninstall: CancellationToken,
+    drain: CancellationToken,
+}
+
+/// Gives the enroller the listeners a previous agent handed over.
+fn adopt_handed_over(start: Start, enroller: &mut Enroller) -> Start {
+    match start {
+        Start::Successor(mut successor) => {
+            enroller.adopt_listeners(successor.take_pods());
+            Start::Successor(successor)
+        }
+        active @ Start::Active(_) => active,
+    }
+}
+
+/// Keeps the pods enrolled until the agent stops, is uninstalled or hands
+/// its pods to a successor (then drains what it carries).
+async fn serve_pods(
+    config: &Config,
+    start: Start,
+    reconciler: Reconciler,
+    snapshots: tokio::sync::watch::Receiver<Arc<mesh_core::local_config::LocalSnapshot>>,
+    stop: &Stop,
+    connections: &ConnectionLog,
+) -> (Enroller, Ending) {
+    let (requests, handoff_requests) = tokio::sync::mpsc::channel(1);
+    let (first_reconcile, first_reconciled) = tokio::sync::oneshot::channel();
+    tokio::spawn(become_active(start, first_reconciled, requests));
+    let hooks = HandoffHooks {
+        requests: handoff_requests,
+        first_reconcile: Some(first_reconcile),
+    };
+    let (enroller, ending) = reconciler
+        .run(
+            snapshots,
+            stop.shutdown.clone(),
+            stop.uninstall.clone(),
+            hooks,
+        )
+        .await;
+    if ending == Ending::HandedOff {
+        stop.drain.cancel();
+        drain_connections(connections, config.drain_timeout()).await;
+        if !config.exit_after_handoff {
+            tracing::info!("drained; waiting for SIGTERM (--exit-after-handoff=false)");
+            stop.shutdown.cancelled().await;
+        }
+    }
+    (enroller, ending)
+}
+
+/// Makes this agent the one successors hand over from: at once when no
+/// agent ran, else once its first reconcile has enrolled the pods with the
+/// handed-over listeners (it tells the previous agent, which lets go).
+async fn become_active(
+    start: Start,
+    first_reconciled: tokio::sync::oneshot::Receiver<()>,
+    requests: tokio::sync::mpsc::Sender<handoff::Request>,
+) {
+    let active = match start {
+        Start::Active(active) => active,
+        Start::Successor(successor) => {
+            if first_reconciled.await.is_err() {
+                return;
+            }
+            match tokio::task::spawn_blocking(move || successor.complete()).await {
+                Ok(Ok(active)) => {
+                    tracing::info!("took the pods over from the previous agent, which now drains");
+                    active
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "the handoff did not complete; this agent serves its pods but no successor can take over from it without a gap");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(error) = active.serve(mesh_ebpf_common::PIN_LAYOUT_VERSION, requests) {
+        tracing::error!(%error, "cannot start the handoff thread; no successor can take over without a gap");
+    }
+}
+
+/// Waits until every connection this agent carries has ended, or
+/// `deadline` has passed (the rest are cut when the data path stops).
+async fn drain_connections(connections: &ConnectionLog, deadline: std::time::Duration) {
+    let started = tokio::time::Instant::now();
+    let mut report = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        let open = connections.open_connections().len();
+        if open == 0 {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis(),
+                "drained: every connection this agent carried has ended"
+            );
+            return;
+        }
+        if started.elapsed() >= deadline {
+            tracing::warn!(
+                open,
+                "drain deadline reached; the remaining connections are cut"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = report.tick() => tracing::info!(open, "draining after the handoff"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+    }
 }
 
 /// Stops the data path, then leaves the eBPF state to the next agent, so

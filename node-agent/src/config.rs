@@ -10,6 +10,8 @@ use serde::Serialize;
 
 /// Where the agent pins its maps and links unless told otherwise.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/ambit";
+/// The handoff socket unless told otherwise.
+pub const DEFAULT_HANDOFF_SOCKET: &str = "/run/ambit/handoff.sock";
 /// The cgroup the agent attaches its cgroup programs to unless told otherwise.
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -65,6 +67,12 @@ pub mod env {
     pub const KERNEL_SPLICE: &str = "AMBIT_KERNEL_SPLICE";
     /// See [`super::Config::root_namespace`].
     pub const ROOT_NAMESPACE: &str = "AMBIT_ROOT_NAMESPACE";
+    /// See [`super::Config::handoff_socket`].
+    pub const HANDOFF_SOCKET: &str = "AMBIT_HANDOFF_SOCKET";
+    /// See [`super::Config::drain_timeout_secs`].
+    pub const DRAIN_TIMEOUT_SECS: &str = "AMBIT_DRAIN_TIMEOUT_SECS";
+    /// See [`super::Config::exit_after_handoff`].
+    pub const EXIT_AFTER_HANDOFF: &str = "AMBIT_EXIT_AFTER_HANDOFF";
     /// Log filter, `tracing-subscriber` `EnvFilter` syntax.
     pub const LOG: &str = "AMBIT_LOG";
 }
@@ -75,6 +83,10 @@ pub mod env {
     name = "ambit-node-agent",
     version,
     about = "ambit's per-node agent: captures enrolled pods' traffic with eBPF and proxies it"
+)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each flag is a setting of its own, as on the command line"
 )]
 pub struct Config {
     /// Local configuration file listing the pods to enroll; re-read when it
@@ -100,6 +112,23 @@ pub struct Config {
     /// pods' cgroup root, e.g. `/sys/fs/cgroup/kubepods.slice`).
     #[arg(long, env = env::CGROUP_ROOT, default_value = DEFAULT_CGROUP_ROOT)]
     pub cgroup_root: PathBuf,
+    /// Unix socket through which a new agent takes the pods over from the
+    /// running one (their listener sockets change hands, so no connection
+    /// is refused). Agents that share a bpffs directory must share it;
+    /// `<path>.lock` beside it marks the active agent.
+    #[arg(long, env = env::HANDOFF_SOCKET, default_value = DEFAULT_HANDOFF_SOCKET)]
+    pub handoff_socket: PathBuf,
+    /// After handing the pods over, how long established connections may
+    /// go on before they are cut. In Kubernetes the pod's
+    /// `terminationGracePeriodSeconds` bounds it too.
+    #[arg(long, env = env::DRAIN_TIMEOUT_SECS, default_value_t = 3600)]
+    pub drain_timeout_secs: u64,
+    /// Exit once drained after a handoff. Off in Kubernetes: a container
+    /// that exits is restarted, and would take the pods back; it waits for
+    /// its SIGTERM instead.
+    #[arg(long, env = env::EXIT_AFTER_HANDOFF, default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub exit_after_handoff: bool,
     /// Address of the admin API (JSON) in the agent's own network namespace.
     #[arg(long, env = env::ADMIN_ADDR, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -221,6 +250,12 @@ fn parse_cluster_domain(value: &str) -> Result<String, String> {
 // === impl Config ===
 
 impl Config {
+    /// After a handoff, how long established connections may drain.
+    #[must_use]
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
     /// Upstream connect timeout.
     #[must_use]
     pub fn connect_timeout(&self) -> Duration {

@@ -14,7 +14,9 @@
 //! Un-enrolling undoes it in reverse. Connections already proxied finish.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::OwnedFd,
     sync::Arc,
     time::Duration,
 };
@@ -29,6 +31,7 @@ use crate::{
     authz::Authorizer,
     connections::ConnectionLog,
     ebpf::{EbpfError, MeshEbpf, SkLookupAttachment, maps::MapOpError},
+    handoff::PodListeners,
     hbone::{self, client::HbonePool},
     identity::CertManager,
     netns::{Netns, NetnsError, NetnsSwitch},
@@ -102,6 +105,8 @@ pub struct PodEnrollment {
     sk_lookup: SkLookupAttachment,
     cancel: CancellationToken,
     families: Families,
+    /// Copies of the pod's listener sockets, to hand to a successor.
+    listeners: PodListeners,
 }
 
 /// Enrolls and un-enrolls pods.
@@ -110,6 +115,9 @@ pub struct Enroller {
     home_netns: Arc<Netns>,
     data_plane: tokio::runtime::Handle,
     mesh: MeshSettings,
+    /// Listener sockets the previous agent handed over, by netns cookie,
+    /// until their pods are enrolled with them.
+    adopted: HashMap<u64, PodListeners>,
 }
 
 /// What every enrolled pod's proxies share.
@@ -123,6 +131,8 @@ pub struct MeshSettings {
     pub cluster_domain: String,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Cancelled after a handoff: the HBONE connections drain.
+    pub drain: CancellationToken,
     /// Skip TLS between pods of this node.
     pub same_node_fast_path: bool,
     /// Certificates.
@@ -149,6 +159,8 @@ struct PodSockets {
     outbound: Vec<std::net::TcpListener>,
     inbound: Vec<(Family, std::net::TcpListener)>,
     hbone: Vec<std::net::TcpListener>,
+    /// Handed over by the previous agent rather than opened here.
+    handed_over: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,7 +197,26 @@ impl Enroller {
             home_netns,
             data_plane,
             mesh,
+            adopted: HashMap::new(),
         }
+    }
+
+    /// Listener sockets the previous agent handed over: each pod is
+    /// enrolled with its own, which already receive its connections.
+    pub fn adopt_listeners(&mut self, listeners: HashMap<u64, PodListeners>) {
+        self.adopted = listeners;
+    }
+
+    /// Closes the handed-over listeners no pod claimed (pods the previous
+    /// agent served that this one is not configured to enroll).
+    pub fn drop_unclaimed_listeners(&mut self) {
+        for cookie in self.adopted.keys() {
+            tracing::info!(
+                netns_cookie = cookie,
+                "a handed-over pod is not configured here; its listeners close"
+            );
+        }
+        self.adopted.clear();
     }
 
     /// The settings shared by every pod.
@@ -228,8 +259,10 @@ impl Enroller {
             v4: pod.ips.iter().any(IpAddr::is_ipv4),
             v6: pod.ips.iter().any(IpAddr::is_ipv6),
         };
-        let sockets = netns.run_on_worker(|| open_pod_sockets(families))??;
+        let adopted = &mut self.adopted;
+        let sockets = netns.run_on_worker(|| pod_sockets(families, adopted))??;
         let netns_cookie = sockets.netns_cookie;
+        let handed_over = sockets.handed_over;
         let sk_lookup = match self.ebpf.attach_sk_lookup(netns.file(), netns_cookie) {
             Ok(attachment) => attachment,
             Err(error) => {
@@ -248,12 +281,13 @@ impl Enroller {
             sk_lookup,
             cancel: CancellationToken::new(),
             families,
+            listeners: PodListeners::default(),
         };
         if let Err(error) = self.start(&mut enrollment, sockets, identity) {
             self.teardown(enrollment);
             return Err(error);
         }
-        tracing::info!(pod = %pod.key(), netns = %pod.netns.display(), netns_cookie, reused_attachment, "pod enrolled");
+        tracing::info!(pod = %pod.key(), netns = %pod.netns.display(), netns_cookie, reused_attachment, handed_over, "pod enrolled");
         Ok(enrollment)
     }
 
@@ -287,6 +321,7 @@ impl Enroller {
             maps: maps.clone(),
             stats: enrollment.stats.clone(),
             connect_timeout: self.mesh.connect_timeout,
+            drain: self.mesh.drain.clone(),
             certs: self.mesh.certs.clone(),
             workloads: self.mesh.workloads.clone(),
             same_node_fast_path: self.mesh.same_node_fast_path,
@@ -296,6 +331,7 @@ impl Enroller {
             balancer: self.mesh.balancer.clone(),
         });
         self.mesh.local_pods.insert(&context);
+        enrollment.listeners = sockets.copies()?;
         let _runtime = self.data_plane.enter();
         let to_tokio = |listener: std::net::TcpListener| {
             let addr = listener
@@ -420,6 +456,21 @@ impl Enroller {
         }
     }
 
+    /// Copies of every enrolled pod's listeners, for a successor.
+    #[must_use]
+    pub fn listeners_to_hand_over(enrollments: &[&PodEnrollment]) -> Vec<PodListeners> {
+        enrollments
+            .iter()
+            .filter_map(|enrollment| match enrollment.listeners.try_clone() {
+                Ok(copy) => Some(copy),
+                Err(error) => {
+                    tracing::warn!(pod = %enrollment.pod.key(), %error, "cannot copy the pod's listeners for the successor; it opens its own");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Gives the eBPF state back for shutdown.
     #[must_use]
     pub fn into_ebpf(self) -> MeshEbpf {
@@ -437,59 +488,116 @@ fn remove_return_path(netns: &Netns, families: Families) {
     }
 }
 
-/// Runs inside the pod's namespace.
-fn open_pod_sockets(families: Families) -> Result<PodSockets, EnrollError> {
+/// Runs inside the pod's namespace: the pod's listeners (those the previous
+/// agent handed over for this namespace, else new ones) and the return path.
+fn pod_sockets(
+    families: Families,
+    adopted: &mut HashMap<u64, PodListeners>,
+) -> Result<PodSockets, EnrollError> {
+    let probe = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(EnrollError::NetnsCookie)?;
+    let netns_cookie = crate::sys::netns_cookie(std::os::fd::AsFd::as_fd(&probe))
+        .map_err(EnrollError::NetnsCookie)?;
+    let sockets = match adopted.remove(&netns_cookie) {
+        Some(handed) => PodSockets::handed_over(handed),
+        None => open_pod_sockets(netns_cookie, families)?,
+    };
+    if sockets.outbound.is_empty() {
+        return Err(EnrollError::NetnsCookie(std::io::Error::other(
+            "the pod has no addresses",
+        )));
+    }
+    routing::install(families)?;
+    Ok(sockets)
+}
+
+fn open_pod_sockets(netns_cookie: u64, families: Families) -> Result<PodSockets, EnrollError> {
     let mut outbound = Vec::new();
     let mut inbound = Vec::new();
     let mut hbone = Vec::new();
-    if families.v4 {
-        hbone.push(mesh_listener(SocketAddr::from((
-            Ipv4Addr::UNSPECIFIED,
-            INBOUND_HBONE_PORT,
-        )))?);
-        outbound.push(mesh_listener(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            OUTBOUND_PORT,
-        )))?);
-        inbound.push((
+    for (wanted, any, localhost, family) in [
+        (
+            families.v4,
+            IpAddr::from(Ipv4Addr::UNSPECIFIED),
+            IpAddr::from(Ipv4Addr::LOCALHOST),
             Family::V4,
-            mesh_listener(SocketAddr::from((
-                Ipv4Addr::UNSPECIFIED,
-                INBOUND_PLAINTEXT_PORT,
-            )))?,
-        ));
-    }
-    if families.v6 {
-        hbone.push(mesh_listener(SocketAddr::from((
-            Ipv6Addr::UNSPECIFIED,
-            INBOUND_HBONE_PORT,
-        )))?);
-        outbound.push(mesh_listener(SocketAddr::from((
-            Ipv6Addr::LOCALHOST,
-            OUTBOUND_PORT,
-        )))?);
-        inbound.push((
+        ),
+        (
+            families.v6,
+            IpAddr::from(Ipv6Addr::UNSPECIFIED),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
             Family::V6,
-            mesh_listener(SocketAddr::from((
-                Ipv6Addr::UNSPECIFIED,
-                INBOUND_PLAINTEXT_PORT,
-            )))?,
+        ),
+    ] {
+        if !wanted {
+            continue;
+        }
+        hbone.push(mesh_listener(SocketAddr::new(any, INBOUND_HBONE_PORT))?);
+        outbound.push(mesh_listener(SocketAddr::new(localhost, OUTBOUND_PORT))?);
+        inbound.push((
+            family,
+            mesh_listener(SocketAddr::new(any, INBOUND_PLAINTEXT_PORT))?,
         ));
     }
-    let any = outbound
-        .first()
-        .ok_or(EnrollError::NetnsCookie(std::io::Error::other(
-            "the pod has no addresses",
-        )))?;
-    let netns_cookie = crate::sys::netns_cookie(std::os::fd::AsFd::as_fd(any))
-        .map_err(EnrollError::NetnsCookie)?;
-    routing::install(families)?;
     Ok(PodSockets {
         netns_cookie,
         outbound,
         inbound,
         hbone,
+        handed_over: false,
     })
+}
+
+// === impl PodSockets ===
+
+impl PodSockets {
+    /// The sockets a previous agent handed over.
+    fn handed_over(handed: PodListeners) -> Self {
+        let listener = std::net::TcpListener::from;
+        let inbound = handed
+            .inbound
+            .into_iter()
+            .map(|fd| {
+                let listener = listener(fd);
+                let family = match listener.local_addr() {
+                    Ok(addr) if addr.is_ipv6() => Family::V6,
+                    _ => Family::V4,
+                };
+                (family, listener)
+            })
+            .collect();
+        Self {
+            netns_cookie: handed.netns_cookie,
+            outbound: handed.outbound.into_iter().map(listener).collect(),
+            inbound,
+            hbone: handed.hbone.into_iter().map(listener).collect(),
+            handed_over: true,
+        }
+    }
+
+    /// New descriptors of the same sockets, kept to hand to a successor.
+    fn copies(&self) -> Result<PodListeners, EnrollError> {
+        let copy = |listener: &std::net::TcpListener| -> Result<OwnedFd, EnrollError> {
+            listener
+                .try_clone()
+                .map(OwnedFd::from)
+                .map_err(|source| EnrollError::Listen {
+                    addr: listener
+                        .local_addr()
+                        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+                    source,
+                })
+        };
+        Ok(PodListeners {
+            netns_cookie: self.netns_cookie,
+            outbound: self.outbound.iter().map(copy).collect::<Result<_, _>>()?,
+            inbound: self
+                .inbound
+                .iter()
+                .map(|(_, l)| copy(l))
+                .collect::<Result<_, _>>()?,
+            hbone: self.hbone.iter().map(copy).collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 fn mesh_listener(addr: SocketAddr) -> Result<std::net::TcpListener, EnrollError> {

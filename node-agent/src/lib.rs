@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus metrics, with Istio's names for traffic
 //! - [`telemetry`]: the metrics (15020) and readiness (15021) listeners
 //! - [`admin`]: the JSON admin API
+//! - [`handoff`]: handing the pods' listeners to a successor agent
 
 pub mod admin;
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod connections;
 pub mod copy;
 pub mod ebpf;
 pub mod enrollment;
+pub mod handoff;
 pub mod hbone;
 pub mod identity;
 pub mod kube_source;

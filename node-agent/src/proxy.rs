@@ -152,6 +152,10 @@ pub struct PodContext {
     pub stats: Arc<PodStats>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Cancelled when this agent has handed its pods to a successor: its
+    /// HBONE connections ask their peers to move on (`GOAWAY`) and end
+    /// once their streams are done.
+    pub drain: CancellationToken,
     /// Certificates and TLS configurations.
     pub certs: Arc<CertManager>,
     /// Every meshed pod, by address.

@@ -1,6 +1,6 @@
 //! The agent's few system calls that have no safe wrapper in its libraries:
-//! switching network namespaces, reading a socket's netns cookie, and
-//! `IPV6_TRANSPARENT`. Every unsafe block of the agent lives here.
+//! switching network namespaces, reading a socket's netns cookie,
+//! `IPV6_TRANSPARENT`, and owning descriptors received from the kernel. Every unsafe block of the agent lives here.
 
 use std::{
     io,
@@ -11,6 +11,15 @@ use std::{
 const SO_NETNS_COOKIE: libc::c_int = 71;
 /// `NS_GET_NSTYPE` ioctl: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Takes ownership of a descriptor the kernel has just installed for this
+/// process (returned by `accept`, or received with `SCM_RIGHTS`), so that
+/// it is closed when dropped.
+pub fn own_new_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    // SAFETY: callers pass only descriptors the kernel just created for
+    // this process, which nothing else owns or closes.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
 
 /// Moves the calling thread into the network namespace `netns`.
 pub fn setns_net(netns: BorrowedFd<'_>) -> io::Result<()> {

@@ -28,6 +28,8 @@ pub struct Agent {
     pub node: Node,
     /// Its local configuration file.
     pub config_path: PathBuf,
+    /// Its admin API address in the node's network namespace.
+    pub admin_addr: String,
 }
 
 /// The local-config YAML that enrolls `pods`. Each runs as the service
@@ -53,6 +55,16 @@ pub fn pods_yaml(pods: &[&Pod]) -> String {
         );
     }
     yaml
+}
+
+/// The node's handoff socket: agents of one node (sharing its bpffs) hand
+/// their pods over through it.
+#[must_use]
+pub fn handoff_socket(node: &Node) -> PathBuf {
+    node.bpffs
+        .parent()
+        .expect("the bpffs is mounted in the node's directory")
+        .join("handoff.sock")
 }
 
 /// The test bed's mesh CA, made with `ambit ca init` the first time it is
@@ -186,6 +198,8 @@ impl Agent {
         }
         cmd.arg("--bpffs-dir")
             .arg(node.bpffs.join("ambit"))
+            .arg("--handoff-socket")
+            .arg(handoff_socket(node))
             .arg("--cgroup-root")
             .arg(&node.cgroup_root)
             .args(["--node-name", &node.name, "--config-poll-ms", "100"])
@@ -195,10 +209,16 @@ impl Agent {
                 std::env::var(AGENT_LOG_ENV).unwrap_or_else(|_| "info,node_agent=debug".to_owned()),
             );
         let proc = tb.spawn_on_node(node, &node.agent_cgroup, cmd);
+        let admin_addr = args
+            .iter()
+            .position(|a| *a == "--admin-addr")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| "127.0.0.1:15000".to_owned(), |a| (*a).to_owned());
         Agent {
             proc,
             node: node.clone(),
             config_path,
+            admin_addr,
         }
     }
 
@@ -239,7 +259,7 @@ impl Agent {
 
     /// `GET path` on the admin API, from inside the node's network namespace.
     pub fn get(&self, tb: &Testbed, path: &str) -> Option<String> {
-        let url = format!("http://127.0.0.1:15000{path}");
+        let url = format!("http://{}{path}", self.admin_addr);
         let out = tb.exec_in_netns(&self.node.netns, &["curl", "-sf", "--max-time", "5", &url]);
         out.status
             .success()

@@ -13,11 +13,12 @@ use mesh_core::{
     workload::{Pod, PodKey},
 };
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Enroller, PodEnrollment};
 use crate::{
+    handoff,
     stats::{PodStats, PodStatsSnapshot},
     workloads::WorkloadIndex,
 };
@@ -75,8 +76,28 @@ pub struct PodStatusBoard {
 }
 
 enum Entry {
-    Enrolled(PodEnrollment),
+    Enrolled(Box<PodEnrollment>),
     Failed { pod: Pod, error: String },
+}
+
+/// How the reconciler's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Shutdown: the pods' proxies stopped, capture left in place.
+    Stopped,
+    /// `ambit uninstall`: every pod un-enrolled.
+    Uninstalled,
+    /// A successor took the pods over; this agent only drains.
+    HandedOff,
+}
+
+/// How the reconciler takes part in a handoff.
+pub struct HandoffHooks {
+    /// From the handoff thread: listeners for a successor, and the release.
+    pub requests: mpsc::Receiver<handoff::Request>,
+    /// Told once the first snapshot is applied (every pod enrolled, or
+    /// failed): a successor then tells its predecessor it has taken over.
+    pub first_reconcile: Option<oneshot::Sender<()>>,
 }
 
 /// Drives enrollment from configuration snapshots.
@@ -148,13 +169,15 @@ impl Reconciler {
         mut snapshots: watch::Receiver<Arc<LocalSnapshot>>,
         shutdown: CancellationToken,
         uninstall: CancellationToken,
-    ) -> Enroller {
+        mut handoff: HandoffHooks,
+    ) -> (Enroller, Ending) {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A pod waiting for its certificate from the controller is tried
         // again as soon as the answer comes, not at the next retry tick.
         let certs = self.enroller.mesh().certs.clone();
         let mut applied: Option<Arc<LocalSnapshot>> = None;
+        let mut released: Option<oneshot::Sender<()>> = None;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             if applied
@@ -170,25 +193,55 @@ impl Reconciler {
                 self.reconcile(&snapshot);
                 applied = Some(snapshot);
             }
+            if let Some(first) = handoff.first_reconcile.take() {
+                // Listeners handed over for pods not configured here close.
+                self.enroller.drop_unclaimed_listeners();
+                let _ = first.send(());
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
                 _ = retry.tick() => {}
                 () = certs.changed() => {}
+                Some(request) = handoff.requests.recv() => match request {
+                    handoff::Request::Listeners(reply) => {
+                        let enrolled: Vec<&PodEnrollment> = self
+                            .entries
+                            .values()
+                            .filter_map(|entry| match entry {
+                                Entry::Enrolled(enrollment) => Some(&**enrollment),
+                                Entry::Failed { .. } => None,
+                            })
+                            .collect();
+                        let _ = reply.send(Enroller::listeners_to_hand_over(&enrolled));
+                    }
+                    handoff::Request::Release(reply) => {
+                        released = Some(reply);
+                        break;
+                    }
+                },
             }
         }
-        let uninstalling = uninstall.is_cancelled();
+        let uninstalling = uninstall.is_cancelled() && released.is_none();
         for (key, entry) in std::mem::take(&mut self.entries) {
             if let Entry::Enrolled(enrollment) = entry {
                 if uninstalling {
-                    self.enroller.unenroll(enrollment);
+                    self.enroller.unenroll(*enrollment);
                 } else {
                     Enroller::stop_proxies(&enrollment);
                 }
                 tracing::debug!(pod = %key, uninstalling, "pod's proxies stopped at shutdown");
             }
         }
-        self.enroller
+        let ending = if let Some(reply) = released {
+            let _ = reply.send(());
+            Ending::HandedOff
+        } else if uninstalling {
+            Ending::Uninstalled
+        } else {
+            Ending::Stopped
+        };
+        (self.enroller, ending)
     }
 
     /// Applies a new `snapshot`: the workload index, the policies, and the
@@ -232,7 +285,7 @@ impl Reconciler {
             .collect();
         for key in stale {
             if let Some(Entry::Enrolled(enrollment)) = self.entries.remove(&key) {
-                self.enroller.unenroll(enrollment);
+                self.enroller.unenroll(*enrollment);
             }
         }
         let certs = self.enroller.mesh().certs.clone();
@@ -249,7 +302,7 @@ impl Reconciler {
                 _ => None,
             };
             let entry = match self.enroller.enroll(pod) {
-                Ok(enrollment) => Entry::Enrolled(enrollment),
+                Ok(enrollment) => Entry::Enrolled(Box::new(enrollment)),
                 Err(error) => {
                     let waiting = error.is_waiting_for_certificate();
                     let error = error.to_string();

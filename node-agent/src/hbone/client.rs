@@ -49,9 +49,25 @@ struct PooledConnection {
 pub struct HboneStream {
     send: SendStream<Bytes>,
     response: h2::client::ResponseFuture,
+    peer: SpiffeId,
     addr: SocketAddr,
     authority: SocketAddr,
-    _slot: StreamSlot,
+    slot: StreamSlot,
+}
+
+/// How often a stream that a peer refused without processing it (it was
+/// going away: a handoff or a restart) is opened again.
+const REFUSED_STREAM_RETRIES: usize = 3;
+
+/// The application's first bytes, kept until the CONNECT response so that a
+/// refused stream can be opened again with them.
+enum FirstBytes {
+    /// Nothing read yet.
+    Unread,
+    /// This chunk was sent as early data.
+    Data(Bytes),
+    /// The application half-closed before sending anything.
+    Eof,
 }
 
 struct StreamSlot(Arc<AtomicU32>);
@@ -88,9 +104,10 @@ impl HbonePool {
         Ok(HboneStream {
             send,
             response,
+            peer: peer.clone(),
             addr,
             authority,
-            _slot: StreamSlot::take(streams),
+            slot: StreamSlot::take(streams),
         })
     }
 
@@ -177,37 +194,131 @@ impl HboneStream {
     /// verdict the destination's agent reports, if any, goes in `reported`.
     pub async fn relay(
         self,
+        context: &PodContext,
         tcp: &tokio::net::TcpStream,
         counts: &ByteCounts,
         reported: &OnceLock<Authorization>,
     ) -> std::io::Result<()> {
-        let Self {
+        let (send, recv, _slot) = Box::pin(self.establish(context, tcp, counts, reported)).await?;
+        super::relay::relay(
+            tcp,
             send,
-            response,
-            addr,
-            authority,
-            _slot,
-        } = self;
-        let recv = async move {
-            let response = response
-                .await
-                .map_err(|e| std::io::Error::other(HboneError::H2 { addr, source: e }))?;
-            if let Some(authorization) = super::reported_authorization(response.headers()) {
-                let _ = reported.set(authorization);
+            std::future::ready(Ok(recv)),
+            &counts.sent,
+            &counts.received,
+        )
+        .await
+    }
+
+    /// Waits for the CONNECT response, sending the application's first
+    /// bytes meanwhile as early data (and no more, so they can be sent
+    /// again). A stream the peer refused without processing it, because it
+    /// was going away (`GOAWAY` after a handoff, or `REFUSED_STREAM`), is
+    /// opened again on a new connection with the same first bytes, up to
+    /// [`REFUSED_STREAM_RETRIES`] times: a handoff must not fail a
+    /// connection.
+    async fn establish(
+        mut self,
+        context: &PodContext,
+        tcp: &tokio::net::TcpStream,
+        counts: &ByteCounts,
+        reported: &OnceLock<Authorization>,
+    ) -> std::io::Result<(SendStream<Bytes>, h2::RecvStream, StreamSlot)> {
+        let mut first = FirstBytes::Unread;
+        let mut retries = 0;
+        loop {
+            let response = if matches!(first, FirstBytes::Unread) {
+                tokio::select! {
+                    response = &mut self.response => response,
+                    chunk = read_first_chunk(tcp) => {
+                        first = match chunk? {
+                            Some(data) => {
+                                counts.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                FirstBytes::Data(data)
+                            }
+                            None => FirstBytes::Eof,
+                        };
+                        self.send_first(&first)?;
+                        continue;
+                    }
+                }
+            } else {
+                (&mut self.response).await
+            };
+            match response {
+                Ok(response) => {
+                    if let Some(authorization) = super::reported_authorization(response.headers()) {
+                        let _ = reported.set(authorization);
+                    }
+                    let status = response.status();
+                    if status != http::StatusCode::OK {
+                        return Err(std::io::Error::other(HboneError::Refused {
+                            addr: self.addr,
+                            authority: self.authority,
+                            status,
+                        }));
+                    }
+                    return Ok((self.send, response.into_body(), self.slot));
+                }
+                Err(error) if refused_unprocessed(&error) && retries < REFUSED_STREAM_RETRIES => {
+                    retries += 1;
+                    tracing::debug!(addr = %self.addr, %error, retries, "the peer refused the stream unprocessed (going away); opening it again");
+                    self = context
+                        .hbone
+                        .open_stream(context, &self.peer, self.addr, self.authority)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    self.send_first(&first)?;
+                }
+                Err(source) => {
+                    return Err(std::io::Error::other(HboneError::H2 {
+                        addr: self.addr,
+                        source,
+                    }));
+                }
             }
-            let status = response.status();
-            if status != http::StatusCode::OK {
-                return Err(std::io::Error::other(HboneError::Refused {
-                    addr,
-                    authority,
-                    status,
-                }));
-            }
-            Ok(response.into_body())
-        };
-        super::relay::relay(tcp, send, recv, &counts.sent, &counts.received).await
+        }
+    }
+
+    /// Sends the first bytes read (again, on a reopened stream).
+    fn send_first(&mut self, first: &FirstBytes) -> std::io::Result<()> {
+        match first {
+            FirstBytes::Unread => Ok(()),
+            FirstBytes::Data(data) => self
+                .send
+                .send_data(data.clone(), false)
+                .map_err(mesh_core::hbone::h2_to_io),
+            FirstBytes::Eof => self
+                .send
+                .send_data(Bytes::new(), true)
+                .map_err(mesh_core::hbone::h2_to_io),
+        }
     }
 }
+
+/// Whether the peer refused the stream without processing it: a `GOAWAY`
+/// from the peer fails only the streams it did not process, and
+/// `REFUSED_STREAM` says so of one stream. Either is safe to send again.
+fn refused_unprocessed(error: &h2::Error) -> bool {
+    (error.is_go_away() && error.is_remote()) || error.reason() == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// The application's first bytes (at most one read), or `None` at EOF.
+async fn read_first_chunk(tcp: &tokio::net::TcpStream) -> std::io::Result<Option<Bytes>> {
+    let mut buf = bytes::BytesMut::with_capacity(FIRST_CHUNK);
+    loop {
+        tcp.readable().await?;
+        match tcp.try_read_buf(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(buf.freeze())),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The most early data sent before the CONNECT response.
+const FIRST_CHUNK: usize = 64 * 1024;
 
 // === impl StreamSlot ===
 

@@ -75,9 +75,13 @@ async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: Sock
             return;
         }
     };
-    mesh_core::hbone::serve(tcp, config, |request, respond, peer| {
-        serve_stream(context.clone(), request, respond, peer, client)
-    })
+    let drain = context.drain.clone();
+    mesh_core::hbone::serve_until(
+        tcp,
+        config,
+        drain.cancelled_owned(),
+        |request, respond, peer| serve_stream(context.clone(), request, respond, peer, client),
+    )
     .await;
 }
 

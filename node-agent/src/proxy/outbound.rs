@@ -59,8 +59,11 @@ pub(super) async fn forward(
                 .inspect_err(|error| context.count_failed(&flow, error))?;
             let live = context.connections.open(&flow);
             context.count_opened(&flow);
-            let end =
-                until_revoked(hbone.relay(&stream, live.counts(), live.reported()), None).await;
+            let end = until_revoked(
+                hbone.relay(&context, &stream, live.counts(), live.reported()),
+                None,
+            )
+            .await;
             flow.authorization = live.reported().get().cloned();
             Ok(Finished::relayed(
                 flow,
@@ -141,7 +144,11 @@ async fn via_waypoint(
         .inspect_err(|error| context.count_failed(&flow, error))?;
     let live = context.connections.open(&flow);
     context.count_opened(&flow);
-    let end = until_revoked(hbone.relay(stream, live.counts(), live.reported()), None).await;
+    let end = until_revoked(
+        hbone.relay(context, stream, live.counts(), live.reported()),
+        None,
+    )
+    .await;
     drop(pick);
     Ok(Finished::relayed(
         flow,

@@ -1,0 +1,259 @@
+//! Hitless handoff: a new agent process takes a node's pods over from the
+//! running one (their listener sockets change hands over the handoff
+//! socket) while clients open hundreds of meshed connections a second and
+//! long-lived streams exchange a message every 10 ms. Nothing is refused or
+//! reset, and every long-lived stream ends with exact byte counts.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use ambit_tests::{
+    Node, Pod, Proc, Testbed,
+    mesh::{Agent, pods_yaml},
+    testbed_or_skip,
+    workload::{ECHO_PORT, WAIT, ip_of, pod_tool, serve},
+};
+use serde_json::Value;
+
+/// The request/response port `crr` connects to.
+const RR_PORT: u16 = 7001;
+/// Handoffs in a row.
+const HANDOFFS: usize = 5;
+/// Long-lived streams, half from each client.
+const STREAMS: usize = 20;
+/// How long the load runs; the handoffs happen inside it.
+const LOAD_SECS: u64 = 16;
+
+fn rr_server(tb: &Testbed, pod: &Pod) -> Proc {
+    let server = tb.spawn_in_pod(
+        pod,
+        pod_tool(&[
+            "rr-server",
+            "--listen",
+            &format!("0.0.0.0:{RR_PORT}"),
+            "--size",
+            "1",
+        ]),
+    );
+    server.wait_for_event("listening", WAIT);
+    server
+}
+
+fn crr(tb: &Testbed, from: &Pod, to: &Pod) -> Proc {
+    tb.spawn_in_pod(
+        from,
+        pod_tool(&[
+            "crr",
+            "--to",
+            &format!("{}:{RR_PORT}", to.ipv4),
+            "--conns",
+            "4",
+            "--duration-secs",
+            &LOAD_SECS.to_string(),
+        ]),
+    )
+}
+
+fn ping(tb: &Testbed, from: &Pod, to: &Pod) -> Proc {
+    tb.spawn_in_pod(
+        from,
+        pod_tool(&[
+            "ping",
+            "--to",
+            &format!("{}:{ECHO_PORT}", to.ipv4),
+            "--interval-ms",
+            "10",
+            "--max-secs",
+            &(LOAD_SECS - 2).to_string(),
+        ]),
+    )
+}
+
+/// A successor agent on `node`: its own admin, metrics and readiness ports
+/// (it shares the node's network namespace with its predecessor, as two
+/// agent pods never do in Kubernetes).
+fn successor(tb: &Testbed, node: &Node, config: &str, generation: usize) -> Agent {
+    let base = 15_000 + 100 * u16::try_from(generation).expect("few handoffs");
+    let admin = format!("127.0.0.1:{base}");
+    let metrics = format!("0.0.0.0:{}", base + 20);
+    let readiness = format!("0.0.0.0:{}", base + 21);
+    Agent::spawn(
+        tb,
+        node,
+        config,
+        &[
+            "--admin-addr",
+            &admin,
+            "--metrics-addr",
+            &metrics,
+            "--readiness-addr",
+            &readiness,
+        ],
+    )
+}
+
+#[test]
+fn five_handoffs_under_load_refuse_and_reset_nothing() {
+    // Per-connection logs would make the agents, not the mesh, the load.
+    // SAFETY: nextest runs this test in a process of its own, and no other
+    // thread reads the environment yet.
+    unsafe {
+        std::env::set_var(
+            ambit_tests::mesh::AGENT_LOG_ENV,
+            "warn,node_agent::agent=info,node_agent::handoff=info",
+        );
+    }
+    let mut tb = testbed_or_skip!("handoff_load");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let far = tb.add_pod(&n1, "far", "shop");
+    let strict = tb.add_pod(&n2, "strict", "shop");
+    let open = tb.add_pod(&n2, "open", "shop");
+    let near = tb.add_pod(&n2, "near", "shop");
+    let config = pods_yaml(&[&far, &open, &near])
+        + &pods_yaml(&[&strict]).replacen("pods:\n", "", 1)
+        + "    mtls: strict\n";
+    let mut agents: BTreeMap<&str, Agent> = BTreeMap::new();
+    agents.insert(
+        "n1",
+        Agent::start_with_config(&tb, &n1, &config, &[&far, &strict, &open, &near], &[]),
+    );
+    agents.insert(
+        "n2",
+        Agent::start_with_config(&tb, &n2, &config, &[&far, &strict, &open, &near], &[]),
+    );
+    let echoes = [serve(&tb, &strict), serve(&tb, &open)];
+    let _rr = [rr_server(&tb, &strict), rr_server(&tb, &open)];
+
+    // The load: connection churn cross-node (far → strict) and same-node
+    // (near → open), and long-lived streams both ways across the bed.
+    let churn = [crr(&tb, &far, &strict), crr(&tb, &near, &open)];
+    let pings: Vec<Proc> = (0..STREAMS)
+        .map(|i| {
+            if i % 2 == 0 {
+                ping(&tb, &far, &open)
+            } else {
+                ping(&tb, &near, &strict)
+            }
+        })
+        .collect();
+    for pinger in &pings {
+        pinger.wait_for_event("ping_up", WAIT);
+    }
+
+    // Five handoffs, alternating nodes, while the load runs.
+    let mut retired = Vec::new();
+    for generation in 1..=HANDOFFS {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (name, node) = if generation % 2 == 1 {
+            ("n2", &n2)
+        } else {
+            ("n1", &n1)
+        };
+        let next = successor(&tb, node, &config, generation);
+        next.proc
+            .wait_for_stderr_line(WAIT, |l| {
+                l.contains("took the pods over from the previous agent")
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "handoff {generation} on {name} did not complete\n{}",
+                    next.proc.report()
+                )
+            });
+        let previous = agents.insert(name, next).expect("an agent per node");
+        previous
+            .proc
+            .wait_for_stderr_line(WAIT, |l| l.contains("stopped accepting and drains"))
+            .expect("the previous agent lets go");
+        retired.push(previous);
+    }
+
+    assert_churn_refused_nothing(&churn);
+    assert_streams_exact(&pings, &echoes);
+    assert_retired_drained(&retired);
+}
+
+/// Every churn client: no failed connection, and the rate it was asked for.
+fn assert_churn_refused_nothing(churn: &[Proc; 2]) {
+    for (client, to) in churn
+        .iter()
+        .zip(["far → strict (cross-node)", "near → open (same node)"])
+    {
+        let (status, lines) = client.output_json_lines(Duration::from_secs(LOAD_SECS + 60));
+        let report = lines
+            .iter()
+            .find(|l| l["event"] == "crr")
+            .cloned()
+            .unwrap_or(Value::Null);
+        assert!(status.success(), "{to}: {report}\n{}", client.report());
+        assert_eq!(
+            report["errors"], 0,
+            "{to}: connections failed during the handoffs: {report}"
+        );
+        let rate = report["rate"].as_f64().unwrap_or_default();
+        eprintln!(
+            "{to}: {} connections, {rate:.0}/s, p99 {} µs, 0 errors",
+            report["samples"], report["p99_us"]
+        );
+        assert!(
+            rate >= 300.0,
+            "{to}: the churn must reach 300 connections/s: {report}"
+        );
+    }
+}
+
+/// Every long-lived stream ran to its end, and its server saw exactly the
+/// bytes its client exchanged, in both directions (one byte each way per
+/// round trip).
+fn assert_streams_exact(pings: &[Proc], echoes: &[Proc; 2]) {
+    let mut round_trips: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for pinger in pings {
+        let end = pinger.wait_for_event("ping_end", Duration::from_secs(LOAD_SECS + 30));
+        assert!(end["kind"].is_null(), "a long-lived stream was cut: {end}");
+        let trips = end["round_trips"].as_u64().unwrap_or_default();
+        assert!(trips > 500, "the stream kept exchanging: {end}");
+        let up = pinger
+            .json_lines()
+            .into_iter()
+            .find(|l| l["event"] == "ping_up")
+            .expect("ping_up");
+        round_trips
+            .entry(ip_of(up["local"].as_str().unwrap_or("")).to_owned())
+            .or_default()
+            .push(trips);
+    }
+    let mut served: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for echo in echoes {
+        let conns = echo.wait_for_events("conn", STREAMS / 2, WAIT);
+        for conn in conns {
+            assert_eq!(conn["bytes_in"], conn["bytes_out"], "{conn}");
+            assert!(conn["error"].is_null(), "{conn}");
+            served
+                .entry(ip_of(conn["peer"].as_str().unwrap_or("")).to_owned())
+                .or_default()
+                .push(conn["bytes_in"].as_u64().unwrap_or_default());
+        }
+    }
+    for counts in round_trips.values_mut().chain(served.values_mut()) {
+        counts.sort_unstable();
+    }
+    assert_eq!(served, round_trips, "bytes seen by the servers, by client");
+}
+
+/// The retired agents drained what they carried and exited cleanly.
+fn assert_retired_drained(retired: &[Agent]) {
+    for agent in retired {
+        let status = agent.proc.wait_timeout(WAIT).unwrap_or_else(|| {
+            panic!(
+                "a retired agent did not finish draining\n{}",
+                agent.proc.report()
+            )
+        });
+        assert!(status.success(), "{status}\n{}", agent.proc.report());
+        assert!(
+            agent.proc.stderr_text().contains("drained"),
+            "{}",
+            agent.proc.report()
+        );
+    }
+}
