@@ -2,7 +2,9 @@
 //! 15008). The node agent and the waypoint both speak it, with the same
 //! limits and windows, through the handshakes here: [`accept`] on the
 //! server side, [`connect`] on the client side, and [`connect_authority`]
-//! for what a CONNECT request asks for.
+//! for what a CONNECT request asks for. Both pools open connections through
+//! a [`SharedHandshake`], which same-peer requests share and no lock waits
+//! on.
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,6 +14,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::{identity::SpiffeId, tls};
+
+pub mod shared_handshake;
+
+pub use shared_handshake::{HandshakeStarter, SharedHandshake};
 
 /// The HBONE port, in each meshed pod and on each waypoint.
 pub const PORT: u16 = 15008;
