@@ -67,6 +67,15 @@ pub enum HboneError {
     /// No certificate or TLS configuration for an identity.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// The handshakes this stream waited for failed; every stream that
+    /// waited for them gets the same error.
+    #[error(transparent)]
+    Shared(std::sync::Arc<HboneError>),
+    /// The handshakes this stream waited for ended with no outcome.
+    #[error(
+        "the HBONE handshake with {0} was abandoned (is the agent shutting down? its log tells whether the handshake panicked)"
+    )]
+    Abandoned(std::net::SocketAddr),
 }
 
 impl From<mesh_core::hbone::HandshakeError> for HboneError {

@@ -7,19 +7,31 @@
 //! [`super::SPREAD_CONNECTIONS`], so concurrent bulk streams are encrypted on
 //! different threads; past that, a connection carries up to
 //! [`super::MAX_STREAMS_PER_CONNECTION`] streams before another is opened.
+//!
+//! Opening a connection never holds the pool's lock: the TCP, TLS and
+//! HTTP/2 handshakes run on a task of their own ([`SharedHandshake`]) while
+//! the pool lists the connection as connecting. Streams assigned to it wait
+//! for it and share its outcome; streams to other destinations never wait
+//! on it, so an unreachable destination delays only its own connections.
+//! A connecting connection counts its waiting streams like an open one, so
+//! the same spreading applies to handshakes: up to
+//! [`super::SPREAD_CONNECTIONS`] run at once for one destination.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock, PoisonError, Weak,
         atomic::{AtomicU32, Ordering},
     },
 };
 
 use bytes::Bytes;
 use h2::{SendStream, client::SendRequest};
-use mesh_core::identity::SpiffeId;
+use mesh_core::{
+    hbone::{SharedHandshake, shared_handshake::Outcome},
+    identity::SpiffeId,
+};
 
 use super::{HboneError, MAX_STREAMS_PER_CONNECTION, SPREAD_CONNECTIONS};
 use crate::{
@@ -27,21 +39,13 @@ use crate::{
     proxy::{ByteCounts, PodContext},
 };
 
+#[cfg(test)]
+mod tests;
+
 /// One pod's HBONE connections.
 #[derive(Default)]
 pub struct HbonePool {
-    connections: tokio::sync::Mutex<HashMap<PoolKey, Vec<PooledConnection>>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PoolKey {
-    peer: SpiffeId,
-    addr: SocketAddr,
-}
-
-struct PooledConnection {
-    send: SendRequest<Bytes>,
-    streams: Arc<AtomicU32>,
+    destinations: Arc<Mutex<Destinations>>,
 }
 
 /// An open CONNECT stream; counts against its connection's stream limit
@@ -70,6 +74,33 @@ enum FirstBytes {
     Eof,
 }
 
+type Destinations = HashMap<PoolKey, Vec<PooledConnection>>;
+
+type Handshake = SharedHandshake<SendRequest<Bytes>, HboneError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    peer: SpiffeId,
+    addr: SocketAddr,
+}
+
+/// A connection of the pool, open or still connecting.
+struct PooledConnection {
+    /// Streams assigned to it, counted from the moment they are assigned,
+    /// also while it is connecting. Identifies the connection in the pool.
+    streams: Arc<AtomicU32>,
+    state: ConnectionState,
+}
+
+#[derive(Clone)]
+enum ConnectionState {
+    /// The handshakes are under way; the streams assigned wait for them.
+    Connecting(Handshake),
+    /// Ready for streams.
+    Open(SendRequest<Bytes>),
+}
+
+/// A stream's place on a connection, taken when the stream is assigned.
 struct StreamSlot(Arc<AtomicU32>);
 
 // === impl HbonePool ===
@@ -79,7 +110,7 @@ impl HbonePool {
     /// whose certificate must be `peer`'s.
     pub async fn open_stream(
         &self,
-        context: &PodContext,
+        context: &Arc<PodContext>,
         peer: &SpiffeId,
         addr: SocketAddr,
         authority: SocketAddr,
@@ -88,7 +119,9 @@ impl HbonePool {
             peer: peer.clone(),
             addr,
         };
-        let (send, streams) = self.connection(context, &key).await?;
+        let (send, slot) = self
+            .connection(&key, || connect(context.clone(), key.clone()))
+            .await?;
         let request = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(authority.to_string())
@@ -107,45 +140,112 @@ impl HbonePool {
             peer: peer.clone(),
             addr,
             authority,
-            slot: StreamSlot::take(streams),
+            slot,
         })
     }
 
-    /// A live connection with a free stream slot, opening one if needed.
-    async fn connection(
+    /// A live connection to `key` with this stream counted on it: an open
+    /// one, or one connecting (opened with `connect` if every connection
+    /// is busy), whose handshakes this waits for.
+    async fn connection<F>(
         &self,
-        context: &PodContext,
         key: &PoolKey,
-    ) -> Result<(SendRequest<Bytes>, Arc<AtomicU32>), HboneError> {
-        let mut connections = self.connections.lock().await;
-        let pooled = connections.entry(key.clone()).or_default();
+        connect: impl FnOnce() -> F,
+    ) -> Result<(SendRequest<Bytes>, StreamSlot), HboneError>
+    where
+        F: Future<Output = Result<SendRequest<Bytes>, HboneError>> + Send + 'static,
+    {
+        let (state, slot) = self.assign(key, connect);
+        let send = match state {
+            ConnectionState::Open(send) => send,
+            ConnectionState::Connecting(handshake) => match handshake.outcome().await {
+                Some(Ok(send)) => send,
+                Some(Err(error)) => return Err(HboneError::Shared(error)),
+                None => return Err(HboneError::Abandoned(key.addr)),
+            },
+        };
+        Ok((send, slot))
+    }
+
+    /// Assigns a stream to the least busy connection to `key`, or to a new
+    /// one whose handshakes start now; the lock is held only here, never
+    /// across a wait.
+    fn assign<F>(&self, key: &PoolKey, connect: impl FnOnce() -> F) -> (ConnectionState, StreamSlot)
+    where
+        F: Future<Output = Result<SendRequest<Bytes>, HboneError>> + Send + 'static,
+    {
+        let mut destinations = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pooled = destinations.entry(key.clone()).or_default();
         // A closed connection fails `ready()`; drop the ones h2 has given up on.
-        pooled.retain(|c| {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            !matches!(
-                c.send.clone().poll_ready(&mut cx),
-                std::task::Poll::Ready(Err(_))
-            )
-        });
+        pooled.retain(|c| !c.is_closed());
         let loads: Vec<u32> = pooled
             .iter()
             .map(|c| c.streams.load(Ordering::Relaxed))
             .collect();
         if let Some(index) = pick_connection(&loads) {
-            return Ok((pooled[index].send.clone(), pooled[index].streams.clone()));
+            let chosen = &pooled[index];
+            return (
+                chosen.state.clone(),
+                StreamSlot::take(chosen.streams.clone()),
+            );
         }
-        let send = connect(context, key).await?;
+        let (handshake, starter) = Handshake::new();
         let streams = Arc::new(AtomicU32::new(0));
         pooled.push(PooledConnection {
-            send: send.clone(),
             streams: streams.clone(),
+            state: ConnectionState::Connecting(handshake.clone()),
         });
-        Ok((send, streams))
+        drop(destinations);
+        let on_end = handshake_ended(
+            Arc::downgrade(&self.destinations),
+            key.clone(),
+            streams.clone(),
+        );
+        starter.start(connect(), on_end);
+        (
+            ConnectionState::Connecting(handshake),
+            StreamSlot::take(streams),
+        )
     }
 }
 
-/// Opens a TCP + TLS + HTTP/2 connection to the peer's HBONE port.
-async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Bytes>, HboneError> {
+/// What the pool does when a connection's handshakes end: the connection
+/// becomes open, or leaves the pool (failed, timed out, abandoned); a
+/// destination left with no connection leaves too.
+fn handshake_ended(
+    destinations: Weak<Mutex<Destinations>>,
+    key: PoolKey,
+    streams: Arc<AtomicU32>,
+) -> impl FnOnce(Option<&Outcome<SendRequest<Bytes>, HboneError>>) + Send + 'static {
+    move |outcome| {
+        let Some(destinations) = destinations.upgrade() else {
+            return;
+        };
+        let mut destinations = destinations.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(pooled) = destinations.get_mut(&key) else {
+            return;
+        };
+        let this = |c: &PooledConnection| Arc::ptr_eq(&c.streams, &streams);
+        match outcome {
+            Some(Ok(send)) => {
+                if let Some(connection) = pooled.iter_mut().find(|c| this(c)) {
+                    connection.state = ConnectionState::Open(send.clone());
+                }
+            }
+            Some(Err(_)) | None => pooled.retain(|c| !this(c)),
+        }
+        if pooled.is_empty() {
+            destinations.remove(&key);
+        }
+    }
+}
+
+/// Opens a TCP + TLS + HTTP/2 connection to the peer's HBONE port, from
+/// the pod's network namespace.
+async fn connect(context: Arc<PodContext>, key: PoolKey) -> Result<SendRequest<Bytes>, HboneError> {
     let addr = key.addr;
     // A pod is captured before its certificate arrives: its connections
     // wait for it here (at once when it is there), never go without it.
@@ -176,7 +276,8 @@ async fn connect(context: &PodContext, key: &PoolKey) -> Result<SendRequest<Byte
 }
 
 /// Which pooled connection a new stream goes on, given each connection's
-/// open streams; `None` means open a new connection.
+/// streams (connecting ones count the streams waiting for them); `None`
+/// means open a new connection.
 fn pick_connection(loads: &[u32]) -> Option<usize> {
     let (index, &streams) = loads
         .iter()
@@ -184,6 +285,23 @@ fn pick_connection(loads: &[u32]) -> Option<usize> {
         .min_by_key(|(_, streams)| **streams)?;
     let spread = streams > 0 && loads.len() < SPREAD_CONNECTIONS;
     (streams < MAX_STREAMS_PER_CONNECTION && !spread).then_some(index)
+}
+
+// === impl PooledConnection ===
+
+impl PooledConnection {
+    /// Whether h2 has given up on the connection; a connecting one is not
+    /// closed (it leaves the pool when its handshakes fail).
+    fn is_closed(&self) -> bool {
+        let ConnectionState::Open(send) = &self.state else {
+            return false;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            send.clone().poll_ready(&mut cx),
+            std::task::Poll::Ready(Err(_))
+        )
+    }
 }
 
 // === impl HboneStream ===
@@ -194,7 +312,7 @@ impl HboneStream {
     /// verdict the destination's agent reports, if any, goes in `reported`.
     pub async fn relay(
         self,
-        context: &PodContext,
+        context: &Arc<PodContext>,
         tcp: &tokio::net::TcpStream,
         counts: &ByteCounts,
         reported: &OnceLock<Authorization>,
@@ -219,7 +337,7 @@ impl HboneStream {
     /// connection.
     async fn establish(
         mut self,
-        context: &PodContext,
+        context: &Arc<PodContext>,
         tcp: &tokio::net::TcpStream,
         counts: &ByteCounts,
         reported: &OnceLock<Authorization>,
@@ -332,35 +450,5 @@ impl StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn busy_streams_spread_over_connections_then_share() {
-        assert_eq!(pick_connection(&[]), None, "no connection yet");
-        assert_eq!(
-            pick_connection(&[0]),
-            Some(0),
-            "an idle connection is reused"
-        );
-        assert_eq!(pick_connection(&[1]), None, "a busy one: open a second");
-        assert_eq!(
-            pick_connection(&[1, 0]),
-            Some(1),
-            "the least busy is chosen"
-        );
-        assert_eq!(pick_connection(&[1, 1, 1]), None);
-        let spread = vec![1; SPREAD_CONNECTIONS];
-        assert_eq!(
-            pick_connection(&spread),
-            Some(0),
-            "enough connections: streams share"
-        );
-        let full = vec![MAX_STREAMS_PER_CONNECTION; SPREAD_CONNECTIONS];
-        assert_eq!(pick_connection(&full), None, "all full: open another");
     }
 }

@@ -295,6 +295,7 @@ impl ResponseFlags {
             }
             HboneError::Timeout(_) => Self::UpstreamTimeout,
             HboneError::H2 { .. } => Self::Io,
+            HboneError::Shared(error) => Self::of_hbone(error),
             _ => Self::UpstreamFailure,
         }
     }

@@ -123,7 +123,7 @@ pub(super) async fn forward(
 /// the chosen endpoint; it reports nothing back, so the connection carries
 /// no verdict here.
 async fn via_waypoint(
-    context: &PodContext,
+    context: &Arc<PodContext>,
     stream: &TcpStream,
     src: SocketAddr,
     dialled: SocketAddr,

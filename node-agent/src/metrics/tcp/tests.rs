@@ -314,6 +314,13 @@ fn flags_come_from_what_went_wrong() {
         ResponseFlags::of_error(&ProxyError::Hbone(HboneError::Timeout(hbone))),
         ResponseFlags::UpstreamTimeout
     );
+    // Streams that waited for a shared handshake get its error, and the
+    // same flag.
+    let shared = HboneError::Shared(std::sync::Arc::new(HboneError::Timeout(hbone)));
+    assert_eq!(
+        ResponseFlags::of_error(&ProxyError::Hbone(shared)),
+        ResponseFlags::UpstreamTimeout
+    );
     let strict = ProxyError::StrictMtls {
         pod: mesh_core::workload::PodKey {
             namespace: "shop".to_owned(),

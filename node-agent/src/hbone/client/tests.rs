@@ -1,0 +1,259 @@
+use std::{
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use tokio::sync::Semaphore;
+
+use super::*;
+
+fn key(host: u8) -> PoolKey {
+    PoolKey {
+        peer: SpiffeId::new("cluster.local", "shop", "server").unwrap(),
+        addr: SocketAddr::from(([10, 0, 0, host], 15008)),
+    }
+}
+
+/// An HTTP/2 connection over an in-memory pipe, to a server that accepts
+/// streams and never answers: all a pool needs of a connection.
+async fn in_memory_connection() -> Result<SendRequest<Bytes>, HboneError> {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut connection = h2::server::handshake(server_io).await.unwrap();
+        while let Some(Ok(_stream)) = connection.accept().await {}
+    });
+    let (send, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(connection);
+    Ok(send)
+}
+
+/// A connector that counts its calls and whose handshakes all end, with
+/// `outcome`, when the gate opens.
+struct GatedConnector {
+    calls: AtomicUsize,
+    gate: Semaphore,
+}
+
+impl GatedConnector {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        })
+    }
+
+    fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        succeed: bool,
+    ) -> impl Future<Output = Result<SendRequest<Bytes>, HboneError>> + Send + 'static {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let this = self.clone();
+        async move {
+            let _ = this.gate.acquire().await.unwrap();
+            if succeed {
+                in_memory_connection().await
+            } else {
+                Err(HboneError::Timeout(addr))
+            }
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS);
+    }
+}
+
+/// The pool's connections to `key`: (connecting, open, streams).
+fn listed(pool: &HbonePool, key: &PoolKey) -> Option<(usize, usize, u32)> {
+    let destinations = pool.destinations.lock().unwrap();
+    let pooled = destinations.get(key)?;
+    let connecting = pooled
+        .iter()
+        .filter(|c| matches!(c.state, ConnectionState::Connecting(_)))
+        .count();
+    let streams = pooled
+        .iter()
+        .map(|c| c.streams.load(Ordering::SeqCst))
+        .sum();
+    Some((connecting, pooled.len() - connecting, streams))
+}
+
+/// `n` requests for `key` at once, each on its own task, once all are
+/// assigned.
+async fn concurrent_requests(
+    pool: &Arc<HbonePool>,
+    connector: &Arc<GatedConnector>,
+    key: &PoolKey,
+    n: usize,
+    succeed: bool,
+) -> Vec<tokio::task::JoinHandle<Result<(SendRequest<Bytes>, StreamSlot), HboneError>>> {
+    let requests = (0..n)
+        .map(|_| {
+            let (pool, connector, key) = (pool.clone(), connector.clone(), key.clone());
+            tokio::spawn(async move {
+                pool.connection(&key, || connector.connect(key.addr, succeed))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    requests
+}
+
+#[tokio::test]
+async fn a_hanging_handshake_delays_only_its_own_destination() {
+    let pool = Arc::new(HbonePool::default());
+    let (black_holed, healthy) = (key(1), key(2));
+    let hanging = {
+        let (pool, key) = (pool.clone(), black_holed.clone());
+        tokio::spawn(async move {
+            pool.connection(
+                &key,
+                std::future::pending::<Result<SendRequest<Bytes>, HboneError>>,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(listed(&pool, &black_holed), Some((1, 0, 1)));
+
+    let connected = tokio::time::timeout(
+        Duration::from_secs(1),
+        pool.connection(&healthy, in_memory_connection),
+    )
+    .await
+    .expect("a hanging handshake to another destination must not delay this one");
+    let (_send, slot) = connected.unwrap();
+    assert_eq!(listed(&pool, &healthy), Some((0, 1, 1)));
+    drop(slot);
+    // The next stream reuses the open connection, still without waiting.
+    let reused = tokio::time::timeout(
+        Duration::from_secs(1),
+        pool.connection(&healthy, || async {
+            panic!("the open connection is reused")
+        }),
+    )
+    .await
+    .expect("reuse does not wait either");
+    assert!(reused.is_ok());
+    assert!(!hanging.is_finished(), "the black-holed one still waits");
+    hanging.abort();
+}
+
+#[tokio::test]
+async fn streams_to_one_destination_share_its_handshakes_and_all_get_their_error() {
+    let pool = Arc::new(HbonePool::default());
+    let connector = GatedConnector::new();
+    let key = key(1);
+    let requests = concurrent_requests(&pool, &connector, &key, 10, false).await;
+    // Busy streams spread over up to SPREAD_CONNECTIONS handshakes, as they
+    // do over open connections; the rest wait for those.
+    assert_eq!(connector.calls(), SPREAD_CONNECTIONS);
+    assert_eq!(listed(&pool, &key), Some((SPREAD_CONNECTIONS, 0, 10)));
+
+    connector.open();
+    for request in requests {
+        let error = request.await.unwrap().err().expect("the handshake failed");
+        assert!(
+            matches!(&error, HboneError::Shared(e) if matches!(**e, HboneError::Timeout(_))),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "the HBONE handshake with 10.0.0.1:15008 timed out"
+        );
+    }
+    assert_eq!(listed(&pool, &key), None, "nothing is left of them");
+    assert!(pool.destinations.lock().unwrap().is_empty());
+
+    // The next stream starts afresh.
+    let retried = pool
+        .connection(&key, || connector.connect(key.addr, false))
+        .await;
+    assert!(retried.is_err());
+    assert_eq!(connector.calls(), SPREAD_CONNECTIONS + 1);
+}
+
+#[tokio::test]
+async fn streams_that_waited_for_handshakes_get_their_connections() {
+    let pool = Arc::new(HbonePool::default());
+    let connector = GatedConnector::new();
+    let key = key(1);
+    let requests = concurrent_requests(&pool, &connector, &key, 10, true).await;
+    connector.open();
+    let mut streams = Vec::new();
+    for request in requests {
+        streams.push(request.await.unwrap().expect("connected"));
+    }
+    assert_eq!(connector.calls(), SPREAD_CONNECTIONS);
+    assert_eq!(listed(&pool, &key), Some((0, SPREAD_CONNECTIONS, 10)));
+    drop(streams);
+    assert_eq!(listed(&pool, &key), Some((0, SPREAD_CONNECTIONS, 0)));
+    assert!(
+        pool.connection(&key, || connector.connect(key.addr, true))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        connector.calls(),
+        SPREAD_CONNECTIONS,
+        "an idle one is reused"
+    );
+}
+
+#[tokio::test]
+async fn a_handshake_that_panics_fails_its_streams_and_leaves_nothing() {
+    let pool = HbonePool::default();
+    let key = key(1);
+    let outcome = pool
+        .connection(&key, || async {
+            panic!("the handshake panicked (on purpose, in a test)")
+        })
+        .await;
+    assert!(matches!(outcome, Err(HboneError::Abandoned(_))));
+    assert!(pool.destinations.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_waiting_for_a_handshake_is_a_small_future() {
+    // A regression guard like `copy`'s: the handshakes run on their own
+    // task, so what every connection's future holds while it waits is a
+    // handle (264 bytes), not a TCP + TLS + HTTP/2 handshake in progress
+    // (over 3 KB).
+    let pool = HbonePool::default();
+    let key = key(1);
+    let future = pool.connection(&key, in_memory_connection);
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 384, "the pool's connection future is {size} bytes");
+}
+
+#[test]
+fn busy_streams_spread_over_connections_then_share() {
+    assert_eq!(pick_connection(&[]), None, "no connection yet");
+    assert_eq!(
+        pick_connection(&[0]),
+        Some(0),
+        "an idle connection is reused"
+    );
+    assert_eq!(pick_connection(&[1]), None, "a busy one: open a second");
+    assert_eq!(
+        pick_connection(&[1, 0]),
+        Some(1),
+        "the least busy is chosen"
+    );
+    assert_eq!(pick_connection(&[1, 1, 1]), None);
+    let spread = vec![1; SPREAD_CONNECTIONS];
+    assert_eq!(
+        pick_connection(&spread),
+        Some(0),
+        "enough connections: streams share"
+    );
+    let full = vec![MAX_STREAMS_PER_CONNECTION; SPREAD_CONNECTIONS];
+    assert_eq!(pick_connection(&full), None, "all full: open another");
+}
