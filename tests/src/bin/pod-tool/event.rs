@@ -77,6 +77,24 @@ pub(crate) enum Event {
         conns: usize,
         seconds: f64,
     },
+    /// New connections opened many at once (`pod-tool connect-times`),
+    /// each timed from its connect to the end of its first round trip.
+    ConnectTimes {
+        to: String,
+        /// Rounds run; a round with a failure is the last.
+        rounds: u16,
+        /// Connections that carried their round trip.
+        samples: u64,
+        p50_us: f64,
+        p99_us: f64,
+        max_us: u64,
+        /// How long each failed connection took, sorted, in milliseconds.
+        failed_ms: Vec<u64>,
+        /// Why the last failed connection failed.
+        last_error: Option<String>,
+        /// All rounds, from start to end.
+        seconds: f64,
+    },
     /// Every connection of `pod-tool hold` is up and has carried a round
     /// trip; they stay idle from now on.
     Held {

@@ -109,7 +109,7 @@ fn open_established(to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> 
 }
 
 /// One byte there, one byte back.
-fn round_trip(stream: &mut TcpStream) -> io::Result<()> {
+pub(crate) fn round_trip(stream: &mut TcpStream) -> io::Result<()> {
     stream.write_all(&[1])?;
     let mut answer = [0];
     stream.read_exact(&mut answer)

@@ -3,6 +3,7 @@
 //! Every subcommand prints one JSON object per line on stdout, so tests can
 //! wait for `{"event":"listening"}` and read results without parsing prose.
 
+mod connect_times;
 mod crr;
 mod event;
 mod hold;
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators, idle connections"
+    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators, idle connections, connection set-up times"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -51,6 +52,9 @@ enum Command {
     /// Opens many connections, one round trip each, and holds them idle:
     /// what idle connections cost the proxies on their path.
     Hold(hold::Args),
+    /// Many new connections at once, each timed to the end of its first
+    /// 1-byte round trip: the set-up time an application sees.
+    ConnectTimes(connect_times::Args),
     /// One connection, a 1-byte round trip at an interval, until it is cut
     /// or the time is up; reports how it ended.
     Ping(ping::Args),
@@ -71,5 +75,6 @@ fn main() -> ExitCode {
         Command::Crr(args) => crr::run(&args),
         Command::Hold(args) => hold::run(&args),
         Command::Ping(args) => ping::run(&args),
+        Command::ConnectTimes(args) => connect_times::run(&args),
     }
 }
