@@ -3,10 +3,10 @@
 //! identity, to the HBONE port of the endpoint's pod, whose agent checks L4
 //! policy with the waypoint as the source. An endpoint outside the mesh is
 //! reached over plain TCP. HTTP requests ride on the worker's pooled
-//! connections per endpoint ([`pool`](crate::pool)).
+//! connections per endpoint ([`pool`](crate::pool)), over HBONE connections
+//! shared per (peer identity, address) ([`connections`]).
 
 use std::{
-    collections::HashMap,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -30,6 +30,10 @@ use crate::{
     pool::{Pool, SendError},
     state::SharedState,
 };
+
+mod connections;
+
+use connections::HboneConnections;
 
 /// How long a TCP connection (and an HBONE handshake) to a backend may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,6 +95,15 @@ pub enum UpstreamError {
     /// No TLS configuration could be built.
     #[error(transparent)]
     TlsConfig(#[from] tls::TlsError),
+    /// The HBONE handshakes this request waited for failed; every request
+    /// that waited for them gets the same error.
+    #[error(transparent)]
+    Shared(Arc<UpstreamError>),
+    /// The HBONE handshakes this request waited for ended with no outcome.
+    #[error(
+        "the HBONE handshake with {0} was abandoned (is the waypoint shutting down? its log tells whether the handshake panicked)"
+    )]
+    Abandoned(SocketAddr),
 }
 
 /// A worker's connections to backends: the HBONE connections and the
@@ -115,7 +128,7 @@ impl Upstreams {
                 identity,
                 state,
                 breakers,
-                hbone: tokio::sync::Mutex::new(HashMap::new()),
+                hbone: HboneConnections::default(),
             }),
         };
         Self {
@@ -159,9 +172,7 @@ struct ConnectorInner {
     identity: Arc<WaypointIdentity>,
     state: SharedState,
     breakers: crate::runtime::Breakers,
-    /// One HBONE connection per (peer identity, HBONE address); each
-    /// multiplexes up to the peer's stream limit.
-    hbone: tokio::sync::Mutex<HashMap<(SpiffeId, SocketAddr), SendRequest<Bytes>>>,
+    hbone: HboneConnections,
 }
 
 impl ConnectorInner {
@@ -231,51 +242,49 @@ impl ConnectorInner {
         Ok(H2Io::new(send, response.into_body()))
     }
 
-    /// A live HBONE connection to `addr`, opening one if there is none.
+    /// A live HBONE connection to `addr`, opening one if there is none;
+    /// a handshake in progress is shared with the other requests for it.
     async fn connection(
         &self,
         peer: &SpiffeId,
         addr: SocketAddr,
     ) -> Result<SendRequest<Bytes>, UpstreamError> {
-        let key = (peer.clone(), addr);
-        let mut connections = self.hbone.lock().await;
-        if let Some(send) = connections.get(&key) {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if !matches!(send.clone().poll_ready(&mut cx), Poll::Ready(Err(_))) {
-                return Ok(send.clone());
+        let connect = || {
+            let (identity, peer) = (self.identity.clone(), peer.clone());
+            async move {
+                tokio::time::timeout(CONNECT_TIMEOUT, handshake(identity, peer, addr))
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(addr))?
             }
-            connections.remove(&key);
-        }
-        let send = tokio::time::timeout(CONNECT_TIMEOUT, self.handshake(peer, addr))
-            .await
-            .map_err(|_| UpstreamError::Timeout(addr))??;
-        connections.insert(key, send.clone());
-        Ok(send)
+        };
+        self.hbone.get(peer, addr, connect).await
     }
+}
 
-    async fn handshake(
-        &self,
-        peer: &SpiffeId,
-        addr: SocketAddr,
-    ) -> Result<SendRequest<Bytes>, UpstreamError> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| UpstreamError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
-        let config = tls::client_config(
-            self.identity.id.clone(),
-            peer.clone(),
-            self.identity.clone(),
-            self.identity.roots(),
-        )?;
-        let (send, connection) = hbone::connect(tcp, Arc::new(config), addr).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%addr, %error, "HBONE connection to a backend ended");
-            }
-        });
-        Ok(send)
-    }
+/// TCP, TLS with `identity`, checking that the peer is `peer`, and HTTP/2
+/// to the HBONE address `addr`.
+async fn handshake(
+    identity: Arc<WaypointIdentity>,
+    peer: SpiffeId,
+    addr: SocketAddr,
+) -> Result<SendRequest<Bytes>, UpstreamError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let config = tls::client_config(
+        identity.id.clone(),
+        peer,
+        identity.clone(),
+        identity.roots(),
+    )?;
+    let (send, connection) = hbone::connect(tcp, Arc::new(config), addr).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%addr, %error, "HBONE connection to a backend ended");
+        }
+    });
+    Ok(send)
 }
 
 /// A byte stream to an endpoint, holding its slot of the endpoint's

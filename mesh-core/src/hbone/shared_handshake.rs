@@ -53,6 +53,12 @@ where
         (Self { outcome }, HandshakeStarter { sender })
     }
 
+    /// Whether `other` waits for the same handshake.
+    #[must_use]
+    pub fn is_same(&self, other: &Self) -> bool {
+        self.outcome.same_channel(&other.outcome)
+    }
+
     /// Waits for the outcome; `None` when the handshake's task ended
     /// without one (it panicked, or the runtime is shutting down).
     pub async fn outcome(&self) -> Option<Outcome<T, E>> {
