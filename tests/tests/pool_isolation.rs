@@ -92,6 +92,10 @@ fn a_black_holed_destination_delays_only_its_own_connections() {
     let black_holed = format!("{}:{ECHO_PORT}", sink.ipv4);
 
     let without = healthy_times(&tb, &client, &healthy);
+    eprintln!(
+        "healthy p99 without black-holed connections: {:?}",
+        p99(&without)
+    );
 
     // Inside the sink's own network namespace, nothing goes back to the
     // client pod: the client agent's SYNs to the sink's HBONE port go
@@ -125,8 +129,7 @@ fn a_black_holed_destination_delays_only_its_own_connections() {
         .filter_map(Value::as_u64)
         .collect();
     eprintln!(
-        "healthy p99 without black-holed connections: {:?}, with {HANGING} hanging: {:?} (measured within {measured_after:?} of their start); black-holed connections failed after {:?}..{:?} ms",
-        p99(&without),
+        "healthy p99 with {HANGING} black-holed connections hanging: {:?} (measured within {measured_after:?} of their start); the black-holed ones failed after {:?}..{:?} ms",
         p99(&with),
         hung_ms.first(),
         hung_ms.last()
