@@ -327,10 +327,16 @@ fn the_agent_runs_in_kubernetes_mode_with_certificates_from_the_controller() {
     // Agents of a rolling update meet on the host's /run/ambit, and the old
     // one waits for its SIGTERM after handing over (a restarted container
     // would take the pods back).
-    assert_eq!(env_value(agent, "AMBIT_HANDOFF_SOCKET"), "/run/ambit/handoff.sock");
+    assert_eq!(
+        env_value(agent, "AMBIT_HANDOFF_SOCKET"),
+        "/run/ambit/handoff.sock"
+    );
     assert_eq!(env_value(agent, "AMBIT_EXIT_AFTER_HANDOFF"), "false");
     assert_eq!(named(mounts, "handoff")["mountPath"], "/run/ambit");
-    assert_eq!(named(&spec["volumes"], "handoff")["hostPath"]["path"], "/run/ambit");
+    assert_eq!(
+        named(&spec["volumes"], "handoff")["hostPath"]["path"],
+        "/run/ambit"
+    );
     // Keeping the eBPF state on exit is no longer a setting: the agent
     // always keeps it, so the old variable must not linger.
     assert!(
