@@ -18,12 +18,14 @@
 //! pods, 2,000 services and 1,000 policies on the fake API server. Then
 //! the waypoint (`waypoint`): HTTP latency and request rate direct, through
 //! the mesh at L4, and through the waypoint, on a test bed of its own.
+//! Last, an upgrade (`upgrade`): connection churn across a handoff to a new
+//! agent process, on a test bed of its own.
 //! docs/benchmark.md explains every figure.
 //!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
 //! Output: `report.json`, `report.md` and `latency.png` (the `rr_1b`
-//! latency CDFs), `kube-scale.json`, `kube-scale.md`, `waypoint.json` and
-//! `waypoint.md` in the output directory (default `<target>/bench`), the
+//! latency CDFs), `kube-scale.json`, `kube-scale.md`, `waypoint.json`,
+//! `waypoint.md`, `upgrade.json` and `upgrade.md` in the output directory (default `<target>/bench`), the
 //! Markdown also on stdout, progress on stderr, and the agents' and
 //! workloads' own output in `bench.log`.
 //!
@@ -40,6 +42,7 @@ mod measure;
 mod plot;
 mod report;
 mod scenario;
+mod upgrade;
 mod usage;
 mod waypoint;
 
@@ -91,7 +94,7 @@ struct Cli {
     #[arg(long, env = OUT_ENV)]
     out: Option<PathBuf>,
     /// Runs only the Kubernetes-mode scale bench.
-    #[arg(long, conflicts_with_all = ["skip_kube_scale", "waypoint_only"])]
+    #[arg(long, conflicts_with_all = ["skip_kube_scale", "waypoint_only", "upgrade_only"])]
     kube_scale_only: bool,
     /// Leaves the Kubernetes-mode scale bench out.
     #[arg(long)]
@@ -102,6 +105,12 @@ struct Cli {
     /// Leaves the waypoint bench out.
     #[arg(long)]
     skip_waypoint: bool,
+    /// Runs only the upgrade (handoff) bench.
+    #[arg(long, conflicts_with_all = ["skip_upgrade", "waypoint_only"])]
+    upgrade_only: bool,
+    /// Leaves the upgrade bench out.
+    #[arg(long)]
+    skip_upgrade: bool,
 }
 
 /// Which parts of the bench run.
@@ -113,6 +122,8 @@ struct Parts {
     kube_scale: Option<usize>,
     /// The waypoint.
     waypoint: bool,
+    /// The upgrade (handoff).
+    upgrade: bool,
 }
 
 /// What the parts that ran found.
@@ -120,6 +131,7 @@ struct Outcome {
     main: Option<Report>,
     kube_scale: Option<kube_scale::KubeScaleReport>,
     waypoint: Option<waypoint::WaypointReport>,
+    upgrade: Option<upgrade::UpgradeReport>,
 }
 
 /// Why the bench stopped or a measurement failed.
@@ -164,14 +176,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let plan = Plan::new(cli.quick, usize::from(cli.runs), cli.idle_conns);
+    let only = cli.kube_scale_only || cli.waypoint_only || cli.upgrade_only;
     let parts = Parts {
-        main: !cli.kube_scale_only && !cli.waypoint_only,
-        kube_scale: (!cli.skip_kube_scale && !cli.waypoint_only).then_some(if cli.quick {
-            20
-        } else {
-            50
-        }),
-        waypoint: !cli.skip_waypoint && !cli.kube_scale_only,
+        main: !only,
+        kube_scale: (!cli.skip_kube_scale && (!only || cli.kube_scale_only))
+            .then_some(if cli.quick { 20 } else { 50 }),
+        waypoint: !cli.skip_waypoint && (!only || cli.waypoint_only),
+        upgrade: !cli.skip_upgrade && (!only || cli.upgrade_only),
     };
     progress(&format!(
         "{} bench, {} run(s), interleaved: {} s per latency and connection test after {} s of warm-up, iperf3 {} s, {} idle connections; log: {}",
@@ -191,6 +202,9 @@ fn main() -> ExitCode {
         let mut outcome = run(plan, parts)?;
         if parts.waypoint {
             outcome.waypoint = Some(waypoint::measure(quick, runs)?);
+        }
+        if parts.upgrade {
+            outcome.upgrade = Some(upgrade::measure(quick, runs)?);
         }
         Ok(outcome)
     }));
@@ -258,6 +272,7 @@ fn run(plan: Plan, parts: Parts) -> Result<Outcome, BenchError> {
             main,
             kube_scale,
             waypoint: None,
+            upgrade: None,
         })
     })();
     progress(&format!(
@@ -338,6 +353,21 @@ fn publish_all(outcome: &Outcome, out_dir: &Path) -> ExitCode {
             "wrote {}",
             out_dir.join("waypoint.json").display()
         ));
+    }
+    if let Some(report) = &outcome.upgrade {
+        let markdown = upgrade::render(report);
+        print!("\n{markdown}");
+        let json = serde_json::to_string_pretty(report).map(|json| json + "\n");
+        if let Err(code) = write_outputs(
+            out_dir,
+            &[
+                ("upgrade.json", &json.unwrap_or_default()),
+                ("upgrade.md", &markdown),
+            ],
+        ) {
+            return code;
+        }
+        progress(&format!("wrote {}", out_dir.join("upgrade.json").display()));
     }
     let Some(scale) = &outcome.kube_scale else {
         return main;
