@@ -125,3 +125,26 @@ fn a_stale_socket_of_a_dead_agent_is_replaced() {
         panic!("a new agent becomes active over a dead one's socket");
     };
 }
+
+#[test]
+fn a_second_agent_waits_while_another_holds_the_lock_without_answering() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("handoff.sock");
+    // Another agent is starting: it holds the lock but does not listen yet.
+    let lock = try_lock(&path).expect("lock file").expect("free");
+    let waiter = {
+        let path = path.clone();
+        thread::spawn(move || Start::begin(&path, 2).map(|start| matches!(start, Start::Active(_))))
+    };
+    thread::sleep(Duration::from_millis(600));
+    assert!(
+        !waiter.is_finished(),
+        "only one agent may be active: the second waits"
+    );
+    drop(lock);
+    let became_active = waiter.join().expect("no panic").expect("starts");
+    assert!(
+        became_active,
+        "once the lock is free, the waiting agent is the active one"
+    );
+}
