@@ -1,5 +1,5 @@
 //! ambit's userspace core, shared by every binary: identity and the CA, TLS
-//! for HBONE, the workload, service, policy and route models, and the loader
+//! for HBONE, the workload, service, policy, peer-authentication and route models, and the loader
 //! for the local (non-Kubernetes) configuration file.
 
 #![forbid(unsafe_code)]
@@ -9,6 +9,7 @@ pub mod hbone;
 pub mod identity;
 pub mod local_config;
 mod object;
+pub mod peer_authn;
 pub mod policy;
 pub mod published;
 pub mod route;

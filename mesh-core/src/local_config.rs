@@ -9,7 +9,7 @@
 //!     ips: [10.10.1.11, "fd00:10:10:1::b"]
 //!     netns: /run/netns/client
 //!     node: node-1            # optional; pods of other nodes are HBONE destinations
-//!     mtls: strict            # optional; default permissive
+//!     mtls: strict            # optional; can only tighten what peerAuthentications resolve
 //!     labels: {app: client}   # optional; policies and services select pods by label
 //! services:                   # optional; see crate::service
 //!   - name: server
@@ -22,6 +22,9 @@
 //!     spec:
 //!       selector: {matchLabels: {app: server}}
 //!       rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+//! peerAuthentications:        # PeerAuthentication objects (crate::peer_authn)
+//!   - metadata: {name: strict, namespace: default}
+//!     spec: {mtls: {mode: STRICT}}
 //! routes: []                  # Gateway API HTTPRoute objects, for the waypoint
 //! ```
 //!
@@ -29,11 +32,17 @@
 //! pod entry that is wrong on its own (listed twice, an address another pod
 //! already has, no addresses, a relative netns path) is rejected with a
 //! reason and the other pods go ahead; so is a policy (it then fails
-//! closed, see [`crate::policy`]), and so is a service (listed twice, a name
-//! that is not a DNS label, no selector, a bad port).
+//! closed, see [`crate::policy`]), a peer authentication (it then acts as
+//! STRICT in its scope, see [`crate::peer_authn`]), and a service (listed
+//! twice, a name that is not a DNS label, no selector, a bad port).
+//!
+//! Validation also resolves each pod's effective mTLS modes, the pod's
+//! and its ports', from the peer authentications, the `ambit.dev/mtls`
+//! labels and the pod's `mtls` field (see [`crate::peer_authn`]): a
+//! snapshot's pods carry them.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -41,8 +50,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    peer_authn::{self, PeerAuthentication, PeerAuthnSet, Subject, WorkloadPorts},
     policy::{self, Policy},
-    service::{Service, ServiceKey},
+    service::{self, Service, ServiceKey},
     workload::{Pod, PodKey},
 };
 
@@ -86,6 +96,15 @@ pub struct LocalConfigFile {
     /// them; the node agent only carries them.
     #[serde(default)]
     pub routes: Vec<serde_yaml::Value>,
+    /// `PeerAuthentication` objects, each read on its own (see
+    /// [`crate::peer_authn`]): one that is wrong is rejected, and acts as
+    /// STRICT in its scope, without failing the file.
+    #[serde(default)]
+    pub peer_authentications: Vec<serde_yaml::Value>,
+    /// Each namespace's `ambit.dev/mtls` label, as written. Kubernetes
+    /// mode fills it in from the Namespaces; the file has no namespaces.
+    #[serde(skip)]
+    pub namespace_mtls: BTreeMap<String, String>,
 }
 
 /// A pod entry that was rejected, and why.
@@ -126,6 +145,9 @@ pub struct LocalSnapshot {
     pub rejected_services: Vec<RejectedService>,
     /// `HTTPRoute` objects as written, for the waypoint.
     pub routes: Vec<serde_yaml::Value>,
+    /// Peer authentications in file order, rejected ones included (they
+    /// act as STRICT in their scope).
+    pub peer_authentications: Vec<PeerAuthentication>,
 }
 
 /// A Kubernetes custom resource (`AuthorizationPolicy`, `HTTPRoute`) as
@@ -169,43 +191,56 @@ pub fn resource_as_written(object: &serde_yaml::Value) -> serde_yaml::Value {
     value
 }
 
-/// Reads and validates a local configuration file.
-pub fn load(path: &Path) -> Result<LocalSnapshot, LocalConfigError> {
+/// Reads and validates a local configuration file; peer authentications
+/// without a selector in `root_namespace` apply mesh-wide.
+pub fn load(path: &Path, root_namespace: &str) -> Result<LocalSnapshot, LocalConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| LocalConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text).map_err(|source| LocalConfigError::Parse {
+    parse(&text, root_namespace).map_err(|source| LocalConfigError::Parse {
         path: path.to_owned(),
         source,
     })
 }
 
-/// Parses and validates configuration text.
-pub fn parse(text: &str) -> Result<LocalSnapshot, serde_yaml::Error> {
+/// Parses and validates configuration text (see [`load`]).
+pub fn parse(text: &str, root_namespace: &str) -> Result<LocalSnapshot, serde_yaml::Error> {
     // An empty document is an empty configuration, not an error.
     let file: LocalConfigFile = if text.trim().is_empty() {
         LocalConfigFile::default()
     } else {
         serde_yaml::from_str(text)?
     };
-    Ok(validate(file))
+    Ok(validate(file, root_namespace))
 }
 
-/// Splits a file's pods and services into accepted and rejected entries.
+/// Splits a file's pods and services into accepted and rejected entries,
+/// compiles its policies, and resolves each pod's mTLS modes (peer
+/// authentications without a selector in `root_namespace` apply
+/// mesh-wide).
 #[must_use]
-pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
-    let (services, rejected_services) = validate_services(file.services);
+pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
+    let LocalConfigFile {
+        pods,
+        policies,
+        services,
+        routes,
+        peer_authentications,
+        namespace_mtls,
+    } = file;
+    let (services, rejected_services) = validate_services(services);
     let mut snapshot = LocalSnapshot {
-        policies: policy::compile_all(&file.policies),
+        policies: policy::compile_all(&policies),
         services,
         rejected_services,
-        routes: file.routes,
+        routes,
+        peer_authentications: peer_authn::compile_all(&peer_authentications),
         ..LocalSnapshot::default()
     };
     let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
     let mut seen_ips: HashMap<IpAddr, PodKey> = HashMap::new();
-    for (index, pod) in file.pods.into_iter().enumerate() {
+    for (index, pod) in pods.into_iter().enumerate() {
         let entry = index + 1;
         let key = pod.key();
         let reason = if let Some(first) = seen_keys.get(&key) {
@@ -229,7 +264,75 @@ pub fn validate(file: LocalConfigFile) -> LocalSnapshot {
         }
         snapshot.pods.push(pod);
     }
+    resolve_mtls(&mut snapshot, &namespace_mtls, root_namespace);
     snapshot
+}
+
+/// Checks the peer authentications' port-level modes against the ports of
+/// the pods they select, then sets each pod's effective modes.
+fn resolve_mtls(
+    snapshot: &mut LocalSnapshot,
+    namespace_mtls: &BTreeMap<String, String>,
+    root_namespace: &str,
+) {
+    // Ports matter only where a policy sets port-level modes; finding them
+    // costs a pass over the namespace's Services per pod.
+    let port_level: HashSet<&str> = snapshot
+        .peer_authentications
+        .iter()
+        .filter(|p| !p.port_level.is_empty())
+        .map(|p| p.key.namespace.as_str())
+        .collect();
+    let mut services_in: HashMap<&str, Vec<&Service>> = HashMap::new();
+    for service in snapshot
+        .services
+        .iter()
+        .filter(|s| port_level.contains(s.namespace.as_str()))
+    {
+        services_in
+            .entry(service.namespace.as_str())
+            .or_default()
+            .push(service);
+    }
+    let ports: Vec<_> = snapshot
+        .pods
+        .iter()
+        .map(|pod| {
+            let services = services_in.get(pod.namespace.as_str())?;
+            service::target_ports(pod, services.iter().copied())
+        })
+        .collect();
+    let workloads: Vec<WorkloadPorts<'_>> = snapshot
+        .pods
+        .iter()
+        .zip(&ports)
+        .map(|(pod, ports)| WorkloadPorts {
+            namespace: &pod.namespace,
+            labels: &pod.labels,
+            ports: ports.clone(),
+        })
+        .collect();
+    peer_authn::check_ports(&mut snapshot.peer_authentications, &workloads);
+    let set = PeerAuthnSet::new(&snapshot.peer_authentications, root_namespace);
+    let resolved: Vec<_> = snapshot
+        .pods
+        .iter()
+        .zip(&ports)
+        .map(|(pod, ports)| {
+            set.resolve(&Subject {
+                pod: &pod.key(),
+                labels: &pod.labels,
+                requested: pod.mtls,
+                namespace_label: namespace_mtls.get(&pod.namespace).map(String::as_str),
+                ports_known: ports.is_some(),
+            })
+        })
+        .collect();
+    for (pod, resolved) in snapshot.pods.iter_mut().zip(resolved) {
+        pod.mtls = resolved.mode;
+        pod.port_mtls = resolved.ports;
+        pod.mtls_warnings = resolved.warnings;
+    }
 }
 
 fn validate_services(entries: Vec<Service>) -> (Vec<Service>, Vec<RejectedService>) {

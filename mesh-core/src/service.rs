@@ -26,7 +26,7 @@
 //! ones, with the target port numbers the slices name.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -344,6 +344,53 @@ pub fn backends<'a>(
     addrs.sort_unstable();
     addrs.dedup();
     addrs
+}
+
+/// The ports `pod` has, as the Services of `services` that select it say
+/// (by selector, or by listing one of its addresses among their
+/// endpoints): each port's target port. A Service with endpoints gives
+/// the number they list for the port (for the pod's own address, else for
+/// any endpoint: how Kubernetes resolves a named target port); one whose
+/// port cannot be resolved that way gives its numeric target port. `None`
+/// when no Service selects the pod: its ports cannot be known.
+#[must_use]
+pub fn target_ports<'a>(
+    pod: &Pod,
+    services: impl IntoIterator<Item = &'a Service>,
+) -> Option<BTreeSet<u16>> {
+    let mut ports: Option<BTreeSet<u16>> = None;
+    for service in services {
+        let listed = service.endpoints.as_ref().map(|endpoints| {
+            let own: Vec<&Endpoint> = endpoints
+                .iter()
+                .filter(|e| {
+                    pod.ips
+                        .iter()
+                        .any(|ip| ip.to_canonical() == e.ip.to_canonical())
+                })
+                .collect();
+            (own, endpoints)
+        });
+        let selected = service.selects(&pod.namespace, &pod.labels)
+            || listed.as_ref().is_some_and(|(own, _)| !own.is_empty());
+        if !selected {
+            continue;
+        }
+        let found = ports.get_or_insert_default();
+        for port in &service.ports {
+            let number = match &listed {
+                None => Some(port.target()),
+                Some((own, all)) => own
+                    .iter()
+                    .copied()
+                    .chain(all.iter())
+                    .find_map(|e| e.ports.get(port.slice_name()).copied())
+                    .or(port.target_port),
+            };
+            found.extend(number);
+        }
+    }
+    ports
 }
 
 /// The first service by name (then namespace) in `services` that selects

@@ -35,9 +35,22 @@ pub struct Pod {
     /// known as a mesh destination, reached over HBONE.
     #[serde(default)]
     pub node: Option<String>,
-    /// mTLS mode for connections to the pod.
+    /// mTLS mode for connections to the pod. In the local file: what the
+    /// pod asks for, which can only tighten what the peer authentications
+    /// resolve (see [`crate::peer_authn`]); once validated, the pod's
+    /// effective mode.
     #[serde(default)]
     pub mtls: MtlsMode,
+    /// The effective modes of the ports whose mode differs from `mtls`
+    /// (port-level peer authentication), by target port. Filled in by
+    /// validation; never read from the file.
+    #[serde(skip)]
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
+    /// What an operator should know about how the modes were decided (an
+    /// unreadable `ambit.dev/mtls` label, a rejected peer authentication).
+    /// Filled in by validation; never read from the file.
+    #[serde(skip)]
+    pub mtls_warnings: Vec<String>,
     /// The pod's labels; authorization policies select pods by them.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -53,6 +66,16 @@ pub enum MtlsMode {
     /// Only mesh traffic is accepted: HBONE, or plaintext from a meshed pod
     /// on the same node (the agent vouches for both ends).
     Strict,
+}
+
+/// A pod's effective mTLS modes: its own, and those of the ports that
+/// differ, as the inbound proxy reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodMtls {
+    /// The pod's mode.
+    pub mode: MtlsMode,
+    /// Ports whose mode differs, by target port.
+    pub ports: BTreeMap<u16, MtlsMode>,
 }
 
 pub(crate) fn default_namespace() -> String {
@@ -71,6 +94,39 @@ impl fmt::Display for PodKey {
     }
 }
 
+// === impl MtlsMode ===
+
+impl MtlsMode {
+    /// The stricter of the two.
+    #[must_use]
+    pub fn stricter(self, other: Self) -> Self {
+        if self == Self::Strict || other == Self::Strict {
+            Self::Strict
+        } else {
+            Self::Permissive
+        }
+    }
+}
+
+impl fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Permissive => "permissive",
+            Self::Strict => "strict",
+        })
+    }
+}
+
+// === impl PodMtls ===
+
+impl PodMtls {
+    /// The mode for connections to `port`.
+    #[must_use]
+    pub fn at_port(&self, port: u16) -> MtlsMode {
+        self.ports.get(&port).copied().unwrap_or(self.mode)
+    }
+}
+
 // === impl Pod ===
 
 impl Pod {
@@ -80,6 +136,15 @@ impl Pod {
         PodKey {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
+        }
+    }
+
+    /// The pod's effective mTLS modes.
+    #[must_use]
+    pub fn mtls_modes(&self) -> PodMtls {
+        PodMtls {
+            mode: self.mtls,
+            ports: self.port_mtls.clone(),
         }
     }
 

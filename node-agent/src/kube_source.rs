@@ -81,6 +81,9 @@ pub struct KubeSettings {
     pub cgroup_root: PathBuf,
     /// The API server's URL; `None` infers it (in-cluster, or `KUBECONFIG`).
     pub api_url: Option<String>,
+    /// The mesh's root namespace: its peer authentications without a
+    /// selector apply mesh-wide.
+    pub root_namespace: String,
 }
 
 /// A client for the API server `settings` name.
@@ -313,12 +316,20 @@ impl SnapshotBuilder {
                 .map(|object| translate::local_object(object))
                 .collect()
         };
-        let mut snapshot = local_config::validate(translate::config(
-            pods,
-            services,
-            custom(&stores.policies),
-            custom(&stores.routes),
-        ));
+        let resources = translate::CustomResources {
+            policies: custom(&stores.policies),
+            peer_authentications: Vec::new(),
+            routes: custom(&stores.routes),
+        };
+        let mut snapshot = local_config::validate(
+            translate::config(
+                pods,
+                services,
+                resources,
+                translate::namespace_mtls(&namespace_labels),
+            ),
+            &self.settings.root_namespace,
+        );
         snapshot
             .rejected
             .extend(waiting.into_iter().map(|(pod, reason)| RejectedPod {

@@ -15,8 +15,13 @@ pub type SnapshotChannel = (
 );
 
 /// Loads the file for the first time; an error here stops the agent.
-pub fn initial(path: &std::path::Path) -> Result<SnapshotChannel, LocalConfigError> {
-    let snapshot = local_config::load(path)?;
+/// Peer authentications without a selector in `root_namespace` apply
+/// mesh-wide.
+pub fn initial(
+    path: &std::path::Path,
+    root_namespace: &str,
+) -> Result<SnapshotChannel, LocalConfigError> {
+    let snapshot = local_config::load(path, root_namespace)?;
     Ok(watch::channel(Arc::new(snapshot)))
 }
 
@@ -24,6 +29,7 @@ pub fn initial(path: &std::path::Path) -> Result<SnapshotChannel, LocalConfigErr
 pub async fn watch_file(
     path: PathBuf,
     interval: Duration,
+    root_namespace: String,
     publish: watch::Sender<Arc<LocalSnapshot>>,
     shutdown: CancellationToken,
 ) {
@@ -38,7 +44,7 @@ pub async fn watch_file(
             continue;
         }
         last_seen = seen;
-        match local_config::load(&path) {
+        match local_config::load(&path, &root_namespace) {
             Ok(snapshot) => {
                 tracing::info!(path = %path.display(), pods = snapshot.pods.len(), rejected = snapshot.rejected.len(), "local config reloaded");
                 publish.send_replace(Arc::new(snapshot));

@@ -34,6 +34,9 @@ pub enum Source {
         path: PathBuf,
         /// How often it is checked for changes.
         poll: Duration,
+        /// The mesh's root namespace: its peer authentications without a
+        /// selector apply mesh-wide.
+        root_namespace: String,
     },
     /// The Kubernetes API server.
     Kubernetes(KubeSettings),
@@ -49,11 +52,13 @@ impl Source {
             Some(path) if !config.kubernetes => Self::File {
                 path: path.clone(),
                 poll: config.config_poll_interval(),
+                root_namespace: config.root_namespace.clone(),
             },
             _ => Self::Kubernetes(KubeSettings {
                 node: config.node_name.clone(),
                 cgroup_root: config.cgroup_root.clone(),
                 api_url: config.kube_api_url.clone(),
+                root_namespace: config.root_namespace.clone(),
             }),
         }
     }
@@ -62,7 +67,11 @@ impl Source {
     /// empty one until the API server's objects are listed.
     pub fn initial(&self) -> Result<SnapshotChannel, SourceError> {
         Ok(match self {
-            Self::File { path, .. } => local_source::initial(path)?,
+            Self::File {
+                path,
+                root_namespace,
+                ..
+            } => local_source::initial(path, root_namespace)?,
             Self::Kubernetes(_) => watch::channel(Arc::new(LocalSnapshot::default())),
         })
     }
@@ -91,8 +100,18 @@ impl Source {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         match self {
-            Self::File { path, poll } => {
-                tokio::spawn(local_source::watch_file(path, poll, publish, shutdown));
+            Self::File {
+                path,
+                poll,
+                root_namespace,
+            } => {
+                tokio::spawn(local_source::watch_file(
+                    path,
+                    poll,
+                    root_namespace,
+                    publish,
+                    shutdown,
+                ));
             }
             Self::Kubernetes(settings) => {
                 let client = kube_source::client(&settings).await?;

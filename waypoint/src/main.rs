@@ -108,15 +108,20 @@ async fn configuration(
     name: &state::WaypointName,
     cancel: &CancellationToken,
 ) -> anyhow::Result<state::SharedState> {
+    // The waypoint's policies use the default root namespace (see
+    // state.rs); so do the pods' mTLS modes, which it does not read.
+    let root_namespace = mesh_core::policy::DEFAULT_ROOT_NAMESPACE.to_owned();
     let source = match &config.config {
         Some(path) => Source::File {
             path: path.clone(),
             poll: config.config_poll,
+            root_namespace,
         },
         None => Source::Kubernetes(KubeSettings {
             node: String::new(),
             cgroup_root: std::path::PathBuf::from("/nonexistent"),
             api_url: config.kube_api_url.clone(),
+            root_namespace,
         }),
     };
     let hint = match source {

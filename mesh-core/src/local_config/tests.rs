@@ -1,4 +1,13 @@
 use super::*;
+use crate::policy::DEFAULT_ROOT_NAMESPACE;
+
+fn parse(text: &str) -> Result<LocalSnapshot, serde_yaml::Error> {
+    super::parse(text, DEFAULT_ROOT_NAMESPACE)
+}
+
+fn load(path: &Path) -> Result<LocalSnapshot, LocalConfigError> {
+    super::load(path, DEFAULT_ROOT_NAMESPACE)
+}
 
 const TWO_PODS: &str = r"
 pods:

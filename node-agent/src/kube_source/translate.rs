@@ -2,8 +2,10 @@
 //! which pods are enrolled (by the `ambit.dev/mesh` label of the pod and
 //! its namespace), their addresses and service accounts, the meshed pods
 //! of other nodes (destinations), the services with their cluster IPs and
-//! ready endpoints, the authorization policies and the routes. Pure functions, so they are tested without
-//! an API server.
+//! ready endpoints, the authorization policies, the peer authentications
+//! with the namespaces' `ambit.dev/mtls` labels (mesh-core resolves each
+//! pod's modes from them, see [`mesh_core::peer_authn`]) and the routes.
+//! Pure functions, so they are tested without an API server.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,7 +20,7 @@ use kube::api::DynamicObject;
 use mesh_core::{
     local_config::LocalConfigFile,
     service::{Endpoint, Service, ServicePort},
-    workload::Pod,
+    workload::{MtlsMode, Pod},
 };
 
 /// The label of an `EndpointSlice` that names its Service.
@@ -27,8 +29,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label that opts a namespace or a pod into the mesh (`enabled`) or a
 /// pod out of it (`disabled`).
 pub const MESH_LABEL: &str = "ambit.dev/mesh";
-/// The label that sets a namespace's or a pod's mTLS mode.
-pub const MTLS_LABEL: &str = "ambit.dev/mtls";
+/// The label that asks for a namespace's or a pod's mTLS mode (see
+/// [`mesh_core::peer_authn`]).
+pub use mesh_core::peer_authn::MTLS_LABEL;
 /// The label on a Service that names the waypoint its traffic goes
 /// through (`none`: no waypoint).
 pub const USE_WAYPOINT_LABEL: &str = "ambit.dev/use-waypoint";
@@ -103,11 +106,6 @@ pub fn node_pod(
     let service_account = spec
         .and_then(|s| s.service_account_name.clone())
         .unwrap_or_else(|| "default".to_owned());
-    let mtls = labels
-        .get(MTLS_LABEL)
-        .or_else(|| namespace_labels.get(MTLS_LABEL))
-        .and_then(|mode| serde_yaml::from_str(mode).ok())
-        .unwrap_or_default();
     Some(Ok(NodePod {
         pod: Pod {
             name,
@@ -116,7 +114,11 @@ pub fn node_pod(
             ips,
             netns: std::path::PathBuf::new(),
             node: Some(node.to_owned()),
-            mtls,
+            // The pod's own `ambit.dev/mtls` label is among its labels;
+            // validation reads it, with its namespace's (see [`config`]).
+            mtls: MtlsMode::Permissive,
+            port_mtls: BTreeMap::new(),
+            mtls_warnings: Vec::new(),
             labels,
         },
         uid,
@@ -222,7 +224,8 @@ pub fn namespace_labels<'a>(
 }
 
 /// A Kubernetes Service as the mesh's service model: selector, ports
-/// (numeric target ports; a named one is resolved by the `EndpointSlices`),
+/// (numeric target ports, the port itself when none is given; a named one
+/// is resolved by the `EndpointSlices`),
 /// cluster IPs (none for a headless service), the ready endpoints of
 /// its `slices`, and the waypoint it uses: the Service's
 /// `ambit.dev/use-waypoint` label, else its namespace's (`namespace_labels`);
@@ -259,7 +262,9 @@ pub fn service<'a>(
                     Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => {
                         u16::try_from(*p).ok()
                     }
-                    _ => None,
+                    // Kubernetes: no targetPort means the port itself.
+                    None => u16::try_from(port.port).ok(),
+                    Some(_) => None,
                 },
                 app_protocol: port.app_protocol.clone(),
             })
@@ -341,7 +346,8 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
     ))
 }
 
-/// A custom resource (`AuthorizationPolicy`, `HTTPRoute`) as the local
+/// A custom resource (`AuthorizationPolicy`, `PeerAuthentication`,
+/// `HTTPRoute`) as the local
 /// file would hold it (see [`mesh_core::local_config::resource_as_written`]).
 #[must_use]
 pub fn local_object(object: &DynamicObject) -> serde_yaml::Value {
@@ -349,19 +355,48 @@ pub fn local_object(object: &DynamicObject) -> serde_yaml::Value {
     mesh_core::local_config::resource_as_written(&value)
 }
 
-/// The configuration file the objects amount to.
+/// The custom resources the agent reads, each as the local file would
+/// hold it (see [`local_object`]).
+#[derive(Clone, Debug, Default)]
+pub struct CustomResources {
+    /// `AuthorizationPolicy` objects.
+    pub policies: Vec<serde_yaml::Value>,
+    /// `PeerAuthentication` objects.
+    pub peer_authentications: Vec<serde_yaml::Value>,
+    /// `HTTPRoute` objects.
+    pub routes: Vec<serde_yaml::Value>,
+}
+
+/// Each namespace's `ambit.dev/mtls` label, from every namespace's labels
+/// (see [`namespace_labels`]).
+#[must_use]
+pub fn namespace_mtls<'a>(
+    namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
+) -> BTreeMap<String, String> {
+    namespace_labels
+        .into_iter()
+        .filter_map(|(namespace, labels)| {
+            Some((namespace.clone(), labels.get(MTLS_LABEL)?.clone()))
+        })
+        .collect()
+}
+
+/// The configuration file the objects amount to; `namespace_mtls` is each
+/// namespace's `ambit.dev/mtls` label (see [`namespace_mtls`]).
 #[must_use]
 pub fn config(
     pods: Vec<Pod>,
     services: Vec<Service>,
-    policies: Vec<serde_yaml::Value>,
-    routes: Vec<serde_yaml::Value>,
+    resources: CustomResources,
+    namespace_mtls: BTreeMap<String, String>,
 ) -> LocalConfigFile {
     LocalConfigFile {
         pods,
-        policies,
+        policies: resources.policies,
         services,
-        routes,
+        routes: resources.routes,
+        peer_authentications: resources.peer_authentications,
+        namespace_mtls,
     }
 }
 

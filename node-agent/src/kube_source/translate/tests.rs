@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
 use kube::api::DynamicObject;
-use mesh_core::{local_config, workload::MtlsMode};
+use mesh_core::{local_config, policy::DEFAULT_ROOT_NAMESPACE, workload::MtlsMode};
 use serde_json::json;
 
 use super::*;
@@ -50,7 +50,9 @@ fn a_meshed_running_pod_becomes_a_config_entry() {
     assert_eq!(meshed.pod.service_account, "web-sa");
     assert_eq!(meshed.pod.ips.len(), 2);
     assert_eq!(meshed.pod.node.as_deref(), Some("n1"));
-    assert_eq!(meshed.pod.mtls, MtlsMode::Strict);
+    // The modes are resolved with the namespace's label and the peer
+    // authentications, when the snapshot is validated (see below).
+    assert_eq!(meshed.pod.mtls, MtlsMode::Permissive);
     assert_eq!(meshed.pod.labels, labels(&[("app", "web")]));
     assert!(node_pod(&pod, None, "n1").is_none(), "no label: not meshed");
 }
@@ -118,7 +120,7 @@ fn services_and_policies_read_as_the_local_file_would() {
         "web.shop.svc.cluster.local"
     );
     assert_eq!(service.ports[0].target_port, Some(8080));
-    assert_eq!(service.ports[1].target_port, None);
+    assert_eq!(service.ports[1].target_port, None, "named: the slices say");
     assert_eq!(service.ports[0].declared_protocol(), None);
     assert_eq!(
         service.ports[1].declared_protocol(),
@@ -134,12 +136,14 @@ fn services_and_policies_read_as_the_local_file_would() {
         "status": {"conditions": [{"type": "Accepted", "status": "True"}]}
     }))
     .unwrap();
-    let snapshot = local_config::validate(config(
-        Vec::new(),
-        vec![service],
-        vec![local_object(&object)],
-        Vec::new(),
-    ));
+    let resources = CustomResources {
+        policies: vec![local_object(&object)],
+        ..CustomResources::default()
+    };
+    let snapshot = local_config::validate(
+        config(Vec::new(), vec![service], resources, BTreeMap::new()),
+        DEFAULT_ROOT_NAMESPACE,
+    );
     assert_eq!(snapshot.services.len(), 1);
     assert_eq!(snapshot.policies.len(), 1);
     let compiled = &snapshot.policies[0];
@@ -241,4 +245,165 @@ fn other_nodes_meshed_pods_are_destinations() {
     assert_eq!(remote_pod(&pod, Some(&namespace), "n2"), None);
     // Not meshed: not a mesh destination.
     assert_eq!(remote_pod(&pod, None, "n1"), None);
+}
+
+/// The pod `web` of `shop` with `pod_labels`, in a namespace with
+/// `namespace_labels`, under `peer_authentications`, resolved as the
+/// agent's snapshot resolves it: (mode, port modes, warnings).
+fn resolved(
+    pod_labels: &serde_json::Value,
+    namespace_labels: &[(&str, &str)],
+    peer_authentications: &[serde_json::Value],
+) -> (MtlsMode, BTreeMap<u16, MtlsMode>, Vec<String>) {
+    let mut namespace_labels = labels(namespace_labels);
+    namespace_labels.insert(MESH_LABEL.to_owned(), "enabled".to_owned());
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "shop", "labels": namespace_labels}
+    }))
+    .unwrap();
+    let index = super::namespace_labels(&[namespace]);
+    let Some(Ok(meshed)) = node_pod(&kube_pod(pod_labels, &running()), index.get("shop"), "n1")
+    else {
+        panic!("a running pod of a meshed namespace is enrolled");
+    };
+    let service: KubeService = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080}, {"port": 9090, "targetPort": 9090}]}
+    }))
+    .unwrap();
+    let resources = CustomResources {
+        peer_authentications: peer_authentications
+            .iter()
+            .map(|object| local_object(&serde_json::from_value(object.clone()).unwrap()))
+            .collect(),
+        ..CustomResources::default()
+    };
+    let snapshot = local_config::validate(
+        config(
+            vec![meshed.pod],
+            vec![super::service(&service, [], None).unwrap()],
+            resources,
+            namespace_mtls(&index),
+        ),
+        DEFAULT_ROOT_NAMESPACE,
+    );
+    let pod = &snapshot.pods[0];
+    (pod.mtls, pod.port_mtls.clone(), pod.mtls_warnings.clone())
+}
+
+fn peer_authn(name: &str, spec: &serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "security.ambit.dev/v1alpha1", "kind": "PeerAuthentication",
+           "metadata": {"name": name, "namespace": "shop", "uid": "u", "resourceVersion": "7",
+                        "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": spec})
+}
+
+#[test]
+fn mtls_labels_are_exact_the_namespaces_acts_at_its_level_and_the_pods_only_tightens() {
+    use MtlsMode::{Permissive, Strict};
+    let app = json!({"app": "web"});
+    let none = BTreeMap::new();
+    // No label, no policy: permissive.
+    assert_eq!(resolved(&app, &[], &[]), (Permissive, none.clone(), vec![]));
+    // The namespace's label, exactly as written.
+    assert_eq!(resolved(&app, &[(MTLS_LABEL, "strict")], &[]).0, Strict);
+    assert_eq!(
+        resolved(&app, &[(MTLS_LABEL, "permissive")], &[]).0,
+        Permissive
+    );
+    // Anything else is strict, with a warning naming the label, the value
+    // and the namespace.
+    for value in ["Strict", "STRICT", "Permissive", "permisive"] {
+        let (mode, _, warnings) = resolved(&app, &[(MTLS_LABEL, value)], &[]);
+        assert_eq!(mode, Strict, "{value}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("namespace shop")
+                    && w.contains(&format!("{MTLS_LABEL}={value:?}"))),
+            "{value}: {warnings:?}"
+        );
+    }
+    // The pod's label cannot loosen its namespace's...
+    let permissive_pod = json!({"app": "web", MTLS_LABEL: "permissive"});
+    assert_eq!(
+        resolved(&permissive_pod, &[(MTLS_LABEL, "strict")], &[]).0,
+        Strict
+    );
+    // ...nor a namespace-wide policy's...
+    let strict_namespace = peer_authn("ns", &json!({"mtls": {"mode": "STRICT"}}));
+    assert_eq!(
+        resolved(
+            &permissive_pod,
+            &[],
+            std::slice::from_ref(&strict_namespace)
+        )
+        .0,
+        Strict
+    );
+    // ...and a namespace label cannot loosen a namespace-wide policy: the
+    // stricter of the two.
+    assert_eq!(
+        resolved(&app, &[(MTLS_LABEL, "permissive")], &[strict_namespace]).0,
+        Strict
+    );
+    // The pod's label tightens, every port too.
+    let workload = peer_authn(
+        "w",
+        &json!({"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "PERMISSIVE"},
+                "portLevelMtls": {"9090": {"mode": "STRICT"}}}),
+    );
+    assert_eq!(
+        resolved(&app, &[], std::slice::from_ref(&workload)),
+        (Permissive, BTreeMap::from([(9090, Strict)]), vec![])
+    );
+    let strict_pod = json!({"app": "web", MTLS_LABEL: "strict"});
+    assert_eq!(
+        resolved(&strict_pod, &[], std::slice::from_ref(&workload)),
+        (Strict, none.clone(), vec![])
+    );
+    // An unreadable pod label is strict, with a warning naming the pod.
+    let (mode, ports, warnings) = resolved(
+        &json!({"app": "web", MTLS_LABEL: "Permissive"}),
+        &[],
+        &[workload],
+    );
+    assert_eq!((mode, ports), (Strict, none));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("pod shop/web") && w.contains("\"Permissive\"")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn peer_authentications_from_the_api_server_load_with_their_metadata() {
+    // Server-side metadata (uid, resourceVersion) does not reject it, and
+    // the port-level mode is checked against the Service's target ports:
+    // 8080 (no targetPort: the port) and 9090.
+    let good = peer_authn(
+        "w",
+        &json!({"selector": {"matchLabels": {"app": "web"}}, "portLevelMtls": {"8080": {"mode": "STRICT"}}}),
+    );
+    assert_eq!(
+        resolved(&json!({"app": "web"}), &[], &[good]),
+        (
+            MtlsMode::Permissive,
+            BTreeMap::from([(8080, MtlsMode::Strict)]),
+            vec![]
+        )
+    );
+    let missing = peer_authn(
+        "w",
+        &json!({"selector": {"matchLabels": {"app": "web"}}, "portLevelMtls": {"7070": {"mode": "PERMISSIVE"}}}),
+    );
+    let (mode, _, warnings) = resolved(&json!({"app": "web"}), &[], &[missing]);
+    assert_eq!(mode, MtlsMode::Strict);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("shop/w is rejected (spec.portLevelMtls.7070")),
+        "{warnings:?}"
+    );
 }

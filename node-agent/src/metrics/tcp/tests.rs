@@ -24,7 +24,8 @@ const PEER_ID: &str = "spiffe://cluster.local/ns/shop/sa/peer";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/server";
 
 fn index() -> WorkloadIndex {
-    let snapshot = mesh_core::local_config::parse(CONFIG).unwrap();
+    let snapshot =
+        mesh_core::local_config::parse(CONFIG, mesh_core::policy::DEFAULT_ROOT_NAMESPACE).unwrap();
     WorkloadIndex::build(&snapshot, "n1", "cluster.local", "cluster.local")
 }
 

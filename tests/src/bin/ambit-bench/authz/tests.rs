@@ -41,7 +41,9 @@ fn every_generated_policy_is_accepted_as_written() {
     assert_eq!(compiled.set.policies().len(), expected);
     // As the agent reads it: after the pods, under `policies:`.
     let config = format!("pods: []\npolicies:\n{}", corpus.yaml);
-    let snapshot = mesh_core::local_config::parse(&config).expect("parses");
+    let snapshot =
+        mesh_core::local_config::parse(&config, mesh_core::policy::DEFAULT_ROOT_NAMESPACE)
+            .expect("parses");
     assert_eq!(snapshot.policies.len(), expected);
     assert!(snapshot.policies.iter().all(|p| p.rejected.is_none()));
 }
