@@ -7,7 +7,8 @@
 //!   relists; errors back off and retry, and the stores keep the last good
 //!   state meanwhile): Namespaces, this node's Pods (field selector
 //!   `spec.nodeName`), Services, `EndpointSlices`, `AuthorizationPolicy`
-//!   (`security.ambit.dev/v1alpha1`) and Gateway API `HTTPRoute`.
+//!   and `PeerAuthentication` (`security.ambit.dev/v1alpha1`) and Gateway
+//!   API `HTTPRoute`.
 //! - The meshed pods of other nodes are destinations: HBONE to them checks
 //!   their identity, which their service account gives. ambit has no
 //!   central workload distributor (Istio's istiod), so each agent also
@@ -137,6 +138,10 @@ pub async fn run(
             "authorizationpolicies",
             ("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
         ),
+        peer_authentications: watches.custom(
+            "peerauthentications",
+            ("security.ambit.dev", "v1alpha1", "PeerAuthentication"),
+        ),
         routes: watches.custom(
             "httproutes",
             ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
@@ -174,6 +179,7 @@ pub async fn run(
                     .count(),
                 services = snapshot.services.len(),
                 policies = snapshot.policies.len(),
+                peer_authentications = snapshot.peer_authentications.len(),
                 routes = snapshot.routes.len(),
                 build_ms = format_args!("{build_ms:.1}"),
                 "Kubernetes state changed"
@@ -199,6 +205,7 @@ struct Stores {
     services: Store<KubeService>,
     endpoint_slices: Store<EndpointSlice>,
     policies: Store<DynamicObject>,
+    peer_authentications: Store<DynamicObject>,
     routes: Store<DynamicObject>,
 }
 
@@ -208,7 +215,8 @@ impl Stores {
     /// Until every watcher has listed once; `HTTPRoute`s excepted: the agent
     /// only carries them for the waypoint, and a cluster without the Gateway
     /// API CRDs must not keep it from being ready (that watch then retries
-    /// and logs).
+    /// and logs). Peer authentications are waited for: without them the
+    /// agent cannot know which pods must refuse plaintext.
     async fn wait_until_ready(&self) {
         let _ = tokio::join!(
             self.namespaces.wait_until_ready(),
@@ -217,6 +225,7 @@ impl Stores {
             self.services.wait_until_ready(),
             self.endpoint_slices.wait_until_ready(),
             self.policies.wait_until_ready(),
+            self.peer_authentications.wait_until_ready(),
         );
     }
 }
@@ -318,7 +327,7 @@ impl SnapshotBuilder {
         };
         let resources = translate::CustomResources {
             policies: custom(&stores.policies),
-            peer_authentications: Vec::new(),
+            peer_authentications: custom(&stores.peer_authentications),
             routes: custom(&stores.routes),
         };
         let mut snapshot = local_config::validate(

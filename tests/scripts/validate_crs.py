@@ -5,8 +5,8 @@ usage: validate_crs.py --crd CRD.yaml [--crd ...] [--dump FILE] PATH...
 
 PATH is a Markdown file (its ```yaml blocks are read), a YAML file, or a
 directory searched for both. An example is a mapping, at any depth, whose
-kind a CRD defines, or an entry of a `policies:` list (the agent's local
-config, where kind and apiVersion are optional). Each is checked against
+kind a CRD defines, or an entry of a `policies:` or `peerAuthentications:`
+list (the agent's local config, where kind and apiVersion are optional). Each is checked against
 its CRD's openAPIV3Schema, turned into a JSON Schema the way the API server
 reads it with strict field validation (kubectl's default): an unknown
 field is an error, `x-kubernetes-int-or-string` takes an integer or a
@@ -31,8 +31,8 @@ import sys
 import jsonschema
 import yaml
 
-# The kind an entry of a `policies:` list is when it does not say.
-POLICY_KIND = "AuthorizationPolicy"
+# The kind an entry of a local-config list is when it does not say.
+LIST_KINDS = {"policies": "AuthorizationPolicy", "peerAuthentications": "PeerAuthentication"}
 
 # Python's re accepts these; RE2 (the API server's) does not.
 NOT_RE2 = re.compile(r"\(\?[=!<]|\\[1-9]")
@@ -142,10 +142,11 @@ def examples(node, kinds):
         if isinstance(kind, str) and kind in kinds and ("spec" in node or "metadata" in node):
             yield kind, node
         for key, value in node.items():
-            if key == "policies" and isinstance(value, list) and POLICY_KIND in kinds:
+            list_kind = LIST_KINDS.get(key)
+            if list_kind in kinds and isinstance(value, list):
                 for entry in value:
                     if isinstance(entry, dict) and "kind" not in entry:
-                        yield POLICY_KIND, entry
+                        yield list_kind, entry
             yield from examples(value, kinds)
     elif isinstance(node, list):
         for value in node:

@@ -4,8 +4,9 @@
 //! docs/install.md); every core object passes `kubernetes-validate`
 //! (strict, for Kubernetes 1.30 and 1.33); every example custom resource
 //! in `docs/` and `manifests/` passes its CRD's schema and is accepted by
-//! the policy model the agents run; the CRD's schema and that model agree
-//! on what is valid. Each check is also shown to fail on a broken input,
+//! the model the agents run (authorization policies, peer
+//! authentications); each CRD's schema and its model agree on what is
+//! valid. Each check is also shown to fail on a broken input,
 //! so none passes vacuously.
 //!
 //! The tools come from `cargo xtask setup`: `kubectl` (Debian's
@@ -22,6 +23,7 @@ use serde_yaml::Value;
 
 const VENV: &str = "/opt/ambit-tools/kubernetes-validate";
 const CRD: &str = "manifests/crds/authorizationpolicies.security.ambit.dev.yaml";
+const PEER_AUTHN_CRD: &str = "manifests/crds/peerauthentications.security.ambit.dev.yaml";
 const AGENT_CONFIG: &str = "node-agent/src/config.rs";
 const CONTROLLER_CONFIG: &str = "controller/src/config.rs";
 const WAYPOINT_CONFIG: &str = "waypoint/src/config.rs";
@@ -31,12 +33,13 @@ const SETUP_HINT: &str = "run `cargo xtask setup` (it installs kubectl and kuber
 const AGENT_CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
 
 /// Everything the agent may read, and nothing else.
-const AGENT_RESOURCES: [(&str, &str); 6] = [
+const AGENT_RESOURCES: [(&str, &str); 7] = [
     ("", "namespaces"),
     ("", "pods"),
     ("", "services"),
     ("discovery.k8s.io", "endpointslices"),
     ("security.ambit.dev", "authorizationpolicies"),
+    ("security.ambit.dev", "peerauthentications"),
     ("gateway.networking.k8s.io", "httproutes"),
 ];
 
@@ -187,6 +190,10 @@ fn kustomize_builds_the_agent_controller_crd_and_least_privilege_rbac() {
             "CustomResourceDefinition",
             "authorizationpolicies.security.ambit.dev",
         ),
+        (
+            "CustomResourceDefinition",
+            "peerauthentications.security.ambit.dev",
+        ),
         ("ServiceAccount", "ambit-node-agent"),
         ("ServiceAccount", "ambit-controller"),
         ("ClusterRole", "ambit-node-agent"),
@@ -230,6 +237,24 @@ fn kustomize_builds_the_agent_controller_crd_and_least_privilege_rbac() {
             &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["action"]["enum"]
         ),
         ["ALLOW", "DENY", "AUDIT"]
+    );
+    let crd = find(
+        &docs,
+        "CustomResourceDefinition",
+        "peerauthentications.security.ambit.dev",
+    );
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_mapping());
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(
+        strings(&spec["mtls"]["properties"]["mode"]["enum"]),
+        mesh_core::peer_authn::MODES,
+        "the modes the model reads"
+    );
+    assert_eq!(
+        strings(&spec["portLevelMtls"]["additionalProperties"]["properties"]["mode"]["enum"]),
+        mesh_core::peer_authn::MODES
     );
 }
 
@@ -689,29 +714,28 @@ fn every_core_object_passes_kubernetes_validate() {
 /// One example custom resource as `validate_crs.py` judged it.
 struct Judged {
     origin: String,
+    kind: String,
     name: String,
     ok: bool,
     errors: Vec<String>,
     object: serde_json::Value,
 }
 
-/// Runs `validate_crs.py` on `paths`: its report, whether it passed, and
-/// every example it found.
+/// Runs `validate_crs.py` on `paths` with ambit's CRDs: its report,
+/// whether it passed, and every example it found.
 fn validate_crs(paths: &[&str]) -> (String, bool, Vec<Judged>) {
-    validate_crs_with(CRD, paths)
+    validate_crs_with(&[CRD, PEER_AUTHN_CRD], paths)
 }
 
-/// [`validate_crs`] with another CRD.
-fn validate_crs_with(crd: &str, paths: &[&str]) -> (String, bool, Vec<Judged>) {
+/// [`validate_crs`] with other CRDs.
+fn validate_crs_with(crds: &[&str], paths: &[&str]) -> (String, bool, Vec<Judged>) {
     let dir = tempdir("dump");
     let dump = dir.join("examples.json");
-    let mut args = vec![
-        "tests/scripts/validate_crs.py",
-        "--crd",
-        crd,
-        "--dump",
-        dump.to_str().expect("UTF-8"),
-    ];
+    let mut args = vec!["tests/scripts/validate_crs.py"];
+    for crd in crds {
+        args.extend(["--crd", *crd]);
+    }
+    args.extend(["--dump", dump.to_str().expect("UTF-8")]);
     args.extend_from_slice(paths);
     let out = run(Path::new(VENV).join("bin/python"), &args);
     let report = text(&out);
@@ -725,6 +749,7 @@ fn validate_crs_with(crd: &str, paths: &[&str]) -> (String, bool, Vec<Judged>) {
         .iter()
         .map(|e| Judged {
             origin: e["origin"].as_str().unwrap_or_default().to_owned(),
+            kind: e["kind"].as_str().unwrap_or_default().to_owned(),
             name: e["name"].as_str().unwrap_or_default().to_owned(),
             ok: e["ok"].as_bool().unwrap_or_default(),
             errors: e["errors"]
@@ -739,12 +764,18 @@ fn validate_crs_with(crd: &str, paths: &[&str]) -> (String, bool, Vec<Judged>) {
     (report, out.status.success(), judged)
 }
 
-/// Why the agents' policy model rejects `object`, if it does.
-fn model_rejects(object: &serde_json::Value) -> Option<String> {
+/// Why the agents' model of `kind` rejects `object`, if it does.
+fn model_rejects(kind: &str, object: &serde_json::Value) -> Option<String> {
     let value = serde_yaml::to_value(object).expect("JSON is YAML");
-    mesh_core::policy::compile(&value)
-        .rejected
-        .map(|error| error.to_string())
+    match kind {
+        "AuthorizationPolicy" => mesh_core::policy::compile(&value)
+            .rejected
+            .map(|error| error.to_string()),
+        "PeerAuthentication" => mesh_core::peer_authn::compile(&value)
+            .rejected
+            .map(|error| error.to_string()),
+        other => Some(format!("no model for {other}")),
+    }
 }
 
 #[test]
@@ -755,6 +786,7 @@ fn every_example_custom_resource_matches_its_crd_and_the_policy_model() {
         "docs/authorization.md",
         "docs/running.md",
         "manifests/examples/authorizationpolicy.yaml",
+        "manifests/examples/peerauthentication.yaml",
     ] {
         assert!(
             examples.iter().any(|e| e.origin.starts_with(origin)),
@@ -765,7 +797,7 @@ fn every_example_custom_resource_matches_its_crd_and_the_policy_model() {
     for example in &examples {
         assert!(example.ok, "{}: {:?}", example.origin, example.errors);
         assert_eq!(
-            model_rejects(&example.object),
+            model_rejects(&example.kind, &example.object),
             None,
             "{} {}: the agents would reject it",
             example.origin,
@@ -964,14 +996,64 @@ const CASES: &[Case] = &[
     case("{provider: {name: opa}}", true, false),
 ];
 
-#[test]
-fn the_crd_schema_and_the_policy_model_agree() {
-    let documents: Vec<String> = CASES
+/// The same for peer authentications: the schema refuses what it can
+/// say (the modes, the fields), the model also what only it can check
+/// (port-level modes without a selector, a key that is not a port), and a
+/// policy it rejects acts as STRICT.
+const PEER_AUTHN_CASES: &[Case] = &[
+    case("{}", true, true),
+    case("{mtls: {}}", true, true),
+    case("{mtls: {mode: STRICT}}", true, true),
+    case("{mtls: {mode: DISABLE}}", true, true),
+    case("{mtls: {mode: UNSET}}", true, true),
+    case(
+        "{selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {'8080': {mode: STRICT}, '9090': {}}}",
+        true,
+        true,
+    ),
+    case("{mtls: {mode: strict}}", false, false),
+    case("{mtls: {mode: STRIKT}}", false, false),
+    case("{mtls: {tls: x}}", false, false),
+    case("{selector: {matchExpressions: []}}", false, false),
+    case("{targetRefs: [{kind: Service, name: web}]}", false, false),
+    case(
+        "{selector: {matchLabels: {app: web}}, portLevelMtls: {'8080': {mode: permissive}}}",
+        false,
+        false,
+    ),
+    case(
+        "{selector: {matchLabels: {app: web}}, portLevelMtls: {'8080': {mood: STRICT}}}",
+        false,
+        false,
+    ),
+    // Only the model can tell.
+    case("{portLevelMtls: {'8080': {mode: STRICT}}}", true, false),
+    case(
+        "{selector: {matchLabels: {app: web}}, portLevelMtls: {http: {mode: STRICT}}}",
+        true,
+        false,
+    ),
+    case(
+        "{selector: {matchLabels: {app: web}}, portLevelMtls: {'0': {mode: STRICT}}}",
+        true,
+        false,
+    ),
+    case(
+        "{selector: {matchLabels: {app: web}}, portLevelMtls: {'70000': {mode: STRICT}}}",
+        true,
+        false,
+    ),
+];
+
+/// Judges `cases` as objects of `kind` with the CRDs' schemas and the
+/// model, and lists where they disagree with the case.
+fn disagreements(kind: &str, api_version: &str, cases: &[Case]) -> Vec<String> {
+    let documents: Vec<String> = cases
         .iter()
         .enumerate()
         .map(|(i, case)| {
             format!(
-                "apiVersion: security.ambit.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: case-{i}, namespace: shop}}\nspec: {}\n",
+                "apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: case-{i}, namespace: shop}}\nspec: {}\n",
                 case.spec
             )
         })
@@ -980,9 +1062,9 @@ fn the_crd_schema_and_the_policy_model_agree() {
     let file = dir.join("cases.yaml");
     std::fs::write(&file, documents.join("---\n")).expect("write");
     let (report, _, judged) = validate_crs(&[file.to_str().expect("UTF-8")]);
-    assert_eq!(judged.len(), CASES.len(), "every case is judged:\n{report}");
+    assert_eq!(judged.len(), cases.len(), "every case is judged:\n{report}");
     let mut wrong = Vec::new();
-    for (i, case) in CASES.iter().enumerate() {
+    for (i, case) in cases.iter().enumerate() {
         let example = judged
             .iter()
             .find(|e| e.name == format!("case-{i}"))
@@ -995,7 +1077,7 @@ fn the_crd_schema_and_the_policy_model_agree() {
                 example.errors
             ));
         }
-        let model = model_rejects(&example.object);
+        let model = model_rejects(kind, &example.object);
         if model.is_none() != case.model_accepts {
             wrong.push(format!(
                 "model {} {} ({model:?})",
@@ -1008,6 +1090,22 @@ fn the_crd_schema_and_the_policy_model_agree() {
             ));
         }
     }
+    wrong
+}
+
+#[test]
+fn the_crd_schema_and_the_policy_model_agree() {
+    let wrong = disagreements("AuthorizationPolicy", "security.ambit.dev/v1alpha1", CASES);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_crd_schema_and_the_peer_authentication_model_agree() {
+    let wrong = disagreements(
+        "PeerAuthentication",
+        "security.ambit.dev/v1alpha1",
+        PEER_AUTHN_CASES,
+    );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
@@ -1041,7 +1139,7 @@ fn a_crd_schema_the_api_server_would_refuse_fails_the_check() {
         let broken = dir.join("crd.yaml");
         std::fs::write(&broken, crd.replacen(from, to, 1)).expect("write");
         let (report, passed, _) =
-            validate_crs_with(broken.to_str().expect("UTF-8"), &["manifests/examples"]);
+            validate_crs_with(&[broken.to_str().expect("UTF-8")], &["manifests/examples"]);
         assert!(!passed, "{what} passed:\n{report}");
         assert!(report.contains("FAIL not structural"), "{what}:\n{report}");
     }

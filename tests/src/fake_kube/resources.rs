@@ -49,6 +49,13 @@ pub const RESOURCES: &[ResourceType] = &[
         true,
     ),
     resource(
+        "security.ambit.dev",
+        "v1alpha1",
+        "peerauthentications",
+        "PeerAuthentication",
+        true,
+    ),
+    resource(
         "gateway.networking.k8s.io",
         "v1",
         "httproutes",
