@@ -5,13 +5,14 @@
 //! | path | body |
 //! | --- | --- |
 //! | `/ready` | `ready` (200) once the programs are attached, the configuration applied and every enrolled pod holds a certificate; else 503 and why |
-//! | `/pods` | this node's configured pods: state, error, netns cookie, traffic counters |
+//! | `/pods` | this node's configured pods: state, error, effective mTLS modes and warnings, netns cookie, traffic counters |
 //! | `/workloads` | every meshed pod the agent knows, on any node: identity, addresses, node, labels |
 //! | `/services` | configured services: host name, selector, ports, the meshed pods behind them |
 //! | `/connections` | open connections (bytes so far, age) and the recently closed ones, with identities, security, verdict and deciding policy |
 //! | `/connections?follow` | each connection as it closes, one JSON object per line, until the client leaves |
 //! | `/certificates` | workload certificates: identity, serial, validity, state |
 //! | `/policies` | authorization policies: as compiled, status (accepted, failing closed, rejected) |
+//! | `/peer-authentications` | peer authentications: as compiled, status (accepted, or rejected and STRICT in their scope) |
 //! | `/ebpf` | pin directory, cgroup root, programs and where they attach, maps, enrolled netns, counters |
 //! | `/counters` | the eBPF programs' counters, summed over CPUs |
 //! | `/config` | the effective configuration |
@@ -39,13 +40,13 @@ use crate::{
 
 mod views;
 
-pub use views::{ConnectionEntry, EbpfView, ServiceView, WorkloadView};
+pub use views::{ConnectionEntry, EbpfView, PeerAuthnView, ServiceView, WorkloadView};
 
 /// The largest log filter a `PUT /logging` may send.
 const MAX_FILTER_BYTES: usize = 4096;
 
 /// The paths a GET can ask for, for the 404 hint.
-const PATHS: &str = "/pods, /workloads, /services, /connections, /certificates, /policies, /ebpf, /counters, /config, /logging, /metrics or /ready";
+const PATHS: &str = "/pods, /workloads, /services, /connections, /certificates, /policies, /peer-authentications, /ebpf, /counters, /config, /logging, /metrics or /ready";
 
 /// A response body: whole, or streamed (`/connections?follow`).
 type Body = BoxBody<Bytes, Infallible>;
@@ -169,6 +170,10 @@ fn get(state: &AdminState, path: &str) -> Response<Body> {
         "/config" => json(&state.config),
         "/certificates" => json(&state.certs.certificates()),
         "/policies" => json(&state.authorizer.statuses()),
+        "/peer-authentications" => json(&views::peer_authentications(
+            &state.workloads.current(),
+            &state.config.root_namespace,
+        )),
         "/logging" => json(&serde_json::json!({ "filter": state.logging.current() })),
         "/metrics" => match state.metrics.encode() {
             Ok(body) => {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use mesh_core::identity::SpiffeId;
-use mesh_core::workload::Pod;
+use mesh_core::workload::{MtlsMode, Pod, PodMtls};
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, OUTBOUND_PORT};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use crate::{
     identity::CertManager,
     netns::{Netns, NetnsError, NetnsSwitch},
     proxy::{Direction, PodContext, PodProxy},
+    published::Published,
     routing::{self, Families, RoutingError},
     splice::{LocalPods, Splicer},
     stats::PodStats,
@@ -101,6 +102,8 @@ pub struct PodEnrollment {
     pub stats: Arc<PodStats>,
     /// Whether the `sk_lookup` attachment was adopted from a previous agent.
     pub reused_attachment: bool,
+    /// The pod's effective mTLS modes, as its inbound proxy reads them.
+    mtls: Arc<Published<PodMtls>>,
     netns: Arc<Netns>,
     sk_lookup: SkLookupAttachment,
     cancel: CancellationToken,
@@ -277,6 +280,7 @@ impl Enroller {
             netns_cookie,
             stats: Arc::new(PodStats::default()),
             reused_attachment,
+            mtls: Arc::new(Published::new(pod.mtls_modes())),
             netns: netns.clone(),
             sk_lookup,
             cancel: CancellationToken::new(),
@@ -313,7 +317,7 @@ impl Enroller {
                 .iter()
                 .map(std::net::IpAddr::to_canonical)
                 .collect(),
-            mtls: enrollment.pod.mtls,
+            mtls: enrollment.mtls.clone(),
             labels: Arc::new(enrollment.pod.labels.clone()),
             authorizer: self.mesh.authorizer.clone(),
             netns_cookie: enrollment.netns_cookie,
@@ -381,8 +385,28 @@ impl Enroller {
         maps.enroll_netns(
             enrollment.netns_cookie,
             &enrollment.pod.ips,
-            enrollment.pod.mtls == mesh_core::workload::MtlsMode::Strict,
+            enrollment.pod.mtls == MtlsMode::Strict,
         )?;
+        Ok(())
+    }
+
+    /// Puts `pod`'s mTLS modes in force for the enrolled pod, which differs
+    /// from `pod` in nothing else: its inbound proxy reads them from the
+    /// next connection on, and the pinned entry records its mode. No
+    /// re-enrollment, so capture never lapses.
+    pub fn update_mtls(
+        &self,
+        enrollment: &mut PodEnrollment,
+        pod: &Pod,
+    ) -> Result<(), EnrollError> {
+        enrollment.mtls.publish(pod.mtls_modes());
+        enrollment.pod.clone_from(pod);
+        self.ebpf.maps().enroll_netns(
+            enrollment.netns_cookie,
+            &pod.ips,
+            pod.mtls == MtlsMode::Strict,
+        )?;
+        tracing::info!(pod = %pod.key(), mtls = %pod.mtls, ports = ?pod.port_mtls, "pod's mTLS modes changed");
         Ok(())
     }
 

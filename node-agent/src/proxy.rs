@@ -21,7 +21,7 @@ use std::{
 
 use mesh_core::{
     identity::SpiffeId,
-    workload::{MtlsMode, PodKey},
+    workload::{PodKey, PodMtls},
 };
 use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -109,11 +109,13 @@ pub enum ProxyError {
     Hbone(#[from] HboneError),
     /// Strict mTLS refused a plaintext client from outside the mesh.
     #[error(
-        "pod {pod} is in strict mTLS mode; plaintext from {client}, which is not a meshed pod of this node, is refused"
+        "pod {pod} is in strict mTLS mode on port {port}; plaintext from {client}, which is not a meshed pod of this node, is refused (check `ambit pods` and `ambit peer-authentications`)"
     )]
     StrictMtls {
         /// The pod.
         pod: PodKey,
+        /// The port the client connected to.
+        port: u16,
         /// The client.
         client: SocketAddr,
     },
@@ -136,8 +138,9 @@ pub struct PodContext {
     pub identity: SpiffeId,
     /// The pod's addresses.
     pub pod_ips: Vec<std::net::IpAddr>,
-    /// The pod's mTLS mode.
-    pub mtls: MtlsMode,
+    /// The pod's effective mTLS modes, its own and its ports'; replaced
+    /// in place when peer authentications or labels change them.
+    pub mtls: Arc<crate::published::Published<PodMtls>>,
     /// The pod's labels, which policies select it by.
     pub labels: Arc<BTreeMap<String, String>>,
     /// Checks connections to the pods of this node against policy.

@@ -368,6 +368,7 @@ mod tests {
             node: Some("n1".to_owned()),
             local: true,
             mtls: MtlsMode::Permissive,
+            port_mtls: BTreeMap::new(),
             labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
             names: crate::metrics::labels::WorkloadNames {
                 workload: name.into(),

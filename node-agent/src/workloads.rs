@@ -1,5 +1,5 @@
 //! What the agent knows about every meshed pod in the cluster, indexed by
-//! address: its identity, its node, its mTLS mode, its names in metrics;
+//! address: its identity, its node, its mTLS modes, its names in metrics;
 //! the services of the configuration, and what stands behind each of their
 //! cluster IP and port pairs. The control side builds a new
 //! index from each configuration snapshot; the proxies read the current one
@@ -14,6 +14,7 @@ use std::{
 use mesh_core::{
     identity::SpiffeId,
     local_config::LocalSnapshot,
+    peer_authn::PeerAuthentication,
     service::{self, Service, ServiceKey},
     workload::{MtlsMode, PodKey},
 };
@@ -31,8 +32,10 @@ pub struct Workload {
     pub node: Option<String>,
     /// Whether it runs on this agent's node.
     pub local: bool,
-    /// Its mTLS mode.
+    /// Its effective mTLS mode.
     pub mtls: MtlsMode,
+    /// The ports whose mode differs from `mtls`.
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
     /// Its labels, which policies select it by.
     pub labels: Arc<BTreeMap<String, String>>,
     /// How its traffic is labelled in metrics.
@@ -66,12 +69,14 @@ pub struct WaypointTarget {
     pub endpoints: Vec<SocketAddr>,
 }
 
-/// Meshed pods by address, and services by cluster IP and port.
+/// Meshed pods by address, and services by cluster IP and port; the peer
+/// authentications the pods' modes were resolved from.
 #[derive(Debug, Default)]
 pub struct WorkloadIndex {
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     services: Vec<Arc<Service>>,
     virtual_addresses: HashMap<SocketAddr, Arc<VirtualAddress>>,
+    peer_authentications: Vec<PeerAuthentication>,
 }
 
 /// The current index, swapped whole on every configuration change.
@@ -113,6 +118,7 @@ impl WorkloadIndex {
                 node: pod.node.clone(),
                 local: pod.is_on_node(node),
                 mtls: pod.mtls,
+                port_mtls: pod.port_mtls.clone(),
                 labels: Arc::new(pod.labels.clone()),
                 names: WorkloadNames::new(
                     pod,
@@ -135,7 +141,15 @@ impl WorkloadIndex {
             by_ip,
             services,
             virtual_addresses: virtual_addresses(snapshot, trust_domain),
+            peer_authentications: snapshot.peer_authentications.clone(),
         }
+    }
+
+    /// The peer authentications of the configuration, in its order,
+    /// rejected ones included.
+    #[must_use]
+    pub fn peer_authentications(&self) -> &[PeerAuthentication] {
+        &self.peer_authentications
     }
 
     /// Every cluster IP and port with what stands behind it.

@@ -8,7 +8,7 @@ use std::{
     path::PathBuf,
 };
 
-use mesh_core::service::ServiceKey;
+use mesh_core::{peer_authn::PeerAuthentication, service::ServiceKey};
 use mesh_ebpf_common::{map_names, program_names};
 use serde::Serialize;
 
@@ -33,8 +33,11 @@ pub struct WorkloadView {
     pub identity: String,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
-    /// `strict` or `permissive`.
+    /// `strict` or `permissive`: its effective mode.
     pub mtls: String,
+    /// The ports whose mode differs from `mtls`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_mtls: BTreeMap<u16, mesh_core::workload::MtlsMode>,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
 }
@@ -132,6 +135,37 @@ pub struct EnrolledNetns {
     pub sk_lookup_link: PathBuf,
 }
 
+/// A peer authentication as `/peer-authentications` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerAuthnView {
+    /// The policy, as compiled.
+    #[serde(flatten)]
+    pub policy: PeerAuthentication,
+    /// `accepted`, or why it is rejected and what it does instead.
+    pub status: String,
+    /// `accepted` or `rejected`.
+    pub state: &'static str,
+}
+
+/// Every peer authentication of `index` with its status; those without a
+/// selector in `root_namespace` apply mesh-wide.
+#[must_use]
+pub fn peer_authentications(index: &WorkloadIndex, root_namespace: &str) -> Vec<PeerAuthnView> {
+    index
+        .peer_authentications()
+        .iter()
+        .map(|policy| PeerAuthnView {
+            status: policy.status(root_namespace),
+            state: if policy.rejected.is_some() {
+                "rejected"
+            } else {
+                "accepted"
+            },
+            policy: policy.clone(),
+        })
+        .collect()
+}
+
 /// Every meshed pod of `index`, sorted by namespace and name.
 #[must_use]
 pub fn workloads(index: &WorkloadIndex) -> Vec<WorkloadView> {
@@ -146,7 +180,8 @@ pub fn workloads(index: &WorkloadIndex) -> Vec<WorkloadView> {
                 local: workload.local,
                 identity: workload.identity.to_string(),
                 ips: Vec::new(),
-                mtls: format!("{:?}", workload.mtls).to_lowercase(),
+                mtls: workload.mtls.to_string(),
+                port_mtls: workload.port_mtls.clone(),
                 labels: (*workload.labels).clone(),
             });
         view.ips.push(ip);

@@ -10,7 +10,7 @@ use std::{
 
 use mesh_core::{
     local_config::LocalSnapshot,
-    workload::{Pod, PodKey},
+    workload::{MtlsMode, Pod, PodKey},
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -55,6 +55,15 @@ pub struct PodStatus {
     pub ips: Vec<std::net::IpAddr>,
     /// Network namespace path.
     pub netns: Option<PathBuf>,
+    /// Its effective mTLS mode (peer authentications and labels).
+    pub mtls: Option<MtlsMode>,
+    /// The ports whose mode differs from `mtls`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
+    /// What to know about how its modes were decided: an unreadable
+    /// `ambit.dev/mtls` label, a rejected peer authentication.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mtls_warnings: Vec<String>,
     /// State.
     pub state: PodState,
     /// Why the pod is not enrolled.
@@ -262,6 +271,20 @@ impl Reconciler {
         for rejected in &snapshot.rejected_services {
             tracing::warn!(service = %rejected.service, entry = rejected.entry, reason = %rejected.reason, "service entry rejected");
         }
+        for peer_authn in &snapshot.peer_authentications {
+            if let Some(error) = &peer_authn.rejected {
+                tracing::error!(peer_authentication = %peer_authn.key, field = %error.field, %error, "peer authentication rejected; it acts as STRICT in its scope");
+            }
+        }
+        for pod in snapshot
+            .pods
+            .iter()
+            .filter(|p| p.is_on_node(&mesh.node_name))
+        {
+            for warning in &pod.mtls_warnings {
+                tracing::warn!(pod = %pod.key(), mtls = %pod.mtls, %warning, "pod's mTLS mode");
+            }
+        }
         self.converge(snapshot);
     }
 
@@ -277,12 +300,31 @@ impl Reconciler {
             .filter(|p| p.is_on_node(&node))
             .map(|p| (p.key(), p))
             .collect();
-        let stale: Vec<PodKey> = self
-            .entries
-            .iter()
-            .filter(|(key, entry)| desired.get(*key).is_none_or(|pod| *pod != entry.pod()))
-            .map(|(key, _)| key.clone())
-            .collect();
+        let mut stale = Vec::new();
+        let mut retuned = Vec::new();
+        for (key, entry) in &self.entries {
+            match desired.get(key) {
+                Some(pod) if *pod == entry.pod() => {}
+                // A change of mTLS modes alone is put in force in place:
+                // re-enrolling would let capture lapse for a moment.
+                Some(pod)
+                    if matches!(entry, Entry::Enrolled(_))
+                        && only_mtls_differs(entry.pod(), pod) =>
+                {
+                    retuned.push(key.clone());
+                }
+                _ => stale.push(key.clone()),
+            }
+        }
+        for key in retuned {
+            if let (Some(Entry::Enrolled(enrollment)), Some(pod)) =
+                (self.entries.get_mut(&key), desired.get(&key))
+                && let Err(error) = self.enroller.update_mtls(enrollment, pod)
+            {
+                tracing::error!(pod = %key, %error, "cannot record the pod's new mTLS mode; enrolling it again");
+                stale.push(key);
+            }
+        }
         for key in stale {
             if let Some(Entry::Enrolled(enrollment)) = self.entries.remove(&key) {
                 self.enroller.unenroll(*enrollment);
@@ -354,6 +396,9 @@ impl Reconciler {
             service_account: None,
             ips: Vec::new(),
             netns: None,
+            mtls: None,
+            port_mtls: BTreeMap::new(),
+            mtls_warnings: Vec::new(),
             state: PodState::Rejected,
             error: Some(r.reason.clone()),
             netns_cookie: None,
@@ -362,6 +407,18 @@ impl Reconciler {
         }));
         self.board.publish(pods);
     }
+}
+
+/// Whether `desired` is `current` with other mTLS modes (or warnings about
+/// them), and nothing else changed.
+fn only_mtls_differs(current: &Pod, desired: &Pod) -> bool {
+    let retuned = Pod {
+        mtls: desired.mtls,
+        port_mtls: desired.port_mtls.clone(),
+        mtls_warnings: desired.mtls_warnings.clone(),
+        ..current.clone()
+    };
+    retuned == *desired
 }
 
 // === impl Entry ===
@@ -400,6 +457,9 @@ impl Entry {
             service_account: Some(pod.service_account.clone()),
             ips: pod.ips.clone(),
             netns: Some(pod.netns.clone()),
+            mtls: Some(pod.mtls),
+            port_mtls: pod.port_mtls.clone(),
+            mtls_warnings: pod.mtls_warnings.clone(),
             state,
             error: reason,
             netns_cookie,

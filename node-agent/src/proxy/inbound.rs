@@ -3,8 +3,10 @@
 //! client meant to go; the proxy connects there from the client's own
 //! address, so the application sees its real caller (see `crate::routing`).
 //!
-//! A pod in strict mTLS mode accepts plaintext only from meshed pods of the
-//! same node (the same-node fast path); anything else is reset.
+//! A pod in strict mTLS mode, at the port connected to (peer
+//! authentication can set modes per port), accepts plaintext only from
+//! meshed pods of the same node (the same-node fast path); anything else
+//! is reset.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -53,11 +55,12 @@ pub(super) async fn forward(
         },
         authorization: None,
     };
-    if context.mtls == MtlsMode::Strict && same_node_peer.is_none() {
+    if same_node_peer.is_none() && context.mtls.current().at_port(dst.port()) == MtlsMode::Strict {
         // A reset, not a quiet close: the client learns at once.
         super::reset(&stream);
         let error = ProxyError::StrictMtls {
             pod: context.pod.clone(),
+            port: dst.port(),
             client,
         };
         context.count_failed(&flow, &error);

@@ -327,6 +327,7 @@ fn flags_come_from_what_went_wrong() {
             namespace: "shop".to_owned(),
             name: "server".to_owned(),
         },
+        port: 8080,
         client: addr("10.0.9.9:1"),
     };
     assert_eq!(ResponseFlags::of_error(&strict), ResponseFlags::Deny);
