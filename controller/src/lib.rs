@@ -51,6 +51,10 @@
 //! - **Policy status** ([`policy_status`]): every `AuthorizationPolicy`
 //!   gets an `Accepted` condition, `True`, or `False` (reason `Invalid`)
 //!   with the reason the policy is rejected; written only when it changes.
+//! - **Peer authentication status** ([`peer_authn_status`]): every
+//!   `PeerAuthentication` gets an `Accepted` condition the same way, its
+//!   port-level modes checked against the ports of the pods it selects;
+//!   re-checked when Services or Pods change.
 //! - **Route status** ([`route_status`]): every `HTTPRoute` gets, per
 //!   parent, `Accepted` and `ResolvedRefs` conditions with Gateway API's
 //!   reasons, re-checked when Services change; written only when it changes.
@@ -59,6 +63,7 @@
 
 pub mod ca_store;
 pub mod config;
+pub mod peer_authn_status;
 pub mod policy_status;
 pub mod route_status;
 pub mod server;
@@ -120,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
         config.clone(),
     ));
     tokio::spawn(policy_status::run(client.clone()));
+    tokio::spawn(peer_authn_status::run(client.clone()));
     tokio::spawn(route_status::run(client.clone()));
     let signer = Arc::new(signing::Signer::new(client, store.clone(), &config));
     server::serve(&config, store, signer).await?;

@@ -55,11 +55,24 @@ pub async fn run(client: Client) {
 }
 
 async fn update(client: &Client, resource: &ApiResource, object: &DynamicObject) {
+    let value = serde_json::to_value(object).unwrap_or_default();
+    write_condition(client, resource, object, condition_for(&value), "policy").await;
+}
+
+/// Writes `condition` (status, reason, message) as the `Accepted`
+/// condition of `object`, a `resource`, unless it already says so; `what`
+/// names the object in the log.
+pub(crate) async fn write_condition(
+    client: &Client,
+    resource: &ApiResource,
+    object: &DynamicObject,
+    (status, reason, message): (&str, &str, String),
+    what: &str,
+) {
     let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name) else {
         return;
     };
     let value = serde_json::to_value(object).unwrap_or_default();
-    let (status, reason, message) = condition_for(&value);
     let generation = object.metadata.generation;
     let current = value
         .pointer("/status/conditions")
@@ -91,10 +104,10 @@ async fn update(client: &Client, resource: &ApiResource, object: &DynamicObject)
         .await
     {
         Ok(_) => {
-            tracing::info!(policy = %format!("{namespace}/{name}"), status, reason, "policy status written");
+            tracing::info!(object = %format!("{namespace}/{name}"), what, status, reason, "status written");
         }
         Err(error) => {
-            tracing::warn!(policy = %format!("{namespace}/{name}"), %error, "cannot write the policy's status");
+            tracing::warn!(object = %format!("{namespace}/{name}"), what, %error, "cannot write the status");
         }
     }
 }

@@ -3,7 +3,8 @@
 //! a node agent asks. It signs only the caller's node's pods, with their own
 //! identities; it refuses bad, foreign and wrong-audience tokens; it follows
 //! its CA Secret (rotation through the trust bundle); it writes each
-//! `AuthorizationPolicy`'s `Accepted` condition. Then real node agents in
+//! `AuthorizationPolicy`'s and `PeerAuthentication`'s `Accepted`
+//! condition. Then real node agents in
 //! Kubernetes mode get their pods' certificates from it: across nodes, while
 //! it is down and after it comes up, and through a CA rotation.
 
@@ -527,6 +528,109 @@ fn policies_get_an_accepted_condition_or_the_reason_they_are_rejected() {
         assert!(
             Instant::now() < deadline,
             "the fixed policy stayed rejected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first condition `resource` `shop/name` carries, once it has one.
+fn first_condition(s: &Setup, resource: &str, name: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let object = s
+            .kube
+            .get(resource, "shop", name)
+            .expect("the API answers")
+            .expect("the object exists");
+        if let Some(c) = object["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.first())
+        {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status on {name}\n{}",
+            s.controller.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn peer_authentications_get_an_accepted_condition_or_the_reason_they_are_strict() {
+    let Some(s) = setup("controller_peer_authn") else {
+        return;
+    };
+    // A workload with one port: a Service selecting its pod, by the
+    // container port's name.
+    s.kube
+        .apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "api-1", "namespace": "shop", "labels": {"app": "api"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "app",
+                     "ports": [{"name": "http", "containerPort": 8080}]}]}}))
+        .expect("pod");
+    s.kube
+        .apply(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": "http"}]}}))
+        .expect("service");
+    let peer_authn = |name: &str, spec: Value| {
+        s.kube
+            .apply(
+                json!({"apiVersion": "security.ambit.dev/v1alpha1", "kind": "PeerAuthentication",
+                       "metadata": {"name": name, "namespace": "shop"}, "spec": spec}),
+            )
+            .expect("peer authentication");
+    };
+    let api = |port: &str| {
+        json!({"selector": {"matchLabels": {"app": "api"}}, "mtls": {"mode": "PERMISSIVE"},
+               "portLevelMtls": {port: {"mode": "STRICT"}}})
+    };
+    peer_authn("strict", json!({"mtls": {"mode": "STRICT"}}));
+    peer_authn("typo", json!({"mtls": {"mode": "Strict"}}));
+    peer_authn("api-port", api("8080"));
+    peer_authn("api-missing-port", api("9090"));
+    let condition = |name: &str| first_condition(&s, "peerauthentications", name);
+    for good in ["strict", "api-port"] {
+        let c = condition(good);
+        assert_eq!(
+            (c["type"].as_str(), c["status"].as_str()),
+            (Some("Accepted"), Some("True")),
+            "{good}: {c}"
+        );
+    }
+    for (bad, field) in [
+        ("typo", "spec.mtls.mode"),
+        ("api-missing-port", "spec.portLevelMtls.9090"),
+    ] {
+        let c = condition(bad);
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("Invalid")),
+            "{bad}: {c}"
+        );
+        let message = c["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(field) && message.contains("STRICT in its scope"),
+            "{bad}: {c}"
+        );
+    }
+    // The port appears: the policy is accepted.
+    s.kube
+        .merge_patch(
+            "services",
+            "shop",
+            "api",
+            &json!({"spec": {"ports": [{"port": 80, "targetPort": "http"}, {"name": "admin", "port": 9090}]}}),
+        )
+        .expect("patch the service");
+    let deadline = Instant::now() + WAIT;
+    while condition("api-missing-port")["status"] != "True" {
+        assert!(
+            Instant::now() < deadline,
+            "the policy stayed rejected once the port exists\n{}",
+            s.controller.report()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
