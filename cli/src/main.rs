@@ -1,13 +1,15 @@
 //! `ambit`: inspect a node agent and operate the mesh from the command line.
 //!
 //! ```text
-//! ambit pods [-o table|json|yaml]        this node's pods: state, cookie, traffic
+//! ambit pods [-o table|json|yaml]        this node's pods: state, mTLS modes, cookie, traffic
 //! ambit workloads [FILTERS]              every meshed pod the agent knows, on any node
 //! ambit services [FILTERS]               configured services and the pods behind them
 //! ambit connections [FILTERS] [--direction D] [--state S] [--follow [--count N] [--for SECS]]
 //!                                        open and recent connections: identities, verdict, bytes
 //! ambit certs [--namespace NS]           workload certificates and when they expire
 //! ambit policies [--namespace NS]        authorization policies and their state
+//! ambit peer-authentications [--namespace NS]
+//!                                        peer authentications (mTLS modes) and their state
 //! ambit counters                         the eBPF programs' counters
 //! ambit log-level [FILTER]               show or change the agent's log filter
 //! ambit check                            preflight and health report, ✓/✗ per check
@@ -71,7 +73,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// This node's pods, with their state and traffic counters.
+    /// This node's pods, with their state, effective mTLS modes (and
+    /// warnings about them) and traffic counters.
     Pods,
     /// Every meshed pod the agent knows, on any node: identity, addresses, labels.
     Workloads {
@@ -108,6 +111,13 @@ enum Command {
     /// Authorization policies in force: accepted, failing closed (fields
     /// that need a waypoint) or rejected (with the field at fault).
     Policies {
+        #[command(flatten)]
+        scope: listing::Scope,
+    },
+    /// Peer authentications (mTLS modes) in force: accepted, or rejected
+    /// (with the field at fault) and STRICT in their scope.
+    #[command(name = "peer-authentications", alias = "peerauthentications")]
+    PeerAuthentications {
         #[command(flatten)]
         scope: listing::Scope,
     },
@@ -211,6 +221,12 @@ fn run(cli: &Cli) -> Result<String, Box<dyn Error>> {
             "/policies",
             |p| scope.matches_policy(p),
             render::policies_table,
+        ),
+        Command::PeerAuthentications { scope } => show(
+            cli,
+            "/peer-authentications",
+            |p| scope.matches_policy(p),
+            render::peer_authentications_table,
         ),
         Command::LogLevel { filter } => {
             let answer = match filter {
@@ -344,6 +360,11 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["ambit", "connections", "--count", "3"]).is_err());
+        let cli =
+            Cli::try_parse_from(["ambit", "peer-authentications", "-n", "shop", "-o", "yaml"])
+                .unwrap();
+        assert!(matches!(cli.command, Command::PeerAuthentications { .. }));
+        assert_eq!(cli.output, Output::Yaml);
     }
 
     #[test]

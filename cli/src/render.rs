@@ -39,15 +39,33 @@ pub fn pods_table(pods: &Value) -> String {
                     )
                 }
             };
+            // The error, then what to know about the pod's mTLS modes.
+            let notes: Vec<String> = pod["error"]
+                .as_str()
+                .map(str::to_owned)
+                .into_iter()
+                .chain(
+                    pod["mtls_warnings"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|w| format!("warning: {}", text(w))),
+                )
+                .collect();
             vec![
                 text(&pod["namespace"]),
                 text(&pod["name"]),
                 text(&pod["state"]),
+                mtls_modes(pod),
                 ips.join(","),
                 text(&pod["netns_cookie"]),
                 traffic("outbound"),
                 traffic("inbound"),
-                text(&pod["error"]),
+                if notes.is_empty() {
+                    "-".to_owned()
+                } else {
+                    notes.join("; ")
+                },
             ]
         })
         .collect();
@@ -56,13 +74,91 @@ pub fn pods_table(pods: &Value) -> String {
             "NAMESPACE",
             "NAME",
             "STATE",
+            "MTLS",
             "IPS",
             "NETNS COOKIE",
             "OUTBOUND",
             "INBOUND",
-            "ERROR",
+            "ERROR / WARNINGS",
         ],
         &rows,
+    )
+}
+
+/// A pod's effective mTLS modes: `strict`, or `permissive (9090 strict)`
+/// with the ports that differ.
+fn mtls_modes(pod: &Value) -> String {
+    let ports: Vec<String> = pod["port_mtls"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(port, mode)| format!("{port} {}", text(mode)))
+        .collect();
+    if ports.is_empty() {
+        text(&pod["mtls"])
+    } else {
+        format!("{} ({})", text(&pod["mtls"]), ports.join(", "))
+    }
+}
+
+/// `ambit peer-authentications` as a table.
+#[must_use]
+pub fn peer_authentications_table(policies: &Value) -> String {
+    let rows: Vec<Vec<String>> = policies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|policy| {
+            let ports: Vec<String> = policy["port_level"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(port, mode)| format!("{port}={}", text(mode)))
+                .collect();
+            vec![
+                text(&policy["key"]["namespace"]),
+                text(&policy["key"]["name"]),
+                selector(&policy["selector"]),
+                text(&policy["mode"]),
+                if ports.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ports.join(",")
+                },
+                text(&policy["state"]),
+                text(&policy["status"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "SELECTOR",
+            "MODE",
+            "PORTS",
+            "STATE",
+            "STATUS",
+        ],
+        &rows,
+    )
+}
+
+/// A selector as `k=v,k=v`; `(namespace)` when empty.
+fn selector(labels: &Value) -> String {
+    labels.as_object().map_or_else(
+        || "-".to_owned(),
+        |labels| {
+            if labels.is_empty() {
+                "(namespace)".to_owned()
+            } else {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        },
     )
 }
 
@@ -86,20 +182,7 @@ pub fn policies_table(policies: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|policy| {
-            let selector = policy["selector"].as_object().map_or_else(
-                || "-".to_owned(),
-                |labels| {
-                    if labels.is_empty() {
-                        "(namespace)".to_owned()
-                    } else {
-                        labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={}", text(v)))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    }
-                },
-            );
+            let selector = selector(&policy["selector"]);
             let rules = policy["rules"].as_array().map_or(0, Vec::len);
             vec![
                 text(&policy["key"]["namespace"]),
@@ -142,7 +225,7 @@ pub fn workloads_table(workloads: &Value) -> String {
                 },
                 joined(&w["ips"]),
                 text(&w["identity"]),
-                text(&w["mtls"]),
+                mtls_modes(w),
             ]
         })
         .collect();
@@ -385,6 +468,53 @@ mod tests {
         assert!(lines[1].contains("2 conns, 10/20 B"), "{out}");
         assert!(
             lines[2].contains("failed") && lines[2].ends_with("cannot open network namespace /x"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn pods_table_shows_mtls_modes_and_warnings() {
+        let pods = serde_json::json!([
+            {"namespace": "shop", "name": "web", "state": "enrolled", "ips": ["10.10.1.11"], "netns_cookie": 1,
+             "mtls": "permissive", "port_mtls": {"9090": "strict"}, "traffic": null, "error": null},
+            {"namespace": "shop", "name": "db", "state": "enrolled", "ips": ["10.10.1.12"], "netns_cookie": 2,
+             "mtls": "strict", "traffic": null, "error": null,
+             "mtls_warnings": ["pod shop/db: ambit.dev/mtls=\"Strict\" is neither \"strict\" nor \"permissive\" (lowercase); taken as strict"]}
+        ]);
+        let out = pods_table(&pods);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains("STATE     MTLS"), "{out}");
+        assert!(lines[1].contains("permissive (9090 strict)"), "{out}");
+        assert!(
+            lines[2].contains(" strict ")
+                && lines[2].ends_with("warning: pod shop/db: ambit.dev/mtls=\"Strict\" is neither \"strict\" nor \"permissive\" (lowercase); taken as strict"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn peer_authentications_table_shows_scope_mode_ports_and_status() {
+        let policies = serde_json::json!([
+            {"key": {"namespace": "shop", "name": "strict"}, "selector": {}, "mode": "STRICT",
+             "port_level": {}, "rejected": null, "state": "accepted", "status": "accepted"},
+            {"key": {"namespace": "shop", "name": "web"}, "selector": {"app": "web"}, "mode": "PERMISSIVE",
+             "port_level": {"9090": "STRICT"}, "rejected": null, "state": "accepted", "status": "accepted"},
+            {"key": {"namespace": "shop", "name": "typo"}, "selector": {}, "mode": "STRICT", "port_level": {},
+             "state": "rejected", "status": "rejected: spec.mtls.mode: unknown mode"}
+        ]);
+        let out = peer_authentications_table(&policies);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE  NAME    SELECTOR"), "{out}");
+        assert!(
+            lines[1].contains("(namespace)") && lines[1].contains("STRICT"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("app=web") && lines[2].contains("9090=STRICT"),
+            "{out}"
+        );
+        assert!(
+            lines[3].ends_with("rejected: spec.mtls.mode: unknown mode"),
             "{out}"
         );
     }
