@@ -2,7 +2,9 @@
 //! `kube` client in the agent): pods of a labelled namespace are enrolled
 //! at once, an un-labelled namespace's pods leave, a `disabled` pod stays
 //! out, a deleted pod is cleaned up, a pod without a process waits
-//! visibly, and the API server going away loses nothing.
+//! visibly, the API server going away loses nothing, and a
+//! `PeerAuthentication` or an `ambit.dev/mtls` label from the API server
+//! sets the pods' mTLS mode.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use ambit_tests::{
     fake_kube::FakeKube,
     mesh::Agent,
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, send, serve},
+    workload::{ECHO_PORT, WAIT, send, serve, try_send},
 };
 use serde_json::{Value, json};
 
@@ -175,6 +177,88 @@ fn a_labelled_namespace_is_enrolled_at_once_and_left_when_unlabelled() {
     // The label goes: so do the pods.
     label_namespace(&kube, None);
     agent.wait_pod_gone(&tb, "client", WAIT);
+}
+
+/// Waits until `agent` lists the pod `name` in mTLS mode `mode`; returns
+/// its entry.
+fn wait_mtls(tb: &Testbed, agent: &Agent, name: &str, mode: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(pod) = agent.pod(tb, name).filter(|p| p["mtls"] == mode) {
+            return pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {mode}: {:?}\n{}",
+            agent.pod(tb, name),
+            agent.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_peer_authentication_or_an_unreadable_label_from_the_api_server_makes_pods_strict() {
+    let mut tb = testbed_or_skip!("kube_peer_authn");
+    let (kube, n1) = cluster(&mut tb);
+    label_namespace(&kube, Some("enabled"));
+    let (client, server) = client_and_server_pods(&mut tb, &kube, &n1, CgroupDriver::Cgroupfs);
+    let legacy = kube_pod(
+        &mut tb,
+        &kube,
+        &n1,
+        "legacy",
+        &json!({"app": "legacy", MESH_LABEL: "disabled"}),
+        CgroupDriver::Cgroupfs,
+    );
+    let _servers = [
+        serve(&tb, &client),
+        serve(&tb, &server),
+        serve(&tb, &legacy),
+    ];
+    let agent = Agent::spawn_kubernetes(&tb, &n1, &kube.url(), &[]);
+    agent.wait_ready(&tb);
+    wait_enrolled(&tb, &agent, &["client", "server"], WAIT);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    assert_eq!(
+        wait_mtls(&tb, &agent, "server", "permissive")["state"],
+        "enrolled"
+    );
+    send(&tb, &legacy, &to, 1000);
+
+    // A namespace-wide STRICT policy: plaintext from outside the mesh is
+    // refused; the meshed client still gets through.
+    kube.apply(
+        json!({"apiVersion": "security.ambit.dev/v1alpha1", "kind": "PeerAuthentication",
+                      "metadata": {"name": "strict", "namespace": NAMESPACE},
+                      "spec": {"mtls": {"mode": "STRICT"}}}),
+    )
+    .expect("the peer authentication");
+    wait_mtls(&tb, &agent, "server", "strict");
+    let (ok, sent, _) = try_send(&tb, &legacy, &to, 1000);
+    assert!(!ok, "a STRICT namespace must refuse plaintext: {sent}");
+    send(&tb, &client, &to, 1000);
+
+    // Gone, the pods are permissive again; a namespace label that is not
+    // `strict` or `permissive` makes them strict, with a warning.
+    kube.delete("peerauthentications", NAMESPACE, "strict")
+        .expect("delete");
+    wait_mtls(&tb, &agent, "server", "permissive");
+    kube.merge_patch(
+        "namespaces",
+        "",
+        NAMESPACE,
+        &json!({"metadata": {"labels": {"ambit.dev/mtls": "Permissive"}}}),
+    )
+    .expect("label the namespace");
+    let pod = wait_mtls(&tb, &agent, "server", "strict");
+    let warnings = pod["mtls_warnings"].to_string();
+    assert!(
+        warnings.contains("namespace shop") && warnings.contains("Permissive"),
+        "{pod}"
+    );
+    let (ok, sent, _) = try_send(&tb, &legacy, &to, 1000);
+    assert!(!ok, "an unreadable label must not open the pods: {sent}");
 }
 
 #[test]

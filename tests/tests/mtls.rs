@@ -19,6 +19,8 @@ use ambit_tests::{
 use mesh_core::identity::SpiffeId;
 
 const MARKER: &str = "AMBIT-CLEARTEXT-MARKER-7d1f";
+/// A second echo port, for port-level mTLS modes.
+const ADMIN_PORT: u16 = 9090;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -616,4 +618,157 @@ fn bad_ca_files_stop_the_agent_with_an_error_naming_the_file() {
             "nothing may be pinned before the CA is loaded"
         );
     }
+}
+
+/// The local config for `pods` with `extra` appended (services, peer
+/// authentications), the pod entry of `server` asking for `mtls: <mode>`.
+fn config_with(pods: &[&ambit_tests::Pod], server_asks: Option<&str>, extra: &str) -> String {
+    let mut yaml = pods_yaml(pods);
+    if let Some(mode) = server_asks {
+        let entry = yaml.find("  - name: server\n").expect("a server entry");
+        let node = entry + yaml[entry..].find("    node: ").expect("its node");
+        yaml.insert_str(node, &format!("    mtls: {mode}\n"));
+    }
+    yaml + extra
+}
+
+/// Echo servers on `ports` of `pod` (IPv4).
+fn serve_on(tb: &Testbed, pod: &ambit_tests::Pod, ports: &[u16]) -> ambit_tests::proc::Proc {
+    let listen: Vec<String> = ports.iter().map(|p| format!("0.0.0.0:{p}")).collect();
+    let server = tb.spawn_in_pod(
+        pod,
+        ambit_tests::workload::pod_tool(&["serve", "--listen", &listen.join(",")]),
+    );
+    server.wait_for_event("listening", WAIT);
+    server
+}
+
+#[test]
+fn a_strict_namespace_peer_authentication_refuses_plaintext_and_a_pod_cannot_loosen_it() {
+    let mut tb = testbed_or_skip!("peer_authn_namespace");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
+    // The server's own entry asks for permissive: it can only tighten.
+    let yaml = config_with(
+        &[&client, &server],
+        Some("permissive"),
+        "peerAuthentications:
+  - apiVersion: security.ambit.dev/v1alpha1
+    kind: PeerAuthentication
+    metadata: {name: shop-strict, namespace: shop}
+    spec: {mtls: {mode: STRICT}}
+",
+    );
+    let _agent1 = Agent::start(&tb, &n1, &[&client, &server], &[]);
+    let agent2 = Agent::start_with_config(&tb, &n2, &yaml, &[&client, &server], &[]);
+    let _echo = serve(&tb, &server);
+    let pod = agent2.wait_pod_state(&tb, "server", "enrolled", WAIT);
+    assert_eq!(pod["mtls"], "strict", "{pod}");
+
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    let (ok, sent, _) = try_send(&tb, &legacy, &to, 1000);
+    assert!(
+        !ok,
+        "plaintext from outside the mesh must be refused in a STRICT namespace: {sent}"
+    );
+    send(&tb, &client, &to, 1000);
+    agent2
+        .proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("strict mTLS mode on port 8080") && l.contains(&legacy.ipv4.to_string())
+        })
+        .expect("the refusal is logged with the port and the client");
+    let listed = agent2.get_json(&tb, "/peer-authentications");
+    assert_eq!(listed[0]["key"]["name"], "shop-strict", "{listed}");
+    assert_eq!(
+        (listed[0]["mode"].as_str(), listed[0]["state"].as_str()),
+        (Some("STRICT"), Some("accepted")),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_permissive_workload_policy_refuses_plaintext_only_on_its_strict_port_and_changes_in_place() {
+    let mut tb = testbed_or_skip!("peer_authn_ports");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
+    // The namespace is STRICT; the server's own policy is PERMISSIVE but
+    // STRICT on `strict_port`. The Service gives the server's ports, which
+    // the port-level mode is checked against.
+    let config = |strict_port: u16| {
+        config_with(
+            &[&client, &server],
+            None,
+            &format!(
+                "services:
+  - name: server
+    namespace: shop
+    selector: {{app: server}}
+    ports: [{{name: echo, port: {ECHO_PORT}}}, {{name: admin, port: {ADMIN_PORT}}}]
+peerAuthentications:
+  - metadata: {{name: shop-strict, namespace: shop}}
+    spec: {{mtls: {{mode: STRICT}}}}
+  - metadata: {{name: server-legacy, namespace: shop}}
+    spec:
+      selector: {{matchLabels: {{app: server}}}}
+      mtls: {{mode: PERMISSIVE}}
+      portLevelMtls:
+        {strict_port}: {{mode: STRICT}}
+"
+            ),
+        )
+    };
+    let _agent1 = Agent::start(&tb, &n1, &[&client, &server], &[]);
+    let agent2 = Agent::start_with_config(&tb, &n2, &config(ADMIN_PORT), &[&client, &server], &[]);
+    let _echo = serve_on(&tb, &server, &[ECHO_PORT, ADMIN_PORT]);
+    let pod = agent2.wait_pod_state(&tb, "server", "enrolled", WAIT);
+    assert_eq!(pod["mtls"], "permissive", "{pod}");
+    assert_eq!(pod["port_mtls"][ADMIN_PORT.to_string()], "strict", "{pod}");
+    let cookie = pod["netns_cookie"].clone();
+
+    let echo = format!("{}:{ECHO_PORT}", server.ipv4);
+    let admin = format!("{}:{ADMIN_PORT}", server.ipv4);
+    send(&tb, &legacy, &echo, 1000);
+    let (ok, sent, _) = try_send(&tb, &legacy, &admin, 1000);
+    assert!(!ok, "the STRICT port must refuse plaintext: {sent}");
+    // Mesh traffic reaches the STRICT port.
+    send(&tb, &client, &admin, 1000);
+
+    // Moving the STRICT port changes the pod's modes in place: same
+    // enrollment (netns cookie), no re-enrollment, and at once in force.
+    agent2.set_config_text(&config(ECHO_PORT));
+    let deadline = std::time::Instant::now() + WAIT;
+    let pod = loop {
+        let pod = agent2.pod(&tb, "server").unwrap_or_default();
+        if pod["port_mtls"][ECHO_PORT.to_string()] == "strict" {
+            break pod;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new port-level mode never applied: {pod}\n{}",
+            agent2.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(pod["netns_cookie"], cookie, "{pod}");
+    assert_eq!(pod["state"], "enrolled", "{pod}");
+    let (ok, sent, _) = try_send(&tb, &legacy, &echo, 1000);
+    assert!(!ok, "the port made STRICT must refuse plaintext: {sent}");
+    send(&tb, &legacy, &admin, 1000);
+    let log = agent2.proc.stderr_text();
+    assert!(log.contains("pod's mTLS modes changed"), "{log}");
+    assert!(
+        !log.contains("pod un-enrolled"),
+        "a mode change must not re-enroll the pod: {log}"
+    );
 }
