@@ -784,6 +784,7 @@ fn every_example_custom_resource_matches_its_crd_and_the_policy_model() {
     assert!(passed, "{report}");
     for origin in [
         "docs/authorization.md",
+        "docs/peer-authentication.md",
         "docs/running.md",
         "manifests/examples/authorizationpolicy.yaml",
         "manifests/examples/peerauthentication.yaml",
