@@ -86,7 +86,7 @@ pub struct PodStatusBoard {
 
 enum Entry {
     Enrolled(Box<PodEnrollment>),
-    Failed { pod: Pod, error: String },
+    Failed { pod: Box<Pod>, error: String },
 }
 
 /// How the reconciler's run ended.
@@ -354,7 +354,7 @@ impl Reconciler {
                         tracing::error!(pod = %key, netns = %pod.netns.display(), %error, "cannot enroll pod; will retry");
                     }
                     Entry::Failed {
-                        pod: (*pod).clone(),
+                        pod: Box::new((*pod).clone()),
                         error,
                     }
                 }
