@@ -485,13 +485,37 @@ fn a_declared_app_protocol_replaces_detection() {
         "an undeclared server-first stream was not detected"
     );
     // Declared `http`: bytes that are not HTTP get 400 instead of passing
-    // through as opaque TCP (the echo server would send them back).
+    // through as opaque TCP (the echo server would send them back). Here
+    // the client's second line comes after the 400 (bash's printf writes
+    // line by line; under load the agent can get both at once): the
+    // waypoint takes it and the stream ends cleanly, so the client's agent
+    // relays to the end. A reset after the 400 failed the agent's relay
+    // ("the HBONE stream closed"), and lost the 400 when the answer and the
+    // second write reached the agent together.
     let answered = bash_in(
         &tb,
         &mesh.client_a,
-        "exec 3<>/dev/tcp/10.96.0.25/9000; printf 'hello there\\r\\n\\r\\n' >&3; timeout 5 head -c 12 <&3",
+        "exec 3<>/dev/tcp/10.96.0.25/9000; printf 'hello there\\r\\n' >&3; timeout 5 head -c 12 <&3; printf '\\r\\n' >&3; timeout 5 cat <&3 >/dev/null",
     );
     assert_eq!(answered, "HTTP/1.1 400", "{}", mesh.waypoint().report());
+    let relayed = mesh.agents[0].wait_connection(&tb, |r| r["dst"] == "10.96.0.25:9000");
+    assert!(
+        relayed["error"].is_null(),
+        "the client's agent did not relay the 400 exchange to its end: {relayed}"
+    );
+    // And many times over, as the client writes it (two writes in a row).
+    let answers = bash_in(
+        &tb,
+        &mesh.client_a,
+        "for i in $(seq 50); do exec 3<>/dev/tcp/10.96.0.25/9000; printf 'hello there\\r\\n\\r\\n' >&3; echo \"$(timeout 5 head -c 12 <&3)\"; exec 3<&-; done",
+    );
+    let lost = answers.lines().filter(|a| *a != "HTTP/1.1 400").count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of 50 bad requests got no 400:\n{answers}\n{}",
+        mesh.waypoint().report()
+    );
     // HTTP/1.1 and HTTP/2 on a port declared HTTP are served as usual.
     for version in ["--http1.1", "--http2-prior-knowledge"] {
         let http = bash_in(

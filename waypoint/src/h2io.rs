@@ -2,11 +2,17 @@
 //! so that hyper can speak HTTP/1.1 or HTTP/2 inside an HBONE tunnel and
 //! opaque TCP can be copied through it. Flow control is honoured both ways:
 //! received bytes release their window once read; writes wait for capacity.
+//!
+//! A stream ends as a TCP connection does: shutting down writing sends
+//! `END_STREAM`, and [`H2Io::finish`] then waits for the peer's end before
+//! letting the stream go, so that a response is never followed by a reset
+//! the client's agent would turn into a reset of the client's connection.
 
 use std::{
     io,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes};
@@ -64,6 +70,37 @@ impl H2Io {
             }
         }
         Ok(&self.pending)
+    }
+
+    /// Lets the stream go once its exchange is over. When our side has
+    /// ended (`poll_shutdown`: `END_STREAM` is queued behind what was
+    /// written) and the peer's has not, the peer's further bytes are read
+    /// and dropped until it ends its side too, for at most `linger`; the
+    /// stream then closes without a reset. This is the lingering close of
+    /// a TCP server: the HTTP/1.1 server may answer (400) before the client
+    /// has sent all it meant to, and dropping the stream at once would
+    /// reset it (`RST_STREAM`). The client's agent relays a TCP connection
+    /// and cannot pass a reset on as anything but a failure: its next
+    /// forwarded write fails, it resets the client's connection and may
+    /// drop the response it has not written to the client yet. A stream
+    /// whose side has not ended (an error, a refusal) is reset on drop.
+    pub async fn finish(mut self, linger: Duration) {
+        if !self.shut || self.eof {
+            return;
+        }
+        self.pending = Bytes::new();
+        let drained = tokio::time::timeout(linger, async {
+            while let Some(Ok(data)) = self.recv.data().await {
+                let _ = self.recv.flow_control().release_capacity(data.len());
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::debug!(
+                linger = ?linger,
+                "the client did not end the stream after its response; resetting it"
+            );
+        }
     }
 }
 
@@ -139,10 +176,15 @@ impl AsyncWrite for H2Io {
 }
 
 impl Drop for H2Io {
-    /// A stream dropped before its end is reset, so the peer does not wait.
+    /// A stream dropped before its end is reset, so the peer does not wait
+    /// (what it was sent and not yet written to the connection is
+    /// discarded: it is an abnormal end).
     fn drop(&mut self) {
         if !self.shut {
             self.send.send_reset(h2::Reason::CANCEL);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

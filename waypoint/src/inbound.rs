@@ -9,11 +9,20 @@
 //! Bad requests fail their own stream only: a method other than CONNECT
 //! gets 405, an authority that is not a cluster IP and port of a service
 //! using this waypoint gets 400.
+//!
+//! A stream whose exchange is over ends gracefully: the waypoint's side
+//! ends, then what the client still sends is read and dropped until its
+//! side ends too (at most [`LINGER`]); see [`H2Io::finish`].
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use hyper::{body::Incoming, service::HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::{hbone, identity::SpiffeId, service::DeclaredProtocol, tls};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +38,9 @@ use crate::{
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest HTTP/1.1 method read while detecting.
 const MAX_METHOD_LEN: usize = 16;
+/// How long a stream whose response is complete keeps reading what the
+/// client still sends, waiting for its end, before it is reset.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 /// What a stream carries, from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +111,7 @@ pub async fn serve(listener: TcpListener, workers: &Workers, cancel: Cancellatio
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "HBONE accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -185,32 +197,46 @@ async fn serve_stream(
     match protocol {
         Protocol::Http1 => {
             let service = http_proxy::service(waypoint.clone(), info.clone(), protocol);
-            let served = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(io), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%error, "HTTP/1.1 connection ended with an error");
-            }
+            serve_http1(&mut io, service).await;
         }
         Protocol::Http2 => {
             let service = http_proxy::service(waypoint.clone(), info.clone(), protocol);
             let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(hbone::STREAM_WINDOW)
                 .initial_connection_window_size(hbone::CONNECTION_WINDOW)
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection(TokioIo::new(&mut io), service)
                 .await;
             if let Err(error) = served {
                 tracing::debug!(%error, "HTTP/2 connection ended with an error");
             }
         }
-        Protocol::Opaque => opaque::forward(&waypoint, &info, io, started).await,
+        Protocol::Opaque => opaque::forward(&waypoint, &info, &mut io, started).await,
+    }
+    io.finish(LINGER).await;
+}
+
+/// Serves HTTP/1.1 on a stream until the client is done with it or the
+/// connection fails. A request that does not parse gets 400 from hyper,
+/// after which hyper ends the stream's sending side.
+pub async fn serve_http1<S>(io: &mut H2Io, service: S)
+where
+    S: HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%error, "HTTP/1.1 connection ended with an error");
     }
 }
 
 /// Reads the stream's first bytes (waiting at most `timeout` for the
 /// first) and decides what it carries. Nothing is consumed.
-pub async fn detect(io: &mut H2Io, timeout: std::time::Duration) -> Protocol {
+pub async fn detect(io: &mut H2Io, timeout: Duration) -> Protocol {
     match tokio::time::timeout(timeout, io.peek(1)).await {
         Ok(Ok(bytes)) if !bytes.is_empty() => {}
         _ => return Protocol::Opaque,

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Instant};
 use crate::{Waypoint, authz, h2io::H2Io, inbound::StreamInfo};
 
 /// Passes `io` through to an endpoint of the service it was addressed to.
-pub async fn forward(waypoint: &Arc<Waypoint>, info: &StreamInfo, mut io: H2Io, started: Instant) {
+pub async fn forward(waypoint: &Arc<Waypoint>, info: &StreamInfo, io: &mut H2Io, started: Instant) {
     let state = waypoint.state.current();
     let verdict = authz::check(&state, info, None);
     if !authz::allowed(&verdict) {
@@ -51,7 +51,7 @@ pub async fn forward(waypoint: &Arc<Waypoint>, info: &StreamInfo, mut io: H2Io, 
             return;
         }
     };
-    let copied = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+    let copied = tokio::io::copy_bidirectional(io, &mut upstream).await;
     pick.finish(crate::resilience::outlier::Outcome::Success, Instant::now());
     let (sent, received) = copied.unwrap_or_default();
     if waypoint.config.access_log {
