@@ -37,8 +37,11 @@ pub const GET_ONLY_FOR_CLIENT_A: &str = "policies:
 
 /// The waypoint's binary.
 pub const WAYPOINT_BIN: &str = "ambit-waypoint";
-/// The waypoint's admin port.
-pub const ADMIN_PORT: u16 = 15020;
+/// The waypoint's metrics and readiness port, on its pod's address.
+pub const METRICS_PORT: u16 = 15020;
+/// Where the waypoint serves its admin views (`/config`): localhost, in
+/// its pod.
+pub const ADMIN_ADDR: &str = "127.0.0.1:15000";
 
 /// The topology, its agents, the waypoint and the backends' servers.
 pub struct WaypointMesh {
@@ -234,11 +237,21 @@ impl WaypointMesh {
         self.waypoint.as_ref().expect("the waypoint was started")
     }
 
-    /// `GET path` on the waypoint's admin port.
+    /// `GET path` on the waypoint's admin views, from inside its pod.
     #[must_use]
     pub fn admin(&self, tb: &Testbed, path: &str) -> String {
-        let url = format!("http://{}:{ADMIN_PORT}{path}", self.wp.ipv4);
-        let out = tb.exec_in_netns(&self.wp.netns, &["curl", "-sf", "--max-time", "5", &url]);
+        self.get_in_pod(tb, &format!("http://{ADMIN_ADDR}{path}"))
+    }
+
+    /// `GET path` on the waypoint's metrics and readiness port, at its
+    /// pod's address.
+    #[must_use]
+    pub fn telemetry(&self, tb: &Testbed, path: &str) -> String {
+        self.get_in_pod(tb, &format!("http://{}:{METRICS_PORT}{path}", self.wp.ipv4))
+    }
+
+    fn get_in_pod(&self, tb: &Testbed, url: &str) -> String {
+        let out = tb.exec_in_netns(&self.wp.netns, &["curl", "-sf", "--max-time", "5", url]);
         assert!(out.status.success(), "GET {url} failed");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -253,7 +266,7 @@ impl WaypointMesh {
     /// labels contain every `label="value"` in `labels`.
     #[must_use]
     pub fn metric(&self, tb: &Testbed, name: &str, labels: &[&str]) -> u64 {
-        self.admin(tb, "/stats/prometheus")
+        self.telemetry(tb, "/stats/prometheus")
             .lines()
             .filter(|line| line.starts_with(name) && !line.starts_with('#'))
             .filter(|line| labels.iter().all(|l| line.contains(l)))
@@ -288,6 +301,34 @@ impl WaypointMesh {
             seconds,
         }
     }
+}
+
+/// The waypoint's `/config` is served on localhost in its pod and not on
+/// the pod's address (neither on the admin port nor on the metrics port,
+/// which serves metrics and readiness there); returns it.
+#[must_use]
+pub fn admin_views_on_localhost_only(tb: &Testbed, wp: &Pod) -> Value {
+    let curl = |url: &str| {
+        let out = tb.exec_in_netns(
+            &wp.netns,
+            &["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", url],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (out.status.code(), status.to_owned(), body.to_owned())
+    };
+    let admin_port = ADMIN_ADDR.rsplit_once(':').expect("host:port").1;
+    let (code, _, _) = curl(&format!("http://{}:{admin_port}/config", wp.ipv4));
+    assert_eq!(code, Some(7), "the admin port answers on the pod's address");
+    let (_, status, _) = curl(&format!("http://{}:{METRICS_PORT}/config", wp.ipv4));
+    assert_eq!(status, "404", "/config on the metrics port");
+    for path in ["/stats/prometheus", "/healthz/ready"] {
+        let (_, status, body) = curl(&format!("http://{}:{METRICS_PORT}{path}", wp.ipv4));
+        assert_eq!(status, "200", "{path} on the pod's address: {body}");
+    }
+    let (_, status, body) = curl(&format!("http://{ADMIN_ADDR}/config"));
+    assert_eq!(status, "200", "/config on localhost: {body}");
+    serde_json::from_str(&body).expect("/config is JSON")
 }
 
 /// What curl got.

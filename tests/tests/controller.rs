@@ -785,7 +785,7 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
             "wp-1",
             "--listen",
             "127.0.0.1:15008",
-            "--admin",
+            "--metrics-addr",
             "127.0.0.1:15020",
         ]);
     let waypoint = s.tb.spawn_on_node(&s.cp, &s.cp.agent_cgroup, command);

@@ -615,15 +615,25 @@ fn the_waypoint_pod_matches_its_settings(pod: &Value) {
         "the waypoint's default --listen port"
     );
     assert_eq!(
-        port("admin"),
+        port("metrics"),
         Some(15020),
-        "the waypoint's default --admin port"
+        "the waypoint's default --metrics-addr port"
+    );
+    let exposed: Vec<u64> = container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    assert!(
+        !exposed.contains(&15000),
+        "the admin views (--admin-addr) are on localhost, not a pod port: {exposed:?}"
     );
     assert_eq!(
         container["readinessProbe"]["httpGet"]["path"],
         "/healthz/ready"
     );
-    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "metrics");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::{
 
 use ambit_tests::{
     Pod, Testbed, testbed_or_skip,
-    waypoint::{GET_ONLY_FOR_CLIENT_A, VIP, WaypointMesh},
+    waypoint::{GET_ONLY_FOR_CLIENT_A, VIP, WaypointMesh, admin_views_on_localhost_only},
     workload::{pod_tool, try_send},
 };
 
@@ -540,6 +540,10 @@ fn invalid_routes_are_rejected_and_the_previous_version_stays() {
             .as_deref(),
         Some("v2")
     );
+    // What the routes are and which were rejected is the waypoint's own
+    // business: /config answers on localhost in its pod only.
+    let view = admin_views_on_localhost_only(&tb, &mesh.wp);
+    assert_eq!(view["waypoint"], "shop/wp", "{view:#}");
 
     let bad_regex = "        - matches: [{path: {type: RegularExpression, value: '/(unclosed'}}]\n          backendRefs: [{name: backend-v1, port: 80}]\n";
     let unknown = "        - backendRefs: [{name: nowhere, port: 80}]\n";

@@ -15,7 +15,7 @@ use ambit_tests::{
     fake_kube::FakeKube,
     mesh::{Agent, mesh_ca},
     testbed_or_skip,
-    waypoint::{ADMIN_PORT, WAYPOINT_BIN},
+    waypoint::{WAYPOINT_BIN, admin_views_on_localhost_only},
     workload::{ECHO_PORT, WAIT, pod_tool},
 };
 use serde_json::{Value, json};
@@ -255,15 +255,7 @@ fn in_kubernetes_mode_the_waypoint_follows_the_api_server() {
     for _ in 0..5 {
         assert_eq!(answered_by(&tb, &client), "v1");
     }
-    let config = tb.exec_in_netns(
-        &wp.netns,
-        &[
-            "curl",
-            "-sf",
-            &format!("http://{}:{ADMIN_PORT}/config", wp.ipv4),
-        ],
-    );
-    let config: Value = serde_json::from_slice(&config.stdout).expect("/config");
+    let config = admin_views_on_localhost_only(&tb, &wp);
     assert_eq!(
         config["services"][0]["service"], "shop/backend",
         "{config:#}"

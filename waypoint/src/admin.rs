@@ -1,7 +1,14 @@
-//! The waypoint's admin port: `/stats/prometheus` (metrics),
-//! `/healthz/ready` (200 once the HBONE listener is up and a certificate
-//! is issued) and `/config` (JSON: the services served, the routes and why
-//! any were rejected, the endpoints' health, and what each worker served).
+//! The waypoint's HTTP listeners besides HBONE, as the node agent's:
+//!
+//! | listener | default | paths |
+//! | --- | --- | --- |
+//! | `--metrics-addr` | `0.0.0.0:15020` (the pod's address: Prometheus and the kubelet reach it) | `/stats/prometheus` (also `/metrics`), `/healthz/ready` |
+//! | `--admin-addr` | `127.0.0.1:15000` (inside the pod only; `kubectl port-forward` reaches it) | `/config` |
+//!
+//! `/config` (JSON: the services served, the routes and why any were
+//! rejected, the endpoints' health, and what each worker served) says how
+//! the namespace's traffic is routed and which backends are failing:
+//! nothing another pod should read.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -13,10 +20,38 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Waypoint;
+use crate::{Waypoint, metrics::Metrics};
 
-/// Serves the admin endpoints on `listener` until cancelled.
-pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: CancellationToken) {
+/// Serves metrics and readiness on `listener` until cancelled.
+pub async fn serve_telemetry(
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) {
+    serve(listener, cancel, move |request| {
+        telemetry_response(&metrics, request.uri().path())
+    })
+    .await;
+}
+
+/// Serves the admin views (`/config`) on `listener` until cancelled.
+pub async fn serve_admin(
+    waypoint: Arc<Waypoint>,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) {
+    serve(listener, cancel, move |request| {
+        admin_response(&waypoint, request.uri().path())
+    })
+    .await;
+}
+
+/// Answers each request on `listener` with `respond` until cancelled.
+async fn serve<F>(listener: TcpListener, cancel: CancellationToken, respond: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
     loop {
         let tcp = tokio::select! {
             () = cancel.cancelled() => return,
@@ -29,11 +64,11 @@ pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: Cance
                 }
             },
         };
-        let waypoint = waypoint.clone();
+        let respond = respond.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let waypoint = waypoint.clone();
-                async move { Ok::<_, Infallible>(answer(&waypoint, &request)) }
+                let response = respond(&request);
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -42,14 +77,25 @@ pub async fn serve(waypoint: Arc<Waypoint>, listener: TcpListener, cancel: Cance
     }
 }
 
-fn answer(waypoint: &Waypoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match request.uri().path() {
+fn telemetry_response(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    match path {
         "/stats/prometheus" | "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            waypoint.metrics.encode(),
+            metrics.encode(),
         ),
         "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; here: /stats/prometheus, /metrics, /healthz/ready (the admin views are on --admin-addr, localhost)\n"
+                .to_owned(),
+        ),
+    }
+}
+
+fn admin_response(waypoint: &Waypoint, path: &str) -> Response<Full<Bytes>> {
+    match path {
         "/config" => reply(
             StatusCode::OK,
             "application/json",
@@ -58,7 +104,7 @@ fn answer(waypoint: &Waypoint, request: &Request<Incoming>) -> Response<Full<Byt
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found\n".to_owned(),
+            "not found; here: /config (metrics and readiness are on --metrics-addr)\n".to_owned(),
         ),
     }
 }

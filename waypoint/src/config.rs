@@ -86,10 +86,15 @@ pub struct Config {
     /// may use.
     #[arg(long, env = "AMBIT_WAYPOINT_WORKERS", default_value_t = 0)]
     pub workers: usize,
-    /// Where metrics (`/stats/prometheus`) and readiness (`/healthz/ready`)
-    /// are served.
-    #[arg(long, default_value = "0.0.0.0:15020")]
-    pub admin: SocketAddr,
+    /// Where metrics (`/stats/prometheus`, `/metrics`) and readiness
+    /// (`/healthz/ready`) are served: on the pod's address, for Prometheus
+    /// and the kubelet.
+    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Where the admin views (`/config`: routes, rejected routes, endpoint
+    /// health) are served: localhost, as the node agent's admin API.
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
     /// Log format: `text` or `json`.
     #[arg(long, env = "AMBIT_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -120,7 +125,7 @@ mod tests {
     use super::Config;
 
     #[test]
-    fn durations_read_as_routes_and_lifetimes_as_the_controllers() {
+    fn defaults_and_durations_read_as_routes_and_lifetimes_as_the_controllers() {
         let parse = |args: &[&str]| {
             Config::try_parse_from(
                 [
@@ -139,6 +144,8 @@ mod tests {
             )
         };
         let config = parse(&[]).unwrap();
+        assert_eq!(config.metrics_addr, "0.0.0.0:15020".parse().unwrap());
+        assert_eq!(config.admin_addr, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(config.config_poll, Duration::from_millis(200));
         assert_eq!(config.detect_timeout, Duration::from_millis(300));
         assert_eq!(config.cert_lifetime, Duration::from_hours(24));

@@ -51,14 +51,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let hbone = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HBONE on {}: {e}", config.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin)
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for admin on {}: {e}", config.admin))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for metrics and readiness on {} (--metrics-addr): {e}",
+                config.metrics_addr
+            )
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for the admin views on {} (--admin-addr): {e}",
+                config.admin_addr
+            )
+        })?;
     let runtime = Arc::new(runtime::Runtime::default());
     let worker_count = workers::count(config.workers);
     let metrics = Arc::new(metrics::Metrics::new());
     // The workers' copies carry the connections to backends; this one
-    // serves the admin port.
+    // serves the admin views.
     let waypoint = Arc::new(Waypoint {
         name: name.clone(),
         upstreams: upstream::Upstreams::new(
@@ -77,7 +90,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let workers = workers::Workers::start(&waypoint, worker_count, &cancel)?;
     tokio::spawn(renew(identity.clone(), cancel.clone()));
-    tokio::spawn(admin::serve(
+    tokio::spawn(admin::serve_telemetry(
+        waypoint.metrics.clone(),
+        metrics_listener,
+        cancel.clone(),
+    ));
+    tokio::spawn(admin::serve_admin(
         waypoint.clone(),
         admin_listener,
         cancel.clone(),
@@ -85,7 +103,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         identity = %identity.id,
         hbone = %config.listen,
-        admin = %config.admin,
+        metrics = %config.metrics_addr,
+        admin = %config.admin_addr,
         workers = worker_count,
         "waypoint ready"
     );
