@@ -85,7 +85,7 @@ pub enum WaypointError {
     },
     /// `--wait` ran out of time.
     #[error(
-        "waypoint {namespace}/{name} not ready after {secs} s (check `kubectl -n {namespace} describe deployment {name}` and the pod's log)"
+        "waypoint {namespace}/{name} not ready after {secs} s (check `kubectl -n {namespace} describe deployment {name}` and the pod's log; its readiness says why: `kubectl -n {namespace} port-forward deploy/{name} 15020` then `curl localhost:15020/healthz/ready`)"
     )]
     NotReady {
         /// Its namespace.

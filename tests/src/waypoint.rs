@@ -7,7 +7,12 @@
 //! (cluster IP [`VIP`], port 80 → 8080) names the waypoint, so meshed
 //! clients' connections to it go through `wp`.
 
-use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use serde_json::Value;
 
@@ -203,23 +208,8 @@ impl WaypointMesh {
 
     /// Starts the waypoint with `extra_args` and waits until it is ready.
     pub fn start_waypoint(&mut self, tb: &Testbed, extra_args: &[&str]) {
-        let ca = mesh_ca(tb);
-        let mut command = Command::new(Testbed::bin(WAYPOINT_BIN));
-        command
-            .args(["--name", "wp", "--namespace", "shop", "--config"])
-            .arg(&self.config_path)
-            .arg("--ca-cert")
-            .arg(ca.join("ca.pem"))
-            .arg("--ca-key")
-            .arg(ca.join("ca-key.pem"))
-            .args(["--log-format", "json"])
-            .args(extra_args)
-            .env(
-                "AMBIT_LOG",
-                std::env::var(crate::mesh::AGENT_LOG_ENV)
-                    .unwrap_or_else(|_| "info,waypoint=debug".to_owned()),
-            );
-        let waypoint = tb.spawn_in_pod(&self.wp, command);
+        self.spawn_waypoint(tb, &mesh_ca(tb), extra_args);
+        let waypoint = self.waypoint();
         let ready = waypoint.wait_for_stderr_line(Duration::from_secs(20), |line| {
             line.contains("waypoint ready")
         });
@@ -228,7 +218,49 @@ impl WaypointMesh {
             "the waypoint did not start\n{}",
             waypoint.report()
         );
-        self.waypoint = Some(waypoint);
+    }
+
+    /// Starts the waypoint with the mesh CA's files from `ca_dir`
+    /// (`ca.pem`, `ca-key.pem`) and `extra_args`, without waiting.
+    pub fn spawn_waypoint(&mut self, tb: &Testbed, ca_dir: &Path, extra_args: &[&str]) {
+        let mut command = Command::new(Testbed::bin(WAYPOINT_BIN));
+        command
+            .args(["--name", "wp", "--namespace", "shop", "--config"])
+            .arg(&self.config_path)
+            .arg("--ca-cert")
+            .arg(ca_dir.join("ca.pem"))
+            .arg("--ca-key")
+            .arg(ca_dir.join("ca-key.pem"))
+            .args(["--log-format", "json"])
+            .args(extra_args)
+            .env(
+                "AMBIT_LOG",
+                std::env::var(crate::mesh::AGENT_LOG_ENV)
+                    .unwrap_or_else(|_| "info,waypoint=debug".to_owned()),
+            );
+        self.waypoint = Some(tb.spawn_in_pod(&self.wp, command));
+    }
+
+    /// The waypoint's readiness, as the kubelet probes it on the pod's
+    /// address: (HTTP status, body); status 0 when nothing answers.
+    #[must_use]
+    pub fn readiness(&self, tb: &Testbed) -> (u16, String) {
+        let url = format!("http://{}:{METRICS_PORT}/healthz/ready", self.wp.ipv4);
+        let out = tb.exec_in_netns(
+            &self.wp.netns,
+            &[
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.parse().unwrap_or(0), body.to_owned())
     }
 
     /// The running waypoint.

@@ -716,12 +716,16 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
         return;
     };
     let bundle_file = trust_bundle_published_for_waypoints(&s);
-    s.kube
-        .apply(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "wp-1", "namespace": "shop", "labels": {"ambit.dev/waypoint": "wp"}},
-            "spec": {"nodeName": "cp", "serviceAccountName": "wp",
-                     "containers": [{"name": "waypoint", "image": "ambit-waypoint"}]}}))
-        .expect("the waypoint pod");
+    // The waypoint's pod, not labelled as one yet.
+    let waypoint_pod = |labels: Value| {
+        s.kube
+            .apply(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "wp-1", "namespace": "shop", "labels": labels},
+                "spec": {"nodeName": "cp", "serviceAccountName": "wp",
+                         "containers": [{"name": "waypoint", "image": "ambit-waypoint"}]}}))
+            .expect("the waypoint pod");
+    };
+    waypoint_pod(json!({}));
     s.kube.register_pod_token(
         "wp-token",
         "system:serviceaccount:shop:wp",
@@ -758,37 +762,29 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("its own certificate"), "{text}");
 
-    // The waypoint itself, with its pod-bound token: signed, and serving.
-    let token_file = s.tb.run_dir().join("wp-token");
-    std::fs::write(&token_file, "wp-token").expect("token file");
-    let mut command = Command::new(Testbed::bin("ambit-waypoint"));
-    command
-        .args([
-            "--name",
-            "wp",
-            "--namespace",
-            "shop",
-            "--kubernetes",
-            "--kube-api-url",
-            &s.kube.url(),
-        ])
-        .args([
-            "--ca-address",
-            &format!("https://{}:{PORT}", s.cp.underlay_v4),
-        ])
-        .arg("--ca-token-file")
-        .arg(&token_file)
-        .arg("--trust-bundle")
-        .arg(&bundle_file)
-        .args([
-            "--pod-name",
-            "wp-1",
-            "--listen",
-            "127.0.0.1:15008",
-            "--metrics-addr",
-            "127.0.0.1:15020",
-        ]);
-    let waypoint = s.tb.spawn_on_node(&s.cp, &s.cp.agent_cgroup, command);
+    // The waypoint itself, with its pod-bound token. Its pod is not
+    // labelled yet: refused, it keeps asking and is not ready, and says
+    // why; once labelled: signed, serving and ready.
+    let waypoint = spawn_waypoint(&s, &bundle_file);
+    let readiness = || waypoint_readiness(&s);
+    let deadline = Instant::now() + WAIT;
+    let mut answer = readiness();
+    while !answer.contains("is not a waypoint") {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never said why there is no certificate: {answer:?}\n{}",
+            waypoint.report()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        answer = readiness();
+    }
+    assert!(
+        answer.starts_with("not ready: no certificate yet: the controller at https://")
+            && answer.ends_with(" 503"),
+        "{answer:?}"
+    );
+    assert!(waypoint.try_wait().is_none(), "{}", waypoint.report());
+    waypoint_pod(json!({"ambit.dev/waypoint": "wp"}));
     assert!(
         waypoint
             .wait_for_stderr_line(WAIT, |l| l.contains("waypoint ready"))
@@ -797,6 +793,7 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
         waypoint.report(),
         s.controller.report()
     );
+    assert_eq!(readiness(), "ready\n 200");
     let signed = s.controller.wait_for_stderr_line(WAIT, |l| {
         l.contains("certificate signed") && l.contains("shop/wp-1") && l.contains("/sa/wp")
     });
@@ -818,6 +815,59 @@ fn a_waypoint_gets_its_own_certificate_and_nothing_else() {
         l.contains("cannot be used; keeping the roots in use")
     });
     assert!(refused.is_some(), "{}", waypoint.report());
+}
+
+/// The waypoint `shop/wp` in pod `wp-1` on `cp`, in Kubernetes mode, with
+/// its certificate from the controller and the trust bundle `bundle_file`.
+fn spawn_waypoint(s: &Setup, bundle_file: &Path) -> Proc {
+    let token_file = s.tb.run_dir().join("wp-token");
+    std::fs::write(&token_file, "wp-token").expect("token file");
+    let mut command = Command::new(Testbed::bin("ambit-waypoint"));
+    command
+        .args([
+            "--name",
+            "wp",
+            "--namespace",
+            "shop",
+            "--kubernetes",
+            "--kube-api-url",
+            &s.kube.url(),
+        ])
+        .args([
+            "--ca-address",
+            &format!("https://{}:{PORT}", s.cp.underlay_v4),
+        ])
+        .arg("--ca-token-file")
+        .arg(&token_file)
+        .arg("--trust-bundle")
+        .arg(bundle_file)
+        .args([
+            "--pod-name",
+            "wp-1",
+            "--listen",
+            "127.0.0.1:15008",
+            "--metrics-addr",
+            "127.0.0.1:15020",
+        ]);
+    s.tb.spawn_on_node(&s.cp, &s.cp.agent_cgroup, command)
+}
+
+/// What the waypoint of [`spawn_waypoint`] answers on `/healthz/ready`,
+/// then a space and the HTTP status.
+fn waypoint_readiness(s: &Setup) -> String {
+    let out = s.tb.exec_in_netns(
+        &s.cp.netns,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-w",
+            " %{http_code}",
+            "http://127.0.0.1:15020/healthz/ready",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A waypoint's account appears (as `ambit waypoint apply` writes it): the

@@ -10,7 +10,9 @@ use std::{
 };
 
 use ambit_tests::{
-    Pod, Testbed, testbed_or_skip,
+    Pod, Testbed,
+    mesh::mesh_ca,
+    testbed_or_skip,
     waypoint::{GET_ONLY_FOR_CLIENT_A, VIP, WaypointMesh, admin_views_on_localhost_only},
     workload::{pod_tool, try_send},
 };
@@ -527,6 +529,55 @@ fn a_declared_app_protocol_replaces_detection() {
         );
         assert_eq!(http, "200", "{version}");
     }
+}
+
+#[test]
+fn the_waypoint_is_ready_only_once_it_can_serve() {
+    let mut tb = testbed_or_skip!("waypoint_readiness");
+    let mut mesh = WaypointMesh::new(&mut tb, "");
+    let (v1, v2) = (mesh.v1.clone(), mesh.v2.clone());
+    mesh.serve_http(&tb, &v1, &[]);
+    mesh.serve_http(&tb, &v2, &[]);
+    // The CA's files are not there yet (as a secret not yet mounted): the
+    // waypoint has its configuration but no certificate, keeps asking for
+    // one, and its readiness says so.
+    let ca = tb.run_dir().join("ca-not-yet");
+    mesh.spawn_waypoint(&tb, &ca, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut status, mut body) = mesh.readiness(&tb);
+    while status != 503 || body.contains("the configuration has not been applied yet") {
+        assert!(
+            Instant::now() < deadline,
+            "readiness: {status} {body:?}\n{}",
+            mesh.waypoint().report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        (status, body) = mesh.readiness(&tb);
+    }
+    assert_eq!(status, 503, "{body:?}");
+    assert!(
+        body.starts_with("not ready: no certificate yet: ")
+            && body.contains("ca-not-yet")
+            && body.ends_with("; HBONE is not served yet\n"),
+        "{body:?}"
+    );
+    assert_eq!(
+        mesh.curl(&tb, &mesh.client_a, "/", &["--max-time", "2"])
+            .status,
+        0,
+        "a waypoint without a certificate served a client"
+    );
+    // The files appear: it serves, and says it is ready.
+    std::fs::create_dir_all(&ca).expect("the CA directory");
+    for file in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(mesh_ca(&tb).join(file), ca.join(file)).expect("the CA's files");
+    }
+    let ready = mesh
+        .waypoint()
+        .wait_for_stderr_line(Duration::from_secs(40), |l| l.contains("waypoint ready"));
+    assert!(ready.is_some(), "{}", mesh.waypoint().report());
+    assert_eq!(mesh.readiness(&tb), (200, "ready\n".to_owned()));
+    assert_eq!(mesh.curl(&tb, &mesh.client_a, "/", &[]).status, 200);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! | listener | default | paths |
 //! | --- | --- | --- |
-//! | `--metrics-addr` | `0.0.0.0:15020` (the pod's address: Prometheus and the kubelet reach it) | `/stats/prometheus` (also `/metrics`), `/healthz/ready` |
+//! | `--metrics-addr` | `0.0.0.0:15020` (the pod's address: Prometheus and the kubelet reach it) | `/stats/prometheus` (also `/metrics`), `/healthz/ready` (200 once the waypoint can serve, else 503 and why: see [`crate::readiness`]) |
 //! | `--admin-addr` | `127.0.0.1:15000` (inside the pod only; `kubectl port-forward` reaches it) | `/config` |
 //!
 //! `/config` (JSON: the services served, the routes and why any were
@@ -20,16 +20,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Waypoint, metrics::Metrics};
+use crate::{Waypoint, metrics::Metrics, readiness::Readiness};
 
 /// Serves metrics and readiness on `listener` until cancelled.
 pub async fn serve_telemetry(
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     listener: TcpListener,
     cancel: CancellationToken,
 ) {
     serve(listener, cancel, move |request| {
-        telemetry_response(&metrics, request.uri().path())
+        telemetry_response(&metrics, &readiness, request.uri().path())
     })
     .await;
 }
@@ -77,14 +78,25 @@ where
     }
 }
 
-fn telemetry_response(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+fn telemetry_response(
+    metrics: &Metrics,
+    readiness: &Readiness,
+    path: &str,
+) -> Response<Full<Bytes>> {
     match path {
         "/stats/prometheus" | "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/healthz/ready" => match readiness.check(std::time::SystemTime::now()) {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Err(reasons) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {}\n", reasons.join("; ")),
+            ),
+        },
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

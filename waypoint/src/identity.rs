@@ -7,8 +7,14 @@
 //! pick the current certificate at handshake time. With the controller, the
 //! trust bundle file (the `ambit-trust-bundle` `ConfigMap`, mounted) is
 //! followed: after a CA rotation new connections trust the new roots.
+//!
+//! The first certificate is asked for until it is issued ([`until_issued`]):
+//! a waypoint that starts before the controller can sign for it (the
+//! controller or the trust bundle not there yet, its pod not labelled yet)
+//! waits, not ready, instead of exiting.
 
 use std::{
+    future::Future,
     path::Path,
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
@@ -24,6 +30,13 @@ use mesh_core::{
 };
 use node_agent::identity::controller::{ControllerClient, ControllerError};
 use rustls::{RootCertStore, sign::CertifiedKey};
+
+/// Wait after a first failed attempt at the first certificate; it doubles
+/// with each failure in a row, up to [`RETRY_MAX`] (as the node agent asks
+/// the controller again).
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between attempts at the first certificate.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why the waypoint has no certificate.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +91,39 @@ pub struct WaypointIdentity {
 struct Issued {
     key: Arc<CertifiedKey>,
     renew_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+/// Runs `attempt` until it gives the waypoint its first certificate,
+/// waiting longer after each failure (from [`RETRY_FIRST`], doubling up to
+/// [`RETRY_MAX`]); each failure is logged and handed to `failed`.
+pub async fn until_issued<A, F>(
+    mut attempt: A,
+    failed: impl Fn(&WaypointIdentityError),
+) -> WaypointIdentity
+where
+    A: FnMut() -> F,
+    F: Future<Output = Result<WaypointIdentity, WaypointIdentityError>>,
+{
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(identity) => return identity,
+            Err(error) => {
+                failures += 1;
+                let retry_in = backoff(failures);
+                tracing::warn!(%error, ?retry_in, "no certificate yet; asking again");
+                failed(&error);
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// How long to wait after `failures` failed attempts in a row.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
 }
 
 impl WaypointIdentity {
@@ -155,6 +201,15 @@ impl WaypointIdentity {
             .clone()
     }
 
+    /// When the certificate in use expires.
+    #[must_use]
+    pub fn expires_at(&self) -> SystemTime {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .expires_at
+    }
+
     /// Renews the certificate if it is past half its life.
     pub async fn renew_if_due(&self, now: SystemTime) -> Result<bool, WaypointIdentityError> {
         let due = self
@@ -218,5 +273,20 @@ fn certify(
     Ok(Issued {
         key: Arc::new(certified),
         renew_at: certificate.not_before + half,
+        expires_at: certificate.not_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RETRY_FIRST, RETRY_MAX, backoff};
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_limit() {
+        assert_eq!(backoff(1), RETRY_FIRST);
+        assert_eq!(backoff(2), RETRY_FIRST * 2);
+        assert_eq!(backoff(4), RETRY_FIRST * 8);
+        assert_eq!(backoff(12), RETRY_MAX);
+        assert_eq!(backoff(u32::MAX), RETRY_MAX);
+    }
 }

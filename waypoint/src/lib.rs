@@ -14,6 +14,8 @@
 //! - [`state`]: services, endpoints, policies and routes, from the
 //!   configuration file.
 //! - [`workers`]: the data path's threads, one event loop each.
+//! - [`admin`] and [`readiness`]: metrics and readiness on the pod's
+//!   address, the admin views on localhost.
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod opaque;
 pub mod pool;
+pub mod readiness;
 pub mod resilience;
 pub mod runtime;
 pub mod state;

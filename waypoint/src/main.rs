@@ -9,8 +9,10 @@ use tokio_util::sync::CancellationToken;
 use waypoint::{
     Waypoint, admin,
     config::{Config, LogFormat},
-    identity::WaypointIdentity,
-    inbound, metrics, runtime, state, upstream, workers,
+    identity::{self, WaypointIdentity, WaypointIdentityError},
+    inbound, metrics,
+    readiness::Readiness,
+    runtime, state, upstream, workers,
 };
 
 fn main() -> ExitCode {
@@ -45,31 +47,42 @@ async fn run(config: Config) -> anyhow::Result<()> {
         trust_domain: config.trust_domain.clone(),
     };
     let id = SpiffeId::new(&config.trust_domain, &config.namespace, &config.name)?;
-    let identity = Arc::new(identity(&config, id).await?);
     let cancel = CancellationToken::new();
-    let state = configuration(&config, &name, &cancel).await?;
-    let hbone = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for HBONE on {}: {e}", config.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen for metrics and readiness on {} (--metrics-addr): {e}",
-                config.metrics_addr
-            )
-        })?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen for the admin views on {} (--admin-addr): {e}",
-                config.admin_addr
-            )
-        })?;
+    // Metrics and readiness answer from the start: the kubelet sees 503,
+    // and why, until the waypoint can serve.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let metrics_listener = bind(
+        config.metrics_addr,
+        "metrics and readiness",
+        "--metrics-addr",
+    )
+    .await?;
+    tokio::spawn(admin::serve_telemetry(
+        metrics.clone(),
+        readiness.clone(),
+        metrics_listener,
+        cancel.clone(),
+    ));
+    let start = async {
+        tokio::try_join!(identity(&config, id, &readiness), async {
+            let state = configuration(&config, &name, &cancel).await?;
+            readiness.configuration_applied();
+            Ok(state)
+        })
+    };
+    let (identity, state) = tokio::select! {
+        started = start => started?,
+        () = shutdown_signal() => {
+            cancel.cancel();
+            anyhow::bail!("interrupted before the waypoint could serve");
+        }
+    };
+    let identity = Arc::new(identity);
+    let hbone = bind(config.listen, "HBONE", "--listen").await?;
+    let admin_listener = bind(config.admin_addr, "the admin views", "--admin-addr").await?;
     let runtime = Arc::new(runtime::Runtime::default());
     let worker_count = workers::count(config.workers);
-    let metrics = Arc::new(metrics::Metrics::new());
     // The workers' copies carry the connections to backends; this one
     // serves the admin views.
     let waypoint = Arc::new(Waypoint {
@@ -89,17 +102,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         workers: Arc::new(workers::WorkerStats::new(worker_count)),
     });
     let workers = workers::Workers::start(&waypoint, worker_count, &cancel)?;
-    tokio::spawn(renew(identity.clone(), cancel.clone()));
-    tokio::spawn(admin::serve_telemetry(
-        waypoint.metrics.clone(),
-        metrics_listener,
-        cancel.clone(),
-    ));
+    tokio::spawn(renew(identity.clone(), readiness.clone(), cancel.clone()));
     tokio::spawn(admin::serve_admin(
         waypoint.clone(),
         admin_listener,
         cancel.clone(),
     ));
+    readiness.listening();
     tracing::info!(
         identity = %identity.id,
         hbone = %config.listen,
@@ -116,6 +125,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     cancel.cancel();
     workers.join();
     Ok(())
+}
+
+/// A listener on `addr` for `what`, or an error naming the flag.
+async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+    flag: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr} ({flag}): {e}"))
 }
 
 /// The configuration, from the file or the API server as the node agents
@@ -155,10 +175,7 @@ async fn configuration(
         .start(publish, cancel.clone())
         .await
         .map_err(|error| anyhow::anyhow!("{error}\nhint: {hint}"))?;
-    tokio::select! {
-        () = source.wait_for_first(&snapshots, cancel) => {}
-        () = shutdown_signal() => anyhow::bail!("interrupted before the configuration was read"),
-    }
+    source.wait_for_first(&snapshots, cancel).await;
     let first = snapshots.borrow_and_update().as_ref().clone();
     let state = Arc::new(Published::new(state::State::build(
         first,
@@ -175,11 +192,25 @@ async fn configuration(
 }
 
 /// The waypoint's first certificate: from the local CA files, or from the
-/// controller.
-async fn identity(config: &Config, id: SpiffeId) -> anyhow::Result<WaypointIdentity> {
-    match (&config.ca_cert, &config.ca_key, &config.ca_address) {
+/// controller; asked for until it is issued, each failure shown by
+/// readiness.
+async fn identity(
+    config: &Config,
+    id: SpiffeId,
+    readiness: &Readiness,
+) -> anyhow::Result<WaypointIdentity> {
+    let failed = |error: &WaypointIdentityError| readiness.certificate_failed(error);
+    let identity = match (&config.ca_cert, &config.ca_key, &config.ca_address) {
         (Some(cert), Some(key), _) => {
-            Ok(WaypointIdentity::new(id, cert, key, config.cert_lifetime)?)
+            let issue = || {
+                std::future::ready(WaypointIdentity::new(
+                    id.clone(),
+                    cert,
+                    key,
+                    config.cert_lifetime,
+                ))
+            };
+            identity::until_issued(issue, failed).await
         }
         (_, _, Some(address)) => {
             let client = node_agent::identity::controller::ControllerClient::new(
@@ -191,25 +222,40 @@ async fn identity(config: &Config, id: SpiffeId) -> anyhow::Result<WaypointIdent
                 name: config.pod_name.clone().unwrap_or_default(),
             };
             let bundle = config.trust_bundle.clone().unwrap_or_default();
-            Ok(WaypointIdentity::from_controller(id, client, pod, &bundle).await?)
+            let issue = || {
+                WaypointIdentity::from_controller(id.clone(), client.clone(), pod.clone(), &bundle)
+            };
+            identity::until_issued(issue, failed).await
         }
         _ => anyhow::bail!("give --ca-cert and --ca-key, or --ca-address"),
-    }
+    };
+    readiness.certificate_issued(identity.expires_at());
+    Ok(identity)
 }
 
 /// Renews the certificate at half its life (checked every 30 s) and
 /// follows the trust bundle file (checked every 5 s, as the node agents
-/// do).
-async fn renew(identity: Arc<WaypointIdentity>, cancel: CancellationToken) {
+/// do). Readiness follows the certificate: ready while one is valid.
+async fn renew(
+    identity: Arc<WaypointIdentity>,
+    readiness: Arc<Readiness>,
+    cancel: CancellationToken,
+) {
     let mut renewals = tokio::time::interval(Duration::from_secs(30));
     let mut bundle_checks = tokio::time::interval(node_agent::identity::TRUST_BUNDLE_POLL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = renewals.tick() => match identity.renew_if_due(std::time::SystemTime::now()).await {
-                Ok(true) => tracing::info!(identity = %identity.id, "certificate renewed"),
+                Ok(true) => {
+                    readiness.certificate_issued(identity.expires_at());
+                    tracing::info!(identity = %identity.id, "certificate renewed");
+                }
                 Ok(false) => {}
-                Err(error) => tracing::error!(%error, "certificate renewal failed; retrying in 30 s"),
+                Err(error) => {
+                    readiness.certificate_failed(&error);
+                    tracing::error!(%error, "certificate renewal failed; retrying in 30 s");
+                }
             },
             _ = bundle_checks.tick() => match identity.follow_trust_bundle() {
                 Ok(Some(roots)) => {
