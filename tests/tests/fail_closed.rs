@@ -13,7 +13,7 @@ use ambit_tests::{
     Node, Pod, Proc, Testbed,
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, ip_of, send, serve},
+    workload::{ECHO_PORT, WAIT, ip_of, ping, send, serve},
 };
 
 /// Bytes that mark this test's plaintext on the wire.
@@ -219,7 +219,15 @@ fn nothing_lapses_when_the_agent(how: Stop, name: &str) {
 
     let pcap = tb.run_dir().join("gap.pcap");
     let tcpdump = capture(&tb, &n2, &pcap);
+    // Mid-traffic: a meshed stream (client → open, through the agent)
+    // exchanges a byte every 50 ms while the agent goes away.
+    let in_flight = ping(&tb, &client, &to_open, 60);
     stop_agent(&agent, how);
+    let cut = in_flight.wait_for_event("ping_end", WAIT);
+    assert!(
+        cut["kind"].is_string(),
+        "the stream the agent carried ends with it: {cut}"
+    );
 
     // The gap: nothing reaches an application around the mesh.
     for (to, what) in [

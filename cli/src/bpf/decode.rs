@@ -83,8 +83,10 @@ pub enum Value {
         ipv4: Option<Ipv4Addr>,
         /// The pod's IPv6 address, if it has one.
         ipv6: Option<Ipv6Addr>,
-        /// Reserved per-pod flags (zero today).
+        /// Per-pod flags, as pinned.
         flags: u32,
+        /// The pod's mTLS mode, from the flags: `strict` or `permissive`.
+        mtls: &'static str,
     },
     /// Where a redirected connection was going (`AMBIT_ODST_*`).
     OriginalDst {
@@ -176,7 +178,7 @@ impl MapKind {
     pub fn headers(self) -> &'static [&'static str] {
         const TUPLE: [&str; 3] = ["NETNS COOKIE", "SRC", "DST"];
         match self {
-            Self::Enrolled => &["NETNS COOKIE", "IPV4", "IPV6", "FLAGS"],
+            Self::Enrolled => &["NETNS COOKIE", "IPV4", "IPV6", "MTLS"],
             Self::OriginalDstBySocket => &["SOCKET COOKIE", "ORIGINAL DST", "NETNS COOKIE"],
             Self::OriginalDstByTuple => {
                 &[TUPLE[0], TUPLE[1], TUPLE[2], "ORIGINAL DST", "NETNS COOKIE"]
@@ -254,8 +256,10 @@ impl Key {
 impl Value {
     fn cells(&self) -> Vec<String> {
         match self {
-            Self::Enrolled { ipv4, ipv6, flags } => {
-                vec![or_dash(*ipv4), or_dash(*ipv6), flags.to_string()]
+            Self::Enrolled {
+                ipv4, ipv6, mtls, ..
+            } => {
+                vec![or_dash(*ipv4), or_dash(*ipv6), (*mtls).to_owned()]
             }
             Self::OriginalDst {
                 original_dst,
@@ -296,6 +300,11 @@ pub fn enrolled(netns_cookie: u64, value: &EnrolledNetns) -> Entry {
             ipv4: enrolled_ipv4(value),
             ipv6: enrolled_ipv6(value),
             flags: value.flags,
+            mtls: if value.is_strict() {
+                "strict"
+            } else {
+                "permissive"
+            },
         }),
     }
 }
