@@ -1212,9 +1212,29 @@ impl Drop for NodeAgents {
         if self.0.is_empty() {
             return;
         }
-        progress("stopping the node agents (they detach their eBPF programs)");
+        // Stopping an agent never takes its pods out of the mesh (they would
+        // fail closed until the next agent): `ambit uninstall` does, through
+        // the running agent, which then exits.
+        progress(
+            "uninstalling: each node agent releases its pods, removes its eBPF state and exits (ambit uninstall)",
+        );
+        let ambit = ambit_tests::Testbed::bin("ambit");
         for agent in &self.0 {
-            let status = agent.proc.terminate();
+            let bpffs_dir = agent.node.bpffs.join("ambit");
+            let uninstalled = std::process::Command::new("ip")
+                .args(["netns", "exec", &agent.node.netns])
+                .arg(&ambit)
+                .args(["--admin", &agent.admin_addr, "uninstall", "--bpffs-dir"])
+                .arg(&bpffs_dir)
+                .status()
+                .is_ok_and(|status| status.success());
+            if !uninstalled {
+                eprintln!("ambit-demo: ambit uninstall failed on {}", agent.node.name);
+            }
+            let status = agent
+                .proc
+                .wait_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|| agent.proc.terminate());
             if !status.success() {
                 eprintln!(
                     "ambit-demo: the agent on {} ended with {status}",
