@@ -357,14 +357,7 @@ impl Active {
         };
         // Left by an agent that died: nobody answers on it (the lock is ours).
         let _ = std::fs::remove_file(path);
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(socket_error)?;
-        let addr = UnixAddr::new(path).map_err(socket_error)?;
+        let (listener, addr) = seqpacket(path)?;
         bind(listener.as_raw_fd(), &addr).map_err(socket_error)?;
         listen(&listener, Backlog::new(4).map_err(socket_error)?).map_err(socket_error)?;
         tracing::info!(socket = %path.display(), "active agent of this node; successors hand over through this socket");
@@ -487,19 +480,11 @@ impl Active {
 
 impl Channel {
     fn connect(path: &Path) -> Result<Self, HandoffError> {
-        let socket_error = |source| HandoffError::Socket {
+        let (fd, addr) = seqpacket(path)?;
+        connect(fd.as_raw_fd(), &addr).map_err(|source| HandoffError::Socket {
             path: path.to_owned(),
             source,
-        };
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(socket_error)?;
-        let addr = UnixAddr::new(path).map_err(socket_error)?;
-        connect(fd.as_raw_fd(), &addr).map_err(socket_error)?;
+        })?;
         Ok(Self(fd))
     }
 
@@ -564,6 +549,23 @@ impl Channel {
             .map_err(|error| HandoffError::Protocol(format!("bad message: {error}")))?;
         Ok((message, fds))
     }
+}
+
+/// A new unix seqpacket socket and the address of `path`.
+fn seqpacket(path: &Path) -> Result<(OwnedFd, UnixAddr), HandoffError> {
+    let socket_error = |source| HandoffError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(socket_error)?;
+    let addr = UnixAddr::new(path).map_err(socket_error)?;
+    Ok((fd, addr))
 }
 
 /// `timeout` as the `timespec` `TimeVal` is built from.

@@ -123,6 +123,32 @@ impl Agent {
         Self::spawn_with(tb, node, config_path.clone(), &args)
     }
 
+    /// Starts a successor on `node`, which takes the pods over from the
+    /// agent running there (the handoff): a new agent process with the same
+    /// bpffs and handoff socket and its own admin, metrics and readiness
+    /// ports (`generation` picks them: 15000 + 100 × generation, …), since
+    /// it shares the node's network namespace with its predecessor. Returns
+    /// at once.
+    pub fn spawn_successor(tb: &Testbed, node: &Node, config_yaml: &str, generation: u16) -> Agent {
+        let base = 15_000 + 100 * (generation % 50 + 1);
+        let admin = format!("127.0.0.1:{base}");
+        let metrics = format!("0.0.0.0:{}", base + 20);
+        let readiness = format!("0.0.0.0:{}", base + 21);
+        Self::spawn(
+            tb,
+            node,
+            config_yaml,
+            &[
+                "--admin-addr",
+                &admin,
+                "--metrics-addr",
+                &metrics,
+                "--readiness-addr",
+                &readiness,
+            ],
+        )
+    }
+
     /// Starts an agent in Kubernetes mode, reading the API server at
     /// `api_url`, and returns at once.
     pub fn spawn_kubernetes(

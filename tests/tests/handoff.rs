@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use ambit_tests::{
-    Node, Pod, Proc, Testbed,
+    Pod, Proc, Testbed,
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
     workload::{ECHO_PORT, WAIT, ip_of, pod_tool, serve},
@@ -65,29 +65,6 @@ fn ping(tb: &Testbed, from: &Pod, to: &Pod) -> Proc {
             "--max-secs",
             &(LOAD_SECS - 2).to_string(),
         ]),
-    )
-}
-
-/// A successor agent on `node`: its own admin, metrics and readiness ports
-/// (it shares the node's network namespace with its predecessor, as two
-/// agent pods never do in Kubernetes).
-fn successor(tb: &Testbed, node: &Node, config: &str, generation: usize) -> Agent {
-    let base = 15_000 + 100 * u16::try_from(generation).expect("few handoffs");
-    let admin = format!("127.0.0.1:{base}");
-    let metrics = format!("0.0.0.0:{}", base + 20);
-    let readiness = format!("0.0.0.0:{}", base + 21);
-    Agent::spawn(
-        tb,
-        node,
-        config,
-        &[
-            "--admin-addr",
-            &admin,
-            "--metrics-addr",
-            &metrics,
-            "--readiness-addr",
-            &readiness,
-        ],
     )
 }
 
@@ -149,7 +126,12 @@ fn five_handoffs_under_load_refuse_and_reset_nothing() {
         } else {
             ("n1", &n1)
         };
-        let next = successor(&tb, node, &config, generation);
+        let next = Agent::spawn_successor(
+            &tb,
+            node,
+            &config,
+            u16::try_from(generation).expect("few handoffs"),
+        );
         next.proc
             .wait_for_stderr_line(WAIT, |l| {
                 l.contains("took the pods over from the previous agent")

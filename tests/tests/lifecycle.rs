@@ -62,6 +62,33 @@ fn pins(node: &Node) -> usize {
     std::fs::read_dir(node.bpffs.join("ambit/links")).map_or(0, Iterator::count)
 }
 
+/// `ambit uninstall` for `node`'s agent and pins, run in the node's network
+/// namespace; it must succeed.
+fn uninstall(tb: &Testbed, node: &Node, args: &[&str]) -> std::process::Output {
+    let ambit = Testbed::bin("ambit");
+    let bpffs_dir = node.bpffs.join("ambit");
+    let mut command = vec![
+        ambit.to_str().expect("utf-8 path"),
+        "uninstall",
+        "--bpffs-dir",
+        bpffs_dir.to_str().expect("utf-8 path"),
+    ];
+    command.extend_from_slice(args);
+    let out = tb.exec_in_netns(&node.netns, &command);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// [`uninstall`]'s JSON report.
+fn uninstall_json(tb: &Testbed, node: &Node) -> Value {
+    serde_json::from_slice(&uninstall(tb, node, &["-o", "json"]).stdout).expect("JSON report")
+}
+
 /// The pod's return-mark sysctls (`tcp_fwmark_accept`, `fwmark_reflect`)
 /// all read `expected`: "1" while enrolled, "0" after.
 fn assert_mark_sysctls(tb: &Testbed, pod: &Pod, expected: &str) {
@@ -189,21 +216,7 @@ fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
 
     // `ambit uninstall` through the running agent: it un-enrolls the pod
     // (return path and sysctls too), removes everything and exits.
-    let ambit = Testbed::bin("ambit");
-    let ambit = ambit.to_str().expect("utf-8 path");
-    let bpffs_dir = n1.bpffs.join("ambit");
-    let bpffs_dir = bpffs_dir.to_str().expect("utf-8 path");
-    let out = tb.exec_in_netns(
-        &n1.netns,
-        &[ambit, "uninstall", "--bpffs-dir", bpffs_dir, "-o", "json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = uninstall_json(&tb, &n1);
     assert_eq!(report["via"], "agent", "{report}");
     let status = second
         .proc
@@ -250,17 +263,8 @@ fn uninstall_without_an_agent_removes_the_pinned_state() {
         "without an agent the enrolled pod's traffic is refused: {sent}"
     );
 
-    let ambit = Testbed::bin("ambit");
-    let ambit = ambit.to_str().expect("utf-8 path");
-    let bpffs_dir = n1.bpffs.join("ambit");
-    let bpffs_dir = bpffs_dir.to_str().expect("utf-8 path");
-    let out = tb.exec_in_netns(&n1.netns, &[ambit, "uninstall", "--bpffs-dir", bpffs_dir]);
+    let out = uninstall(&tb, &n1, &[]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         table.contains("9 link(s) detached") && table.contains("map(s) removed"),
         "{table}"
@@ -272,12 +276,7 @@ fn uninstall_without_an_agent_removes_the_pinned_state() {
     wait_conn_from(&echo, &client.ipv4.to_string());
 
     // Nothing left: a second uninstall says so and succeeds.
-    let out = tb.exec_in_netns(
-        &n1.netns,
-        &[ambit, "uninstall", "--bpffs-dir", bpffs_dir, "-o", "json"],
-    );
-    assert!(out.status.success());
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = uninstall_json(&tb, &n1);
     assert_eq!(report["via"], "nothing", "{report}");
 }
 

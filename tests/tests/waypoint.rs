@@ -535,9 +535,11 @@ fn a_declared_app_protocol_replaces_detection() {
 fn the_waypoint_is_ready_only_once_it_can_serve() {
     let mut tb = testbed_or_skip!("waypoint_readiness");
     let mut mesh = WaypointMesh::new(&mut tb, "");
-    let (v1, v2) = (mesh.v1.clone(), mesh.v2.clone());
-    mesh.serve_http(&tb, &v1, &[]);
-    mesh.serve_http(&tb, &v2, &[]);
+    // Every backend serves: the request at the end may go to any of them.
+    let (v1, v2, v3) = (mesh.v1.clone(), mesh.v2.clone(), mesh.v3.clone());
+    for backend in [&v1, &v2, &v3] {
+        mesh.serve_http(&tb, backend, &[]);
+    }
     // The CA's files are not there yet (as a secret not yet mounted): the
     // waypoint has its configuration but no certificate, keeps asking for
     // one, and its readiness says so.

@@ -34,17 +34,24 @@ fn fake_reconciler(
     })
 }
 
-#[test]
-fn a_successor_receives_the_very_listeners_and_becomes_active() {
+/// An active agent (layout 2) in a temporary directory serving one pod,
+/// whose inbound listener is the returned `app`, through a fake reconciler.
+fn serving_agent() -> (tempfile::TempDir, TcpListener, thread::JoinHandle<bool>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("handoff.sock");
-    let Ok(Start::Active(active)) = Start::begin(&path, 2) else {
+    let Ok(Start::Active(active)) = Start::begin(&dir.path().join("handoff.sock"), 2) else {
         panic!("the first agent is active");
     };
     let app = TcpListener::bind("127.0.0.1:0").expect("listener");
     let (requests, received) = mpsc::channel(1);
     let reconciler = fake_reconciler(&app, received);
     active.serve(2, requests).expect("serve");
+    (dir, app, reconciler)
+}
+
+#[test]
+fn a_successor_receives_the_very_listeners_and_becomes_active() {
+    let (dir, app, reconciler) = serving_agent();
+    let path = dir.path().join("handoff.sock");
 
     let Ok(Start::Successor(mut successor)) = Start::begin(&path, 2) else {
         panic!("the second agent takes over");
@@ -83,15 +90,8 @@ fn a_successor_receives_the_very_listeners_and_becomes_active() {
 
 #[test]
 fn another_layout_is_refused_naming_both_versions_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (dir, _app, reconciler) = serving_agent();
     let path = dir.path().join("handoff.sock");
-    let Ok(Start::Active(active)) = Start::begin(&path, 2) else {
-        panic!("the first agent is active");
-    };
-    let app = TcpListener::bind("127.0.0.1:0").expect("listener");
-    let (requests, received) = mpsc::channel(1);
-    let reconciler = fake_reconciler(&app, received);
-    active.serve(2, requests).expect("serve");
 
     let error = match Start::begin(&path, 3) {
         Err(error) => error.to_string(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ambit_tests::mesh::{Agent, pods_yaml};
 use ambit_tests::workload::{WAIT, pod_tool};
-use ambit_tests::{Node, Pod, Proc, Testbed};
+use ambit_tests::{Pod, Proc, Testbed};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -112,7 +112,8 @@ pub fn measure(quick: bool, runs: usize) -> Result<UpgradeReport, BenchError> {
         let during = churn(&tb, &client, &server, load_secs);
         std::thread::sleep(Duration::from_secs(load_secs) / 3);
         let started = Instant::now();
-        let next = successor(&tb, &n2, &config, run)?;
+        let generation = u16::try_from(run).map_err(|_| BenchError::failed("too many runs"))?;
+        let next = Agent::spawn_successor(&tb, &n2, &config, generation);
         next.proc
             .wait_for_stderr_line(WAIT, |l| {
                 l.contains("took the pods over from the previous agent")
@@ -184,36 +185,6 @@ fn churn_report(churn: &Proc) -> Result<Value, BenchError> {
         .into_iter()
         .find(|l| l["event"] == "crr")
         .ok_or_else(|| BenchError::failed(format!("crr printed no report\n{}", churn.report())))
-}
-
-/// A successor on `node`: a new agent process with its own admin, metrics
-/// and readiness ports (it shares the node's network namespace with the
-/// agent it takes over from).
-fn successor(
-    tb: &Testbed,
-    node: &Node,
-    config: &str,
-    generation: usize,
-) -> Result<Agent, BenchError> {
-    let base = u16::try_from(generation % 50 + 1)
-        .map(|g| 15_000 + 100 * g)
-        .map_err(|_| BenchError::failed("too many runs"))?;
-    let admin = format!("127.0.0.1:{base}");
-    let metrics = format!("0.0.0.0:{}", base + 20);
-    let readiness = format!("0.0.0.0:{}", base + 21);
-    Ok(Agent::spawn(
-        tb,
-        node,
-        config,
-        &[
-            "--admin-addr",
-            &admin,
-            "--metrics-addr",
-            &metrics,
-            "--readiness-addr",
-            &readiness,
-        ],
-    ))
 }
 
 fn number(report: &Value, field: &str) -> f64 {
