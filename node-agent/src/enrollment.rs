@@ -172,18 +172,6 @@ enum Family {
     V6,
 }
 
-// === impl EnrollError ===
-
-impl EnrollError {
-    /// Whether the pod waits for the controller to sign its certificate (a
-    /// request under way, or refused and retried with a backoff): the
-    /// certificate manager logs the refusals itself, once each.
-    #[must_use]
-    pub fn is_waiting_for_certificate(&self) -> bool {
-        matches!(self, Self::Certificate(error) if error.is_pending())
-    }
-}
-
 // === impl Enroller ===
 
 impl Enroller {

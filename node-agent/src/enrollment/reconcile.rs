@@ -121,7 +121,8 @@ pub struct Reconciler {
 }
 
 /// How long capture left by a previous agent is kept for pods that are
-/// configured but not enrolled yet (e.g. waiting for their certificate):
+/// configured but not enrolled yet (e.g. their network namespace not found
+/// yet; a pod waiting for its certificate is enrolled, captured, at once):
 /// removing it at once would let their connections bypass the mesh.
 const STALE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -346,11 +347,8 @@ impl Reconciler {
             let entry = match self.enroller.enroll(pod) {
                 Ok(enrollment) => Entry::Enrolled(Box::new(enrollment)),
                 Err(error) => {
-                    let waiting = error.is_waiting_for_certificate();
                     let error = error.to_string();
-                    if waiting {
-                        tracing::debug!(pod = %key, %error, "pod waits for its certificate");
-                    } else if previous_error.as_ref() != Some(&error) {
+                    if previous_error.as_ref() != Some(&error) {
                         tracing::error!(pod = %key, netns = %pod.netns.display(), %error, "cannot enroll pod; will retry");
                     }
                     Entry::Failed {
