@@ -42,7 +42,7 @@ use nix::{
             SockType, UnixAddr, accept, bind, connect, listen, recvmsg, sendmsg, setsockopt,
             socket, sockopt,
         },
-        time::TimeVal,
+        time::{TimeVal, TimeValLike as _},
     },
 };
 use serde::{Deserialize, Serialize};
@@ -506,10 +506,11 @@ impl Channel {
     }
 
     fn recv(&self, timeout: Duration) -> Result<(Message, Vec<OwnedFd>), HandoffError> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         setsockopt(
             &self.0,
             sockopt::ReceiveTimeout,
-            &TimeVal::from(timeout_timespec(timeout)),
+            &TimeVal::milliseconds(timeout_ms),
         )
         .map_err(|error| HandoffError::Protocol(format!("receive timeout: {error}")))?;
         let mut body = vec![0u8; MAX_MESSAGE];
@@ -566,14 +567,6 @@ fn seqpacket(path: &Path) -> Result<(OwnedFd, UnixAddr), HandoffError> {
     .map_err(socket_error)?;
     let addr = UnixAddr::new(path).map_err(socket_error)?;
     Ok((fd, addr))
-}
-
-/// `timeout` as the `timespec` `TimeVal` is built from.
-fn timeout_timespec(timeout: Duration) -> libc::timeval {
-    libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    }
 }
 
 /// Takes the active-agent lock beside `socket`, or `None` when another

@@ -36,6 +36,7 @@ use mesh_core::{
 use super::{HboneError, MAX_STREAMS_PER_CONNECTION, SPREAD_CONNECTIONS};
 use crate::{
     authz::Authorization,
+    copy::ChunkReader,
     proxy::{ByteCounts, PodContext},
 };
 
@@ -343,12 +344,13 @@ impl HboneStream {
         reported: &OnceLock<Authorization>,
     ) -> std::io::Result<(SendStream<Bytes>, h2::RecvStream, StreamSlot)> {
         let mut first = FirstBytes::Unread;
+        let mut reader = ChunkReader::new(tcp, FIRST_CHUNK);
         let mut retries = 0;
         loop {
             let response = if matches!(first, FirstBytes::Unread) {
                 tokio::select! {
                     response = &mut self.response => response,
-                    chunk = read_first_chunk(tcp) => {
+                    chunk = reader.next_chunk() => {
                         first = match chunk? {
                             Some(data) => {
                                 counts.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -419,20 +421,6 @@ impl HboneStream {
 /// `REFUSED_STREAM` says so of one stream. Either is safe to send again.
 fn refused_unprocessed(error: &h2::Error) -> bool {
     (error.is_go_away() && error.is_remote()) || error.reason() == Some(h2::Reason::REFUSED_STREAM)
-}
-
-/// The application's first bytes (at most one read), or `None` at EOF.
-async fn read_first_chunk(tcp: &tokio::net::TcpStream) -> std::io::Result<Option<Bytes>> {
-    let mut buf = bytes::BytesMut::with_capacity(FIRST_CHUNK);
-    loop {
-        tcp.readable().await?;
-        match tcp.try_read_buf(&mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(_) => return Ok(Some(buf.freeze())),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
-        }
-    }
 }
 
 /// The most early data sent before the CONNECT response.
