@@ -281,7 +281,7 @@ async fn drain_connections(connections: &ConnectionLog, deadline: std::time::Dur
     let started = tokio::time::Instant::now();
     let mut report = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
-        let open = connections.open_connections().len();
+        let open = connections.open_count();
         if open == 0 {
             tracing::info!(
                 took_ms = started.elapsed().as_millis(),

@@ -189,6 +189,12 @@ impl ConnectionLog {
         }
     }
 
+    /// How many connections are open (what a draining agent still carries).
+    #[must_use]
+    pub fn open_count(&self) -> usize {
+        lock(&self.open).len()
+    }
+
     /// Every open connection, oldest first, with its bytes so far.
     #[must_use]
     pub fn open_connections(&self) -> Vec<ConnectionView> {

@@ -172,6 +172,23 @@ enum Family {
     V6,
 }
 
+// === impl PodEnrollment ===
+
+impl PodEnrollment {
+    /// New descriptors of the pod's listener sockets, for a successor;
+    /// `None` (logged) when they cannot be copied: the successor then
+    /// opens its own.
+    #[must_use]
+    pub fn listeners_for_successor(&self) -> Option<PodListeners> {
+        self.listeners
+            .try_clone()
+            .inspect_err(|error| {
+                tracing::warn!(pod = %self.pod.key(), %error, "cannot copy the pod's listeners for the successor; it opens its own");
+            })
+            .ok()
+    }
+}
+
 // === impl Enroller ===
 
 impl Enroller {
@@ -466,21 +483,6 @@ impl Enroller {
         for cookie in self.ebpf.remove_stale_sk_lookups(enrolled) {
             tracing::info!(netns_cookie = cookie, "removed stale sk_lookup attachment");
         }
-    }
-
-    /// Copies of every enrolled pod's listeners, for a successor.
-    #[must_use]
-    pub fn listeners_to_hand_over(enrollments: &[&PodEnrollment]) -> Vec<PodListeners> {
-        enrollments
-            .iter()
-            .filter_map(|enrollment| match enrollment.listeners.try_clone() {
-                Ok(copy) => Some(copy),
-                Err(error) => {
-                    tracing::warn!(pod = %enrollment.pod.key(), %error, "cannot copy the pod's listeners for the successor; it opens its own");
-                    None
-                }
-            })
-            .collect()
     }
 
     /// Gives the eBPF state back for shutdown.

@@ -215,15 +215,15 @@ impl Reconciler {
                 () = certs.changed() => {}
                 Some(request) = handoff.requests.recv() => match request {
                     handoff::Request::Listeners(reply) => {
-                        let enrolled: Vec<&PodEnrollment> = self
+                        let listeners = self
                             .entries
                             .values()
                             .filter_map(|entry| match entry {
-                                Entry::Enrolled(enrollment) => Some(&**enrollment),
+                                Entry::Enrolled(enrollment) => enrollment.listeners_for_successor(),
                                 Entry::Failed { .. } => None,
                             })
                             .collect();
-                        let _ = reply.send(Enroller::listeners_to_hand_over(&enrolled));
+                        let _ = reply.send(listeners);
                     }
                     handoff::Request::Release(reply) => {
                         released = Some(reply);
