@@ -38,7 +38,7 @@ fn rr_server(tb: &Testbed, pod: &Pod) -> Proc {
     server
 }
 
-fn crr(tb: &Testbed, from: &Pod, to: &Pod) -> Proc {
+fn crr(tb: &Testbed, from: &Pod, to: &Pod, conns: &str) -> Proc {
     tb.spawn_in_pod(
         from,
         pod_tool(&[
@@ -46,7 +46,7 @@ fn crr(tb: &Testbed, from: &Pod, to: &Pod) -> Proc {
             "--to",
             &format!("{}:{RR_PORT}", to.ipv4),
             "--conns",
-            "4",
+            conns,
             "--duration-secs",
             &LOAD_SECS.to_string(),
         ]),
@@ -83,6 +83,7 @@ fn five_handoffs_under_load_refuse_and_reset_nothing() {
     let n1 = tb.add_node("n1");
     let n2 = tb.add_node("n2");
     let far = tb.add_pod(&n1, "far", "shop");
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
     let strict = tb.add_pod(&n2, "strict", "shop");
     let open = tb.add_pod(&n2, "open", "shop");
     let near = tb.add_pod(&n2, "near", "shop");
@@ -103,7 +104,10 @@ fn five_handoffs_under_load_refuse_and_reset_nothing() {
 
     // The load: connection churn cross-node (far → strict) and same-node
     // (near → open), and long-lived streams both ways across the bed.
-    let churn = [crr(&tb, &far, &strict), crr(&tb, &near, &open)];
+    let churn = [crr(&tb, &far, &strict, "4"), crr(&tb, &near, &open, "4")];
+    // And plaintext from outside the mesh keeps knocking on the strict pod:
+    // no handoff may let one through.
+    let outsider = crr(&tb, &legacy, &strict, "1");
     let pings: Vec<Proc> = (0..STREAMS)
         .map(|i| {
             if i % 2 == 0 {
@@ -151,6 +155,7 @@ fn five_handoffs_under_load_refuse_and_reset_nothing() {
     }
 
     assert_churn_refused_nothing(&churn);
+    assert_strict_refused_everything(&outsider);
     assert_streams_exact(&pings, &echoes);
     assert_retired_drained(&retired);
 }
@@ -186,6 +191,25 @@ fn assert_churn_refused_nothing(churn: &[Proc; 2]) {
             "{to}: the churn must keep going through the handoffs: {report}"
         );
     }
+}
+
+/// Plaintext from outside the mesh to the strict pod never completed a
+/// round trip, before, during or after the handoffs.
+fn assert_strict_refused_everything(outsider: &Proc) {
+    let (_, lines) = outsider.output_json_lines(Duration::from_secs(LOAD_SECS + 60));
+    let report = lines
+        .iter()
+        .find(|l| l["event"] == "crr")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        report["samples"], 0,
+        "plaintext reached the strict pod: {report}"
+    );
+    assert!(
+        report["errors"].as_u64().unwrap_or_default() > 100,
+        "the outsider kept trying: {report}"
+    );
 }
 
 /// Every long-lived stream ran to its end, and its server saw exactly the
