@@ -13,7 +13,7 @@ use ambit_tests::{
     Node, Pod, Proc, Testbed,
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, ip_of, ping, send, serve},
+    workload::{ECHO_PORT, WAIT, ip_of, ping, send, serve, wait_conn_from},
 };
 
 /// Bytes that mark this test's plaintext on the wire.
@@ -208,6 +208,9 @@ fn nothing_lapses_when_the_agent(how: Stop, name: &str) {
     assert_ne!(try_plaintext(&tb, &legacy, &to_server), "echoed");
     assert_ne!(try_plaintext(&tb, &legacy, &to_open), "echoed");
     send(&tb, &client, &to_legacy, 10_000);
+    // The echo server reports a connection when it ends, which may be just
+    // after the client is done.
+    wait_conn_from(&legacy_echo, &client_ip);
     assert_eq!(accepted_from(&server_echo, &legacy_ip), 0);
     assert_eq!(accepted_from(&open_echo, &legacy_ip), 0);
     let outbound_before = accepted_from(&legacy_echo, &client_ip);
