@@ -70,6 +70,9 @@ pub(super) fn first_certificate(
     }
 }
 
+/// How to turn a SEC1 or PKCS#1 key file into the PKCS#8 one the CA loads.
+const TO_PKCS8: &str = "convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pkcs8`";
+
 pub(super) fn load_key(path: &Path, text: &[u8]) -> Result<KeyPair, CaError> {
     let bad_key = |reason: String| CaError::BadKey {
         path: path.to_owned(),
@@ -77,12 +80,21 @@ pub(super) fn load_key(path: &Path, text: &[u8]) -> Result<KeyPair, CaError> {
     };
     let der = PrivatePkcs8KeyDer::from_pem_slice(text).map_err(|error| match error {
         pki_pem::Error::NoItemsFound if text.windows(14).any(|w| w == b"EC PRIVATE KEY") => {
-            bad_key("it holds a SEC1 \"EC PRIVATE KEY\", not PKCS#8".into())
+            bad_key(format!("it holds a SEC1 \"EC PRIVATE KEY\", not PKCS#8 ({TO_PKCS8})"))
+        }
+        pki_pem::Error::NoItemsFound if text.windows(15).any(|w| w == b"RSA PRIVATE KEY") => {
+            bad_key(
+                format!("it holds a PKCS#1 \"RSA PRIVATE KEY\", not PKCS#8 ({TO_PKCS8})"),
+            )
         }
         pki_pem::Error::NoItemsFound => bad_key("no PRIVATE KEY block found".into()),
         error => bad_key(error.to_string()),
     })?;
-    KeyPair::try_from(&der).map_err(|error| bad_key(error.to_string()))
+    KeyPair::try_from(&der).map_err(|error| {
+        bad_key(format!(
+            "{error} (supported CA keys: RSA of 2048 to 8192 bits, ECDSA P-256 or P-384, Ed25519)"
+        ))
+    })
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<(), CaError> {

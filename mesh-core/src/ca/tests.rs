@@ -13,6 +13,8 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use super::*;
 
+mod key_types;
+
 const DAY: Duration = Duration::from_hours(24);
 /// How long a test may take between issuing and checking a certificate.
 const SLACK: Duration = Duration::from_secs(5);
