@@ -72,6 +72,7 @@ pub mod signing;
 use std::sync::Arc;
 
 use kube::Client;
+use mesh_core::logging::{LogControl, LogFormat, LoggingError};
 
 use crate::config::Config;
 
@@ -91,21 +92,16 @@ pub enum ControllerError {
     Server(#[from] server::ServerError),
 }
 
-/// Sets up `tracing` (`AMBIT_LOG`, default `info`) in the chosen format.
-pub fn logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log collectors and tests read plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if config.log_format == "json" {
-        builder.json().init();
+/// Sets up logging as every ambit binary does (`AMBIT_LOG`, default
+/// `info`; one JSON shape) in the chosen format. An invalid filter is an
+/// error.
+pub fn logging(config: &Config) -> Result<LogControl, LoggingError> {
+    let format = if config.log_format == "json" {
+        LogFormat::Json
     } else {
-        builder.init();
-    }
+        LogFormat::Text
+    };
+    LogControl::install_from_env("ambit-controller", format)
 }
 
 /// Loads the CA, then serves the API and follows the Secret and the

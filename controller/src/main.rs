@@ -8,7 +8,16 @@ use controller::config::Config;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    controller::logging(&config);
+    let _logging = match controller::logging(&config) {
+        Ok(logging) => logging,
+        Err(error) => {
+            eprintln!(
+                "ambit-controller: {error} (set {})",
+                mesh_core::logging::LOG_ENV
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,14 +28,15 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
+use mesh_core::logging::LogControl;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     authz::Authorizer, config::Config, connections::ConnectionLog, ebpf::MeshMaps,
-    enrollment::reconcile::PodStatusBoard, identity::CertManager, logging::LogControl,
-    metrics::Metrics, splice::Splicer, telemetry::Readiness, workloads::SharedWorkloads,
+    enrollment::reconcile::PodStatusBoard, identity::CertManager, metrics::Metrics,
+    splice::Splicer, telemetry::Readiness, workloads::SharedWorkloads,
 };
 
 mod views;

@@ -7,6 +7,7 @@
 
 use std::{path::Path, sync::Arc};
 
+use mesh_core::logging::LogControl;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -21,7 +22,6 @@ use crate::{
     },
     handoff::{self, Start},
     identity::{CaFiles, CertManager},
-    logging::LogControl,
     metrics::Metrics,
     netns::{Netns, NetnsError},
     source::{Source, SourceError},

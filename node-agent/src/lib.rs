@@ -31,7 +31,6 @@ pub mod hbone;
 pub mod identity;
 pub mod kube_source;
 pub mod local_source;
-pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

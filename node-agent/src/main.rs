@@ -3,18 +3,19 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use node_agent::{
-    config::{Config, env},
-    logging::LogControl,
-};
+use mesh_core::logging::{self, LOG_ENV, LogControl};
+use node_agent::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    let filter = std::env::var(env::LOG).unwrap_or_else(|_| "info".to_owned());
-    let logging = match LogControl::install(config.log_format, &filter) {
+    let format = match config.log_format {
+        LogFormat::Text => logging::LogFormat::Text,
+        LogFormat::Json => logging::LogFormat::Json,
+    };
+    let logging = match LogControl::install_from_env("ambit-node-agent", format) {
         Ok(logging) => logging,
         Err(error) => {
-            eprintln!("ambit-node-agent: {error} (set {})", env::LOG);
+            eprintln!("ambit-node-agent: {error} (set {LOG_ENV})");
             return ExitCode::FAILURE;
         }
     };

@@ -3,7 +3,12 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser as _;
-use mesh_core::{identity::SpiffeId, published::Published, route::RouteTable};
+use mesh_core::{
+    identity::SpiffeId,
+    logging::{self, LogControl, LoggingError},
+    published::Published,
+    route::RouteTable,
+};
 use node_agent::{kube_source::KubeSettings, source::Source};
 use tokio_util::sync::CancellationToken;
 use waypoint::{
@@ -17,7 +22,13 @@ use waypoint::{
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    install_logging(config.log_format);
+    let _logging = match install_logging(config.log_format) {
+        Ok(logging) => logging,
+        Err(error) => {
+            eprintln!("error: {error} (set {})", logging::LOG_ENV);
+            return ExitCode::FAILURE;
+        }
+    };
     // The control plane (configuration, certificates, admin, signals) runs
     // on the main thread; the data path on the workers' threads.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -283,18 +294,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn install_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AMBIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal: log collectors (and the
-    // tests) read plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+/// Logging as every ambit binary sets it up (`AMBIT_LOG`, one JSON shape);
+/// an invalid filter stops the start.
+fn install_logging(format: LogFormat) -> Result<LogControl, LoggingError> {
+    let format = match format {
+        LogFormat::Text => logging::LogFormat::Text,
+        LogFormat::Json => logging::LogFormat::Json,
+    };
+    LogControl::install_from_env("ambit-waypoint", format)
 }
