@@ -25,7 +25,7 @@ mod naming;
 mod stale;
 mod sys;
 
-pub use proc::Proc;
+pub use proc::{Proc, ProcessLogs};
 pub use testbed::{CgroupDriver, Node, Pod, Skip, Testbed, run_in_pod};
 
 /// Creates a [`Testbed`] named after the test, or prints a loud `SKIPPED:`

@@ -26,9 +26,10 @@ pub const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(5);
 
 /// A process started by a [`Testbed`](crate::Testbed), with stdout collected
-/// line by line and stderr saved to `<run_dir>/<name>-<pid>.stderr` (and
-/// echoed, prefixed, to the test's stderr). Dropping it stops the process:
-/// SIGTERM, then SIGKILL after [`DROP_GRACE`].
+/// line by line and stderr saved to `<run_dir>/<name>-<pid>.stderr` (and,
+/// unless [`ProcessLogs::echo`] is off, echoed, prefixed, to the test's
+/// stderr). Dropping it stops the process: SIGTERM, then SIGKILL after
+/// [`DROP_GRACE`].
 pub struct Proc {
     name: String,
     pid: u32,
@@ -36,6 +37,26 @@ pub struct Proc {
     stdout: Arc<LineLog>,
     stderr: Arc<LineLog>,
     stderr_path: PathBuf,
+    log_path: Option<PathBuf>,
+}
+
+/// Where a test bed's processes' output goes besides the [`Proc`] itself.
+#[derive(Clone, Debug)]
+pub struct ProcessLogs {
+    /// When set, each process's stdout and stderr lines also go to
+    /// `<dir>/<name>-<pid>.log`, which outlives the test bed.
+    pub dir: Option<PathBuf>,
+    /// Whether stderr lines are echoed, prefixed, to this process's stderr.
+    pub echo: bool,
+}
+
+impl Default for ProcessLogs {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            echo: true,
+        }
+    }
 }
 
 /// A child and, once reaped, its exit status. Shared between a [`Proc`] and
@@ -62,8 +83,13 @@ struct LogState {
 
 impl Proc {
     /// Spawns `cmd` (whose pre-exec hooks the caller has set) with stdin
-    /// closed and stdout and stderr captured.
-    pub(crate) fn spawn(name: &str, mut cmd: Command, stderr_dir: &Path) -> Self {
+    /// closed and stdout and stderr captured, saved and echoed as `logs` says.
+    pub(crate) fn spawn(
+        name: &str,
+        mut cmd: Command,
+        stderr_dir: &Path,
+        logs: &ProcessLogs,
+    ) -> Self {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -72,30 +98,45 @@ impl Proc {
             .unwrap_or_else(|error| panic!("cannot start {name} ({cmd:?}): {error}"));
         let pid = child.id();
         let stderr_path = stderr_dir.join(format!("{name}-{pid}.stderr"));
-        let stderr_file = File::create(&stderr_path)
-            .inspect_err(|error| {
-                eprintln!(
-                    "ambit-tests: cannot create {}: {error}",
-                    stderr_path.display()
-                );
-            })
-            .ok();
+        let stderr_file = create_file(&stderr_path);
+        let log_path = logs
+            .dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{name}-{pid}.log")));
+        // Both streams' reader threads write to it, a line at a time.
+        let log_file = log_path
+            .as_deref()
+            .and_then(create_file)
+            .map(|file| Arc::new(Mutex::new(file)));
         let stdout = LineLog::new();
         let stderr = LineLog::new();
         if let Some(pipe) = child.stdout.take() {
             let log = Arc::clone(&stdout);
-            std::thread::spawn(move || log.collect(pipe, |_| {}));
+            let log_file = log_file.clone();
+            std::thread::spawn(move || {
+                log.collect(pipe, |line| {
+                    if let Some(file) = &log_file {
+                        let _ = writeln!(lock(file), "{line}");
+                    }
+                });
+            });
         }
         if let Some(pipe) = child.stderr.take() {
             let log = Arc::clone(&stderr);
             let prefix = format!("[{name} {pid}]");
             let mut file = stderr_file;
+            let echo = logs.echo;
             std::thread::spawn(move || {
                 log.collect(pipe, |line| {
                     if let Some(file) = file.as_mut() {
                         let _ = writeln!(file, "{line}");
                     }
-                    eprintln!("{prefix} {line}");
+                    if let Some(file) = &log_file {
+                        let _ = writeln!(lock(file), "{line}");
+                    }
+                    if echo {
+                        eprintln!("{prefix} {line}");
+                    }
                 });
             });
         }
@@ -109,6 +150,7 @@ impl Proc {
             stdout,
             stderr,
             stderr_path,
+            log_path,
         }
     }
 
@@ -316,6 +358,13 @@ impl Proc {
         &self.stderr_path
     }
 
+    /// The file holding both streams, when the test bed keeps
+    /// [`ProcessLogs`] in a directory.
+    #[must_use]
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log_path.as_deref()
+    }
+
     /// A summary for failure messages: name, PID, status, stdout and stderr.
     #[must_use]
     pub fn report(&self) -> String {
@@ -401,6 +450,16 @@ fn wait_until(slot: &Mutex<ChildSlot>, deadline: Instant) -> Option<ExitStatus> 
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Creates `path`, or says why not and goes on without it: a test should
+/// not fail for want of a copy of its output.
+fn create_file(path: &Path) -> Option<File> {
+    File::create(path)
+        .inspect_err(|error| {
+            eprintln!("ambit-tests: cannot create {}: {error}", path.display());
+        })
+        .ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::naming::{self, PREFIX, RUN_ROOT};
-use crate::proc::{self, ChildSlot, Proc};
+use crate::proc::{self, ChildSlot, Proc, ProcessLogs};
 use crate::{cgroup, command, stale, sys};
 
 /// Directory of the workspace's binaries, overriding the guess from the test
@@ -58,6 +58,7 @@ pub struct Testbed {
     /// bpffs mount points in creation order.
     mounts: Vec<PathBuf>,
     children: Mutex<Vec<Arc<Mutex<ChildSlot>>>>,
+    process_logs: ProcessLogs,
 }
 
 /// A simulated node: a network namespace on the fabric, a cgroup subtree
@@ -182,6 +183,7 @@ impl Testbed {
             netns: Vec::new(),
             mounts: Vec::new(),
             children: Mutex::new(Vec::new()),
+            process_logs: ProcessLogs::default(),
         };
         std::fs::create_dir_all(&testbed.run_dir)
             .unwrap_or_else(|error| panic!("cannot create {}: {error}", testbed.run_dir.display()));
@@ -202,6 +204,13 @@ impl Testbed {
     #[must_use]
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// Where the output of processes started from now on goes, besides
+    /// their [`Proc`]: by default echoed to this process's stderr only.
+    /// A log directory must exist; it is not removed with the test bed.
+    pub fn set_process_logs(&mut self, logs: ProcessLogs) {
+        self.process_logs = logs;
     }
 
     /// The test bed's own cgroup, parent of every node's subtree.
@@ -299,7 +308,7 @@ impl Testbed {
     fn spawn_inside(&self, name: &str, netns_path: &Path, cgroup: &Path, mut cmd: Command) -> Proc {
         let (procs, netns) = self.open_join_targets(netns_path, cgroup);
         sys::join_before_exec(&mut cmd, procs.as_raw_fd(), netns.as_raw_fd());
-        let proc = Proc::spawn(name, cmd, &self.run_dir);
+        let proc = Proc::spawn(name, cmd, &self.run_dir, &self.process_logs);
         drop((procs, netns));
         self.children
             .lock()
