@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: builds the release binaries and hands over to
 //! `ambit-demo`, which sets up a small meshed cluster of pods in network
-//! namespaces on this host.
+//! namespaces on this host. Arguments after `--` go to the demo:
+//! `--verbose` (stream every process's log), `--log-dir DIR`,
+//! `--every-command`, `--output json`.
 
 use std::path::Path;
 use std::process::Command;
