@@ -128,14 +128,28 @@ impl LogControl {
         format: LogFormat,
         filter: &str,
     ) -> Result<Self, LoggingError> {
+        // Colour only for a person at a terminal; log collectors get plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Self::install_with_writer(component, format, filter, std::io::stderr, ansi)
+    }
+
+    /// [`install`](Self::install) writing to `writer` (tests use a buffer).
+    fn install_with_writer<W>(
+        component: &'static str,
+        format: LogFormat,
+        filter: &str,
+        writer: W,
+        ansi: bool,
+    ) -> Result<Self, LoggingError>
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
         let parsed = parse(filter)?;
         let log_level = log_level(&parsed);
         let (filter_layer, handle) = reload::Layer::new(parsed);
-        // Colour only for a person at a terminal; log collectors get plain text.
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let subscriber = tracing_subscriber::registry()
             .with(filter_layer)
-            .with(output_layer(component, format, std::io::stderr, ansi));
+            .with(output_layer(component, format, writer, ansi));
         tracing::subscriber::set_global_default(subscriber)?;
         tracing_log::LogTracer::builder()
             .with_max_level(log_level)
@@ -426,6 +440,66 @@ mod tests {
         assert_eq!(line["fields"]["peer"], "10.0.0.1:80", "{line}");
         assert_eq!(line["spans"][0]["name"], "outbound", "{line}");
         assert_eq!(line["spans"][0]["pod"], "shop/frontend", "{line}");
+    }
+
+    /// The one test that installs the global subscriber (nextest runs each
+    /// test in its own process; the others use a scoped one).
+    #[test]
+    fn log_records_and_filter_changes_reach_the_installed_log() {
+        let buffer = Buffer::default();
+        let control = LogControl::install_with_writer(
+            "ambit-test",
+            LogFormat::Json,
+            "info",
+            buffer.clone(),
+            false,
+        )
+        .expect("the first subscriber installs");
+        let lines = || -> Vec<Value> {
+            let text = String::from_utf8(lock(&buffer.0).clone()).expect("UTF-8");
+            text.lines()
+                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                .collect()
+        };
+        // What aya-log does with an eBPF program's record.
+        log::warn!(target: "ambit_ebpf::connect", "could not record the original destination");
+        log::debug!(target: "ambit_ebpf::connect", "below the filter");
+        let forwarded = lines();
+        assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+        assert_eq!(forwarded[0]["level"], "WARN", "{}", forwarded[0]);
+        assert_eq!(
+            forwarded[0]["target"], "ambit_ebpf::connect",
+            "{}",
+            forwarded[0]
+        );
+        assert_eq!(
+            forwarded[0]["message"], "could not record the original destination",
+            "{}",
+            forwarded[0]
+        );
+        assert_eq!(
+            forwarded[0]["fields"],
+            serde_json::json!({}),
+            "{}",
+            forwarded[0]
+        );
+
+        assert!(control.set("node_agent=loud").is_err());
+        assert_eq!(control.current(), "info");
+        control.set("debug").expect("a valid filter");
+        assert_eq!(control.current(), "debug");
+        log::debug!(target: "ambit_ebpf::connect", "now shown");
+        let after = lines();
+        assert!(
+            after
+                .iter()
+                .any(|line| line["message"] == "log filter changed"),
+            "{after:?}"
+        );
+        assert!(
+            after.iter().any(|line| line["message"] == "now shown"),
+            "{after:?}"
+        );
     }
 
     #[test]
