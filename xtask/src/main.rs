@@ -6,6 +6,8 @@
 //! - `test` is the README's (and CI's) test command: setup, fmt, clippy, build, nextest.
 //! - `demo` builds everything and runs `ambit-demo`.
 //! - `bench` builds everything and runs `ambit-bench`, the mesh-vs-direct benchmark.
+//! - `lint` checks the structure: no import cycle between a crate's top-level
+//!   modules, no product file over 600 lines.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +15,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod lint;
 mod release;
 mod setup;
 mod test;
@@ -72,6 +75,9 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Check the structure of every workspace crate: no import cycle between
+    /// top-level modules, no product file over 600 lines.
+    Lint,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test { nextest_args } => test::run(&root, &nextest_args),
         Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
+        Task::Lint => lint::run(&root),
     }
 }
 
