@@ -67,25 +67,22 @@
 //! and the field, and a Gateway API reason for its status. A route that was
 //! good and turns bad keeps its last good version ([`RouteTable::apply`]).
 
-use std::{
-    cmp::Reverse,
-    collections::{BTreeMap, HashMap},
-    fmt,
-    fmt::Write as _,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 use serde::Serialize;
 
 mod compile;
+mod filters;
 mod matching;
+mod raw;
+mod table;
 #[cfg(test)]
 mod tests;
 
 pub use compile::{compile, parse_duration};
+pub use table::{RouteTable, RouteView, RuleView, Selected};
 
 /// The `apiVersion`s a route may declare.
 pub const API_VERSIONS: &[&str] = &[
@@ -427,60 +424,6 @@ pub struct RequestView<'a> {
     pub host: Option<&'a str>,
 }
 
-/// Every good route, indexed by the Service it attaches to, in precedence
-/// order.
-#[derive(Clone, Debug, Default)]
-pub struct RouteTable {
-    routes: BTreeMap<RouteKey, Arc<Route>>,
-    by_parent: HashMap<(String, String), Vec<Candidate>>,
-}
-
-/// One (route, rule, match) attached to a parent.
-#[derive(Clone, Debug)]
-struct Candidate {
-    route: Arc<Route>,
-    rule: usize,
-    matched: usize,
-    port: Option<u16>,
-}
-
-/// The rule a request matched.
-#[derive(Clone, Debug)]
-pub struct Selected {
-    /// The route.
-    pub route: Arc<Route>,
-    /// The rule's index.
-    pub rule: usize,
-    /// The match's index within the rule.
-    pub matched: usize,
-}
-
-/// What the admin view shows of a route.
-#[derive(Clone, Debug, Serialize)]
-pub struct RouteView {
-    /// namespace/name.
-    pub route: String,
-    /// `namespace/name[:port]` of each parent.
-    pub parents: Vec<String>,
-    /// Its rules, described.
-    pub rules: Vec<RuleView>,
-}
-
-/// What the admin view shows of a rule.
-#[derive(Clone, Debug, Serialize)]
-pub struct RuleView {
-    /// The matches, described.
-    pub matches: Vec<String>,
-    /// `namespace/name:port weight N` of each backend.
-    pub backends: Vec<String>,
-    /// The filters' kinds.
-    pub filters: Vec<&'static str>,
-    /// `request`, `backendRequest` timeouts.
-    pub timeouts: BTreeMap<&'static str, String>,
-    /// Retries, described.
-    pub retry: Option<String>,
-}
-
 // === impl RouteKey ===
 
 impl fmt::Display for RouteKey {
@@ -629,86 +572,6 @@ impl fmt::Display for RouteMatch {
     }
 }
 
-// === impl Filter ===
-
-impl Filter {
-    /// Applies a `RequestHeaderModifier` to a request's headers.
-    pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
-        if let Self::RequestHeaders(modifier) = self {
-            modifier.apply(headers);
-        }
-    }
-
-    /// Applies a `ResponseHeaderModifier` to a response's headers.
-    pub fn apply_response_headers(&self, headers: &mut HeaderMap) {
-        if let Self::ResponseHeaders(modifier) = self {
-            modifier.apply(headers);
-        }
-    }
-}
-
-impl HeaderModifier {
-    fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
-        }
-        for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
-        }
-        for name in &self.remove {
-            headers.remove(name);
-        }
-    }
-}
-
-// === impl Redirect ===
-
-impl Redirect {
-    fn location(
-        &self,
-        request: &RequestView<'_>,
-        matched: &RouteMatch,
-        default_scheme: &str,
-    ) -> String {
-        let scheme = self.scheme.as_deref().unwrap_or(default_scheme);
-        let (request_host, request_port) = split_host(request.host.unwrap_or_default());
-        let host = self.hostname.as_deref().unwrap_or(request_host);
-        let port = self.port.or(if self.scheme.is_some() {
-            None
-        } else {
-            request_port
-        });
-        let default_port = match scheme {
-            "https" => 443,
-            _ => 80,
-        };
-        let path = match (&self.path, &matched.path) {
-            (Some(PathRewrite::Full(path)), _) => path.clone(),
-            (Some(PathRewrite::Prefix(replacement)), PathMatch::Prefix(prefix)) => {
-                let prefix = prefix.trim_end_matches('/');
-                let rest = request.path.get(prefix.len()..).unwrap_or_default();
-                let base = replacement.trim_end_matches('/');
-                match (base.is_empty(), rest.is_empty()) {
-                    (true, true) => "/".to_owned(),
-                    (_, false) => format!("{base}{rest}"),
-                    (false, true) => base.to_owned(),
-                }
-            }
-            _ => request.path.to_owned(),
-        };
-        let mut location = format!("{scheme}://{host}");
-        if let Some(port) = port.filter(|p| *p != default_port) {
-            let _ = write!(location, ":{port}");
-        }
-        location.push_str(&path);
-        if let Some(query) = request.query {
-            location.push('?');
-            location.push_str(query);
-        }
-        location
-    }
-}
-
 /// `host:port` → (host, port); IPv6 literals keep their brackets.
 fn split_host(authority: &str) -> (&str, Option<u16>) {
     match authority.rsplit_once(':') {
@@ -718,159 +581,5 @@ fn split_host(authority: &str) -> (&str, Option<u16>) {
             (host, port.parse().ok())
         }
         _ => (authority, None),
-    }
-}
-
-// === impl RouteTable ===
-
-impl RouteTable {
-    /// Rebuilds the table from `objects`; `services(namespace, name)`
-    /// says whether a Service exists. A route that fails to compile keeps
-    /// its version from this table, if it had one; every failure is
-    /// returned.
-    pub fn apply(
-        &mut self,
-        objects: &[serde_yaml::Value],
-        services: &dyn Fn(&str, &str) -> bool,
-    ) -> Vec<RouteError> {
-        let mut routes = BTreeMap::new();
-        let mut errors = Vec::new();
-        for object in objects {
-            match compile(object, services) {
-                Ok(route) => {
-                    routes.insert(route.key.clone(), Arc::new(route));
-                }
-                Err(error) => {
-                    if let Some(previous) = self.routes.get(&error.route)
-                        && !routes.contains_key(&error.route)
-                    {
-                        routes.insert(error.route.clone(), previous.clone());
-                    }
-                    errors.push(error);
-                }
-            }
-        }
-        *self = Self::from_routes(routes);
-        errors
-    }
-
-    fn from_routes(routes: BTreeMap<RouteKey, Arc<Route>>) -> Self {
-        let mut by_parent: HashMap<(String, String), Vec<Candidate>> = HashMap::new();
-        for route in routes.values() {
-            for parent in &route.parents {
-                let list = by_parent
-                    .entry((parent.namespace.clone(), parent.name.clone()))
-                    .or_default();
-                for (rule_index, rule) in route.rules.iter().enumerate() {
-                    for matched in 0..rule.matches.len() {
-                        list.push(Candidate {
-                            route: route.clone(),
-                            rule: rule_index,
-                            matched,
-                            port: parent.port,
-                        });
-                    }
-                }
-            }
-        }
-        for list in by_parent.values_mut() {
-            list.sort_by_cached_key(precedence);
-        }
-        Self { routes, by_parent }
-    }
-
-    /// The rule `request` to `service_namespace/service_name:port` takes.
-    #[must_use]
-    pub fn select(
-        &self,
-        service_namespace: &str,
-        service_name: &str,
-        port: u16,
-        request: &RequestView<'_>,
-    ) -> Option<Selected> {
-        let candidates = self
-            .by_parent
-            .get(&(service_namespace.to_owned(), service_name.to_owned()))?;
-        candidates
-            .iter()
-            .filter(|c| c.port.is_none_or(|p| p == port))
-            .find(|c| {
-                matching::host_matches(&c.route.hostnames, request.host)
-                    && c.route.rules[c.rule].matches[c.matched].matches(request)
-            })
-            .map(|c| Selected {
-                route: c.route.clone(),
-                rule: c.rule,
-                matched: c.matched,
-            })
-    }
-
-    /// Whether any route attaches to the Service.
-    #[must_use]
-    pub fn has_parent(&self, service_namespace: &str, service_name: &str) -> bool {
-        self.by_parent
-            .contains_key(&(service_namespace.to_owned(), service_name.to_owned()))
-    }
-
-    /// Every route.
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.values()
-    }
-
-    /// Whether there are none.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-}
-
-/// Gateway API's precedence as a sort key (smaller first).
-#[expect(clippy::type_complexity, reason = "a sort key")]
-fn precedence(
-    c: &Candidate,
-) -> (
-    u8,
-    Reverse<usize>,
-    bool,
-    Reverse<usize>,
-    Reverse<usize>,
-    (bool, String),
-    String,
-    usize,
-    usize,
-) {
-    let matched = &c.route.rules[c.rule].matches[c.matched];
-    let (kind, length) = match &matched.path {
-        PathMatch::Exact(p) => (0, p.len()),
-        PathMatch::Prefix(p) => (1, p.len()),
-        PathMatch::Regex(r) => (2, r.as_str().len()),
-    };
-    (
-        kind,
-        Reverse(length),
-        matched.method.is_none(),
-        Reverse(matched.headers.len()),
-        Reverse(matched.query.len()),
-        (
-            c.route.creation.is_none(),
-            c.route.creation.clone().unwrap_or_default(),
-        ),
-        c.route.key.to_string(),
-        c.rule,
-        c.matched,
-    )
-}
-
-impl Selected {
-    /// The rule matched.
-    #[must_use]
-    pub fn rule(&self) -> &RouteRule {
-        &self.route.rules[self.rule]
-    }
-
-    /// The match that matched.
-    #[must_use]
-    pub fn matched(&self) -> &RouteMatch {
-        &self.rule().matches[self.matched]
     }
 }
