@@ -15,16 +15,13 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::OwnedFd,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
 use mesh_core::identity::SpiffeId;
 use mesh_core::workload::{MtlsMode, Pod, PodMtls};
-use mesh_ebpf_common::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, OUTBOUND_PORT};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -44,6 +41,9 @@ use crate::{
 };
 
 pub mod reconcile;
+mod sockets;
+
+use self::sockets::{Family, PodSockets, pod_sockets};
 
 /// Why a pod could not be enrolled or un-enrolled.
 #[derive(Debug, thiserror::Error)]
@@ -154,22 +154,6 @@ pub struct MeshSettings {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Picks the endpoint of each connection to a service's cluster IP.
     pub balancer: Arc<crate::balancer::Balancer>,
-}
-
-/// The sockets opened inside a pod at enrollment.
-struct PodSockets {
-    netns_cookie: u64,
-    outbound: Vec<std::net::TcpListener>,
-    inbound: Vec<(Family, std::net::TcpListener)>,
-    hbone: Vec<std::net::TcpListener>,
-    /// Handed over by the previous agent rather than opened here.
-    handed_over: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
 }
 
 // === impl PodEnrollment ===
@@ -500,133 +484,4 @@ fn remove_return_path(netns: &Netns, families: Families) {
         }
         Err(error) => tracing::warn!(%error, "cannot remove the return path"),
     }
-}
-
-/// Runs inside the pod's namespace: the pod's listeners (those the previous
-/// agent handed over for this namespace, else new ones) and the return path.
-fn pod_sockets(
-    families: Families,
-    adopted: &mut HashMap<u64, PodListeners>,
-) -> Result<PodSockets, EnrollError> {
-    let probe = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(EnrollError::NetnsCookie)?;
-    let netns_cookie = crate::sys::netns_cookie(std::os::fd::AsFd::as_fd(&probe))
-        .map_err(EnrollError::NetnsCookie)?;
-    let sockets = match adopted.remove(&netns_cookie) {
-        Some(handed) => PodSockets::handed_over(handed),
-        None => open_pod_sockets(netns_cookie, families)?,
-    };
-    if sockets.outbound.is_empty() {
-        return Err(EnrollError::NetnsCookie(std::io::Error::other(
-            "the pod has no addresses",
-        )));
-    }
-    routing::install(families)?;
-    Ok(sockets)
-}
-
-fn open_pod_sockets(netns_cookie: u64, families: Families) -> Result<PodSockets, EnrollError> {
-    let mut outbound = Vec::new();
-    let mut inbound = Vec::new();
-    let mut hbone = Vec::new();
-    for (wanted, any, localhost, family) in [
-        (
-            families.v4,
-            IpAddr::from(Ipv4Addr::UNSPECIFIED),
-            IpAddr::from(Ipv4Addr::LOCALHOST),
-            Family::V4,
-        ),
-        (
-            families.v6,
-            IpAddr::from(Ipv6Addr::UNSPECIFIED),
-            IpAddr::from(Ipv6Addr::LOCALHOST),
-            Family::V6,
-        ),
-    ] {
-        if !wanted {
-            continue;
-        }
-        hbone.push(mesh_listener(SocketAddr::new(any, INBOUND_HBONE_PORT))?);
-        outbound.push(mesh_listener(SocketAddr::new(localhost, OUTBOUND_PORT))?);
-        inbound.push((
-            family,
-            mesh_listener(SocketAddr::new(any, INBOUND_PLAINTEXT_PORT))?,
-        ));
-    }
-    Ok(PodSockets {
-        netns_cookie,
-        outbound,
-        inbound,
-        hbone,
-        handed_over: false,
-    })
-}
-
-// === impl PodSockets ===
-
-impl PodSockets {
-    /// The sockets a previous agent handed over.
-    fn handed_over(handed: PodListeners) -> Self {
-        let listener = std::net::TcpListener::from;
-        let inbound = handed
-            .inbound
-            .into_iter()
-            .map(|fd| {
-                let listener = listener(fd);
-                let family = match listener.local_addr() {
-                    Ok(addr) if addr.is_ipv6() => Family::V6,
-                    _ => Family::V4,
-                };
-                (family, listener)
-            })
-            .collect();
-        Self {
-            netns_cookie: handed.netns_cookie,
-            outbound: handed.outbound.into_iter().map(listener).collect(),
-            inbound,
-            hbone: handed.hbone.into_iter().map(listener).collect(),
-            handed_over: true,
-        }
-    }
-
-    /// New descriptors of the same sockets, kept to hand to a successor.
-    fn copies(&self) -> Result<PodListeners, EnrollError> {
-        let copy = |listener: &std::net::TcpListener| -> Result<OwnedFd, EnrollError> {
-            listener
-                .try_clone()
-                .map(OwnedFd::from)
-                .map_err(|source| EnrollError::Listen {
-                    addr: listener
-                        .local_addr()
-                        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
-                    source,
-                })
-        };
-        Ok(PodListeners {
-            netns_cookie: self.netns_cookie,
-            outbound: self.outbound.iter().map(copy).collect::<Result<_, _>>()?,
-            inbound: self
-                .inbound
-                .iter()
-                .map(|(_, l)| copy(l))
-                .collect::<Result<_, _>>()?,
-            hbone: self.hbone.iter().map(copy).collect::<Result<_, _>>()?,
-        })
-    }
-}
-
-fn mesh_listener(addr: SocketAddr) -> Result<std::net::TcpListener, EnrollError> {
-    let open = || -> std::io::Result<std::net::TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        // The mark comes first: bind4/6 only lets marked sockets take mesh ports.
-        socket.set_mark(MESH_MARK)?;
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        socket.set_nonblocking(true)?;
-        Ok(socket.into())
-    };
-    open().map_err(|source| EnrollError::Listen { addr, source })
 }
