@@ -317,6 +317,11 @@ impl<'ast> Visit<'ast> for FileVisitor<'_> {
         visit::visit_path(self, path);
     }
 
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {
+        // `pub(crate)`, `pub(super)`, `pub(in crate::a)` say who may use an
+        // item; they import nothing.
+    }
+
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
         let mut found = Vec::new();
         paths_in_tokens(mac.tokens.clone(), &mut found);

@@ -158,6 +158,19 @@ fn test_only_code_makes_no_edges() {
 }
 
 #[test]
+fn visibility_restrictions_are_not_edges() {
+    let scan = scan(&[
+        ("src/lib.rs", "mod a;\nmod b;\n"),
+        (
+            "src/a.rs",
+            "pub(crate) fn f() {}\npub(super) struct S;\npub(in crate::a) fn g() {}\n",
+        ),
+        ("src/b.rs", "pub(crate) fn h() {}\n"),
+    ]);
+    assert!(scan.edges.is_empty(), "{:?}", scan.edges);
+}
+
+#[test]
 fn cfg_not_test_is_product_code() {
     let scan = scan(&[
         ("src/lib.rs", "mod a;\nmod b;\n"),
