@@ -26,7 +26,7 @@ pub(crate) fn cgroup2_root() -> Option<PathBuf> {
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().find_map(|line| {
-        let entry = crate::stale::MountEntry::parse(line)?;
+        let entry = crate::mountinfo::MountEntry::parse(line)?;
         (entry.fstype == "cgroup2").then_some(entry.mount_point)
     })
 }

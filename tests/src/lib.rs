@@ -21,6 +21,7 @@ pub mod workload;
 
 mod cgroup;
 mod command;
+mod mountinfo;
 mod naming;
 mod stale;
 mod sys;

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::naming::{self, PREFIX, RUN_ROOT};
 use crate::proc::{self, ChildSlot, Proc, ProcessLogs};
-use crate::{cgroup, command, stale, sys};
+use crate::{cgroup, command, mountinfo, stale, sys};
 
 /// Directory of the workspace's binaries, overriding the guess from the test
 /// executable's location.
@@ -367,7 +367,7 @@ impl Drop for Testbed {
                 self.cgroup.display()
             );
         }
-        if stale::has_mounts_under(&self.run_dir) {
+        if mountinfo::has_mounts_under(&self.run_dir) {
             eprintln!(
                 "ambit-tests: {} still has mounts, left in place",
                 self.run_dir.display()

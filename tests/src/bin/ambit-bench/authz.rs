@@ -20,9 +20,9 @@ use ambit_tests::mesh::pods_yaml;
 use ambit_tests::{Pod, Testbed};
 use mesh_core::policy::Workload;
 
-use crate::BenchError;
 use crate::cluster::{Cluster, RR_1B_PORT, RR_1K_PORT};
 use crate::console::{finish_line, progress, start_line};
+use crate::error::BenchError;
 use crate::measure::{Plan, Runner};
 use crate::report::{AuthzReport, EndToEnd, EvalFigures, Failure};
 
@@ -44,7 +44,7 @@ pub fn measure(
     tb: &Testbed,
     failures: &mut Vec<Failure>,
 ) -> Result<AuthzReport, BenchError> {
-    crate::check_interrupted()?;
+    crate::error::check_interrupted()?;
     let pods = &cluster.pods;
     // `pods_yaml` labels each pod `app: <its name>` and names its service
     // account after it.
@@ -65,7 +65,7 @@ pub fn measure(
         pods.server.name
     ));
     let (in_process, server_policies) = in_process(&corpus, &pods.server, runner.plan(), failures);
-    crate::check_interrupted()?;
+    crate::error::check_interrupted()?;
     let setup = end_to_end::Setup {
         cluster,
         runner,

@@ -28,8 +28,8 @@ use ambit_tests::{Pod, Proc, Testbed};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde_json::Value;
 
-use crate::BenchError;
 use crate::console::progress;
+use crate::error::BenchError;
 use crate::measure::wait_for;
 
 /// Port of the `rr-server --size 1` in every server pod (`rr_1b`,
@@ -109,7 +109,7 @@ impl Cluster {
         for pod in pods.all() {
             set_sysctls(pod)?;
         }
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         raise_open_file_limit();
 
         // Each agent knows every meshed pod: it enrolls those on its node
@@ -117,12 +117,12 @@ impl Cluster {
         let meshed = pods.meshed();
         progress("starting the node agent on n1 (enrolls client, local-server)");
         let client_agent = Agent::start(tb, &n1, &meshed, &[]);
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         progress(&format!(
             "starting the node agent on n2 with {KERNEL_SPLICE} (enrolls server, splice-client, splice-server)"
         ));
         let server_agent = Agent::start(tb, &n2, &meshed, &[KERNEL_SPLICE]);
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
 
         progress(&format!(
             "starting rr-servers on ports {RR_1B_PORT} (1 B) and {RR_1K_PORT} (1 KiB) in the server pods"

@@ -27,8 +27,8 @@ use ambit_tests::{CgroupDriver, Node, Pod, Testbed};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::BenchError;
 use crate::console::progress;
+use crate::error::BenchError;
 use crate::usage::{CpuSample, rss_mib};
 
 /// The namespace of the two measuring pods; not labelled, so only the
@@ -215,7 +215,7 @@ fn time_label_changes(
         let mut enroll = Vec::with_capacity(iterations);
         let mut unenroll = Vec::with_capacity(iterations);
         for _ in 0..iterations {
-            crate::check_interrupted()?;
+            crate::error::check_interrupted()?;
             let started = Instant::now();
             patch(Some("enabled"))?;
             wait_pod(|state| state == Some("enrolled"))?;
@@ -299,7 +299,7 @@ fn time_policy_changes(
     let to = format!("{}:{ECHO_PORT}", server.ipv4);
     let mut samples = Vec::with_capacity(iterations);
     for _ in 0..iterations {
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         wait_allowed(tb, client, &to)?;
         let ping = tb.spawn_in_pod(
             client,

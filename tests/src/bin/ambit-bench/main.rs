@@ -37,6 +37,7 @@
 mod authz;
 mod cluster;
 mod console;
+mod error;
 mod kube_scale;
 mod measure;
 mod plot;
@@ -56,6 +57,7 @@ use clap::Parser;
 
 use crate::cluster::Cluster;
 use crate::console::progress;
+use crate::error::BenchError;
 use crate::measure::{IDLE_READ_AFTER, Plan, Runner};
 use crate::report::{Durations, Report};
 use crate::scenario::{IdleRss, RunNumber};
@@ -132,26 +134,6 @@ struct Outcome {
     kube_scale: Option<kube_scale::KubeScaleReport>,
     waypoint: Option<waypoint::WaypointReport>,
     upgrade: Option<upgrade::UpgradeReport>,
-}
-
-/// Why the bench stopped or a measurement failed.
-#[derive(Debug)]
-pub enum BenchError {
-    /// Ctrl-C or SIGTERM.
-    Interrupted,
-    /// This machine cannot host a test bed (not root, no cgroup v2, a tool missing).
-    CannotRun(String),
-    /// A measurement or a setup step failed.
-    Failed(String),
-}
-
-// === impl BenchError ===
-
-impl BenchError {
-    /// A failure with this message.
-    pub fn failed(message: impl Into<String>) -> Self {
-        Self::Failed(message.into())
-    }
 }
 
 fn main() -> ExitCode {
@@ -450,13 +432,4 @@ fn publish(report: &Report, out_dir: &Path) -> ExitCode {
 fn default_out_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     Some(exe.parent()?.parent()?.join("bench"))
-}
-
-/// Fails with [`BenchError::Interrupted`] once Ctrl-C or SIGTERM arrived.
-pub fn check_interrupted() -> Result<(), BenchError> {
-    if interrupt::requested() {
-        Err(BenchError::Interrupted)
-    } else {
-        Ok(())
-    }
 }

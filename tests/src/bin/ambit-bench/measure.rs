@@ -16,7 +16,7 @@ use ambit_tests::{Pod, Proc, Testbed};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::BenchError;
+use crate::error::BenchError;
 use crate::report::{CrrFigures, RrResult, TputFigures, round};
 
 /// Where `iperf3 -s` listens in the server pod.
@@ -413,7 +413,7 @@ pub fn wait_for<T>(
 ) -> Result<Option<T>, BenchError> {
     let deadline = Instant::now() + timeout;
     loop {
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         if let Some(found) = probe()? {
             return Ok(Some(found));
         }

@@ -10,9 +10,9 @@ use ambit_tests::mesh::Agent;
 use ambit_tests::{Pod, Testbed};
 
 use self::route::{Route, Snapshot};
-use crate::BenchError;
 use crate::cluster::{Cluster, RR_1B_PORT, RR_1K_PORT};
 use crate::console::{finish_line, progress, start_line};
+use crate::error::BenchError;
 use crate::measure::Runner;
 use crate::report::{
     AgentFigures, CrrFigures, Failure, RrFigures, RrResult, ScenarioReport, ScenarioRun,
@@ -195,7 +195,7 @@ impl Scenario<'_> {
         let route_before = self.snapshot(tb);
         let cpu_before = self.cpu_samples();
         for test in TESTS {
-            crate::check_interrupted()?;
+            crate::error::check_interrupted()?;
             start_line(&self.label(number, test.name()));
             match self.run_test(runner, test, &mut report) {
                 Ok(summary) => finish_line(&summary),
@@ -252,7 +252,7 @@ impl Scenario<'_> {
         number: RunNumber,
         failures: &mut Vec<Failure>,
     ) -> Result<Option<idle_conns::HeldRss>, BenchError> {
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         start_line(&self.label(
             number,
             &format!("{} idle connections", runner.plan().idle_conns),

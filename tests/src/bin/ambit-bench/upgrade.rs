@@ -18,8 +18,8 @@ use ambit_tests::{Pod, Proc, Testbed};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::BenchError;
 use crate::console::progress;
+use crate::error::BenchError;
 
 /// The request/response port the churn connects to.
 const RR_PORT: u16 = 7001;
@@ -103,7 +103,7 @@ pub fn measure(quick: bool, runs: usize) -> Result<UpgradeReport, BenchError> {
     let load_secs = if quick { 3 } else { 9 };
     let mut per_run = Vec::new();
     for run in 1..=runs {
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         progress(&format!("upgrade: run {run} of {runs}, steady churn"));
         let steady = churn_report(&churn(&tb, &client, &server, load_secs))?;
         progress(&format!(

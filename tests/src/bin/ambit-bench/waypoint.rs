@@ -31,8 +31,8 @@ use ambit_tests::workload::{ECHO_PORT, WAIT, pod_tool};
 use ambit_tests::{Pod, Proc, Testbed};
 use serde::Serialize;
 
-use crate::BenchError;
 use crate::console::progress;
+use crate::error::BenchError;
 
 /// Target for the waypoint's added p50 latency, in microseconds.
 pub const TARGET_ADDED_P50_US: f64 = 150.0;
@@ -151,7 +151,7 @@ pub fn measure(quick: bool, runs: usize) -> Result<WaypointReport, BenchError> {
     let mut samples: Vec<Vec<PathFigures>> = targets.iter().map(|_| Vec::new()).collect();
     for run in 1..=runs {
         for ((path, client, url), figures) in targets.iter().zip(&mut samples) {
-            crate::check_interrupted()?;
+            crate::error::check_interrupted()?;
             progress(&format!("waypoint: run {run} of {runs}, {path}"));
             figures.push(measure_path(
                 &tb,
@@ -215,7 +215,7 @@ fn one_cpu_latency(
     let mut samples: Vec<Vec<(f64, f64)>> = targets.iter().map(|_| Vec::new()).collect();
     for run in 1..=runs {
         for ((path, client, url), figures) in targets.iter().zip(&mut samples) {
-            crate::check_interrupted()?;
+            crate::error::check_interrupted()?;
             progress(&format!("waypoint on one CPU: run {run} of {runs}, {path}"));
             figures.push(latency(tb, path, client, url, latency_secs, Some(cpu))?);
         }

@@ -17,9 +17,9 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::SCENARIO;
-use crate::BenchError;
 use crate::cluster::{Cluster, RR_1B_PORT};
 use crate::console::{finish_line, start_line};
+use crate::error::BenchError;
 use crate::measure::{Runner, wait_for};
 use crate::report::{AuthzFigures, CrrFigures, EndToEndRun, Failure, round};
 use crate::scenario::{RunNumber, crr_summary, record_failure, rr_summary};
@@ -119,7 +119,7 @@ fn step<T>(
     failures: &mut Vec<Failure>,
     body: impl FnOnce() -> Result<(T, String), BenchError>,
 ) -> Result<Option<T>, BenchError> {
-    crate::check_interrupted()?;
+    crate::error::check_interrupted()?;
     start_line(&format!(
         "[{}/{}] {SCENARIO}: {what}",
         number.run, number.of

@@ -12,7 +12,7 @@ use ambit_tests::fake_kube::FakeKube;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::BenchError;
+use crate::error::BenchError;
 
 /// The imaginary nodes the pods are spread over.
 const NODES: usize = 100;
@@ -60,7 +60,7 @@ pub fn load(kube: &FakeKube, counts: &Counts) -> Result<(), BenchError> {
     let pods_per_namespace = counts.pods / counts.namespaces;
     let mut pod_index = 0_usize;
     for n in 0..counts.namespaces {
-        crate::check_interrupted()?;
+        crate::error::check_interrupted()?;
         let namespace = format!("scale-{n:03}");
         let labels = if n % 2 == 0 {
             json!({"ambit.dev/mesh": "enabled"})

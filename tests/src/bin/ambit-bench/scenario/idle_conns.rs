@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use ambit_tests::Pod;
 
 use super::{MeshPath, agent_rss};
-use crate::BenchError;
 use crate::cluster::RR_1B_PORT;
+use crate::error::BenchError;
 use crate::measure::{IDLE_READ_AFTER, Runner, wait_for};
 
 /// Both agents' resident memory while the idle connections were open, MiB.
