@@ -59,7 +59,7 @@ use std::{
 use clap::{Args, Subcommand};
 use node_agent::config::{DEFAULT_BPFFS_DIR, env};
 
-use crate::Output;
+use crate::table::Output;
 use pins::PinDir;
 
 mod attach;

@@ -16,7 +16,7 @@ use mesh_core::{
 };
 use serde::Serialize;
 
-use crate::Output;
+use crate::table::Output;
 
 /// Longest `--validity-days` accepted: a hundred years.
 const MAX_VALIDITY_DAYS: u32 = 36_500;

@@ -17,7 +17,7 @@ use node_agent::{
 };
 use serde::Serialize;
 
-use crate::{Output, admin, bpf::host};
+use crate::{admin, bpf::host, table::Output};
 
 /// The oldest kernel every program type the mesh needs is known to load on.
 const MIN_KERNEL: (u32, u32) = (5, 17);

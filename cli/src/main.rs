@@ -35,7 +35,7 @@
 
 use std::{error::Error, net::SocketAddr, ops::ControlFlow, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 mod admin;
@@ -47,6 +47,8 @@ mod render;
 mod table;
 mod uninstall;
 mod waypoint;
+
+use crate::table::Output;
 
 /// ambit: inspect and operate the mesh.
 #[derive(Debug, Parser)]
@@ -145,17 +147,6 @@ enum Command {
     /// state: through the running agent, or directly from bpffs when none
     /// runs. The agent stopping never does this.
     Uninstall(uninstall::UninstallArgs),
-}
-
-/// Output format of listing commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Aligned columns for people.
-    Table,
-    /// JSON, as the admin API serves it.
-    Json,
-    /// YAML.
-    Yaml,
 }
 
 fn main() -> ExitCode {

@@ -2,9 +2,19 @@
 
 use std::fmt::{Display, Write as _};
 
+use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::Output;
+/// Output format of listing commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON, as the admin API serves it.
+    Json,
+    /// YAML.
+    Yaml,
+}
 
 /// Renders `value` as `output` asks; `table` makes the table form.
 pub fn output<T: Serialize + ?Sized>(

@@ -19,7 +19,8 @@ use std::{
 use node_agent::config::{DEFAULT_BPFFS_DIR, env};
 use serde::Serialize;
 
-use crate::{Output, admin, table};
+use crate::admin;
+use crate::table::{self, Output};
 
 /// How long the agent may take to release its pods and exit.
 const AGENT_UNINSTALL_TIMEOUT: Duration = Duration::from_mins(1);

@@ -20,7 +20,8 @@ use node_agent::kube_source::translate::USE_WAYPOINT_LABEL;
 use serde::{Deserialize as _, Serialize};
 use serde_json::{Value, json};
 
-use crate::{Output, render, table};
+use crate::render;
+use crate::table::{self, Output};
 
 mod cluster;
 #[cfg(test)]

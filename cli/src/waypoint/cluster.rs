@@ -21,7 +21,7 @@ use super::{
     ApplyArgs, FIELD_MANAGER, Listed, Outcome, Target, WAIT_POLL, WaypointError, api_resource,
     object_ref, objects, progress,
 };
-use crate::Output;
+use crate::table::Output;
 
 /// A client for the API server, and its URL for error messages.
 pub(super) struct Kube {
