@@ -63,6 +63,7 @@
 
 pub mod ca_store;
 pub mod config;
+pub mod labels;
 pub mod peer_authn_status;
 pub mod policy_status;
 pub mod route_status;

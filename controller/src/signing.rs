@@ -25,7 +25,7 @@ use kube::{Api, Client, api::PostParams};
 use mesh_core::{ca::csr_spiffe_id, identity::SpiffeId};
 use serde::{Deserialize, Serialize};
 
-use crate::{ca_store::CaStore, config::Config};
+use crate::{ca_store::CaStore, config::Config, labels::WAYPOINT_LABEL};
 
 /// The audience agents' projected tokens are made for.
 pub const AUDIENCE: &str = "ambit-ca";
@@ -33,8 +33,6 @@ pub const AUDIENCE: &str = "ambit-ca";
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// Where a pod-bound token names its pod in a review's `extra`.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
-/// The label that marks a waypoint's pods, with the waypoint's name.
-pub const WAYPOINT_LABEL: &str = "ambit.dev/waypoint";
 
 /// Who asks, from the `TokenReview` of its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
