@@ -137,8 +137,18 @@ impl fmt::Display for Findings {
     }
 }
 
-/// `cargo xtask lint`: prints the findings and fails if there are any.
-pub fn run(root: &Path) -> Result<()> {
+/// `cargo xtask lint`: prints the findings and fails if there are any; with
+/// `order`, first each crate's modules in dependency order (for the
+/// crate's top-level doc comment).
+pub fn run(root: &Path, order: bool) -> Result<()> {
+    if order {
+        for target in crates::workspace_targets(root)? {
+            let scan = modules::scan_crate(&target.root_file, &modules::FileSystem)?;
+            let layers = ModuleGraph::new(&scan.edges).layers(&scan.modules);
+            let layers: Vec<String> = layers.iter().map(|layer| layer.join(", ")).collect();
+            println!("{target}, bottom first: {}", layers.join(" → "));
+        }
+    }
     let findings = check_workspace(root)?;
     print!("{findings}");
     if !findings.is_clean() {

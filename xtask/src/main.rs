@@ -77,7 +77,11 @@ enum Task {
     },
     /// Check the structure of every workspace crate: no import cycle between
     /// top-level modules, no product file over 600 lines.
-    Lint,
+    Lint {
+        /// First print each crate's modules in dependency order, bottom first.
+        #[arg(long)]
+        order: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,7 +114,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test { nextest_args } => test::run(&root, &nextest_args),
         Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
-        Task::Lint => lint::run(&root),
+        Task::Lint { order } => lint::run(&root, order),
     }
 }
 

@@ -78,6 +78,29 @@ impl ModuleGraph {
         seen
     }
 
+    /// `modules` in dependency order, bottom first: each layer uses only
+    /// modules of the layers before it. Modules on a cycle, and those that
+    /// use them, come last in one layer.
+    pub fn layers(&self, modules: &[String]) -> Vec<Vec<String>> {
+        let mut placed: BTreeSet<&String> = BTreeSet::new();
+        let mut left: Vec<&String> = modules.iter().collect();
+        let mut layers = Vec::new();
+        while !left.is_empty() {
+            let (ready, waiting): (Vec<&String>, Vec<&String>) = left.iter().partition(|module| {
+                self.successors(module)
+                    .all(|dependency| placed.contains(dependency) || !modules.contains(dependency))
+            });
+            if ready.is_empty() {
+                layers.push(waiting.into_iter().cloned().collect());
+                break;
+            }
+            placed.extend(ready.iter().copied());
+            layers.push(ready.into_iter().cloned().collect());
+            left = waiting;
+        }
+        layers
+    }
+
     /// The components with at least one cycle, in module order.
     pub fn cycles(&self) -> Vec<Component> {
         let nodes: BTreeSet<&String> = self

@@ -58,6 +58,8 @@ pub struct CrateScan {
     pub edges: Vec<Edge>,
     /// Every product file reached from the crate root.
     pub files: Vec<SourceFile>,
+    /// The crate's top-level modules.
+    pub modules: Vec<String>,
 }
 
 /// A path as written, before it is resolved against the crate's modules.
@@ -163,7 +165,11 @@ pub fn scan_crate(root_file: &Path, sources: &dyn Sources) -> Result<CrateScan, 
             Some(edge)
         })
         .collect();
-    Ok(CrateScan { edges, files })
+    Ok(CrateScan {
+        edges,
+        files,
+        modules: root.modules.into_iter().collect(),
+    })
 }
 
 /// Walks one file's syntax tree, collecting paths and child module files.

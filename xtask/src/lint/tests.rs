@@ -78,7 +78,16 @@ fn a_dag_passes() {
             pair("serve", "model")
         ]
     );
-    assert!(ModuleGraph::new(&scan.edges).cycles().is_empty());
+    let graph = ModuleGraph::new(&scan.edges);
+    assert!(graph.cycles().is_empty());
+    assert_eq!(
+        graph.layers(&scan.modules),
+        [
+            vec!["model".to_owned()],
+            vec!["compile".to_owned()],
+            vec!["serve".to_owned()]
+        ]
+    );
 }
 
 #[test]
