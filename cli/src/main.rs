@@ -30,6 +30,15 @@
 //! else the kubeconfig or the in-cluster configuration). Exit codes: 0 success, 1 the command failed (the agent
 //! could not be reached or answered an error, a check failed, the CA files
 //! exist, ...), 2 bad usage.
+//!
+//! Modules import only downward (`cargo xtask lint` checks it). Bottom
+//! first, each line using only the lines above it:
+//!
+//! 1. `admin` (the agent's admin API), `listing`, `table` (the output
+//!    switch: table, JSON or YAML).
+//! 2. `bpf`, `ca`, `render`, `uninstall`.
+//! 3. `check` (reads bpf), `waypoint` (renders with render).
+//! 4. `main`, which parses the command line and calls them.
 
 #![forbid(unsafe_code)]
 

@@ -60,6 +60,16 @@
 //!   reasons, re-checked when Services change; written only when it changes.
 //! - `GET /healthz` on the same port answers 200. The port opens only once
 //!   the CA is loaded, so it is also the readiness probe.
+//!
+//! Modules import only downward (`cargo xtask lint` checks it). Bottom
+//! first, each line using only the lines above it:
+//!
+//! 1. [`config`], [`labels`], [`policy_status`], [`route_status`].
+//! 2. [`ca_store`], [`peer_authn_status`] (writes conditions the way
+//!    `policy_status` does).
+//! 3. [`signing`] (signs with the CA store's key).
+//! 4. [`server`] (serves the signer), then this crate root, which starts
+//!    them all.
 
 pub mod ca_store;
 pub mod config;
