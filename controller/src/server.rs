@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
+use mesh_proxy::accept::accept_until;
 use rustls::{
     ServerConfig,
     server::{ClientHello, ResolvesServerCert},
@@ -70,14 +71,7 @@ pub async fn serve(
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(CurrentCertificate(store)));
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                continue;
-            }
-        };
+    accept_until(&listener, std::future::pending(), |stream, peer| {
         let acceptor = acceptor.clone();
         let signer = signer.clone();
         tokio::spawn(async move {
@@ -96,7 +90,9 @@ pub async fn serve(
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
-    }
+    })
+    .await;
+    Ok(())
 }
 
 async fn handle(

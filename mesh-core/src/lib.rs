@@ -16,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
-pub mod hbone;
 pub mod identity;
 pub mod local_config;
 pub mod logging;

@@ -29,9 +29,11 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use mesh_core::logging::LogControl;
+use mesh_proxy::accept::accept_until;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     authz::Authorizer, config::Config, connections::ConnectionLog, ebpf::MeshMaps,
@@ -85,17 +87,8 @@ pub struct AdminState {
 
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    continue;
-                }
-            },
-        };
+    let span = tracing::info_span!("admin");
+    accept_until(&listener, shutdown.cancelled(), |stream, _| {
         let (state, shutdown) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -109,7 +102,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
                 tracing::debug!(%error, "admin connection ended with an error");
             }
         });
-    }
+    })
+    .instrument(span)
+    .await;
 }
 
 async fn respond(

@@ -1,93 +1,20 @@
-//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3, between
-//! the node agents of the two ends (port 15008 in the destination pod).
+//! The agent's side of HBONE (TCP carried in HTTP/2 CONNECT streams over
+//! mutual TLS 1.3, between the node agents of the two ends, port 15008 in
+//! the destination pod). The protocol, the pool and the relay are
+//! `mesh_proxy`'s; what is the agent's is here:
 //!
-//! - [`client`]: the outbound side; pooled connections per destination.
-//! - [`server`]: the inbound side, one listener per enrolled pod.
-//! - [`relay`]: copying between an application's TCP connection and a
-//!   CONNECT stream, with flow control and half-close.
+//! - [`client`]: connections from the pod's namespace with its identity.
+//! - [`server`]: one listener per enrolled pod, with L4 authorization.
+//! - the authorization verdict a destination's agent reports in its
+//!   CONNECT response ([`report_authorization`], [`reported_authorization`]).
 
 use mesh_core::policy::Decision;
+use mesh_proxy::hbone::verdict_headers;
 
 use crate::authz::{Authorization, EnforcementPoint};
 
 pub mod client;
-pub mod relay;
 pub mod server;
-
-pub use mesh_core::hbone::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    MAX_STREAMS_PER_CONNECTION, SPREAD_CONNECTIONS, STREAM_WINDOW, verdict_headers,
-};
-
-/// Why an HBONE connection or stream failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HboneError {
-    /// The TCP connection to the peer's HBONE port failed.
-    #[error(
-        "cannot connect to the HBONE port {addr}: {source} (is the destination's node agent running? does a NetworkPolicy block port 15008?)"
-    )]
-    Connect {
-        /// The peer's HBONE address.
-        addr: std::net::SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The TLS handshake failed (wrong CA, wrong identity, expired certificate...).
-    #[error("TLS handshake with {addr} failed: {reason}")]
-    Tls {
-        /// The peer's HBONE address.
-        addr: std::net::SocketAddr,
-        /// What went wrong, naming the certificate problem.
-        reason: String,
-    },
-    /// The HTTP/2 layer failed.
-    #[error("HTTP/2 with {addr} failed: {source}")]
-    H2 {
-        /// The peer's HBONE address.
-        addr: std::net::SocketAddr,
-        /// The error.
-        source: h2::Error,
-    },
-    /// The handshake took too long.
-    #[error("the HBONE handshake with {0} timed out")]
-    Timeout(std::net::SocketAddr),
-    /// The peer answered the CONNECT with an error status.
-    #[error("{addr} refused the CONNECT to {authority} with status {status}")]
-    Refused {
-        /// The peer's HBONE address.
-        addr: std::net::SocketAddr,
-        /// The requested destination.
-        authority: std::net::SocketAddr,
-        /// The status.
-        status: http::StatusCode,
-    },
-    /// A socket could not be created in the pod.
-    #[error("cannot create the HBONE socket in the pod: {0}")]
-    Socket(#[source] std::io::Error),
-    /// No certificate or TLS configuration for an identity.
-    #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
-    /// The handshakes this stream waited for failed; every stream that
-    /// waited for them gets the same error.
-    #[error(transparent)]
-    Shared(std::sync::Arc<HboneError>),
-    /// The handshakes this stream waited for ended with no outcome.
-    #[error(
-        "the HBONE handshake with {0} was abandoned (is the agent shutting down? its log tells whether the handshake panicked)"
-    )]
-    Abandoned(std::net::SocketAddr),
-}
-
-impl From<mesh_core::hbone::HandshakeError> for HboneError {
-    fn from(error: mesh_core::hbone::HandshakeError) -> Self {
-        use mesh_core::hbone::HandshakeError;
-        match error {
-            HandshakeError::Tls { addr, reason } => Self::Tls { addr, reason },
-            HandshakeError::H2 { addr, source } => Self::H2 { addr, source },
-            HandshakeError::Timeout(addr) => Self::Timeout(addr),
-        }
-    }
-}
 
 /// The verdict a destination's agent reported in a CONNECT response.
 #[must_use]

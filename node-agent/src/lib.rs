@@ -23,7 +23,6 @@ pub mod authz;
 pub mod balancer;
 pub mod config;
 pub mod connections;
-pub mod copy;
 pub mod ebpf;
 pub mod enrollment;
 pub mod handoff;

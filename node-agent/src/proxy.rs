@@ -24,6 +24,7 @@ use mesh_core::{
     workload::{PodKey, PodMtls},
 };
 use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
+use mesh_proxy::{HboneError, accept::accept_until, client::HbonePool, copy::pump};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +33,7 @@ use tracing::Instrument as _;
 use crate::{
     authz::{Admitted, Authorization, Authorizer},
     connections::{ConnectionLog, Flow},
-    copy::pump,
     ebpf::MeshMaps,
-    hbone::{HboneError, client::HbonePool},
     identity::CertManager,
     metrics::tcp::ResponseFlags,
     netns::{NetnsError, NetnsSwitch},
@@ -435,21 +434,9 @@ pub async fn serve<F, Fut>(
     let mut accepts = tokio::task::JoinSet::new();
     for listener in listeners {
         let (context, cancel, forward) = (context.clone(), cancel.clone(), forward.clone());
+        let listener_span = tracing::info_span!("listener", pod = %context.pod, ?direction);
         accepts.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (stream, client) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Usually EMFILE; back off briefly rather than spin.
-                        tracing::warn!(pod = %context.pod, ?direction, %error, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            accept_until(&listener, cancel.cancelled(), move |stream, client| {
                 let stats = context.stats.direction(direction);
                 stats.opened();
                 let span = match direction {
@@ -474,8 +461,9 @@ pub async fn serve<F, Fut>(
                     }
                     .instrument(span),
                 );
-            }
-        });
+            })
+            .await;
+        }.instrument(listener_span));
     }
     while accepts.join_next().await.is_some() {}
 }

@@ -29,8 +29,10 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, server::conn::http1};
 use hyper_util::rt::TokioIo;
 use mesh_core::identity::SpiffeId;
+use mesh_proxy::accept::accept_until;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     config::{Config, env},
@@ -260,18 +262,8 @@ async fn serve<F>(listener: TcpListener, shutdown: CancellationToken, respond: F
 where
     F: Fn(&str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "telemetry accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let span = tracing::info_span!("telemetry");
+    accept_until(&listener, shutdown.cancelled(), |stream, _| {
         let respond = respond.clone();
         let connection = http1::Builder::new().serve_connection(
             TokioIo::new(stream),
@@ -288,7 +280,9 @@ where
             }),
         );
         tokio::spawn(until_cancelled(connection, shutdown.clone()));
-    }
+    })
+    .instrument(span)
+    .await;
 }
 
 async fn until_cancelled<F, E>(connection: F, shutdown: CancellationToken)

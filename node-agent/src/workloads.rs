@@ -239,10 +239,9 @@ fn waypoint_target(
         .find(|s| s.namespace == namespace && s.name == name);
     let endpoints = service
         .and_then(|svc| {
-            let port = svc
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some("hbone") || p.port == mesh_core::hbone::PORT)?;
+            let port = svc.ports.iter().find(|p| {
+                p.name.as_deref() == Some("hbone") || p.port == mesh_proxy::hbone::PORT
+            })?;
             let mut addrs = service::backends(svc, port, true, &snapshot.pods);
             addrs.extend(service::backends(svc, port, false, &snapshot.pods));
             Some(addrs)

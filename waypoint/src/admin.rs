@@ -17,8 +17,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
+use mesh_proxy::accept::accept_until;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{Waypoint, metrics::Metrics, readiness::Readiness};
 
@@ -53,18 +55,8 @@ where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let respond = Arc::new(respond);
-    loop {
-        let tcp = tokio::select! {
-            () = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let span = tracing::info_span!("admin");
+    accept_until(&listener, cancel.cancelled(), |tcp, _| {
         let respond = respond.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -75,7 +67,9 @@ where
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
-    }
+    })
+    .instrument(span)
+    .await;
 }
 
 fn telemetry_response(

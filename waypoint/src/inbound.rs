@@ -24,14 +24,14 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::{body::Incoming, service::HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::{hbone, identity::SpiffeId, service::DeclaredProtocol, tls};
+use mesh_core::{identity::SpiffeId, service::DeclaredProtocol, tls};
+use mesh_proxy::{accept::accept_until, h2io::H2Io, hbone};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    Waypoint, h2io::H2Io, http_proxy, metrics::RequestLabels, opaque, state::ServedPort,
-    workers::Workers,
+    Waypoint, http_proxy, metrics::RequestLabels, opaque, state::ServedPort, workers::Workers,
 };
 
 /// The HTTP/2 client connection preface.
@@ -104,20 +104,12 @@ impl StreamInfo {
 /// Accepts HBONE connections on `listener` until cancelled, handing each
 /// to a worker.
 pub async fn serve(listener: TcpListener, workers: &Workers, cancel: CancellationToken) {
-    loop {
-        let (tcp, client) = tokio::select! {
-            () = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "HBONE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let span = tracing::info_span!("hbone_listener");
+    accept_until(&listener, cancel.cancelled(), |tcp, client| {
         workers.dispatch(tcp, client);
-    }
+    })
+    .instrument(span)
+    .await;
 }
 
 /// Serves one accepted HBONE connection on the current (worker's) thread.
@@ -139,7 +131,7 @@ async fn serve_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: Socke
             return;
         }
     };
-    hbone::serve(tcp, config, |request, respond, peer| {
+    mesh_proxy::server::serve(tcp, config, |request, respond, peer| {
         serve_stream(waypoint.clone(), request, respond, peer, client)
     })
     .await;
@@ -300,25 +292,4 @@ fn empty_response(status: StatusCode) -> Response<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{Protocol, classify};
-
-    #[test]
-    fn classifies_first_bytes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"DELETE /x"), Some(Protocol::Http1));
-        assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Some(Protocol::Http2)
-        );
-        assert_eq!(classify(b"PRI * HT"), None);
-        assert_eq!(classify(b"GE"), None);
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"hello"), Some(Protocol::Opaque));
-        assert_eq!(classify(b" x"), Some(Protocol::Opaque));
-        assert_eq!(
-            classify(b"AAAAAAAAAAAAAAAAAAAAAAAA"),
-            Some(Protocol::Opaque)
-        );
-    }
-}
+mod tests;

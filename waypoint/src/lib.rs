@@ -23,7 +23,6 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod deadline;
-pub mod h2io;
 pub mod http_proxy;
 pub mod identity;
 pub mod inbound;

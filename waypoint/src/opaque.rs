@@ -4,7 +4,9 @@
 
 use std::{sync::Arc, time::Instant};
 
-use crate::{Waypoint, authz, h2io::H2Io, inbound::StreamInfo};
+use mesh_proxy::h2io::H2Io;
+
+use crate::{Waypoint, authz, inbound::StreamInfo};
 
 /// Passes `io` through to an endpoint of the service it was addressed to.
 pub async fn forward(waypoint: &Arc<Waypoint>, info: &StreamInfo, io: &mut H2Io, started: Instant) {

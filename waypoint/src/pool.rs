@@ -33,7 +33,7 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::hbone;
+use mesh_proxy::hbone;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::upstream::{Body, BodyError, Connector, UpstreamError};

@@ -3,8 +3,9 @@
 //! identity, to the HBONE port of the endpoint's pod, whose agent checks L4
 //! policy with the waypoint as the source. An endpoint outside the mesh is
 //! reached over plain TCP. HTTP requests ride on the worker's pooled
-//! connections per endpoint ([`pool`](crate::pool)), over HBONE connections
-//! shared per (peer identity, address) ([`connections`]).
+//! connections per endpoint ([`pool`](crate::pool)), over the worker's
+//! HBONE pool (`mesh_proxy::client`), whose connections are shared per
+//! (peer identity, address).
 
 use std::{
     io,
@@ -18,22 +19,23 @@ use std::{
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http_body_util::combinators::BoxBody;
-use mesh_core::{hbone, identity::SpiffeId, tls};
+use mesh_core::{identity::SpiffeId, tls};
+use mesh_proxy::{
+    HboneError,
+    client::{Connect, EstablishedStream, HbonePool, PoolKey, StreamSlot},
+    h2io::H2Io,
+    hbone,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
 use crate::{
-    h2io::H2Io,
     identity::WaypointIdentity,
     pool::{Pool, SendError},
     state::SharedState,
 };
-
-mod connections;
-
-use connections::HboneConnections;
 
 /// How long a TCP connection (and an HBONE handshake) to a backend may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,7 +50,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// TCP to the endpoint or its HBONE port failed.
+    /// TCP to an endpoint outside the mesh failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         /// The address dialled.
@@ -56,54 +58,16 @@ pub enum UpstreamError {
         /// The error.
         source: io::Error,
     },
-    /// Connecting took too long.
+    /// Connecting to an endpoint outside the mesh took too long.
     #[error("connecting to {0} timed out")]
     Timeout(SocketAddr),
-    /// The TLS handshake with the endpoint's agent failed.
-    #[error("TLS handshake with {addr} failed: {reason}")]
-    Tls {
-        /// The HBONE address.
-        addr: SocketAddr,
-        /// What went wrong.
-        reason: String,
-    },
-    /// HTTP/2 with the endpoint's agent failed.
-    #[error("HBONE to {addr} failed: {source}")]
-    H2 {
-        /// The HBONE address.
-        addr: SocketAddr,
-        /// The error.
-        source: h2::Error,
-    },
-    /// The endpoint's agent refused the CONNECT (policy, or nothing listening).
-    #[error("the agent of {endpoint} refused the stream with status {status}")]
-    Refused {
-        /// The endpoint.
-        endpoint: SocketAddr,
-        /// The CONNECT response status.
-        status: http::StatusCode,
-    },
-    /// The CONNECT request for the endpoint could not be built.
-    #[error("not an endpoint address: {0}")]
-    BadEndpoint(String),
     /// The endpoint's circuit breaker allows no more connections.
     #[error("{0}")]
     Overflow(#[from] crate::resilience::circuit::Overflow),
-    /// The TLS or HTTP/2 handshake with the endpoint's agent failed.
+    /// HBONE to the endpoint's agent failed, or the agent refused the
+    /// stream (policy, or nothing listening).
     #[error(transparent)]
-    Handshake(#[from] hbone::HandshakeError),
-    /// No TLS configuration could be built.
-    #[error(transparent)]
-    TlsConfig(#[from] tls::TlsError),
-    /// The HBONE handshakes this request waited for failed; every request
-    /// that waited for them gets the same error.
-    #[error(transparent)]
-    Shared(Arc<UpstreamError>),
-    /// The HBONE handshakes this request waited for ended with no outcome.
-    #[error(
-        "the HBONE handshake with {0} was abandoned (is the waypoint shutting down? its log tells whether the handshake panicked)"
-    )]
-    Abandoned(SocketAddr),
+    Hbone(#[from] HboneError),
 }
 
 /// A worker's connections to backends: the HBONE connections and the
@@ -128,7 +92,10 @@ impl Upstreams {
                 identity,
                 state,
                 breakers,
-                hbone: HboneConnections::default(),
+                // A worker drives its connections on its own thread, so
+                // more connections would not spread encryption over threads:
+                // one per destination until it is full.
+                hbone: HbonePool::with_spread(1),
             }),
         };
         Self {
@@ -172,7 +139,7 @@ struct ConnectorInner {
     identity: Arc<WaypointIdentity>,
     state: SharedState,
     breakers: crate::runtime::Breakers,
-    hbone: HboneConnections,
+    hbone: HbonePool,
 }
 
 impl ConnectorInner {
@@ -195,8 +162,11 @@ impl ConnectorInner {
         let peer = self.state.current().identity_of(endpoint.ip());
         if let Some(peer) = peer {
             let hbone_addr = SocketAddr::new(endpoint.ip(), hbone::PORT);
-            let stream = self.open_stream(&peer, hbone_addr, endpoint).await?;
-            Ok(TunnelIo::Hbone(Box::new(stream)))
+            let (stream, slot) = self.open_stream(&peer, hbone_addr, endpoint).await?;
+            Ok(TunnelIo::Hbone {
+                io: Box::new(stream),
+                _slot: slot,
+            })
         } else {
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
                 .await
@@ -210,54 +180,42 @@ impl ConnectorInner {
         }
     }
 
-    /// A CONNECT stream to `endpoint` through its agent at `hbone_addr`.
+    /// A CONNECT stream to `endpoint` through its agent at `hbone_addr`,
+    /// accepted within [`CONNECT_TIMEOUT`].
     async fn open_stream(
         &self,
         peer: &SpiffeId,
         hbone_addr: SocketAddr,
         endpoint: SocketAddr,
-    ) -> Result<H2Io, UpstreamError> {
-        let h2_error = |source| UpstreamError::H2 {
+    ) -> Result<(H2Io, StreamSlot), HboneError> {
+        let key = PoolKey {
+            peer: peer.clone(),
             addr: hbone_addr,
-            source,
         };
-        let send = self.connection(peer, hbone_addr).await?;
-        let mut ready = send.ready().await.map_err(h2_error)?;
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(endpoint.to_string())
-            .body(())
-            .map_err(|_| UpstreamError::BadEndpoint(endpoint.to_string()))?;
-        let (response, send) = ready.send_request(request, false).map_err(h2_error)?;
-        let response = tokio::time::timeout(CONNECT_TIMEOUT, response)
-            .await
-            .map_err(|_| UpstreamError::Timeout(hbone_addr))?
-            .map_err(h2_error)?;
-        if response.status() != http::StatusCode::OK {
-            return Err(UpstreamError::Refused {
-                endpoint,
-                status: response.status(),
-            });
-        }
-        Ok(H2Io::new(send, response.into_body()))
+        let connector = WaypointConnector(&self.identity);
+        let stream = self.hbone.open_stream(&connector, &key, endpoint).await?;
+        let EstablishedStream { send, recv, slot } = stream
+            .established(&self.hbone, &connector, CONNECT_TIMEOUT)
+            .await?;
+        Ok((H2Io::new(send, recv), slot))
     }
+}
 
-    /// A live HBONE connection to `addr`, opening one if there is none;
-    /// a handshake in progress is shared with the other requests for it.
-    async fn connection(
+/// Opens the waypoint's HBONE connections: with its identity, within
+/// [`CONNECT_TIMEOUT`].
+struct WaypointConnector<'a>(&'a Arc<WaypointIdentity>);
+
+impl Connect for WaypointConnector<'_> {
+    fn connect(
         &self,
-        peer: &SpiffeId,
-        addr: SocketAddr,
-    ) -> Result<SendRequest<Bytes>, UpstreamError> {
-        let connect = || {
-            let (identity, peer) = (self.identity.clone(), peer.clone());
-            async move {
-                tokio::time::timeout(CONNECT_TIMEOUT, handshake(identity, peer, addr))
-                    .await
-                    .map_err(|_| UpstreamError::Timeout(addr))?
-            }
-        };
-        self.hbone.get(peer, addr, connect).await
+        key: &PoolKey,
+    ) -> impl Future<Output = Result<SendRequest<Bytes>, HboneError>> + Send + 'static {
+        let (identity, peer, addr) = (self.0.clone(), key.peer.clone(), key.addr);
+        async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, handshake(identity, peer, addr))
+                .await
+                .map_err(|_| HboneError::Timeout(addr))?
+        }
     }
 }
 
@@ -267,17 +225,18 @@ async fn handshake(
     identity: Arc<WaypointIdentity>,
     peer: SpiffeId,
     addr: SocketAddr,
-) -> Result<SendRequest<Bytes>, UpstreamError> {
+) -> Result<SendRequest<Bytes>, HboneError> {
     let tcp = TcpStream::connect(addr)
         .await
-        .map_err(|source| UpstreamError::Connect { addr, source })?;
+        .map_err(|source| HboneError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
     let config = tls::client_config(
         identity.id.clone(),
         peer,
         identity.clone(),
         identity.roots(),
-    )?;
+    )
+    .map_err(|error| HboneError::Identity(Box::new(error)))?;
     let (send, connection) = hbone::connect(tcp, Arc::new(config), addr).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -296,8 +255,14 @@ pub struct Tunnel {
 
 /// An HBONE stream or a plain TCP connection.
 enum TunnelIo {
-    /// Through the endpoint's agent.
-    Hbone(Box<H2Io>),
+    /// Through the endpoint's agent, holding its place on its HBONE
+    /// connection.
+    Hbone {
+        /// The stream.
+        io: Box<H2Io>,
+        /// Its place on its connection.
+        _slot: StreamSlot,
+    },
     /// Straight to an endpoint outside the mesh.
     Tcp(TcpStream),
 }
@@ -309,7 +274,7 @@ impl AsyncRead for Tunnel {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            TunnelIo::Hbone(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            TunnelIo::Hbone { io, .. } => Pin::new(io.as_mut()).poll_read(cx, buf),
             TunnelIo::Tcp(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -322,21 +287,21 @@ impl AsyncWrite for Tunnel {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
-            TunnelIo::Hbone(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+            TunnelIo::Hbone { io, .. } => Pin::new(io.as_mut()).poll_write(cx, buf),
             TunnelIo::Tcp(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            TunnelIo::Hbone(io) => Pin::new(io.as_mut()).poll_flush(cx),
+            TunnelIo::Hbone { io, .. } => Pin::new(io.as_mut()).poll_flush(cx),
             TunnelIo::Tcp(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            TunnelIo::Hbone(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+            TunnelIo::Hbone { io, .. } => Pin::new(io.as_mut()).poll_shutdown(cx),
             TunnelIo::Tcp(io) => Pin::new(io).poll_shutdown(cx),
         }
     }

@@ -15,6 +15,7 @@ use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
 use mesh_core::{identity::SpiffeId, policy::Request as AuthzRequest};
 use mesh_ebpf_common::RESERVED_POD_PORTS;
+use mesh_proxy::accept::accept_until;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -35,23 +36,17 @@ pub async fn serve(
     let mut accepts = tokio::task::JoinSet::new();
     for listener in listeners {
         let (context, cancel) = (context.clone(), cancel.clone());
-        accepts.spawn(async move {
-            loop {
-                let (tcp, client) = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::warn!(pod = %context.pod, %error, "HBONE accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let span = tracing::info_span!("hbone", pod = %context.pod, %client, peer = tracing::field::Empty);
-                tokio::spawn(serve_connection(context.clone(), tcp, client).instrument(span));
+        let span = tracing::info_span!("hbone_listener", pod = %context.pod);
+        accepts.spawn(
+            async move {
+                accept_until(&listener, cancel.cancelled(), |tcp, client| {
+                    let span = tracing::info_span!("hbone", pod = %context.pod, %client, peer = tracing::field::Empty);
+                    tokio::spawn(serve_connection(context.clone(), tcp, client).instrument(span));
+                })
+                .await;
             }
-        });
+            .instrument(span),
+        );
     }
     while accepts.join_next().await.is_some() {}
 }
@@ -76,7 +71,7 @@ async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: Sock
         }
     };
     let drain = context.drain.clone();
-    mesh_core::hbone::serve_until(
+    mesh_proxy::server::serve_until(
         tcp,
         config,
         drain.cancelled_owned(),
@@ -159,7 +154,7 @@ async fn serve_stream(
     let live = context.connections.open(&flow);
     context.count_opened(&flow);
     let counts = live.counts();
-    let relay = super::relay::relay(
+    let relay = mesh_proxy::relay::relay(
         &upstream,
         send,
         std::future::ready(Ok(request.into_body())),
@@ -184,7 +179,7 @@ fn connect_target(
     context: &PodContext,
     request: &Request<h2::RecvStream>,
 ) -> Result<SocketAddr, (StatusCode, &'static str)> {
-    let dst = mesh_core::hbone::connect_authority(request)?;
+    let dst = mesh_proxy::hbone::connect_authority(request)?;
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     if !context.pod_ips.contains(&dst.ip()) {
         return Err((

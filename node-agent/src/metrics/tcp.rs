@@ -24,6 +24,7 @@
 
 use std::sync::Arc;
 
+use mesh_proxy::HboneError;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family},
@@ -31,9 +32,9 @@ use prometheus_client::{
 };
 
 use super::labels::{UNKNOWN, WorkloadNames};
+
 use crate::{
     connections::{Flow, Security},
-    hbone::HboneError,
     proxy::{Direction, ProxyError, RelayEnd},
     workloads::WorkloadIndex,
 };

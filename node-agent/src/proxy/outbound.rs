@@ -13,6 +13,7 @@ use crate::{
     authz::{Check, EnforcementPoint},
     balancer::Pick,
     connections::{Flow, Security},
+    hbone,
     proxy::Direction,
     workloads::{WaypointTarget, WorkloadIndex},
 };
@@ -51,16 +52,14 @@ pub(super) async fn forward(
             // verdict in the CONNECT response.
             flow.security = Security::MutualTls;
             let hbone_addr = SocketAddr::new(dst.ip(), INBOUND_HBONE_PORT);
-            let hbone = context
-                .hbone
-                .open_stream(&context, &peer.identity, hbone_addr, dst)
+            let hbone = hbone::client::open_stream(&context, &peer.identity, hbone_addr, dst)
                 .await
                 .map_err(ProxyError::from)
                 .inspect_err(|error| context.count_failed(&flow, error))?;
             let live = context.connections.open(&flow);
             context.count_opened(&flow);
             let end = until_revoked(
-                hbone.relay(&context, &stream, live.counts(), live.reported()),
+                hbone::client::relay(hbone, &context, &stream, live.counts(), live.reported()),
                 None,
             )
             .await;
@@ -136,16 +135,14 @@ async fn via_waypoint(
         ..outbound_flow(context, src, dialled)
     };
     tracing::debug!(waypoint = %waypoint.service, endpoint = %pick.endpoint, "through the waypoint");
-    let hbone = context
-        .hbone
-        .open_stream(context, &waypoint.identity, pick.endpoint, dialled)
+    let hbone = hbone::client::open_stream(context, &waypoint.identity, pick.endpoint, dialled)
         .await
         .map_err(ProxyError::from)
         .inspect_err(|error| context.count_failed(&flow, error))?;
     let live = context.connections.open(&flow);
     context.count_opened(&flow);
     let end = until_revoked(
-        hbone.relay(context, stream, live.counts(), live.reported()),
+        hbone::client::relay(hbone, context, stream, live.counts(), live.reported()),
         None,
     )
     .await;

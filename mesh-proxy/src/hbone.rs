@@ -1,23 +1,17 @@
-//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3 (port
-//! 15008). The node agent and the waypoint both speak it, with the same
-//! limits and windows, through the handshakes here: [`accept`] on the
-//! server side, [`connect`] on the client side, and [`connect_authority`]
-//! for what a CONNECT request asks for. Both pools open connections through
-//! a [`SharedHandshake`], which same-peer requests share and no lock waits
-//! on.
+//! HBONE's vocabulary: TCP carried in HTTP/2 CONNECT streams over mutual
+//! TLS 1.3 (port 15008), with the same limits and windows on every side.
+//! The handshakes are here: [`accept`] on the server side, [`connect`] on
+//! the client side, and [`connect_authority`] for what a CONNECT request
+//! asks for; so is [`HboneError`], what every HBONE client reports.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use rustls::{ClientConfig, ServerConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::{identity::SpiffeId, tls};
-
-pub mod shared_handshake;
-
-pub use shared_handshake::{HandshakeStarter, SharedHandshake};
+use mesh_core::{identity::SpiffeId, tls};
 
 /// The HBONE port, in each meshed pod and on each waypoint.
 pub const PORT: u16 = 15008;
@@ -76,9 +70,19 @@ pub enum AcceptError {
     Timeout,
 }
 
-/// Why an HBONE connection to a peer could not be set up.
+/// Why an HBONE connection or stream failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
+pub enum HboneError {
+    /// The TCP connection to the peer's HBONE port failed.
+    #[error(
+        "cannot connect to the HBONE port {addr}: {source} (is the destination's node agent running? does a NetworkPolicy block port 15008?)"
+    )]
+    Connect {
+        /// The peer's HBONE address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
     /// The TLS handshake failed (wrong CA, wrong identity, expired
     /// certificate...).
     #[error("TLS handshake with {addr} failed: {reason}")]
@@ -88,7 +92,7 @@ pub enum HandshakeError {
         /// What went wrong, naming the certificate problem.
         reason: String,
     },
-    /// The HTTP/2 handshake failed.
+    /// The HTTP/2 layer failed.
     #[error("HTTP/2 with {addr} failed: {source}")]
     H2 {
         /// The peer's HBONE address.
@@ -96,9 +100,38 @@ pub enum HandshakeError {
         /// The error.
         source: h2::Error,
     },
-    /// The handshakes took longer than [`HANDSHAKE_TIMEOUT`].
+    /// Connecting, the handshakes or the CONNECT response took too long.
     #[error("the HBONE handshake with {0} timed out")]
     Timeout(SocketAddr),
+    /// The peer answered the CONNECT with an error status.
+    #[error("{addr} refused the CONNECT to {authority} with status {status}")]
+    Refused {
+        /// The peer's HBONE address.
+        addr: SocketAddr,
+        /// The requested destination.
+        authority: SocketAddr,
+        /// The status.
+        status: http::StatusCode,
+    },
+    /// A CONNECT request for the authority could not be built.
+    #[error("{0} cannot be the authority of a CONNECT request")]
+    BadAuthority(SocketAddr),
+    /// A socket for the connection could not be created.
+    #[error("cannot create the HBONE socket: {0}")]
+    Socket(#[source] io::Error),
+    /// No certificate or TLS configuration for the local identity or the
+    /// peer's.
+    #[error(transparent)]
+    Identity(Box<dyn std::error::Error + Send + Sync>),
+    /// The handshakes this stream waited for failed; every stream that
+    /// waited for them gets the same error.
+    #[error(transparent)]
+    Shared(Arc<HboneError>),
+    /// The handshakes this stream waited for ended with no outcome.
+    #[error(
+        "the HBONE handshake with {0} was abandoned (is the proxy shutting down? its log tells whether the handshake panicked)"
+    )]
+    Abandoned(SocketAddr),
 }
 
 /// The server side: TLS with `config` (which requires a client
@@ -131,64 +164,6 @@ pub async fn accept(
         .map_err(|_| AcceptError::Timeout)?
 }
 
-/// Serves one accepted HBONE connection: [`accept`], then each CONNECT
-/// stream handed to `on_stream` with the client's SPIFFE id and spawned in
-/// the current span (whose `peer` field is filled in), until the
-/// connection ends. A refused connection is logged.
-pub async fn serve<F, S>(tcp: TcpStream, config: Arc<ServerConfig>, on_stream: F)
-where
-    F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
-    S: Future<Output = ()> + Send + 'static,
-{
-    serve_until(tcp, config, std::future::pending(), on_stream).await;
-}
-
-/// [`serve`], and once `drain` completes, a graceful shutdown: the peer is
-/// told (`GOAWAY`) to open no new stream here, the streams under way go on,
-/// and the connection ends when they are done.
-pub async fn serve_until<F, S>(
-    tcp: TcpStream,
-    config: Arc<ServerConfig>,
-    drain: impl Future<Output = ()>,
-    mut on_stream: F,
-) where
-    F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
-    S: Future<Output = ()> + Send + 'static,
-{
-    use tracing::Instrument as _;
-    let (peer, mut connection) = match accept(tcp, config).await {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            tracing::warn!(%error, "HBONE connection refused");
-            return;
-        }
-    };
-    tracing::Span::current().record("peer", tracing::field::display(&peer));
-    let mut drain = std::pin::pin!(drain);
-    let mut draining = false;
-    loop {
-        let next = tokio::select! {
-            next = connection.accept() => next,
-            () = &mut drain, if !draining => {
-                tracing::debug!("draining: the peer is asked to open no new stream here");
-                connection.graceful_shutdown();
-                draining = true;
-                continue;
-            }
-        };
-        let Some(next) = next else { break };
-        match next {
-            Ok((request, respond)) => {
-                tokio::spawn(on_stream(request, respond, peer.clone()).in_current_span());
-            }
-            Err(error) => {
-                tracing::debug!(%error, "HBONE connection ended");
-                break;
-            }
-        }
-    }
-}
-
 /// The client side, over `tcp` to the peer's HBONE address `addr`: TLS
 /// with `config` (which checks the peer's SPIFFE id), then HTTP/2 with
 /// HBONE's windows, all within [`HANDSHAKE_TIMEOUT`]. The caller spawns the
@@ -197,12 +172,12 @@ pub async fn connect(
     tcp: TcpStream,
     config: Arc<ClientConfig>,
     addr: SocketAddr,
-) -> Result<(h2::client::SendRequest<Bytes>, ClientConnection), HandshakeError> {
+) -> Result<(h2::client::SendRequest<Bytes>, ClientConnection), HboneError> {
     let handshake = async {
         let tls = TlsConnector::from(config)
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
-            .map_err(|error| HandshakeError::Tls {
+            .map_err(|error| HboneError::Tls {
                 addr,
                 reason: tls::handshake_failure(&error),
             })?;
@@ -212,11 +187,11 @@ pub async fn connect(
             .max_frame_size(MAX_FRAME_SIZE)
             .handshake::<_, Bytes>(tls)
             .await
-            .map_err(|source| HandshakeError::H2 { addr, source })
+            .map_err(|source| HboneError::H2 { addr, source })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| HandshakeError::Timeout(addr))?
+        .map_err(|_| HboneError::Timeout(addr))?
 }
 
 /// Where a CONNECT request asks to go: an IP address and port; else the

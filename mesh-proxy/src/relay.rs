@@ -10,9 +10,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use crate::hbone::h2_to_io;
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
-use mesh_core::hbone::h2_to_io;
 use tokio::net::TcpStream;
 
 use crate::copy::{ChunkReader, shutdown_write, write_all};

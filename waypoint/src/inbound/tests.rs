@@ -1,6 +1,7 @@
-//! How a stream ends, against an in-memory HTTP/2 connection whose client
-//! side plays the client's agent, and a server that serves each stream as
-//! the waypoint serves a port declared HTTP.
+//! What a stream carries, from its first bytes; and how a stream ends,
+//! against an in-memory HTTP/2 connection whose client side plays the
+//! client's agent, and a server that serves each stream as the waypoint
+//! serves a port declared HTTP.
 
 use std::{
     convert::Infallible,
@@ -24,8 +25,9 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::H2Io;
-use crate::inbound::{LINGER, serve_http1};
+use mesh_proxy::h2io::H2Io;
+
+use super::{LINGER, Protocol, classify, serve_http1};
 
 /// The first of the two writes bash's line-buffered `printf 'hello
 /// there\r\n\r\n'` makes: already not HTTP (no version), so the waypoint
@@ -181,7 +183,7 @@ async fn through_the_clients_agent(extra_polls: usize) -> String {
     let recv =
         async move { Ok::<_, io::Error>(response.await.map_err(io::Error::other)?.into_body()) };
     let (from_app, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
-    let relay = node_agent::hbone::relay::relay(&app, send, recv, &from_app, &to_app);
+    let relay = mesh_proxy::relay::relay(&app, send, recv, &from_app, &to_app);
     tokio::pin!(relay);
 
     client.write_all(FIRST_LINE).await.expect("the first line");
@@ -208,4 +210,23 @@ async fn through_the_clients_agent(extra_polls: usize) -> String {
 /// Polls `relay` once, as its task is on a wake-up.
 async fn poll_once<F: Future>(mut relay: Pin<&mut F>) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await
+}
+
+#[test]
+fn classifies_first_bytes() {
+    assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+    assert_eq!(classify(b"DELETE /x"), Some(Protocol::Http1));
+    assert_eq!(
+        classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        Some(Protocol::Http2)
+    );
+    assert_eq!(classify(b"PRI * HT"), None);
+    assert_eq!(classify(b"GE"), None);
+    assert_eq!(classify(b"\x16\x03\x01"), Some(Protocol::Opaque));
+    assert_eq!(classify(b"hello"), Some(Protocol::Opaque));
+    assert_eq!(classify(b" x"), Some(Protocol::Opaque));
+    assert_eq!(
+        classify(b"AAAAAAAAAAAAAAAAAAAAAAAA"),
+        Some(Protocol::Opaque)
+    );
 }

@@ -15,9 +15,9 @@ use std::{
     time::Duration,
 };
 
+use crate::hbone::h2_to_io;
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
-use mesh_core::hbone::h2_to_io;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest chunk written into one DATA frame batch.
@@ -185,6 +185,3 @@ impl Drop for H2Io {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

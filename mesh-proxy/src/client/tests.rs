@@ -8,6 +8,8 @@ use tokio::sync::Semaphore;
 
 use super::*;
 
+mod spread_one;
+
 fn key(host: u8) -> PoolKey {
     PoolKey {
         peer: SpiffeId::new("cluster.local", "shop", "server").unwrap(),
@@ -235,25 +237,37 @@ async fn a_stream_waiting_for_a_handshake_is_a_small_future() {
 
 #[test]
 fn busy_streams_spread_over_connections_then_share() {
-    assert_eq!(pick_connection(&[]), None, "no connection yet");
     assert_eq!(
-        pick_connection(&[0]),
+        pick_connection(&[], SPREAD_CONNECTIONS),
+        None,
+        "no connection yet"
+    );
+    assert_eq!(
+        pick_connection(&[0], SPREAD_CONNECTIONS),
         Some(0),
         "an idle connection is reused"
     );
-    assert_eq!(pick_connection(&[1]), None, "a busy one: open a second");
     assert_eq!(
-        pick_connection(&[1, 0]),
+        pick_connection(&[1], SPREAD_CONNECTIONS),
+        None,
+        "a busy one: open a second"
+    );
+    assert_eq!(
+        pick_connection(&[1, 0], SPREAD_CONNECTIONS),
         Some(1),
         "the least busy is chosen"
     );
-    assert_eq!(pick_connection(&[1, 1, 1]), None);
+    assert_eq!(pick_connection(&[1, 1, 1], SPREAD_CONNECTIONS), None);
     let spread = vec![1; SPREAD_CONNECTIONS];
     assert_eq!(
-        pick_connection(&spread),
+        pick_connection(&spread, SPREAD_CONNECTIONS),
         Some(0),
         "enough connections: streams share"
     );
     let full = vec![MAX_STREAMS_PER_CONNECTION; SPREAD_CONNECTIONS];
-    assert_eq!(pick_connection(&full), None, "all full: open another");
+    assert_eq!(
+        pick_connection(&full, SPREAD_CONNECTIONS),
+        None,
+        "all full: open another"
+    );
 }
