@@ -32,43 +32,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    flow::{Authorization, EnforcementPoint},
     metrics::{AuthorizationLabels, Metrics},
     published::Published,
 };
-
-/// Where a verdict was enforced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EnforcementPoint {
-    /// The destination pod's HBONE server.
-    HboneInbound,
-    /// The destination pod's inbound plaintext proxy.
-    PlaintextInbound,
-    /// The source pod's outbound proxy, for a destination on the same node.
-    SameNodeOutbound,
-    /// The agent's direct-connection map: a same-node connection that
-    /// policy allows goes straight to its destination, spliced in the
-    /// kernel; one it denies goes through the agent (`same-node-outbound`).
-    SameNodeSplice,
-}
-
-/// The verdict on one connection, as the access log and the admin API show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Authorization {
-    /// Allowed or denied.
-    pub decision: Decision,
-    /// The deciding policy (namespace/name), `default allow` or `no ALLOW matched`.
-    pub policy: String,
-    /// Why, in a sentence.
-    pub reason: String,
-    /// The node whose agent enforced it.
-    pub enforced_by: String,
-    /// Where on that node.
-    pub enforcement_point: EnforcementPoint,
-    /// AUDIT policies that matched.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub audited: Vec<String>,
-}
 
 /// A connection to check: which pod it is for and what is known of it.
 #[derive(Clone, Debug)]
@@ -379,21 +346,6 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.authorizer.live().remove(&self.id);
-    }
-}
-
-// === impl EnforcementPoint ===
-
-impl EnforcementPoint {
-    /// The name used in logs and metric labels.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HboneInbound => "hbone-inbound",
-            Self::PlaintextInbound => "plaintext-inbound",
-            Self::SameNodeOutbound => "same-node-outbound",
-            Self::SameNodeSplice => "same-node-splice",
-        }
     }
 }
 

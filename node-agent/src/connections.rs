@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -17,8 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::sync::lock;
 use crate::{
-    authz::Authorization,
-    proxy::{ByteCounts, Direction},
+    flow::{Authorization, ByteCounts, Flow},
     workloads::{SharedWorkloads, WorkloadIndex},
 };
 
@@ -28,42 +26,6 @@ const FOLLOW_BACKLOG: usize = 1024;
 
 /// How many closed connections the log keeps.
 pub const LOG_CAPACITY: usize = 1024;
-
-/// How a connection was secured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Security {
-    /// HBONE: mutual TLS between the two agents.
-    MutualTls,
-    /// Both ends are pods of this node; the agent knows both identities and
-    /// the bytes never leave the node, so TLS is skipped (a setting).
-    SameNode,
-    /// No TLS: one end is outside the mesh.
-    Plaintext,
-}
-
-/// One proxied connection: its ends and how it was secured.
-#[derive(Clone, Debug, Serialize)]
-pub struct Flow {
-    /// Which proxy carried it.
-    pub direction: Direction,
-    /// The enrolled pod (namespace/name) whose proxy carried it.
-    pub pod: String,
-    /// The connecting side.
-    pub src: SocketAddr,
-    /// Where it went.
-    pub dst: SocketAddr,
-    /// The source's SPIFFE id, when known.
-    pub src_identity: Option<String>,
-    /// The destination's SPIFFE id, when known.
-    pub dst_identity: Option<String>,
-    /// How it was secured.
-    pub security: Security,
-    /// The authorization verdict, where this agent knows it: always on the
-    /// destination's side; on the source's side when the destination's
-    /// agent reported it.
-    pub authorization: Option<Authorization>,
-}
 
 /// A closed connection.
 #[derive(Clone, Debug, Serialize)]

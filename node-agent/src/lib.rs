@@ -5,10 +5,13 @@
 //! - [`config`]: settings from flags and `AMBIT_*` variables
 //! - [`ebpf`]: loading, pinning and attaching the programs; typed maps
 //! - [`enrollment`]: making a pod's network namespace meshed, and back
-//! - [`proxy`]: the outbound and inbound L4 proxies
+//! - [`flow`]: the proxies' vocabulary (a connection's ends, direction,
+//!   security, verdict, byte counts, errors); the bottom module, which the
+//!   others import and which imports none of them
+//! - [`proxy`]: the outbound and inbound L4 proxies, and the agent's side of
+//!   HBONE (`proxy::hbone`; the protocol itself is `mesh_proxy`'s)
 //! - [`routing`]: the in-pod return path for transparent inbound connections
-//! - [`identity`], [`tls`], [`hbone`]: workload certificates, mutual TLS and
-//!   HTTP/2 CONNECT tunnels between agents
+//! - [`identity`], [`tls`]: workload certificates and mutual TLS
 //! - [`workloads`]: every meshed pod by address
 //! - [`authz`]: L4 authorization policies, enforced on the destination's node
 //! - [`connections`]: recently closed connections and the access log
@@ -25,8 +28,8 @@ pub mod config;
 pub mod connections;
 pub mod ebpf;
 pub mod enrollment;
+pub mod flow;
 pub mod handoff;
-pub mod hbone;
 pub mod identity;
 pub mod kube_source;
 pub mod local_source;

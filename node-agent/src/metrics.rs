@@ -1,5 +1,5 @@
 //! Prometheus metrics, in the `OpenMetrics` text format, served on the
-//! metrics port's `/metrics` (15020, see `crate::telemetry`) and on the
+//! metrics port's `/metrics` (15020, served by the telemetry module) and on the
 //! admin API's. Every label value comes from a bounded set: workloads,
 //! namespaces, identities, services, policies and small fixed enums, never
 //! addresses or ports (docs/metrics.md lists them all).
@@ -7,8 +7,9 @@
 //! - [`tcp`]: Istio's TCP metrics, with Istio's names and labels
 //! - [`collectors`]: figures read at scrape time (eBPF counters,
 //!   certificate expiry)
-//! - [`labels`]: how workloads are named in labels
-//! - `record`: the proxies' calls (`PodContext::count_opened` and co.)
+//!
+//! How workloads are named in labels is `crate::workloads::names`; the
+//! proxies' calls (`PodContext::count_opened` and co.) are in the proxy.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,8 +22,6 @@ use prometheus_client::{
 use crate::{ebpf::MeshMaps, identity::CertManager};
 
 pub mod collectors;
-pub mod labels;
-mod record;
 pub mod tcp;
 
 /// The content type of [`Metrics::encode`]'s text.

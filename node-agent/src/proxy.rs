@@ -1,6 +1,6 @@
 //! The L4 proxy: one outbound and one inbound (plaintext) proxy per enrolled
 //! pod, each listening inside the pod's network namespace, beside the pod's
-//! HBONE server (`crate::hbone::server`).
+//! HBONE server ([`hbone::server`]).
 //!
 //! Outbound, the destination decides the path:
 //! - a meshed pod on another node: HBONE (mutual TLS) to its port 15008;
@@ -24,101 +24,28 @@ use mesh_core::{
     workload::{PodKey, PodMtls},
 };
 use mesh_ebpf_common::{MESH_MARK, MESH_RETURN_MARK};
-use mesh_proxy::{HboneError, accept::accept_until, client::HbonePool, copy::pump};
+use mesh_proxy::{accept::accept_until, client::HbonePool, copy::pump};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    authz::{Admitted, Authorization, Authorizer},
-    connections::{ConnectionLog, Flow},
+    authz::{Admitted, Authorizer},
+    connections::ConnectionLog,
     ebpf::MeshMaps,
+    flow::{Authorization, ByteCounts, Direction, Flow, ProxyError, RelayEnd},
     identity::CertManager,
     metrics::tcp::ResponseFlags,
-    netns::{NetnsError, NetnsSwitch},
+    netns::NetnsSwitch,
     stats::{PodStats, TrafficStats},
     workloads::SharedWorkloads,
 };
 
+pub mod hbone;
 mod inbound;
 mod outbound;
-
-/// Why a proxied connection failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// The eBPF map had no original destination for an accepted connection.
-    #[error(
-        "no original destination recorded for the connection from {client} (was it redirected by ambit's connect hook?)"
-    )]
-    NoOriginalDst {
-        /// The application's address.
-        client: SocketAddr,
-    },
-    /// The client dialled a service's cluster IP and the service has no
-    /// ready endpoint at that port.
-    #[error(
-        "service {service} has no ready endpoint for {addr} (check its pods are ready and its EndpointSlices)"
-    )]
-    NoEndpoints {
-        /// The service.
-        service: mesh_core::service::ServiceKey,
-        /// The cluster IP and port dialled.
-        addr: SocketAddr,
-    },
-    /// The client dialled a service that uses a waypoint, and the waypoint
-    /// has no ready pod: the traffic is refused, never sent around it.
-    #[error(
-        "service {service} uses waypoint {waypoint}, which has no ready endpoint (check `kubectl get pods -n {ns} -l ambit.dev/waypoint={name}`); refusing {addr} rather than bypass it",
-        ns = waypoint.namespace, name = waypoint.name
-    )]
-    NoWaypoint {
-        /// The service.
-        service: Box<mesh_core::service::ServiceKey>,
-        /// Its waypoint.
-        waypoint: Box<mesh_core::service::ServiceKey>,
-        /// The cluster IP and port dialled.
-        addr: SocketAddr,
-    },
-    /// A connection addressed to a mesh port reached the inbound proxy.
-    #[error("refusing to proxy a connection addressed to the mesh port {0} (it would loop)")]
-    MeshPort(SocketAddr),
-    /// The upstream socket could not be created in the pod's namespace.
-    #[error("cannot create the upstream socket in the pod's network namespace: {0}")]
-    Socket(#[source] std::io::Error),
-    /// Entering the pod's namespace failed.
-    #[error(transparent)]
-    Netns(#[from] NetnsError),
-    /// The upstream did not answer in time.
-    #[error("connecting to {0} timed out (is the destination up? does a NetworkPolicy drop it?)")]
-    ConnectTimeout(SocketAddr),
-    /// The upstream refused or was unreachable.
-    #[error("cannot connect to {dst}: {source}")]
-    Connect {
-        /// The destination.
-        dst: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The bypass entry for the transparent connection could not be added.
-    #[error(transparent)]
-    Bypass(#[from] crate::ebpf::maps::MapOpError),
-    /// The HBONE leg failed.
-    #[error(transparent)]
-    Hbone(#[from] HboneError),
-    /// Strict mTLS refused a plaintext client from outside the mesh.
-    #[error(
-        "pod {pod} is in strict mTLS mode on port {port}; plaintext from {client}, which is not a meshed pod of this node, is refused (check `ambit pods` and `ambit peer-authentications`)"
-    )]
-    StrictMtls {
-        /// The pod.
-        pod: PodKey,
-        /// The port the client connected to.
-        port: u16,
-        /// The client.
-        client: SocketAddr,
-    },
-}
+mod record;
 
 /// One direction's proxy for one pod: its listeners (one per address
 /// family), served until cancelled.
@@ -188,27 +115,6 @@ pub struct Finished {
     pub response_flags: ResponseFlags,
     /// Whether it was established; a connection refused during set-up was not.
     pub established: bool,
-}
-
-/// Bytes relayed so far each way. They are counted as they are written,
-/// so they stay exact when a relay is abandoned half-way.
-#[derive(Debug, Default)]
-pub struct ByteCounts {
-    /// From the source to the destination.
-    pub sent: AtomicU64,
-    /// From the destination to the source.
-    pub received: AtomicU64,
-}
-
-/// How a relay ended.
-#[derive(Debug)]
-pub enum RelayEnd {
-    /// Both directions finished.
-    Done,
-    /// An I/O error ended it.
-    Failed(std::io::Error),
-    /// A policy change denied the connection.
-    Revoked(Authorization),
 }
 
 // === impl PodProxy ===
@@ -407,16 +313,6 @@ enum PortChoice {
 /// Buffer per direction of a plaintext relay: large enough that bulk
 /// transfers move in few system calls (tokio's default is 8 KiB).
 const RELAY_BUFFER: usize = 256 * 1024;
-
-/// Which way a proxy carries traffic, for logs and counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the pod to a destination.
-    Outbound,
-    /// From a client to the pod.
-    Inbound,
-}
 
 /// Accepts on every listener until cancelled, handing each connection to
 /// `forward` on its own task with its own span. Connections in flight finish

@@ -28,13 +28,12 @@ use mesh_ebpf_common::{
 
 use crate::sync::lock;
 use crate::{
-    authz::{Authorization, Authorizer, EnforcementPoint},
-    connections::{
-        ConnectionLog, ConnectionRecord, ConnectionState, ConnectionView, Flow, Security,
-    },
+    authz::Authorizer,
+    connections::{ConnectionLog, ConnectionRecord, ConnectionState, ConnectionView},
     ebpf::MeshMaps,
+    flow::{Authorization, Direction, EnforcementPoint, Flow, Security},
     metrics::{Metrics, tcp::ResponseFlags},
-    proxy::{Direction, PodContext},
+    proxy::PodContext,
     workloads::{SharedWorkloads, Workload},
 };
 
@@ -370,11 +369,11 @@ mod tests {
             mtls: MtlsMode::Permissive,
             port_mtls: BTreeMap::new(),
             labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
-            names: crate::metrics::labels::WorkloadNames {
+            names: crate::workloads::names::WorkloadNames {
                 workload: name.into(),
                 namespace: "shop".into(),
                 principal: format!("spiffe://cluster.local/ns/shop/sa/{name}").into(),
-                service: crate::metrics::labels::UNKNOWN.into(),
+                service: crate::workloads::names::UNKNOWN.into(),
             },
         };
         (ip.parse().unwrap(), Arc::new(workload))

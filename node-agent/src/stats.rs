@@ -102,10 +102,10 @@ impl TrafficStats {
 impl PodStats {
     /// The counters of one direction.
     #[must_use]
-    pub fn direction(&self, direction: crate::proxy::Direction) -> &TrafficStats {
+    pub fn direction(&self, direction: crate::flow::Direction) -> &TrafficStats {
         match direction {
-            crate::proxy::Direction::Outbound => &self.outbound,
-            crate::proxy::Direction::Inbound => &self.inbound,
+            crate::flow::Direction::Outbound => &self.outbound,
+            crate::flow::Direction::Inbound => &self.inbound,
         }
     }
 

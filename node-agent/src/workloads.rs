@@ -19,7 +19,9 @@ use mesh_core::{
     workload::{MtlsMode, PodKey},
 };
 
-use crate::metrics::labels::WorkloadNames;
+use names::WorkloadNames;
+
+pub mod names;
 
 /// A meshed pod, as the data path needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,12 +31,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::labels::{UNKNOWN, WorkloadNames};
-
 use crate::{
-    connections::{Flow, Security},
-    proxy::{Direction, ProxyError, RelayEnd},
+    flow::{Direction, Flow, ProxyError, RelayEnd, Security},
     workloads::WorkloadIndex,
+    workloads::names::{UNKNOWN, WorkloadNames},
 };
 
 /// Which end's proxy reports a connection.

@@ -14,11 +14,10 @@ use mesh_core::{policy::Request, workload::MtlsMode};
 use mesh_ebpf_common::RESERVED_POD_PORTS;
 use tokio::net::TcpStream;
 
-use super::{Finished, PodContext, ProxyError, UpstreamSource, relay_to_end};
+use super::{Finished, PodContext, UpstreamSource, relay_to_end};
 use crate::{
-    authz::{Check, EnforcementPoint},
-    connections::{Flow, Security},
-    proxy::Direction,
+    authz::Check,
+    flow::{Direction, EnforcementPoint, Flow, ProxyError, Security},
 };
 
 pub(super) async fn forward(

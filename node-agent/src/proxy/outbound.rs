@@ -8,13 +8,11 @@ use mesh_core::policy::Request;
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
-use super::{Finished, PodContext, ProxyError, UpstreamSource, relay_to_end, until_revoked};
+use super::{Finished, PodContext, UpstreamSource, hbone, relay_to_end, until_revoked};
 use crate::{
-    authz::{Check, EnforcementPoint},
+    authz::Check,
     balancer::Pick,
-    connections::{Flow, Security},
-    hbone,
-    proxy::Direction,
+    flow::{Direction, EnforcementPoint, Flow, ProxyError, Security},
     workloads::{WaypointTarget, WorkloadIndex},
 };
 

@@ -4,7 +4,7 @@ use mesh_core::policy::Decision;
 
 use super::*;
 use crate::{
-    authz::{Authorization, EnforcementPoint},
+    flow::{Authorization, EnforcementPoint},
     metrics::Metrics,
 };
 

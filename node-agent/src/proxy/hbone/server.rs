@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    authz::{Authorization, Check, EnforcementPoint},
-    connections::{Flow, Security},
+    authz::Check,
+    flow::{Authorization, Direction, EnforcementPoint, Flow, Security},
     metrics::tcp::ResponseFlags,
-    proxy::{Direction, Finished, PodContext, UpstreamSource, until_revoked},
+    proxy::{Finished, PodContext, UpstreamSource, until_revoked},
 };
 
 /// Serves HBONE on `listeners` until cancelled.

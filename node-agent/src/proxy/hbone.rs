@@ -11,7 +11,7 @@
 use mesh_core::policy::Decision;
 use mesh_proxy::hbone::verdict_headers;
 
-use crate::authz::{Authorization, EnforcementPoint};
+use crate::flow::{Authorization, EnforcementPoint};
 
 pub mod client;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The agent's part of the HBONE client: each enrolled pod has its own
-//! [`HbonePool`] (in its `PodContext`), whose connections start in the
+//! `mesh_proxy::client::HbonePool` (in its `PodContext`), whose connections start in the
 //! pod's network namespace (so the source address on the wire is the pod's
 //! own) and carry the pod's identity, so they are shared only by that pod's
 //! connections to the same destination identity and address. The pool,
@@ -19,8 +19,8 @@ use mesh_proxy::{
 };
 
 use crate::{
-    authz::Authorization,
-    proxy::{ByteCounts, PodContext, ProxyError, UpstreamSource},
+    flow::{Authorization, ByteCounts, ProxyError},
+    proxy::{PodContext, UpstreamSource},
 };
 
 /// Opens a pod's HBONE connections: from its network namespace, with its

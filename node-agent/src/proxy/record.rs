@@ -1,11 +1,11 @@
 //! How the proxies count their connections in Istio's TCP metrics: one call
 //! where a connection is established, one where it ends, one where it is
-//! refused during set-up (see [`super::tcp`] for what each counts).
+//! refused during set-up (see [`crate::metrics::tcp`] for what each counts).
 
-use super::tcp::ResponseFlags;
+use super::{Finished, PodContext};
 use crate::{
-    connections::Flow,
-    proxy::{Finished, PodContext, ProxyError},
+    flow::{Flow, ProxyError},
+    metrics::tcp::ResponseFlags,
 };
 
 // === impl PodContext ===
