@@ -7,7 +7,7 @@
 
 use mesh_core::policy::{Decision, HttpAttributes, Request, ServiceTarget, Verdict};
 
-use crate::{inbound::StreamInfo, state::State};
+use crate::{flow::StreamInfo, state::State};
 
 /// The verdict for a stream (`http` `None`: opaque TCP) or one request.
 #[must_use]

@@ -17,7 +17,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::{Body, BodyError};
+use crate::flow::{Body, BodyError};
 
 /// The body ended because its deadline passed.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ mod tests {
     use prometheus_client::metrics::counter::Counter;
 
     use super::{BodyTimeout, limit};
-    use crate::upstream::{Body, BodyError};
+    use crate::flow::{Body, BodyError};
 
     fn stalled_after_one_chunk() -> Body {
         let first = Ok::<_, BodyError>(Frame::data(Bytes::from("first")));

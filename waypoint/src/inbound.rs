@@ -25,13 +25,14 @@ use http::{Request, Response, StatusCode};
 use hyper::{body::Incoming, service::HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::{identity::SpiffeId, service::DeclaredProtocol, tls};
-use mesh_proxy::{accept::accept_until, h2io::H2Io, hbone};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use mesh_proxy::{h2io::H2Io, hbone};
+use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use crate::{
-    Waypoint, http_proxy, metrics::RequestLabels, opaque, state::ServedPort, workers::Workers,
+    Waypoint,
+    flow::{Protocol, StreamInfo},
+    http_proxy, opaque,
 };
 
 /// The HTTP/2 client connection preface.
@@ -41,76 +42,6 @@ const MAX_METHOD_LEN: usize = 16;
 /// How long a stream whose response is complete keeps reading what the
 /// client still sends, waiting for its end, before it is reset.
 pub const LINGER: Duration = Duration::from_secs(5);
-
-/// What a stream carries, from its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.1 (or 1.0).
-    Http1,
-    /// HTTP/2 with prior knowledge.
-    Http2,
-    /// Anything else: bytes passed through.
-    Opaque,
-}
-
-impl Protocol {
-    /// The name used in metrics (`request_protocol`) and logs.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http1 => "http",
-            Self::Http2 => "grpc_or_http2",
-            Self::Opaque => "tcp",
-        }
-    }
-}
-
-/// One accepted HBONE stream: who sent it and where it was going.
-#[derive(Debug)]
-pub struct StreamInfo {
-    /// The client's identity, from its agent's certificate.
-    pub peer: SpiffeId,
-    /// The client's address (its pod's, as its agent connects from it).
-    pub client: SocketAddr,
-    /// The cluster IP and port it dialled.
-    pub dialled: SocketAddr,
-    /// The service port behind it.
-    pub served: ServedPort,
-    /// The labels its requests' metrics share (source and destination),
-    /// built once per stream.
-    pub labels: RequestLabels,
-}
-
-impl StreamInfo {
-    /// The stream's details, with its metrics' shared labels.
-    #[must_use]
-    pub fn new(
-        peer: SpiffeId,
-        client: SocketAddr,
-        dialled: SocketAddr,
-        served: ServedPort,
-    ) -> Self {
-        let labels = RequestLabels::for_stream(&peer, &served.service);
-        Self {
-            peer,
-            client,
-            dialled,
-            served,
-            labels,
-        }
-    }
-}
-
-/// Accepts HBONE connections on `listener` until cancelled, handing each
-/// to a worker.
-pub async fn serve(listener: TcpListener, workers: &Workers, cancel: CancellationToken) {
-    let span = tracing::info_span!("hbone_listener");
-    accept_until(&listener, cancel.cancelled(), |tcp, client| {
-        workers.dispatch(tcp, client);
-    })
-    .instrument(span)
-    .await;
-}
 
 /// Serves one accepted HBONE connection on the current (worker's) thread.
 pub fn spawn_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: SocketAddr) {

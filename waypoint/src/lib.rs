@@ -3,17 +3,21 @@
 //! HTTP authorization, routing, retries, timeouts and resilience, then
 //! opens HBONE to the chosen backend pod's agent.
 //!
-//! - [`inbound`]: the HBONE listener and protocol detection.
+//! - [`flow`]: the vocabulary (an accepted stream, its protocol, bodies,
+//!   the access log); the bottom module, which imports none of the others.
+//! - [`inbound`]: HBONE streams served, and protocol detection.
 //! - [`http_proxy`]: one HTTP request, from authorization to response.
 //! - [`deadline`]: response bodies cut at the route's timeouts.
 //! - [`opaque`]: streams that are not HTTP, passed through under L4 policy.
-//! - [`upstream`]: HBONE and plain connections to backends.
-//! - [`pool`]: a worker's HTTP connections to backends.
+//! - [`upstream`]: HBONE (through `mesh_proxy`'s pool) and plain
+//!   connections to backends, and a worker's HTTP connections over them
+//!   (`upstream::pool`).
 //! - [`resilience`]: rate limits, retry budgets, circuit breakers, outlier
 //!   detection and the least-request balancer.
 //! - [`state`]: services, endpoints, policies and routes, from the
 //!   configuration file.
-//! - [`workers`]: the data path's threads, one event loop each.
+//! - [`workers`]: the data path's threads, one event loop each, and the
+//!   HBONE listener that hands them connections.
 //! - [`admin`] and [`readiness`]: metrics and readiness on the pod's
 //!   address, the admin views on localhost.
 
@@ -23,12 +27,12 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod deadline;
+pub mod flow;
 pub mod http_proxy;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod opaque;
-pub mod pool;
 pub mod readiness;
 pub mod resilience;
 pub mod runtime;

@@ -15,7 +15,7 @@ use waypoint::{
     Waypoint, admin,
     config::{Config, LogFormat},
     identity::{self, WaypointIdentity, WaypointIdentityError},
-    inbound, metrics,
+    metrics,
     readiness::Readiness,
     runtime, state, upstream, workers,
 };
@@ -129,7 +129,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "waypoint ready"
     );
     tokio::select! {
-        () = inbound::serve(hbone, &workers, cancel.clone()) => {}
+        () = workers.serve(hbone, cancel.clone()) => {}
         () = shutdown_signal() => {}
     }
     tracing::info!("shutting down");

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Instant};
 
 use mesh_proxy::h2io::H2Io;
 
-use crate::{Waypoint, authz, inbound::StreamInfo};
+use crate::{
+    Waypoint, authz,
+    flow::{StreamInfo, access_log},
+};
 
 /// Passes `io` through to an endpoint of the service it was addressed to.
 pub async fn forward(waypoint: &Arc<Waypoint>, info: &StreamInfo, io: &mut H2Io, started: Instant) {
@@ -57,7 +60,7 @@ pub async fn forward(waypoint: &Arc<Waypoint>, info: &StreamInfo, io: &mut H2Io,
     pick.finish(crate::resilience::outlier::Outcome::Success, Instant::now());
     let (sent, received) = copied.unwrap_or_default();
     if waypoint.config.access_log {
-        crate::http_proxy::access_log(&serde_json::json!({
+        access_log(&serde_json::json!({
             "protocol": "tcp",
             "src": info.client.to_string(),
             "source_principal": info.peer.to_string(),

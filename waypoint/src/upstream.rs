@@ -3,7 +3,7 @@
 //! identity, to the HBONE port of the endpoint's pod, whose agent checks L4
 //! policy with the waypoint as the source. An endpoint outside the mesh is
 //! reached over plain TCP. HTTP requests ride on the worker's pooled
-//! connections per endpoint ([`pool`](crate::pool)), over the worker's
+//! connections per endpoint ([`pool`]), over the worker's
 //! HBONE pool (`mesh_proxy::client`), whose connections are shared per
 //! (peer identity, address).
 
@@ -18,7 +18,6 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http_body_util::combinators::BoxBody;
 use mesh_core::{identity::SpiffeId, tls};
 use mesh_proxy::{
     HboneError,
@@ -31,21 +30,14 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{
-    identity::WaypointIdentity,
-    pool::{Pool, SendError},
-    state::SharedState,
-};
+use crate::{flow::Body, identity::WaypointIdentity, state::SharedState};
+
+pub mod pool;
+
+use pool::{Pool, SendError};
 
 /// How long a TCP connection (and an HBONE handshake) to a backend may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Request and response bodies as the waypoint passes them on.
-pub type Body = BoxBody<Bytes, BodyError>;
-
-/// Why a body could not be passed on: the peer's error, or a deadline
-/// ([`crate::deadline`]).
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]

@@ -19,9 +19,11 @@ use std::{
     thread::JoinHandle,
 };
 
+use mesh_proxy::accept::accept_until;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{Waypoint, inbound};
 
@@ -148,6 +150,17 @@ impl Workers {
             next: AtomicU64::new(0),
             threads,
         })
+    }
+
+    /// Accepts HBONE connections on `listener` until cancelled, handing
+    /// each to a worker.
+    pub async fn serve(&self, listener: tokio::net::TcpListener, cancel: CancellationToken) {
+        let span = tracing::info_span!("hbone_listener");
+        accept_until(&listener, cancel.cancelled(), |tcp, client| {
+            self.dispatch(tcp, client);
+        })
+        .instrument(span)
+        .await;
     }
 
     /// Hands an accepted connection to the next worker in turn. The

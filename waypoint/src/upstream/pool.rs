@@ -1,5 +1,5 @@
 //! A worker's HTTP connections to backend endpoints, over the tunnels
-//! [`upstream`](crate::upstream) opens (HBONE streams, or plain TCP
+//! [`upstream`](super) opens (HBONE streams, or plain TCP
 //! outside the mesh).
 //!
 //! - HTTP/1.1: idle connections per endpoint, one request at a time each.
@@ -36,7 +36,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proxy::hbone;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::upstream::{Body, BodyError, Connector, UpstreamError};
+use super::{Connector, UpstreamError};
+use crate::flow::{Body, BodyError};
 
 /// How long an idle HTTP/1.1 connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_mins(1);
