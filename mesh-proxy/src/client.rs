@@ -250,6 +250,13 @@ impl HbonePool {
     }
 }
 
+impl Default for HbonePool {
+    /// A pool that spreads over [`SPREAD_CONNECTIONS`] connections.
+    fn default() -> Self {
+        Self::with_spread(SPREAD_CONNECTIONS)
+    }
+}
+
 /// What the pool does when a connection's handshakes end: the connection
 /// becomes open, or leaves the pool (failed, timed out, abandoned); a
 /// destination left with no connection leaves too.
@@ -308,13 +315,6 @@ impl PooledConnection {
             send.clone().poll_ready(&mut cx),
             std::task::Poll::Ready(Err(_))
         )
-    }
-}
-
-impl Default for HbonePool {
-    /// A pool that spreads over [`SPREAD_CONNECTIONS`] connections.
-    fn default() -> Self {
-        Self::with_spread(SPREAD_CONNECTIONS)
     }
 }
 
