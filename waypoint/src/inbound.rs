@@ -1,6 +1,7 @@
-//! The waypoint's HBONE listener. Node agents send it the streams of
-//! clients that dialled a service using this waypoint, each a CONNECT to the
-//! cluster IP and port the client dialled. What the stream carries is what
+//! The waypoint's HBONE connections, each served on a worker's thread (the
+//! listener is `Workers::serve`). Node agents send them the streams of
+//! clients that dialled a service using this waypoint, each a CONNECT to
+//! the cluster IP and port the client dialled. What the stream carries is what
 //! the service port's `appProtocol` declares (`tcp`: passed through at once;
 //! `http`: HTTP/1.1 or HTTP/2); otherwise its first bytes tell: the HTTP/2
 //! connection preface, an HTTP/1.1 request line, or anything else (opaque

@@ -1,7 +1,7 @@
 //! The data path's threads, one event loop per core as Envoy's workers.
 //! Each worker is a thread with a single-threaded tokio runtime and its
-//! own connections to backends. The HBONE listener hands accepted
-//! connections to the workers in turn; from then on everything the
+//! own connections to backends. The HBONE listener ([`Workers::serve`])
+//! hands accepted connections to the workers in turn; from then on everything the
 //! connection does (its streams, their requests, the backend connections
 //! they use) runs on its worker's thread, so a request is never handed to
 //! another thread, which would cost a wake-up per hand-off (on a
