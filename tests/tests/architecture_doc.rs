@@ -23,7 +23,13 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 fn workspace_graph(root: &Path) -> Graph {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(root)
         .output()
         .expect("run cargo metadata");
@@ -52,7 +58,10 @@ fn workspace_graph(root: &Path) -> Graph {
                 .filter(|name| members.contains(*name))
                 .map(str::to_owned)
                 .collect();
-            (package["name"].as_str().expect("name").to_owned(), dependencies)
+            (
+                package["name"].as_str().expect("name").to_owned(),
+                dependencies,
+            )
         })
         .collect()
 }
@@ -93,7 +102,8 @@ fn the_crate_diagram_matches_cargo_metadata() {
         .expect("the tests crate is in the workspace");
     let document =
         std::fs::read_to_string(root.join("docs/architecture.md")).expect("read the document");
-    let drawn = drawn_graph(&document).unwrap_or_else(|error| panic!("docs/architecture.md: {error}"));
+    let drawn =
+        drawn_graph(&document).unwrap_or_else(|error| panic!("docs/architecture.md: {error}"));
     let actual = workspace_graph(root);
     assert_eq!(
         drawn, actual,

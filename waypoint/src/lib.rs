@@ -18,6 +18,7 @@
 //!   configuration file.
 //! - [`workers`]: the data path's threads, one event loop each, and the
 //!   HBONE listener that hands them connections.
+//! - [`worker_stats`]: what each worker has served, for `/config`.
 //! - [`admin`] and [`readiness`]: metrics and readiness on the pod's
 //!   address, the admin views on localhost.
 
@@ -39,6 +40,7 @@ pub mod runtime;
 pub mod state;
 pub mod trace;
 pub mod upstream;
+pub mod worker_stats;
 pub mod workers;
 
 /// Everything a stream or request of the waypoint needs: one per worker,
@@ -61,7 +63,7 @@ pub struct Waypoint {
     /// Which worker this copy belongs to.
     pub worker: usize,
     /// What each worker has served.
-    pub workers: Arc<workers::WorkerStats>,
+    pub workers: Arc<worker_stats::WorkerStats>,
 }
 
 impl Waypoint {

@@ -17,7 +17,7 @@ use waypoint::{
     identity::{self, WaypointIdentity, WaypointIdentityError},
     metrics,
     readiness::Readiness,
-    runtime, state, upstream, workers,
+    runtime, state, upstream, worker_stats, workers,
 };
 
 fn main() -> ExitCode {
@@ -110,7 +110,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         config: Arc::new(config.clone()),
         worker: 0,
-        workers: Arc::new(workers::WorkerStats::new(worker_count)),
+        workers: Arc::new(worker_stats::WorkerStats::new(worker_count)),
     });
     let workers = workers::Workers::start(&waypoint, worker_count, &cancel)?;
     tokio::spawn(renew(identity.clone(), readiness.clone(), cancel.clone()));

@@ -80,12 +80,14 @@ pub(super) fn load_key(path: &Path, text: &[u8]) -> Result<KeyPair, CaError> {
     };
     let der = PrivatePkcs8KeyDer::from_pem_slice(text).map_err(|error| match error {
         pki_pem::Error::NoItemsFound if text.windows(14).any(|w| w == b"EC PRIVATE KEY") => {
-            bad_key(format!("it holds a SEC1 \"EC PRIVATE KEY\", not PKCS#8 ({TO_PKCS8})"))
+            bad_key(format!(
+                "it holds a SEC1 \"EC PRIVATE KEY\", not PKCS#8 ({TO_PKCS8})"
+            ))
         }
         pki_pem::Error::NoItemsFound if text.windows(15).any(|w| w == b"RSA PRIVATE KEY") => {
-            bad_key(
-                format!("it holds a PKCS#1 \"RSA PRIVATE KEY\", not PKCS#8 ({TO_PKCS8})"),
-            )
+            bad_key(format!(
+                "it holds a PKCS#1 \"RSA PRIVATE KEY\", not PKCS#8 ({TO_PKCS8})"
+            ))
         }
         pki_pem::Error::NoItemsFound => bad_key("no PRIVATE KEY block found".into()),
         error => bad_key(error.to_string()),

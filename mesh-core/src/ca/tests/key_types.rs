@@ -9,9 +9,7 @@
 
 use std::path::Path;
 
-use rustls::{
-    ClientConnection, ServerConnection, pki_types::ServerName, sign::CertifiedKey,
-};
+use rustls::{ClientConnection, ServerConnection, pki_types::ServerName, sign::CertifiedKey};
 
 use super::*;
 use crate::tls::{self, CertificateSource};
@@ -48,8 +46,7 @@ fn issued(ca: &CertificateAuthority, identity: &SpiffeId) -> Arc<dyn Certificate
         .sign_csr(&key.csr_der(identity).unwrap(), identity, DAY)
         .unwrap();
     let certified =
-        CertifiedKey::from_der(certificate.chain, key.private_key_der(), &tls::provider())
-            .unwrap();
+        CertifiedKey::from_der(certificate.chain, key.private_key_der(), &tls::provider()).unwrap();
     Arc::new(Issued(Arc::new(certified)))
 }
 

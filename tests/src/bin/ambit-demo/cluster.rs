@@ -13,7 +13,7 @@ use ambit_tests::mesh::{self, AGENT_READY_TIMEOUT, Agent};
 use ambit_tests::{Pod, Proc, Testbed};
 use serde_json::Value;
 
-use crate::{DemoError, check_interrupted, progress, wait_until};
+use crate::steps::{DemoError, check_interrupted, progress, wait_until};
 
 /// Where every pod's echo server listens.
 pub const ECHO_PORT: u16 = 8080;

@@ -15,7 +15,7 @@ use ambit_tests::mesh::Agent;
 use serde::Serialize;
 
 use crate::cluster::{NodeAgents, Workload, admin_json, find_workload};
-use crate::{DemoError, check_interrupted, progress};
+use crate::steps::{DemoError, check_interrupted, progress};
 
 /// The file in the log directory that holds every listing.
 pub const FILE_NAME: &str = "inspection.txt";

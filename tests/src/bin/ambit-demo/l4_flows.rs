@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::{ECHO_PORT, NodeAgents, OpenedConnections, Workload, find_workload};
-use crate::report::human_bytes;
-use crate::{DemoError, check_interrupted, progress, wait_until};
+use crate::steps::human_bytes;
+use crate::steps::{DemoError, check_interrupted, progress, wait_until};
 
 /// How much each flow sends (and expects back).
 pub const FLOW_BYTES: u64 = 1 << 20;

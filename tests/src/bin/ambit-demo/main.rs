@@ -15,7 +15,11 @@
 //!   node with a connection open;
 //! - `l7`: a 90/10 canary split and HTTP authorization through a waypoint,
 //!   on two more nodes;
-//! - `report`: the tables at the end.
+//! - `report`: the tables at the end;
+//! - `steps`: what every act uses (progress lines, waits, errors).
+//!
+//! Modules import only downward, bottom first: `steps`, `cluster`,
+//! `inspection`, `l4_flows`, `l7`, `report`.
 //!
 //! The terminal gets one line per step and per flow, then the tables; every
 //! process's output (agents, waypoint, servers, clients, `ambit`) goes to a
@@ -33,24 +37,21 @@ mod inspection;
 mod l4_flows;
 mod l7;
 mod report;
+mod steps;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use ambit_tests::mesh::AGENT_BIN;
 use ambit_tests::{ProcessLogs, Testbed, interrupt};
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
 
 use crate::cluster::NodeAgents;
-use crate::inspection::{Inspection, NodeCounters};
-use crate::l4_flows::FlowReport;
+use crate::report::DemoReport;
+use crate::steps::{DemoError, check_interrupted, progress};
 
 /// The test bed's name, part of every namespace and cgroup it creates.
 const TESTBED_NAME: &str = "demo";
-/// How often waits look again (and notice Ctrl-C).
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(
@@ -83,28 +84,6 @@ enum OutputFormat {
     Table,
     /// One JSON document for scripts.
     Json,
-}
-
-/// Why the demo could not run to its end.
-enum DemoError {
-    /// Ctrl-C or SIGTERM.
-    Interrupted,
-    /// A step failed; `detail` is the output of the process involved.
-    Step { what: String, detail: String },
-}
-
-/// Everything the demo found out, as `--output json` prints it.
-#[derive(Serialize)]
-struct DemoReport {
-    flows: Vec<FlowReport>,
-    flows_as_expected: usize,
-    flows_total: usize,
-    /// Node name → eBPF counter name → value.
-    counters: NodeCounters,
-    /// What `ambit` shows on each node at the end.
-    inspections: Vec<Inspection>,
-    /// The waypoint's checks.
-    l7: Vec<l7::L7Check>,
 }
 
 fn main() -> ExitCode {
@@ -232,46 +211,4 @@ fn finish(outcome: Result<DemoReport, DemoError>, cli: &Cli, agents: &NodeAgents
 fn interrupted() -> ExitCode {
     eprintln!("ambit-demo: interrupted; cleaning up");
     ExitCode::from(130)
-}
-
-/// Calls `probe` until it returns `Some`, `timeout` passes (`Ok(None)`), it
-/// fails, or the demo is interrupted.
-fn wait_until<T>(
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<Option<T>, DemoError>,
-) -> Result<Option<T>, DemoError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        check_interrupted()?;
-        if let Some(found) = probe()? {
-            return Ok(Some(found));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// `Err(Interrupted)` once Ctrl-C or SIGTERM came.
-fn check_interrupted() -> Result<(), DemoError> {
-    if interrupt::requested() {
-        Err(DemoError::Interrupted)
-    } else {
-        Ok(())
-    }
-}
-
-/// A progress line on stderr, so stdout stays the report alone.
-fn progress(message: &str) {
-    eprintln!("▸ {message}");
-}
-
-// === impl DemoError ===
-
-impl DemoError {
-    /// A step that failed: what, and the output of the process involved.
-    fn step(what: String, detail: String) -> Self {
-        Self::Step { what, detail }
-    }
 }

@@ -4,8 +4,26 @@
 
 use std::fmt::Write as _;
 
-use crate::DemoReport;
-use crate::inspection::{FILE_NAME, SHOWN_COUNTERS};
+use serde::Serialize;
+
+use crate::inspection::{FILE_NAME, Inspection, NodeCounters, SHOWN_COUNTERS};
+use crate::l4_flows::FlowReport;
+use crate::l7;
+use crate::steps::human_bytes;
+
+/// Everything the demo found out, as `--output json` prints it.
+#[derive(Serialize)]
+pub struct DemoReport {
+    pub flows: Vec<FlowReport>,
+    pub flows_as_expected: usize,
+    pub flows_total: usize,
+    /// Node name → eBPF counter name → value.
+    pub counters: NodeCounters,
+    /// What `ambit` shows on each node at the end.
+    pub inspections: Vec<Inspection>,
+    /// The waypoint's checks.
+    pub l7: Vec<l7::L7Check>,
+}
 
 /// The flow table, the summary line, the counter table, the L7 table and
 /// the `ambit` listings: `ambit connections` only, unless `every_command`.
@@ -149,23 +167,4 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 fn yes_no(value: bool) -> &'static str {
     if value { "yes" } else { "no" }
-}
-
-/// `512 B`, `1.0 MiB`: binary units, one decimal.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    let mut unit_size: u128 = 1;
-    let mut unit = None;
-    for name in UNITS {
-        if u128::from(bytes) < unit_size * 1024 {
-            break;
-        }
-        unit_size *= 1024;
-        unit = Some(name);
-    }
-    let Some(unit) = unit else {
-        return format!("{bytes} B");
-    };
-    let tenths = (u128::from(bytes) * 10 + unit_size / 2) / unit_size;
-    format!("{}.{} {unit}", tenths / 10, tenths % 10)
 }
