@@ -16,7 +16,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use kube::api::{ApiResource, GroupVersionKind};
-use node_agent::kube_source::translate::USE_WAYPOINT_LABEL;
+use mesh_kube::labels::USE_WAYPOINT_LABEL;
 use serde::{Deserialize as _, Serialize};
 use serde_json::{Value, json};
 

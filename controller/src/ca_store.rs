@@ -24,7 +24,9 @@ use mesh_core::ca::{CaError, CertificateAuthority, TrustBundle, sha256_fingerpri
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::{config::Config, labels::WAYPOINT_LABEL};
+use mesh_kube::labels::WAYPOINT_LABEL;
+
+use crate::config::Config;
 
 /// The `ConfigMap` the trust bundle is published in, key [`BUNDLE_KEY`].
 pub const BUNDLE_CONFIGMAP: &str = "ambit-trust-bundle";

@@ -64,7 +64,7 @@
 //! Modules import only downward (`cargo xtask lint` checks it). Bottom
 //! first, each line using only the lines above it:
 //!
-//! 1. [`config`], [`labels`], [`policy_status`], [`route_status`].
+//! 1. [`config`], [`policy_status`], [`route_status`].
 //! 2. [`ca_store`], [`peer_authn_status`] (writes conditions the way
 //!    `policy_status` does).
 //! 3. [`signing`] (signs with the CA store's key).
@@ -73,7 +73,6 @@
 
 pub mod ca_store;
 pub mod config;
-pub mod labels;
 pub mod peer_authn_status;
 pub mod policy_status;
 pub mod route_status;
@@ -82,7 +81,6 @@ pub mod signing;
 
 use std::sync::Arc;
 
-use kube::Client;
 use mesh_core::logging::{LogControl, LogFormat, LoggingError};
 
 use crate::config::Config;
@@ -90,11 +88,9 @@ use crate::config::Config;
 /// Why the controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// No usable Kubernetes client configuration.
-    #[error(
-        "cannot configure the Kubernetes client: {0} (in a pod: is the service account token mounted? elsewhere: set KUBECONFIG or --kube-api-url)"
-    )]
-    KubeConfig(String),
+    /// No usable Kubernetes client.
+    #[error(transparent)]
+    KubeClient(#[from] mesh_kube::client::KubeClientError),
     /// The CA could not be loaded at start.
     #[error(transparent)]
     Ca(#[from] ca_store::CaStoreError),
@@ -118,7 +114,7 @@ pub fn logging(config: &Config) -> Result<LogControl, LoggingError> {
 /// Loads the CA, then serves the API and follows the Secret and the
 /// policies until the process ends.
 pub async fn run(config: Config) -> Result<(), ControllerError> {
-    let client = client(&config).await?;
+    let client = mesh_kube::client::client(config.kube_api_url.as_deref()).await?;
     let store = Arc::new(ca_store::CaStore::load(client.clone(), &config).await?);
     tracing::info!(
         namespace = %config.namespace,
@@ -137,16 +133,4 @@ pub async fn run(config: Config) -> Result<(), ControllerError> {
     let signer = Arc::new(signing::Signer::new(client, store.clone(), &config));
     server::serve(&config, store, signer).await?;
     Ok(())
-}
-
-async fn client(config: &Config) -> Result<Client, ControllerError> {
-    let kube_config = match &config.kube_api_url {
-        Some(url) => kube::Config::new(url.parse().map_err(|e| {
-            ControllerError::KubeConfig(format!("bad --kube-api-url {url:?}: {e}"))
-        })?),
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| ControllerError::KubeConfig(e.to_string()))?,
-    };
-    Client::try_from(kube_config).map_err(|e| ControllerError::KubeConfig(e.to_string()))
 }

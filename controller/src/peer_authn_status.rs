@@ -7,19 +7,18 @@
 //! Pods change; written through the `status` subresource, only when it
 //! changes.
 
-use std::{collections::BTreeSet, pin::pin, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc};
 
-use futures_util::{Stream, StreamExt as _};
 use k8s_openapi::{
     api::core::v1::{Pod, PodSpec, Service},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::{
     Api, Client,
-    api::{ApiResource, GroupVersionKind},
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
 use mesh_core::peer_authn::{self, WorkloadPorts};
+use mesh_kube::{resources::PEER_AUTHENTICATION, watch::wake_on};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -93,10 +92,7 @@ pub fn target_ports(pod: &Pod, services: &[Arc<Service>]) -> Option<BTreeSet<u16
 /// Follows every `PeerAuthentication`, Service and Pod and keeps the
 /// policies' conditions current, until the process ends.
 pub async fn run(client: Client) {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("security.ambit.dev", "v1alpha1", "PeerAuthentication"),
-        "peerauthentications",
-    );
+    let resource = PEER_AUTHENTICATION.api_resource();
     let changed = Arc::new(Notify::new());
     let (services, service_writer) = reflector::store::<Service>();
     let service_events = reflector::reflector(
@@ -121,11 +117,19 @@ pub async fn run(client: Client) {
             watcher::Config::default(),
         ),
     );
-    tokio::spawn(wake_on(service_events, "Services", changed.clone()));
-    tokio::spawn(wake_on(pod_events, "Pods", changed.clone()));
     tokio::spawn(wake_on(
-        policy_events,
+        "Services",
+        service_events.default_backoff(),
+        changed.clone(),
+    ));
+    tokio::spawn(wake_on(
+        "Pods",
+        pod_events.default_backoff(),
+        changed.clone(),
+    ));
+    tokio::spawn(wake_on(
         "PeerAuthentications",
+        policy_events.default_backoff(),
         changed.clone(),
     ));
     loop {
@@ -191,22 +195,6 @@ fn trim_pod(pod: &mut Pod) {
             .collect(),
         ..PodSpec::default()
     });
-}
-
-/// Wakes `changed` on each event of `stream`, logging errors (the watcher
-/// backs off and retries by itself).
-async fn wake_on<K>(
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    what: &'static str,
-    changed: Arc<Notify>,
-) {
-    let mut events = pin!(stream.default_backoff());
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(_) => changed.notify_one(),
-            Err(error) => tracing::warn!(%error, resource = what, "watching failed; retrying"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@ use std::pin::pin;
 use futures_util::StreamExt as _;
 use kube::{
     Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
     runtime::{WatchStreamExt as _, watcher},
 };
+use mesh_kube::resources::AUTHORIZATION_POLICY;
 use serde_json::{Value, json};
 
 /// The condition type written on every policy.
@@ -36,10 +37,7 @@ pub fn condition_for(object: &Value) -> (&'static str, &'static str, String) {
 /// Follows every policy and keeps its condition current, until the
 /// process ends.
 pub async fn run(client: Client) {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
-        "authorizationpolicies",
-    );
+    let resource = AUTHORIZATION_POLICY.api_resource();
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let mut events = pin!(
         watcher(all, watcher::Config::default())

@@ -5,16 +5,16 @@
 //! it changes and when Services come or go (a missing backend may appear).
 //! Written through the `status` subresource, only when it changes.
 
-use std::{pin::pin, sync::Arc};
+use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client, ResourceExt as _,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
 use mesh_core::route::{self, Reason};
+use mesh_kube::{resources::HTTP_ROUTE, watch::wake_on};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -67,10 +67,7 @@ pub fn conditions_for(object: &Value, services: &dyn Fn(&str, &str) -> bool) -> 
 /// Follows every `HTTPRoute` and Service and keeps the routes' status
 /// current, until the process ends.
 pub async fn run(client: Client) {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-        "httproutes",
-    );
+    let resource = HTTP_ROUTE.api_resource();
     let changed = Arc::new(Notify::new());
     let (services, service_writer) = reflector::store::<Service>();
     let service_events = reflector::reflector(
@@ -89,26 +86,8 @@ pub async fn run(client: Client) {
         reflector::reflector(route_writer, watcher(route_api, watcher::Config::default()))
             .default_backoff()
             .touched_objects();
-    let wake = changed.clone();
-    tokio::spawn(async move {
-        let mut events = pin!(service_events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(_) => wake.notify_one(),
-                Err(error) => tracing::warn!(%error, "watching Services failed; retrying"),
-            }
-        }
-    });
-    let wake = changed.clone();
-    tokio::spawn(async move {
-        let mut events = pin!(route_events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(_) => wake.notify_one(),
-                Err(error) => tracing::warn!(%error, "watching HTTPRoutes failed; retrying"),
-            }
-        }
-    });
+    tokio::spawn(wake_on("Services", service_events, changed.clone()));
+    tokio::spawn(wake_on("HTTPRoutes", route_events, changed.clone()));
     loop {
         changed.notified().await;
         let exists = |namespace: &str, name: &str| {

@@ -23,9 +23,10 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, api::PostParams};
 use mesh_core::{ca::csr_spiffe_id, identity::SpiffeId};
+use mesh_kube::labels::WAYPOINT_LABEL;
 use serde::{Deserialize, Serialize};
 
-use crate::{ca_store::CaStore, config::Config, labels::WAYPOINT_LABEL};
+use crate::{ca_store::CaStore, config::Config};
 
 /// The audience agents' projected tokens are made for.
 pub const AUDIENCE: &str = "ambit-ca";

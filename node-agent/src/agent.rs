@@ -8,6 +8,7 @@
 use std::{path::Path, sync::Arc};
 
 use mesh_core::logging::LogControl;
+use mesh_kube::source::SourceError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -24,7 +25,6 @@ use crate::{
     identity::{CaFiles, CertManager},
     metrics::Metrics,
     netns::{Netns, NetnsError},
-    source::{Source, SourceError},
     splice::{LocalPods, Splicer},
     telemetry,
     workloads::SharedWorkloads,
@@ -75,7 +75,7 @@ pub enum AgentError {
 pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let effective = serde_json::to_string(&config).unwrap_or_default();
     tracing::info!(config = %effective, "ambit node agent starting");
-    let source = Source::from_config(config);
+    let source = config.source();
     let (publish, snapshots) = source.initial()?;
     let source_kind = source.clone();
     let home_netns = Arc::new(Netns::current()?);

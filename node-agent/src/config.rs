@@ -3,10 +3,13 @@
 //! start-up with an error that names the variable, the value and the reason.
 //! The effective configuration is logged at start.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
+use mesh_kube::{snapshot::KubeSettings, source::Source};
 use serde::Serialize;
+
+use crate::pod_netns::CgroupPodNetns;
 
 /// Where the agent pins its maps and links unless told otherwise.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/ambit";
@@ -272,6 +275,28 @@ impl Config {
     #[must_use]
     pub fn config_poll_interval(&self) -> Duration {
         Duration::from_millis(self.config_poll_ms)
+    }
+
+    /// The configuration source these settings name (clap makes sure
+    /// exactly one is given): the local file, or the API server for this
+    /// node, whose pods' network namespaces are found through their cgroups.
+    #[must_use]
+    pub fn source(&self) -> Source {
+        match &self.config {
+            Some(path) if !self.kubernetes => Source::File {
+                path: path.clone(),
+                poll: self.config_poll_interval(),
+                root_namespace: self.root_namespace.clone(),
+            },
+            _ => Source::Kubernetes(KubeSettings {
+                node: self.node_name.clone(),
+                pod_netns: Arc::new(CgroupPodNetns {
+                    cgroup_root: self.cgroup_root.clone(),
+                }),
+                api_url: self.kube_api_url.clone(),
+                root_namespace: self.root_namespace.clone(),
+            }),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! - local mode: the agent holds the mesh CA (from `ambit ca init`) and
 //!   signs at once, on the caller's thread;
 //! - Kubernetes mode with `--ca-address`: the controller's CA
-//!   ([`controller`]), which signs only for pods of this node, so each
+//!   ([`controller_client`]), which signs only for pods of this node, so each
 //!   request names a pod of the identity (module `requests`). Requests run on
 //!   their own thread: [`CertManager::ensure`] starts one and answers at
 //!   once that the pod waits; when the answer comes the certificate is
@@ -18,7 +18,6 @@
 //! the kubelet updates the mounted `ConfigMap` during a CA rotation, and
 //! new handshakes then trust the new roots.
 
-pub mod controller;
 mod requests;
 
 use std::{
@@ -35,6 +34,7 @@ use mesh_core::{
     identity::SpiffeId,
     workload::PodKey,
 };
+use mesh_kube::controller_client::{self, TRUST_BUNDLE_POLL};
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig, pki_types::CertificateDer, sign::CertifiedKey,
 };
@@ -42,9 +42,6 @@ use serde::Serialize;
 
 use crate::sync::{lock, read, write};
 use crate::tls::{self, CertificateSource, TlsError};
-
-/// How often the trust bundle file is checked for changes.
-pub const TRUST_BUNDLE_POLL: Duration = Duration::from_secs(5);
 
 /// Errors issuing certificates or loading the CA.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +62,7 @@ pub enum IdentityError {
     Tls(Box<TlsError>),
     /// The controller client could not be set up.
     #[error(transparent)]
-    Controller(Box<controller::ControllerError>),
+    Controller(Box<controller_client::ControllerError>),
     /// The certificate was asked of the controller; the pod waits for it.
     #[error("waiting for the controller at {address} to sign the certificate of {identity}")]
     Requested {
@@ -104,8 +101,8 @@ impl IdentityError {
     }
 }
 
-impl From<controller::ControllerError> for IdentityError {
-    fn from(error: controller::ControllerError) -> Self {
+impl From<controller_client::ControllerError> for IdentityError {
+    fn from(error: controller_client::ControllerError) -> Self {
         Self::Controller(Box::new(error))
     }
 }
@@ -164,8 +161,8 @@ enum Signer {
     Local(Box<CertificateAuthority>),
     /// The controller's CA (Kubernetes mode), asked on its own thread.
     Controller {
-        client: controller::ControllerClient,
-        runtime: controller::CaRuntime,
+        client: controller_client::ControllerClient,
+        runtime: controller_client::CaRuntime,
     },
 }
 
@@ -231,8 +228,8 @@ impl CertManager {
         lifetime: Duration,
     ) -> Result<Arc<Self>, IdentityError> {
         let trust = Trust::load(Some(trust_bundle.to_owned()), None)?;
-        let client = controller::ControllerClient::new(address, token_file)?;
-        let runtime = controller::CaRuntime::start()?;
+        let client = controller_client::ControllerClient::new(address, token_file)?;
+        let runtime = controller_client::CaRuntime::start()?;
         Ok(Arc::new(Self::with_signer(
             Signer::Controller { client, runtime },
             trust,

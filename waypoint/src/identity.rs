@@ -28,7 +28,7 @@ use mesh_core::{
     tls::{self, CertificateSource},
     workload::PodKey,
 };
-use node_agent::identity::controller::{ControllerClient, ControllerError};
+use mesh_kube::controller_client::{ControllerClient, ControllerError};
 use rustls::{RootCertStore, sign::CertifiedKey};
 
 /// Wait after a first failed attempt at the first certificate; it doubles

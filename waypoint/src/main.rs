@@ -9,7 +9,11 @@ use mesh_core::{
     published::Published,
     route::RouteTable,
 };
-use node_agent::{kube_source::KubeSettings, source::Source};
+use mesh_kube::{
+    controller_client::{ControllerClient, TRUST_BUNDLE_POLL},
+    snapshot::{KubeSettings, NoPodNetns},
+    source::Source,
+};
 use tokio_util::sync::CancellationToken;
 use waypoint::{
     Waypoint, admin,
@@ -169,7 +173,7 @@ async fn configuration(
         },
         None => Source::Kubernetes(KubeSettings {
             node: String::new(),
-            cgroup_root: std::path::PathBuf::from("/nonexistent"),
+            pod_netns: Arc::new(NoPodNetns),
             api_url: config.kube_api_url.clone(),
             root_namespace,
         }),
@@ -224,10 +228,7 @@ async fn identity(
             identity::until_issued(issue, failed).await
         }
         (_, _, Some(address)) => {
-            let client = node_agent::identity::controller::ControllerClient::new(
-                address,
-                config.ca_token_file.clone(),
-            )?;
+            let client = ControllerClient::new(address, config.ca_token_file.clone())?;
             let pod = mesh_core::workload::PodKey {
                 namespace: config.namespace.clone(),
                 name: config.pod_name.clone().unwrap_or_default(),
@@ -253,7 +254,7 @@ async fn renew(
     cancel: CancellationToken,
 ) {
     let mut renewals = tokio::time::interval(Duration::from_secs(30));
-    let mut bundle_checks = tokio::time::interval(node_agent::identity::TRUST_BUNDLE_POLL);
+    let mut bundle_checks = tokio::time::interval(TRUST_BUNDLE_POLL);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,

@@ -14,7 +14,10 @@ use kube::{
     Api, Client,
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
 };
-use node_agent::kube_source::translate::{USE_WAYPOINT_LABEL, WAYPOINT_LABEL, waypoint_of};
+use mesh_kube::{
+    labels::{USE_WAYPOINT_LABEL, WAYPOINT_LABEL},
+    translate::waypoint_of,
+};
 use serde_json::json;
 
 use super::{
@@ -31,7 +34,7 @@ pub(super) struct Kube {
 
 impl Kube {
     pub(super) async fn connect(url: Option<&str>) -> Result<Self, WaypointError> {
-        let config = node_agent::kube_source::config_for(url)
+        let config = mesh_kube::client::config_for(url)
             .await
             .map_err(|e| WaypointError::Config(e.to_string()))?;
         let server = config.cluster_url.to_string();

@@ -15,9 +15,10 @@ use mesh_core::{
     identity::SpiffeId,
     workload::PodKey,
 };
+use mesh_kube::controller_client::ControllerClient;
 use rustls::RootCertStore;
 
-use super::{CertManager, IdentityError, Signer, controller::ControllerClient};
+use super::{CertManager, IdentityError, Signer};
 use crate::sync::{lock, read, write};
 
 /// The wait after a first failure; it doubles with each further one.

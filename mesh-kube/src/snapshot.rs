@@ -1,14 +1,12 @@
-//! Kubernetes mode: the agent learns its pods, services and authorization
-//! policies from the API server instead of the local file, and publishes
-//! them as the same snapshots, so the data path does not know where its
-//! state came from.
+//! Kubernetes mode: a node's pods, services, authorization policies, peer
+//! authentications and routes, learnt from the API server instead of the
+//! local file and published as the same snapshots, so the data path does
+//! not know where its state came from.
 //!
-//! - Watched with kube-runtime watchers (list, then watch; a `410 Gone`
-//!   relists; errors back off and retry, and the stores keep the last good
-//!   state meanwhile): Namespaces, this node's Pods (field selector
-//!   `spec.nodeName`), Services, `EndpointSlices`, `AuthorizationPolicy`
-//!   and `PeerAuthentication` (`security.ambit.dev/v1alpha1`) and Gateway
-//!   API `HTTPRoute`.
+//! - Watched (see [`crate::watch`]): Namespaces, this node's Pods (field
+//!   selector `spec.nodeName`), Services, `EndpointSlices`,
+//!   `AuthorizationPolicy` and `PeerAuthentication`
+//!   (`security.ambit.dev/v1alpha1`) and Gateway API `HTTPRoute`.
 //! - The meshed pods of other nodes are destinations: HBONE to them checks
 //!   their identity, which their service account gives. ambit has no
 //!   central workload distributor (Istio's istiod), so each agent also
@@ -19,38 +17,32 @@
 //! - A pod is enrolled when it or its namespace carries `ambit.dev/mesh=
 //!   enabled`; `ambit.dev/mesh=disabled` on the pod wins (see
 //!   [`translate::is_enrolled`]).
-//! - Its network namespace is found through its cgroup (see [`pod_netns`]);
-//!   a pod whose process is not running yet is listed as waiting, with the
-//!   reason and for how long, and looked for again with a backoff.
+//! - Its network namespace is found by the settings' [`PodNetnsFinder`]
+//!   (the node agent's looks through the pod's cgroup); a pod whose
+//!   process is not running yet is listed as waiting, with the reason and
+//!   for how long, and looked for again with a backoff.
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures_util::{Stream, StreamExt as _};
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod as KubePod, Service as KubeService},
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind},
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store},
-        watcher,
-    },
+    Client,
+    api::DynamicObject,
+    runtime::{reflector::Store, watcher},
 };
 use mesh_core::local_config::{self, LocalSnapshot, RejectedPod};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-pub mod pod_netns;
-pub mod translate;
+use crate::{resources, translate, watch::Watches};
 
 /// How long changes are gathered before one snapshot is built from them.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -60,26 +52,28 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// After this long without a process, a waiting pod is reported loudly.
 const WAITING_TOO_LONG: Duration = Duration::from_mins(1);
 
-/// Why Kubernetes mode could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSourceError {
-    /// No API server address could be worked out.
-    #[error(
-        "cannot configure the Kubernetes client: {0} (in a pod: is the service account token mounted? elsewhere: set KUBECONFIG or --kube-api-url)"
-    )]
-    Config(String),
-    /// The client could not be built from the configuration.
-    #[error("cannot build the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+/// Why a pod's network namespace was not found, in the finder's words.
+pub type PodNetnsError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Finds the network namespace of a pod of this node by its UID.
+pub trait PodNetnsFinder: std::fmt::Debug + Send + Sync {
+    /// The path of the pod's network namespace (e.g. `/proc/<pid>/ns/net`),
+    /// or why it cannot be found yet (e.g. its process has not started).
+    fn find(&self, uid: &str) -> Result<PathBuf, PodNetnsError>;
 }
 
-/// Where the API server is and which node this agent serves.
+/// The finder of a process that enrolls no pod (the waypoint): every pod
+/// of its "node" is waiting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoPodNetns;
+
+/// Where the API server is and which node the snapshots are for.
 #[derive(Clone, Debug)]
 pub struct KubeSettings {
-    /// This agent's node: only its pods are enrolled.
+    /// The node: only its pods are enrolled.
     pub node: String,
-    /// The kubelet's pod cgroup root, where pods' cgroups are found.
-    pub cgroup_root: PathBuf,
+    /// How the node's pods' network namespaces are found.
+    pub pod_netns: Arc<dyn PodNetnsFinder>,
     /// The API server's URL; `None` infers it (in-cluster, or `KUBECONFIG`).
     pub api_url: Option<String>,
     /// The mesh's root namespace: its peer authentications without a
@@ -87,25 +81,12 @@ pub struct KubeSettings {
     pub root_namespace: String,
 }
 
-/// A client for the API server `settings` name.
-pub async fn client(settings: &KubeSettings) -> Result<Client, KubeSourceError> {
-    let config = config_for(settings.api_url.as_deref()).await?;
-    Client::try_from(config).map_err(KubeSourceError::Client)
-}
+// === impl NoPodNetns ===
 
-/// The client configuration for the API server at `api_url`, or (`None`)
-/// the one the environment names: in-cluster, else `KUBECONFIG` or
-/// `~/.kube/config`.
-pub async fn config_for(api_url: Option<&str>) -> Result<kube::Config, KubeSourceError> {
-    Ok(match api_url {
-        Some(url) => kube::Config::new(
-            url.parse()
-                .map_err(|e| KubeSourceError::Config(format!("bad --kube-api-url {url:?}: {e}")))?,
-        ),
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| KubeSourceError::Config(e.to_string()))?,
-    })
+impl PodNetnsFinder for NoPodNetns {
+    fn find(&self, uid: &str) -> Result<PathBuf, PodNetnsError> {
+        Err(format!("pod {uid}: this process enrolls no pods").into())
+    }
 }
 
 /// Watches the API server and publishes a snapshot whenever what it means
@@ -134,18 +115,9 @@ pub async fn run(
         other_pods: watches.typed("pods (other nodes)", other_pods, translate::trim_remote_pod),
         services: watches.typed("services", all(), translate::trim_metadata),
         endpoint_slices: watches.typed("endpointslices", all(), translate::trim_metadata),
-        policies: watches.custom(
-            "authorizationpolicies",
-            ("security.ambit.dev", "v1alpha1", "AuthorizationPolicy"),
-        ),
-        peer_authentications: watches.custom(
-            "peerauthentications",
-            ("security.ambit.dev", "v1alpha1", "PeerAuthentication"),
-        ),
-        routes: watches.custom(
-            "httproutes",
-            ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-        ),
+        policies: watches.custom(resources::AUTHORIZATION_POLICY),
+        peer_authentications: watches.custom(resources::PEER_AUTHENTICATION),
+        routes: watches.custom(resources::HTTP_ROUTE),
     };
     tokio::select! {
         () = shutdown.cancelled() => return,
@@ -350,18 +322,18 @@ impl SnapshotBuilder {
     }
 
     /// The pod's network namespace: the one found before while its process
-    /// lives, else a fresh look through its cgroup.
-    fn netns_of(&mut self, uid: &str) -> Result<PathBuf, pod_netns::PodNetnsError> {
+    /// lives, else a fresh look by the settings' finder.
+    fn netns_of(&mut self, uid: &str) -> Result<PathBuf, PodNetnsError> {
         if let Some(path) = self.netns.get(uid).filter(|path| Path::new(path).exists()) {
             return Ok(path.clone());
         }
-        let path = pod_netns::find(&self.settings.cgroup_root, uid)?;
+        let path = self.settings.pod_netns.find(uid)?;
         self.netns.insert(uid.to_owned(), path.clone());
         Ok(path)
     }
 
     /// Seconds the pod has waited; logs once when that grows too long.
-    fn waited(&mut self, uid: &str, pod: &str, error: &pod_netns::PodNetnsError) -> u64 {
+    fn waited(&mut self, uid: &str, pod: &str, error: &PodNetnsError) -> u64 {
         let (since, reported) = self
             .waiting_since
             .entry(uid.to_owned())
@@ -401,96 +373,4 @@ fn services(
             translate::service(service, slices, namespace_labels.get(owner.0))
         })
         .collect()
-}
-
-/// Starts watchers that wake one builder and stop at one shutdown.
-struct Watches {
-    client: Client,
-    changed: Arc<Notify>,
-    shutdown: CancellationToken,
-}
-
-// === impl Watches ===
-
-impl Watches {
-    /// Watches every `K` that `config` selects, passing each object through
-    /// `trim` before it is stored, and returns the store.
-    fn typed<K>(&self, what: &'static str, config: watcher::Config, trim: fn(&mut K)) -> Store<K>
-    where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    {
-        let (store, writer) = reflector::store();
-        let api = Api::<K>::all(self.client.clone());
-        self.drive(
-            what,
-            reflector::reflector(writer, watcher(api, config).modify(trim)),
-        );
-        store
-    }
-
-    /// Watches every object of a custom resource named by (group, version,
-    /// plural) and returns the store. The plural is the API's path segment.
-    fn custom(
-        &self,
-        plural: &'static str,
-        (group, version, kind): (&str, &str, &str),
-    ) -> Store<DynamicObject> {
-        let resource =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-        let store = writer.as_reader();
-        let api = Api::<DynamicObject>::all_with(self.client.clone(), &resource);
-        let trim: fn(&mut DynamicObject) = translate::trim_metadata;
-        self.drive(
-            plural,
-            reflector::reflector(
-                writer,
-                watcher(api, watcher::Config::default()).modify(trim),
-            ),
-        );
-        store
-    }
-
-    fn drive<K>(
-        &self,
-        what: &'static str,
-        stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    ) where
-        K: Send + 'static,
-    {
-        tokio::spawn(drive(
-            what,
-            stream.default_backoff(),
-            self.changed.clone(),
-            self.shutdown.clone(),
-        ));
-    }
-}
-
-/// Runs one watch stream until `shutdown`, waking the builder on each event
-/// and logging errors (the watcher backs off and retries by itself).
-async fn drive<K>(
-    what: &'static str,
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-    changed: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut stream = pin!(stream);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            item = stream.next() => match item {
-                Some(Ok(_)) => changed.notify_one(),
-                Some(Err(error)) => tracing::warn!(resource = what, %error, "watching the Kubernetes API failed; keeping the last state and retrying"),
-                None => return,
-            },
-        }
-    }
 }

@@ -1,6 +1,7 @@
-//! Where the agent's configuration comes from: the local file (`--config`)
-//! or the Kubernetes API server (`--kubernetes`). Either way it arrives as
-//! [`LocalSnapshot`]s on one channel, so nothing downstream knows which.
+//! Where the agent's and the waypoint's configuration comes from: the
+//! local file (`--config`) or the Kubernetes API server. Either way it
+//! arrives as [`LocalSnapshot`]s on one channel, so nothing downstream
+//! knows which.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -9,9 +10,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config,
-    kube_source::{self, KubeSettings, KubeSourceError},
+    client::{self, KubeClientError},
     local_source::{self, SnapshotChannel},
+    snapshot::{self, KubeSettings},
 };
 
 /// Why the configuration source could not start.
@@ -22,7 +23,7 @@ pub enum SourceError {
     LocalConfig(#[from] LocalConfigError),
     /// Kubernetes mode could not start.
     #[error(transparent)]
-    Kubernetes(#[from] KubeSourceError),
+    Kubernetes(#[from] KubeClientError),
 }
 
 /// The configuration source the settings name.
@@ -45,24 +46,6 @@ pub enum Source {
 // === impl Source ===
 
 impl Source {
-    /// The source `config` names (clap makes sure exactly one is given).
-    #[must_use]
-    pub fn from_config(config: &Config) -> Self {
-        match &config.config {
-            Some(path) if !config.kubernetes => Self::File {
-                path: path.clone(),
-                poll: config.config_poll_interval(),
-                root_namespace: config.root_namespace.clone(),
-            },
-            _ => Self::Kubernetes(KubeSettings {
-                node: config.node_name.clone(),
-                cgroup_root: config.cgroup_root.clone(),
-                api_url: config.kube_api_url.clone(),
-                root_namespace: config.root_namespace.clone(),
-            }),
-        }
-    }
-
     /// The channel, with the first snapshot: the file as it is now, or an
     /// empty one until the API server's objects are listed.
     pub fn initial(&self) -> Result<SnapshotChannel, SourceError> {
@@ -114,8 +97,8 @@ impl Source {
                 ));
             }
             Self::Kubernetes(settings) => {
-                let client = kube_source::client(&settings).await?;
-                tokio::spawn(kube_source::run(client, settings, publish, shutdown));
+                let client = client::client(settings.api_url.as_deref()).await?;
+                tokio::spawn(snapshot::run(client, settings, publish, shutdown));
             }
         }
         Ok(())

@@ -1,15 +1,17 @@
-//! The controller's CA, as the node agent asks it (Kubernetes mode): one
-//! HTTPS request per certificate, `POST /v1/certificates` with the pod, a
-//! CSR for the pod's identity, and the agent's projected service-account
-//! token (audience `ambit-ca`; the file is read again for every request,
-//! because the kubelet rotates it). The controller's certificate is
-//! verified against the mesh's trust bundle of the moment.
+//! The controller's CA, as the node agents and the waypoints ask it
+//! (Kubernetes mode): one HTTPS request per certificate,
+//! `POST /v1/certificates` with the pod, a CSR for the pod's identity, and
+//! the caller's projected service-account token (audience `ambit-ca`; the
+//! file is read again for every request, because the kubelet rotates it).
+//! The controller's certificate is verified against the mesh's trust
+//! bundle of the moment.
 //!
 //! Requests never run on the caller's thread. They run on a runtime of
-//! their own ([`CaRuntime`], one thread), so the enrollment path, which is
-//! synchronous and shares the control runtime with the watchers, the admin
-//! API and the probes, never waits for the network: it asks for a
-//! certificate and is told when it arrives (see `CertManager::ensure`).
+//! their own ([`CaRuntime`], one thread), so the agent's enrollment path,
+//! which is synchronous and shares the control runtime with the watchers,
+//! the admin API and the probes, never waits for the network: it asks for
+//! a certificate and is told when it arrives (see the agent's
+//! `CertManager::ensure`).
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -24,6 +26,9 @@ use tokio_rustls::TlsConnector;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The controller's port when `--ca-address` names none.
 pub const DEFAULT_PORT: u16 = 15012;
+/// How often the trust bundle file (the controller's `ConfigMap`, mounted)
+/// is read again for changes.
+pub const TRUST_BUNDLE_POLL: Duration = Duration::from_secs(5);
 
 /// Why the controller did not give a certificate.
 #[derive(Debug, thiserror::Error)]

@@ -23,21 +23,10 @@ use mesh_core::{
     workload::{MtlsMode, Pod},
 };
 
-/// The label of an `EndpointSlice` that names its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// The label that opts a namespace or a pod into the mesh (`enabled`) or a
-/// pod out of it (`disabled`).
-pub const MESH_LABEL: &str = "ambit.dev/mesh";
-/// The label that asks for a namespace's or a pod's mTLS mode (see
-/// [`mesh_core::peer_authn`]).
-pub use mesh_core::peer_authn::MTLS_LABEL;
-/// The label on a Service that names the waypoint its traffic goes
-/// through (`none`: no waypoint).
-pub const USE_WAYPOINT_LABEL: &str = "ambit.dev/use-waypoint";
-/// The label on a waypoint's own objects (its Service, pods, account),
-/// naming it; a Service so labelled never goes through a waypoint.
-pub const WAYPOINT_LABEL: &str = "ambit.dev/waypoint";
+use crate::labels::{
+    AMBIT_ANNOTATION_PREFIX, MESH_LABEL, MTLS_LABEL, SERVICE_NAME_LABEL, USE_WAYPOINT_LABEL,
+    WAYPOINT_LABEL,
+};
 
 /// Whether a pod with `pod_labels` in a namespace with `namespace_labels`
 /// is in the mesh: `disabled` on the pod wins, then `enabled` on the pod or
@@ -157,9 +146,6 @@ pub fn trim_metadata<K: kube::Resource>(object: &mut K) {
         }
     }
 }
-
-/// The prefix of the annotations ambit reads.
-pub const AMBIT_ANNOTATION_PREFIX: &str = "ambit.dev/";
 
 /// Keeps of a pod only what [`remote_pod`] reads, so the cluster-wide
 /// store of other nodes' pods stays small: name, namespace, uid, labels,

@@ -13,6 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use mesh_kube::snapshot::PodNetnsFinder;
+
 /// How deep below the cgroup root a pod's cgroup may be (`QoS` level, pod).
 const POD_DEPTH: usize = 3;
 /// How deep below the pod's cgroup its processes may be (container, and a
@@ -40,6 +42,22 @@ pub enum PodNetnsError {
         /// Its cgroup.
         cgroup: PathBuf,
     },
+}
+
+/// Finds this node's pods' network namespaces through their cgroups under
+/// the kubelet's pod cgroup root (`--cgroup-root`).
+#[derive(Clone, Debug)]
+pub struct CgroupPodNetns {
+    /// The kubelet's pod cgroup root.
+    pub cgroup_root: PathBuf,
+}
+
+// === impl CgroupPodNetns ===
+
+impl PodNetnsFinder for CgroupPodNetns {
+    fn find(&self, uid: &str) -> Result<PathBuf, mesh_kube::snapshot::PodNetnsError> {
+        Ok(find(&self.cgroup_root, uid)?)
+    }
 }
 
 /// `/proc/<pid>/ns/net` of a process of the pod with `uid`, found under
