@@ -57,7 +57,7 @@ use std::{
 };
 
 use clap::{Args, Subcommand};
-use node_agent::config::{DEFAULT_BPFFS_DIR, env};
+use mesh_core::agent_settings::{DEFAULT_BPFFS_DIR, env};
 
 use crate::table::Output;
 use pins::PinDir;

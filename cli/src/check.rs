@@ -10,11 +10,11 @@ use std::{
 };
 
 use clap::Args;
-use mesh_core::ca::TrustBundle;
-use node_agent::{
-    config::{DEFAULT_BPFFS_DIR, DEFAULT_CGROUP_ROOT, env},
-    ebpf::REQUIRED_PROGRAM_TYPES,
+use mesh_core::{
+    agent_settings::{DEFAULT_BPFFS_DIR, DEFAULT_CGROUP_ROOT, env},
+    ca::TrustBundle,
 };
+use mesh_ebpf_common::program_types::REQUIRED_PROGRAM_TYPES;
 use serde::Serialize;
 
 use crate::{admin, bpf::host, table::Output};

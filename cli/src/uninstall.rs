@@ -16,7 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use node_agent::config::{DEFAULT_BPFFS_DIR, env};
+use mesh_core::agent_settings::{DEFAULT_BPFFS_DIR, env};
+use mesh_ebpf_common::pins::{pinned_layout, remove_pinned_state};
 use serde::Serialize;
 
 use crate::admin;
@@ -80,7 +81,7 @@ pub fn run(
             wait_until_gone(dir, AGENT_UNINSTALL_TIMEOUT)?;
             // Whatever the agent could not remove (e.g. it was killed
             // half-way) goes now.
-            let removed = node_agent::ebpf::remove_pinned_state(dir);
+            let removed = remove_pinned_state(dir);
             Ok(UninstallReport {
                 via: "agent",
                 pin_dir: dir.clone(),
@@ -101,7 +102,7 @@ pub fn run(
                 "no node agent answers at {admin_addr}; removing the pinned state under {} directly",
                 dir.display()
             );
-            let removed = node_agent::ebpf::remove_pinned_state(dir);
+            let removed = remove_pinned_state(dir);
             Ok(UninstallReport {
                 via: "pins",
                 pin_dir: dir.clone(),
@@ -116,7 +117,7 @@ pub fn run(
 /// Waits until the agent has removed `dir` (or only an empty shell is left).
 fn wait_until_gone(dir: &Path, timeout: Duration) -> Result<(), UninstallError> {
     let deadline = Instant::now() + timeout;
-    while node_agent::ebpf::pinned_layout(dir).is_some() {
+    while pinned_layout(dir).is_some() {
         if Instant::now() >= deadline {
             return Err(UninstallError::AgentTimedOut {
                 dir: dir.to_owned(),

@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_settings;
 pub mod ca;
 pub mod identity;
 pub mod local_config;

@@ -11,15 +11,16 @@ use serde::Serialize;
 
 use crate::pod_netns::CgroupPodNetns;
 
-/// Where the agent pins its maps and links unless told otherwise.
-pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/ambit";
+pub use mesh_core::agent_settings::{DEFAULT_BPFFS_DIR, DEFAULT_CGROUP_ROOT};
+
 /// The handoff socket unless told otherwise.
 pub const DEFAULT_HANDOFF_SOCKET: &str = "/run/ambit/handoff.sock";
-/// The cgroup the agent attaches its cgroup programs to unless told otherwise.
-pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Environment variable names, one prefix.
 pub mod env {
+    /// See [`super::Config::bpffs_dir`], [`super::Config::cgroup_root`] and
+    /// [`super::Config::ca_cert`]: shared with the CLI.
+    pub use mesh_core::agent_settings::env::{BPFFS_DIR, CA_CERT, CGROUP_ROOT};
     /// See [`super::Config::config`].
     pub const CONFIG: &str = "AMBIT_CONFIG";
     /// See [`super::Config::kubernetes`].
@@ -28,10 +29,6 @@ pub mod env {
     pub const KUBE_API_URL: &str = "AMBIT_KUBE_API_URL";
     /// See [`super::Config::node_name`].
     pub const NODE_NAME: &str = "AMBIT_NODE_NAME";
-    /// See [`super::Config::bpffs_dir`].
-    pub const BPFFS_DIR: &str = "AMBIT_BPFFS_DIR";
-    /// See [`super::Config::cgroup_root`].
-    pub const CGROUP_ROOT: &str = "AMBIT_CGROUP_ROOT";
     /// See [`super::Config::admin_addr`].
     pub const ADMIN_ADDR: &str = "AMBIT_ADMIN_ADDR";
     /// See [`super::Config::metrics_addr`].
@@ -48,8 +45,6 @@ pub mod env {
     pub const CONNECT_TIMEOUT_MS: &str = "AMBIT_CONNECT_TIMEOUT_MS";
     /// See [`super::Config::config_poll_ms`].
     pub const CONFIG_POLL_MS: &str = "AMBIT_CONFIG_POLL_MS";
-    /// See [`super::Config::ca_cert`].
-    pub const CA_CERT: &str = "AMBIT_CA_CERT";
     /// See [`super::Config::ca_key`].
     pub const CA_KEY: &str = "AMBIT_CA_KEY";
     /// See [`super::Config::proc_sys_net`].

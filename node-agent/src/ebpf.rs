@@ -28,17 +28,21 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, Program, ProgramError, ProgramType, SkLookup, SkMsg,
+        CgroupAttachMode, Program, ProgramError, SkLookup, SkMsg,
         links::{FdLink, PinnedLink},
     },
 };
-use mesh_ebpf_common::{PIN_LAYOUT_VERSION, program_names};
+use mesh_ebpf_common::{
+    PIN_LAYOUT_VERSION,
+    pins::{layout_marker, pinned_layout, remove_pinned_state},
+    program_names,
+};
 
 pub mod maps;
 mod preflight;
 
 pub use maps::MeshMaps;
-pub use preflight::{REQUIRED_PROGRAM_TYPES, preflight};
+pub use preflight::preflight;
 
 /// The compiled eBPF object, built from `mesh-ebpf/programs` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambit-ebpf.o"));
@@ -489,81 +493,6 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
     Ok(())
 }
 
-/// What [`remove_pinned_state`] removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RemovedPins {
-    /// Link pins: each one's attachment is detached as its pin goes (no
-    /// process holds it once the agent is gone).
-    pub links: usize,
-    /// Map pins.
-    pub maps: usize,
-}
-
-/// Removes everything pinned under `pin_dir` and the directory itself:
-/// with no agent holding them, the programs are detached and the maps
-/// freed. Problems are logged and the rest is still removed.
-pub fn remove_pinned_state(pin_dir: &Path) -> RemovedPins {
-    let mut removed = RemovedPins::default();
-    for sub in ["links", "maps"] {
-        if let Ok(entries) = std::fs::read_dir(pin_dir.join(sub)) {
-            for entry in entries.flatten() {
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) if sub == "links" => removed.links += 1,
-                    Ok(()) => removed.maps += 1,
-                    Err(error) => {
-                        tracing::warn!(path = %entry.path().display(), %error, "cannot remove pin");
-                    }
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(pin_dir.join(sub));
-    }
-    if let Ok(entries) = std::fs::read_dir(pin_dir) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with("layout-"))
-            {
-                let _ = std::fs::remove_dir(entry.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(pin_dir);
-    removed
-}
-
-/// The name of the empty directory that records the layout version of the
-/// maps pinned beside it (bpffs holds only directories and BPF objects).
-fn layout_marker(version: u32) -> String {
-    format!("layout-{version}")
-}
-
-/// The layout version of the state pinned under `pin_dir`: `None` when no
-/// map is pinned there, 1 for state pinned before versions were recorded.
-#[must_use]
-pub fn pinned_layout(pin_dir: &Path) -> Option<u32> {
-    let has_maps =
-        std::fs::read_dir(pin_dir.join("maps")).is_ok_and(|mut entries| entries.next().is_some());
-    if !has_maps {
-        return None;
-    }
-    let recorded = std::fs::read_dir(pin_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()?
-                .strip_prefix("layout-")?
-                .parse()
-                .ok()
-        })
-        .max();
-    Some(recorded.unwrap_or(1))
-}
-
 /// Refuses pinned state of another layout version before anything is
 /// loaded, so the agent that pinned it is left alone.
 fn check_pin_layout(pin_dir: &Path) -> Result<(), EbpfError> {
@@ -731,17 +660,6 @@ fn adopt_link(path: &Path) -> Result<PinnedLink, EbpfError> {
         path: path.to_owned(),
         source: Box::new(source),
     })
-}
-
-/// Names of program types for error messages.
-fn program_type_name(program_type: ProgramType) -> &'static str {
-    match program_type {
-        ProgramType::CgroupSockAddr => "BPF_PROG_TYPE_CGROUP_SOCK_ADDR",
-        ProgramType::SockOps => "BPF_PROG_TYPE_SOCK_OPS",
-        ProgramType::CgroupSockopt => "BPF_PROG_TYPE_CGROUP_SOCKOPT",
-        ProgramType::SkLookup => "BPF_PROG_TYPE_SK_LOOKUP",
-        _ => "an eBPF program type",
-    }
 }
 
 #[cfg(test)]

@@ -7,12 +7,21 @@
 //! compile time. Addresses are kept exactly as the kernel hands them to eBPF:
 //! IPv4 in the first word of a `[u32; 4]`, all words in network byte order.
 //! Ports are in host byte order.
+//!
+//! With the `user` feature (the agent and the CLI, never the eBPF programs)
+//! the crate links `std` and adds the userspace side of the same contract:
+//! [`pins`], the pinned state's layout on bpffs, and [`program_types`], the
+//! program types the kernel must support.
 
-#![no_std]
+#![cfg_attr(not(feature = "user"), no_std)]
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub mod counters;
+#[cfg(feature = "user")]
+pub mod pins;
+#[cfg(feature = "user")]
+pub mod program_types;
 
 /// `SO_MARK` carried by every socket the mesh itself opens. Sockets with this
 /// mark are never redirected, so the agent's upstream connections cannot loop

@@ -2,33 +2,9 @@
 //! missing feature is reported by name before anything is loaded.
 
 use aya::programs::ProgramType;
+use mesh_ebpf_common::program_types::{REQUIRED_PROGRAM_TYPES, program_type_name};
 
-use super::{EbpfError, program_type_name};
-
-/// Each program type the mesh needs, the hooks that use it, and the kernel
-/// feature that provides it.
-pub const REQUIRED_PROGRAM_TYPES: [(ProgramType, &str, &str); 4] = [
-    (
-        ProgramType::CgroupSockAddr,
-        "cgroup/connect4, connect6, getpeername4, getpeername6, bind4, bind6",
-        "needs Linux 5.8 or later with CONFIG_CGROUP_BPF=y and cgroup v2",
-    ),
-    (
-        ProgramType::SockOps,
-        "sockops",
-        "needs Linux 5.15 or later with CONFIG_CGROUP_BPF=y",
-    ),
-    (
-        ProgramType::CgroupSockopt,
-        "cgroup/getsockopt",
-        "needs Linux 5.15 or later with CONFIG_CGROUP_BPF=y",
-    ),
-    (
-        ProgramType::SkLookup,
-        "sk_lookup",
-        "needs Linux 5.17 or later with CONFIG_BPF_SYSCALL=y",
-    ),
-];
+use super::EbpfError;
 
 /// Fails with the first program type `supported` says the kernel lacks.
 pub fn preflight(supported: impl Fn(ProgramType) -> bool) -> Result<(), EbpfError> {
