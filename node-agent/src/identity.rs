@@ -17,8 +17,11 @@
 //! The trust bundle file (`--trust-bundle`) is re-read when it changes:
 //! the kubelet updates the mounted `ConfigMap` during a CA rotation, and
 //! new handshakes then trust the new roots.
-
-mod requests;
+//!
+//! Submodules, each an `impl CertManager` block of one concern: `trust`
+//! (the roots), `tls_configs` (the cached HBONE TLS configurations),
+//! `rotation` (reissuing at half-life) and `requests` (the controller's
+//! answers).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -28,20 +31,24 @@ use std::{
 };
 
 use mesh_core::{
-    ca::{
-        BundleFile, CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey,
-    },
+    ca::{CaError, CertificateAuthority, TrustBundle, WorkloadCertificate, WorkloadKey},
     identity::SpiffeId,
     workload::PodKey,
 };
-use mesh_kube::controller_client::{self, TRUST_BUNDLE_POLL};
-use rustls::{
-    ClientConfig, RootCertStore, ServerConfig, pki_types::CertificateDer, sign::CertifiedKey,
-};
+use mesh_kube::controller_client;
+use rustls::{ClientConfig, ServerConfig, sign::CertifiedKey};
 use serde::Serialize;
 
+use self::trust::Trust;
 use crate::sync::{lock, read, write};
-use crate::tls::{self, CertificateSource, TlsError};
+use crate::tls::{self, TlsError};
+
+mod requests;
+mod rotation;
+mod tls_configs;
+mod trust;
+
+pub use rotation::rotate_until_cancelled;
 
 /// Errors issuing certificates or loading the CA.
 #[derive(Debug, thiserror::Error)]
@@ -166,15 +173,6 @@ enum Signer {
     },
 }
 
-/// The trusted roots and where they come from.
-struct Trust {
-    /// `--trust-bundle`, followed for changes.
-    file: Option<BundleFile>,
-    /// The local CA, always trusted besides the file's roots.
-    ca: Option<CertificateDer<'static>>,
-    roots: RwLock<Arc<RootCertStore>>,
-}
-
 /// Issues, rotates and serves workload certificates, and builds the TLS
 /// configurations that use them.
 pub struct CertManager {
@@ -196,10 +194,6 @@ pub struct CertManager {
     server_configs: RwLock<HashMap<SpiffeId, Arc<ServerConfig>>>,
     client_configs: RwLock<HashMap<(SpiffeId, SpiffeId), Arc<ClientConfig>>>,
 }
-
-/// The [`CertificateSource`] view of a [`CertManager`].
-#[derive(Clone)]
-struct Certificates(Arc<CertManager>);
 
 // === impl CertManager ===
 
@@ -435,50 +429,6 @@ impl CertManager {
         })
     }
 
-    /// Reissues every certificate past half its lifetime, and drops those
-    /// that no enrolled pod uses any more. Local mode: returns the
-    /// identities that got a new one. With the controller it sends the
-    /// requests and returns none: each certificate is replaced when its
-    /// answer comes, the old one serving until then.
-    pub fn rotate_due(self: &Arc<Self>, now: SystemTime) -> Vec<SpiffeId> {
-        let mut due: Vec<(SpiffeId, u64)> = read(&self.issued)
-            .iter()
-            .filter(|(_, issued)| past_half_life(&issued.certificate, now))
-            .map(|(id, issued)| (id.clone(), issued.rotations))
-            .collect();
-        {
-            let mut pods = write(&self.pods);
-            due.retain(|(identity, _)| {
-                let used = pods.contains_key(identity);
-                if !used {
-                    self.forget_if_unused(&mut pods, identity);
-                }
-                used
-            });
-        }
-        let mut rotated = Vec::new();
-        for (identity, rotations) in due {
-            let ca = match &self.signer {
-                Signer::Local(ca) => ca,
-                Signer::Controller { .. } => {
-                    self.request(&identity);
-                    continue;
-                }
-            };
-            match self.issue_locally(ca, &identity, rotations + 1) {
-                Ok(issued) => {
-                    tracing::info!(%identity, serial = %issued.certificate.serial, "certificate rotated");
-                    write(&self.issued).insert(identity.clone(), issued);
-                    rotated.push(identity);
-                }
-                Err(error) => {
-                    tracing::error!(%identity, %error, "cannot rotate certificate; will retry");
-                }
-            }
-        }
-        rotated
-    }
-
     /// Every issued certificate.
     #[must_use]
     pub fn certificates(&self) -> Vec<CertificateInfo> {
@@ -506,157 +456,6 @@ impl CertManager {
             .collect();
         infos.sort_by(|a, b| a.identity.cmp(&b.identity));
         infos
-    }
-
-    /// The roots trusted now.
-    fn roots(&self) -> Arc<RootCertStore> {
-        read(&self.trust.roots).clone()
-    }
-
-    /// Re-reads the trust bundle file if it changed: new roots apply to new
-    /// handshakes (the cached configurations are dropped); a file that
-    /// cannot be read or parsed is reported once and the roots stay.
-    pub fn follow_trust_bundle(&self) {
-        let Some(file) = &self.trust.file else {
-            return;
-        };
-        let contents = match file.changed() {
-            Ok(Some(contents)) => contents,
-            Ok(None) => return,
-            Err(_) => {
-                tracing::warn!(path = %file.path().display(), "cannot read the trust bundle; keeping the roots in use");
-                return;
-            }
-        };
-        match self.trust.root_store(Some(&contents)) {
-            Ok((store, count)) => {
-                *write(&self.trust.roots) = Arc::new(store);
-                write(&self.server_configs).clear();
-                write(&self.client_configs).clear();
-                tracing::info!(path = %file.path().display(), roots = count, "trust bundle changed; new connections trust its roots");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "the trust bundle changed but does not load; keeping the roots in use");
-            }
-        }
-    }
-
-    /// The HBONE server configuration of `identity` (cached).
-    pub fn server_config(
-        self: &Arc<Self>,
-        identity: &SpiffeId,
-    ) -> Result<Arc<ServerConfig>, IdentityError> {
-        if let Some(config) = read(&self.server_configs).get(identity) {
-            return Ok(config.clone());
-        }
-        let source: Arc<dyn CertificateSource> = Arc::new(Certificates(self.clone()));
-        let config = Arc::new(tls::server_config(identity.clone(), source, self.roots())?);
-        write(&self.server_configs).insert(identity.clone(), config.clone());
-        Ok(config)
-    }
-
-    /// The HBONE client configuration of `identity` talking to `peer` (cached).
-    pub fn client_config(
-        self: &Arc<Self>,
-        identity: &SpiffeId,
-        peer: &SpiffeId,
-    ) -> Result<Arc<ClientConfig>, IdentityError> {
-        let key = (identity.clone(), peer.clone());
-        if let Some(config) = read(&self.client_configs).get(&key) {
-            return Ok(config.clone());
-        }
-        let source: Arc<dyn CertificateSource> = Arc::new(Certificates(self.clone()));
-        let config = Arc::new(tls::client_config(
-            identity.clone(),
-            peer.clone(),
-            source,
-            self.roots(),
-        )?);
-        write(&self.client_configs).insert(key, config.clone());
-        Ok(config)
-    }
-}
-
-// === impl Trust ===
-
-impl Trust {
-    /// Reads `file` (if any) and builds the roots: its certificates and `ca`.
-    fn load(
-        file: Option<PathBuf>,
-        ca: Option<CertificateDer<'static>>,
-    ) -> Result<Self, IdentityError> {
-        let (file, contents) = match file {
-            Some(path) => {
-                let (file, contents) = BundleFile::open(&path)?;
-                (Some(file), Some(contents))
-            }
-            None => (None, None),
-        };
-        let trust = Self {
-            file,
-            ca,
-            roots: RwLock::new(Arc::new(RootCertStore::empty())),
-        };
-        let (store, _) = trust.root_store(contents.as_deref())?;
-        *write(&trust.roots) = Arc::new(store);
-        Ok(trust)
-    }
-
-    /// The roots of `contents` (PEM of the trust bundle file, if there is
-    /// one) and the CA, and how many there are.
-    fn root_store(&self, contents: Option<&[u8]>) -> Result<(RootCertStore, usize), IdentityError> {
-        let mut bundle = match (contents, &self.file) {
-            (Some(contents), Some(file)) => TrustBundle::from_pem(contents, file.path())?,
-            _ => TrustBundle::new(),
-        };
-        if let Some(ca) = &self.ca {
-            bundle.add(ca.clone());
-        }
-        Ok((bundle.root_store()?, bundle.roots().len()))
-    }
-}
-
-/// Runs certificate rotation and follows the trust bundle file until
-/// cancelled, checking often enough that no certificate lives past its
-/// half-life by more than a tenth of its lifetime.
-pub async fn rotate_until_cancelled(
-    manager: Arc<CertManager>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let period = (manager.lifetime / 10).clamp(Duration::from_millis(100), Duration::from_mins(1));
-    let mut ticks = tokio::time::interval(period);
-    let mut bundle_checks = tokio::time::interval(TRUST_BUNDLE_POLL);
-    bundle_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticks.tick() => {
-                manager.rotate_due(SystemTime::now());
-            }
-            _ = bundle_checks.tick() => manager.follow_trust_bundle(),
-        }
-    }
-}
-
-fn past_half_life(certificate: &WorkloadCertificate, now: SystemTime) -> bool {
-    let lifetime = certificate
-        .not_after
-        .duration_since(certificate.not_before)
-        .unwrap_or_default();
-    now >= certificate.not_before + lifetime / 2
-}
-
-impl std::fmt::Debug for Certificates {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Certificates")
-    }
-}
-
-impl CertificateSource for Certificates {
-    fn current(&self, identity: &SpiffeId) -> Option<Arc<CertifiedKey>> {
-        read(&self.0.issued)
-            .get(identity)
-            .map(|issued| issued.key.clone())
     }
 }
 
