@@ -1,18 +1,11 @@
 # The waypoint image: ambit-waypoint, the per-namespace L7 proxy that
 # `ambit waypoint apply` deploys (manifests/waypoint/template.yaml).
 #   docker build -f docker/waypoint.Dockerfile -t ambit-waypoint .
-# Built from the workspace root. The waypoint reuses the node agent's
-# configuration sources, and node-agent's build.rs builds the eBPF programs,
-# so the builder is the node agent's (docs/building.md), though the
-# waypoint loads no eBPF.
+# Built from the workspace root. The waypoint reads the cluster through
+# mesh-kube and has no eBPF in it (it does not build node-agent), so the
+# builder is the plain Rust image.
 
 FROM rust:1.95-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      rustc-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-22-dev \
- && rm -rf /var/lib/apt/lists/*
-RUN LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
-    cargo install bpf-linker --version 0.13.0 --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p waypoint \
