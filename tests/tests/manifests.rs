@@ -25,6 +25,9 @@ const VENV: &str = "/opt/ambit-tools/kubernetes-validate";
 const CRD: &str = "manifests/crds/authorizationpolicies.security.ambit.dev.yaml";
 const PEER_AUTHN_CRD: &str = "manifests/crds/peerauthentications.security.ambit.dev.yaml";
 const AGENT_CONFIG: &str = "node-agent/src/config.rs";
+/// The agent's settings that the CLI shares, named in mesh-core and
+/// re-used by [`AGENT_CONFIG`].
+const AGENT_SHARED_SETTINGS: &str = "mesh-core/src/agent_settings.rs";
 const CONTROLLER_CONFIG: &str = "controller/src/config.rs";
 const WAYPOINT_CONFIG: &str = "waypoint/src/config.rs";
 const SETUP_HINT: &str = "run `cargo xtask setup` (it installs kubectl and kubernetes-validate)";
@@ -153,7 +156,10 @@ fn agent_resources() -> BTreeSet<(String, String)> {
 /// binary's settings (`config_rs`) do not know: a typo is ignored at run
 /// time, so it is caught here.
 fn unknown_settings(container: &Value, config_rs: &str) -> Vec<String> {
-    let source = read(config_rs);
+    let mut source = read(config_rs);
+    if config_rs == AGENT_CONFIG {
+        source.push_str(&read(AGENT_SHARED_SETTINGS));
+    }
     let mut unknown = Vec::new();
     for entry in container["env"].as_sequence().into_iter().flatten() {
         let name = entry["name"].as_str().expect("env name");
