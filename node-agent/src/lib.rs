@@ -19,6 +19,8 @@
 //! - [`telemetry`]: the metrics (15020) and readiness (15021) listeners
 //! - [`admin`]: the JSON admin API
 //! - [`handoff`]: handing the pods' listeners to a successor agent
+//! - [`pod_netns`]: finding a pod's network namespace through its cgroup
+//!   (Kubernetes mode; the rest of the Kubernetes side is `mesh-kube`)
 
 pub mod admin;
 pub mod agent;
