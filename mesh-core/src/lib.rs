@@ -6,12 +6,15 @@
 //! Modules import only downward (`cargo xtask lint` checks it). Bottom
 //! first, each line using only the lines above it:
 //!
-//! 1. [`identity`], `object` (the raw-object envelope), [`published`],
-//!    [`workload`]: the shared vocabulary; [`logging`], which uses none.
+//! 1. [`agent_settings`] (the agent's setting names the CLI shares),
+//!    [`identity`], [`logging`], `object` (the raw-object envelope),
+//!    [`published`], [`workload`]: the shared vocabulary.
 //! 2. [`ca`], [`policy`], [`route`], [`service`]: the models and their
 //!    compilers.
 //! 3. [`peer_authn`] (reads policy and workload), [`tls`] (reads the CA).
-//! 4. [`hbone`], [`local_config`]: what puts the models to work.
+//! 4. [`local_config`]: the local configuration file, which uses them all.
+//!
+//! HBONE itself is `mesh-proxy`'s; Kubernetes is `mesh-kube`'s.
 
 #![forbid(unsafe_code)]
 

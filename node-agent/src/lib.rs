@@ -21,6 +21,21 @@
 //! - [`handoff`]: handing the pods' listeners to a successor agent
 //! - [`pod_netns`]: finding a pod's network namespace through its cgroup
 //!   (Kubernetes mode; the rest of the Kubernetes side is `mesh-kube`)
+//!
+//! Modules import only downward (`cargo xtask lint` checks it); bottom first,
+//! each line using only the lines above it:
+//!
+//! 1. `pod_netns`, `routing`, `sync`, `sys`, `workloads`
+//! 2. `balancer`, `config`, `ebpf`, `handoff`, `identity`, `netns`
+//! 3. `flow`
+//! 4. `connections`, `metrics`, `stats`
+//! 5. `authz`
+//! 6. `proxy`
+//! 7. `splice`
+//! 8. `enrollment`
+//! 9. `telemetry`
+//! 10. `admin`
+//! 11. `agent`
 
 pub mod admin;
 pub mod agent;

@@ -8,6 +8,16 @@
 //! namespace and cgroup, as they would under a kubelet.
 //!
 //! The `pod-tool` binary of this crate is the workload those tests start in pods.
+//!
+//! Modules import only downward (`cargo xtask lint` checks it); bottom first,
+//! each line using only the lines above it:
+//!
+//! 1. `command`, `mountinfo`, `naming`, [`netns`], [`proc`], `sys`
+//! 2. `cgroup`, [`hbone_client`], [`interrupt`]
+//! 3. `stale`
+//! 4. [`testbed`]
+//! 5. [`fake_kube`], [`mesh`], [`workload`]
+//! 6. [`waypoint`]
 
 pub mod fake_kube;
 pub mod hbone_client;

@@ -21,6 +21,17 @@
 //! - [`worker_stats`]: what each worker has served, for `/config`.
 //! - [`admin`] and [`readiness`]: metrics and readiness on the pod's
 //!   address, the admin views on localhost.
+//!
+//! Modules import only downward (`cargo xtask lint` checks it); bottom first,
+//! each line using only the lines above it:
+//!
+//! 1. `config`, `identity`, `metrics`, `readiness`, `resilience`, `state`,
+//!    `trace`, `worker_stats`
+//! 2. `admin`, `flow`, `runtime`
+//! 3. `authz`, `deadline`, `upstream`
+//! 4. `http_proxy`, `opaque`
+//! 5. `inbound`
+//! 6. `workers`
 
 use std::sync::Arc;
 

@@ -8,6 +8,14 @@
 //! - `bench` builds everything and runs `ambit-bench`, the mesh-vs-direct benchmark.
 //! - `lint` checks the structure: no import cycle between a crate's top-level
 //!   modules, no product file over 600 lines.
+//!
+//! Modules import only downward (`cargo xtask lint` checks it); bottom first,
+//! each line using only the lines above it:
+//!
+//! 1. `cmd`, `lint`
+//! 2. `setup`
+//! 3. `build_ebpf`, `release`, `test`
+//! 4. `bench`, `demo`
 
 #![forbid(unsafe_code)]
 

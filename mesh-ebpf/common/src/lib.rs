@@ -12,6 +12,10 @@
 //! the crate links `std` and adds the userspace side of the same contract:
 //! [`pins`], the pinned state's layout on bpffs, and [`program_types`], the
 //! program types the kernel must support.
+//!
+//! Its modules (`counters`, `map_names`, `pins`, `pod_impls`,
+//! `program_names`, `program_types`) import none of each other; the types
+//! they share are at the crate root (`cargo xtask lint --order` shows it).
 
 #![cfg_attr(not(feature = "user"), no_std)]
 

@@ -289,8 +289,6 @@ fn crates_come_from_cargo_metadata() {
 
 /// The real workspace: every crate, both checks.
 #[test]
-#[ignore = "node-agent and waypoint still have module cycles and oversized files; issue 17's \
-            restructuring removes them, then the lead removes this ignore"]
 fn the_workspace_has_no_module_cycles_and_no_oversized_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
