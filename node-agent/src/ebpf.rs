@@ -39,6 +39,7 @@ use aya::{
 use mesh_ebpf_common::{pins::remove_pinned_state, program_names};
 
 mod attach;
+mod cgroup_root;
 pub mod maps;
 mod pin_dir;
 mod preflight;
@@ -48,6 +49,7 @@ pub use preflight::preflight;
 
 use self::{
     attach::{adopt_link, attach_sk_msg, attach_to_cgroup, load_program, pin_link, program_mut},
+    cgroup_root::open_cgroup_root,
     pin_dir::prepare_pin_dir,
 };
 
@@ -119,14 +121,22 @@ pub enum EbpfError {
         source: ProgramError,
     },
     /// The cgroup root could not be opened.
-    #[error(
-        "cannot open cgroup {path}: {source} (check AMBIT_CGROUP_ROOT points at a cgroup v2 directory)"
-    )]
+    #[error("cannot open cgroup {path}: {error} ({hint})")]
     Cgroup {
         /// The cgroup directory.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
+        /// What to check, from what is mounted where it points.
+        hint: &'static str,
+    },
+    /// The cgroup root is not on cgroup v2.
+    #[error("{path} is not a cgroup v2 directory: {hint}")]
+    NotCgroup2 {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// What it is instead, and what to do.
+        hint: &'static str,
     },
     /// A link could not be pinned, adopted or unpinned.
     #[error("cannot {action} pinned link {path}: {source}")]
@@ -197,6 +207,8 @@ impl MeshEbpf {
         kernel_splice: bool,
     ) -> Result<Self, EbpfError> {
         preflight(|t| aya::sys::is_program_supported(t).unwrap_or(false))?;
+        // Before anything is loaded or pinned: a wrong cgroup changes nothing.
+        let cgroup = open_cgroup_root(cgroup_root)?;
         prepare_pin_dir(pin_dir)?;
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir.join("maps"))
@@ -209,10 +221,6 @@ impl MeshEbpf {
                 None
             }
         };
-        let cgroup = File::open(cgroup_root).map_err(|source| EbpfError::Cgroup {
-            path: cgroup_root.to_owned(),
-            source,
-        })?;
         let mut cgroup_links = Vec::with_capacity(program_names::CGROUP.len());
         let mut reused_cgroup_links = 0;
         for name in program_names::CGROUP {

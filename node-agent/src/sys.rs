@@ -93,22 +93,6 @@ pub fn set_ipv6_transparent(socket: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// The `f_type` of the filesystem holding `path` (`statfs(2)`).
-pub fn statfs_type(path: &std::path::Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: statfs is plain old data; all-zero is a valid value.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is NUL-terminated and stat is valid for writes.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) };
-    if rc == 0 {
-        Ok(stat.f_type)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// `BPF_OBJ_PIN` command of `bpf(2)`.
 const BPF_OBJ_PIN: libc::c_long = 6;
 /// `BPF_LINK_CREATE` command of `bpf(2)`.

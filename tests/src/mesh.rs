@@ -116,8 +116,7 @@ impl Agent {
 
     /// Starts an agent with this configuration text and returns at once.
     pub fn spawn(tb: &Testbed, node: &Node, config_yaml: &str, extra_args: &[&str]) -> Agent {
-        let config_path = tb.run_dir().join(format!("{}-mesh.yaml", node.name));
-        write_atomically(&config_path, config_yaml);
+        let config_path = Self::write_config(tb, node, config_yaml);
         let mut args = vec!["--config", config_path.to_str().expect("UTF-8 path")];
         args.extend_from_slice(extra_args);
         Self::spawn_with(tb, node, config_path.clone(), &args)
@@ -203,17 +202,23 @@ impl Agent {
         Self::spawn_inner(tb, node, unused, &args, false)
     }
 
-    fn spawn_with(tb: &Testbed, node: &Node, config_path: PathBuf, args: &[&str]) -> Agent {
-        Self::spawn_inner(tb, node, config_path, args, true)
+    /// The command line [`Agent::spawn`] runs for this configuration text,
+    /// without running it: for tests that start the agent another way.
+    pub fn command(tb: &Testbed, node: &Node, config_yaml: &str, extra_args: &[&str]) -> Command {
+        let config_path = Self::write_config(tb, node, config_yaml);
+        let mut args = vec!["--config", config_path.to_str().expect("UTF-8 path")];
+        args.extend_from_slice(extra_args);
+        Self::command_inner(tb, node, &args, true)
     }
 
-    fn spawn_inner(
-        tb: &Testbed,
-        node: &Node,
-        config_path: PathBuf,
-        args: &[&str],
-        local_ca: bool,
-    ) -> Agent {
+    /// Writes the node's configuration file, which the agent re-reads.
+    fn write_config(tb: &Testbed, node: &Node, config_yaml: &str) -> PathBuf {
+        let config_path = tb.run_dir().join(format!("{}-mesh.yaml", node.name));
+        write_atomically(&config_path, config_yaml);
+        config_path
+    }
+
+    fn command_inner(tb: &Testbed, node: &Node, args: &[&str], local_ca: bool) -> Command {
         let ca = mesh_ca(tb);
         let mut cmd = Command::new(Testbed::bin(AGENT_BIN));
         if local_ca {
@@ -234,6 +239,21 @@ impl Agent {
                 "AMBIT_LOG",
                 std::env::var(AGENT_LOG_ENV).unwrap_or_else(|_| "info,node_agent=debug".to_owned()),
             );
+        cmd
+    }
+
+    fn spawn_with(tb: &Testbed, node: &Node, config_path: PathBuf, args: &[&str]) -> Agent {
+        Self::spawn_inner(tb, node, config_path, args, true)
+    }
+
+    fn spawn_inner(
+        tb: &Testbed,
+        node: &Node,
+        config_path: PathBuf,
+        args: &[&str],
+        local_ca: bool,
+    ) -> Agent {
+        let cmd = Self::command_inner(tb, node, args, local_ca);
         let proc = tb.spawn_on_node(node, &node.agent_cgroup, cmd);
         let admin_addr = args
             .iter()

@@ -431,6 +431,35 @@ fn unparseable_config_stops_the_agent_with_the_file_and_line() {
 }
 
 #[test]
+fn an_agent_started_with_ip_netns_exec_says_to_use_nsenter_and_changes_nothing() {
+    let mut tb = testbed_or_skip!("ip_netns_exec");
+    let n1 = tb.add_node("n1");
+    // The common mistake: `ip netns exec` remounts /sys for the namespace,
+    // which hides the cgroup v2 mount the agent attaches under.
+    let agent = Agent::command(&tb, &n1, "pods: []\n", &[]);
+    let output = Command::new("ip")
+        .args(["netns", "exec", &n1.netns])
+        .arg(agent.get_program())
+        .args(agent.get_args())
+        .envs(agent.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .expect("run ip netns exec");
+    assert!(!output.status.success(), "the agent must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open cgroup")
+            && stderr.contains("ip netns exec")
+            && stderr.contains("nsenter --net="),
+        "the error names the cause and the fix:\n{stderr}"
+    );
+    assert!(
+        !n1.bpffs.join("ambit/maps").exists(),
+        "nothing may be loaded or pinned before the cgroup is checked"
+    );
+    assert!(attached_programs(&n1.cgroup_root).is_empty());
+}
+
+#[test]
 fn broken_config_reload_keeps_the_last_good_state() {
     let mut tb = testbed_or_skip!("bad_reload");
     let ClientServer {

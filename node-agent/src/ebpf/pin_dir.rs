@@ -4,15 +4,14 @@
 
 use std::path::Path;
 
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
 use mesh_ebpf_common::{
     PIN_LAYOUT_VERSION,
     pins::{layout_marker, pinned_layout},
 };
 
 use super::EbpfError;
-
-/// `BPF_FS_MAGIC` from `statfs(2)`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Makes sure `pin_dir` is on a bpffs and holds no state of another
 /// layout, and creates its `maps`, `links` and layout marker directories.
@@ -23,11 +22,11 @@ pub(super) fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
             break;
         }
     }
-    let stat = crate::sys::statfs_type(&probe).map_err(|source| EbpfError::PinDir {
+    let stat = statfs(&probe).map_err(|errno| EbpfError::PinDir {
         dir: probe.clone(),
-        source,
+        source: errno.into(),
     })?;
-    if stat != BPF_FS_MAGIC {
+    if stat.filesystem_type() != BPF_FS_MAGIC {
         return Err(EbpfError::NotBpffs {
             dir: pin_dir.to_owned(),
             mount: probe,
