@@ -29,6 +29,81 @@ pub(crate) struct RawObject<M, S> {
     _status: serde::de::IgnoredAny,
 }
 
+/// An `apiVersion` or `kind` that is not the model's, as
+/// [`RawObject::check_header`] finds it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeaderMismatch {
+    /// `apiVersion` is none of the model's.
+    ApiVersion {
+        /// As written.
+        found: String,
+        /// The model's.
+        expected: &'static [&'static str],
+    },
+    /// `kind` is not the model's.
+    Kind {
+        /// As written.
+        found: String,
+        /// The model's.
+        expected: &'static str,
+    },
+}
+
+// === impl RawObject ===
+
+impl<M, S> RawObject<M, S> {
+    /// Checks `apiVersion` against `api_versions` and `kind` against
+    /// `kind`, in that order; either may be left out. The mismatch owns
+    /// what it reports, so a caller may check before it takes the object
+    /// apart and report after its own earlier checks.
+    pub(crate) fn check_header(
+        &self,
+        api_versions: &'static [&'static str],
+        kind: &'static str,
+    ) -> Result<(), HeaderMismatch> {
+        if let Some(version) = &self.api_version
+            && !api_versions.contains(&version.as_str())
+        {
+            return Err(HeaderMismatch::ApiVersion {
+                found: version.clone(),
+                expected: api_versions,
+            });
+        }
+        if let Some(found) = &self.kind
+            && found != kind
+        {
+            return Err(HeaderMismatch::Kind {
+                found: found.clone(),
+                expected: kind,
+            });
+        }
+        Ok(())
+    }
+}
+
+// === impl HeaderMismatch ===
+
+impl HeaderMismatch {
+    /// The field that failed: `apiVersion` or `kind`.
+    pub(crate) fn field(&self) -> &'static str {
+        match self {
+            Self::ApiVersion { .. } => "apiVersion",
+            Self::Kind { .. } => "kind",
+        }
+    }
+
+    /// What the policy models (`AuthorizationPolicy`, `PeerAuthentication`)
+    /// say about it.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Self::ApiVersion { found, expected } => {
+                format!("unknown apiVersion {found:?}; expected one of {expected:?}")
+            }
+            Self::Kind { found, expected } => format!("kind {found:?} is not {expected}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::RawObject;
@@ -63,5 +138,28 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(error.contains("unknown field `extra`"), "{error}");
+    }
+
+    #[test]
+    fn the_header_check_names_the_first_field_that_is_not_the_models() {
+        const VERSIONS: &[&str] = &["a/v1", "a/v2"];
+        let raw = |text: &str| serde_yaml::from_str::<Raw>(text).unwrap();
+        assert_eq!(
+            raw("{metadata: {name: a}}").check_header(VERSIONS, "K"),
+            Ok(())
+        );
+        let both = raw("{apiVersion: b/v1, kind: L, metadata: {name: a}}");
+        let mismatch = both.check_header(VERSIONS, "K").unwrap_err();
+        assert_eq!(mismatch.field(), "apiVersion");
+        assert_eq!(
+            mismatch.message(),
+            r#"unknown apiVersion "b/v1"; expected one of ["a/v1", "a/v2"]"#
+        );
+        let kind = raw("{apiVersion: a/v2, kind: L, metadata: {name: a}}");
+        let mismatch = kind.check_header(VERSIONS, "K").unwrap_err();
+        assert_eq!(
+            (mismatch.field(), mismatch.message()),
+            ("kind", r#"kind "L" is not K"#.to_owned())
+        );
     }
 }

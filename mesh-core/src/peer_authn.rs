@@ -232,6 +232,7 @@ pub fn check_ports(policies: &mut [PeerAuthentication], workloads: &[WorkloadPor
 }
 
 fn compile_raw(raw: RawPeerAuthn) -> Result<PeerAuthentication, PeerAuthnError> {
+    let header = raw.check_header(API_VERSIONS, "PeerAuthentication");
     let key = PolicyKey {
         namespace: raw.metadata.namespace,
         name: raw.metadata.name,
@@ -247,22 +248,7 @@ fn compile_raw(raw: RawPeerAuthn) -> Result<PeerAuthentication, PeerAuthnError> 
             "a peer authentication needs a name".to_owned(),
         ));
     }
-    if let Some(version) = &raw.api_version
-        && !API_VERSIONS.contains(&version.as_str())
-    {
-        return Err(fail(
-            "apiVersion",
-            format!("unknown apiVersion {version:?}; expected one of {API_VERSIONS:?}"),
-        ));
-    }
-    if let Some(kind) = &raw.kind
-        && kind != "PeerAuthentication"
-    {
-        return Err(fail(
-            "kind",
-            format!("kind {kind:?} is not PeerAuthentication"),
-        ));
-    }
+    header.map_err(|mismatch| fail(mismatch.field(), mismatch.message()))?;
     let spec = raw.spec;
     let selector = spec.selector.unwrap_or_default().match_labels;
     let mode = Mode::parse(spec.mtls.and_then(|m| m.mode).as_deref())

@@ -40,6 +40,7 @@ pub fn compile_all(values: &[serde_yaml::Value]) -> Vec<Policy> {
 }
 
 fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
+    let header = raw.check_header(API_VERSIONS, "AuthorizationPolicy");
     let key = PolicyKey {
         namespace: raw.metadata.namespace,
         name: raw.metadata.name,
@@ -52,22 +53,7 @@ fn compile_raw(raw: RawPolicy) -> Result<Policy, PolicyError> {
     if key.name.is_empty() {
         return Err(fail("metadata.name", "a policy needs a name".to_owned()));
     }
-    if let Some(version) = &raw.api_version
-        && !API_VERSIONS.contains(&version.as_str())
-    {
-        return Err(fail(
-            "apiVersion",
-            format!("unknown apiVersion {version:?}; expected one of {API_VERSIONS:?}"),
-        ));
-    }
-    if let Some(kind) = &raw.kind
-        && kind != "AuthorizationPolicy"
-    {
-        return Err(fail(
-            "kind",
-            format!("kind {kind:?} is not AuthorizationPolicy"),
-        ));
-    }
+    header.map_err(|mismatch| fail(mismatch.field(), mismatch.message()))?;
     let spec = raw.spec;
     let target_refs = compile_target_refs(
         spec.target_refs

@@ -14,6 +14,7 @@ use super::{
     API_VERSIONS, Backend, DEFAULT_RETRY_CODES, Filter, ParentRef, PathMatch, PathRewrite, Reason,
     Redirect, Retry, Route, RouteError, RouteKey, RouteMatch, RouteRule, Timeouts,
 };
+use crate::object::HeaderMismatch;
 
 /// Prefix of ambit's annotations.
 pub(super) const ANNOTATION_PREFIX: &str = "ambit.dev/";
@@ -92,19 +93,17 @@ fn key_of(value: &serde_yaml::Value) -> RouteKey {
 }
 
 fn compile_raw(raw: RawRoute, services: &dyn Fn(&str, &str) -> bool) -> Checked<Route> {
-    if let Some(version) = &raw.api_version
-        && !API_VERSIONS.contains(&version.as_str())
-    {
-        return Err(unsupported(
-            "apiVersion",
-            format!("{version:?} is not one of {API_VERSIONS:?}"),
-        ));
-    }
-    if let Some(kind) = &raw.kind
-        && kind != "HTTPRoute"
-    {
-        return Err(unsupported("kind", format!("{kind:?} is not HTTPRoute")));
-    }
+    raw.check_header(API_VERSIONS, "HTTPRoute")
+        .map_err(|mismatch| {
+            // Gateway API's terser wording, without the field's name.
+            let message = match &mismatch {
+                HeaderMismatch::ApiVersion { found, expected } => {
+                    format!("{found:?} is not one of {expected:?}")
+                }
+                HeaderMismatch::Kind { found, expected } => format!("{found:?} is not {expected}"),
+            };
+            unsupported(mismatch.field(), message)
+        })?;
     let namespace = raw.metadata.namespace.clone();
     let parents = parents(&raw.spec.parent_refs, &namespace, services)?;
     let hostnames = raw
