@@ -29,6 +29,11 @@ pub const DEFAULT_PORT: u16 = 15012;
 /// How often the trust bundle file (the controller's `ConfigMap`, mounted)
 /// is read again for changes.
 pub const TRUST_BUNDLE_POLL: Duration = Duration::from_secs(5);
+/// The wait after a first failed request for a certificate; it doubles
+/// with each further failure in a row (see [`backoff`]).
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between two requests for one certificate.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why the controller did not give a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,15 @@ pub struct ControllerClient {
 /// `ambit-ca-client`, that lives as long as the process.
 #[derive(Clone, Debug)]
 pub struct CaRuntime(tokio::runtime::Handle);
+
+/// The wait before asking the controller again after `failures` failed
+/// requests in a row: [`RETRY_FIRST`], doubling, at most [`RETRY_MAX`].
+/// The node agent and the waypoint both wait this way.
+#[must_use]
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
+}
 
 // === impl ControllerError ===
 
@@ -290,6 +304,15 @@ mod tests {
 
     fn client(address: &str) -> Result<ControllerClient, ControllerError> {
         ControllerClient::new(address, "/t".into())
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_limit() {
+        assert_eq!(backoff(1), RETRY_FIRST);
+        assert_eq!(backoff(2), RETRY_FIRST * 2);
+        assert_eq!(backoff(4), RETRY_FIRST * 8);
+        assert_eq!(backoff(12), RETRY_MAX);
+        assert_eq!(backoff(u32::MAX), RETRY_MAX);
     }
 
     #[test]

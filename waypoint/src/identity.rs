@@ -28,15 +28,8 @@ use mesh_core::{
     tls::{self, CertificateSource},
     workload::PodKey,
 };
-use mesh_kube::controller_client::{ControllerClient, ControllerError};
+use mesh_kube::controller_client::{ControllerClient, ControllerError, backoff};
 use rustls::{RootCertStore, sign::CertifiedKey};
-
-/// Wait after a first failed attempt at the first certificate; it doubles
-/// with each failure in a row, up to [`RETRY_MAX`] (as the node agent asks
-/// the controller again).
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-/// Longest wait between attempts at the first certificate.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why the waypoint has no certificate.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +88,8 @@ struct Issued {
 }
 
 /// Runs `attempt` until it gives the waypoint its first certificate,
-/// waiting longer after each failure (from [`RETRY_FIRST`], doubling up to
-/// [`RETRY_MAX`]); each failure is logged and handed to `failed`.
+/// waiting longer after each failure (see [`backoff`]: from half a second,
+/// doubling up to thirty); each failure is logged and handed to `failed`.
 pub async fn until_issued<A, F>(
     mut attempt: A,
     failed: impl Fn(&WaypointIdentityError),
@@ -118,12 +111,6 @@ where
             }
         }
     }
-}
-
-/// How long to wait after `failures` failed attempts in a row.
-fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
 }
 
 impl WaypointIdentity {
@@ -275,18 +262,4 @@ fn certify(
         renew_at: certificate.not_before + half,
         expires_at: certificate.not_after,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{RETRY_FIRST, RETRY_MAX, backoff};
-
-    #[test]
-    fn the_backoff_doubles_up_to_its_limit() {
-        assert_eq!(backoff(1), RETRY_FIRST);
-        assert_eq!(backoff(2), RETRY_FIRST * 2);
-        assert_eq!(backoff(4), RETRY_FIRST * 8);
-        assert_eq!(backoff(12), RETRY_MAX);
-        assert_eq!(backoff(u32::MAX), RETRY_MAX);
-    }
 }

@@ -7,7 +7,7 @@
 
 use std::{
     sync::{Arc, Weak},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use mesh_core::{
@@ -15,16 +15,11 @@ use mesh_core::{
     identity::SpiffeId,
     workload::PodKey,
 };
-use mesh_kube::controller_client::ControllerClient;
+use mesh_kube::controller_client::{ControllerClient, backoff};
 use rustls::RootCertStore;
 
 use super::{CertManager, IdentityError, Signer};
 use crate::sync::{lock, read, write};
-
-/// The wait after a first failure; it doubles with each further one.
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-/// The longest wait between two requests for one identity.
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Where one identity's request stands.
 #[derive(Debug)]
@@ -55,12 +50,6 @@ impl Request {
             not_before: now,
         }
     }
-}
-
-/// The wait after `failures` failures in a row.
-fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MAX)
 }
 
 // === impl CertManager ===
@@ -221,19 +210,5 @@ async fn sign(
     Answer {
         signed: Err(last),
         gone,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_backoff_doubles_up_to_its_limit() {
-        assert_eq!(backoff(1), RETRY_FIRST);
-        assert_eq!(backoff(2), RETRY_FIRST * 2);
-        assert_eq!(backoff(4), RETRY_FIRST * 8);
-        assert_eq!(backoff(12), RETRY_MAX);
-        assert_eq!(backoff(u32::MAX), RETRY_MAX);
     }
 }
