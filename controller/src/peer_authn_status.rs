@@ -13,14 +13,10 @@ use k8s_openapi::{
     api::core::v1::{Pod, PodSpec, Service},
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt as _, reflector, watcher},
-};
+use kube::{Client, runtime::watcher};
 use mesh_core::peer_authn::{self, WorkloadPorts};
-use mesh_kube::{resources::PEER_AUTHENTICATION, watch::wake_on};
+use mesh_kube::{resources::PEER_AUTHENTICATION, translate::trim_metadata, watch::Watches};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::policy_status::write_condition;
 
@@ -93,47 +89,13 @@ pub fn target_ports(pod: &Pod, services: &[Arc<Service>]) -> Option<BTreeSet<u16
 /// policies' conditions current, until the process ends.
 pub async fn run(client: Client) {
     let resource = PEER_AUTHENTICATION.api_resource();
-    let changed = Arc::new(Notify::new());
-    let (services, service_writer) = reflector::store::<Service>();
-    let service_events = reflector::reflector(
-        service_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    );
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let watches = Watches::for_process(client.clone());
+    let services = watches.typed::<Service>("Services", watcher::Config::default(), trim_metadata);
     // Only what the check reads: namespace, labels, container ports.
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).modify(trim_pod),
-    );
-    let policy_writer = reflector::store::Writer::<kube::api::DynamicObject>::new(resource.clone());
-    let policies = policy_writer.as_reader();
-    let policy_events = reflector::reflector(
-        policy_writer,
-        watcher(
-            Api::all_with(client.clone(), &resource),
-            watcher::Config::default(),
-        ),
-    );
-    tokio::spawn(wake_on(
-        "Services",
-        service_events.default_backoff(),
-        changed.clone(),
-    ));
-    tokio::spawn(wake_on(
-        "Pods",
-        pod_events.default_backoff(),
-        changed.clone(),
-    ));
-    tokio::spawn(wake_on(
-        "PeerAuthentications",
-        policy_events.default_backoff(),
-        changed.clone(),
-    ));
+    let pods = watches.typed("Pods", watcher::Config::default(), trim_pod);
+    let policies = watches.custom(PEER_AUTHENTICATION);
     loop {
-        changed.notified().await;
+        watches.changed.notified().await;
         let services = services.state();
         let pods = pods.state();
         for object in policies.state() {

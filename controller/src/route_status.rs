@@ -5,18 +5,15 @@
 //! it changes and when Services come or go (a missing backend may appear).
 //! Written through the `status` subresource, only when it changes.
 
-use std::sync::Arc;
-
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client, ResourceExt as _,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
-    runtime::{WatchStreamExt as _, reflector, watcher},
+    runtime::watcher,
 };
 use mesh_core::route::{self, Reason};
-use mesh_kube::{resources::HTTP_ROUTE, watch::wake_on};
+use mesh_kube::{resources::HTTP_ROUTE, translate::trim_metadata, watch::Watches};
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 /// The controller name written in each parent's status.
 pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint";
@@ -68,28 +65,11 @@ pub fn conditions_for(object: &Value, services: &dyn Fn(&str, &str) -> bool) -> 
 /// current, until the process ends.
 pub async fn run(client: Client) {
     let resource = HTTP_ROUTE.api_resource();
-    let changed = Arc::new(Notify::new());
-    let (services, service_writer) = reflector::store::<Service>();
-    let service_events = reflector::reflector(
-        service_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let route_api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let route_writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-    let route_store = route_writer.as_reader();
-    let route_events =
-        reflector::reflector(route_writer, watcher(route_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-    tokio::spawn(wake_on("Services", service_events, changed.clone()));
-    tokio::spawn(wake_on("HTTPRoutes", route_events, changed.clone()));
+    let watches = Watches::for_process(client.clone());
+    let services = watches.typed::<Service>("Services", watcher::Config::default(), trim_metadata);
+    let route_store = watches.custom(HTTP_ROUTE);
     loop {
-        changed.notified().await;
+        watches.changed.notified().await;
         let exists = |namespace: &str, name: &str| {
             services
                 .state()

@@ -33,6 +33,17 @@ pub struct Watches {
 // === impl Watches ===
 
 impl Watches {
+    /// Watches that wake a new `changed` and run as long as the process
+    /// does (the controller's status writers).
+    #[must_use]
+    pub fn for_process(client: Client) -> Self {
+        Self {
+            client,
+            changed: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
     /// Watches every `K` that `config` selects, passing each object through
     /// `trim` before it is stored, and returns the store.
     #[must_use]
