@@ -104,10 +104,7 @@ fn mtls_modes(pod: &Value) -> String {
 /// `ambit peer-authentications` as a table.
 #[must_use]
 pub fn peer_authentications_table(policies: &Value) -> String {
-    let rows: Vec<Vec<String>> = policies
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = items(policies)
         .map(|policy| {
             let ports: Vec<String> = policy["port_level"]
                 .as_object()
@@ -115,19 +112,18 @@ pub fn peer_authentications_table(policies: &Value) -> String {
                 .flatten()
                 .map(|(port, mode)| format!("{port}={}", text(mode)))
                 .collect();
-            vec![
-                text(&policy["key"]["namespace"]),
-                text(&policy["key"]["name"]),
-                selector(&policy["selector"]),
-                text(&policy["mode"]),
-                if ports.is_empty() {
-                    "-".to_owned()
-                } else {
-                    ports.join(",")
-                },
-                text(&policy["state"]),
-                text(&policy["status"]),
-            ]
+            policy_row(
+                policy,
+                [
+                    selector(&policy["selector"]),
+                    text(&policy["mode"]),
+                    if ports.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        ports.join(",")
+                    },
+                ],
+            )
         })
         .collect();
     table(
@@ -142,6 +138,18 @@ pub fn peer_authentications_table(policies: &Value) -> String {
         ],
         &rows,
     )
+}
+
+/// A policy's row, either kind: its namespace and name, its own
+/// `columns`, then its state and status.
+fn policy_row(policy: &Value, columns: [String; 3]) -> Vec<String> {
+    let mut row = vec![
+        text(&policy["key"]["namespace"]),
+        text(&policy["key"]["name"]),
+    ];
+    row.extend(columns);
+    row.extend([text(&policy["state"]), text(&policy["status"])]);
+    row
 }
 
 /// A selector as `k=v,k=v`; `(namespace)` when empty.
@@ -177,22 +185,17 @@ pub fn counters_table(counters: &Value) -> String {
 /// `ambit policies` as a table.
 #[must_use]
 pub fn policies_table(policies: &Value) -> String {
-    let rows: Vec<Vec<String>> = policies
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = items(policies)
         .map(|policy| {
-            let selector = selector(&policy["selector"]);
             let rules = policy["rules"].as_array().map_or(0, Vec::len);
-            vec![
-                text(&policy["key"]["namespace"]),
-                text(&policy["key"]["name"]),
-                text(&policy["action"]),
-                selector,
-                rules.to_string(),
-                text(&policy["state"]),
-                text(&policy["status"]),
-            ]
+            policy_row(
+                policy,
+                [
+                    text(&policy["action"]),
+                    selector(&policy["selector"]),
+                    rules.to_string(),
+                ],
+            )
         })
         .collect();
     table(
