@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use mesh_core::policy::Request;
+use mesh_core::{identity::SpiffeId, policy::Request};
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, SocketTuple};
 use tokio::net::TcpStream;
 
@@ -50,25 +50,13 @@ pub(super) async fn forward(
             // verdict in the CONNECT response.
             flow.security = Security::MutualTls;
             let hbone_addr = SocketAddr::new(dst.ip(), INBOUND_HBONE_PORT);
-            let hbone = hbone::client::open_stream(&context, &peer.identity, hbone_addr, dst)
-                .await
-                .map_err(ProxyError::from)
-                .inspect_err(|error| context.count_failed(&flow, error))?;
-            let live = context.connections.open(&flow);
-            context.count_opened(&flow);
-            let end = until_revoked(
-                hbone::client::relay(hbone, &context, &stream, live.counts(), live.reported()),
-                None,
-            )
-            .await;
-            flow.authorization = live.reported().get().cloned();
-            Ok(Finished::relayed(
-                flow,
-                live.counts(),
-                end,
-                stats,
-                &[&stream],
-            ))
+            let over = Hbone {
+                peer: &peer.identity,
+                addr: hbone_addr,
+                authority: dst,
+                takes_verdict: true,
+            };
+            relay_over_hbone(&context, &stream, flow, over).await
         }
         Some(peer) => {
             // A meshed pod of this node: this agent is the destination's
@@ -133,7 +121,37 @@ async fn via_waypoint(
         ..outbound_flow(context, src, dialled)
     };
     tracing::debug!(waypoint = %waypoint.service, endpoint = %pick.endpoint, "through the waypoint");
-    let hbone = hbone::client::open_stream(context, &waypoint.identity, pick.endpoint, dialled)
+    let over = Hbone {
+        peer: &waypoint.identity,
+        addr: pick.endpoint,
+        authority: dialled,
+        takes_verdict: false,
+    };
+    let finished = relay_over_hbone(context, stream, flow, over).await;
+    drop(pick);
+    finished
+}
+
+/// Where an HBONE stream goes: to `peer` at `addr`, for `authority`.
+struct Hbone<'a> {
+    peer: &'a SpiffeId,
+    addr: SocketAddr,
+    authority: SocketAddr,
+    /// Whether the verdict the peer reports goes on the flow (a destination's
+    /// agent reports one; a waypoint does not).
+    takes_verdict: bool,
+}
+
+/// Opens the HBONE stream `over` says and relays `stream` through it until
+/// either side ends or a policy change revokes it, counting the connection
+/// as opened, failed or relayed.
+async fn relay_over_hbone(
+    context: &Arc<PodContext>,
+    stream: &TcpStream,
+    mut flow: Flow,
+    over: Hbone<'_>,
+) -> Result<Finished, ProxyError> {
+    let hbone = hbone::client::open_stream(context, over.peer, over.addr, over.authority)
         .await
         .map_err(ProxyError::from)
         .inspect_err(|error| context.count_failed(&flow, error))?;
@@ -144,7 +162,9 @@ async fn via_waypoint(
         None,
     )
     .await;
-    drop(pick);
+    if over.takes_verdict {
+        flow.authorization = live.reported().get().cloned();
+    }
     Ok(Finished::relayed(
         flow,
         live.counts(),
