@@ -1,6 +1,7 @@
 //! The JSON lines pod-tool prints, one object per line, tagged by `event`.
 
 use std::io::Write;
+use std::process::ExitCode;
 
 use serde::Serialize;
 
@@ -139,6 +140,13 @@ impl Event {
         // A test that stopped reading is no reason to crash mid-connection.
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
+    }
+
+    /// Emits `error` as an error event and returns the failure exit code,
+    /// for a command that cannot go on.
+    pub(crate) fn fail(error: String) -> ExitCode {
+        Self::Error { error }.emit();
+        ExitCode::FAILURE
     }
 }
 

@@ -41,7 +41,9 @@ pub(crate) struct Args {
 pub(crate) fn run(args: &Args) -> ExitCode {
     let nofile_limit = match open_files::raise_to(u64::from(args.conns) + SPARE_DESCRIPTORS) {
         Ok(limit) => limit,
-        Err(error) => return fail(format!("cannot hold {} connections: {error}", args.conns)),
+        Err(error) => {
+            return Event::fail(format!("cannot hold {} connections: {error}", args.conns));
+        }
     };
     let timeout = Duration::from_secs(args.timeout_secs);
     let started = Instant::now();
@@ -50,7 +52,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     for index in 1..=args.conns {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return fail(format!(
+            return Event::fail(format!(
                 "only {} of {} connections to {} were up after {:?}",
                 index - 1,
                 args.conns,
@@ -61,7 +63,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         match open_established(args.to, timeout.min(remaining)) {
             Ok(stream) => streams.push(stream),
             Err(error) => {
-                return fail(format!(
+                return Event::fail(format!(
                     "connection {index} of {} to {}: {error}",
                     args.conns, args.to
                 ));
@@ -113,9 +115,4 @@ pub(crate) fn round_trip(stream: &mut TcpStream) -> io::Result<()> {
     stream.write_all(&[1])?;
     let mut answer = [0];
     stream.read_exact(&mut answer)
-}
-
-fn fail(error: String) -> ExitCode {
-    Event::Error { error }.emit();
-    ExitCode::FAILURE
 }

@@ -69,11 +69,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            Event::Error {
-                error: format!("cannot start the runtime: {error}"),
-            }
-            .emit();
-            return ExitCode::FAILURE;
+            return Event::fail(format!("cannot start the runtime: {error}"));
         }
     };
     runtime.block_on(serve(args))
@@ -83,11 +79,7 @@ async fn serve(args: Args) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {
-            Event::Error {
-                error: format!("cannot listen on {}: {error}", args.listen),
-            }
-            .emit();
-            return ExitCode::FAILURE;
+            return Event::fail(format!("cannot listen on {}: {error}", args.listen));
         }
     };
     Event::Listening {

@@ -26,11 +26,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let listener = match listen(args.listen, args.mark) {
         Ok(listener) => listener,
         Err(error) => {
-            Event::Error {
-                error: format!("cannot listen on {}: {error}", args.listen),
-            }
-            .emit();
-            return ExitCode::FAILURE;
+            return Event::fail(format!("cannot listen on {}: {error}", args.listen));
         }
     };
     let local = listener
@@ -45,11 +41,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let (socket, _) = match listener.accept() {
         Ok(accepted) => accepted,
         Err(error) => {
-            Event::Error {
-                error: format!("accept failed: {error}"),
-            }
-            .emit();
-            return ExitCode::FAILURE;
+            return Event::fail(format!("accept failed: {error}"));
         }
     };
     let stream: TcpStream = socket.into();

@@ -33,11 +33,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let mut stream = match rr::connect(args.to, Duration::from_secs(args.timeout_secs)) {
         Ok(stream) => stream,
         Err(error) => {
-            Event::Error {
-                error: format!("cannot connect to {}: {error}", args.to),
-            }
-            .emit();
-            return ExitCode::FAILURE;
+            return Event::fail(format!("cannot connect to {}: {error}", args.to));
         }
     };
     let local = stream

@@ -14,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::event::Event;
 use crate::latency::{self, Percentiles, Window, as_nanos, parse_seconds, per_second};
-use crate::{open_files, serve};
+use crate::serve;
 
 /// Largest request `rr` sends.
 const MAX_SIZE: usize = 1 << 20;
@@ -56,39 +56,8 @@ pub(crate) struct Args {
 
 /// Serves until killed.
 pub(crate) fn run_server(args: &ServerArgs) -> ExitCode {
-    // A thread and a descriptor per connection: `hold` opens a thousand.
-    open_files::raise_to_hard_limit();
-    let mut listeners = Vec::new();
-    for addr in &args.listen {
-        match serve::listen(*addr) {
-            Ok(listener) => listeners.push(listener),
-            Err(error) => {
-                Event::Error {
-                    error: format!("cannot listen on {addr}: {error}"),
-                }
-                .emit();
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let addrs = listeners
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map_or_else(|error| error.to_string(), |addr| addr.to_string())
-        })
-        .collect();
-    Event::Listening { addrs }.emit();
     let size = args.size;
-    let acceptors: Vec<_> = listeners
-        .into_iter()
-        .map(|listener| std::thread::spawn(move || accept_loop(&listener, size)))
-        .collect();
-    for acceptor in acceptors {
-        let _ = acceptor.join();
-    }
-    ExitCode::FAILURE
+    serve::serve_on(&args.listen, move |listener| accept_loop(&listener, size))
 }
 
 /// Accepts until the process is killed; one thread per connection keeps the
@@ -145,11 +114,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         match connect(args.to, timeout) {
             Ok(stream) => streams.push(stream),
             Err(error) => {
-                Event::Error {
-                    error: format!("cannot connect to {}: {error}", args.to),
-                }
-                .emit();
-                return ExitCode::FAILURE;
+                return Event::fail(format!("cannot connect to {}: {error}", args.to));
             }
         }
     }
@@ -174,11 +139,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         match result {
             Ok(mut thread_samples) => samples.append(&mut thread_samples),
             Err(error) => {
-                Event::Error {
-                    error: format!("exchange with {} failed: {error}", args.to),
-                }
-                .emit();
-                return ExitCode::FAILURE;
+                return Event::fail(format!("exchange with {} failed: {error}", args.to));
             }
         }
     }

@@ -47,11 +47,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let stream = match connect(args.to, args.mark, timeout) {
         Ok(stream) => stream,
         Err(error) => {
-            Event::Error {
-                error: format!("cannot connect to {}: {error}", args.to),
-            }
-            .emit();
-            return ExitCode::FAILURE;
+            return Event::fail(format!("cannot connect to {}: {error}", args.to));
         }
     };
     let local = stream

@@ -23,18 +23,27 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> ExitCode {
+    let banner = args.banner.clone();
+    serve_on(&args.listen, move |listener| {
+        accept_loop(&listener, banner.as_deref());
+    })
+}
+
+/// Listens on every address of `addrs`, says where (a `listening` event),
+/// and runs `accept` on a thread of its own for each listener, until the
+/// process is killed; fails at once if one address cannot be bound.
+pub(crate) fn serve_on(
+    addrs: &[SocketAddr],
+    accept: impl Fn(TcpListener) + Clone + Send + 'static,
+) -> ExitCode {
     // A thread and a descriptor per connection: `hold` opens a thousand.
     open_files::raise_to_hard_limit();
     let mut listeners = Vec::new();
-    for addr in &args.listen {
+    for addr in addrs {
         match listen(*addr) {
             Ok(listener) => listeners.push(listener),
             Err(error) => {
-                Event::Error {
-                    error: format!("cannot listen on {addr}: {error}"),
-                }
-                .emit();
-                return ExitCode::FAILURE;
+                return Event::fail(format!("cannot listen on {addr}: {error}"));
             }
         }
     }
@@ -50,8 +59,8 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            let banner = args.banner.clone();
-            std::thread::spawn(move || accept_loop(&listener, banner.as_deref()))
+            let accept = accept.clone();
+            std::thread::spawn(move || accept(listener))
         })
         .collect();
     for acceptor in acceptors {
