@@ -8,6 +8,8 @@ use crate::{Node, Pod, Proc, Testbed};
 
 /// Port the test echo servers listen on.
 pub const ECHO_PORT: u16 = 8080;
+/// Port the request/response servers (`pod-tool rr-server`) listen on.
+pub const RR_PORT: u16 = 7001;
 /// How long a test waits for a workload event.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -27,6 +29,24 @@ pub fn serve(tb: &Testbed, pod: &Pod) -> Proc {
         let _ = write!(listen, ",[::]:{ECHO_PORT}");
     }
     let server = tb.spawn_in_pod(pod, pod_tool(&["serve", "--listen", &listen]));
+    server.wait_for_event("listening", WAIT);
+    server
+}
+
+/// Starts a request/response server answering each request with one byte
+/// on [`RR_PORT`] (IPv4) in `pod`, for `crr` and `rr` clients, and waits
+/// until it listens.
+pub fn rr_server(tb: &Testbed, pod: &Pod) -> Proc {
+    let server = tb.spawn_in_pod(
+        pod,
+        pod_tool(&[
+            "rr-server",
+            "--listen",
+            &format!("0.0.0.0:{RR_PORT}"),
+            "--size",
+            "1",
+        ]),
+    );
     server.wait_for_event("listening", WAIT);
     server
 }

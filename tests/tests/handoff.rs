@@ -10,33 +10,16 @@ use ambit_tests::{
     Pod, Proc, Testbed,
     mesh::{Agent, pods_yaml},
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, ip_of, pod_tool, serve},
+    workload::{ECHO_PORT, RR_PORT, WAIT, ip_of, pod_tool, rr_server, serve},
 };
 use serde_json::Value;
 
-/// The request/response port `crr` connects to.
-const RR_PORT: u16 = 7001;
 /// Handoffs in a row.
 const HANDOFFS: usize = 5;
 /// Long-lived streams, half from each client.
 const STREAMS: usize = 20;
 /// How long the load runs; the handoffs happen inside it.
 const LOAD_SECS: u64 = 16;
-
-fn rr_server(tb: &Testbed, pod: &Pod) -> Proc {
-    let server = tb.spawn_in_pod(
-        pod,
-        pod_tool(&[
-            "rr-server",
-            "--listen",
-            &format!("0.0.0.0:{RR_PORT}"),
-            "--size",
-            "1",
-        ]),
-    );
-    server.wait_for_event("listening", WAIT);
-    server
-}
 
 fn crr(tb: &Testbed, from: &Pod, to: &Pod, conns: &str) -> Proc {
     tb.spawn_in_pod(

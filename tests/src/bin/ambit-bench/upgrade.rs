@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ambit_tests::mesh::{Agent, pods_yaml};
-use ambit_tests::workload::{WAIT, pod_tool};
+use ambit_tests::workload::{self, RR_PORT, WAIT, pod_tool};
 use ambit_tests::{Pod, Proc, Testbed};
 use serde::Serialize;
 use serde_json::Value;
@@ -21,8 +21,6 @@ use serde_json::Value;
 use crate::console::progress;
 use crate::error::BenchError;
 
-/// The request/response port the churn connects to.
-const RR_PORT: u16 = 7001;
 /// Churn threads, each with one connection at a time.
 const CHURN_CONNS: &str = "4";
 
@@ -89,17 +87,7 @@ pub fn measure(quick: bool, runs: usize) -> Result<UpgradeReport, BenchError> {
     let config = pods_yaml(&[&client, &server]);
     let _client_agent = Agent::start_with_config(&tb, &n1, &config, &[&client, &server], &[]);
     let mut agent = Agent::start_with_config(&tb, &n2, &config, &[&client, &server], &[]);
-    let rr_server = tb.spawn_in_pod(
-        &server,
-        pod_tool(&[
-            "rr-server",
-            "--listen",
-            &format!("0.0.0.0:{RR_PORT}"),
-            "--size",
-            "1",
-        ]),
-    );
-    rr_server.wait_for_event("listening", WAIT);
+    let _rr_server = workload::rr_server(&tb, &server);
     let load_secs = if quick { 3 } else { 9 };
     let mut per_run = Vec::new();
     for run in 1..=runs {
