@@ -201,17 +201,11 @@ impl Testbed {
             &self.fabric_netns,
             &["link", "set", fabric_ifname, "master", "br0", "up"],
         );
-        ip_in(
+        address_eth0(
             netns,
-            &["addr", "add", &format!("{underlay_v4}/24"), "dev", "eth0"],
+            &format!("{underlay_v4}/24"),
+            underlay_v6.map(|v6| format!("{v6}/64")),
         );
-        if let Some(v6) = underlay_v6 {
-            ip_in(
-                netns,
-                &["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"],
-            );
-        }
-        ip_in(netns, &["link", "set", "eth0", "up"]);
     }
 
     /// Mounts a fresh bpffs at `<run_dir>/<node>/bpffs`.
@@ -304,19 +298,24 @@ fn wire_pod_host_side(node: &Node, host_ifname: &str, ipv4: Ipv4Addr, ipv6: Opti
     }
 }
 
-/// The pod's side of its veth: its addresses and its default routes.
-fn wire_pod_side(netns: &str, ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) {
-    ip_in(
-        netns,
-        &["addr", "add", &format!("{ipv4}/32"), "dev", "eth0"],
-    );
-    if let Some(v6) = ipv6 {
-        ip_in(
-            netns,
-            &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
-        );
+/// Gives `eth0` in `netns` its IPv4 address and, when there is one, its
+/// IPv6 address (without duplicate detection, so it is usable at once),
+/// both with their prefix, and brings it up.
+fn address_eth0(netns: &str, v4: &str, v6: Option<String>) {
+    ip_in(netns, &["addr", "add", v4, "dev", "eth0"]);
+    if let Some(v6) = v6 {
+        ip_in(netns, &["addr", "add", &v6, "dev", "eth0", "nodad"]);
     }
     ip_in(netns, &["link", "set", "eth0", "up"]);
+}
+
+/// The pod's side of its veth: its addresses and its default routes.
+fn wire_pod_side(netns: &str, ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) {
+    address_eth0(
+        netns,
+        &format!("{ipv4}/32"),
+        ipv6.map(|v6| format!("{v6}/128")),
+    );
     ip_in(
         netns,
         &[
