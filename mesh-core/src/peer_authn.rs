@@ -34,7 +34,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::PolicyKey, workload::MtlsMode};
+use crate::{
+    policy::{PolicyKey, field_path, key_of, readable_selector},
+    workload::MtlsMode,
+};
 
 mod resolve;
 #[cfg(test)]
@@ -168,18 +171,11 @@ pub fn compile(value: &serde_yaml::Value) -> PeerAuthentication {
     let raw: Result<RawPeerAuthn, _> = serde_path_to_error::deserialize(value.clone());
     let result = match raw {
         Ok(raw) => compile_raw(raw),
-        Err(error) => {
-            let path = error.path().to_string();
-            Err(PeerAuthnError {
-                policy: key.clone(),
-                field: if path == "." || path.is_empty() {
-                    "(top level)".to_owned()
-                } else {
-                    path
-                },
-                message: error.into_inner().to_string(),
-            })
-        }
+        Err(error) => Err(PeerAuthnError {
+            policy: key.clone(),
+            field: field_path(&error.path().to_string()),
+            message: error.into_inner().to_string(),
+        }),
     };
     result.unwrap_or_else(|error| rejected(value, key, error))
 }
@@ -308,17 +304,6 @@ fn scalar_text(value: &serde_yaml::Value) -> String {
     }
 }
 
-/// The policy's namespace/name, read as far as the object allows.
-fn key_of(value: &serde_yaml::Value) -> PolicyKey {
-    let metadata = &value["metadata"];
-    PolicyKey {
-        namespace: metadata["namespace"]
-            .as_str()
-            .map_or_else(crate::workload::default_namespace, ToOwned::to_owned),
-        name: metadata["name"].as_str().unwrap_or("<unnamed>").to_owned(),
-    }
-}
-
 /// A rejected policy keeps what can be read of its scope and acts as
 /// STRICT there. A selector that cannot be read widens the scope to the
 /// namespace.
@@ -327,21 +312,12 @@ fn rejected(
     key: PolicyKey,
     error: PeerAuthnError,
 ) -> PeerAuthentication {
-    let selector = value["spec"]["selector"]["matchLabels"]
-        .as_mapping()
-        .and_then(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
-                .collect::<Option<BTreeMap<_, _>>>()
-        })
-        .unwrap_or_default();
     let mut policy = PeerAuthentication {
         key,
         creation: value["metadata"]["creationTimestamp"]
             .as_str()
             .map(ToOwned::to_owned),
-        selector,
+        selector: readable_selector(value),
         mode: Mode::Unset,
         port_level: BTreeMap::new(),
         rejected: None,

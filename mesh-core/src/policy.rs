@@ -65,6 +65,8 @@ mod raw;
 mod tests;
 
 pub use compile::{compile, compile_all};
+// Shared with `peer_authn`, which reads its objects the same way.
+pub(crate) use compile::{field_path, key_of, readable_selector};
 pub use evaluate::{Decision, PolicySet, Request, ServiceTarget, Verdict, Workload};
 pub use l7::HttpAttributes;
 

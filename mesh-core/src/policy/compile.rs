@@ -487,7 +487,7 @@ fn check_namespace(value: &str) -> Result<(), String> {
 }
 
 /// The policy's namespace/name, read as far as the object allows.
-fn key_of(value: &serde_yaml::Value) -> PolicyKey {
+pub(crate) fn key_of(value: &serde_yaml::Value) -> PolicyKey {
     let metadata = &value["metadata"];
     PolicyKey {
         namespace: metadata["namespace"]
@@ -499,16 +499,7 @@ fn key_of(value: &serde_yaml::Value) -> PolicyKey {
 
 /// A rejected policy keeps what can be read of its scope and fails closed.
 fn rejected(value: &serde_yaml::Value, key: PolicyKey, error: PolicyError) -> Policy {
-    // A selector that cannot be read widens the scope to the namespace.
-    let selector = value["spec"]["selector"]["matchLabels"]
-        .as_mapping()
-        .and_then(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
-                .collect::<Option<BTreeMap<_, _>>>()
-        })
-        .unwrap_or_default();
+    let selector = readable_selector(value);
     let action = match value["spec"]["action"].as_str() {
         None | Some("ALLOW") => Action::Allow,
         // AUDIT changes no verdict, so a broken one is harmless either way;
@@ -531,6 +522,21 @@ fn rejected(value: &serde_yaml::Value, key: PolicyKey, error: PolicyError) -> Po
         waypoint_fields: Vec::new(),
         target_refs: readable_target_refs(value),
     }
+}
+
+/// The `matchLabels` of a rejected policy (of either kind), as far as they
+/// can be read: a selector that cannot be read widens the scope to the
+/// namespace.
+pub(crate) fn readable_selector(value: &serde_yaml::Value) -> BTreeMap<String, String> {
+    value["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .and_then(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                .collect::<Option<BTreeMap<_, _>>>()
+        })
+        .unwrap_or_default()
 }
 
 /// The targets of a rejected policy, as far as they can be read: it then
@@ -559,7 +565,7 @@ fn readable_target_refs(value: &serde_yaml::Value) -> Vec<TargetRef> {
 
 /// serde's path to the failing field (`spec.rules[0].from`); the whole
 /// object when the failure is at the top.
-fn field_path(path: &str) -> String {
+pub(crate) fn field_path(path: &str) -> String {
     if path == "." || path.is_empty() {
         "(top level)".to_owned()
     } else {
