@@ -121,21 +121,7 @@ impl Testbed {
         let netns = format!("{}-pod{pod_number}-{name}", self.id);
         self.create_netns(&netns);
         let host_ifname = format!("p{j}");
-        ip_in(
-            &netns,
-            &[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &host_ifname,
-                "netns",
-                &node.netns,
-            ],
-        );
+        add_eth0_veth(&netns, &host_ifname, &node.netns);
         wire_pod_host_side(node, &host_ifname, ipv4, ipv6);
         wire_pod_side(&netns, ipv4, ipv6);
 
@@ -182,21 +168,7 @@ impl Testbed {
             &["route", "add", &format!("{POD_GATEWAY_V4}/32"), "dev", "lo"],
         );
 
-        ip_in(
-            netns,
-            &[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                fabric_ifname,
-                "netns",
-                &self.fabric_netns,
-            ],
-        );
+        add_eth0_veth(netns, fabric_ifname, &self.fabric_netns);
         ip_in(
             &self.fabric_netns,
             &["link", "set", fabric_ifname, "master", "br0", "up"],
@@ -296,6 +268,17 @@ fn wire_pod_host_side(node: &Node, host_ifname: &str, ipv4: Ipv4Addr, ipv6: Opti
             ],
         );
     }
+}
+
+/// Creates `eth0` in `netns`, a veth whose peer is `peer_name` in
+/// `peer_netns`.
+fn add_eth0_veth(netns: &str, peer_name: &str, peer_netns: &str) {
+    ip_in(
+        netns,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", peer_name, "netns", peer_netns,
+        ],
+    );
 }
 
 /// Gives `eth0` in `netns` its IPv4 address and, when there is one, its
