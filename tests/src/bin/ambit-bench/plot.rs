@@ -228,14 +228,7 @@ mod tests {
             eprintln!("SKIPPED: {error}");
             return;
         }
-        let durations = Durations {
-            rr_secs: 0.7,
-            rr_warmup_secs: 0.2,
-            tput_secs: 1,
-            tput_omit_secs: 0,
-            idle_hold_secs: 2.0,
-            idle_read_after_secs: 0.5,
-        };
+        let durations = Durations::example();
         // No cross-node scenarios: that panel says so.
         let scenarios = vec![
             scenario("direct-same-node", 10.0),

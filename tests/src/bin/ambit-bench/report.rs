@@ -351,6 +351,23 @@ pub const AGENT_METRICS: &[Metric] = &[
     ),
 ];
 
+// === impl Durations ===
+
+#[cfg(test)]
+impl Durations {
+    /// The lengths of a quick run.
+    pub fn example() -> Self {
+        Self {
+            rr_secs: 0.7,
+            rr_warmup_secs: 0.2,
+            tput_secs: 1,
+            tput_omit_secs: 0,
+            idle_hold_secs: 2.0,
+            idle_read_after_secs: 0.5,
+        }
+    }
+}
+
 // === impl Report ===
 
 impl Report {

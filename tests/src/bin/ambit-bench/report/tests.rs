@@ -58,14 +58,7 @@ fn report() -> Report {
 }
 
 fn report_of(scenarios: Vec<ScenarioReport>) -> Report {
-    let durations = Durations {
-        rr_secs: 0.7,
-        rr_warmup_secs: 0.2,
-        tput_secs: 1,
-        tput_omit_secs: 0,
-        idle_hold_secs: 2.0,
-        idle_read_after_secs: 0.5,
-    };
+    let durations = Durations::example();
     Report::new(
         true,
         3,
