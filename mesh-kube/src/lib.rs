@@ -11,7 +11,8 @@
 //!   and plural
 //! - [`client`]: the Kubernetes client from `--kube-api-url` or the
 //!   environment
-//! - [`controller_client`]: asking the controller's CA for certificates
+//! - [`controller_client`]: asking the controller's CA for certificates,
+//!   and how long to wait after a failed request
 //! - [`translate`]: Kubernetes objects to mesh-core's models, pure functions
 //! - [`watch`]: watchers and their stores, waking a rebuild on each event
 //! - [`snapshot`]: a node's snapshot built from the watched objects
