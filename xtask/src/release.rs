@@ -16,9 +16,11 @@ pub fn prepare(root: &Path, task: &str, why: &str, tool: &str) -> Result<(PathBu
     cmd::require_root(task, why)?;
     setup::run()?;
     // Release: debug builds would measure (and demonstrate) the compiler.
+    // Quiet: the `$ cargo build ...` line says what is happening (minutes
+    // on a fresh machine), and warnings and errors still show.
     cmd::run(
         Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--bins"])
+            .args(["build", "--release", "--workspace", "--bins", "--quiet"])
             .current_dir(root),
     )?;
     let bin_dir = root.join("target/release");

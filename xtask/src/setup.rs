@@ -62,22 +62,31 @@ pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none";
 
 /// Installs whatever is missing and checks that the toolchain paths exist.
+/// Prints one line for everything already present, and a line for each
+/// install, so that a machine that is ready costs one line of output.
 pub fn run() -> Result<()> {
-    install_debian_packages()?;
-    install_kubectl()?;
-    install_kubernetes_validate()?;
-    install_bpf_linker()?;
-    install_nextest()?;
-    verify_paths()
+    let mut present = Vec::new();
+    install_debian_packages(&mut present)?;
+    install_kubectl(&mut present)?;
+    install_kubernetes_validate(&mut present)?;
+    install_bpf_linker(&mut present)?;
+    install_nextest(&mut present)?;
+    verify_paths(&mut present)?;
+    println!(
+        "✓ setup: {} present ({})",
+        present.len(),
+        present.join(", ")
+    );
+    Ok(())
 }
 
 /// Installs the missing Debian packages with one `apt-get update` and one
 /// `apt-get install`.
-fn install_debian_packages() -> Result<()> {
+fn install_debian_packages(present: &mut Vec<String>) -> Result<()> {
     let mut missing = Vec::new();
     for &package in DEBIAN_PACKAGES {
         if is_installed(package) {
-            println!("✓ {package}: present");
+            present.push(package.to_owned());
         } else {
             println!("· {package}: installing");
             missing.push(package);
@@ -104,9 +113,9 @@ fn install_debian_packages() -> Result<()> {
 }
 
 /// Installs Debian's `kubernetes-client` unless a `kubectl` runs.
-fn install_kubectl() -> Result<()> {
+fn install_kubectl(present: &mut Vec<String>) -> Result<()> {
     if cmd::succeeds(Command::new("kubectl").args(["version", "--client"])) {
-        println!("✓ kubectl: present");
+        present.push("kubectl".to_owned());
         return Ok(());
     }
     println!("· kubectl: installing {KUBECTL_PACKAGE}");
@@ -119,11 +128,11 @@ fn install_kubectl() -> Result<()> {
 
 /// Creates the kubernetes-validate virtual environment unless its
 /// command already runs.
-fn install_kubernetes_validate() -> Result<()> {
+fn install_kubernetes_validate(present: &mut Vec<String>) -> Result<()> {
     let venv = Path::new(KUBERNETES_VALIDATE_VENV);
     let command = venv.join("bin/kubernetes-validate");
     if cmd::succeeds(Command::new(&command).arg("--version")) {
-        println!("✓ kubernetes-validate: present");
+        present.push("kubernetes-validate".to_owned());
         return Ok(());
     }
     println!(
@@ -146,9 +155,9 @@ fn is_installed(package: &str) -> bool {
 }
 
 /// Installs bpf-linker from crates.io unless `bpf-linker --version` works.
-fn install_bpf_linker() -> Result<()> {
+fn install_bpf_linker(present: &mut Vec<String>) -> Result<()> {
     if cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
-        println!("✓ bpf-linker: present");
+        present.push("bpf-linker".to_owned());
         return Ok(());
     }
     println!("· bpf-linker: installing {BPF_LINKER_VERSION}");
@@ -165,9 +174,9 @@ fn install_bpf_linker() -> Result<()> {
 
 /// Installs cargo-nextest, the test runner of `cargo xtask test`, unless
 /// `cargo nextest --version` works.
-fn install_nextest() -> Result<()> {
+fn install_nextest(present: &mut Vec<String>) -> Result<()> {
     if cmd::succeeds(Command::new("cargo").args(["nextest", "--version"])) {
-        println!("✓ cargo-nextest: present");
+        present.push("cargo-nextest".to_owned());
         return Ok(());
     }
     println!("· cargo-nextest: installing");
@@ -176,7 +185,7 @@ fn install_nextest() -> Result<()> {
 
 /// Checks that the packages put Debian's rustc and the BPF `core` where the
 /// eBPF build expects them.
-fn verify_paths() -> Result<()> {
+fn verify_paths(present: &mut Vec<String>) -> Result<()> {
     for (path, package) in [
         (DEBIAN_RUSTC, "rustc-web"),
         (BPF_CORE_DIR, "libstd-rust-web-dev-bpf"),
@@ -184,7 +193,7 @@ fn verify_paths() -> Result<()> {
         if !Path::new(path).exists() {
             bail!("{path} is missing although {package} is installed; check the package");
         }
-        println!("✓ {path}: present");
+        present.push(path.to_owned());
     }
     Ok(())
 }
