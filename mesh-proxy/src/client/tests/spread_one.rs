@@ -2,46 +2,11 @@
 //! connection per destination, shared by every stream until it is full.
 //! (These were the waypoint's own connection-table tests.)
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use tokio::sync::Semaphore;
 
-use super::{super::*, in_memory_connection, key, listed};
-
-/// Counts its calls; every handshake ends when the gate opens.
-struct GatedConnector {
-    calls: AtomicUsize,
-    gate: Semaphore,
-}
-
-impl GatedConnector {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            calls: AtomicUsize::new(0),
-            gate: Semaphore::new(0),
-        })
-    }
-
-    fn connect(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        succeed: bool,
-    ) -> impl Future<Output = Result<SendRequest<Bytes>, HboneError>> + Send + 'static {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let this = self.clone();
-        async move {
-            let _ = this.gate.acquire().await.unwrap();
-            if succeed {
-                in_memory_connection().await
-            } else {
-                Err(HboneError::Timeout(addr))
-            }
-        }
-    }
-}
+use super::{super::*, GatedConnector, in_memory_connection, key, listed};
 
 /// `n` requests for `key(1)` at once, each on its own task, once all wait.
 async fn concurrent_requests(
