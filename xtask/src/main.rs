@@ -6,6 +6,8 @@
 //! - `test` is the README's (and CI's) test command: setup, fmt, clippy, build, nextest.
 //! - `demo` builds everything and runs `ambit-demo`.
 //! - `bench` builds everything and runs `ambit-bench`, the mesh-vs-direct benchmark.
+//! - `test-kernels` runs a set of the integration tests under Debian 12's
+//!   kernels, each booted under qemu.
 //! - `lint` checks the structure: no import cycle between a crate's top-level
 //!   modules, no product file over 600 lines.
 //!
@@ -14,7 +16,7 @@
 //!
 //! 1. `cmd`, `lint`
 //! 2. `setup`
-//! 3. `build_ebpf`, `release`, `test`
+//! 3. `build_ebpf`, `kernels`, `release`, `test`
 //! 4. `bench`, `demo`
 
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod kernels;
 mod lint;
 mod release;
 mod setup;
@@ -83,6 +86,13 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Run a set of the integration tests under Debian 12's kernels (6.1,
+    /// 6.12), each booted under qemu (as root; see docs/building.md).
+    TestKernels {
+        /// Which kernel: 6.1, 6.12 or all.
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: kernels::KernelChoice,
+    },
     /// Check the structure of every workspace crate: no import cycle between
     /// top-level modules, no product file over 600 lines.
     Lint {
@@ -100,10 +110,15 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             // A failed child command decides the exit code, so CI sees the
             // same code that cargo, clippy or nextest returned.
+            // A machine that cannot run a task (test-kernels without its
+            // kernel packages) exits 2: nothing was tested.
+            let cannot_run_here = err
+                .chain()
+                .any(<dyn std::error::Error>::is::<kernels::CannotRunHere>);
             let code = err
                 .chain()
                 .find_map(|cause| cause.downcast_ref::<CommandFailed>())
-                .map_or(1, |failed| failed.code);
+                .map_or(if cannot_run_here { 2 } else { 1 }, |failed| failed.code);
             ExitCode::from(code)
         }
     }
@@ -123,6 +138,7 @@ fn run(task: Task) -> Result<()> {
         Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
         Task::Lint { order } => lint::run(&root, order),
+        Task::TestKernels { kernel } => kernels::run(&root, kernel),
     }
 }
 

@@ -66,7 +66,7 @@ const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none";
 /// install, so that a machine that is ready costs one line of output.
 pub fn run() -> Result<()> {
     let mut present = Vec::new();
-    install_debian_packages(&mut present)?;
+    install_debian_packages(DEBIAN_PACKAGES, &mut present)?;
     install_kubectl(&mut present)?;
     install_kubernetes_validate(&mut present)?;
     install_bpf_linker(&mut present)?;
@@ -80,11 +80,11 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Installs the missing Debian packages with one `apt-get update` and one
-/// `apt-get install`.
-fn install_debian_packages(present: &mut Vec<String>) -> Result<()> {
+/// Installs the missing ones of `packages` with one `apt-get update` and one
+/// `apt-get install`, adding those already there to `present`.
+pub fn install_debian_packages(packages: &[&str], present: &mut Vec<String>) -> Result<()> {
     let mut missing = Vec::new();
-    for &package in DEBIAN_PACKAGES {
+    for &package in packages {
         if is_installed(package) {
             present.push(package.to_owned());
         } else {
@@ -129,22 +129,33 @@ fn install_kubectl(present: &mut Vec<String>) -> Result<()> {
 /// Creates the kubernetes-validate virtual environment unless its
 /// command already runs.
 fn install_kubernetes_validate(present: &mut Vec<String>) -> Result<()> {
-    let venv = Path::new(KUBERNETES_VALIDATE_VENV);
-    let command = venv.join("bin/kubernetes-validate");
-    if cmd::succeeds(Command::new(&command).arg("--version")) {
-        present.push("kubernetes-validate".to_owned());
+    let spec = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
+    install_python_tool(
+        Path::new(KUBERNETES_VALIDATE_VENV),
+        "kubernetes-validate",
+        &spec,
+        present,
+    )
+}
+
+/// Installs `spec` from `PyPI` into a virtual environment of its own at
+/// `venv`, unless `venv/bin/<command> --version` already runs.
+pub fn install_python_tool(
+    venv: &Path,
+    command: &str,
+    spec: &str,
+    present: &mut Vec<String>,
+) -> Result<()> {
+    if cmd::succeeds(Command::new(venv.join("bin").join(command)).arg("--version")) {
+        present.push(command.to_owned());
         return Ok(());
     }
-    println!(
-        "· kubernetes-validate: installing {KUBERNETES_VALIDATE_VERSION} in {KUBERNETES_VALIDATE_VENV}"
-    );
+    println!("· {command}: installing {spec} in {}", venv.display());
     cmd::run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     cmd::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet"])
-            .arg(format!(
-                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
-            )),
+            .arg(spec),
     )
 }
 

@@ -1,0 +1,351 @@
+//! One guest per kernel: a shell script, written to the run's directory,
+//! runs each test binary of the set with its own time limit and appends
+//! `start` and `done` lines to a results file that the host reads while the
+//! guest runs. The host prints each result as it comes, and kills the guest
+//! (its whole process group) when a test has neither finished nor been
+//! stopped by its own limit well after it: that test is reported as hung
+//! and the run goes on with the next kernel.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::GuestTest;
+use super::fetch::{GuestTools, Kernel};
+use crate::cmd;
+
+/// How long one test may run inside the guest before `timeout` stops it.
+const TEST_LIMIT: Duration = Duration::from_mins(5);
+/// How long after that the host waits for the guest to say so before it
+/// calls the test hung and kills the guest; also the limit for booting.
+const GRACE: Duration = Duration::from_secs(90);
+/// The exit status of `timeout` for a command it stopped.
+const TIMED_OUT: i32 = 124;
+
+/// How one test ended on one kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It passed.
+    Passed,
+    /// It failed, with this exit status.
+    Failed(i32),
+    /// Its own time limit stopped it.
+    TimedOut,
+    /// The guest stopped answering while it ran; the guest was killed.
+    Hung,
+    /// The guest ended (or was killed) before it.
+    NotRun,
+}
+
+impl Outcome {
+    /// Whether this counts as a pass.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        *self == Self::Passed
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Passed => "ok".to_owned(),
+            Self::Failed(code) => format!("FAILED (exit {code})"),
+            Self::TimedOut => format!("TIMED OUT ({} s)", TEST_LIMIT.as_secs()),
+            Self::Hung => "HUNG (guest killed)".to_owned(),
+            Self::NotRun => "not run".to_owned(),
+        }
+    }
+}
+
+/// One row of the final table.
+#[derive(Debug)]
+pub struct TestResult {
+    /// The kernel series.
+    pub kernel: String,
+    /// `binary::test`.
+    pub test: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How long it ran.
+    pub time: Option<Duration>,
+}
+
+/// Builds the binaries the guests run (the agent, the CLI, pod-tool) and the
+/// set's test binaries, and returns each test target's executable.
+pub fn build_test_binaries(root: &Path, tests: &[GuestTest]) -> Result<BTreeMap<String, PathBuf>> {
+    cmd::run(
+        Command::new("cargo")
+            .args(["build", "--workspace", "--bins", "--quiet"])
+            .current_dir(root),
+    )?;
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--quiet", "-p", "ambit-tests"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .current_dir(root);
+    for test in tests {
+        build.args(["--test", test.binary]);
+    }
+    let output = build
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo build for the guest tests")?;
+    if !output.status.success() {
+        bail!("building the guest tests failed");
+    }
+    let mut executables = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(name), Some(executable)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) && tests.iter().any(|test| test.binary == name)
+        {
+            executables.insert(name.to_owned(), PathBuf::from(executable));
+        }
+    }
+    for test in tests {
+        if !executables.contains_key(test.binary) {
+            bail!(
+                "cargo built no executable for the test target {}",
+                test.binary
+            );
+        }
+    }
+    Ok(executables)
+}
+
+/// Boots `kernel`, runs the set in it and returns a result per test.
+pub fn run_kernel(
+    root: &Path,
+    tools: &GuestTools,
+    kernel: &Kernel,
+    executables: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<TestResult>> {
+    let name = kernel.series.name;
+    let run_dir = root.join("target/kernels").join(format!("run-{name}"));
+    if run_dir.exists() {
+        fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("cannot clear {}", run_dir.display()))?;
+    }
+    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let results_path = run_dir.join("results");
+    let script = run_dir.join("guest.sh");
+    fs::write(
+        &script,
+        guest_script(root, &run_dir, &results_path, executables),
+    )
+    .with_context(|| format!("cannot write {}", script.display()))?;
+    let console = File::create(run_dir.join("console.log"))
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+
+    println!(
+        "▸ kernel {name} ({}): booting under qemu (software emulation)",
+        kernel.package
+    );
+    let mut guest = Command::new(&tools.vng);
+    guest
+        .arg("--run")
+        .arg(&kernel.vmlinuz)
+        .args([
+            "--disable-kvm",
+            "--force-9p",
+            "--cpus",
+            "2",
+            "--memory",
+            "2G",
+        ])
+        .args(["--verbose", "--rwdir"])
+        .arg(&run_dir)
+        .arg("--exec")
+        .arg(format!("sh {}", script.display()))
+        .env("PATH", &tools.path)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        // Its own process group, so that a hung guest's qemu goes with it.
+        .process_group(0);
+    let mut child = guest.spawn().context("cannot start virtme-ng (vng)")?;
+
+    let (mut finished, hung) = watch(&mut child, &results_path, name)?;
+
+    let results = executables_in_order(executables)
+        .map(|test| {
+            let (outcome, time) = match (finished.remove(&test), &hung) {
+                (Some((outcome, time)), _) => (outcome, Some(time)),
+                (None, Some((hung_test, time))) if *hung_test == test => {
+                    (Outcome::Hung, Some(*time))
+                }
+                (None, _) => (Outcome::NotRun, None),
+            };
+            TestResult {
+                kernel: name.to_owned(),
+                test,
+                outcome,
+                time,
+            }
+        })
+        .collect::<Vec<_>>();
+    if results.iter().any(|result| !result.outcome.passed()) {
+        println!(
+            "  {name}: each test's output is in {}, the guest's console in console.log",
+            run_dir.display()
+        );
+    }
+    Ok(results)
+}
+
+/// What the host learned from one guest: each finished test's outcome and
+/// time, and the test that hung, if the guest had to be killed.
+type Watched = (
+    BTreeMap<String, (Outcome, Duration)>,
+    Option<(String, Duration)>,
+);
+
+/// Follows the guest's results file until the guest exits, printing each
+/// result; kills the guest's process group when it stops answering.
+fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> {
+    let pid = child.id();
+    let mut seen = 0;
+    let mut running: Option<(String, Instant)> = None;
+    let mut finished: BTreeMap<String, (Outcome, Duration)> = BTreeMap::new();
+    let mut last_event = Instant::now();
+    let mut hung = None;
+    loop {
+        let exited = child.try_wait()?.is_some();
+        let lines: Vec<String> = fs::read_to_string(results_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for line in lines.iter().skip(seen) {
+            last_event = Instant::now();
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("start"), Some(test), ..) => {
+                    running = Some((test.to_owned(), Instant::now()));
+                }
+                (Some("done"), Some(test), Some(code), Some(millis)) => {
+                    let code: i32 = code.parse().unwrap_or(-1);
+                    let time = Duration::from_millis(millis.parse().unwrap_or(0));
+                    let outcome = match code {
+                        0 => Outcome::Passed,
+                        TIMED_OUT => Outcome::TimedOut,
+                        code => Outcome::Failed(code),
+                    };
+                    println!(
+                        "  {name}  {test}: {} ({:.0} s)",
+                        outcome.describe(),
+                        time.as_secs_f64()
+                    );
+                    finished.insert(test.to_owned(), (outcome, time));
+                    running = None;
+                }
+                _ => {}
+            }
+        }
+        seen = lines.len();
+        if exited {
+            break;
+        }
+        let limit = if running.is_some() {
+            TEST_LIMIT + GRACE
+        } else {
+            GRACE
+        };
+        if last_event.elapsed() > limit {
+            // Ours: the group of the vng process this run started.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            let _ = child.wait();
+            hung = running
+                .take()
+                .map(|(test, started)| (test, started.elapsed()));
+            match &hung {
+                Some((test, _)) => println!("  {name}  {test}: HUNG; the guest was killed"),
+                None => println!("  {name}: the guest stopped answering outside a test; killed"),
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    Ok((finished, hung))
+}
+
+/// `binary::test` of every test of the set, in the set's order.
+fn executables_in_order(
+    executables: &BTreeMap<String, PathBuf>,
+) -> impl Iterator<Item = String> + '_ {
+    super::GUEST_TESTS
+        .iter()
+        .filter(|test| executables.contains_key(test.binary))
+        .map(|test| format!("{}::{}", test.binary, test.name))
+}
+
+/// The script the guest runs from the shared tree.
+fn guest_script(
+    root: &Path,
+    run_dir: &Path,
+    results: &Path,
+    executables: &BTreeMap<String, PathBuf>,
+) -> String {
+    let mut script = format!(
+        "#!/bin/sh\n\
+         # Written by cargo xtask test-kernels; runs inside the guest.\n\
+         cd '{root}'\n\
+         export AMBIT_BIN_DIR='{root}/target/debug' CI=true\n\
+         run() {{\n  \
+           echo \"start $1::$2\" >> '{results}'\n  \
+           start=$(date +%s%N)\n  \
+           timeout {limit} \"$3\" --exact \"$2\" --test-threads 1 > '{run_dir}'/\"$1-$2.log\" 2>&1\n  \
+           code=$?\n  \
+           end=$(date +%s%N)\n  \
+           echo \"done $1::$2 $code $(( (end - start) / 1000000 ))\" >> '{results}'\n\
+         }}\n",
+        root = root.display(),
+        results = results.display(),
+        run_dir = run_dir.display(),
+        limit = TEST_LIMIT.as_secs(),
+    );
+    for test in super::GUEST_TESTS {
+        if let Some(executable) = executables.get(test.binary) {
+            let _ = writeln!(
+                script,
+                "run {} {} '{}'",
+                test.binary,
+                test.name,
+                executable.display()
+            );
+        }
+    }
+    script
+}
+
+/// The final table: kernel, test, result, time.
+#[must_use]
+pub fn table(results: &[TestResult]) -> String {
+    let mut out = String::from("\n| kernel | test | result | time |\n| --- | --- | --- | --- |\n");
+    for result in results {
+        let time = result.time.map_or_else(
+            || "-".to_owned(),
+            |time| format!("{:.0} s", time.as_secs_f64()),
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {time} |",
+            result.kernel,
+            result.test,
+            result.outcome.describe()
+        );
+    }
+    out
+}
