@@ -379,6 +379,10 @@ impl HboneStream {
         let mut sent_first = FirstBytes::Unread;
         let mut reader = first.map(|(tcp, counted)| (ChunkReader::new(tcp, FIRST_CHUNK), counted));
         let mut retries = 0;
+        // Sending the first bytes fails when the peer has already answered
+        // and closed the stream (a refusal races with the early data): its
+        // response says why, so it is read before this error is returned.
+        let mut send_failed = None;
         loop {
             let response = match (&mut reader, &sent_first) {
                 (Some((reader, counted)), FirstBytes::Unread) => tokio::select! {
@@ -391,7 +395,7 @@ impl HboneStream {
                             }
                             None => FirstBytes::Eof,
                         };
-                        self.send_first(&sent_first)?;
+                        send_failed = self.send_first(&sent_first).err();
                         continue;
                     }
                 },
@@ -408,6 +412,9 @@ impl HboneStream {
                             status,
                         }));
                     }
+                    if let Some(error) = send_failed {
+                        return Err(error);
+                    }
                     return Ok(EstablishedStream {
                         send: self.send,
                         recv: response.into_body(),
@@ -422,6 +429,7 @@ impl HboneStream {
                         .await
                         .map_err(io::Error::other)?;
                     self.send_first(&sent_first)?;
+                    send_failed = None;
                 }
                 Err(source) => {
                     return Err(io::Error::other(HboneError::H2 {
