@@ -69,6 +69,16 @@ pub struct GuestTest {
     pub shows: &'static str,
 }
 
+// === impl GuestTest ===
+
+impl GuestTest {
+    /// `binary::name`, as the guest reports it and the table shows it.
+    #[must_use]
+    pub fn id(&self) -> String {
+        format!("{}::{}", self.binary, self.name)
+    }
+}
+
 /// What every guest runs. Each agent start also runs the preflight, which
 /// names a missing program type and the kernel version.
 pub const GUEST_TESTS: &[GuestTest] = &[

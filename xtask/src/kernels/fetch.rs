@@ -2,7 +2,6 @@
 //! Debian package, downloaded and unpacked (never installed) under
 //! `target/kernels/`, where later runs find it again.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,19 +20,12 @@ const VIRTME_NG: &str = "virtme-ng==1.42";
 
 /// This machine cannot run the guests: a kernel package cannot be had.
 /// `cargo xtask` exits 2 for it, not 1: nothing was tested.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
 pub struct CannotRunHere {
     /// What is missing, and what to try.
     pub reason: String,
 }
-
-impl fmt::Display for CannotRunHere {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for CannotRunHere {}
 
 /// The host tools a guest is started with.
 #[derive(Debug)]

@@ -176,7 +176,9 @@ pub fn run_kernel(
 
     let (mut finished, hung) = watch(&mut child, &results_path, name)?;
 
-    let results = executables_in_order(executables)
+    let results = super::GUEST_TESTS
+        .iter()
+        .map(GuestTest::id)
         .map(|test| {
             let (outcome, time) = match (finished.remove(&test), &hung) {
                 (Some((outcome, time)), _) => (outcome, Some(time)),
@@ -279,16 +281,6 @@ fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> 
     }
 
     Ok((finished, hung))
-}
-
-/// `binary::test` of every test of the set, in the set's order.
-fn executables_in_order(
-    executables: &BTreeMap<String, PathBuf>,
-) -> impl Iterator<Item = String> + '_ {
-    super::GUEST_TESTS
-        .iter()
-        .filter(|test| executables.contains_key(test.binary))
-        .map(|test| format!("{}::{}", test.binary, test.name))
 }
 
 /// The script the guest runs from the shared tree.
