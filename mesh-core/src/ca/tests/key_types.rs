@@ -1,8 +1,10 @@
 //! Which CA key types work: a CA made by OpenSSL (as an operator or Istio's
 //! tooling would make one) with each supported key type loads, issues
 //! workload certificates, and those certificates complete a real mutual TLS
-//! 1.3 handshake with the mesh's own TLS configurations. Unsupported keys fail
-//! to load with an error that names the file and what to do.
+//! 1.3 handshake with the mesh's own TLS configurations. Unsupported keys
+//! (RSA under 2048 bits, P-521, PKCS#1, encrypted) fail to load with an
+//! error that names the file, and for PKCS#1 and the unsupported types what
+//! is accepted or how to convert.
 //!
 //! The fixtures under `testdata/` were made with `openssl genpkey` and
 //! `openssl req -x509` and are valid for 100 years.
@@ -131,6 +133,23 @@ fn unsupported_ca_keys_fail_to_load_naming_the_file_and_the_fix() {
     let cert = fixture("rsa2048-ca.pem");
     let pkcs1 = fixture("rsa2048-key-pkcs1.pem");
     assert_load_fails("PKCS#1", &cert, &pkcs1, &pkcs1, "openssl pkcs8 -topk8");
+    // Not supported by the signer: P-521, and a key under a passphrase.
+    let p521 = fixture("p521-key.pem");
+    assert_load_fails(
+        "P-521",
+        &fixture("p521-ca.pem"),
+        &p521,
+        &p521,
+        "supported CA keys: RSA of 2048",
+    );
+    let encrypted = fixture("rsa2048-key-encrypted.pem");
+    assert_load_fails(
+        "encrypted",
+        &cert,
+        &encrypted,
+        &encrypted,
+        "no PRIVATE KEY block",
+    );
     let short = fixture("rsa1024-key.pem");
     assert_load_fails(
         "RSA 1024",
