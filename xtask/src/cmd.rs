@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{Context as _, Result, bail};
@@ -88,6 +89,25 @@ pub fn stdout_of(cmd: &mut Command) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A `cargo` command that runs in the workspace root. In CI, incremental
+/// compilation is off: a fresh clone builds once, and its caches would
+/// take gigabytes of a disk that the build has to share. Every cargo
+/// invocation of one task goes through here, so that all of them share one
+/// profile and none rebuilds what another built.
+pub fn cargo(root: &Path) -> Command {
+    let mut cargo = Command::new("cargo");
+    cargo.current_dir(root);
+    if in_ci() {
+        cargo.env("CARGO_INCREMENTAL", "0");
+    }
+    cargo
+}
+
+/// Whether this runs in CI (`CI` set and not empty).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|ci| !ci.is_empty())
 }
 
 // === privileges ===

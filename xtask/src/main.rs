@@ -63,8 +63,13 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
-    /// Run setup, fmt, clippy, build and the test suite (as root).
+    /// Run setup, fmt, clippy, build and the test suite, then the preflight
+    /// and one capture test under the 6.1 kernel in qemu (as root).
     Test {
+        /// Leave out the last step, the 6.1 kernel under qemu (for local
+        /// runs of part of the suite; CI always runs it).
+        #[arg(long)]
+        skip_kernel_boot: bool,
         /// Extra arguments for `cargo nextest run`, given after `--`.
         #[arg(last = true)]
         nextest_args: Vec<String>,
@@ -92,6 +97,14 @@ enum Task {
         /// Which kernel: 6.1, 6.12 or all.
         #[arg(long, value_enum, default_value = "all")]
         kernel: kernels::KernelChoice,
+        /// Only the preflight and one capture test, as `cargo xtask test`
+        /// runs them under 6.1; no findings.
+        #[arg(long)]
+        quick: bool,
+        /// Boot this Debian kernel package (e.g. `linux-image-6.1.0-40-amd64`)
+        /// instead of the newest of the series; needs `--kernel 6.1` or `6.12`.
+        #[arg(long, value_name = "DEBIAN_PACKAGE")]
+        package: Option<String>,
     },
     /// Check the structure of every workspace crate: no import cycle between
     /// top-level modules, no product file over 600 lines.
@@ -108,20 +121,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            // A failed child command decides the exit code, so CI sees the
-            // same code that cargo, clippy or nextest returned.
-            // A machine that cannot run a task (test-kernels without its
-            // kernel packages) exits 2: nothing was tested.
-            let cannot_run_here = err
-                .chain()
-                .any(<dyn std::error::Error>::is::<kernels::CannotRunHere>);
-            let code = err
-                .chain()
-                .find_map(|cause| cause.downcast_ref::<CommandFailed>())
-                .map_or(if cannot_run_here { 2 } else { 1 }, |failed| failed.code);
-            ExitCode::from(code)
+            ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The exit code for a task that failed with `err`. A machine that cannot
+/// run a task (test-kernels without its kernel package) exits 2: nothing
+/// was tested. Otherwise a failed child command decides, so CI sees the
+/// same code that cargo, clippy or nextest returned; anything else is 1.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err
+        .chain()
+        .any(<dyn std::error::Error>::is::<kernels::CannotRunHere>)
+    {
+        return kernels::CannotRunHere::EXIT_CODE;
+    }
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<CommandFailed>())
+        .map_or(1, |failed| failed.code)
 }
 
 /// Runs one task from the workspace root.
@@ -134,11 +152,25 @@ fn run(task: Task) -> Result<()> {
             println!("eBPF object: {}", object.display());
             Ok(())
         }
-        Task::Test { nextest_args } => test::run(&root, &nextest_args),
+        Task::Test {
+            skip_kernel_boot,
+            nextest_args,
+        } => test::run(&root, &nextest_args, skip_kernel_boot),
         Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
         Task::Lint { order } => lint::run(&root, order),
-        Task::TestKernels { kernel } => kernels::run(&root, kernel),
+        Task::TestKernels {
+            kernel,
+            quick,
+            package,
+        } => kernels::run(
+            &root,
+            &kernels::Options {
+                kernel,
+                quick,
+                package,
+            },
+        ),
     }
 }
 
@@ -148,4 +180,24 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("xtask's manifest directory has no parent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_that_cannot_run_a_task_exits_2_and_a_failed_command_passes_its_code_on() {
+        let cannot = anyhow::Error::new(kernels::CannotRunHere {
+            reason: "cannot download the kernel package x".to_owned(),
+        })
+        .context("kernel 6.1");
+        assert_eq!(exit_code(&cannot), 2);
+        let failed = anyhow::Error::new(CommandFailed {
+            command: "cargo nextest run".to_owned(),
+            code: 100,
+        });
+        assert_eq!(exit_code(&failed), 100);
+        assert_eq!(exit_code(&anyhow::anyhow!("anything else")), 1);
+    }
 }

@@ -1,18 +1,22 @@
 //! `cargo xtask test`: the one test command of the README and CI. Each step
-//! runs only if the ones before it passed.
+//! runs only if the ones before it passed. The last boots the oldest kernel
+//! the project supports (Debian 12's 6.1) under qemu and runs the preflight
+//! and one capture test in it, so that a change that breaks that kernel
+//! cannot land; `cargo xtask test-kernels` runs the whole set.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{cmd, setup};
+use crate::cmd::{self, cargo, in_ci};
+use crate::{kernels, setup};
 
 /// Number of steps, for the `[n/N]` headers.
-const STEPS: usize = 5;
+const STEPS: usize = 6;
 
-/// Runs setup, fmt, clippy, the debug build and the test suite.
-pub fn run(root: &Path, nextest_args: &[String]) -> Result<()> {
+/// Runs setup, fmt, clippy, the debug build, the test suite and, unless
+/// `skip_kernel_boot`, the quick set under the oldest supported kernel.
+pub fn run(root: &Path, nextest_args: &[String], skip_kernel_boot: bool) -> Result<()> {
     cmd::require_root(
         "test",
         "the tests create network namespaces and cgroups and load eBPF programs",
@@ -56,7 +60,21 @@ pub fn run(root: &Path, nextest_args: &[String]) -> Result<()> {
         .env("AMBIT_SKIP_LOG", &skip_log);
     let result = cmd::run(&mut nextest);
     report_skips(&skip_log);
-    result
+    result?;
+
+    header(6, "oldest supported kernel (6.1 under qemu)");
+    if skip_kernel_boot {
+        println!("skipped (--skip-kernel-boot); CI never skips it");
+        return Ok(());
+    }
+    kernels::run(
+        root,
+        &kernels::Options {
+            kernel: kernels::KernelChoice::V6_1,
+            quick: true,
+            package: None,
+        },
+    )
 }
 
 /// Prints the `SKIPPED:` lines the tests logged, if any.
@@ -74,23 +92,6 @@ fn report_skips(skip_log: &Path) {
             println!("    {line}");
         }
     }
-}
-
-/// Whether this runs in CI (`CI` set and not empty).
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|ci| !ci.is_empty())
-}
-
-/// A `cargo` command that runs in the workspace root. In CI, incremental
-/// compilation is off: a fresh clone builds once, and its caches would
-/// take gigabytes of a disk that the build has to share.
-fn cargo(root: &Path) -> Command {
-    let mut cargo = Command::new("cargo");
-    cargo.current_dir(root);
-    if in_ci() {
-        cargo.env("CARGO_INCREMENTAL", "0");
-    }
-    cargo
 }
 
 /// Announces step `n`.

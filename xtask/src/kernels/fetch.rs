@@ -27,6 +27,14 @@ pub struct CannotRunHere {
     pub reason: String,
 }
 
+// === impl CannotRunHere ===
+
+impl CannotRunHere {
+    /// The exit code of `cargo xtask` for it: "cannot run here", not a test
+    /// failure.
+    pub const EXIT_CODE: u8 = 2;
+}
+
 /// The host tools a guest is started with.
 #[derive(Debug)]
 pub struct GuestTools {
@@ -61,9 +69,13 @@ pub fn install_guest_tools(root: &Path) -> Result<GuestTools> {
     })
 }
 
-/// The newest package of `series`, unpacked under `target/kernels/`.
-pub fn kernel(root: &Path, series: KernelSeries) -> Result<Kernel> {
-    let package = newest_package(series)?;
+/// The kernel of `series`, unpacked under `target/kernels/`: `package`
+/// when given, else the newest package of the series.
+pub fn kernel(root: &Path, series: KernelSeries, package: Option<&str>) -> Result<Kernel> {
+    let package = match package {
+        Some(package) => package.to_owned(),
+        None => newest_package(series)?,
+    };
     let unpacked = cache_dir(root).join(&package);
     if let Some(vmlinuz) = find_vmlinuz(&unpacked) {
         println!("✓ kernel {}: {package} (cached)", series.name);
@@ -74,17 +86,30 @@ pub fn kernel(root: &Path, series: KernelSeries) -> Result<Kernel> {
         });
     }
     println!("· kernel {}: downloading {package}", series.name);
-    let downloads = cache_dir(root).join("downloads");
-    std::fs::create_dir_all(&downloads)
+    let deb = download(&package, &cache_dir(root).join("downloads"))?;
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let vmlinuz = find_vmlinuz(&unpacked)
+        .with_context(|| format!("{package} holds no boot/vmlinuz-* image"))?;
+    Ok(Kernel {
+        series,
+        package,
+        vmlinuz,
+    })
+}
+
+/// Downloads `package`'s `.deb` into `downloads` with `apt-get download`
+/// and returns its path; [`CannotRunHere`] when apt cannot get it.
+fn download(package: &str, downloads: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
     let fetched = Command::new("apt-get")
         // Root downloads into target/ itself: apt's `_apt` sandbox user
         // could not write there (and would warn that it cannot).
-        .args(["download", "-qq", "-o", "APT::Sandbox::User=root", &package])
-        .current_dir(&downloads)
+        .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package])
+        .current_dir(downloads)
         .status()
         .is_ok_and(|status| status.success());
-    let deb = std::fs::read_dir(&downloads)
+    let deb = std::fs::read_dir(downloads)
         .ok()
         .into_iter()
         .flatten()
@@ -95,22 +120,14 @@ pub fn kernel(root: &Path, series: KernelSeries) -> Result<Kernel> {
                 .and_then(|name| name.to_str())
                 .is_some_and(|name| name.starts_with(&format!("{package}_")))
         });
-    let Some(deb) = deb.filter(|_| fetched) else {
-        return Err(CannotRunHere {
+    deb.filter(|_| fetched).ok_or_else(|| {
+        CannotRunHere {
             reason: format!(
                 "cannot download the kernel package {package}\n\
                  hint: check `apt-get update && apt-get download {package}` works on this machine"
             ),
         }
-        .into());
-    };
-    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
-    let vmlinuz = find_vmlinuz(&unpacked)
-        .with_context(|| format!("{package} holds no boot/vmlinuz-* image"))?;
-    Ok(Kernel {
-        series,
-        package,
-        vmlinuz,
+        .into()
     })
 }
 
@@ -173,7 +190,30 @@ fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::version_key;
+    use super::*;
+
+    #[test]
+    fn a_package_apt_cannot_get_is_a_cannot_run_here_error_naming_it_and_the_apt_command() {
+        let downloads = std::env::temp_dir().join(format!("xtask-download-{}", std::process::id()));
+        let package = "linux-image-6.1.0-999999-amd64";
+        let err = download(package, &downloads).expect_err("no such package");
+        let _ = std::fs::remove_dir_all(&downloads);
+        let cannot = err
+            .downcast_ref::<CannotRunHere>()
+            .unwrap_or_else(|| panic!("not CannotRunHere: {err:#}"));
+        assert!(
+            cannot
+                .reason
+                .starts_with(&format!("cannot download the kernel package {package}\n")),
+            "{cannot}"
+        );
+        assert!(
+            cannot.reason.contains(&format!(
+                "hint: check `apt-get update && apt-get download {package}`"
+            )),
+            "{cannot}"
+        );
+    }
 
     #[test]
     fn the_newest_package_has_the_largest_numbers() {

@@ -5,6 +5,10 @@
 //! (its whole process group) when a test has neither finished nor been
 //! stopped by its own limit well after it: that test is reported as hung
 //! and the run goes on with the next kernel.
+//!
+//! The guest also writes its kernel release, and the tests that record a
+//! kernel behaviour append `key<TAB>value` lines to a findings file
+//! (`AMBIT_FINDINGS`), which the host reads when the guest is done.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,13 +24,28 @@ use super::GuestTest;
 use super::fetch::{GuestTools, Kernel};
 use crate::cmd;
 
-/// How long one test may run inside the guest before `timeout` stops it.
-const TEST_LIMIT: Duration = Duration::from_mins(5);
-/// How long after that the host waits for the guest to say so before it
-/// calls the test hung and kills the guest; also the limit for booting.
-const GRACE: Duration = Duration::from_secs(90);
 /// The exit status of `timeout` for a command it stopped.
 const TIMED_OUT: i32 = 124;
+
+/// How long a guest's tests may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long one test may run inside the guest before `timeout` stops it.
+    pub test: Duration,
+    /// How long after that the host waits for the guest to say so before
+    /// it calls the test hung and kills the guest; also the limit for
+    /// booting and for the time between two tests.
+    pub grace: Duration,
+}
+
+impl Limits {
+    /// The limits of a real run: 5 minutes a test under software
+    /// emulation, and 90 s of grace.
+    pub const GUEST: Self = Self {
+        test: Duration::from_mins(5),
+        grace: Duration::from_secs(90),
+    };
+}
 
 /// How one test ended on one kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +54,8 @@ pub enum Outcome {
     Passed,
     /// It failed, with this exit status.
     Failed(i32),
-    /// Its own time limit stopped it.
-    TimedOut,
+    /// Its own time limit stopped it (after this many seconds).
+    TimedOut(u64),
     /// The guest stopped answering while it ran; the guest was killed.
     Hung,
     /// The guest ended (or was killed) before it.
@@ -54,11 +73,22 @@ impl Outcome {
         match self {
             Self::Passed => "ok".to_owned(),
             Self::Failed(code) => format!("FAILED (exit {code})"),
-            Self::TimedOut => format!("TIMED OUT ({} s)", TEST_LIMIT.as_secs()),
+            Self::TimedOut(limit) => format!("TIMED OUT ({limit} s)"),
             Self::Hung => "HUNG (guest killed)".to_owned(),
             Self::NotRun => "not run".to_owned(),
         }
     }
+}
+
+/// What one guest (or the host) showed.
+#[derive(Debug, Default)]
+pub struct KernelRun {
+    /// Each test of the set, in order.
+    pub results: Vec<TestResult>,
+    /// The kernel's release (`uname -r`), when the guest got to say it.
+    pub release: Option<String>,
+    /// What the behaviour-recording tests found: key, then value.
+    pub findings: BTreeMap<String, String>,
 }
 
 /// One row of the final table.
@@ -77,16 +107,14 @@ pub struct TestResult {
 /// Builds the binaries the guests run (the agent, the CLI, pod-tool) and the
 /// set's test binaries, and returns each test target's executable.
 pub fn build_test_binaries(root: &Path, tests: &[GuestTest]) -> Result<BTreeMap<String, PathBuf>> {
-    cmd::run(
-        Command::new("cargo")
-            .args(["build", "--workspace", "--bins", "--quiet"])
-            .current_dir(root),
-    )?;
-    let mut build = Command::new("cargo");
+    // Through `cmd::cargo` and for the whole workspace, like `cargo xtask
+    // test`'s build: the same features and settings, so nothing it built is
+    // built again.
+    cmd::run(cmd::cargo(root).args(["build", "--workspace", "--bins", "--quiet"]))?;
+    let mut build = cmd::cargo(root);
     build
-        .args(["build", "--quiet", "-p", "ambit-tests"])
-        .args(["--message-format", "json-render-diagnostics"])
-        .current_dir(root);
+        .args(["build", "--quiet", "--workspace"])
+        .args(["--message-format", "json-render-diagnostics"]);
     for test in tests {
         build.args(["--test", test.binary]);
     }
@@ -121,25 +149,21 @@ pub fn build_test_binaries(root: &Path, tests: &[GuestTest]) -> Result<BTreeMap<
     Ok(executables)
 }
 
-/// Boots `kernel`, runs the set in it and returns a result per test.
+/// Boots `kernel`, runs `tests` in it and returns what it showed.
 pub fn run_kernel(
     root: &Path,
     tools: &GuestTools,
     kernel: &Kernel,
+    tests: &[GuestTest],
     executables: &BTreeMap<String, PathBuf>,
-) -> Result<Vec<TestResult>> {
+) -> Result<KernelRun> {
     let name = kernel.series.name;
-    let run_dir = root.join("target/kernels").join(format!("run-{name}"));
-    if run_dir.exists() {
-        fs::remove_dir_all(&run_dir)
-            .with_context(|| format!("cannot clear {}", run_dir.display()))?;
-    }
-    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let results_path = run_dir.join("results");
+    let run_dir = fresh_run_dir(root, name)?;
+    let files = RunFiles::new(&run_dir);
     let script = run_dir.join("guest.sh");
     fs::write(
         &script,
-        guest_script(root, &run_dir, &results_path, executables),
+        guest_script(root, &files, tests, executables, Limits::GUEST),
     )
     .with_context(|| format!("cannot write {}", script.display()))?;
     let console = File::create(run_dir.join("console.log"))
@@ -169,14 +193,92 @@ pub fn run_kernel(
         .current_dir(root)
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
-        .stderr(console)
-        // Its own process group, so that a hung guest's qemu goes with it.
-        .process_group(0);
-    let mut child = guest.spawn().context("cannot start virtme-ng (vng)")?;
+        .stderr(console);
+    let run = run_guest(&mut guest, &files, name, tests, Limits::GUEST)?;
+    if run.results.iter().any(|result| !result.outcome.passed()) {
+        println!(
+            "  {name}: each test's output is in {}, the guest's console in console.log",
+            run_dir.display()
+        );
+    }
+    Ok(run)
+}
 
-    let (mut finished, hung) = watch(&mut child, &results_path, name)?;
+/// Runs the tests that record kernel behaviours on this machine's own
+/// kernel, as the guests do, and returns what they found.
+pub fn run_on_host(
+    root: &Path,
+    tests: &[GuestTest],
+    executables: &BTreeMap<String, PathBuf>,
+) -> Result<KernelRun> {
+    let run_dir = fresh_run_dir(root, "host")?;
+    let files = RunFiles::new(&run_dir);
+    let script = run_dir.join("host.sh");
+    fs::write(
+        &script,
+        guest_script(root, &files, tests, executables, Limits::GUEST),
+    )
+    .with_context(|| format!("cannot write {}", script.display()))?;
+    println!("▸ this machine's kernel: the kernel-behaviour tests");
+    let mut host = Command::new("sh");
+    host.arg(&script)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    run_guest(&mut host, &files, "host", tests, Limits::GUEST)
+}
 
-    let results = super::GUEST_TESTS
+/// A run's directory under `target/kernels`, emptied.
+fn fresh_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
+    let run_dir = root.join("target/kernels").join(format!("run-{name}"));
+    if run_dir.exists() {
+        fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("cannot clear {}", run_dir.display()))?;
+    }
+    fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    Ok(run_dir)
+}
+
+/// The files through which a guest reports, all in its run directory.
+#[derive(Debug)]
+struct RunFiles {
+    /// Where each test's log goes.
+    dir: PathBuf,
+    /// `start` and `done` lines, one per test event.
+    results: PathBuf,
+    /// The kernel release.
+    release: PathBuf,
+    /// `key<TAB>value` lines from the behaviour-recording tests.
+    findings: PathBuf,
+}
+
+impl RunFiles {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            results: dir.join("results"),
+            release: dir.join("release"),
+            findings: dir.join("findings"),
+        }
+    }
+}
+
+/// Starts `guest` (in its own process group, so that a hung guest's qemu
+/// goes with it), follows it to its end and collects a result per test.
+fn run_guest(
+    guest: &mut Command,
+    files: &RunFiles,
+    name: &str,
+    tests: &[GuestTest],
+    limits: Limits,
+) -> Result<KernelRun> {
+    let mut child = guest
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", guest.get_program().to_string_lossy()))?;
+    let (mut finished, hung) = watch(&mut child, &files.results, name, limits)?;
+    let results = tests
         .iter()
         .map(GuestTest::id)
         .map(|test| {
@@ -194,14 +296,22 @@ pub fn run_kernel(
                 time,
             }
         })
-        .collect::<Vec<_>>();
-    if results.iter().any(|result| !result.outcome.passed()) {
-        println!(
-            "  {name}: each test's output is in {}, the guest's console in console.log",
-            run_dir.display()
-        );
-    }
-    Ok(results)
+        .collect();
+    let release = fs::read_to_string(&files.release)
+        .ok()
+        .map(|release| release.trim().to_owned())
+        .filter(|release| !release.is_empty());
+    let findings = fs::read_to_string(&files.findings)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    Ok(KernelRun {
+        results,
+        release,
+        findings,
+    })
 }
 
 /// What the host learned from one guest: each finished test's outcome and
@@ -213,7 +323,7 @@ type Watched = (
 
 /// Follows the guest's results file until the guest exits, printing each
 /// result; kills the guest's process group when it stops answering.
-fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> {
+fn watch(child: &mut Child, results_path: &Path, name: &str, limits: Limits) -> Result<Watched> {
     let pid = child.id();
     let mut seen = 0;
     let mut running: Option<(String, Instant)> = None;
@@ -239,7 +349,7 @@ fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> 
                     let time = Duration::from_millis(millis.parse().unwrap_or(0));
                     let outcome = match code {
                         0 => Outcome::Passed,
-                        TIMED_OUT => Outcome::TimedOut,
+                        TIMED_OUT => Outcome::TimedOut(limits.test.as_secs()),
                         code => Outcome::Failed(code),
                     };
                     println!(
@@ -258,9 +368,9 @@ fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> 
             break;
         }
         let limit = if running.is_some() {
-            TEST_LIMIT + GRACE
+            limits.test + limits.grace
         } else {
-            GRACE
+            limits.grace
         };
         if last_event.elapsed() > limit {
             // Ours: the group of the vng process this run started.
@@ -277,7 +387,7 @@ fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> 
             }
             break;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     Ok((finished, hung))
@@ -286,15 +396,17 @@ fn watch(child: &mut Child, results_path: &Path, name: &str) -> Result<Watched> 
 /// The script the guest runs from the shared tree.
 fn guest_script(
     root: &Path,
-    run_dir: &Path,
-    results: &Path,
+    files: &RunFiles,
+    tests: &[GuestTest],
     executables: &BTreeMap<String, PathBuf>,
+    limits: Limits,
 ) -> String {
     let mut script = format!(
         "#!/bin/sh\n\
          # Written by cargo xtask test-kernels; runs inside the guest.\n\
          cd '{root}'\n\
-         export AMBIT_BIN_DIR='{root}/target/debug' CI=true\n\
+         export AMBIT_BIN_DIR='{root}/target/debug' AMBIT_FINDINGS='{findings}' CI=true\n\
+         uname -r > '{release}'\n\
          run() {{\n  \
            echo \"start $1::$2\" >> '{results}'\n  \
            start=$(date +%s%N)\n  \
@@ -304,11 +416,13 @@ fn guest_script(
            echo \"done $1::$2 $code $(( (end - start) / 1000000 ))\" >> '{results}'\n\
          }}\n",
         root = root.display(),
-        results = results.display(),
-        run_dir = run_dir.display(),
-        limit = TEST_LIMIT.as_secs(),
+        findings = files.findings.display(),
+        release = files.release.display(),
+        results = files.results.display(),
+        run_dir = files.dir.display(),
+        limit = limits.test.as_secs(),
     );
-    for test in super::GUEST_TESTS {
+    for test in tests {
         if let Some(executable) = executables.get(test.binary) {
             let _ = writeln!(
                 script,
@@ -324,7 +438,7 @@ fn guest_script(
 
 /// The final table: kernel, test, result, time.
 #[must_use]
-pub fn table(results: &[TestResult]) -> String {
+pub fn table(results: &[&TestResult]) -> String {
     let mut out = String::from("\n| kernel | test | result | time |\n| --- | --- | --- | --- |\n");
     for result in results {
         let time = result.time.map_or_else(
@@ -341,3 +455,33 @@ pub fn table(results: &[TestResult]) -> String {
     }
     out
 }
+
+/// The findings table: per kernel, what each behaviour-recording test found.
+#[must_use]
+pub fn findings_table(runs: &[(String, &KernelRun)], keys: &[(&str, &str)]) -> String {
+    let mut out = String::from("\n| kernel |");
+    for (_, title) in keys {
+        let _ = write!(out, " {title} |");
+    }
+    out.push_str("\n| --- |");
+    for _ in keys {
+        out.push_str(" --- |");
+    }
+    out.push('\n');
+    for (kernel, run) in runs {
+        let release = run.release.as_deref().unwrap_or("release unknown");
+        let _ = write!(out, "| {kernel} ({release}) |");
+        for (key, _) in keys {
+            let value = run
+                .findings
+                .get(*key)
+                .map_or("not recorded", String::as_str);
+            let _ = write!(out, " {value} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
