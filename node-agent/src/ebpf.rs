@@ -45,7 +45,7 @@ mod pin_dir;
 mod preflight;
 
 pub use maps::MeshMaps;
-pub use preflight::preflight;
+pub use preflight::{kernel_release, preflight};
 
 use self::{
     attach::{adopt_link, attach_sk_msg, attach_to_cgroup, load_program, pin_link, program_mut},
@@ -90,8 +90,12 @@ pub enum EbpfError {
         source: std::io::Error,
     },
     /// The kernel lacks a program type the mesh needs.
-    #[error("this kernel cannot load {program_type} programs, needed for {hook}: {feature}")]
+    #[error(
+        "this kernel (Linux {kernel_release}) cannot load {program_type} programs, needed for {hook}: {feature}"
+    )]
     MissingKernelFeature {
+        /// The running kernel's release, as `uname -r` prints it.
+        kernel_release: String,
         /// The program type, e.g. `BPF_PROG_TYPE_SK_LOOKUP`.
         program_type: &'static str,
         /// The hook that needs it.
@@ -206,7 +210,10 @@ impl MeshEbpf {
         cgroup_root: &Path,
         kernel_splice: bool,
     ) -> Result<Self, EbpfError> {
-        preflight(|t| aya::sys::is_program_supported(t).unwrap_or(false))?;
+        preflight(
+            |t| aya::sys::is_program_supported(t).unwrap_or(false),
+            &kernel_release(),
+        )?;
         // Before anything is loaded or pinned: a wrong cgroup changes nothing.
         let cgroup = open_cgroup_root(cgroup_root)?;
         prepare_pin_dir(pin_dir)?;
