@@ -12,7 +12,7 @@
 //! Modules import only downward (`cargo xtask lint` checks it); bottom first,
 //! each line using only the lines above it:
 //!
-//! 1. `command`, `mountinfo`, `naming`, [`netns`], [`proc`], `sys`
+//! 1. `command`, [`finding`], `mountinfo`, `naming`, [`netns`], [`proc`], `sys`
 //! 2. `cgroup`, [`hbone_client`], [`interrupt`]
 //! 3. `stale`
 //! 4. [`testbed`]
@@ -20,6 +20,7 @@
 //! 6. [`waypoint`]
 
 pub mod fake_kube;
+pub mod finding;
 pub mod hbone_client;
 pub mod interrupt;
 pub mod mesh;
