@@ -13,7 +13,7 @@
 //! each line using only the lines above it:
 //!
 //! 1. `command`, [`finding`], `mountinfo`, `naming`, [`netns`], [`proc`], `sys`
-//! 2. `cgroup`, [`hbone_client`], [`interrupt`]
+//! 2. `cgroup`, [`hbone_client`], [`interrupt`], [`ktls`]
 //! 3. `stale`
 //! 4. [`testbed`]
 //! 5. [`fake_kube`], [`mesh`], [`workload`]
@@ -23,6 +23,7 @@ pub mod fake_kube;
 pub mod finding;
 pub mod hbone_client;
 pub mod interrupt;
+pub mod ktls;
 pub mod mesh;
 pub mod netns;
 pub mod proc;

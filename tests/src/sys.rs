@@ -1,8 +1,9 @@
 //! The crate's only unsafe code: moving a freshly forked child into a cgroup
-//! and a network namespace before it executes the program.
+//! and a network namespace before it executes the program, signal handlers,
+//! and socket options that no safe wrapper offers (kTLS keys).
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -55,4 +56,35 @@ pub(crate) fn on_interrupt(handler: extern "C" fn(libc::c_int)) -> nix::Result<(
         unsafe { sigaction(signal, &action) }?;
     }
     Ok(())
+}
+
+/// `setsockopt(2)` with `value` as the option's bytes, for options that
+/// take a kernel structure (`T` is a `#[repr(C)]` type from `libc`, such as
+/// `tls12_crypto_info_aes_gcm_128`) or a byte string (`[u8]`, such as the
+/// name `tls` for `TCP_ULP`).
+pub(crate) fn set_socket_option<T: ?Sized>(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(value))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "socket option too long"))?;
+    // SAFETY: the pointer and length describe `value`, a live borrow the
+    // kernel only reads (copies in) during the call; the descriptor is
+    // borrowed, so it stays open for the call.
+    let status = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            len,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
