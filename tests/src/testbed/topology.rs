@@ -66,6 +66,17 @@ impl Testbed {
         node
     }
 
+    /// Adds a network namespace with nothing in it but its loopback, up:
+    /// for sockets whose traffic must stay inside the test bed and off every
+    /// wire (`127.0.0.1` there is no other namespace's). Returns its path,
+    /// for [`run_in_netns`](crate::netns::run_in_netns).
+    pub fn add_loopback_netns(&mut self, name: &str) -> PathBuf {
+        naming::check_object_name("network namespace", name);
+        let netns = format!("{}-lo-{name}", self.id);
+        self.create_netns(&netns);
+        netns_path(&netns)
+    }
+
     /// Adds a pod to `node`, wired like a CNI would: a veth (`eth0` in the pod,
     /// `p<j>` on the node), a /32 (and /128) address, routes both ways, and a
     /// cgroup under the node's `kubepods`.
