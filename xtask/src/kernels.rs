@@ -213,7 +213,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let mut runs = Vec::new();
     if !options.quick {
         let host = guest::run_on_host(root, &BEHAVIOUR_TESTS, &binaries)?;
-        runs.push(("this machine".to_owned(), host));
+        runs.push((guest::HOST.to_owned(), host));
     }
     for kernel in &kernels {
         let run = guest::run_kernel(root, &tools, kernel, tests, &binaries)?;

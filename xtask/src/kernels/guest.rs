@@ -204,6 +204,9 @@ pub fn run_kernel(
     Ok(run)
 }
 
+/// How this machine's own kernel is named in the tables.
+pub const HOST: &str = "this machine";
+
 /// Runs the tests that record kernel behaviours on this machine's own
 /// kernel, as the guests do, and returns what they found.
 pub fn run_on_host(
@@ -226,7 +229,7 @@ pub fn run_on_host(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    run_guest(&mut host, &files, "host", tests, Limits::GUEST)
+    run_guest(&mut host, &files, HOST, tests, Limits::GUEST)
 }
 
 /// A run's directory under `target/kernels`, emptied.
