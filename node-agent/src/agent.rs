@@ -91,7 +91,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let maps = ebpf.maps().clone();
     let workloads = Arc::new(SharedWorkloads::default());
     let connections = Arc::new(ConnectionLog::new(&config.node_name, workloads.clone()));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::for_runtimes(data_plane.handle(), control.handle()));
     let authorizer = Arc::new(Authorizer::new(
         &config.node_name,
         &config.root_namespace,

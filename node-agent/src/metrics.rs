@@ -6,7 +6,7 @@
 //!
 //! - [`tcp`]: Istio's TCP metrics, with Istio's names and labels
 //! - [`collectors`]: figures read at scrape time (eBPF counters,
-//!   certificate expiry)
+//!   certificate expiry, live tasks and open fds)
 //!
 //! How workloads are named in labels is `crate::workloads::names`; the
 //! proxies' calls (`PodContext::count_opened` and co.) are in the proxy.
@@ -87,6 +87,23 @@ impl Metrics {
         let mut registry = crate::sync::lock(&self.registry);
         registry.register_collector(Box::new(collectors::EbpfEvents(maps)));
         registry.register_collector(Box::new(collectors::CertificateExpiry(certs)));
+    }
+
+    /// The agent's metrics, with the live tasks of its data-path and
+    /// control runtimes and its open file descriptors read at scrape time.
+    #[must_use]
+    pub fn for_runtimes(
+        data_plane: &tokio::runtime::Handle,
+        control: &tokio::runtime::Handle,
+    ) -> Self {
+        let metrics = Self::default();
+        crate::sync::lock(&metrics.registry).register_collector(Box::new(
+            collectors::AgentProcess(vec![
+                ("data-path", data_plane.clone()),
+                ("control", control.clone()),
+            ]),
+        ));
+        metrics
     }
 
     /// The metrics in Prometheus' text format.
