@@ -20,6 +20,13 @@
 //! A stream sends the application's first bytes with its CONNECT (early
 //! data), and a stream that the peer refused without processing it
 //! (`GOAWAY`, `REFUSED_STREAM`) is opened again with the same first bytes.
+//!
+//! Connections that carry nothing leave the pool ([`IdleRelease`]): one
+//! opened for a burst, beside another to the same destination, after
+//! [`IdleRelease::EXTRA`] without a stream; the last one to a destination
+//! after [`IdleRelease::LAST`]. Dropping a connection's last handle ends
+//! it (h2 sends `GOAWAY` and closes), so an agent that carried a burst
+//! returns to the connections, fds and tasks it held before.
 
 use std::{
     collections::HashMap,
@@ -53,6 +60,35 @@ pub struct HbonePool {
     /// How many connections busy streams to one destination spread over
     /// before they share.
     spread: usize,
+    /// When connections that carry nothing leave.
+    idle_release: IdleRelease,
+}
+
+/// How long a pooled connection may carry no stream before the pool lets
+/// it go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleRelease {
+    /// For a connection beside others to the same destination.
+    pub extra: Duration,
+    /// For the last connection to a destination (the next stream there
+    /// pays the TCP, TLS and HTTP/2 handshakes again).
+    pub last: Duration,
+}
+
+impl IdleRelease {
+    /// A burst's extra connections go 10 s after it.
+    pub const EXTRA: Duration = Duration::from_secs(10);
+    /// The last connection to a destination goes after 5 minutes unused.
+    pub const LAST: Duration = Duration::from_mins(5);
+}
+
+impl Default for IdleRelease {
+    fn default() -> Self {
+        Self {
+            extra: Self::EXTRA,
+            last: Self::LAST,
+        }
+    }
 }
 
 /// Opens the TCP + TLS + HTTP/2 connection to a pool key's HBONE port: the
@@ -100,7 +136,16 @@ pub struct EstablishedStream {
 
 /// A stream's place on a connection, taken when the stream is assigned:
 /// the pool counts it until it is dropped.
-pub struct StreamSlot(Arc<AtomicU32>);
+pub struct StreamSlot(Arc<ConnectionLoad>);
+
+/// What a pooled connection carries: streams now, and streams ever
+/// assigned (so that one that came and went between two looks counts as
+/// use). Identifies the connection in the pool.
+#[derive(Debug, Default)]
+struct ConnectionLoad {
+    streams: AtomicU32,
+    assigned: AtomicU64,
+}
 
 /// How often a stream that a peer refused without processing it (it was
 /// going away: a handoff or a restart) is opened again.
@@ -125,7 +170,7 @@ type Handshake = SharedHandshake<SendRequest<Bytes>, HboneError>;
 struct PooledConnection {
     /// Streams assigned to it, counted from the moment they are assigned,
     /// also while it is connecting. Identifies the connection in the pool.
-    streams: Arc<AtomicU32>,
+    load: Arc<ConnectionLoad>,
     state: ConnectionState,
 }
 
@@ -147,6 +192,16 @@ impl HbonePool {
         Self {
             destinations: Arc::default(),
             spread: spread.max(1),
+            idle_release: IdleRelease::default(),
+        }
+    }
+
+    /// The same pool, letting idle connections go after `idle_release`.
+    #[must_use]
+    pub fn with_idle_release(self, idle_release: IdleRelease) -> Self {
+        Self {
+            idle_release,
+            ..self
         }
     }
 
@@ -221,19 +276,16 @@ impl HbonePool {
         pooled.retain(|c| !c.is_closed());
         let loads: Vec<u32> = pooled
             .iter()
-            .map(|c| c.streams.load(Ordering::Relaxed))
+            .map(|c| c.load.streams.load(Ordering::Relaxed))
             .collect();
         if let Some(index) = pick_connection(&loads, self.spread) {
             let chosen = &pooled[index];
-            return (
-                chosen.state.clone(),
-                StreamSlot::take(chosen.streams.clone()),
-            );
+            return (chosen.state.clone(), StreamSlot::take(chosen.load.clone()));
         }
         let (handshake, starter) = Handshake::new();
-        let streams = Arc::new(AtomicU32::new(0));
+        let streams = Arc::new(ConnectionLoad::default());
         pooled.push(PooledConnection {
-            streams: streams.clone(),
+            load: streams.clone(),
             state: ConnectionState::Connecting(handshake.clone()),
         });
         drop(destinations);
@@ -241,6 +293,7 @@ impl HbonePool {
             Arc::downgrade(&self.destinations),
             key.clone(),
             streams.clone(),
+            self.idle_release,
         );
         starter.start(connect(), on_end);
         (
@@ -258,32 +311,92 @@ impl Default for HbonePool {
 }
 
 /// What the pool does when a connection's handshakes end: the connection
-/// becomes open, or leaves the pool (failed, timed out, abandoned); a
-/// destination left with no connection leaves too.
+/// becomes open (and is let go once idle, see [`release_when_idle`]), or
+/// leaves the pool (failed, timed out, abandoned); a destination left with
+/// no connection leaves too.
 fn handshake_ended(
-    destinations: Weak<Mutex<Destinations>>,
+    weak: Weak<Mutex<Destinations>>,
     key: PoolKey,
-    streams: Arc<AtomicU32>,
+    streams: Arc<ConnectionLoad>,
+    idle_release: IdleRelease,
 ) -> impl FnOnce(Option<&Outcome<SendRequest<Bytes>, HboneError>>) + Send + 'static {
     move |outcome| {
-        let Some(destinations) = destinations.upgrade() else {
+        let Some(destinations) = weak.upgrade() else {
             return;
         };
         let mut destinations = destinations.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(pooled) = destinations.get_mut(&key) else {
             return;
         };
-        let this = |c: &PooledConnection| Arc::ptr_eq(&c.streams, &streams);
+        let this = |c: &PooledConnection| Arc::ptr_eq(&c.load, &streams);
         match outcome {
             Some(Ok(send)) => {
                 if let Some(connection) = pooled.iter_mut().find(|c| this(c)) {
                     connection.state = ConnectionState::Open(send.clone());
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(release_when_idle(
+                            weak.clone(),
+                            key.clone(),
+                            streams.clone(),
+                            idle_release,
+                        ));
+                    }
                 }
             }
             Some(Err(_)) | None => pooled.retain(|c| !this(c)),
         }
         if pooled.is_empty() {
             destinations.remove(&key);
+        }
+    }
+}
+
+/// Watches an open connection of the pool and takes it out once it has
+/// carried no stream for its [`IdleRelease`] time, or once h2 has given up
+/// on it; ends with the pool. Dropping the pool's handle, the last one of
+/// an idle connection, closes it.
+async fn release_when_idle(
+    destinations: Weak<Mutex<Destinations>>,
+    key: PoolKey,
+    load: Arc<ConnectionLoad>,
+    release: IdleRelease,
+) {
+    let tick = (release.extra.min(release.last) / 4).max(Duration::from_millis(10));
+    let mut idle_for = Duration::ZERO;
+    let mut seen = load.assigned.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(destinations) = destinations.upgrade() else {
+            return;
+        };
+        // Streams are assigned under the lock, so what is read here stays
+        // true until the connection is out.
+        let mut destinations = destinations.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(pooled) = destinations.get_mut(&key) else {
+            return;
+        };
+        let this = |c: &PooledConnection| Arc::ptr_eq(&c.load, &load);
+        let Some(connection) = pooled.iter().find(|c| this(c)) else {
+            return;
+        };
+        let assigned = load.assigned.load(Ordering::Relaxed);
+        if load.streams.load(Ordering::Relaxed) > 0 || assigned != seen {
+            idle_for = Duration::ZERO;
+            seen = assigned;
+            continue;
+        }
+        idle_for += tick;
+        let limit = if pooled.len() > 1 {
+            release.extra
+        } else {
+            release.last
+        };
+        if idle_for >= limit || connection.is_closed() {
+            pooled.retain(|c| !this(c));
+            if pooled.is_empty() {
+                destinations.remove(&key);
+            }
+            return;
         }
     }
 }
@@ -464,14 +577,15 @@ const FIRST_CHUNK: usize = 64 * 1024;
 // === impl StreamSlot ===
 
 impl StreamSlot {
-    fn take(streams: Arc<AtomicU32>) -> Self {
-        streams.fetch_add(1, Ordering::Relaxed);
-        Self(streams)
+    fn take(load: Arc<ConnectionLoad>) -> Self {
+        load.streams.fetch_add(1, Ordering::Relaxed);
+        load.assigned.fetch_add(1, Ordering::Relaxed);
+        Self(load)
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -81,7 +81,7 @@ fn listed(pool: &HbonePool, key: &PoolKey) -> Option<(usize, usize, u32)> {
         .count();
     let streams = pooled
         .iter()
-        .map(|c| c.streams.load(Ordering::SeqCst))
+        .map(|c| c.load.streams.load(Ordering::SeqCst))
         .sum();
     Some((connecting, pooled.len() - connecting, streams))
 }
@@ -270,4 +270,41 @@ fn busy_streams_spread_over_connections_then_share() {
         None,
         "all full: open another"
     );
+}
+
+#[tokio::test]
+async fn a_bursts_extra_connection_leaves_when_idle_and_the_last_one_later() {
+    let release = IdleRelease {
+        extra: Duration::from_millis(200),
+        last: Duration::from_millis(1500),
+    };
+    let pool = Arc::new(HbonePool::with_spread(2).with_idle_release(release));
+    let connector = GatedConnector::new();
+    connector.open();
+    let key = key(7);
+    // Two streams at once: the second opens a second connection.
+    let mut slots = Vec::new();
+    for request in concurrent_requests(&pool, &connector, &key, 2, true).await {
+        slots.push(request.await.unwrap().unwrap());
+    }
+    assert_eq!(listed(&pool, &key), Some((0, 2, 2)));
+    // Busy connections stay, however long.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(listed(&pool, &key), Some((0, 2, 2)));
+    // Idle: the extra one goes after `extra`; the last one stays.
+    drop(slots);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(listed(&pool, &key), Some((0, 1, 0)));
+    // A stream that comes and goes between two looks keeps it another while.
+    let (_, slot) = pool
+        .connection(&key, || connector.connect(key.addr, true))
+        .await
+        .unwrap();
+    drop(slot);
+    assert_eq!(connector.calls(), 2, "the idle connection was reused");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(listed(&pool, &key), Some((0, 1, 0)));
+    // Then the last one goes after `last`, and the destination with it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(listed(&pool, &key), None);
 }
