@@ -240,7 +240,7 @@ fn raise_open_file_limit() {
     }
 }
 
-fn set_sysctls(pod: &Pod) -> Result<(), BenchError> {
+pub fn set_sysctls(pod: &Pod) -> Result<(), BenchError> {
     let written = run_in_netns(&pod.netns_path, || {
         for (key, value) in POD_SYSCTLS {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));

@@ -18,20 +18,24 @@
 //! pods, 2,000 services and 1,000 policies on the fake API server. Then
 //! the waypoint (`waypoint`): HTTP latency and request rate direct, through
 //! the mesh at L4, and through the waypoint, on a test bed of its own.
-//! Last, an upgrade (`upgrade`): connection churn across a handoff to a new
-//! agent process, on a test bed of its own.
+//! Then an upgrade (`upgrade`): connection churn across a handoff to a new
+//! agent process, on a test bed of its own. Last, sustained churn
+//! (`sustain`): the connection-rate test five times back to back, and
+//! whether the agents' maps, fds and tasks return to idle after it.
 //! docs/benchmark.md explains every figure.
 //!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
 //! Output: `report.json`, `report.md` and `latency.png` (the `rr_1b`
 //! latency CDFs), `kube-scale.json`, `kube-scale.md`, `waypoint.json`,
-//! `waypoint.md`, `upgrade.json` and `upgrade.md` in the output directory (default `<target>/bench`), the
+//! `waypoint.md`, `upgrade.json`, `upgrade.md`, `sustain.json` and
+//! `sustain.md` in the output directory (default `<target>/bench`), the
 //! Markdown also on stdout, progress on stderr, and the agents' and
 //! workloads' own output in `bench.log`.
 //!
 //! Exit status: 0 when every measurement succeeded (whether or not the
 //! targets were met: that is the report's news, not a failure), 1 when one
-//! failed or the bench could not finish, 2 when this machine cannot host a
+//! failed, an agent did not return to idle after sustained churn (maps, fds,
+//! tasks: a leak) or the bench could not finish, 2 when this machine cannot host a
 //! test bed, 130 when interrupted. The test bed is removed in every case.
 
 mod authz;
@@ -43,6 +47,7 @@ mod measure;
 mod plot;
 mod report;
 mod scenario;
+mod sustain;
 mod upgrade;
 mod usage;
 mod waypoint;
@@ -113,10 +118,20 @@ struct Cli {
     /// Leaves the upgrade bench out.
     #[arg(long)]
     skip_upgrade: bool,
+    /// Runs only the sustained-churn bench.
+    #[arg(long, conflicts_with_all = ["skip_sustain", "waypoint_only", "upgrade_only", "kube_scale_only"])]
+    sustain_only: bool,
+    /// Leaves the sustained-churn bench out.
+    #[arg(long)]
+    skip_sustain: bool,
 }
 
 /// Which parts of the bench run.
 #[derive(Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one independent switch per part of the bench"
+)]
 struct Parts {
     /// The scenarios and authorization.
     main: bool,
@@ -126,6 +141,8 @@ struct Parts {
     waypoint: bool,
     /// The upgrade (handoff).
     upgrade: bool,
+    /// Sustained churn.
+    sustain: bool,
 }
 
 /// What the parts that ran found.
@@ -134,6 +151,7 @@ struct Outcome {
     kube_scale: Option<kube_scale::KubeScaleReport>,
     waypoint: Option<waypoint::WaypointReport>,
     upgrade: Option<upgrade::UpgradeReport>,
+    sustain: Option<sustain::SustainReport>,
 }
 
 fn main() -> ExitCode {
@@ -158,13 +176,14 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let plan = Plan::new(cli.quick, usize::from(cli.runs), cli.idle_conns);
-    let only = cli.kube_scale_only || cli.waypoint_only || cli.upgrade_only;
+    let only = cli.kube_scale_only || cli.waypoint_only || cli.upgrade_only || cli.sustain_only;
     let parts = Parts {
         main: !only,
         kube_scale: (!cli.skip_kube_scale && (!only || cli.kube_scale_only))
             .then_some(if cli.quick { 20 } else { 50 }),
         waypoint: !cli.skip_waypoint && (!only || cli.waypoint_only),
         upgrade: !cli.skip_upgrade && (!only || cli.upgrade_only),
+        sustain: !cli.skip_sustain && (!only || cli.sustain_only),
     };
     progress(&format!(
         "{} bench, {} run(s), interleaved: {} s per latency and connection test after {} s of warm-up, iperf3 {} s, {} idle connections; log: {}",
@@ -187,6 +206,9 @@ fn main() -> ExitCode {
         }
         if parts.upgrade {
             outcome.upgrade = Some(upgrade::measure(quick, runs)?);
+        }
+        if parts.sustain {
+            outcome.sustain = Some(sustain::measure(quick)?);
         }
         Ok(outcome)
     }));
@@ -255,6 +277,7 @@ fn run(plan: Plan, parts: Parts) -> Result<Outcome, BenchError> {
             kube_scale,
             waypoint: None,
             upgrade: None,
+            sustain: None,
         })
     })();
     progress(&format!(
@@ -310,10 +333,26 @@ fn measure(testbed: &mut Testbed, plan: Plan, pod_tool: &Path) -> Result<Report,
     ))
 }
 
-/// Publishes what ran: the main report, then the scale bench's
-/// `kube-scale.json` and `kube-scale.md`, then `waypoint.json` and
-/// `waypoint.md`.
+/// Publishes what ran: the main report, then `waypoint.*`, `upgrade.*`,
+/// `sustain.*` and `kube-scale.*`; fails when an agent did not return to
+/// idle after sustained churn.
 fn publish_all(outcome: &Outcome, out_dir: &Path) -> ExitCode {
+    let code = publish_parts(outcome, out_dir);
+    // A missed speed target is the report's news; state that does not go
+    // away after its connections did is a defect.
+    if let Some(report) = &outcome.sustain
+        && !report.returned_to_idle()
+    {
+        console::say(
+            "ambit-bench: an agent did not return to idle after sustained churn (see sustain.md)",
+        );
+        return ExitCode::FAILURE;
+    }
+    code
+}
+
+/// Writes each part's outputs; the exit code of the first that failed.
+fn publish_parts(outcome: &Outcome, out_dir: &Path) -> ExitCode {
     let main = outcome
         .main
         .as_ref()
@@ -350,6 +389,21 @@ fn publish_all(outcome: &Outcome, out_dir: &Path) -> ExitCode {
             return code;
         }
         progress(&format!("wrote {}", out_dir.join("upgrade.json").display()));
+    }
+    if let Some(report) = &outcome.sustain {
+        let markdown = sustain::render(report);
+        print!("\n{markdown}");
+        let json = serde_json::to_string_pretty(report).map(|json| json + "\n");
+        if let Err(code) = write_outputs(
+            out_dir,
+            &[
+                ("sustain.json", &json.unwrap_or_default()),
+                ("sustain.md", &markdown),
+            ],
+        ) {
+            return code;
+        }
+        progress(&format!("wrote {}", out_dir.join("sustain.json").display()));
     }
     let Some(scale) = &outcome.kube_scale else {
         return main;
