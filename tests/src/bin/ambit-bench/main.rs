@@ -357,53 +357,20 @@ fn publish_parts(outcome: &Outcome, out_dir: &Path) -> ExitCode {
         .main
         .as_ref()
         .map_or(ExitCode::SUCCESS, |report| publish(report, out_dir));
-    if let Some(report) = &outcome.waypoint {
-        let markdown = waypoint::render(report);
-        print!("\n{markdown}");
-        let json = serde_json::to_string_pretty(report).map(|json| json + "\n");
-        if let Err(code) = write_outputs(
-            out_dir,
-            &[
-                ("waypoint.json", &json.unwrap_or_default()),
-                ("waypoint.md", &markdown),
-            ],
-        ) {
-            return code;
+    let parts = (|| {
+        if let Some(report) = &outcome.waypoint {
+            publish_part(out_dir, "waypoint", report, waypoint::render)?;
         }
-        progress(&format!(
-            "wrote {}",
-            out_dir.join("waypoint.json").display()
-        ));
-    }
-    if let Some(report) = &outcome.upgrade {
-        let markdown = upgrade::render(report);
-        print!("\n{markdown}");
-        let json = serde_json::to_string_pretty(report).map(|json| json + "\n");
-        if let Err(code) = write_outputs(
-            out_dir,
-            &[
-                ("upgrade.json", &json.unwrap_or_default()),
-                ("upgrade.md", &markdown),
-            ],
-        ) {
-            return code;
+        if let Some(report) = &outcome.upgrade {
+            publish_part(out_dir, "upgrade", report, upgrade::render)?;
         }
-        progress(&format!("wrote {}", out_dir.join("upgrade.json").display()));
-    }
-    if let Some(report) = &outcome.sustain {
-        let markdown = sustain::render(report);
-        print!("\n{markdown}");
-        let json = serde_json::to_string_pretty(report).map(|json| json + "\n");
-        if let Err(code) = write_outputs(
-            out_dir,
-            &[
-                ("sustain.json", &json.unwrap_or_default()),
-                ("sustain.md", &markdown),
-            ],
-        ) {
-            return code;
+        if let Some(report) = &outcome.sustain {
+            publish_part(out_dir, "sustain", report, sustain::render)?;
         }
-        progress(&format!("wrote {}", out_dir.join("sustain.json").display()));
+        Ok(())
+    })();
+    if let Err(code) = parts {
+        return code;
     }
     let Some(scale) = &outcome.kube_scale else {
         return main;
@@ -423,6 +390,27 @@ fn publish_parts(outcome: &Outcome, out_dir: &Path) -> ExitCode {
         out_dir.join("kube-scale.json").display()
     ));
     main
+}
+
+/// Prints a part's Markdown and writes `<name>.json` and `<name>.md`.
+fn publish_part<T: serde::Serialize>(
+    out_dir: &Path,
+    name: &str,
+    report: &T,
+    render: fn(&T) -> String,
+) -> Result<(), ExitCode> {
+    let markdown = render(report);
+    print!("\n{markdown}");
+    let json = serde_json::to_string_pretty(report)
+        .map(|json| json + "\n")
+        .unwrap_or_default();
+    let json_name = format!("{name}.json");
+    write_outputs(
+        out_dir,
+        &[(&json_name, &json), (&format!("{name}.md"), &markdown)],
+    )?;
+    progress(&format!("wrote {}", out_dir.join(&json_name).display()));
+    Ok(())
 }
 
 /// Writes each (file name, text) into `out_dir`; says which one failed.

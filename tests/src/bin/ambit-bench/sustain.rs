@@ -125,24 +125,10 @@ pub fn measure(quick: bool) -> Result<SustainReport, BenchError> {
         .map(|agent| read_state(&tb, agent))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut mesh = Vec::new();
-    for round in 1..=ROUNDS {
-        crate::error::check_interrupted()?;
-        progress(&format!(
-            "sustain: mesh round {round} of {ROUNDS} ({round_secs} s of crr)"
-        ));
-        mesh.push(crr(&tb, &client, &server, round_secs)?);
-    }
+    let mesh = rounds(&tb, "mesh", &client, &server, round_secs)?;
     progress("sustain: waiting for the agents to return to idle");
     let after = settle(&tb, &agents, &idle)?;
-    let mut direct = Vec::new();
-    for round in 1..=ROUNDS {
-        crate::error::check_interrupted()?;
-        progress(&format!(
-            "sustain: direct round {round} of {ROUNDS} ({round_secs} s of crr)"
-        ));
-        direct.push(crr(&tb, &client_direct, &server_direct, round_secs)?);
-    }
+    let direct = rounds(&tb, "direct", &client_direct, &server_direct, round_secs)?;
     let agents_report = agents
         .iter()
         .zip(idle)
@@ -170,6 +156,25 @@ struct Round {
     rate: f64,
     errors: u64,
     last_error: Option<String>,
+}
+
+/// [`ROUNDS`] rounds of [`crr`], back to back.
+fn rounds(
+    tb: &Testbed,
+    path: &str,
+    client: &Pod,
+    server: &Pod,
+    secs: u64,
+) -> Result<Vec<Round>, BenchError> {
+    (1..=ROUNDS)
+        .map(|round| {
+            crate::error::check_interrupted()?;
+            progress(&format!(
+                "sustain: {path} round {round} of {ROUNDS} ({secs} s of crr)"
+            ));
+            crr(tb, client, server, secs)
+        })
+        .collect()
 }
 
 /// `pod-tool crr` from `client` to `server`'s rr-server for `secs`.
