@@ -283,22 +283,22 @@ impl HbonePool {
             return (chosen.state.clone(), StreamSlot::take(chosen.load.clone()));
         }
         let (handshake, starter) = Handshake::new();
-        let streams = Arc::new(ConnectionLoad::default());
+        let load = Arc::new(ConnectionLoad::default());
         pooled.push(PooledConnection {
-            load: streams.clone(),
+            load: load.clone(),
             state: ConnectionState::Connecting(handshake.clone()),
         });
         drop(destinations);
         let on_end = handshake_ended(
             Arc::downgrade(&self.destinations),
             key.clone(),
-            streams.clone(),
+            load.clone(),
             self.idle_release,
         );
         starter.start(connect(), on_end);
         (
             ConnectionState::Connecting(handshake),
-            StreamSlot::take(streams),
+            StreamSlot::take(load),
         )
     }
 }
@@ -317,7 +317,7 @@ impl Default for HbonePool {
 fn handshake_ended(
     weak: Weak<Mutex<Destinations>>,
     key: PoolKey,
-    streams: Arc<ConnectionLoad>,
+    load: Arc<ConnectionLoad>,
     idle_release: IdleRelease,
 ) -> impl FnOnce(Option<&Outcome<SendRequest<Bytes>, HboneError>>) + Send + 'static {
     move |outcome| {
@@ -325,28 +325,30 @@ fn handshake_ended(
             return;
         };
         let mut destinations = destinations.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(pooled) = destinations.get_mut(&key) else {
-            return;
-        };
-        let this = |c: &PooledConnection| Arc::ptr_eq(&c.load, &streams);
         match outcome {
             Some(Ok(send)) => {
-                if let Some(connection) = pooled.iter_mut().find(|c| this(c)) {
+                let connection = destinations
+                    .get_mut(&key)
+                    .and_then(|pooled| pooled.iter_mut().find(|c| Arc::ptr_eq(&c.load, &load)));
+                if let Some(connection) = connection {
                     connection.state = ConnectionState::Open(send.clone());
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn(release_when_idle(
-                            weak.clone(),
-                            key.clone(),
-                            streams.clone(),
-                            idle_release,
-                        ));
+                        runtime.spawn(release_when_idle(weak.clone(), key, load, idle_release));
                     }
                 }
             }
-            Some(Err(_)) | None => pooled.retain(|c| !this(c)),
+            Some(Err(_)) | None => leave_pool(&mut destinations, &key, &load),
         }
+    }
+}
+
+/// Takes the connection whose load is `load` out of the pool, and its
+/// destination too when no connection is left there.
+fn leave_pool(destinations: &mut Destinations, key: &PoolKey, load: &Arc<ConnectionLoad>) {
+    if let Some(pooled) = destinations.get_mut(key) {
+        pooled.retain(|c| !Arc::ptr_eq(&c.load, load));
         if pooled.is_empty() {
-            destinations.remove(&key);
+            destinations.remove(key);
         }
     }
 }
@@ -375,8 +377,7 @@ async fn release_when_idle(
         let Some(pooled) = destinations.get_mut(&key) else {
             return;
         };
-        let this = |c: &PooledConnection| Arc::ptr_eq(&c.load, &load);
-        let Some(connection) = pooled.iter().find(|c| this(c)) else {
+        let Some(connection) = pooled.iter().find(|c| Arc::ptr_eq(&c.load, &load)) else {
             return;
         };
         let assigned = load.assigned.load(Ordering::Relaxed);
@@ -392,10 +393,7 @@ async fn release_when_idle(
             release.last
         };
         if idle_for >= limit || connection.is_closed() {
-            pooled.retain(|c| !this(c));
-            if pooled.is_empty() {
-                destinations.remove(&key);
-            }
+            leave_pool(&mut destinations, &key, &load);
             return;
         }
     }
