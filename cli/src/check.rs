@@ -14,7 +14,7 @@ use mesh_core::{
     agent_settings::{DEFAULT_BPFFS_DIR, DEFAULT_CGROUP_ROOT, env},
     ca::TrustBundle,
 };
-use mesh_ebpf_common::program_types::REQUIRED_PROGRAM_TYPES;
+use mesh_ebpf_common::program_types::{self, KERNEL_RELEASE_FILE, REQUIRED_PROGRAM_TYPES};
 use serde::Serialize;
 
 use crate::{admin, bpf::host, table::Output};
@@ -162,12 +162,12 @@ fn failed(name: &str, detail: String, hint: &str) -> Check {
 
 fn kernel_version() -> Check {
     let name = "kernel version";
-    let release = match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
-        Ok(release) => release.trim().to_owned(),
+    let release = match program_types::kernel_release() {
+        Ok(release) => release,
         Err(error) => {
             return failed(
                 name,
-                format!("cannot read /proc/sys/kernel/osrelease: {error}"),
+                format!("cannot read {KERNEL_RELEASE_FILE}: {error}"),
                 "is /proc mounted?",
             );
         }

@@ -45,7 +45,7 @@ mod pin_dir;
 mod preflight;
 
 pub use maps::MeshMaps;
-pub use preflight::{kernel_release, preflight};
+pub use preflight::preflight;
 
 use self::{
     attach::{adopt_link, attach_sk_msg, attach_to_cgroup, load_program, pin_link, program_mut},
@@ -212,7 +212,7 @@ impl MeshEbpf {
     ) -> Result<Self, EbpfError> {
         preflight(
             |t| aya::sys::is_program_supported(t).unwrap_or(false),
-            &kernel_release(),
+            &preflight::kernel_release(),
         )?;
         // Before anything is loaded or pinned: a wrong cgroup changes nothing.
         let cgroup = open_cgroup_root(cgroup_root)?;

@@ -39,3 +39,14 @@ pub fn program_type_name(program_type: ProgramType) -> &'static str {
         _ => "an eBPF program type",
     }
 }
+
+/// Where the running kernel's release is read from.
+pub const KERNEL_RELEASE_FILE: &str = "/proc/sys/kernel/osrelease";
+
+/// The running kernel's release, as `uname -r` prints it.
+///
+/// # Errors
+/// When [`KERNEL_RELEASE_FILE`] cannot be read (no `/proc`).
+pub fn kernel_release() -> std::io::Result<String> {
+    std::fs::read_to_string(KERNEL_RELEASE_FILE).map(|release| release.trim().to_owned())
+}

@@ -2,7 +2,7 @@
 //! missing feature is reported by name before anything is loaded.
 
 use aya::programs::ProgramType;
-use mesh_ebpf_common::program_types::{REQUIRED_PROGRAM_TYPES, program_type_name};
+use mesh_ebpf_common::program_types::{self, REQUIRED_PROGRAM_TYPES, program_type_name};
 
 use super::EbpfError;
 
@@ -26,13 +26,11 @@ pub fn preflight(
     Ok(())
 }
 
-/// The running kernel's release, as `uname -r` prints it.
+/// The running kernel's release, as `uname -r` prints it, or why it is
+/// unknown.
 #[must_use]
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
-        |error| format!("release unknown: {error}"),
-        |release| release.trim().to_owned(),
-    )
+    program_types::kernel_release().unwrap_or_else(|error| format!("release unknown: {error}"))
 }
 
 #[cfg(test)]
