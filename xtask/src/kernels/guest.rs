@@ -158,14 +158,8 @@ pub fn run_kernel(
     executables: &BTreeMap<String, PathBuf>,
 ) -> Result<KernelRun> {
     let name = kernel.series.name;
-    let run_dir = fresh_run_dir(root, name)?;
-    let files = RunFiles::new(&run_dir);
-    let script = run_dir.join("guest.sh");
-    fs::write(
-        &script,
-        guest_script(root, &files, tests, executables, Limits::GUEST),
-    )
-    .with_context(|| format!("cannot write {}", script.display()))?;
+    let (files, script) = prepare_run(root, name, tests, executables)?;
+    let run_dir = &files.dir;
     let console = File::create(run_dir.join("console.log"))
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
@@ -186,7 +180,7 @@ pub fn run_kernel(
             "2G",
         ])
         .args(["--verbose", "--rwdir"])
-        .arg(&run_dir)
+        .arg(run_dir)
         .arg("--exec")
         .arg(format!("sh {}", script.display()))
         .env("PATH", &tools.path)
@@ -214,14 +208,7 @@ pub fn run_on_host(
     tests: &[GuestTest],
     executables: &BTreeMap<String, PathBuf>,
 ) -> Result<KernelRun> {
-    let run_dir = fresh_run_dir(root, "host")?;
-    let files = RunFiles::new(&run_dir);
-    let script = run_dir.join("host.sh");
-    fs::write(
-        &script,
-        guest_script(root, &files, tests, executables, Limits::GUEST),
-    )
-    .with_context(|| format!("cannot write {}", script.display()))?;
+    let (files, script) = prepare_run(root, "host", tests, executables)?;
     println!("▸ this machine's kernel: the kernel-behaviour tests");
     let mut host = Command::new("sh");
     host.arg(&script)
@@ -232,15 +219,28 @@ pub fn run_on_host(
     run_guest(&mut host, &files, HOST, tests, Limits::GUEST)
 }
 
-/// A run's directory under `target/kernels`, emptied.
-fn fresh_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
+/// A run's directory under `target/kernels`, emptied, with the script
+/// that runs `tests` written into it; returns its files and the script.
+fn prepare_run(
+    root: &Path,
+    name: &str,
+    tests: &[GuestTest],
+    executables: &BTreeMap<String, PathBuf>,
+) -> Result<(RunFiles, PathBuf)> {
     let run_dir = root.join("target/kernels").join(format!("run-{name}"));
     if run_dir.exists() {
         fs::remove_dir_all(&run_dir)
             .with_context(|| format!("cannot clear {}", run_dir.display()))?;
     }
     fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    Ok(run_dir)
+    let files = RunFiles::new(&run_dir);
+    let script = run_dir.join("run.sh");
+    fs::write(
+        &script,
+        guest_script(root, &files, tests, executables, Limits::GUEST),
+    )
+    .with_context(|| format!("cannot write {}", script.display()))?;
+    Ok((files, script))
 }
 
 /// The files through which a guest reports, all in its run directory.
