@@ -279,7 +279,7 @@ fn read_state(tb: &Testbed, agent: &Agent) -> Result<AgentState, BenchError> {
         map_entries,
         open_fds: metric_sum(&metrics, "process_open_fds"),
         tasks: metric_sum(&metrics, "ambit_agent_tasks"),
-        threads: proc_status(pid, "Threads"),
+        threads: crate::usage::threads(pid).unwrap_or(0),
         rss_mib: crate::usage::rss_mib(pid).unwrap_or(f64::NAN),
     })
 }
@@ -293,19 +293,6 @@ fn metric_sum(text: &str, name: &str) -> u64 {
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-/// A number field of `/proc/<pid>/status`.
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-                .and_then(|value| value.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 // === impl SustainReport ===
@@ -348,6 +335,17 @@ impl SustainReport {
         }
     }
 }
+
+/// A figure of an agent's state in the report: its name, and its value.
+type Figure = (&'static str, fn(&AgentState) -> String);
+
+/// The process figures of the report, after the maps.
+const PROCESS_FIGURES: [Figure; 4] = [
+    ("open fds", |s| s.open_fds.to_string()),
+    ("tokio tasks", |s| s.tasks.to_string()),
+    ("threads", |s| s.threads.to_string()),
+    ("RSS, MiB", |s| format!("{:.1}", s.rss_mib)),
+];
 
 /// The Markdown of `sustain.md`.
 #[must_use]
@@ -393,26 +391,9 @@ pub fn render(report: &SustainReport) -> String {
                 after.to_string(),
             );
         }
-        row(
-            "open fds",
-            agent.idle.open_fds.to_string(),
-            agent.after.open_fds.to_string(),
-        );
-        row(
-            "tokio tasks",
-            agent.idle.tasks.to_string(),
-            agent.after.tasks.to_string(),
-        );
-        row(
-            "threads",
-            agent.idle.threads.to_string(),
-            agent.after.threads.to_string(),
-        );
-        row(
-            "RSS, MiB",
-            format!("{:.1}", agent.idle.rss_mib),
-            format!("{:.1}", agent.after.rss_mib),
-        );
+        for (figure, value) in PROCESS_FIGURES {
+            row(figure, value(&agent.idle), value(&agent.after));
+        }
     }
     let _ = writeln!(
         out,

@@ -85,14 +85,28 @@ pub fn peak_rss_mib(pid: u32) -> io::Result<f64> {
     reason = "memory sizes in kB are far below 2^52"
 )]
 fn status_mib(pid: u32, key: &str) -> io::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|value| value.trim().strip_suffix("kB"))
+    let kib: u64 = status_field(pid, key)?
+        .strip_suffix("kB")
         .and_then(|number| number.trim().parse().ok())
         .ok_or_else(|| bad_data(pid, "status", &format!("no {key} line in kB")))?;
     Ok(kib as f64 / 1024.0)
+}
+
+/// The threads of a process (`Threads` in `/proc/<pid>/status`).
+pub fn threads(pid: u32) -> io::Result<u64> {
+    status_field(pid, "Threads")?
+        .parse()
+        .map_err(|_| bad_data(pid, "status", "no numeric Threads line"))
+}
+
+/// The value of a `/proc/<pid>/status` line, trimmed.
+fn status_field(pid: u32, key: &str) -> io::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+        .ok_or_else(|| bad_data(pid, "status", &format!("no {key} line")))
 }
 
 fn bad_data(pid: u32, file: &str, what: &str) -> io::Error {
@@ -120,5 +134,6 @@ mod tests {
         assert!(before.cores_until(&after) >= 0.0);
         assert!(rss_mib(pid).expect("VmRSS") > 0.0);
         assert!(peak_rss_mib(pid).expect("VmHWM") >= rss_mib(pid).expect("VmRSS") - 1.0);
+        assert!(threads(pid).expect("Threads") >= 1);
     }
 }
