@@ -1,6 +1,8 @@
 //! The JSON lines pod-tool prints, one object per line, tagged by `event`.
 
-use std::io::Write;
+use std::fmt::Display;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -148,6 +150,17 @@ impl Event {
         Self::Error { error }.emit();
         ExitCode::FAILURE
     }
+
+    /// [`Event::fail`] for a client that cannot connect to `to`.
+    pub(crate) fn cannot_connect(to: SocketAddr, error: impl Display) -> ExitCode {
+        Self::fail(format!("cannot connect to {to}: {error}"))
+    }
+}
+
+/// A socket's address as an event shows it: `error: …` when the kernel
+/// would not say.
+pub(crate) fn show_addr(addr: io::Result<SocketAddr>) -> String {
+    addr.map_or_else(|error| format!("error: {error}"), |addr| addr.to_string())
 }
 
 /// Parses `0x539` or `1337`.

@@ -5,6 +5,7 @@
 
 mod connect_times;
 mod crr;
+mod epoll;
 mod event;
 mod hold;
 mod http_serve;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::event::{Event, parse_u32};
+use crate::event::{Event, parse_u32, show_addr};
 use crate::sys;
 
 #[derive(clap::Args)]
@@ -45,11 +45,8 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         }
     };
     let stream: TcpStream = socket.into();
-    let show = |addr: std::io::Result<SocketAddr>| {
-        addr.map_or_else(|error| format!("error: {error}"), |addr| addr.to_string())
-    };
-    let peer = show(stream.peer_addr());
-    let local = show(stream.local_addr());
+    let peer = show_addr(stream.peer_addr());
+    let local = show_addr(stream.local_addr());
     let ipv6 = stream.local_addr().is_ok_and(|addr| addr.is_ipv6());
     let (original_dst, error) = match sys::original_dst(stream.as_fd(), ipv6) {
         Ok(addr) => (Some(addr.to_string()), None),

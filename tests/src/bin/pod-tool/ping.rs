@@ -33,7 +33,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     let mut stream = match rr::connect(args.to, Duration::from_secs(args.timeout_secs)) {
         Ok(stream) => stream,
         Err(error) => {
-            return Event::fail(format!("cannot connect to {}: {error}", args.to));
+            return Event::cannot_connect(args.to, error);
         }
     };
     let local = stream

@@ -1,15 +1,26 @@
 //! `pod-tool serve`: a TCP echo server on one or more addresses. With
 //! `--banner TEXT` it speaks first, as server-first protocols such as SMTP
-//! do: each connection gets `TEXT` and a newline before any echo.
+//! do: each connection gets `TEXT` and a newline before any echo. With
+//! `--epoll` the same server runs on an event loop ([`crate::epoll`]).
+
+pub(crate) mod nonblocking;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::event::Event;
+use crate::epoll;
+use crate::event::{Event, show_addr};
 use crate::open_files;
+
+/// Pause after a failed accept (out of descriptors, say) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Bytes echoed per read.
+const ECHO_CHUNK: usize = 64 * 1024;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -20,53 +31,75 @@ pub(crate) struct Args {
     /// A line sent on every connection before anything is read.
     #[arg(long)]
     banner: Option<String>,
+    #[command(flatten)]
+    mode: epoll::Mode,
+}
+
+/// What one connection carried, for its `conn` event.
+struct Conn {
+    peer: String,
+    local: String,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 pub(crate) fn run(args: &Args) -> ExitCode {
-    let banner = args.banner.clone();
-    serve_on(&args.listen, move |listener| {
-        accept_loop(&listener, banner.as_deref());
+    let banner = args.banner.as_ref().map(|text| format!("{text}\n"));
+    if args.mode.epoll {
+        return nonblocking::run(&args.listen, banner);
+    }
+    serve_on(&args.listen, move |stream| {
+        echo_connection(stream, banner.as_deref());
     })
 }
 
-/// Listens on every address of `addrs`, says where (a `listening` event),
-/// and runs `accept` on a thread of its own for each listener, until the
-/// process is killed; fails at once if one address cannot be bound.
+/// Listens on every address of `addrs` ([`bind_all`]) and accepts on a
+/// thread of its own for each listener, handing each connection to `handle`
+/// on a thread of its own, until the process is killed; fails at once if one
+/// address cannot be bound.
 pub(crate) fn serve_on(
     addrs: &[SocketAddr],
-    accept: impl Fn(TcpListener) + Clone + Send + 'static,
+    handle: impl Fn(TcpStream) + Clone + Send + 'static,
 ) -> ExitCode {
-    // A thread and a descriptor per connection: `hold` opens a thousand.
-    open_files::raise_to_hard_limit();
-    let mut listeners = Vec::new();
-    for addr in addrs {
-        match listen(*addr) {
-            Ok(listener) => listeners.push(listener),
-            Err(error) => {
-                return Event::fail(format!("cannot listen on {addr}: {error}"));
-            }
-        }
-    }
-    let addrs = listeners
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map_or_else(|error| error.to_string(), |addr| addr.to_string())
-        })
-        .collect();
-    Event::Listening { addrs }.emit();
+    let listeners = match bind_all(addrs) {
+        Ok(listeners) => listeners,
+        Err(code) => return code,
+    };
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|listener| {
-            let accept = accept.clone();
-            std::thread::spawn(move || accept(listener))
+            let handle = handle.clone();
+            std::thread::spawn(move || accept_each(&listener, handle))
         })
         .collect();
     for acceptor in acceptors {
         let _ = acceptor.join();
     }
     ExitCode::FAILURE
+}
+
+/// Binds a listener on every address of `addrs` and says where (a
+/// `listening` event); reports the first that cannot be bound and returns
+/// the failure exit code instead.
+fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ExitCode> {
+    // A thread (or task) and a descriptor per connection: `hold` opens a
+    // thousand.
+    open_files::raise_to_hard_limit();
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        match listen(*addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                return Err(Event::fail(format!("cannot listen on {addr}: {error}")));
+            }
+        }
+    }
+    let addrs = listeners
+        .iter()
+        .map(|listener| show_addr(listener.local_addr()))
+        .collect();
+    Event::Listening { addrs }.emit();
+    Ok(listeners)
 }
 
 /// Binds a listener with `SO_REUSEADDR`, IPv6 ones IPv6-only so `0.0.0.0`
@@ -82,55 +115,48 @@ pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn accept_loop(listener: &TcpListener, banner: Option<&str>) {
+/// Accepts until the process is killed, each connection handled on a thread
+/// of its own.
+fn accept_each(listener: &TcpListener, handle: impl Fn(TcpStream) + Clone + Send + 'static) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                let banner = banner.map(|text| format!("{text}\n"));
-                std::thread::spawn(move || echo_connection(stream, banner.as_deref()));
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(stream));
             }
             Err(error) => {
-                Event::Error {
-                    error: format!("accept failed: {error}"),
-                }
-                .emit();
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                accept_failed(&error);
+                std::thread::sleep(ACCEPT_BACKOFF);
             }
         }
     }
 }
 
-fn echo_connection(stream: TcpStream, banner: Option<&str>) {
-    // getpeername, as the application sees it (the mesh may rewrite it).
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|error| format!("error: {error}"), |addr| addr.to_string());
-    let local = stream
-        .local_addr()
-        .map_or_else(|error| format!("error: {error}"), |addr| addr.to_string());
-    let mut bytes_in = 0;
-    let mut bytes_out = 0;
-    let result = banner
-        .map_or(Ok(()), |banner| {
-            (&stream).write_all(banner.as_bytes())?;
-            bytes_out += banner.len() as u64;
-            Ok(())
-        })
-        .and_then(|()| echo(&stream, &mut bytes_in, &mut bytes_out));
-    // Report a connection only once it is closed on our side too.
-    drop(stream);
-    Event::Conn {
-        peer,
-        local,
-        bytes_in,
-        bytes_out,
-        error: result.err().map(|error| error.to_string()),
+/// Reports a failed accept; the listener is tried again after
+/// [`ACCEPT_BACKOFF`].
+fn accept_failed(error: &io::Error) {
+    Event::Error {
+        error: format!("accept failed: {error}"),
     }
     .emit();
 }
 
-fn echo(mut stream: &TcpStream, bytes_in: &mut u64, bytes_out: &mut u64) -> io::Result<()> {
-    let mut buf = vec![0; 64 * 1024];
+fn echo_connection(mut stream: TcpStream, banner: Option<&str>) {
+    let mut conn = Conn::new(stream.peer_addr(), stream.local_addr());
+    let result = echo(&mut stream, banner, &mut conn);
+    // Report a connection only once it is closed on our side too.
+    drop(stream);
+    conn.closed(result);
+}
+
+/// Sends `banner`, then every byte read back, and half-closes after the
+/// peer does.
+fn echo(stream: &mut TcpStream, banner: Option<&str>, conn: &mut Conn) -> io::Result<()> {
+    if let Some(banner) = banner {
+        stream.write_all(banner.as_bytes())?;
+        conn.sent(banner.len());
+    }
+    let mut buf = vec![0; ECHO_CHUNK];
     loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => break,
@@ -138,9 +164,44 @@ fn echo(mut stream: &TcpStream, bytes_in: &mut u64, bytes_out: &mut u64) -> io::
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
         };
-        *bytes_in += n as u64;
+        conn.received(n);
         stream.write_all(&buf[..n])?;
-        *bytes_out += n as u64;
+        conn.sent(n);
     }
     stream.shutdown(Shutdown::Write)
+}
+
+// === impl Conn ===
+
+impl Conn {
+    /// A connection with these ends, as the application sees them (the
+    /// mesh may rewrite the peer), nothing carried yet.
+    fn new(peer: io::Result<SocketAddr>, local: io::Result<SocketAddr>) -> Self {
+        Self {
+            peer: show_addr(peer),
+            local: show_addr(local),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    fn received(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+    }
+
+    fn sent(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+    }
+
+    /// Reports the connection, closed on both sides, and how it ended.
+    fn closed(self, result: io::Result<()>) {
+        Event::Conn {
+            peer: self.peer,
+            local: self.local,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: result.err().map(|error| error.to_string()),
+        }
+        .emit();
+    }
 }
