@@ -39,7 +39,14 @@ pub fn pods_table(pods: &Value) -> String {
                     )
                 }
             };
-            // The error, then what to know about the pod's mTLS modes.
+            // `on`, `off`, or `rejected: …` / `unavailable: …`: the state in
+            // its column, the reason among the notes.
+            let kernel_path = pod["kernel_path"].as_str().unwrap_or("-");
+            let (kernel_state, kernel_reason) = kernel_path
+                .split_once(": ")
+                .map_or((kernel_path, None), |(state, reason)| (state, Some(reason)));
+            // The error, what to know about the pod's mTLS modes, and why
+            // it is not on the kernel path it asked for.
             let notes: Vec<String> = pod["error"]
                 .as_str()
                 .map(str::to_owned)
@@ -51,12 +58,14 @@ pub fn pods_table(pods: &Value) -> String {
                         .flatten()
                         .map(|w| format!("warning: {}", text(w))),
                 )
+                .chain(kernel_reason.map(|reason| format!("kernel path: {reason}")))
                 .collect();
             vec![
                 text(&pod["namespace"]),
                 text(&pod["name"]),
                 text(&pod["state"]),
                 mtls_modes(pod),
+                kernel_state.to_owned(),
                 ips.join(","),
                 text(&pod["netns_cookie"]),
                 traffic("outbound"),
@@ -75,6 +84,7 @@ pub fn pods_table(pods: &Value) -> String {
             "NAME",
             "STATE",
             "MTLS",
+            "KERNEL PATH",
             "IPS",
             "NETNS COOKIE",
             "OUTBOUND",

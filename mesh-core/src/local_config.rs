@@ -53,7 +53,7 @@ use crate::{
     peer_authn::{self, PeerAuthentication, PeerAuthnSet, Subject, WorkloadPorts},
     policy::{self, Policy},
     service::{self, Service, ServiceKey},
-    workload::{Pod, PodKey},
+    workload::{KERNEL_PATH_LABEL, KernelPath, Pod, PodKey},
 };
 
 /// Why the local configuration could not be loaded.
@@ -105,6 +105,10 @@ pub struct LocalConfigFile {
     /// mode fills it in from the Namespaces; the file has no namespaces.
     #[serde(skip)]
     pub namespace_mtls: BTreeMap<String, String>,
+    /// Each namespace's `ambit.dev/kernel-path` label, as written; filled in
+    /// like `namespace_mtls`.
+    #[serde(skip)]
+    pub namespace_kernel_path: BTreeMap<String, String>,
 }
 
 /// A pod entry that was rejected, and why.
@@ -228,6 +232,7 @@ pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
         routes,
         peer_authentications,
         namespace_mtls,
+        namespace_kernel_path,
     } = file;
     let (services, rejected_services) = validate_services(services);
     let mut snapshot = LocalSnapshot {
@@ -265,6 +270,14 @@ pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
         snapshot.pods.push(pod);
     }
     resolve_mtls(&mut snapshot, &namespace_mtls, root_namespace);
+    for pod in &mut snapshot.pods {
+        pod.kernel_path = KernelPath::from_labels(
+            pod.labels.get(KERNEL_PATH_LABEL).map(String::as_str),
+            namespace_kernel_path
+                .get(&pod.namespace)
+                .map(String::as_str),
+        );
+    }
     snapshot
 }
 

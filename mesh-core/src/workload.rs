@@ -54,6 +54,35 @@ pub struct Pod {
     /// The pod's labels; authorization policies select pods by them.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Whether the pod asked for the kernel path (its own or its
+    /// namespace's `ambit.dev/kernel-path` label). Filled in by validation;
+    /// never read from the file.
+    #[serde(skip)]
+    pub kernel_path: KernelPath,
+}
+
+/// The label (on a pod or its namespace) that opts workloads in to the
+/// kernel path: `enabled` or `disabled`; the pod's own label wins.
+pub const KERNEL_PATH_LABEL: &str = "ambit.dev/kernel-path";
+
+/// What a pod asked for with [`KERNEL_PATH_LABEL`].
+///
+/// The kernel path hands the bytes of the legs between the pod's
+/// applications and the agent (and of its same-node direct connections)
+/// socket to socket with `sk_msg`. It is only safe for applications that
+/// read with non-blocking sockets and retry on `EAGAIN`, so it is never on
+/// unless asked for, and a value the agent cannot read leaves it off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum KernelPath {
+    /// No label, or `disabled`: the user-space path.
+    #[default]
+    Off,
+    /// `enabled`.
+    Requested,
+    /// A value other than `enabled` or `disabled`: the user-space path, and
+    /// this says why.
+    Rejected(String),
 }
 
 /// What a pod accepts from outside the mesh.
@@ -124,6 +153,27 @@ impl PodMtls {
     #[must_use]
     pub fn at_port(&self, port: u16) -> MtlsMode {
         self.ports.get(&port).copied().unwrap_or(self.mode)
+    }
+}
+
+// === impl KernelPath ===
+
+impl KernelPath {
+    /// The pod's choice from its own label, else its namespace's.
+    #[must_use]
+    pub fn from_labels(pod_label: Option<&str>, namespace_label: Option<&str>) -> Self {
+        let (value, whose) = match (pod_label, namespace_label) {
+            (Some(value), _) => (value, "pod"),
+            (None, Some(value)) => (value, "namespace"),
+            (None, None) => return Self::Off,
+        };
+        match value {
+            "enabled" => Self::Requested,
+            "disabled" => Self::Off,
+            other => Self::Rejected(format!(
+                "the {whose}'s {KERNEL_PATH_LABEL}={other:?} is neither \"enabled\" nor \"disabled\"; the pod stays on the user-space path"
+            )),
+        }
     }
 }
 

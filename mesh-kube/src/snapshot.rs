@@ -303,12 +303,7 @@ impl SnapshotBuilder {
             routes: custom(&stores.routes),
         };
         let mut snapshot = local_config::validate(
-            translate::config(
-                pods,
-                services,
-                resources,
-                translate::namespace_mtls(&namespace_labels),
-            ),
+            translate::config(pods, services, resources, &namespace_labels),
             &self.settings.root_namespace,
         );
         snapshot

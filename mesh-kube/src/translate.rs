@@ -20,7 +20,7 @@ use kube::api::DynamicObject;
 use mesh_core::{
     local_config::LocalConfigFile,
     service::{Endpoint, Service, ServicePort},
-    workload::{MtlsMode, Pod},
+    workload::{KERNEL_PATH_LABEL, KernelPath, MtlsMode, Pod},
 };
 
 use crate::labels::{
@@ -109,6 +109,8 @@ pub fn node_pod(
             port_mtls: BTreeMap::new(),
             mtls_warnings: Vec::new(),
             labels,
+            // Validation reads the pod's and its namespace's label.
+            kernel_path: KernelPath::Off,
         },
         uid,
     }))
@@ -359,22 +361,38 @@ pub struct CustomResources {
 pub fn namespace_mtls<'a>(
     namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
 ) -> BTreeMap<String, String> {
+    namespace_label(namespace_labels, MTLS_LABEL)
+}
+
+/// Each namespace's `ambit.dev/kernel-path` label, from every namespace's
+/// labels (see [`namespace_labels`]).
+#[must_use]
+pub fn namespace_kernel_path<'a>(
+    namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
+) -> BTreeMap<String, String> {
+    namespace_label(namespace_labels, KERNEL_PATH_LABEL)
+}
+
+/// Each namespace's value of the label `key`, where it has one.
+fn namespace_label<'a>(
+    namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
+    key: &str,
+) -> BTreeMap<String, String> {
     namespace_labels
         .into_iter()
-        .filter_map(|(namespace, labels)| {
-            Some((namespace.clone(), labels.get(MTLS_LABEL)?.clone()))
-        })
+        .filter_map(|(namespace, labels)| Some((namespace.clone(), labels.get(key)?.clone())))
         .collect()
 }
 
-/// The configuration file the objects amount to; `namespace_mtls` is each
-/// namespace's `ambit.dev/mtls` label (see [`namespace_mtls`]).
+/// The configuration file the objects amount to; `namespace_labels` are
+/// every namespace's labels (see [`namespace_labels`]), of which the
+/// `ambit.dev/mtls` and `ambit.dev/kernel-path` labels count.
 #[must_use]
-pub fn config(
+pub fn config<'a>(
     pods: Vec<Pod>,
     services: Vec<Service>,
     resources: CustomResources,
-    namespace_mtls: BTreeMap<String, String>,
+    namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)> + Clone,
 ) -> LocalConfigFile {
     LocalConfigFile {
         pods,
@@ -382,7 +400,8 @@ pub fn config(
         services,
         routes: resources.routes,
         peer_authentications: resources.peer_authentications,
-        namespace_mtls,
+        namespace_mtls: namespace_mtls(namespace_labels.clone()),
+        namespace_kernel_path: namespace_kernel_path(namespace_labels),
     }
 }
 

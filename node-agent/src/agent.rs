@@ -100,8 +100,9 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
     let admin_workloads = workloads.clone();
     let kernel_splice = ebpf.kernel_splice().to_string();
     let local_pods = Arc::new(LocalPods::default());
+    let kernel_path = *ebpf.kernel_splice() == KernelSplice::On;
     let splicer = Arc::new(Splicer::new(
-        *ebpf.kernel_splice() == KernelSplice::On,
+        kernel_path && config.same_node_fast_path,
         maps.clone(),
         authorizer.clone(),
         workloads.clone(),
@@ -179,11 +180,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
 /// Loads (or adopts) the eBPF state, then finds the running agent, if any,
 /// which hands its pods' listeners over before anything is enrolled here.
 fn load_and_take_over(config: &Config) -> Result<(MeshEbpf, Start), AgentError> {
-    let ebpf = MeshEbpf::load(
-        &config.bpffs_dir,
-        &config.cgroup_root,
-        config.kernel_splice && config.same_node_fast_path,
-    )?;
+    let ebpf = MeshEbpf::load(&config.bpffs_dir, &config.cgroup_root)?;
     let start = Start::begin(&config.handoff_socket, mesh_ebpf_common::PIN_LAYOUT_VERSION)?;
     Ok((ebpf, start))
 }

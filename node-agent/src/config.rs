@@ -61,8 +61,6 @@ pub mod env {
     pub const CERT_LIFETIME_SECS: &str = "AMBIT_CERT_LIFETIME_SECS";
     /// See [`super::Config::same_node_fast_path`].
     pub const SAME_NODE_FAST_PATH: &str = "AMBIT_SAME_NODE_FAST_PATH";
-    /// See [`super::Config::kernel_splice`].
-    pub const KERNEL_SPLICE: &str = "AMBIT_KERNEL_SPLICE";
     /// See [`super::Config::root_namespace`].
     pub const ROOT_NAMESPACE: &str = "AMBIT_ROOT_NAMESPACE";
     /// See [`super::Config::handoff_socket`].
@@ -199,15 +197,6 @@ pub struct Config {
     #[arg(long, env = env::SAME_NODE_FAST_PATH, default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub same_node_fast_path: bool,
-    /// Let same-node connections that policy allows go straight to their
-    /// destination, spliced socket to socket in the kernel (`sk_msg`), past
-    /// both proxies. Off (the default: a spliced socket's blocking read can
-    /// return a spurious `EAGAIN`, see docs/performance.md), with the
-    /// same-node fast path off, or on a kernel that refuses `sk_msg`, they
-    /// go through the agent.
-    #[arg(long, env = env::KERNEL_SPLICE, default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    pub kernel_splice: bool,
     /// The mesh's root namespace: its authorization policies apply to every
     /// workload of the mesh.
     #[arg(long, env = env::ROOT_NAMESPACE, default_value = mesh_core::policy::DEFAULT_ROOT_NAMESPACE)]

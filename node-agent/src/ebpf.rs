@@ -174,13 +174,14 @@ pub struct MeshEbpf {
     splice_events: Option<RingBuf<MapData>>,
 }
 
-/// Whether same-node connections are spliced in the kernel, and if not why.
+/// Whether the kernel took `sk_msg`, so that pods that ask for the kernel
+/// path (`ambit.dev/kernel-path=enabled`) get it; if not, why.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum KernelSplice {
     /// `sk_msg` is attached to the splice sock hash.
     On,
-    /// Off: turned off by a setting, or refused by the kernel (the reason).
+    /// Off: the kernel refused `sk_msg` (the reason).
     Off(String),
 }
 
@@ -202,14 +203,10 @@ impl MeshEbpf {
     /// `pin_dir` when a previous agent left them, then attaches whatever is
     /// not yet attached to `cgroup_root`.
     ///
-    /// With `kernel_splice`, `sk_msg` is loaded and attached too; a kernel
-    /// that refuses it leaves splicing off (see [`KernelSplice`]) and
-    /// everything else working.
-    pub fn load(
-        pin_dir: &Path,
-        cgroup_root: &Path,
-        kernel_splice: bool,
-    ) -> Result<Self, EbpfError> {
+    /// `sk_msg` is loaded and attached too, for the pods that opt in to the
+    /// kernel path; a kernel that refuses it leaves the kernel path off for
+    /// every pod (see [`KernelSplice`]) and everything else working.
+    pub fn load(pin_dir: &Path, cgroup_root: &Path) -> Result<Self, EbpfError> {
         preflight(
             |t| aya::sys::is_program_supported(t).unwrap_or(false),
             &preflight::kernel_release(),
@@ -242,16 +239,9 @@ impl MeshEbpf {
         load_program(&mut bpf, program_names::SK_LOOKUP)?;
         let maps = MeshMaps::take_from(&mut bpf)?;
         let splice_events = Some(maps::take_splice_events(&mut bpf)?);
-        let splice = if kernel_splice {
-            KernelSplice::from_attach(attach_sk_msg(&mut bpf, &maps))
-        } else {
-            KernelSplice::Off(
-                "turned off by a setting (--kernel-splice=false or --same-node-fast-path=false)"
-                    .to_owned(),
-            )
-        };
+        let splice = KernelSplice::from_attach(attach_sk_msg(&mut bpf, &maps));
         if let KernelSplice::Off(reason) = &splice {
-            tracing::warn!(%reason, "same-node connections are not spliced in the kernel; they go through the agent");
+            tracing::warn!(%reason, "the kernel path is unavailable: pods that ask for it (ambit.dev/kernel-path=enabled) stay on the user-space path");
         }
         let maps = Arc::new(maps);
         tracing::info!(
@@ -274,7 +264,8 @@ impl MeshEbpf {
         })
     }
 
-    /// Whether same-node connections are spliced in the kernel.
+    /// Whether the kernel took `sk_msg`: the kernel path is available to
+    /// the pods that ask for it.
     #[must_use]
     pub fn kernel_splice(&self) -> &KernelSplice {
         &self.splice

@@ -21,13 +21,13 @@ use std::{
 };
 
 use mesh_core::identity::SpiffeId;
-use mesh_core::workload::{MtlsMode, Pod, PodMtls};
+use mesh_core::workload::{KernelPath, MtlsMode, Pod, PodMtls};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     authz::Authorizer,
     connections::ConnectionLog,
-    ebpf::{EbpfError, MeshEbpf, SkLookupAttachment, maps::MapOpError},
+    ebpf::{EbpfError, KernelSplice, MeshEbpf, SkLookupAttachment, maps::MapOpError},
     flow::Direction,
     handoff::PodListeners,
     identity::CertManager,
@@ -376,8 +376,16 @@ impl Enroller {
             enrollment.netns_cookie,
             &enrollment.pod.ips,
             enrollment.pod.mtls == MtlsMode::Strict,
+            self.kernel_path(&enrollment.pod),
         )?;
         Ok(())
+    }
+
+    /// Whether `pod`'s legs take the kernel path: it asked for it and the
+    /// kernel took `sk_msg`.
+    #[must_use]
+    pub fn kernel_path(&self, pod: &Pod) -> bool {
+        pod.kernel_path == KernelPath::Requested && *self.ebpf.kernel_splice() == KernelSplice::On
     }
 
     /// Puts `pod`'s mTLS modes in force for the enrolled pod, which differs
@@ -395,6 +403,7 @@ impl Enroller {
             enrollment.netns_cookie,
             &pod.ips,
             pod.mtls == MtlsMode::Strict,
+            self.kernel_path(pod),
         )?;
         tracing::info!(pod = %pod.key(), mtls = %pod.mtls, ports = ?pod.port_mtls, "pod's mTLS modes changed");
         Ok(())
@@ -419,6 +428,9 @@ impl Enroller {
     fn teardown(&mut self, enrollment: PodEnrollment) {
         let maps = self.ebpf.maps();
         let key = enrollment.pod.key();
+        // Before the pod's context goes: its spliced sockets are reset from
+        // inside its namespace, so that none stays in the sock hash.
+        self.mesh.splicer.reset_pod(&enrollment.pod.ips);
         self.mesh.local_pods.remove(&enrollment.pod.ips);
         if let Err(error) = maps.unenroll_netns(enrollment.netns_cookie) {
             tracing::warn!(pod = %key, %error, "cannot turn capture off");

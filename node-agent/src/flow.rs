@@ -29,11 +29,39 @@ pub enum Direction {
 pub enum Security {
     /// HBONE: mutual TLS between the two agents.
     MutualTls,
+    /// HBONE, and this pod's leg between its application and the agent
+    /// took the kernel path: `sk_msg` handed its bytes socket to socket.
+    MutualTlsKernelPath,
+    /// Both ends are pods of this node that opted in to the kernel path,
+    /// and policy allows the pair: the connection went straight to the
+    /// destination, spliced socket to socket by `sk_msg`, past both
+    /// proxies.
+    SameNodeKernel,
     /// Both ends are pods of this node; the agent knows both identities and
     /// the bytes never leave the node, so TLS is skipped (a setting).
     SameNode,
     /// No TLS: one end is outside the mesh.
     Plaintext,
+}
+
+// === impl Security ===
+
+impl Security {
+    /// HBONE, on the kernel path when `kernel_path`.
+    #[must_use]
+    pub fn mutual_tls(kernel_path: bool) -> Self {
+        if kernel_path {
+            Self::MutualTlsKernelPath
+        } else {
+            Self::MutualTls
+        }
+    }
+
+    /// Whether the connection was secured with mutual TLS.
+    #[must_use]
+    pub fn is_mutual_tls(self) -> bool {
+        matches!(self, Self::MutualTls | Self::MutualTlsKernelPath)
+    }
 }
 
 /// One proxied connection: its ends and how it was secured.

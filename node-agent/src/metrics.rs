@@ -42,6 +42,15 @@ pub struct AuthorizationLabels {
     pub destination_workload_namespace: String,
 }
 
+/// Labels of a connection that took the kernel path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelPathLabels {
+    /// `outbound` (the application's leg to the agent), `inbound` (the
+    /// agent's leg to the application) or `same_node` (a direct same-node
+    /// connection, spliced end to end).
+    pub leg: &'static str,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -51,6 +60,8 @@ pub struct Metrics {
     pub authorization_revocations: Family<AuthorizationLabels, Counter>,
     /// Istio's TCP connection and byte counters.
     pub tcp: tcp::TcpMetrics,
+    /// Connections whose leg took the kernel path, by leg.
+    pub kernel_path_connections: Family<KernelPathLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -71,16 +82,30 @@ impl Default for Metrics {
             authorization_revocations.clone(),
         );
         let tcp = tcp::TcpMetrics::register(&mut registry);
+        let kernel_path_connections = Family::<KernelPathLabels, Counter>::default();
+        registry.register(
+            "ambit_kernel_path_connections",
+            "Connections whose leg between application and agent (or whole same-node path) was spliced by sk_msg, by leg",
+            kernel_path_connections.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             authorization_decisions,
             authorization_revocations,
             tcp,
+            kernel_path_connections,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a connection whose `leg` took the kernel path.
+    pub fn kernel_path_connection(&self, leg: &'static str) {
+        self.kernel_path_connections
+            .get_or_create(&KernelPathLabels { leg })
+            .inc();
+    }
+
     /// Adds the figures read at scrape time: the eBPF counters in `maps`
     /// and the expiry of the certificates `certs` holds.
     pub fn read_at_scrape(&self, maps: Arc<MeshMaps>, certs: Arc<CertManager>) {

@@ -158,6 +158,31 @@ impl PodProxy {
 // === impl PodContext ===
 
 impl PodContext {
+    /// Whether the `direction` leg between the application and this agent
+    /// whose client side is `client` (the application's socket outbound,
+    /// the agent's own inbound) took the kernel path: both sockets are in
+    /// the splice sock hash and no message went through TCP. A leg that
+    /// did is counted in `ambit_kernel_path_connections_total`.
+    pub fn check_kernel_path(
+        &self,
+        client: SocketAddr,
+        server: SocketAddr,
+        direction: Direction,
+    ) -> bool {
+        let tuple = mesh_ebpf_common::SocketTuple::new(0, client, server);
+        let on = self
+            .maps
+            .pod_leg(&tuple)
+            .is_some_and(|stats| stats.flags & mesh_ebpf_common::SPLICE_FLAG_VIA_TCP == 0);
+        if on {
+            self.metrics.kernel_path_connection(match direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            });
+        }
+        on
+    }
+
     /// Connects to `dst` from inside the pod. Every mesh socket carries a
     /// mesh mark, so the connection is not captured again.
     pub async fn connect_upstream(

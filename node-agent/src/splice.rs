@@ -2,7 +2,9 @@
 //! is `mesh-ebpf/programs/src/splice.rs`).
 //!
 //! - From the policies in force, the agent writes `AMBIT_DIRECT`: every
-//!   (source pod, destination pod, port) of this node that policy allows.
+//!   (source pod, destination pod, port) of this node that policy allows,
+//!   where both pods opted in to the kernel path
+//!   (`ambit.dev/kernel-path=enabled`).
 //!   Those connections skip both proxies and are spliced socket to socket by
 //!   `sk_msg`; any other connection goes through the agent, which enforces
 //!   policy as usual. A connection that policy denies is never spliced.
@@ -23,7 +25,8 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use mesh_core::policy::{Decision, PolicySet, Request, Workload as PolicyWorkload};
 use mesh_ebpf_common::{
-    DirectKey, DirectVerdict, SPLICE_CLOSED, SPLICE_OPENED, SocketTuple, SpliceEvent,
+    DirectKey, DirectVerdict, SPLICE_CLOSED, SPLICE_FLAG_POD_LEG, SPLICE_OPENED, SocketTuple,
+    SpliceEvent,
 };
 
 use crate::sync::lock;
@@ -121,7 +124,7 @@ impl Splicer {
             .workloads
             .current()
             .entries()
-            .filter(|(_, w)| w.local)
+            .filter(|(_, w)| w.local && w.kernel_path)
             .map(|(ip, w)| (ip, w.clone()))
             .collect();
         let entries = direct_entries(&policies, &local);
@@ -163,6 +166,7 @@ impl Splicer {
         match event.kind {
             SPLICE_OPENED => {
                 stats.opened();
+                self.metrics.kernel_path_connection("same_node");
                 let flow = self.flow(&client, src, dst, None);
                 self.metrics.tcp.opened(&flow, &self.workloads.current());
                 if let Some(authorization) = self.verdict(src, dst) {
@@ -238,7 +242,7 @@ impl Splicer {
             dst,
             src_identity: Some(client.identity.to_string()),
             dst_identity: peer.map(|p| p.identity.to_string()),
-            security: Security::SameNode,
+            security: Security::SameNodeKernel,
             authorization,
         }
     }
@@ -254,6 +258,38 @@ impl Splicer {
             &Request::new(Some(&client.identity), src.ip(), dst.port()),
             EnforcementPoint::SameNodeSplice,
         ))
+    }
+
+    /// Resets every spliced connection of the pod with addresses `ips`,
+    /// which is leaving the mesh: its direct connections, and its legs to
+    /// and from the agent on the kernel path. Each is aborted with
+    /// `SOCK_DESTROY` on its client socket, which resets the other end, so
+    /// no socket of the pod stays in the sock hash. Call it while the pod is
+    /// still in [`LocalPods`].
+    pub fn reset_pod(&self, ips: &[IpAddr]) {
+        let ips: Vec<IpAddr> = ips.iter().map(IpAddr::to_canonical).collect();
+        for (tuple, stats) in self.maps.every_splice() {
+            let (Some(src), Some(dst)) = (tuple.src(), tuple.dst()) else {
+                continue;
+            };
+            // Whose namespace the client socket is in: a pod leg's is the
+            // pod's (inbound: the destination; outbound: the source, to
+            // the agent on loopback), a direct connection's the client's.
+            let client_ip = if stats.flags & SPLICE_FLAG_POD_LEG == 0 {
+                (ips.contains(&src.ip()) || ips.contains(&dst.ip())).then_some(src.ip())
+            } else if ips.contains(&dst.ip()) {
+                Some(dst.ip())
+            } else {
+                (ips.contains(&src.ip()) && dst.ip().is_loopback()).then_some(src.ip())
+            };
+            let Some(client) = client_ip.and_then(|ip| self.pods.get(ip)) else {
+                continue;
+            };
+            tracing::info!(%src, %dst, pod = %client.pod, "spliced connection reset: its pod leaves the mesh");
+            if let Err(error) = destroy::destroy(&client.sockets, src, dst, stats.cookie) {
+                tracing::warn!(%src, %dst, %error, "cannot reset a spliced connection");
+            }
+        }
     }
 
     fn revoke_denied(&self) {
@@ -369,6 +405,7 @@ mod tests {
             mtls: MtlsMode::Permissive,
             port_mtls: BTreeMap::new(),
             labels: Arc::new(BTreeMap::from([("app".to_owned(), name.to_owned())])),
+            kernel_path: true,
             names: crate::workloads::names::WorkloadNames {
                 workload: name.into(),
                 namespace: "shop".into(),

@@ -16,7 +16,7 @@ use mesh_core::{
     local_config::LocalSnapshot,
     peer_authn::PeerAuthentication,
     service::{self, Service, ServiceKey},
-    workload::{MtlsMode, PodKey},
+    workload::{KernelPath, MtlsMode, PodKey},
 };
 
 use names::WorkloadNames;
@@ -40,6 +40,8 @@ pub struct Workload {
     pub port_mtls: BTreeMap<u16, MtlsMode>,
     /// Its labels, which policies select it by.
     pub labels: Arc<BTreeMap<String, String>>,
+    /// Whether it asked for the kernel path (`ambit.dev/kernel-path`).
+    pub kernel_path: bool,
     /// How its traffic is labelled in metrics.
     pub names: WorkloadNames,
 }
@@ -122,6 +124,7 @@ impl WorkloadIndex {
                 mtls: pod.mtls,
                 port_mtls: pod.port_mtls.clone(),
                 labels: Arc::new(pod.labels.clone()),
+                kernel_path: pod.kernel_path == KernelPath::Requested,
                 names: WorkloadNames::new(
                     pod,
                     &identity,

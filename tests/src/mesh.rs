@@ -32,10 +32,22 @@ pub struct Agent {
     pub admin_addr: String,
 }
 
+/// The label that opts a pod in to the kernel path, as the YAML of
+/// [`pods_yaml_labelled`] writes it.
+pub const KERNEL_PATH_LABEL: &str = "ambit.dev/kernel-path: enabled";
+
 /// The local-config YAML that enrolls `pods`. Each runs as the service
 /// account named like the pod and carries the label `app: <pod name>`.
 #[must_use]
 pub fn pods_yaml(pods: &[&Pod]) -> String {
+    pods_yaml_labelled(pods, None)
+}
+
+/// [`pods_yaml`] with one more label (`key: value`) on every pod, e.g.
+/// [`KERNEL_PATH_LABEL`].
+#[must_use]
+pub fn pods_yaml_labelled(pods: &[&Pod], label: Option<&str>) -> String {
+    let extra = label.map(|l| format!(", {l}")).unwrap_or_default();
     let mut yaml = String::from("pods:\n");
     for pod in pods {
         let mut ips = vec![pod.ipv4.to_string()];
@@ -44,7 +56,7 @@ pub fn pods_yaml(pods: &[&Pod]) -> String {
         }
         let _ = write!(
             yaml,
-            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    labels: {{app: {}}}\n    ips: [{}]\n    netns: {}\n    node: {}\n",
+            "  - name: {}\n    namespace: {}\n    serviceAccount: {}\n    labels: {{app: {}{extra}}}\n    ips: [{}]\n    netns: {}\n    node: {}\n",
             pod.name,
             pod.namespace,
             pod.name,
@@ -95,6 +107,18 @@ impl Agent {
     /// HBONE), and waits until it has enrolled its own.
     pub fn start(tb: &Testbed, node: &Node, pods: &[&Pod], extra_args: &[&str]) -> Agent {
         Self::start_with_config(tb, node, &pods_yaml(pods), pods, extra_args)
+    }
+
+    /// [`Agent::start`] with every pod opted in to the kernel path
+    /// ([`KERNEL_PATH_LABEL`]).
+    pub fn start_kernel_path(
+        tb: &Testbed,
+        node: &Node,
+        pods: &[&Pod],
+        extra_args: &[&str],
+    ) -> Agent {
+        let yaml = pods_yaml_labelled(pods, Some(KERNEL_PATH_LABEL));
+        Self::start_with_config(tb, node, &yaml, pods, extra_args)
     }
 
     /// Starts an agent on `node` with this configuration text and waits

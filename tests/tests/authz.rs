@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ambit_tests::{
     Pod, Testbed,
-    mesh::{Agent, pods_yaml},
+    mesh::{Agent, KERNEL_PATH_LABEL, pods_yaml, pods_yaml_labelled},
     testbed_or_skip,
     workload::{ClientServer, ECHO_PORT, WAIT, client_and_server, ping, send, serve, try_send},
 };
@@ -21,6 +21,12 @@ const PROMPTLY: Duration = Duration::from_secs(5);
 /// top-level entries).
 fn config(pods: &[&Pod], policies: &str) -> String {
     format!("{}policies:\n{policies}", pods_yaml(pods))
+}
+
+/// [`config`], every pod opted in to the kernel path when `kernel_path`.
+fn config_with_kernel_path(pods: &[&Pod], policies: &str, kernel_path: bool) -> String {
+    let label = kernel_path.then_some(KERNEL_PATH_LABEL);
+    format!("{}policies:\n{policies}", pods_yaml_labelled(pods, label))
 }
 
 fn echo_addr(pod: &Pod) -> String {
@@ -270,15 +276,16 @@ fn a_policy_change_resets_open_connections_it_now_denies() {
 }
 
 #[test]
-fn a_policy_change_resets_open_connections_without_the_kernel_splice() {
+fn a_policy_change_resets_open_connections_without_the_kernel_path() {
     let tb = testbed_or_skip!("authz_revoke_no_splice");
     policy_change_resets_open_connections(tb, false);
 }
 
-/// Open connections across nodes (HBONE) and on one node (spliced in the
+/// Open connections across nodes (HBONE, with the pods' legs to and from
+/// the agents on the kernel path or not) and on one node (spliced in the
 /// kernel, or through the agent's outbound proxy) are cut when a new
 /// policy denies them, and only those.
-fn policy_change_resets_open_connections(mut tb: Testbed, kernel_splice: bool) {
+fn policy_change_resets_open_connections(mut tb: Testbed, kernel_path: bool) {
     let ClientServer {
         n1,
         n2,
@@ -290,15 +297,14 @@ fn policy_change_resets_open_connections(mut tb: Testbed, kernel_splice: bool) {
     let neighbor = tb.add_pod(&n2, "neighbor", "shop");
     let bystander = tb.add_pod(&n2, "bystander", "other");
     let pods = [&client, &server, &neighbor, &bystander];
-    let splice_setting = format!("--kernel-splice={kernel_splice}");
     let (_agent1, agent2) = start_agents_with(
         &tb,
         [&n1, &n2],
         &pods,
-        &config(&pods, "  []\n"),
-        &[&splice_setting],
+        &config_with_kernel_path(&pods, "  []\n", kernel_path),
+        &[],
     );
-    let same_node_point = if kernel_splice {
+    let same_node_point = if kernel_path {
         "same-node-splice"
     } else {
         "same-node-outbound"
@@ -316,7 +322,7 @@ fn policy_change_resets_open_connections(mut tb: Testbed, kernel_splice: bool) {
       rules: [{from: [{source: {namespaces: [shop]}}]}]
 ";
     let changed = Instant::now();
-    agent2.set_config_text(&config(&pods, deny_shop));
+    agent2.set_config_text(&config_with_kernel_path(&pods, deny_shop, kernel_path));
     for (pinger, who) in [
         (&from_client, "client (HBONE)"),
         (&from_neighbor, "neighbor (same node)"),

@@ -18,10 +18,6 @@ use ambit_tests::{
 };
 use serde_json::Value;
 
-/// The agent setting that loads `sk_msg`, the one program found through
-/// its map rather than a link.
-const SPLICE_ON: &str = "--kernel-splice";
-
 /// The cgroup programs, attached once to the node's cgroup root.
 const CGROUP_PROGRAMS: [&str; 8] = [
     "ambit_bind4",
@@ -221,9 +217,7 @@ fn stable_view(dir: &Path) -> Value {
 
 /// Starts an agent on `n1` for `client` and sends through it twice.
 fn agent_with_traffic(tb: &Testbed, setup: &ClientServer, extra: &[&str]) -> Agent {
-    let mut args = vec![SPLICE_ON];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(tb, &setup.n1, &[&setup.client], &args);
+    let agent = Agent::start(tb, &setup.n1, &[&setup.client], extra);
     let echo = serve(tb, &setup.server);
     let to = format!("{}:{ECHO_PORT}", setup.server.ipv4);
     send(tb, &setup.client, &to, 10_000);
@@ -328,7 +322,7 @@ fn check_maps(dir: &Path, tb: &Testbed, agent: &Agent, client: &Pod, cookie: u64
     let counters_map = &maps[5];
     assert_eq!(counters_map["type"], "percpu_array", "{counters_map}");
     // mesh_ebpf_common::counters::COUNT
-    assert_eq!(counters_map["entries"], 17, "{counters_map}");
+    assert_eq!(counters_map["entries"], 18, "{counters_map}");
     assert_eq!(maps[1]["entries"], 1, "one enrolled netns: {}", maps[1]);
     assert_eq!(maps[1]["key_size"], 8);
     assert_eq!(maps[1]["value_size"], 24);

@@ -2,7 +2,7 @@
 //! (with [`finding::record`]) on whatever kernel runs the tests: this
 //! machine's, and Debian's 6.1 and 6.12 under `cargo xtask test-kernels`.
 //!
-//! - `spurious_eagain`: a socket the kernel splice (`--kernel-splice`)
+//! - `spurious_eagain`: a socket the kernel splice (pods labelled `ambit.dev/kernel-path=enabled`)
 //!   puts in a sock hash receives through `tcp_bpf_recvmsg`, which returns
 //!   `EAGAIN` to a blocking reader woken without data. That is why the
 //!   splice is off by default (docs/performance.md).
@@ -67,7 +67,7 @@ enum Outcome {
     SpuriousEagain,
 }
 
-/// With the kernel splice on, `pod-tool send` (one thread reads while
+/// With both pods on the kernel path, `pod-tool send` (one thread reads while
 /// another writes and half-closes) sees its blocking read fail with `EAGAIN`
 /// in some exchanges when the kernel's `tcp_bpf_recvmsg` gives up after one
 /// wake-up. Records how many of [`EXCHANGES`] did; fails when the exchanges
@@ -78,7 +78,7 @@ fn a_spliced_blocking_reader_may_see_a_spurious_eagain() {
     let n1 = tb.add_node("n1");
     let client = tb.add_pod(&n1, "client", "shop");
     let server = tb.add_pod(&n1, "server", "shop");
-    let agent = Agent::start(&tb, &n1, &[&client, &server], &["--kernel-splice"]);
+    let agent = Agent::start_kernel_path(&tb, &n1, &[&client, &server], &[]);
     let _echo = serve(&tb, &server);
     let to = format!("{}:{ECHO_PORT}", server.ipv4);
 

@@ -15,7 +15,7 @@ use std::{
 
 use ambit_tests::{
     Node, Pod, Proc, Testbed,
-    mesh::{Agent, pods_yaml},
+    mesh::{Agent, KERNEL_PATH_LABEL, pods_yaml, pods_yaml_labelled},
     testbed_or_skip,
     workload::{ClientServer, ECHO_PORT, WAIT, client_and_server, send_with, serve},
 };
@@ -669,8 +669,11 @@ fn spliced_connections_are_counted_from_the_kernel_by_both_reporters() {
     let client = tb.add_pod(&n1, "client", "shop");
     let server = tb.add_pod(&n1, "server", "shop");
     let pods = [&client, &server];
-    let yaml = format!("{}{SERVICES}", pods_yaml(&pods));
-    let agent = Agent::spawn(&tb, &n1, &yaml, &["--kernel-splice"]);
+    let yaml = format!(
+        "{}{SERVICES}",
+        pods_yaml_labelled(&pods, Some(KERNEL_PATH_LABEL))
+    );
+    let agent = Agent::spawn(&tb, &n1, &yaml, &[]);
     agent.wait_ready(&tb);
     for pod in pods {
         agent.wait_pod_state(&tb, &pod.name, "enrolled", WAIT);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ambit_tests::{
     Pod, Testbed,
-    mesh::{Agent, pods_yaml},
+    mesh::{Agent, KERNEL_PATH_LABEL, pods_yaml, pods_yaml_labelled},
     testbed_or_skip,
     workload::{ECHO_PORT, WAIT, send, send_with, serve, try_send},
 };
@@ -19,9 +19,6 @@ const BULK: u64 = 10_000_000;
 /// TCP segments the server's namespace may receive for a spliced bulk
 /// exchange: the handshake and the close, with room to spare.
 const SPLICED_SEGMENT_LIMIT: u64 = 50;
-
-/// The agent setting that turns the kernel splice on (it is off by default).
-const SPLICE_ON: &str = "--kernel-splice";
 
 /// `pod-tool send` over a spliced connection. Its reader thread blocks
 /// while its writer thread half-closes; a spliced socket's read then
@@ -64,7 +61,7 @@ fn same_node_connections_are_spliced_in_the_kernel_with_exact_byte_counts() {
     let n1 = tb.add_node("n1");
     let client = tb.add_pod(&n1, "client", "shop");
     let server = tb.add_pod(&n1, "server", "shop");
-    let agent = Agent::start(&tb, &n1, &[&client, &server], &[SPLICE_ON]);
+    let agent = Agent::start_kernel_path(&tb, &n1, &[&client, &server], &[]);
     let _echo = serve(&tb, &server);
 
     let segments_before = tcp_in_segments(&tb, &server);
@@ -75,7 +72,7 @@ fn same_node_connections_are_spliced_in_the_kernel_with_exact_byte_counts() {
     let record = outbound_record(&agent, &tb, &client);
     assert_eq!(record["bytes_sent"], BULK, "{record}");
     assert_eq!(record["bytes_received"], BULK, "{record}");
-    assert_eq!(record["security"], "same_node", "{record}");
+    assert_eq!(record["security"], "same_node_kernel", "{record}");
     assert_eq!(
         record["authorization"]["enforcement_point"], "same-node-splice",
         "{record}"
@@ -140,9 +137,9 @@ fn a_connection_policy_denies_is_never_spliced() {
       action: DENY
       rules: [{{from: [{{source: {{principals: ['*/sa/client']}}}}]}}]
 ",
-        pods_yaml(&pods)
+        pods_yaml_labelled(&pods, Some(KERNEL_PATH_LABEL))
     );
-    let agent = Agent::spawn(&tb, &n1, &yaml, &[SPLICE_ON]);
+    let agent = Agent::spawn(&tb, &n1, &yaml, &[]);
     agent.wait_ready(&tb);
     for pod in pods {
         agent.wait_pod_state(&tb, &pod.name, "enrolled", WAIT);
@@ -156,10 +153,13 @@ fn a_connection_policy_denies_is_never_spliced() {
         started.elapsed() < Duration::from_secs(5),
         "a denial must not hang"
     );
-    // It went to the agent, which refused it; nothing was spliced.
+    // It went to the agent, which refused it; nothing was spliced past the
+    // agent. Only the client's leg to the agent (a pod on the kernel path)
+    // was: the application and the agent's outbound listener.
     assert_eq!(agent.counter(&tb, "connect_direct"), 0);
     assert_eq!(agent.counter(&tb, "connect_redirected"), 1);
-    assert_eq!(agent.counter(&tb, "sockets_spliced"), 0);
+    assert_eq!(agent.counter(&tb, "pod_leg_sockets"), 2);
+    assert_eq!(agent.counter(&tb, "sockets_spliced"), 2);
     let record = outbound_record(&agent, &tb, &client);
     assert_eq!(record["authorization"]["decision"], "deny", "{record}");
     assert_eq!(
@@ -174,24 +174,26 @@ fn a_connection_policy_denies_is_never_spliced() {
     // A pod the policy does not name is spliced as usual.
     spliced_send(&tb, &friend, &echo_addr(&server), 1000);
     assert_eq!(agent.counter(&tb, "connect_direct"), 1);
-    assert_eq!(agent.counter(&tb, "sockets_spliced"), 2);
+    assert_eq!(agent.counter(&tb, "sockets_spliced"), 4);
 }
 
 #[test]
-fn without_the_kernel_splice_same_node_traffic_goes_through_the_agent() {
+fn without_the_kernel_path_same_node_traffic_goes_through_the_agent() {
     let mut tb = testbed_or_skip!("splice_off");
     let n1 = tb.add_node("n1");
     let client = tb.add_pod(&n1, "client", "shop");
     let server = tb.add_pod(&n1, "server", "shop");
-    // Off by default.
-    let agent = Agent::start(&tb, &n1, &[&client, &server], &[]);
-    agent
-        .proc
-        .wait_for_stderr_line(WAIT, |l| {
-            l.contains("same-node connections are not spliced in the kernel")
-                && l.contains("turned off by a setting")
-        })
-        .expect("one line says why splicing is off");
+    // Off unless both pods ask: here only the server does.
+    let yaml = format!(
+        "{}{}",
+        pods_yaml(&[&client]),
+        pods_yaml_labelled(&[&server], Some(KERNEL_PATH_LABEL)).trim_start_matches("pods:\n")
+    );
+    let agent = Agent::start_with_config(&tb, &n1, &yaml, &[&client, &server], &[]);
+    let pod = agent.wait_pod_state(&tb, "client", "enrolled", WAIT);
+    assert_eq!(pod["kernel_path"], "off", "{pod}");
+    let pod = agent.wait_pod_state(&tb, "server", "enrolled", WAIT);
+    assert_eq!(pod["kernel_path"], "on", "{pod}");
     let _echo = serve(&tb, &server);
 
     send(&tb, &client, &echo_addr(&server), 1_000_000);

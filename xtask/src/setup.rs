@@ -24,6 +24,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     // h2load and nghttp: HTTP/2 clients for the waypoint's tests and bench.
     "nghttp2-client",
+    // nghttpd: the HTTP/2 server (epoll, non-blocking) of the kernel
+    // path's tests.
+    "nghttp2-server",
     // HTTP/1.1 load for the waypoint's bench.
     "wrk",
     // The font of the benchmark's latency plot (ambit-bench loads the TTF).

@@ -41,8 +41,11 @@ pub const INBOUND_REFUSED_NO_AGENT: u32 = 15;
 /// `sock_ops` could not key a redirected connection's original destination
 /// by its 4-tuple; the agent then finds none and closes the connection.
 pub const TUPLE_RECORD_FAILED: u32 = 16;
+/// `sock_ops` put a socket of a leg between an application and the agent
+/// (kernel path) in the splice sock hash; `sockets_spliced` counts it too.
+pub const POD_LEG_SOCKETS: u32 = 17;
 /// Number of counters.
-pub const COUNT: u32 = 17;
+pub const COUNT: u32 = 18;
 
 /// Human names, indexed like the constants above.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -63,4 +66,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "messages_via_tcp",
     "inbound_refused_no_agent",
     "tuple_record_failed",
+    "pod_leg_sockets",
 ];

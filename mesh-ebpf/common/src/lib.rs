@@ -169,11 +169,19 @@ pub mod program_names {
 ///
 /// - 1: the layout before versioning (no marker in the pin directory).
 /// - 2: [`EnrolledNetns::flags`] carries [`ENROLLED_STRICT`]; 17 counters.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+/// - 3: [`EnrolledNetns::flags`] carries [`ENROLLED_KERNEL_PATH`],
+///   [`SpliceStats::flags`] [`SPLICE_FLAG_POD_LEG`]; 18 counters.
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// [`EnrolledNetns::flags`] bit: the pod's mTLS mode is strict. Kept in the
 /// pinned state so that it outlives the agent.
 pub const ENROLLED_STRICT: u32 = 1;
+
+/// [`EnrolledNetns::flags`] bit: the pod opted in to the kernel path
+/// (`ambit.dev/kernel-path=enabled`) and the kernel took `sk_msg`. Its
+/// sockets on the legs to and from the agent, and its same-node direct
+/// connections, are spliced by `sk_msg`.
+pub const ENROLLED_KERNEL_PATH: u32 = 2;
 
 /// Value of the enrolled-netns map: presence turns capture on; the pod's
 /// addresses let `connect4/6` bind a captured socket to the pod's own
@@ -183,7 +191,8 @@ pub const ENROLLED_STRICT: u32 = 1;
 pub struct EnrolledNetns {
     /// The pod's IPv4 address, network byte order; 0 when it has none.
     pub ipv4: u32,
-    /// Per-pod flags: [`ENROLLED_STRICT`] when the pod accepts only mTLS.
+    /// Per-pod flags: [`ENROLLED_STRICT`] when the pod accepts only mTLS,
+    /// [`ENROLLED_KERNEL_PATH`] when its legs go through `sk_msg`.
     pub flags: u32,
     /// The pod's IPv6 address, network byte order; all zero when it has none.
     pub ipv6: [u32; 4],
@@ -281,7 +290,8 @@ pub struct SpliceStats {
     /// `bpf_ktime_get_ns()` when the client's side was established.
     pub opened_ns: u64,
     /// [`SPLICE_FLAG_VIA_TCP`] once the client sent before the server's
-    /// socket was in the sock hash.
+    /// socket was in the sock hash; [`SPLICE_FLAG_POD_LEG`] for a leg
+    /// between an application and the agent.
     pub flags: u64,
     /// The client socket's cookie: the agent names it when it resets the
     /// connection, so that no other socket can be hit by mistake.
@@ -292,6 +302,12 @@ pub struct SpliceStats {
 /// hash; that message went through TCP, so every later one must too, or
 /// they could overtake it.
 pub const SPLICE_FLAG_VIA_TCP: u64 = 1;
+
+/// The connection is a leg between an application and the agent inside one
+/// pod (app to outbound listener, or the inbound proxy to the app), not a
+/// same-node direct connection: the agent carries its bytes and accounts
+/// for it itself, so its open and close are not reported.
+pub const SPLICE_FLAG_POD_LEG: u64 = 2;
 
 /// A spliced connection opened or closed.
 #[repr(C)]
@@ -403,6 +419,23 @@ impl EnrolledNetns {
     #[must_use]
     pub const fn is_strict(&self) -> bool {
         self.flags & ENROLLED_STRICT != 0
+    }
+
+    /// The same entry with the kernel-path flag set or cleared.
+    #[must_use]
+    pub const fn with_kernel_path(mut self, on: bool) -> Self {
+        if on {
+            self.flags |= ENROLLED_KERNEL_PATH;
+        } else {
+            self.flags &= !ENROLLED_KERNEL_PATH;
+        }
+        self
+    }
+
+    /// Whether the pod's legs take the kernel path.
+    #[must_use]
+    pub const fn has_kernel_path(&self) -> bool {
+        self.flags & ENROLLED_KERNEL_PATH != 0
     }
 }
 

@@ -12,6 +12,14 @@
 //!   `AMBIT_SPLICED` (by the client's tuple), and the client's close is
 //!   reported with the final counts on `AMBIT_SPLICE_EV`, so the agent's
 //!   byte and connection counts stay exact without seeing a byte.
+//!
+//! The kernel path (a pod opted in with `ambit.dev/kernel-path=enabled`)
+//! splices the legs between its applications and the agent the same way:
+//! the application's captured socket and the agent's accepted socket on the
+//! outbound listener, and the inbound proxy's socket and the application's
+//! accepted socket. The agent still reads and writes every byte of those
+//! legs (it is one end), so they are flagged `SPLICE_FLAG_POD_LEG` and not
+//! reported; what changes is that the bytes skip loopback TCP.
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_SOCK_OPS_STATE_CB_FLAG, sk_action::SK_PASS},
@@ -21,12 +29,13 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use mesh_ebpf_common::{
-    SPLICE_CLOSED, SPLICE_FLAG_VIA_TCP, SPLICE_OPENED, SocketTuple, SpliceEvent, SpliceStats, counters,
+    SPLICE_CLOSED, SPLICE_FLAG_POD_LEG, SPLICE_FLAG_VIA_TCP, SPLICE_OPENED, SocketTuple, SpliceEvent, SpliceStats,
+    counters,
 };
 
 use crate::{
-    addr::{fold, read_words},
-    maps::{SPLICE_EVENTS, SPLICE_SOCKETS, SPLICED, count, direct_allowed},
+    addr::{LOCALHOST_V6, fold, is_loopback_v4, read_words},
+    maps::{SPLICE_EVENTS, SPLICE_SOCKETS, SPLICED, count, direct_allowed, enrolled},
 };
 
 /// Entry point for `sk_msg` on the splice sock hash. Always passes: a
@@ -78,44 +87,85 @@ fn redirect(ctx: &SkMsgContext, mut peer: SocketTuple) -> bool {
 }
 
 /// `sock_ops`, active side established: a direct connection's client
-/// socket joins the sock hash, its counters start, and the agent hears of it.
-pub fn client_established(ctx: &SockOpsContext) {
-    let Some(own) = own_tuple(ctx) else { return };
+/// socket joins the sock hash, its counters start, and the agent hears of
+/// it. `true` when it joined.
+pub fn client_established(ctx: &SockOpsContext) -> bool {
+    let Some(own) = own_tuple(ctx) else { return false };
     if !direct_allowed(own.family, own.src_addr, own.dst_addr, own.dst_port) {
+        return false;
+    }
+    join_as_client(ctx, own, 0)
+}
+
+/// `sock_ops`, active side established, for a socket of a pod whose legs
+/// take the kernel path (`netns_cookie`'s entry has the flag): an
+/// application's captured socket to the agent's outbound listener, or the
+/// inbound proxy's socket to the application. It joins the sock hash as
+/// the client of a pod leg; the other end joins when it is established.
+///
+/// The key must be unique on the node without the netns cookie: a leg
+/// whose own address is loopback (a pod without a known address) stays on
+/// TCP.
+pub fn pod_leg_established(ctx: &SockOpsContext, netns_cookie: u64) {
+    if !enrolled(netns_cookie).is_some_and(|pod| pod.has_kernel_path()) {
         return;
     }
+    let Some(own) = own_tuple(ctx) else { return };
+    if is_loopback(&own) {
+        return;
+    }
+    if join_as_client(ctx, own, SPLICE_FLAG_POD_LEG) {
+        count(counters::POD_LEG_SOCKETS);
+    }
+}
+
+/// Puts a client socket in the sock hash with fresh counters; reports the
+/// opening of a direct connection (not of a pod leg: the agent carries
+/// those). `true` when it joined.
+fn join_as_client(ctx: &SockOpsContext, own: SocketTuple, flags: u64) -> bool {
     // SAFETY: the helper only reads the context it is given.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the helper only reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let stats = SpliceStats { sent: 0, received: 0, opened_ns: now, flags: 0, cookie };
+    let stats = SpliceStats { sent: 0, received: 0, opened_ns: now, flags, cookie };
     if SPLICED.insert(&own, &stats, 0).is_err() {
-        return;
+        return false;
     }
     let mut key = own;
     // SAFETY: ctx.ops points at the kernel's bpf_sock_ops.
     if SPLICE_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_err() {
         let _ = SPLICED.remove(&own);
-        return;
+        return false;
     }
     count(counters::SOCKETS_SPLICED);
     // Flags are a bit set of u32 values; the helper takes i32.
     let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-    report(SpliceEvent { tuple: own, stats, kind: SPLICE_OPENED, pad: 0 });
+    if flags & SPLICE_FLAG_POD_LEG == 0 {
+        report(SpliceEvent { tuple: own, stats, kind: SPLICE_OPENED, pad: 0 });
+    }
+    true
 }
 
-/// `sock_ops`, passive side established: a direct connection's server
-/// socket joins the sock hash.
+/// `sock_ops`, passive side established: the server socket of a direct
+/// connection, or of a pod leg whose client joined, joins the sock hash.
 pub fn server_established(ctx: &SockOpsContext) {
     let Some(own) = own_tuple(ctx) else { return };
     // The server's own tuple has the client as remote.
-    if !direct_allowed(own.family, own.dst_addr, own.src_addr, own.src_port) {
+    let direct = direct_allowed(own.family, own.dst_addr, own.src_addr, own.src_port);
+    let pod_leg = !direct && {
+        // SAFETY: the value is copied out at once; entries are plain data.
+        unsafe { SPLICED.get(&swapped(&own)) }.is_some_and(|client| client.flags & SPLICE_FLAG_POD_LEG != 0)
+    };
+    if !direct && !pod_leg {
         return;
     }
     let mut key = own;
     // SAFETY: ctx.ops points at the kernel's bpf_sock_ops.
     if SPLICE_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_ok() {
         count(counters::SOCKETS_SPLICED);
+        if pod_leg {
+            count(counters::POD_LEG_SOCKETS);
+        }
     }
 }
 
@@ -126,7 +176,18 @@ pub fn closed(ctx: &SockOpsContext) {
     // SAFETY: the value is copied out at once; entries are plain data.
     let Some(stats) = (unsafe { SPLICED.get(&own) }).copied() else { return };
     let _ = SPLICED.remove(&own);
-    report(SpliceEvent { tuple: own, stats, kind: SPLICE_CLOSED, pad: 0 });
+    if stats.flags & SPLICE_FLAG_POD_LEG == 0 {
+        report(SpliceEvent { tuple: own, stats, kind: SPLICE_CLOSED, pad: 0 });
+    }
+}
+
+/// Whether the tuple's own address is loopback.
+fn is_loopback(tuple: &SocketTuple) -> bool {
+    if tuple.family == mesh_ebpf_common::AF_INET {
+        is_loopback_v4(tuple.src_addr[0])
+    } else {
+        tuple.src_addr == LOCALHOST_V6
+    }
 }
 
 fn report(event: SpliceEvent) {

@@ -283,7 +283,7 @@ fn resolved(
             vec![meshed.pod],
             vec![super::service(&service, [], None).unwrap()],
             resources,
-            namespace_mtls(&index),
+            &index,
         ),
         DEFAULT_ROOT_NAMESPACE,
     );

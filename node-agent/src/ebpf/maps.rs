@@ -12,8 +12,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
 };
 use mesh_ebpf_common::{
-    DirectKey, DirectVerdict, EnrolledNetns, InboundListenerKey, OriginalDst, SocketTuple,
-    SpliceStats, counters, map_names,
+    DirectKey, DirectVerdict, EnrolledNetns, InboundListenerKey, OriginalDst, SPLICE_FLAG_POD_LEG,
+    SocketTuple, SpliceStats, counters, map_names,
 };
 
 use super::EbpfError;
@@ -90,27 +90,48 @@ impl MeshMaps {
         Ok(())
     }
 
-    /// The open spliced connections: the client's tuple and the counts so far.
+    /// The open spliced same-node direct connections: the client's tuple
+    /// and the counts so far (the kernel path's pod legs are left out: the
+    /// agent carries those itself).
     #[must_use]
     pub fn open_splices(&self) -> Vec<(SocketTuple, SpliceStats)> {
+        self.every_splice()
+            .into_iter()
+            .filter(|(_, stats)| stats.flags & SPLICE_FLAG_POD_LEG == 0)
+            .collect()
+    }
+
+    /// Every spliced connection, pod legs included.
+    #[must_use]
+    pub fn every_splice(&self) -> Vec<(SocketTuple, SpliceStats)> {
         lock(&self.spliced).iter().filter_map(Result::ok).collect()
+    }
+
+    /// The kernel-path record of the pod leg whose client side has this
+    /// tuple; `None` when the leg is not in the sock hash.
+    #[must_use]
+    pub fn pod_leg(&self, client: &SocketTuple) -> Option<SpliceStats> {
+        lock(&self.spliced)
+            .get(client, 0)
+            .ok()
+            .filter(|stats| stats.flags & SPLICE_FLAG_POD_LEG != 0)
     }
 
     /// Turns capture on for the network namespace with this cookie, whose
     /// pod has these addresses; `strict` records its mTLS mode in the
-    /// pinned state.
+    /// pinned state, `kernel_path` whether its legs go through `sk_msg`.
     pub fn enroll_netns(
         &self,
         netns_cookie: u64,
         pod_ips: &[IpAddr],
         strict: bool,
+        kernel_path: bool,
     ) -> Result<(), MapOpError> {
+        let entry = EnrolledNetns::for_pod(pod_ips.iter().copied())
+            .with_strict(strict)
+            .with_kernel_path(kernel_path);
         lock(&self.enrolled)
-            .insert(
-                netns_cookie,
-                EnrolledNetns::for_pod(pod_ips.iter().copied()).with_strict(strict),
-                0,
-            )
+            .insert(netns_cookie, entry, 0)
             .map_err(|source| MapOpError {
                 action: "insert",
                 map: map_names::ENROLLED_NETNS,

@@ -10,7 +10,7 @@ use std::{
 
 use mesh_core::{
     local_config::LocalSnapshot,
-    workload::{MtlsMode, Pod, PodKey},
+    workload::{KernelPath, MtlsMode, Pod, PodKey},
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Enroller, PodEnrollment};
 use crate::{
+    ebpf::KernelSplice,
     handoff,
     stats::{PodStats, PodStatsSnapshot},
     workloads::WorkloadIndex,
@@ -64,6 +65,10 @@ pub struct PodStatus {
     /// `ambit.dev/mtls` label, a rejected peer authentication.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mtls_warnings: Vec<String>,
+    /// Whether its legs take the kernel path: `on`, `off`, or why not
+    /// (`rejected: …` for an unreadable label, `unavailable: …` when the
+    /// kernel refused `sk_msg`).
+    pub kernel_path: String,
     /// State.
     pub state: PodState,
     /// Why the pod is not enrolled.
@@ -387,7 +392,12 @@ impl Reconciler {
 
     fn publish(&self, snapshot: &LocalSnapshot) {
         let certs = &self.enroller.mesh().certs;
-        let mut pods: Vec<PodStatus> = self.entries.values().map(|e| e.status(certs)).collect();
+        let kernel = self.enroller.ebpf().kernel_splice();
+        let mut pods: Vec<PodStatus> = self
+            .entries
+            .values()
+            .map(|e| e.status(certs, kernel))
+            .collect();
         pods.extend(snapshot.rejected.iter().map(|r| PodStatus {
             namespace: r.pod.namespace.clone(),
             name: r.pod.name.clone(),
@@ -397,6 +407,7 @@ impl Reconciler {
             mtls: None,
             port_mtls: BTreeMap::new(),
             mtls_warnings: Vec::new(),
+            kernel_path: "off".to_owned(),
             state: PodState::Rejected,
             error: Some(r.reason.clone()),
             netns_cookie: None,
@@ -419,6 +430,16 @@ fn only_mtls_differs(current: &Pod, desired: &Pod) -> bool {
     retuned == *desired
 }
 
+/// What `ambit pods` says of a pod's kernel path.
+fn kernel_path_status(asked: &KernelPath, kernel: &KernelSplice) -> String {
+    match (asked, kernel) {
+        (KernelPath::Off, _) => "off".to_owned(),
+        (KernelPath::Rejected(reason), _) => format!("rejected: {reason}"),
+        (KernelPath::Requested, KernelSplice::On) => "on".to_owned(),
+        (KernelPath::Requested, KernelSplice::Off(reason)) => format!("unavailable: {reason}"),
+    }
+}
+
 // === impl Entry ===
 
 impl Entry {
@@ -429,7 +450,7 @@ impl Entry {
         }
     }
 
-    fn status(&self, certs: &crate::identity::CertManager) -> PodStatus {
+    fn status(&self, certs: &crate::identity::CertManager, kernel: &KernelSplice) -> PodStatus {
         let pod = self.pod();
         let (state, reason, netns_cookie, counters) = match self {
             Entry::Enrolled(enrollment) if !certs.has_certificate(&enrollment.identity) => (
@@ -458,6 +479,7 @@ impl Entry {
             mtls: Some(pod.mtls),
             port_mtls: pod.port_mtls.clone(),
             mtls_warnings: pod.mtls_warnings.clone(),
+            kernel_path: kernel_path_status(&pod.kernel_path, kernel),
             state,
             error: reason,
             netns_cookie,

@@ -194,7 +194,8 @@ fn series(
     flags: ResponseFlags,
 ) -> impl Iterator<Item = TcpLabels> {
     let first = labels(flow, workloads, flags);
-    let both = flow.direction == Direction::Outbound && flow.security == Security::SameNode;
+    let both = flow.direction == Direction::Outbound
+        && matches!(flow.security, Security::SameNode | Security::SameNodeKernel);
     let second = both.then(|| TcpLabels {
         reporter: Reporter::Destination,
         ..first.clone()
@@ -228,8 +229,12 @@ pub fn labels(flow: &Flow, workloads: &WorkloadIndex, flags: ResponseFlags) -> T
         destination_principal: principal(flow.dst_identity.as_deref()),
         destination_service: destination.map_or_else(|| unknown.clone(), |n| n.service.clone()),
         connection_security_policy: match flow.security {
-            Security::MutualTls => SecurityPolicy::MutualTls,
-            Security::SameNode | Security::Plaintext => SecurityPolicy::Unknown,
+            // Istio's values: the kernel path is still mutual TLS between
+            // the nodes; ambit_kernel_path_connections_total tells it apart.
+            Security::MutualTls | Security::MutualTlsKernelPath => SecurityPolicy::MutualTls,
+            Security::SameNode | Security::SameNodeKernel | Security::Plaintext => {
+                SecurityPolicy::Unknown
+            }
         },
         response_flags: flags,
     }

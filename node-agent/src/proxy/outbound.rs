@@ -22,6 +22,7 @@ pub(super) async fn forward(
     client: SocketAddr,
 ) -> Result<Finished, ProxyError> {
     let listener_addr = stream.local_addr().map_err(ProxyError::Socket)?;
+    let kernel_path = context.check_kernel_path(client, listener_addr, Direction::Outbound);
     let tuple = SocketTuple::new(context.netns_cookie, client, listener_addr);
     let dialled = context
         .maps
@@ -34,7 +35,16 @@ pub(super) async fn forward(
         Resolved::Direct(dst, pick) => (dst, pick),
         Resolved::Waypoint(waypoint, pick) => {
             drop(workloads);
-            return via_waypoint(&context, &stream, src, dialled, &waypoint, pick).await;
+            return via_waypoint(
+                &context,
+                &stream,
+                src,
+                dialled,
+                &waypoint,
+                pick,
+                kernel_path,
+            )
+            .await;
         }
     };
     let peer = workloads.by_ip(dst.ip()).cloned();
@@ -48,7 +58,7 @@ pub(super) async fn forward(
         Some(peer) if !(peer.local && context.same_node_fast_path) => {
             // The destination's agent authorizes the stream and reports its
             // verdict in the CONNECT response.
-            flow.security = Security::MutualTls;
+            flow.security = Security::mutual_tls(kernel_path);
             let hbone_addr = SocketAddr::new(dst.ip(), INBOUND_HBONE_PORT);
             let over = Hbone {
                 peer: &peer.identity,
@@ -114,10 +124,11 @@ async fn via_waypoint(
     dialled: SocketAddr,
     waypoint: &WaypointTarget,
     pick: Pick,
+    kernel_path: bool,
 ) -> Result<Finished, ProxyError> {
     let flow = Flow {
         dst_identity: Some(waypoint.identity.to_string()),
-        security: Security::MutualTls,
+        security: Security::mutual_tls(kernel_path),
         ..outbound_flow(context, src, dialled)
     };
     tracing::debug!(waypoint = %waypoint.service, endpoint = %pick.endpoint, "through the waypoint");

@@ -139,6 +139,10 @@ async fn serve_stream(
             return;
         }
     };
+    if let (Ok(own), Ok(app)) = (upstream.local_addr(), upstream.peer_addr()) {
+        flow.security =
+            Security::mutual_tls(context.check_kernel_path(own, app, Direction::Inbound));
+    }
     let ok = response(StatusCode::OK, Some(&admitted.authorization));
     let send = match respond.send_response(ok, false) {
         Ok(send) => send,

@@ -54,6 +54,10 @@ pub(crate) struct Args {
     /// How long to exchange before measuring (caches, pools, TCP windows).
     #[arg(long, value_parser = parse_seconds, default_value = "0")]
     warmup_secs: Duration,
+    /// Stop each connection after this many measured round trips, even if
+    /// the time is not up: a test that needs a count, not a rate.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Limit for connecting and for each read or write.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
@@ -66,6 +70,8 @@ struct RoundTrips {
     request: Vec<u8>,
     response: Vec<u8>,
     window: Window,
+    /// At most this many samples, then the connection stops.
+    rounds: usize,
     /// Nanoseconds per round trip that started inside the window.
     samples: Vec<u64>,
 }
@@ -139,11 +145,13 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         }
     }
     let window = args.window();
-    let size = args.size;
     let results: Vec<io::Result<Vec<u64>>> = std::thread::scope(|scope| {
         let threads: Vec<_> = streams
             .into_iter()
-            .map(|stream| scope.spawn(move || round_trips(stream, size, window)))
+            .map(|stream| {
+                let trips = args.round_trips(window);
+                scope.spawn(move || round_trips(stream, trips))
+            })
             .collect();
         threads
             .into_iter()
@@ -175,8 +183,7 @@ fn client_socket(to: SocketAddr) -> io::Result<Socket> {
 
 /// Round trips on one connection until the window closes; returns the
 /// duration of each one that started inside it, in nanoseconds.
-fn round_trips(mut stream: TcpStream, size: usize, window: Window) -> io::Result<Vec<u64>> {
-    let mut trips = RoundTrips::new(size, window);
+fn round_trips(mut stream: TcpStream, mut trips: RoundTrips) -> io::Result<Vec<u64>> {
     while let Some(started) = trips.next_start() {
         stream.write_all(&trips.request)?;
         stream.read_exact(&mut trips.response)?;
@@ -190,6 +197,11 @@ fn round_trips(mut stream: TcpStream, size: usize, window: Window) -> io::Result
 impl Args {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// One connection's round trips inside `window`.
+    fn round_trips(&self, window: Window) -> RoundTrips {
+        RoundTrips::new(self.size, window, self.rounds)
     }
 
     /// The measuring window, opening after the warm-up from now.
@@ -236,19 +248,21 @@ impl Args {
 // === impl RoundTrips ===
 
 impl RoundTrips {
-    fn new(size: usize, window: Window) -> Self {
+    fn new(size: usize, window: Window, rounds: Option<usize>) -> Self {
         Self {
             request: vec![0x5a; size],
             response: vec![0; size],
             window,
+            rounds: rounds.unwrap_or(usize::MAX),
             samples: Vec::with_capacity(1 << 16),
         }
     }
 
-    /// The start of the next round trip, `None` once the window is closed.
+    /// The start of the next round trip, `None` once the window is closed
+    /// or the rounds are done.
     fn next_start(&self) -> Option<Instant> {
         let started = Instant::now();
-        (started < self.window.until).then_some(started)
+        (started < self.window.until && self.samples.len() < self.rounds).then_some(started)
     }
 
     /// The round trip that began at `started` is over: a sample if it

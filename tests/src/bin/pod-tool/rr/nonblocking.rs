@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use super::{Args, RoundTrips, client_socket, request_buffer, request_len};
 use crate::epoll::{self, within};
 use crate::event::Event;
-use crate::latency::Window;
 use crate::serve;
 
 // === server ===
@@ -58,7 +57,7 @@ pub(super) fn run(args: &Args) -> ExitCode {
         let window = args.window();
         let tasks: Vec<_> = streams
             .into_iter()
-            .map(|stream| tokio::spawn(round_trips(stream, args.size, window, timeout)))
+            .map(|stream| tokio::spawn(round_trips(stream, args.round_trips(window), timeout)))
             .collect();
         let mut results = Vec::with_capacity(tasks.len());
         for task in tasks {
@@ -79,11 +78,9 @@ async fn connect(to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 /// [`super::round_trips`], each write and read within `timeout`.
 async fn round_trips(
     mut stream: TcpStream,
-    size: usize,
-    window: Window,
+    mut trips: RoundTrips,
     timeout: Duration,
 ) -> io::Result<Vec<u64>> {
-    let mut trips = RoundTrips::new(size, window);
     while let Some(started) = trips.next_start() {
         within(timeout, stream.write_all(&trips.request)).await?;
         within(timeout, stream.read_exact(&mut trips.response)).await?;
