@@ -80,10 +80,6 @@ pub mod env {
     version,
     about = "ambit's per-node agent: captures enrolled pods' traffic with eBPF and proxies it"
 )]
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "each flag is a setting of its own, as on the command line"
-)]
 pub struct Config {
     /// Local configuration file listing the pods to enroll; re-read when it
     /// changes (local mode; or `--kubernetes`).

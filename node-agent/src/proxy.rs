@@ -163,6 +163,7 @@ impl PodContext {
     /// the agent's own inbound) took the kernel path: both sockets are in
     /// the splice sock hash and no message went through TCP. A leg that
     /// did is counted in `ambit_kernel_path_connections_total`.
+    #[must_use]
     pub fn check_kernel_path(
         &self,
         client: SocketAddr,

@@ -87,6 +87,9 @@ pub enum Value {
         flags: u32,
         /// The pod's mTLS mode, from the flags: `strict` or `permissive`.
         mtls: &'static str,
+        /// Whether its legs take the kernel path, from the flags: `on` or
+        /// `off`.
+        kernel_path: &'static str,
     },
     /// Where a redirected connection was going (`AMBIT_ODST_*`).
     OriginalDst {
@@ -178,7 +181,7 @@ impl MapKind {
     pub fn headers(self) -> &'static [&'static str] {
         const TUPLE: [&str; 3] = ["NETNS COOKIE", "SRC", "DST"];
         match self {
-            Self::Enrolled => &["NETNS COOKIE", "IPV4", "IPV6", "MTLS"],
+            Self::Enrolled => &["NETNS COOKIE", "IPV4", "IPV6", "MTLS", "KERNEL PATH"],
             Self::OriginalDstBySocket => &["SOCKET COOKIE", "ORIGINAL DST", "NETNS COOKIE"],
             Self::OriginalDstByTuple => {
                 &[TUPLE[0], TUPLE[1], TUPLE[2], "ORIGINAL DST", "NETNS COOKIE"]
@@ -257,9 +260,18 @@ impl Value {
     fn cells(&self) -> Vec<String> {
         match self {
             Self::Enrolled {
-                ipv4, ipv6, mtls, ..
+                ipv4,
+                ipv6,
+                mtls,
+                kernel_path,
+                ..
             } => {
-                vec![or_dash(*ipv4), or_dash(*ipv6), (*mtls).to_owned()]
+                vec![
+                    or_dash(*ipv4),
+                    or_dash(*ipv6),
+                    (*mtls).to_owned(),
+                    (*kernel_path).to_owned(),
+                ]
             }
             Self::OriginalDst {
                 original_dst,
@@ -305,6 +317,7 @@ pub fn enrolled(netns_cookie: u64, value: &EnrolledNetns) -> Entry {
             } else {
                 "permissive"
             },
+            kernel_path: if value.has_kernel_path() { "on" } else { "off" },
         }),
     }
 }

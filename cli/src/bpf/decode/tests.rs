@@ -17,16 +17,26 @@ fn enrolled_netns_shows_the_pods_addresses() {
     assert_eq!(
         serde_json::to_value(&entry).unwrap(),
         json!({"key": {"netns_cookie": 4099},
-               "value": {"ipv4": "10.10.1.11", "ipv6": "fd00:10:10:1::11", "flags": 0, "mtls": "permissive"}})
+               "value": {"ipv4": "10.10.1.11", "ipv6": "fd00:10:10:1::11", "flags": 0, "mtls": "permissive", "kernel_path": "off"}})
     );
     assert_eq!(
         entry.cells(),
-        ["4099", "10.10.1.11", "fd00:10:10:1::11", "permissive"]
+        [
+            "4099",
+            "10.10.1.11",
+            "fd00:10:10:1::11",
+            "permissive",
+            "off"
+        ]
     );
     // The strict mode outlives the agent in the pinned entry.
     let strict = enrolled(4099, &value.with_strict(true));
     assert_eq!(strict.cells()[3], "strict");
     assert_eq!(serde_json::to_value(&strict).unwrap()["value"]["flags"], 1);
+    // So does the kernel path, in a flag of its own.
+    let kernel = enrolled(4099, &value.with_strict(true).with_kernel_path(true));
+    assert_eq!(kernel.cells()[3..], ["strict", "on"]);
+    assert_eq!(serde_json::to_value(&kernel).unwrap()["value"]["flags"], 3);
     assert_eq!(entry.cells().len(), MapKind::Enrolled.headers().len());
 }
 
