@@ -204,3 +204,47 @@ impl Pod {
         self.node.as_deref().is_none_or(|n| n == node)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_path_is_read_from_the_pod_label_then_the_namespace_label() {
+        assert_eq!(KernelPath::from_labels(None, None), KernelPath::Off);
+        assert_eq!(
+            KernelPath::from_labels(None, Some("enabled")),
+            KernelPath::Requested
+        );
+        assert_eq!(
+            KernelPath::from_labels(Some("enabled"), None),
+            KernelPath::Requested
+        );
+        // The pod's own label wins, both ways.
+        assert_eq!(
+            KernelPath::from_labels(Some("disabled"), Some("enabled")),
+            KernelPath::Off
+        );
+        assert_eq!(
+            KernelPath::from_labels(Some("enabled"), Some("disabled")),
+            KernelPath::Requested
+        );
+        // Anything else is rejected, naming whose label and the value; a
+        // pod's readable label still wins over a namespace's unreadable one.
+        let KernelPath::Rejected(reason) = KernelPath::from_labels(Some("Enabled"), None) else {
+            panic!("a value in the wrong case is rejected");
+        };
+        assert!(
+            reason.contains("the pod's ambit.dev/kernel-path=\"Enabled\""),
+            "{reason}"
+        );
+        let KernelPath::Rejected(reason) = KernelPath::from_labels(None, Some("yes")) else {
+            panic!("an unknown value is rejected");
+        };
+        assert!(reason.contains("the namespace's"), "{reason}");
+        assert_eq!(
+            KernelPath::from_labels(Some("disabled"), Some("yes")),
+            KernelPath::Off
+        );
+    }
+}

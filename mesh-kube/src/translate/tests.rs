@@ -255,6 +255,17 @@ fn resolved(
     namespace_labels: &[(&str, &str)],
     peer_authentications: &[serde_json::Value],
 ) -> (MtlsMode, BTreeMap<u16, MtlsMode>, Vec<String>) {
+    let pod = validated(pod_labels, namespace_labels, peer_authentications);
+    (pod.mtls, pod.port_mtls, pod.mtls_warnings)
+}
+
+/// The pod `web` of `shop` as the agent's snapshot validates it (see
+/// [`resolved`]).
+fn validated(
+    pod_labels: &serde_json::Value,
+    namespace_labels: &[(&str, &str)],
+    peer_authentications: &[serde_json::Value],
+) -> Pod {
     let mut namespace_labels = labels(namespace_labels);
     namespace_labels.insert(MESH_LABEL.to_owned(), "enabled".to_owned());
     let namespace: Namespace = serde_json::from_value(json!({
@@ -287,8 +298,34 @@ fn resolved(
         ),
         DEFAULT_ROOT_NAMESPACE,
     );
-    let pod = &snapshot.pods[0];
-    (pod.mtls, pod.port_mtls.clone(), pod.mtls_warnings.clone())
+    snapshot
+        .pods
+        .into_iter()
+        .next()
+        .expect("the pod is accepted")
+}
+
+#[test]
+fn the_kernel_path_comes_from_the_pods_label_else_its_namespaces() {
+    let label = mesh_core::workload::KERNEL_PATH_LABEL;
+    let from_namespace = validated(&json!({"app": "web"}), &[(label, "enabled")], &[]);
+    assert_eq!(from_namespace.kernel_path, KernelPath::Requested);
+    let opted_out = validated(
+        &json!({"app": "web", label: "disabled"}),
+        &[(label, "enabled")],
+        &[],
+    );
+    assert_eq!(opted_out.kernel_path, KernelPath::Off);
+    let unreadable = validated(&json!({"app": "web"}), &[(label, "on")], &[]);
+    assert!(
+        matches!(&unreadable.kernel_path, KernelPath::Rejected(reason) if reason.contains("namespace")),
+        "{:?}",
+        unreadable.kernel_path
+    );
+    assert_eq!(
+        validated(&json!({"app": "web"}), &[], &[]).kernel_path,
+        KernelPath::Off
+    );
 }
 
 fn peer_authn(name: &str, spec: &serde_json::Value) -> serde_json::Value {

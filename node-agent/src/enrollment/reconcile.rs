@@ -488,3 +488,32 @@ impl Entry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_path_status_says_why_a_pod_that_asked_is_not_on_it() {
+        let refused = KernelSplice::Off("the kernel refused the sk_msg program".to_owned());
+        assert_eq!(
+            kernel_path_status(&KernelPath::Requested, &KernelSplice::On),
+            "on"
+        );
+        assert_eq!(
+            kernel_path_status(&KernelPath::Requested, &refused),
+            "unavailable: the kernel refused the sk_msg program"
+        );
+        // Not asked for: off, whatever the kernel can do.
+        assert_eq!(kernel_path_status(&KernelPath::Off, &refused), "off");
+        assert_eq!(
+            kernel_path_status(&KernelPath::Off, &KernelSplice::On),
+            "off"
+        );
+        let rejected = KernelPath::Rejected("bad value".to_owned());
+        assert_eq!(
+            kernel_path_status(&rejected, &KernelSplice::On),
+            "rejected: bad value"
+        );
+    }
+}
