@@ -120,6 +120,11 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         shows: "the same-node splice (sk_msg, sock_ops)",
     },
     GuestTest {
+        binary: "kernel_path",
+        name: "unenrolment_and_handoff_leave_no_socket_in_the_sock_hash",
+        shows: "the kernel path's pod legs (sock_ops netns cookie, sk_msg) across a handoff and an un-enrolment",
+    },
+    GuestTest {
         binary: "lifecycle",
         name: "restarted_agent_reuses_pinned_state_without_attaching_twice",
         shows: "pinning, and adoption by a restarted agent",

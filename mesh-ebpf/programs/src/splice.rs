@@ -106,6 +106,10 @@ pub fn client_established(ctx: &SockOpsContext) -> bool {
 /// The key must be unique on the node without the netns cookie: a leg
 /// whose own address is loopback (a pod without a known address) stays on
 /// TCP.
+///
+/// Inlined: as a call of its own, its frame and `sock_ops`' together
+/// exceed the 512 bytes of stack that Linux 6.1's verifier allows.
+#[inline(always)]
 pub fn pod_leg_established(ctx: &SockOpsContext, netns_cookie: u64) {
     if !enrolled(netns_cookie).is_some_and(|pod| pod.has_kernel_path()) {
         return;
@@ -122,6 +126,7 @@ pub fn pod_leg_established(ctx: &SockOpsContext, netns_cookie: u64) {
 /// Puts a client socket in the sock hash with fresh counters; reports the
 /// opening of a direct connection (not of a pod leg: the agent carries
 /// those). `true` when it joined.
+#[inline(always)]
 fn join_as_client(ctx: &SockOpsContext, own: SocketTuple, flags: u64) -> bool {
     // SAFETY: the helper only reads the context it is given.
     let now = unsafe { bpf_ktime_get_ns() };
