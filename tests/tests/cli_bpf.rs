@@ -322,7 +322,7 @@ fn check_maps(dir: &Path, tb: &Testbed, agent: &Agent, client: &Pod, cookie: u64
     let counters_map = &maps[5];
     assert_eq!(counters_map["type"], "percpu_array", "{counters_map}");
     // mesh_ebpf_common::counters::COUNT
-    assert_eq!(counters_map["entries"], 18, "{counters_map}");
+    assert_eq!(counters_map["entries"], 19, "{counters_map}");
     assert_eq!(maps[1]["entries"], 1, "one enrolled netns: {}", maps[1]);
     assert_eq!(maps[1]["key_size"], 8);
     assert_eq!(maps[1]["value_size"], 24);

@@ -467,3 +467,60 @@ fn wait_counter(agent: &Agent, tb: &Testbed, name: &str, value: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Where `iperf3 -s` listens in the server pod.
+const IPERF_PORT: u16 = 5201;
+
+/// What each direction of a spliced connection may hand over with
+/// `sk_msg` (`mesh_ebpf_common::SPLICE_DIRECTION_BUDGET`).
+const SPLICE_BUDGET: u64 = 4 << 20;
+
+#[test]
+fn a_writer_faster_than_its_reader_never_sees_enomem_and_its_queue_is_bounded() {
+    let mut tb = testbed_or_skip!("kernel_path_bulk");
+    let (setup, first, second) = kernel_path_agents(&mut tb, "");
+    let ClientServer { client, server, .. } = &setup;
+    // iperf3 reads and writes non-blocking (pselect), as the contract asks.
+    let mut serve = Command::new("iperf3");
+    serve.args(["-s", "-1", "-p", &IPERF_PORT.to_string()]);
+    let iperf_server = tb.spawn_in_pod(server, serve);
+    wait_listening(&tb, server, IPERF_PORT);
+
+    // The client writes far faster than its agent can encrypt and forward:
+    // without a bound, the agent's socket queues what sk_msg hands over
+    // until the kernel's TCP memory runs out, and the write fails (ENOMEM).
+    let mut upload = Command::new("iperf3");
+    upload.args([
+        "-c",
+        &server.ipv4.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-t",
+        "4",
+        "-J",
+    ]);
+    let out = tb.run_in_pod(client, upload);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 through the kernel path failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&text).expect("iperf3 -J prints JSON");
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!(
+        bytes > 2 * SPLICE_BUDGET,
+        "{bytes} bytes: the upload must outlast the budget"
+    );
+    eprintln!("{bytes} bytes uploaded through the kernel path in 4 s");
+    // The upload's direction took the kernel path, then TCP once past its
+    // budget: the application's leg on n1, the agent's leg on n2.
+    for (agent, node) in [(&first, "n1"), (&second, "n2")] {
+        assert!(agent.counter(&tb, "pod_leg_sockets") >= 2, "{node}");
+        assert!(agent.counter(&tb, "messages_spliced") > 0, "{node}");
+        assert!(agent.counter(&tb, "splice_budget_spent") >= 1, "{node}");
+    }
+    let _ = iperf_server.wait_timeout(WAIT);
+}

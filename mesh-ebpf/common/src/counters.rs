@@ -44,8 +44,11 @@ pub const TUPLE_RECORD_FAILED: u32 = 16;
 /// `sock_ops` put a socket of a leg between an application and the agent
 /// (kernel path) in the splice sock hash; `sockets_spliced` counts it too.
 pub const POD_LEG_SOCKETS: u32 = 17;
+/// A direction of a spliced connection handed over its budget
+/// ([`crate::SPLICE_DIRECTION_BUDGET`]) and goes through TCP from then on.
+pub const SPLICE_BUDGET_SPENT: u32 = 18;
 /// Number of counters.
-pub const COUNT: u32 = 18;
+pub const COUNT: u32 = 19;
 
 /// Human names, indexed like the constants above.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -67,4 +70,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "inbound_refused_no_agent",
     "tuple_record_failed",
     "pod_leg_sockets",
+    "splice_budget_spent",
 ];

@@ -170,7 +170,7 @@ pub mod program_names {
 /// - 1: the layout before versioning (no marker in the pin directory).
 /// - 2: [`EnrolledNetns::flags`] carries [`ENROLLED_STRICT`]; 17 counters.
 /// - 3: [`EnrolledNetns::flags`] carries [`ENROLLED_KERNEL_PATH`],
-///   [`SpliceStats::flags`] [`SPLICE_FLAG_POD_LEG`]; 18 counters.
+///   [`SpliceStats::flags`] [`SPLICE_FLAG_POD_LEG`]; 19 counters.
 pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// [`EnrolledNetns::flags`] bit: the pod's mTLS mode is strict. Kept in the
@@ -302,6 +302,20 @@ pub struct SpliceStats {
 /// hash; that message went through TCP, so every later one must too, or
 /// they could overtake it.
 pub const SPLICE_FLAG_VIA_TCP: u64 = 1;
+
+/// Bytes each direction of a spliced connection may hand over with `sk_msg`;
+/// the rest of that direction goes through TCP.
+///
+/// The kernel queues a redirected message on the receiving socket
+/// (`bpf_tcp_ingress` in `net/ipv4/tcp_bpf.c`) without checking its receive
+/// buffer: a sender faster than its reader never waits, the queue grows
+/// until the kernel's TCP memory limit, and then the sender's write fails
+/// with `ENOMEM`. TCP's flow control bounds what one direction can queue
+/// to the receive buffer (`tcp_rmem`, 6 MiB at most by default); this
+/// bounds a spliced direction the same way. Switching to TCP keeps the
+/// order: the receiver reads what `sk_msg` queued before anything TCP
+/// brought.
+pub const SPLICE_DIRECTION_BUDGET: u64 = 4 << 20;
 
 /// The connection is a leg between an application and the agent inside one
 /// pod (app to outbound listener, or the inbound proxy to the app), not a

@@ -8,6 +8,9 @@
 //! - The client's socket joins first (its side is established first); if it
 //!   sends before the server's socket has joined, that message goes through
 //!   TCP and so does every later one, so no message can overtake another.
+//! - Each direction hands over at most `SPLICE_DIRECTION_BUDGET` bytes; the
+//!   rest of it goes through TCP, whose flow control bounds what a slow
+//!   reader can have queued (the kernel does not bound a redirected queue).
 //! - `sk_msg` counts every message of the connection, spliced or not, in
 //!   `AMBIT_SPLICED` (by the client's tuple), and the client's close is
 //!   reported with the final counts on `AMBIT_SPLICE_EV`, so the agent's
@@ -29,8 +32,8 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use mesh_ebpf_common::{
-    SPLICE_CLOSED, SPLICE_FLAG_POD_LEG, SPLICE_FLAG_VIA_TCP, SPLICE_OPENED, SocketTuple, SpliceEvent, SpliceStats,
-    counters,
+    SPLICE_CLOSED, SPLICE_DIRECTION_BUDGET, SPLICE_FLAG_POD_LEG, SPLICE_FLAG_VIA_TCP, SPLICE_OPENED, SocketTuple,
+    SpliceEvent, SpliceStats, counters,
 };
 
 use crate::{
@@ -57,7 +60,7 @@ fn try_sk_msg(ctx: &SkMsgContext) {
         // writes `received`.
         let stats = unsafe { &mut *stats };
         stats.sent += size;
-        if stats.flags & SPLICE_FLAG_VIA_TCP != 0 {
+        if stats.flags & SPLICE_FLAG_VIA_TCP != 0 || over_budget(stats.sent, size) {
             count(counters::MESSAGES_VIA_TCP);
             return;
         }
@@ -68,9 +71,31 @@ fn try_sk_msg(ctx: &SkMsgContext) {
         // The server's side: the client's socket joined first, so this
         // redirect only fails once the client has gone.
         // SAFETY: as above; this side only writes `received`.
-        unsafe { (*stats).received += size };
+        let received = unsafe {
+            (*stats).received += size;
+            (*stats).received
+        };
+        if over_budget(received, size) {
+            count(counters::MESSAGES_VIA_TCP);
+            return;
+        }
         redirect(ctx, peer);
     }
+}
+
+/// Whether a direction that has now sent `total` bytes, the last `size` of
+/// them in this message, is past its budget: then this message and every
+/// later one go through TCP (the total only grows, so no flag is needed).
+/// The message that crosses the budget is counted.
+#[inline(always)]
+fn over_budget(total: u64, size: u64) -> bool {
+    if total <= SPLICE_DIRECTION_BUDGET {
+        return false;
+    }
+    if total - size <= SPLICE_DIRECTION_BUDGET {
+        count(counters::SPLICE_BUDGET_SPENT);
+    }
+    true
 }
 
 /// Hands the message to `peer`'s receive queue; `false` when `peer` is not
