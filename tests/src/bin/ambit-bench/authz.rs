@@ -16,7 +16,6 @@ mod policies;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ambit_tests::mesh::pods_yaml;
 use ambit_tests::{Pod, Testbed};
 use mesh_core::policy::Workload;
 
@@ -70,7 +69,7 @@ pub fn measure(
         cluster,
         runner,
         tb,
-        config: format!("{}policies:\n{}", pods_yaml(&pods.meshed()), corpus.yaml),
+        config: format!("{}policies:\n{}", cluster.config, corpus.yaml),
         policies: corpus.count,
         deciding_policy: &corpus.server_allow,
     };

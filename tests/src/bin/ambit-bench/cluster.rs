@@ -1,28 +1,30 @@
 //! The bench's cluster: two nodes, a meshed and an unmeshed client on `n1`,
-//! meshed and unmeshed servers on both nodes, a meshed client and server
-//! pair on `n2` for the kernel splice, one node agent per node, and the
-//! request/response servers the tests talk to.
+//! meshed and unmeshed servers on both nodes, pods on the kernel path (a
+//! client on each node and a server on `n2`), one node agent per node, and
+//! the request/response servers the tests talk to.
 //!
 //! ```text
-//!  n1: client (enrolled)         local-server (enrolled)
-//!      client-direct             local-server-direct
-//!  n2: server (enrolled)         server-direct
-//!      splice-client (enrolled)  splice-server (enrolled)
+//!  n1: client (enrolled)              local-server (enrolled)
+//!      client-direct                  local-server-direct
+//!      kernel-client (kernel path)
+//!  n2: server (enrolled)              server-direct
+//!      kernel-server (kernel path)    local-kernel-client (kernel path)
 //! ```
 //!
 //! The `-direct` pods are not enrolled, so the agents leave their traffic
 //! alone although they run: direct and meshed figures come from one test
-//! bed, one kernel and one moment. The agent on `n2` runs with
-//! `--kernel-splice`, so same-node connections between its pods skip both
-//! proxies; the one on `n1` keeps the default, so its same-node traffic
-//! goes through the agent.
+//! bed, one kernel and one moment. The kernel-path pods are enrolled and
+//! labelled `ambit.dev/kernel-path: enabled`: their legs between application
+//! and agent are spliced by `sk_msg`, and connections between the two of
+//! them on `n2` skip both proxies. The other enrolled pods carry no label,
+//! so their traffic goes through the agents' proxies over loopback TCP.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ambit_tests::mesh::Agent;
+use ambit_tests::mesh::{Agent, KERNEL_PATH_LABEL, pods_yaml, pods_yaml_labelled};
 use ambit_tests::netns::run_in_netns;
 use ambit_tests::{Pod, Proc, Testbed};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -44,10 +46,6 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kubernetes namespace of every pod.
 const NAMESPACE: &str = "bench";
 
-/// The agent setting that splices same-node connections in the kernel,
-/// given to the agent on `n2` only.
-const KERNEL_SPLICE: &str = "--kernel-splice";
-
 /// Set in every pod: a connection-rate test opens a connection per
 /// iteration, and without reuse the client's `TIME_WAIT` sockets would use up
 /// its ephemeral ports within a few seconds.
@@ -67,11 +65,14 @@ pub struct Pods {
     pub server: Pod,
     /// `n2`, not enrolled: the direct cross-node server.
     pub server_direct: Pod,
-    /// `n2`, enrolled: the client whose same-node connections the kernel
-    /// splices.
-    pub splice_client: Pod,
-    /// `n2`, enrolled: its server.
-    pub splice_server: Pod,
+    /// `n1`, on the kernel path: the cross-node kernel-path client.
+    pub kernel_client: Pod,
+    /// `n2`, on the kernel path: the server of both kernel-path scenarios,
+    /// whose `rr-server`s read with epoll (the kernel path's contract).
+    pub kernel_server: Pod,
+    /// `n2`, on the kernel path: the client whose same-node connections to
+    /// `kernel-server` the kernel splices.
+    pub local_kernel_client: Pod,
 }
 
 /// The running cluster. Dropping it stops the agents politely (so they
@@ -82,8 +83,11 @@ pub struct Cluster {
     /// The agent on `n1` (client side, and both sides of same-node traffic).
     pub client_agent: Agent,
     /// The agent on `n2` (server side of cross-node traffic, and the one
-    /// that splices same-node connections in the kernel: `--kernel-splice`).
+    /// that splices the same-node connections between its kernel-path pods).
     pub server_agent: Agent,
+    /// Both agents' configuration: every enrolled pod, the kernel-path ones
+    /// labelled.
+    pub config: String,
     /// `rr-server`s in the server pods; killed with the test bed.
     _servers: Vec<Proc>,
 }
@@ -103,8 +107,9 @@ impl Cluster {
             local_server_direct: tb.add_pod(&n1, "local-server-direct", NAMESPACE),
             server: tb.add_pod(&n2, "server", NAMESPACE),
             server_direct: tb.add_pod(&n2, "server-direct", NAMESPACE),
-            splice_client: tb.add_pod(&n2, "splice-client", NAMESPACE),
-            splice_server: tb.add_pod(&n2, "splice-server", NAMESPACE),
+            kernel_client: tb.add_pod(&n1, "kernel-client", NAMESPACE),
+            kernel_server: tb.add_pod(&n2, "kernel-server", NAMESPACE),
+            local_kernel_client: tb.add_pod(&n2, "local-kernel-client", NAMESPACE),
         };
         for pod in pods.all() {
             set_sysctls(pod)?;
@@ -115,20 +120,26 @@ impl Cluster {
         // Each agent knows every meshed pod: it enrolls those on its node
         // and reaches the others over HBONE.
         let meshed = pods.meshed();
-        progress("starting the node agent on n1 (enrolls client, local-server)");
-        let client_agent = Agent::start(tb, &n1, &meshed, &[]);
+        let config = pods.config();
+        progress(
+            "starting the node agent on n1 (enrolls client, local-server; kernel-client on the kernel path)",
+        );
+        let client_agent = Agent::start_with_config(tb, &n1, &config, &meshed, &[]);
         crate::error::check_interrupted()?;
-        progress(&format!(
-            "starting the node agent on n2 with {KERNEL_SPLICE} (enrolls server, splice-client, splice-server)"
-        ));
-        let server_agent = Agent::start(tb, &n2, &meshed, &[KERNEL_SPLICE]);
+        progress(
+            "starting the node agent on n2 (enrolls server; kernel-server, local-kernel-client on the kernel path)",
+        );
+        let server_agent = Agent::start_with_config(tb, &n2, &config, &meshed, &[]);
         crate::error::check_interrupted()?;
+        for agent in [&client_agent, &server_agent] {
+            report_kernel_path(tb, agent, &pods);
+        }
 
         progress(&format!(
-            "starting rr-servers on ports {RR_1B_PORT} (1 B) and {RR_1K_PORT} (1 KiB) in the server pods"
+            "starting rr-servers on ports {RR_1B_PORT} (1 B) and {RR_1K_PORT} (1 KiB) in the server pods (with --epoll in kernel-server)"
         ));
         let mut servers = Vec::new();
-        for pod in pods.servers() {
+        for (pod, epoll) in pods.servers() {
             for (port, size) in [(RR_1B_PORT, "1"), (RR_1K_PORT, "1024")] {
                 let mut cmd = Command::new(pod_tool);
                 cmd.args([
@@ -138,6 +149,9 @@ impl Cluster {
                     "--size",
                     size,
                 ]);
+                if epoll {
+                    cmd.arg("--epoll");
+                }
                 let server = tb.spawn_in_pod(pod, cmd);
                 wait_listening(&server, &pod.name)?;
                 servers.push(server);
@@ -147,6 +161,7 @@ impl Cluster {
             pods,
             client_agent,
             server_agent,
+            config,
             _servers: servers,
         })
     }
@@ -187,7 +202,7 @@ impl Drop for Cluster {
 // === impl Pods ===
 
 impl Pods {
-    fn all(&self) -> [&Pod; 8] {
+    fn all(&self) -> [&Pod; 9] {
         [
             &self.client,
             &self.client_direct,
@@ -195,31 +210,90 @@ impl Pods {
             &self.local_server_direct,
             &self.server,
             &self.server_direct,
-            &self.splice_client,
-            &self.splice_server,
+            &self.kernel_client,
+            &self.kernel_server,
+            &self.local_kernel_client,
         ]
     }
 
     /// The enrolled pods, as each agent's configuration lists them.
-    pub fn meshed(&self) -> [&Pod; 5] {
+    pub fn meshed(&self) -> [&Pod; 6] {
+        let [client, local_server, server] = self.user_space();
+        let [kernel_client, kernel_server, local_kernel_client] = self.kernel_path();
         [
-            &self.client,
-            &self.local_server,
-            &self.server,
-            &self.splice_client,
-            &self.splice_server,
+            client,
+            local_server,
+            server,
+            kernel_client,
+            kernel_server,
+            local_kernel_client,
         ]
     }
 
-    fn servers(&self) -> [&Pod; 5] {
+    /// The enrolled pods without the kernel-path label: their traffic goes
+    /// through the agents' proxies over loopback TCP.
+    fn user_space(&self) -> [&Pod; 3] {
+        [&self.client, &self.local_server, &self.server]
+    }
+
+    /// The enrolled pods on the kernel path.
+    fn kernel_path(&self) -> [&Pod; 3] {
         [
-            &self.local_server,
-            &self.local_server_direct,
-            &self.server,
-            &self.server_direct,
-            &self.splice_server,
+            &self.kernel_client,
+            &self.kernel_server,
+            &self.local_kernel_client,
         ]
     }
+
+    /// The agents' configuration: the enrolled pods, those on the kernel
+    /// path with [`KERNEL_PATH_LABEL`].
+    fn config(&self) -> String {
+        let labelled = pods_yaml_labelled(&self.kernel_path(), Some(KERNEL_PATH_LABEL));
+        format!(
+            "{}{}",
+            pods_yaml(&self.user_space()),
+            labelled.trim_start_matches("pods:\n")
+        )
+    }
+
+    /// The server pods, each with whether its `rr-server`s read with epoll:
+    /// the kernel-path server does, as the kernel path's contract asks.
+    fn servers(&self) -> [(&Pod, bool); 5] {
+        [
+            (&self.local_server, false),
+            (&self.local_server_direct, false),
+            (&self.server, false),
+            (&self.server_direct, false),
+            (&self.kernel_server, true),
+        ]
+    }
+}
+
+/// Says on a progress line which of the agent's pods are on the kernel path
+/// (`/pods`, `kernel_path`), and warns when one differs from its label: the
+/// kernel-path scenarios' route check then fails too.
+fn report_kernel_path(tb: &Testbed, agent: &Agent, pods: &Pods) {
+    let node = &agent.node.name;
+    let expected = pods
+        .user_space()
+        .map(|pod| (pod, "off"))
+        .into_iter()
+        .chain(pods.kernel_path().map(|pod| (pod, "on")));
+    let mut states = Vec::new();
+    for (pod, expected) in expected.filter(|(pod, _)| pod.node == *node) {
+        let state = agent
+            .pod(tb, &pod.name)
+            .and_then(|status| status["kernel_path"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
+        if state != expected {
+            progress(&format!(
+                "WARNING: the agent on {node} has {} with kernel_path {state}, expected {expected}",
+                pod.name
+            ));
+        }
+        states.push(format!("{} {state}", pod.name));
+    }
+    progress(&format!("kernel path on {node}: {}", states.join(", ")));
 }
 
 /// Raises this process's soft open-file limit to the hard one, for the

@@ -7,11 +7,15 @@
 //! `rr_1b_x8`, `pod-tool rr`), connection rate (`crr`, `pod-tool crr`) and
 //! bulk throughput (`tput_1`, `tput_4`, iperf3); for meshed scenarios also
 //! the agents' CPU and memory, and in `mesh-cross-node` their memory with
-//! 1,000 idle connections open (`pod-tool hold`). On one node the meshed
-//! traffic is measured twice: through the agent (`mesh-same-node`, on `n1`)
-//! and spliced in the kernel (`mesh-same-node-splice`, on `n2`, whose agent
-//! runs with `--kernel-splice`). Every scenario runs
-//! `--runs` times, interleaved, and each figure is the median. Then what
+//! 1,000 idle connections open (`pod-tool hold`). The meshed traffic is
+//! measured twice across nodes and twice on one node: through the agents in
+//! user space (`mesh-cross-node`, `mesh-same-node`), and between pods
+//! labelled `ambit.dev/kernel-path: enabled` (`mesh-cross-node-kernel`:
+//! through both agents, each pod's leg to its agent spliced by `sk_msg`;
+//! `mesh-same-node-kernel`: spliced socket to socket past the agent), whose
+//! rr tests read with epoll as the kernel path's contract asks. Every
+//! scenario runs `--runs` times, interleaved, and each figure is the
+//! median. Then what
 //! authorization costs with 10,000 policies: evaluations per second in
 //! process, and the connection latency they add through the mesh. Last,
 //! Kubernetes mode at scale (`kube_scale`): one agent watching 10,000

@@ -1,8 +1,9 @@
 //! Running one measurement: a load generator in the client pod against a
 //! server in the server pod, and its result.
 //!
-//! Request/response and connection-rate tests use `pod-tool rr` and
-//! `pod-tool crr` against the `rr-server`s the cluster started; throughput
+//! Request/response and connection-rate tests use `pod-tool rr` (with
+//! `--epoll` in the kernel-path scenarios) and `pod-tool crr` against the
+//! `rr-server`s the cluster started; throughput
 //! tests start `iperf3 -s -1` in the server pod and `iperf3 -c` in the client
 //! pod, per test; `pod-tool hold` keeps idle connections open while the
 //! agents' memory is read.
@@ -125,19 +126,24 @@ impl<'a> Runner<'a> {
     }
 
     /// `pod-tool rr` from `client` to `to`: `size`-byte round trips on
-    /// `conns` connections.
+    /// `conns` connections; `epoll`: on an event loop (`--epoll`), for the
+    /// kernel path.
     pub fn rr(
         &self,
         client: &Pod,
         to: SocketAddr,
         size: usize,
         conns: u16,
+        epoll: bool,
     ) -> Result<RrResult, BenchError> {
         let mut cmd = Command::new(self.pod_tool);
         cmd.args(["rr", "--to", &to.to_string()])
             .args(["--size", &size.to_string()])
             .args(["--conns", &conns.to_string()])
             .args(self.durations());
+        if epoll {
+            cmd.arg("--epoll");
+        }
         let mut result: RrResult = self.pod_tool_result(client, cmd, "rr")?;
         result.figures.rate = round(result.figures.rate, 1);
         Ok(result)

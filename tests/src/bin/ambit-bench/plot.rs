@@ -1,6 +1,6 @@
 //! `latency.png`: the `rr_1b` round-trip time distributions, direct and
-//! meshed, cross-node and same-node (the same-node panel with both meshed
-//! paths: through the agent, and spliced in the kernel), as CDFs on a log
+//! meshed, cross-node and same-node (each panel with both meshed paths:
+//! through the agent in user space, and on the kernel path), as CDFs on a log
 //! time axis. Each curve is one real run's (the one with the median p50), as
 //! `pod-tool rr` reported it.
 //!
@@ -24,7 +24,7 @@ const FONT_FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (1400, 620);
 
 /// Curve colours, by place in a panel: direct, mesh, a second meshed path
-/// (the kernel splice).
+/// (the kernel path).
 const COLOURS: [RGBColor; 3] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -202,12 +202,19 @@ mod tests {
     }
 
     #[test]
-    fn same_node_panel_has_both_meshed_paths() {
+    fn each_panel_has_both_meshed_paths() {
         let panels = panels();
         assert_eq!(panels.len(), 2);
         assert_eq!(
             panels[0],
-            ("cross-node", vec!["direct-cross-node", "mesh-cross-node"])
+            (
+                "cross-node",
+                vec![
+                    "direct-cross-node",
+                    "mesh-cross-node",
+                    "mesh-cross-node-kernel"
+                ]
+            )
         );
         assert_eq!(
             panels[1],
@@ -216,7 +223,7 @@ mod tests {
                 vec![
                     "direct-same-node",
                     "mesh-same-node",
-                    "mesh-same-node-splice"
+                    "mesh-same-node-kernel"
                 ]
             )
         );
@@ -233,7 +240,7 @@ mod tests {
         let scenarios = vec![
             scenario("direct-same-node", 10.0),
             scenario("mesh-same-node", 40.0),
-            scenario("mesh-same-node-splice", 8.0),
+            scenario("mesh-same-node-kernel", 8.0),
         ];
         let report = Report::new(
             true,

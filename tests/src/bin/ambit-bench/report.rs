@@ -29,7 +29,8 @@ pub struct Report {
     pub durations: Durations,
     /// Every scenario, in the order they ran.
     pub scenarios: Vec<ScenarioReport>,
-    /// Pair name (`cross-node`, `same-node`, `same-node-splice`) → metric
+    /// Pair name (`cross-node`, `cross-node-kernel`, `same-node`,
+    /// `same-node-kernel`) → metric
     /// (`rr_1b.p50_us`) → mesh figure / direct figure; `null` when either is
     /// missing.
     pub ratios: BTreeMap<&'static str, BTreeMap<&'static str, Option<f64>>>,
@@ -63,8 +64,8 @@ pub struct Durations {
 /// succeeded; `null` when it failed in every run.
 #[derive(Serialize)]
 pub struct ScenarioReport {
-    /// `direct-cross-node`, `mesh-cross-node`, `direct-same-node`,
-    /// `mesh-same-node`, `mesh-same-node-splice`.
+    /// `direct-cross-node`, `mesh-cross-node`, `mesh-cross-node-kernel`,
+    /// `direct-same-node`, `mesh-same-node`, `mesh-same-node-kernel`.
     pub name: &'static str,
     /// Whether traffic goes through the node agents.
     pub mesh: bool,
@@ -84,11 +85,11 @@ pub struct ScenarioReport {
     pub tput_1: Option<TputFigures>,
     /// iperf3, four streams.
     pub tput_4: Option<TputFigures>,
-    /// The client side's agent (`n1`; `n2` in `mesh-same-node-splice`), mesh
+    /// The client side's agent (`n1`; `n2` in `mesh-same-node-kernel`), mesh
     /// scenarios only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentFigures>,
-    /// The server side's agent (`n2`), `mesh-cross-node` only.
+    /// The server side's agent (`n2`), cross-node mesh scenarios only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_server: Option<AgentFigures>,
     /// `rr_1b`'s round-trip distribution in the run with the median p50:
@@ -116,11 +117,11 @@ pub struct ScenarioRun {
     pub tput_1: Option<TputFigures>,
     /// iperf3, four streams.
     pub tput_4: Option<TputFigures>,
-    /// The client side's agent (`n1`; `n2` in `mesh-same-node-splice`), mesh
+    /// The client side's agent (`n1`; `n2` in `mesh-same-node-kernel`), mesh
     /// scenarios only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentFigures>,
-    /// The server side's agent (`n2`), `mesh-cross-node` only.
+    /// The server side's agent (`n2`), cross-node mesh scenarios only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_server: Option<AgentFigures>,
     /// `rr_1b`'s distribution in this run (`[fraction, µs]`); kept out of
@@ -210,7 +211,8 @@ pub struct Failure {
     pub run: Option<usize>,
     /// The scenario, or `authorization` for the authorization cost.
     pub scenario: &'static str,
-    /// The test (`rr_1b`, …, `agent`, `idle_conns`, `capture`, `splice`; for
+    /// The test (`rr_1b`, …, `agent`, `idle_conns`, `capture`, `kernel_path`,
+    /// `splice`; for
     /// `authorization`, `in_process`, `apply`, `restore`, `crr_with_policies`, …).
     pub test: &'static str,
     /// What went wrong.
@@ -230,14 +232,20 @@ pub struct Metric {
 }
 
 /// The scenario pairs compared: (pair name, mesh scenario, direct
-/// scenario). Both same-node meshed scenarios are compared with the one
-/// direct same-node scenario.
-pub const PAIRS: [(&str, &str, &str); 3] = [
+/// scenario). Both meshed scenarios of a kind (through the agent in user
+/// space, and on the kernel path) are compared with the one direct scenario
+/// of that kind.
+pub const PAIRS: [(&str, &str, &str); 4] = [
     ("cross-node", "mesh-cross-node", "direct-cross-node"),
+    (
+        "cross-node-kernel",
+        "mesh-cross-node-kernel",
+        "direct-cross-node",
+    ),
     ("same-node", "mesh-same-node", "direct-same-node"),
     (
-        "same-node-splice",
-        "mesh-same-node-splice",
+        "same-node-kernel",
+        "mesh-same-node-kernel",
         "direct-same-node",
     ),
 ];

@@ -1,7 +1,7 @@
-//! The five scenarios and the six tests each runs, with the agents' resource
-//! use around the meshed ones, the check that their traffic went the way
-//! the scenario says and, in `mesh-cross-node`, the agents' memory with many
-//! idle connections open.
+//! The six scenarios and the six tests each runs, with the agents'
+//! resource use around the meshed ones, the check that their traffic went
+//! the way the scenario says and, in `mesh-cross-node`, the agents' memory
+//! with many idle connections open.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -32,6 +32,9 @@ pub struct Scenario<'a> {
     pub name: &'static str,
     client: &'a Pod,
     server: &'a Pod,
+    /// Whether the request/response clients read with epoll (`pod-tool rr
+    /// --epoll`), as the kernel path's contract asks of its applications.
+    epoll: bool,
     mesh: Option<MeshPath<'a>>,
 }
 
@@ -82,22 +85,24 @@ const TESTS: [Test; 6] = [
     Test::Tput4,
 ];
 
-/// The scenarios, in the order they run: each direct one just before its
-/// meshed twin, and the kernel splice after the same-node pair whose direct
-/// figures it is compared with.
-pub fn all(cluster: &Cluster) -> [Scenario<'_>; 5] {
+/// The scenarios, in the order they run: each direct one just before the
+/// meshed ones compared with it, the user-space path first, then the
+/// kernel path.
+pub fn all(cluster: &Cluster) -> [Scenario<'_>; 6] {
     let pods = &cluster.pods;
     [
         Scenario {
             name: "direct-cross-node",
             client: &pods.client_direct,
             server: &pods.server_direct,
+            epoll: false,
             mesh: None,
         },
         Scenario {
             name: "mesh-cross-node",
             client: &pods.client,
             server: &pods.server,
+            epoll: false,
             mesh: Some(MeshPath {
                 client_agent: &cluster.client_agent,
                 server_agent: &cluster.server_agent,
@@ -106,15 +111,29 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 5] {
             }),
         },
         Scenario {
+            name: "mesh-cross-node-kernel",
+            client: &pods.kernel_client,
+            server: &pods.kernel_server,
+            epoll: true,
+            mesh: Some(MeshPath {
+                client_agent: &cluster.client_agent,
+                server_agent: &cluster.server_agent,
+                route: Route::KernelPathProxies,
+                holds_idle_conns: false,
+            }),
+        },
+        Scenario {
             name: "direct-same-node",
             client: &pods.client_direct,
             server: &pods.local_server_direct,
+            epoll: false,
             mesh: None,
         },
         Scenario {
             name: "mesh-same-node",
             client: &pods.client,
             server: &pods.local_server,
+            epoll: false,
             mesh: Some(MeshPath {
                 client_agent: &cluster.client_agent,
                 server_agent: &cluster.client_agent,
@@ -123,13 +142,14 @@ pub fn all(cluster: &Cluster) -> [Scenario<'_>; 5] {
             }),
         },
         Scenario {
-            name: "mesh-same-node-splice",
-            client: &pods.splice_client,
-            server: &pods.splice_server,
+            name: "mesh-same-node-kernel",
+            client: &pods.local_kernel_client,
+            server: &pods.kernel_server,
+            epoll: true,
             mesh: Some(MeshPath {
                 client_agent: &cluster.server_agent,
                 server_agent: &cluster.server_agent,
-                route: Route::KernelSplice,
+                route: Route::SameNodeKernel,
                 holds_idle_conns: false,
             }),
         },
@@ -350,23 +370,21 @@ impl Scenario<'_> {
         let one_byte_server = SocketAddr::from((self.server.ipv4, RR_1B_PORT));
         let kilobyte_server = SocketAddr::from((self.server.ipv4, RR_1K_PORT));
         match test {
-            Test::Rr1b => {
-                runner
-                    .rr(self.client, one_byte_server, 1, 1)
-                    .map(|RrResult { figures, cdf }| {
-                        report.rr_1b = Some(figures);
-                        report.rr_1b_cdf = cdf;
-                        rr_summary(&figures)
-                    })
-            }
+            Test::Rr1b => runner
+                .rr(self.client, one_byte_server, 1, 1, self.epoll)
+                .map(|RrResult { figures, cdf }| {
+                    report.rr_1b = Some(figures);
+                    report.rr_1b_cdf = cdf;
+                    rr_summary(&figures)
+                }),
             Test::Rr1k => runner
-                .rr(self.client, kilobyte_server, 1024, 1)
+                .rr(self.client, kilobyte_server, 1024, 1, self.epoll)
                 .map(|result| {
                     report.rr_1k = Some(result.figures);
                     rr_summary(&result.figures)
                 }),
             Test::Rr1bX8 => runner
-                .rr(self.client, one_byte_server, 1, X8_CONNS)
+                .rr(self.client, one_byte_server, 1, X8_CONNS, self.epoll)
                 .map(|result| {
                     report.rr_1b_x8 = Some(result.figures);
                     rr_summary(&result.figures)

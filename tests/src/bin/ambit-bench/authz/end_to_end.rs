@@ -157,13 +157,12 @@ impl Phase<'_> {
         }
         let setup = &self.setup;
         let agent = &setup.cluster.server_agent;
-        let pods = setup.cluster.pods.meshed();
         let expected = if with { setup.policies } else { 0 };
         let started = Instant::now();
         if with {
             agent.set_config_text(&setup.config);
         } else {
-            agent.set_pods(&pods);
+            agent.set_config_text(&setup.cluster.config);
         }
         self.in_force = None;
         let mut last = None;
@@ -228,7 +227,7 @@ impl Phase<'_> {
             rr_test,
             failures,
             || {
-                let figures = setup.runner.rr(&pods.client, to, 1, 1)?.figures;
+                let figures = setup.runner.rr(&pods.client, to, 1, 1, false)?.figures;
                 Ok((figures, rr_summary(&figures)))
             },
         )?;

@@ -51,7 +51,7 @@ pub fn render(report: &Report) -> String {
         report.idle_conns
     );
     out.push_str(&table(report));
-    out.push_str("\nmesh/direct: the meshed median divided by the direct one of its pair, `mesh-same-node-splice`'s by `direct-same-node`'s (latency: lower is better; rates and throughput: higher is better). Latency CDFs of rr_1b: `latency.png`.\n");
+    out.push_str("\nmesh/direct: the meshed median divided by the direct one of its kind, `mesh-cross-node`'s and `mesh-cross-node-kernel`'s by `direct-cross-node`'s, `mesh-same-node`'s and `mesh-same-node-kernel`'s by `direct-same-node`'s (latency: lower is better; rates and throughput: higher is better). The kernel-path scenarios' rr tests use `pod-tool rr --epoll`, the others the blocking `pod-tool rr`. Latency CDFs of rr_1b: `latency.png`.\n");
 
     let _ = writeln!(
         out,
@@ -262,8 +262,8 @@ fn runs_table(report: &Report) -> String {
 }
 
 /// Whether the table gives pair `index` a column of its direct scenario:
-/// not when an earlier pair has the same one (both same-node meshed
-/// scenarios are compared with `direct-same-node`).
+/// not when an earlier pair has the same one (both meshed scenarios of a
+/// kind are compared with its one direct scenario).
 fn shows_direct(index: usize) -> bool {
     let direct = PAIRS[index].2;
     !PAIRS[..index]

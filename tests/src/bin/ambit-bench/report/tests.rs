@@ -85,13 +85,10 @@ fn ratios_are_mesh_over_direct_medians() {
     assert_eq!(cross["rr_1b.p50_us"], Some(2.0));
     assert_eq!(cross["crr.rate"], Some(0.5));
     assert_eq!(cross["tput_4.gbps"], None, "direct tput_4 failed");
-    // No same-node scenarios ran: every ratio is unknown.
-    assert!(report.ratios["same-node"].values().all(Option::is_none));
-    assert!(
-        report.ratios["same-node-splice"]
-            .values()
-            .all(Option::is_none)
-    );
+    // No kernel-path or same-node scenarios ran: every ratio is unknown.
+    for pair in ["cross-node-kernel", "same-node", "same-node-kernel"] {
+        assert!(report.ratios[pair].values().all(Option::is_none), "{pair}");
+    }
 }
 
 #[test]
@@ -117,55 +114,86 @@ fn targets_judge_both_pairs_and_the_larger_agent() {
     let same = target(&report, "mesh-same-node", "rr_1b_p50");
     assert!((same.limit - 1.3).abs() < f64::EPSILON);
     assert_eq!(same.met, None);
-    assert_eq!(report.targets.len(), 18);
+    assert_eq!(
+        target(&report, "mesh-cross-node-kernel", "tput_1").met,
+        None
+    );
+    assert_eq!(report.targets.len(), 20);
 }
 
-/// All five scenarios, the splice faster than the direct path.
+/// All six scenarios, the kernel path faster than the path through the
+/// agent, and on one node faster than the direct path.
 fn full_report() -> Report {
     report_of(vec![
         scenario("direct-cross-node", false, 1.0),
         scenario("mesh-cross-node", true, 2.0),
+        scenario("mesh-cross-node-kernel", true, 1.6),
         scenario("direct-same-node", false, 1.0),
         scenario("mesh-same-node", true, 1.5),
-        scenario("mesh-same-node-splice", true, 0.5),
+        scenario("mesh-same-node-kernel", true, 0.5),
     ])
 }
 
 #[test]
-fn the_splice_is_judged_against_direct_same_node_on_rows_of_its_own() {
+fn the_kernel_paths_are_judged_against_their_direct_scenarios_on_rows_of_their_own() {
     let report = full_report();
-    let splice = &report.ratios["same-node-splice"];
-    assert_eq!(splice["rr_1b.p50_us"], Some(0.5));
-    assert_eq!(splice["crr.rate"], Some(2.0));
+    let cross_kernel = &report.ratios["cross-node-kernel"];
+    assert_eq!(cross_kernel["rr_1b.p50_us"], Some(1.6));
+    assert_eq!(cross_kernel["tput_1.gbps"], Some(0.625));
+    assert_eq!(report.ratios["cross-node"]["rr_1b.p50_us"], Some(2.0));
+    let same_kernel = &report.ratios["same-node-kernel"];
+    assert_eq!(same_kernel["rr_1b.p50_us"], Some(0.5));
+    assert_eq!(same_kernel["crr.rate"], Some(2.0));
     assert_eq!(report.ratios["same-node"]["rr_1b.p50_us"], Some(1.5));
-    let splice_targets: Vec<_> = report
-        .targets
-        .iter()
-        .filter(|t| t.scenario == "mesh-same-node-splice")
-        .map(|t| t.name)
-        .collect();
+    let names = |scenario: &str| -> Vec<&str> {
+        report
+            .targets
+            .iter()
+            .filter(|t| t.scenario == scenario)
+            .map(|t| t.name)
+            .collect()
+    };
+    assert_eq!(names("mesh-cross-node-kernel"), ["rr_1b_p50", "tput_1"]);
     assert_eq!(
-        splice_targets,
+        names("mesh-same-node-kernel"),
         ["rr_1b_p50", "rr_1b_p99", "tput_1", "tput_4", "crr_rate"]
     );
+    let cross_p50 = target(&report, "mesh-cross-node-kernel", "rr_1b_p50");
+    assert!((cross_p50.limit - 2.0).abs() < f64::EPSILON);
+    assert_eq!(cross_p50.met, Some(true));
     assert_eq!(
-        target(&report, "mesh-same-node-splice", "rr_1b_p50").met,
+        target(&report, "mesh-cross-node-kernel", "tput_1").met,
         Some(true)
     );
+    let same_p50 = target(&report, "mesh-same-node-kernel", "rr_1b_p50");
+    assert!((same_p50.limit - 1.0).abs() < f64::EPSILON);
+    assert_eq!(same_p50.met, Some(true));
+    let same_tput = target(&report, "mesh-same-node-kernel", "tput_1");
+    assert!((same_tput.limit - 1.0).abs() < f64::EPSILON);
+    assert_eq!(same_tput.comparison, ">=");
+    assert_eq!(same_tput.met, Some(true));
+    // The direct tput_4 is missing in this report (see `scenario_run`).
+    assert_eq!(target(&report, "mesh-same-node-kernel", "tput_4").met, None);
     assert_eq!(
         target(&report, "mesh-same-node", "rr_1b_p50").met,
         Some(false)
     );
-    assert_eq!(report.targets.len(), 18);
+    assert_eq!(report.targets.len(), 20);
     let markdown = render(&report);
-    assert!(markdown.contains("### mesh-same-node-splice"), "{markdown}");
-    // direct-same-node gets one column, which both same-node pairs share.
+    assert!(
+        markdown.contains("### mesh-cross-node-kernel"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("### mesh-same-node-kernel"), "{markdown}");
+    // Each direct scenario gets one column, which both its meshed
+    // scenarios share.
     let header = markdown
         .lines()
         .find(|line| line.starts_with("| figure "))
         .expect("a table");
+    assert_eq!(header.matches("direct-cross-node").count(), 1, "{header}");
     assert_eq!(header.matches("direct-same-node").count(), 1, "{header}");
-    assert_eq!(header.matches("mesh/direct").count(), 3, "{header}");
+    assert_eq!(header.matches("mesh/direct").count(), 4, "{header}");
     let columns = header.matches('|').count();
     for line in markdown.lines().take_while(|line| !line.starts_with("## ")) {
         if line.starts_with('|') {
@@ -216,7 +244,7 @@ fn markdown_shows_medians_ratios_verdicts_and_runs() {
         markdown.contains("### agent memory (mesh-cross-node)"),
         "{markdown}"
     );
-    assert_eq!(markdown.matches("### mesh-cross-node").count(), 1);
+    assert_eq!(markdown.matches("### mesh-cross-node\n").count(), 1);
     assert!(
         markdown.contains("- NOT MET: crr rate ≥ 0.9× direct: 0.50×"),
         "{markdown}"
