@@ -93,6 +93,21 @@ pub fn try_send_with(
     (status.success(), sent, sender.report())
 }
 
+/// Runs `command` in `pod` to the end; panics, with what it printed, unless
+/// it succeeds. Its standard output.
+#[must_use]
+pub fn run_ok_in_pod(tb: &Testbed, pod: &Pod, command: Command) -> String {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let out = tb.run_in_pod(pod, command);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Starts `pod-tool ping` (a round trip every 50 ms for at most
 /// `max_secs`) from `client` to `to` and waits until its connection is up;
 /// its `ping_end` event tells how and when the connection ended.

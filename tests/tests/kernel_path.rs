@@ -14,8 +14,8 @@ use ambit_tests::{
     mesh::{Agent, KERNEL_PATH_LABEL, pods_yaml, pods_yaml_labelled},
     testbed_or_skip,
     workload::{
-        ClientServer, ECHO_PORT, RR_PORT, WAIT, client_and_server, pod_tool, send_with,
-        try_send_with,
+        ClientServer, ECHO_PORT, RR_PORT, WAIT, client_and_server, pod_tool, run_ok_in_pod,
+        send_with, try_send_with,
     },
 };
 use serde_json::Value;
@@ -304,14 +304,7 @@ fn h2load(tb: &Testbed, client: &Pod, url: &str, requests: u64) -> String {
         "60",
         url,
     ]);
-    let out = tb.run_in_pod(client, command);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "h2load failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    run_ok_in_pod(tb, client, command)
 }
 
 #[test]
@@ -499,13 +492,7 @@ fn a_writer_faster_than_its_reader_never_sees_enomem_and_its_queue_is_bounded() 
         "4",
         "-J",
     ]);
-    let out = tb.run_in_pod(client, upload);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "iperf3 through the kernel path failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_ok_in_pod(&tb, client, upload);
     let report: Value = serde_json::from_str(&text).expect("iperf3 -J prints JSON");
     let bytes = report["end"]["sum_received"]["bytes"]
         .as_u64()

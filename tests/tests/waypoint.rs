@@ -14,7 +14,7 @@ use ambit_tests::{
     mesh::mesh_ca,
     testbed_or_skip,
     waypoint::{GET_ONLY_FOR_CLIENT_A, VIP, WaypointMesh, admin_views_on_localhost_only},
-    workload::{pod_tool, try_send},
+    workload::{pod_tool, run_ok_in_pod, try_send},
 };
 
 /// A route attached to `backend:80` with `rules` (YAML, indented for the
@@ -70,14 +70,7 @@ fn h2load(
         command.arg("--h1");
     }
     command.arg(format!("http://{VIP}{path}"));
-    let out = tb.run_in_pod(client, command);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "h2load failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    H2load::parse(&text)
+    H2load::parse(&run_ok_in_pod(tb, client, command))
 }
 
 /// The parts of h2load's report the tests read.
