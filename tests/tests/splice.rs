@@ -12,9 +12,13 @@ use ambit_tests::{
 };
 use serde_json::Value;
 
-/// 10 MB each way: through TCP on a veth that is well over a hundred
-/// segments, spliced it is none.
-const BULK: u64 = 10_000_000;
+/// 4 MB each way, within the 4 MiB a spliced direction may hand over
+/// (`mesh_ebpf_common::SPLICE_DIRECTION_BUDGET`): through TCP on a veth
+/// that is well over a hundred segments, spliced it is none.
+const BULK: u64 = 4_000_000;
+
+/// More than the budget each way: the rest goes through TCP.
+const PAST_BUDGET: u64 = 10_000_000;
 
 /// TCP segments the server's namespace may receive for a spliced bulk
 /// exchange: the handshake and the close, with room to spare.
@@ -106,16 +110,31 @@ fn same_node_connections_are_spliced_in_the_kernel_with_exact_byte_counts() {
         "{segments} TCP segments reached the server for {BULK} bytes each way: the data went through TCP"
     );
 
+    // Past the budget each direction goes on through TCP, in order, and
+    // the counts stay exact.
+    assert_eq!(agent.counter(&tb, "splice_budget_spent"), 0);
+    spliced_send(&tb, &client, &echo_addr(&server), PAST_BUDGET);
+    assert_eq!(
+        agent.counter(&tb, "splice_budget_spent"),
+        2,
+        "one per direction"
+    );
+    let pod = format!("{}/{}", client.namespace, client.name);
+    let record = agent.wait_connection(&tb, |r| {
+        r["direction"] == "outbound" && r["pod"] == pod.as_str() && r["bytes_sent"] == PAST_BUDGET
+    });
+    assert_eq!(record["bytes_received"], PAST_BUDGET, "{record}");
+
     if let Some(v6) = server.ipv6 {
         spliced_send(&tb, &client, &format!("[{v6}]:{ECHO_PORT}"), 100_000);
         assert_eq!(
             agent.counter(&tb, "connect_direct"),
-            2,
+            3,
             "IPv6 goes direct too"
         );
         assert_eq!(
             agent.counter(&tb, "sockets_spliced"),
-            4,
+            6,
             "IPv6 is spliced too"
         );
     }
