@@ -355,25 +355,8 @@ pub struct CustomResources {
     pub routes: Vec<serde_yaml::Value>,
 }
 
-/// Each namespace's `ambit.dev/mtls` label, from every namespace's labels
-/// (see [`namespace_labels`]).
-#[must_use]
-pub fn namespace_mtls<'a>(
-    namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
-) -> BTreeMap<String, String> {
-    namespace_label(namespace_labels, MTLS_LABEL)
-}
-
-/// Each namespace's `ambit.dev/kernel-path` label, from every namespace's
-/// labels (see [`namespace_labels`]).
-#[must_use]
-pub fn namespace_kernel_path<'a>(
-    namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
-) -> BTreeMap<String, String> {
-    namespace_label(namespace_labels, KERNEL_PATH_LABEL)
-}
-
-/// Each namespace's value of the label `key`, where it has one.
+/// Each namespace's value of the label `key`, where it has one, from every
+/// namespace's labels (see [`namespace_labels`]).
 fn namespace_label<'a>(
     namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)>,
     key: &str,
@@ -400,8 +383,8 @@ pub fn config<'a>(
         services,
         routes: resources.routes,
         peer_authentications: resources.peer_authentications,
-        namespace_mtls: namespace_mtls(namespace_labels.clone()),
-        namespace_kernel_path: namespace_kernel_path(namespace_labels),
+        namespace_mtls: namespace_label(namespace_labels.clone(), MTLS_LABEL),
+        namespace_kernel_path: namespace_label(namespace_labels, KERNEL_PATH_LABEL),
     }
 }
 

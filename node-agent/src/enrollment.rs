@@ -319,6 +319,7 @@ impl Enroller {
             certs: self.mesh.certs.clone(),
             workloads: self.mesh.workloads.clone(),
             same_node_fast_path: self.mesh.same_node_fast_path,
+            kernel_path: self.kernel_path(&enrollment.pod),
             hbone: mesh_proxy::client::HbonePool::default(),
             connections: self.mesh.connections.clone(),
             metrics: self.mesh.metrics.clone(),

@@ -56,12 +56,6 @@ impl Security {
             Self::MutualTls
         }
     }
-
-    /// Whether the connection was secured with mutual TLS.
-    #[must_use]
-    pub fn is_mutual_tls(self) -> bool {
-        matches!(self, Self::MutualTls | Self::MutualTlsKernelPath)
-    }
 }
 
 /// One proxied connection: its ends and how it was secured.

@@ -91,6 +91,10 @@ pub struct PodContext {
     pub workloads: Arc<SharedWorkloads>,
     /// Skip TLS between pods of this node.
     pub same_node_fast_path: bool,
+    /// Whether the pod's legs to and from the agent may take the kernel
+    /// path (it asked, and the kernel took `sk_msg`); fixed for the
+    /// enrollment, since a label change enrolls the pod again.
+    pub kernel_path: bool,
     /// The pod's HBONE connections.
     pub hbone: HbonePool,
     /// Recently closed connections.
@@ -162,7 +166,8 @@ impl PodContext {
     /// whose client side is `client` (the application's socket outbound,
     /// the agent's own inbound) took the kernel path: both sockets are in
     /// the splice sock hash and no message went through TCP. A leg that
-    /// did is counted in `ambit_kernel_path_connections_total`.
+    /// did is counted in `ambit_kernel_path_connections_total`. For a pod
+    /// off the kernel path it is `false` without looking at the map.
     #[must_use]
     pub fn check_kernel_path(
         &self,
@@ -170,6 +175,9 @@ impl PodContext {
         server: SocketAddr,
         direction: Direction,
     ) -> bool {
+        if !self.kernel_path {
+            return false;
+        }
         let tuple = mesh_ebpf_common::SocketTuple::new(0, client, server);
         let on = self
             .maps

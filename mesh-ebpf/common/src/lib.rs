@@ -420,13 +420,8 @@ impl EnrolledNetns {
 
     /// The same entry with the strict-mTLS flag set or cleared.
     #[must_use]
-    pub const fn with_strict(mut self, strict: bool) -> Self {
-        if strict {
-            self.flags |= ENROLLED_STRICT;
-        } else {
-            self.flags &= !ENROLLED_STRICT;
-        }
-        self
+    pub const fn with_strict(self, strict: bool) -> Self {
+        self.with_flag(ENROLLED_STRICT, strict)
     }
 
     /// Whether the pod's mTLS mode is strict.
@@ -437,11 +432,16 @@ impl EnrolledNetns {
 
     /// The same entry with the kernel-path flag set or cleared.
     #[must_use]
-    pub const fn with_kernel_path(mut self, on: bool) -> Self {
+    pub const fn with_kernel_path(self, on: bool) -> Self {
+        self.with_flag(ENROLLED_KERNEL_PATH, on)
+    }
+
+    /// The same entry with `flag` set or cleared.
+    const fn with_flag(mut self, flag: u32, on: bool) -> Self {
         if on {
-            self.flags |= ENROLLED_KERNEL_PATH;
+            self.flags |= flag;
         } else {
-            self.flags &= !ENROLLED_KERNEL_PATH;
+            self.flags &= !flag;
         }
         self
     }

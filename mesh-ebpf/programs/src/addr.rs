@@ -35,6 +35,17 @@ pub fn is_loopback_v4(ip: u32) -> bool {
     ip.to_ne_bytes()[0] == 127
 }
 
+/// Whether a folded address (see [`fold`]) is loopback: 127.0.0.0/8, or
+/// `::1`.
+#[inline(always)]
+pub fn is_loopback(family: u16, ip: [u32; 4]) -> bool {
+    if family == AF_INET {
+        is_loopback_v4(ip[0])
+    } else {
+        ip == LOCALHOST_V6
+    }
+}
+
 /// Whether an IPv6 address is `::ffff:a.b.c.d`.
 #[inline(always)]
 pub fn is_mapped_v4(ip: [u32; 4]) -> bool {

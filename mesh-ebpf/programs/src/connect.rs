@@ -25,7 +25,7 @@ use mesh_ebpf_common::{
 
 use crate::{
     addr::{
-        LOCALHOST_V4, LOCALHOST_V6, SockaddrIn, SockaddrIn6, fold, host_to_user_port, is_loopback_v4, mapped,
+        LOCALHOST_V4, LOCALHOST_V6, SockaddrIn, SockaddrIn6, fold, host_to_user_port, is_loopback, is_loopback_v4, mapped,
         read_words, user_port_to_host,
     },
     maps::{ORIG_DST_BY_COOKIE, count, direct_allowed, enrolled},
@@ -90,8 +90,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Refused> {
     // SAFETY: ctx.sock_addr points at the kernel's bpf_sock_addr.
     let dst = unsafe { read_words!(ctx.sock_addr, user_ip6) };
     let (family, folded) = fold(AF_INET6, dst);
-    let is_loopback = if family == AF_INET { is_loopback_v4(folded[0]) } else { dst == LOCALHOST_V6 };
-    if is_loopback {
+    if is_loopback(family, folded) {
         return Ok(());
     }
     let port = user_port_to_host(sa.user_port);

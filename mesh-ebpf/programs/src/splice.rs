@@ -37,7 +37,7 @@ use mesh_ebpf_common::{
 };
 
 use crate::{
-    addr::{LOCALHOST_V6, fold, is_loopback_v4, read_words},
+    addr::{fold, is_loopback, read_words},
     maps::{SPLICE_EVENTS, SPLICE_SOCKETS, SPLICED, count, direct_allowed, enrolled},
 };
 
@@ -140,7 +140,7 @@ pub fn pod_leg_established(ctx: &SockOpsContext, netns_cookie: u64) {
         return;
     }
     let Some(own) = own_tuple(ctx) else { return };
-    if is_loopback(&own) {
+    if is_loopback(own.family, own.src_addr) {
         return;
     }
     if join_as_client(ctx, own, SPLICE_FLAG_POD_LEG) {
@@ -211,14 +211,6 @@ pub fn closed(ctx: &SockOpsContext) {
     }
 }
 
-/// Whether the tuple's own address is loopback.
-fn is_loopback(tuple: &SocketTuple) -> bool {
-    if tuple.family == mesh_ebpf_common::AF_INET {
-        is_loopback_v4(tuple.src_addr[0])
-    } else {
-        tuple.src_addr == LOCALHOST_V6
-    }
-}
 
 fn report(event: SpliceEvent) {
     // A full ring loses the event; the counts in the agent are then short,

@@ -139,7 +139,9 @@ async fn serve_stream(
             return;
         }
     };
-    if let (Ok(own), Ok(app)) = (upstream.local_addr(), upstream.peer_addr()) {
+    if context.kernel_path
+        && let (Ok(own), Ok(app)) = (upstream.local_addr(), upstream.peer_addr())
+    {
         flow.security =
             Security::mutual_tls(context.check_kernel_path(own, app, Direction::Inbound));
     }
