@@ -58,6 +58,15 @@ fn main() {
         ),
         Err(error) => panic!("cannot run cargo to build the eBPF programs: {error}"),
     }
+    // Packed relative relocations (DT_RELR, glibc 2.36+, binutils 2.38+):
+    // the loader reads every relocation of this position-independent
+    // binary at start, and the agent stays resident with them; packed, they
+    // take kilobytes instead of most of a MiB.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu")
+    {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     let object = target_dir.join("bpfel-unknown-none/release/ambit-ebpf");
     let out =
         PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("ambit-ebpf.o");
