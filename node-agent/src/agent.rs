@@ -168,8 +168,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         }
         tracing::info!(admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, node = %config.node_name, "ambit node agent ready");
         // Start-up's garbage (the kernel's BTF above all) is freed by now.
-        crate::sys::release_free_heap();
-        tokio::spawn(release_free_heap_until_cancelled(shutdown.clone()));
+        tokio::spawn(crate::heap::release_until_cancelled(shutdown.clone()));
         source_kind.wait_for_first(&snapshots, &shutdown).await;
         let reconciler = Reconciler::new(enroller, board);
         let stop = Stop { shutdown, uninstall, drain };
@@ -272,24 +271,6 @@ async fn become_active(
     };
     if let Err(error) = active.serve(mesh_ebpf_common::PIN_LAYOUT_VERSION, requests) {
         tracing::error!(%error, "cannot start the handoff thread; no successor can take over without a gap");
-    }
-}
-
-/// How often the agent hands the allocator's free pages back to the kernel.
-const HEAP_RELEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Hands the allocator's free pages back to the kernel every
-/// [`HEAP_RELEASE_INTERVAL`] until `shutdown`. Without it glibc keeps what a
-/// burst of connections freed (their relay buffers, TLS sessions) resident
-/// in the data-path threads' arenas for the agent's whole life.
-async fn release_free_heap_until_cancelled(shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(HEAP_RELEASE_INTERVAL);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => crate::sys::release_free_heap(),
-        }
     }
 }
 

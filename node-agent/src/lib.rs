@@ -19,6 +19,7 @@
 //! - [`telemetry`]: the metrics (15020) and readiness (15021) listeners
 //! - [`admin`]: the JSON admin API
 //! - [`handoff`]: handing the pods' listeners to a successor agent
+//! - [`heap`]: handing the allocator's free memory back to the kernel
 //! - [`pod_netns`]: finding a pod's network namespace through its cgroup
 //!   (Kubernetes mode; the rest of the Kubernetes side is `mesh-kube`)
 //!
@@ -26,7 +27,7 @@
 //! each line using only the lines above it:
 //!
 //! 1. `pod_netns`, `routing`, `sync`, `sys`, `workloads`
-//! 2. `balancer`, `config`, `ebpf`, `handoff`, `identity`, `netns`
+//! 2. `balancer`, `config`, `ebpf`, `handoff`, `heap`, `identity`, `netns`
 //! 3. `flow`
 //! 4. `connections`, `metrics`, `stats`
 //! 5. `authz`
@@ -47,6 +48,7 @@ pub mod ebpf;
 pub mod enrollment;
 pub mod flow;
 pub mod handoff;
+pub mod heap;
 pub mod identity;
 pub mod metrics;
 pub mod netns;

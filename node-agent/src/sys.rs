@@ -26,6 +26,27 @@ pub fn release_free_heap() {
     }
 }
 
+/// Bytes the allocator holds free in its arenas (glibc's
+/// `mallinfo2().fordblks`, whether or not their pages are still resident);
+/// `None` where the allocator is not glibc's.
+#[cfg_attr(
+    target_env = "gnu",
+    expect(clippy::unnecessary_wraps, reason = "None on other allocators")
+)]
+pub fn free_heap_bytes() -> Option<usize> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct
+        // of counters, read under the allocator's locks.
+        let info = unsafe { libc::mallinfo2() };
+        Some(info.fordblks)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
+}
+
 /// Takes ownership of a descriptor the kernel has just installed for this
 /// process (returned by `accept`, or received with `SCM_RIGHTS`), so that
 /// it is closed when dropped.
