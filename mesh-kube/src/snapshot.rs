@@ -10,10 +10,10 @@
 //! - The meshed pods of other nodes are destinations: HBONE to them checks
 //!   their identity, which their service account gives. ambit has no
 //!   central workload distributor (Istio's istiod), so each agent also
-//!   watches the Pods of every other node (`spec.nodeName!=`), stripped on
-//!   arrival to what a destination needs (see
-//!   [`translate::trim_remote_pod`]); this node's pods come from the
-//!   node's own watch, whose objects are whole.
+//!   watches the Pods of every other node (`spec.nodeName!=`), kept only
+//!   in a compact form (see [`translate::RemotePod`] and
+//!   [`crate::watch::compact`]); this node's pods come from the node's own
+//!   watch, whose objects are whole.
 //! - A pod is enrolled when it or its namespace carries `ambit.dev/mesh=
 //!   enabled`; `ambit.dev/mesh=disabled` on the pod wins (see
 //!   [`translate::is_enrolled`]).
@@ -42,7 +42,10 @@ use mesh_core::local_config::{self, LocalSnapshot, RejectedPod};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{resources, translate, watch::Watches};
+use crate::{
+    resources, translate,
+    watch::{Watches, compact::CompactStore},
+};
 
 /// How long changes are gathered before one snapshot is built from them.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -112,7 +115,7 @@ pub async fn run(
     let stores = Stores {
         namespaces: watches.typed("namespaces", all(), translate::trim_metadata),
         pods: watches.typed("pods", node_pods, |_| {}),
-        other_pods: watches.typed("pods (other nodes)", other_pods, translate::trim_remote_pod),
+        other_pods: watches.compact("pods (other nodes)", other_pods, translate::compact_pod),
         services: watches.typed("services", all(), translate::trim_metadata),
         endpoint_slices: watches.typed("endpointslices", all(), translate::trim_metadata),
         policies: watches.custom(resources::AUTHORIZATION_POLICY),
@@ -172,8 +175,8 @@ struct Stores {
     namespaces: Store<Namespace>,
     /// This node's pods, whole.
     pods: Store<KubePod>,
-    /// Other nodes' pods, trimmed: destinations.
-    other_pods: Store<KubePod>,
+    /// Other nodes' pods, compact: destinations.
+    other_pods: CompactStore<translate::RemotePod>,
     services: Store<KubeService>,
     endpoint_slices: Store<EndpointSlice>,
     policies: Store<DynamicObject>,
@@ -231,17 +234,13 @@ impl SnapshotBuilder {
     fn build(&mut self, stores: &Stores) -> LocalSnapshot {
         let namespace_state = stores.namespaces.state();
         let namespace_labels = translate::namespace_labels(namespace_state.iter().map(|ns| &**ns));
-        let labels_of_namespace = |pod: &KubePod| {
-            pod.metadata
-                .namespace
-                .as_ref()
-                .and_then(|ns| namespace_labels.get(ns))
-        };
+        let labels_of_namespace =
+            |namespace: Option<&String>| namespace.and_then(|ns| namespace_labels.get(ns));
         let mut pods = Vec::new();
         let mut waiting = Vec::new();
         let mut seen_uids = Vec::new();
         for kube_pod in stores.pods.state() {
-            let labels = labels_of_namespace(&kube_pod);
+            let labels = labels_of_namespace(kube_pod.metadata.namespace.as_ref());
             let Some(meshed) = translate::node_pod(&kube_pod, labels, &self.settings.node) else {
                 continue;
             };
@@ -281,13 +280,9 @@ impl SnapshotBuilder {
         }
         self.netns.retain(|uid, _| seen_uids.contains(uid));
         self.waiting_since.retain(|uid, _| seen_uids.contains(uid));
-        for kube_pod in stores.other_pods.state() {
-            let labels = labels_of_namespace(&kube_pod);
-            pods.extend(translate::remote_pod(
-                &kube_pod,
-                labels,
-                &self.settings.node,
-            ));
+        for remote in stores.other_pods.read().values() {
+            let labels = labels_of_namespace(Some(&remote.namespace));
+            pods.extend(translate::remote_pod(remote, labels, &self.settings.node));
         }
         let services = services(stores, &namespace_labels);
         let custom = |store: &Store<DynamicObject>| {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod as KubePod, PodSpec, PodStatus, Service as KubeService},
+    core::v1::{Namespace, Pod as KubePod, Service as KubeService},
     discovery::v1::EndpointSlice,
 };
 use kube::api::DynamicObject;
@@ -79,9 +79,7 @@ pub fn node_pod(
     if !is_enrolled(&labels, namespace_labels) {
         return None;
     }
-    let status = pod.status.as_ref();
-    let phase = status.and_then(|s| s.phase.as_deref());
-    if pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")) {
+    if has_ended(pod) {
         return Some(Err(NotReady::Ended));
     }
     let ips = pod_ips(pod);
@@ -91,47 +89,118 @@ pub fn node_pod(
     let Some(uid) = pod.metadata.uid.clone() else {
         return Some(Err(NotReady::NoUid));
     };
-    let spec = pod.spec.as_ref();
-    let service_account = spec
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| "default".to_owned());
     Some(Ok(NodePod {
-        pod: Pod {
-            name,
-            namespace,
-            service_account,
-            ips,
-            netns: std::path::PathBuf::new(),
-            node: Some(node.to_owned()),
-            // The pod's own `ambit.dev/mtls` label is among its labels;
-            // validation reads it, with its namespace's (see [`config`]).
-            mtls: MtlsMode::Permissive,
-            port_mtls: BTreeMap::new(),
-            mtls_warnings: Vec::new(),
-            labels,
-            // Validation reads the pod's and its namespace's label.
-            kernel_path: KernelPath::Off,
-        },
+        pod: mesh_pod(name, namespace, service_account_of(pod), ips, node, labels),
         uid,
     }))
 }
 
+/// Whether the pod has finished (`Succeeded` or `Failed`) or is being
+/// deleted.
+fn has_ended(pod: &KubePod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A pod's `spec.serviceAccountName`, `default` when unset.
+fn service_account_of(pod: &KubePod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.service_account_name.clone())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// A meshed pod as the local configuration would list it, without `netns`.
+fn mesh_pod(
+    name: String,
+    namespace: String,
+    service_account: String,
+    ips: Vec<IpAddr>,
+    node: &str,
+    labels: BTreeMap<String, String>,
+) -> Pod {
+    Pod {
+        name,
+        namespace,
+        service_account,
+        ips,
+        netns: std::path::PathBuf::new(),
+        node: Some(node.to_owned()),
+        // The pod's own `ambit.dev/mtls` label is among its labels;
+        // validation reads it, with its namespace's (see [`config`]).
+        mtls: MtlsMode::Permissive,
+        port_mtls: BTreeMap::new(),
+        mtls_warnings: Vec::new(),
+        labels,
+        // Validation reads the pod's and its namespace's label.
+        kernel_path: KernelPath::Off,
+    }
+}
+
+/// What the agent keeps of another node's pod: only what makes it a mesh
+/// destination, a few hundred bytes where k8s-openapi's `Pod` struct takes
+/// ~2.2 KB even with every other field emptied (`PodSpec` alone is 1.4 KB).
+/// Whether it is meshed is decided when a snapshot is built, since its
+/// namespace's labels can change meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePod {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// `spec.serviceAccountName`, `default` when unset.
+    pub service_account: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `status.podIPs`, else `status.podIP`.
+    pub ips: Vec<IpAddr>,
+}
+
+/// The compact form of a pod of any node, or `None` when it cannot be a
+/// destination: unscheduled, without an address, finished or being
+/// deleted.
+#[must_use]
+pub fn compact_pod(pod: &KubePod) -> Option<RemotePod> {
+    if has_ended(pod) {
+        return None;
+    }
+    let ips = pod_ips(pod);
+    if ips.is_empty() {
+        return None;
+    }
+    Some(RemotePod {
+        namespace: pod.metadata.namespace.clone()?,
+        name: pod.metadata.name.clone()?,
+        node: pod.spec.as_ref()?.node_name.clone()?,
+        service_account: service_account_of(pod),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ips,
+    })
+}
+
 /// A meshed pod of another node, as a destination: no network namespace,
-/// its node named. `None` when it is on `own_node`, not meshed, not
-/// scheduled, not running or without an address.
+/// its node named. `None` when it is on `own_node` or not meshed.
+/// `namespace_labels` are its namespace's.
 #[must_use]
 pub fn remote_pod(
-    pod: &KubePod,
+    pod: &RemotePod,
     namespace_labels: Option<&BTreeMap<String, String>>,
     own_node: &str,
 ) -> Option<Pod> {
-    let node = pod.spec.as_ref()?.node_name.as_deref()?;
-    if node == own_node {
+    let empty = BTreeMap::new();
+    if pod.node == own_node || !is_enrolled(&pod.labels, namespace_labels.unwrap_or(&empty)) {
         return None;
     }
-    node_pod(pod, namespace_labels, node)?
-        .ok()
-        .map(|meshed| meshed.pod)
+    Some(mesh_pod(
+        pod.name.clone(),
+        pod.namespace.clone(),
+        pod.service_account.clone(),
+        pod.ips.clone(),
+        &pod.node,
+        pod.labels.clone(),
+    ))
 }
 
 /// Drops what no translation reads and what often makes up most of an
@@ -147,28 +216,6 @@ pub fn trim_metadata<K: kube::Resource>(object: &mut K) {
             metadata.annotations = None;
         }
     }
-}
-
-/// Keeps of a pod only what [`remote_pod`] reads, so the cluster-wide
-/// store of other nodes' pods stays small: name, namespace, uid, labels,
-/// deletion mark; node and service account; phase and addresses.
-pub fn trim_remote_pod(pod: &mut KubePod) {
-    trim_metadata(pod);
-    let metadata = &mut pod.metadata;
-    metadata.owner_references = None;
-    metadata.finalizers = None;
-    metadata.generate_name = None;
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
-        node_name: spec.node_name,
-        service_account_name: spec.service_account_name,
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        pod_ips: status.pod_ips,
-        ..PodStatus::default()
-    });
 }
 
 /// A pod's addresses: `status.podIPs`, else `status.podIP`; unparsable

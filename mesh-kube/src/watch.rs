@@ -1,11 +1,14 @@
 //! Watching the API server: kube-runtime watchers (list, then watch; a
 //! `410 Gone` relists; errors back off and retry) feeding reflector stores
 //! that keep the last good state meanwhile, each event waking whoever
-//! rebuilds from the stores.
+//! rebuilds from the stores; or, for the objects a cluster has most of,
+//! [`compact`] stores that keep only what the mesh reads of each.
+
+pub mod compact;
 
 use std::{pin::pin, sync::Arc};
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use kube::{
     Api, Client,
     api::DynamicObject,
@@ -18,6 +21,7 @@ use kube::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use self::compact::CompactStore;
 use crate::{resources::CustomResource, translate};
 
 /// Starts watchers that wake one builder and stop at one shutdown.
@@ -68,6 +72,35 @@ impl Watches {
         self.drive(
             what,
             reflector::reflector(writer, watcher(api, config).modify(trim)),
+        );
+        store
+    }
+
+    /// Watches every `K` that `config` selects and keeps only what
+    /// `compact` makes of each (see [`compact`]); returns the store.
+    #[must_use]
+    pub fn compact<K, T>(
+        &self,
+        what: &'static str,
+        config: watcher::Config,
+        compact: fn(&K) -> Option<T>,
+    ) -> CompactStore<T>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default,
+        T: Send + Sync + 'static,
+    {
+        let (store, mut writer) = compact::store(compact);
+        let api = Api::<K>::all(self.client.clone());
+        self.drive(
+            what,
+            watcher(api, config).inspect_ok(move |event| writer.apply(event)),
         );
         store
     }

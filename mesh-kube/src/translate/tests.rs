@@ -221,8 +221,73 @@ fn other_nodes_meshed_pods_are_destinations() {
     pod.spec.as_mut().unwrap().node_name = Some("n2".to_owned());
     pod.spec.as_mut().unwrap().containers = vec![k8s_openapi::api::core::v1::Container::default()];
     pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
-    trim_remote_pod(&mut pod);
-    assert!(pod.metadata.annotations.is_none());
+    let compact = compact_pod(&pod).expect("a running pod with an address");
+    assert_eq!(compact.node, "n2");
+    assert_eq!(compact.service_account, "web-sa");
+    let remote = remote_pod(&compact, Some(&namespace), "n1").expect("meshed pod of n2");
+    assert_eq!(remote.node.as_deref(), Some("n2"));
+    assert!(remote.netns.as_os_str().is_empty());
+    assert_eq!(remote.ips, ["10.2.0.9".parse::<IpAddr>().unwrap()]);
+    // The same translation as a pod of this node's gets, netns aside.
+    let mut on_n2 = node_pod(&pod, Some(&namespace), "n2")
+        .expect("meshed")
+        .expect("ready")
+        .pod;
+    on_n2.netns = remote.netns.clone();
+    assert_eq!(remote, on_n2);
+    // Its own node's pods come from the node's watch, not from this one.
+    assert_eq!(remote_pod(&compact, Some(&namespace), "n2"), None);
+    // Not meshed: not a mesh destination; meshed later by its namespace's
+    // label, without the pod changing.
+    assert_eq!(remote_pod(&compact, None, "n1"), None);
+    // The pod's own `disabled` wins over its namespace.
+    let mut opted_out = compact.clone();
+    opted_out
+        .labels
+        .insert(MESH_LABEL.to_owned(), "disabled".to_owned());
+    assert_eq!(remote_pod(&opted_out, Some(&namespace), "n1"), None);
+}
+
+#[test]
+fn pods_that_cannot_be_destinations_are_not_kept() {
+    let running = json!({"phase": "Running", "podIP": "10.2.0.9"});
+    let scheduled = |status: &serde_json::Value| {
+        let mut pod = kube_pod(&json!({}), status);
+        pod.spec.as_mut().unwrap().node_name = Some("n2".to_owned());
+        pod
+    };
+    assert!(compact_pod(&scheduled(&running)).is_some());
+    // Not scheduled yet.
+    let mut unscheduled = scheduled(&running);
+    unscheduled.spec.as_mut().unwrap().node_name = None;
+    assert_eq!(compact_pod(&unscheduled), None);
+    // No address yet, or an unparsable one.
+    assert_eq!(compact_pod(&scheduled(&json!({"phase": "Pending"}))), None);
+    assert_eq!(
+        compact_pod(&scheduled(
+            &json!({"phase": "Running", "podIP": "not-an-ip"})
+        )),
+        None
+    );
+    // Finished, or being deleted.
+    for phase in ["Succeeded", "Failed"] {
+        assert_eq!(
+            compact_pod(&scheduled(&json!({"phase": phase, "podIP": "10.2.0.9"}))),
+            None
+        );
+    }
+    let deleting: KubePod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop", "deletionTimestamp": "2026-12-07T00:00:00Z"},
+        "spec": {"nodeName": "n2", "containers": []},
+        "status": running,
+    }))
+    .unwrap();
+    assert_eq!(compact_pod(&deleting), None);
+}
+
+#[test]
+fn metadata_keeps_only_ambit_annotations() {
+    let mut pod = kube_pod(&json!({}), &json!({}));
     pod.metadata.annotations = Some(
         [
             ("big".to_owned(), "x".repeat(1000)),
@@ -235,16 +300,9 @@ fn other_nodes_meshed_pods_are_destinations() {
         pod.metadata.annotations,
         Some([("ambit.dev/rate-limit".to_owned(), "5".to_owned())].into())
     );
-    assert!(pod.spec.as_ref().unwrap().containers.is_empty());
-    assert!(pod.status.as_ref().unwrap().conditions.is_none());
-    let remote = remote_pod(&pod, Some(&namespace), "n1").expect("meshed pod of n2");
-    assert_eq!(remote.node.as_deref(), Some("n2"));
-    assert!(remote.netns.as_os_str().is_empty());
-    assert_eq!(remote.ips, ["10.2.0.9".parse::<IpAddr>().unwrap()]);
-    // Its own node's pods come from the node's watch, not from this one.
-    assert_eq!(remote_pod(&pod, Some(&namespace), "n2"), None);
-    // Not meshed: not a mesh destination.
-    assert_eq!(remote_pod(&pod, None, "n1"), None);
+    pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
+    trim_metadata(&mut pod);
+    assert!(pod.metadata.annotations.is_none());
 }
 
 /// The pod `web` of `shop` with `pod_labels`, in a namespace with
