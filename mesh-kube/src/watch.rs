@@ -24,6 +24,24 @@ use tokio_util::sync::CancellationToken;
 use self::compact::CompactStore;
 use crate::{resources::CustomResource, translate};
 
+/// What a watcher can watch: a Kubernetes object it can decode and hand
+/// between tasks.
+pub trait Watched:
+    kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Starts watchers that wake one builder and stop at one shutdown.
 pub struct Watches {
     /// The API server's client.
@@ -58,13 +76,7 @@ impl Watches {
         trim: fn(&mut K),
     ) -> Store<K>
     where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watched,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     {
         let (store, writer) = reflector::store();
@@ -86,13 +98,7 @@ impl Watches {
         compact: fn(&K) -> Option<T>,
     ) -> CompactStore<T>
     where
-        K: kube::Resource
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watched,
         K::DynamicType: Default,
         T: Send + Sync + 'static,
     {
