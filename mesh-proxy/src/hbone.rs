@@ -148,12 +148,7 @@ pub async fn accept(
             .map_err(|e| AcceptError::Tls(tls::handshake_failure(&e)))?;
         let peer = tls::peer_identity(tls.get_ref().1.peer_certificates())
             .ok_or(AcceptError::NoSpiffeId)?;
-        let connection = h2::server::Builder::new()
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
+        let connection = server_builder()
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(AcceptError::H2)?;
@@ -162,6 +157,22 @@ pub async fn accept(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| AcceptError::Timeout)?
+}
+
+/// The HTTP/2 server settings of HBONE: its header-list limit, stream
+/// limit, windows and frame size. [`accept`] hands a TLS stream to it; the
+/// fuzz targets (`fuzz/`) hand it an in-memory stream, so that they serve
+/// exactly what a peer reaches after the TLS handshake.
+#[must_use]
+pub fn server_builder() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE);
+    builder
 }
 
 /// The client side, over `tcp` to the peer's HBONE address `addr`: TLS

@@ -10,7 +10,10 @@ use std::{future::Future, sync::Arc};
 use bytes::Bytes;
 use mesh_core::identity::SpiffeId;
 use rustls::ServerConfig;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 
 use crate::hbone::accept;
 
@@ -33,19 +36,37 @@ pub async fn serve_until<F, S>(
     tcp: TcpStream,
     config: Arc<ServerConfig>,
     drain: impl Future<Output = ()>,
-    mut on_stream: F,
+    on_stream: F,
 ) where
     F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
     S: Future<Output = ()> + Send + 'static,
 {
-    use tracing::Instrument as _;
-    let (peer, mut connection) = match accept(tcp, config).await {
+    let (peer, connection) = match accept(tcp, config).await {
         Ok(accepted) => accepted,
         Err(error) => {
             tracing::warn!(%error, "HBONE connection refused");
             return;
         }
     };
+    serve_accepted(peer, connection, drain, on_stream).await;
+}
+
+/// The part of [`serve_until`] after the handshakes: each CONNECT stream of
+/// `connection`, whose client proved `peer`, handed to `on_stream` and
+/// spawned in the current span, with the graceful shutdown once `drain`
+/// completes. Generic over the transport so that the fuzz targets
+/// (`fuzz/`) serve an in-memory stream exactly as the TLS one is served.
+pub async fn serve_accepted<T, F, S>(
+    peer: SpiffeId,
+    mut connection: h2::server::Connection<T, Bytes>,
+    drain: impl Future<Output = ()>,
+    mut on_stream: F,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, SpiffeId) -> S,
+    S: Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument as _;
     tracing::Span::current().record("peer", tracing::field::display(&peer));
     let mut drain = std::pin::pin!(drain);
     let mut draining = false;
