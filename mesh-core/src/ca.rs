@@ -126,6 +126,17 @@ pub enum CaError {
         /// What is wrong.
         reason: String,
     },
+    /// The key loads, and its public half may match the certificate, but
+    /// it cannot sign: its private half is damaged.
+    #[error(
+        "the CA key {path} cannot sign ({reason}): its private part is damaged (restore it from a backup, or make a new CA with `ambit ca init`)"
+    )]
+    KeyCannotSign {
+        /// The file.
+        path: PathBuf,
+        /// The signer's error.
+        reason: String,
+    },
     /// The key is not the one whose public half the certificate carries.
     #[error(
         "the key {key_path} does not match the certificate {cert_path} (were both written by the same `ambit ca init`?)"
@@ -258,7 +269,7 @@ impl CertificateAuthority {
 
     /// Loads a CA from a PEM certificate (the first `CERTIFICATE` block of
     /// `cert_path`) and a PEM PKCS#8 key. Checks that the certificate is a
-    /// CA and that the key is its key.
+    /// CA, that the key is its key, and that the key signs.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
         let cert_text = files::read_file(cert_path, "the CA certificate")?;
         let key_text = files::read_file(key_path, "the CA key")?;

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rcgen::KeyPair;
+use rcgen::{KeyPair, SigningKey as _};
 use rustls_pki_types::{
     CertificateDer, PrivatePkcs8KeyDer,
     pem::{self as pki_pem, PemObject as _},
@@ -92,11 +92,22 @@ pub(super) fn load_key(path: &Path, text: &[u8]) -> Result<KeyPair, CaError> {
         pki_pem::Error::NoItemsFound => bad_key("no PRIVATE KEY block found".into()),
         error => bad_key(error.to_string()),
     })?;
-    KeyPair::try_from(&der).map_err(|error| {
+    let key = KeyPair::try_from(&der).map_err(|error| {
         bad_key(format!(
             "{error} (supported CA keys: RSA of 2048 to 8192 bits, ECDSA P-256 or P-384, Ed25519)"
         ))
-    })
+    })?;
+    // An RSA key whose private half is damaged (its CRT parameters) still
+    // loads, and its public half still matches the certificate: it fails
+    // every signature instead. A trial signature (which ring checks
+    // against the public key) finds it here, so that a broken CA Secret is
+    // refused and the last good CA keeps signing.
+    key.sign(b"ambit CA key check")
+        .map_err(|error| CaError::KeyCannotSign {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(key)
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<(), CaError> {

@@ -159,3 +159,21 @@ fn unsupported_ca_keys_fail_to_load_naming_the_file_and_the_fix() {
         "supported CA keys: RSA of 2048",
     );
 }
+
+/// Found by the `trust_bundle` fuzz target: the rsa2048 fixture with one
+/// character of its key's CRT parameters changed (and its certificate's
+/// signature damaged, which the loader never checks). The key's public half
+/// still matches the certificate, so it used to load, and then every
+/// signature failed: a CA Secret like this replaced the last good CA and
+/// the controller refused every certificate request. It is refused at load.
+#[test]
+fn a_ca_key_whose_private_part_is_damaged_fails_to_load() {
+    let path = fixture("fuzz-trust-bundle-damaged-rsa-key.pem");
+    let text = std::fs::read(&path).unwrap();
+    let error = CertificateAuthority::from_pem(&text, &path, &text, &path).unwrap_err();
+    assert!(
+        matches!(&error, CaError::KeyCannotSign { path: named, .. } if *named == path),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("cannot sign"), "{error}");
+}
