@@ -318,8 +318,17 @@ impl CertificateAuthority {
                 key_path: key_path.to_owned(),
             });
         }
+        if let Some(reason) = inspect::unwritable_issuer_name(&x509) {
+            return Err(bad_certificate(reason));
+        }
         let issuer = Issuer::from_ca_cert_der(&certificate_der, key)
             .map_err(|error| bad_certificate(error.to_string()))?;
+        // What the signer rewrites of the CA into each certificate must be
+        // writable: one trial issuance finds out at load, while the last
+        // good CA is still in use, not at the first request.
+        CertificateParams::default()
+            .signed_by(issuer.key(), &issuer)
+            .map_err(|error| bad_certificate(format!("the CA cannot issue with it: {error}")))?;
         Ok(Self {
             certificate_pem: files::certificate_pem(&certificate_der),
             certificate_der,

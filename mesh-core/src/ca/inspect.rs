@@ -75,6 +75,37 @@ pub fn sha256_fingerprint(cert: &CertificateDer<'_>) -> String {
     text
 }
 
+/// Why a CA certificate's subject cannot be the issuer name of the
+/// certificates it signs, if it cannot. The signer (rcgen) writes the name
+/// again from its parts: it takes one attribute per name part, and it
+/// panics on an attribute type whose identifier has no DER form (a first
+/// arc above 2, or a second arc of 40 or more under 0 or 1), which
+/// x509-parser reads from some encodings.
+pub(super) fn unwritable_issuer_name(x509: &X509Certificate<'_>) -> Option<String> {
+    for part in x509.subject().iter() {
+        let attributes: Vec<_> = part.iter().collect();
+        let [attribute] = attributes.as_slice() else {
+            return Some(format!(
+                "a part of its subject has {} attributes; a CA's subject needs one per part",
+                attributes.len()
+            ));
+        };
+        let oid = attribute.attr_type();
+        let arcs: Option<Vec<u64>> = oid.iter().map(Iterator::collect);
+        let writable = matches!(
+            arcs.as_deref(),
+            Some([first, second, ..])
+                if *first < 3 && (*first == 2 || *second < 40) && *second < u64::MAX - 80
+        );
+        if !writable {
+            return Some(format!(
+                "its subject has an attribute type {oid} that is not a valid object identifier"
+            ));
+        }
+    }
+    None
+}
+
 /// What the CA reads back from a certificate it has just signed.
 pub(super) struct CertificateFacts {
     pub(super) not_before: SystemTime,

@@ -177,3 +177,19 @@ fn a_ca_key_whose_private_part_is_damaged_fails_to_load() {
     );
     assert!(error.to_string().contains("cannot sign"), "{error}");
 }
+
+/// Found by the `trust_bundle` fuzz target: the ed25519 fixture with its
+/// subject's attribute type changed to an identifier with no DER form
+/// (first arc 4). It loaded, and the first certificate it signed panicked
+/// in the signer (which writes the CA's subject into each certificate). It
+/// is refused at load, naming the attribute.
+#[test]
+fn a_ca_whose_subject_cannot_be_written_again_fails_to_load_instead_of_panicking() {
+    let path = fixture("fuzz-trust-bundle-invalid-oid-in-subject.pem");
+    let text = std::fs::read(&path).unwrap();
+    let error = CertificateAuthority::from_pem(&text, &path, &text, &path).unwrap_err();
+    assert!(
+        matches!(&error, CaError::BadCertificateFile { reason, .. } if reason.contains("not a valid object identifier")),
+        "{error:?}"
+    );
+}
