@@ -1,10 +1,16 @@
 //! HBONE's vocabulary: TCP carried in HTTP/2 CONNECT streams over mutual
 //! TLS 1.3 (port 15008), with the same limits and windows on every side.
 //! The handshakes are here: [`accept`] on the server side, [`connect`] on
-//! the client side, and [`connect_authority`] for what a CONNECT request
-//! asks for; so is [`HboneError`], what every HBONE client reports.
+//! the client side, and [`connect_authority`] and [`connect_target`] for
+//! what a CONNECT request asks for; so is [`HboneError`], what every HBONE
+//! client reports.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use rustls::{ClientConfig, ServerConfig, pki_types::ServerName};
@@ -234,6 +240,33 @@ pub fn connect_authority<B>(
         })
 }
 
+/// Where a CONNECT to a pod's HBONE port may go: [`connect_authority`],
+/// then one of `own_ips` (the pod's addresses; an IPv4-mapped address
+/// counts as IPv4) on a port not among `reserved` (the mesh's own ports
+/// in the pod); else 400 and why. The node agent's inbound HBONE server
+/// asks this of every stream, and so does the HBONE fuzz target.
+pub fn connect_target<B>(
+    request: &http::Request<B>,
+    own_ips: &[IpAddr],
+    reserved: &[u16],
+) -> Result<SocketAddr, (http::StatusCode, &'static str)> {
+    let dst = connect_authority(request)?;
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    if !own_ips.contains(&dst.ip()) {
+        return Err((
+            http::StatusCode::BAD_REQUEST,
+            "the authority is not an address of this pod",
+        ));
+    }
+    if reserved.contains(&dst.port()) {
+        return Err((
+            http::StatusCode::BAD_REQUEST,
+            "the authority is a mesh port",
+        ));
+    }
+    Ok(dst)
+}
+
 /// An h2 error as an I/O error: its own I/O error when it has one.
 #[must_use]
 pub fn h2_to_io(error: h2::Error) -> io::Error {
@@ -243,5 +276,64 @@ pub fn h2_to_io(error: h2::Error) -> io::Error {
             .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
     } else {
         io::Error::other(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: http::Method, uri: &str) -> http::Request<()> {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_connect_reaches_only_the_pods_own_addresses_off_the_mesh_ports() {
+        let own: [IpAddr; 2] = ["10.10.2.11".parse().unwrap(), "fd00::11".parse().unwrap()];
+        let reserved = [15001, 15006, 15008];
+        let target = |method, uri: &str| connect_target(&request(method, uri), &own, &reserved);
+        let connect = http::Method::CONNECT;
+        assert_eq!(
+            target(connect.clone(), "10.10.2.11:8080"),
+            Ok("10.10.2.11:8080".parse().unwrap())
+        );
+        assert_eq!(
+            target(connect.clone(), "[::ffff:10.10.2.11]:80"),
+            Ok("10.10.2.11:80".parse().unwrap()),
+            "an IPv4-mapped address is the IPv4 one"
+        );
+        assert_eq!(
+            target(connect.clone(), "[fd00::11]:443"),
+            Ok("[fd00::11]:443".parse().unwrap())
+        );
+        for (method, uri, status) in [
+            (
+                http::Method::GET,
+                "10.10.2.11:8080",
+                http::StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (connect.clone(), "/path", http::StatusCode::BAD_REQUEST),
+            (
+                connect.clone(),
+                "backend.shop:8080",
+                http::StatusCode::BAD_REQUEST,
+            ),
+            (
+                connect.clone(),
+                "10.10.2.12:8080",
+                http::StatusCode::BAD_REQUEST,
+            ),
+            (
+                connect.clone(),
+                "10.10.2.11:15008",
+                http::StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            assert_eq!(target(method, uri).map_err(|e| e.0), Err(status), "{uri}");
+        }
     }
 }

@@ -185,18 +185,7 @@ fn connect_target(
     context: &PodContext,
     request: &Request<h2::RecvStream>,
 ) -> Result<SocketAddr, (StatusCode, &'static str)> {
-    let dst = mesh_proxy::hbone::connect_authority(request)?;
-    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
-    if !context.pod_ips.contains(&dst.ip()) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "the authority is not an address of this pod",
-        ));
-    }
-    if RESERVED_POD_PORTS.contains(&dst.port()) {
-        return Err((StatusCode::BAD_REQUEST, "the authority is a mesh port"));
-    }
-    Ok(dst)
+    mesh_proxy::hbone::connect_target(request, &context.pod_ips, &RESERVED_POD_PORTS)
 }
 
 /// A CONNECT response; with the verdict reported when there is one.
