@@ -141,7 +141,9 @@ async fn serve_stream(
 
 /// Serves HTTP/1.1 on a stream until the client is done with it or the
 /// connection fails. A request that does not parse gets 400 from hyper,
-/// after which hyper ends the stream's sending side.
+/// after which hyper ends the stream's sending side. A client that ends
+/// its side after its request (a TCP half-close its agent passes on) is
+/// still answered.
 pub async fn serve_http1<S>(io: &mut H2Io, service: S)
 where
     S: HttpService<Incoming>,
@@ -151,6 +153,9 @@ where
 {
     let served = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        // Without it, hyper closes at the end of input while a request is
+        // in flight: the request is dropped and the stream reset.
+        .half_close(true)
         .serve_connection(TokioIo::new(io), service)
         .await;
     if let Err(error) = served {

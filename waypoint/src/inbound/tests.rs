@@ -139,6 +139,26 @@ async fn a_bad_request_gets_its_400_and_the_stream_ends_without_a_reset() {
     assert!(!reset_by_server(&mut send, &mut ping).await);
 }
 
+/// Found by the `waypoint_stream` fuzz target's seeds: a client that sends
+/// its whole request and ends its side with it (`END_STREAM`: its agent
+/// passes a TCP half-close on, as `nc -N` or an HTTP/1.0 client makes one)
+/// had the request dropped and the stream reset, because hyper closed the
+/// connection at the end of input while the request was in flight. It is
+/// answered.
+#[tokio::test]
+async fn a_request_followed_by_the_clients_end_is_answered() {
+    let (client, _ping) = connect(LINGER).await;
+    let (response, mut send) = connect_stream(client).await;
+    send.send_data(
+        Bytes::from_static(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n"),
+        true,
+    )
+    .expect("the request and the client's end");
+    let response = response.await.expect("the CONNECT response, not a reset");
+    let answer = read_to_end(&mut response.into_body()).await;
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer:?}");
+}
+
 #[tokio::test]
 async fn a_client_still_sending_after_the_linger_is_reset() {
     let linger = Duration::from_millis(100);
