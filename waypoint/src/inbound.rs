@@ -69,7 +69,12 @@ async fn serve_connection(waypoint: Arc<Waypoint>, tcp: TcpStream, client: Socke
     .await;
 }
 
-async fn serve_stream(
+/// Serves one CONNECT stream of an HBONE connection whose client proved
+/// `peer` from `client`: the authority checked against the services using
+/// this waypoint (400 otherwise), 200, then protocol detection and HTTP or
+/// opaque TCP. Public so that the fuzz targets (`fuzz/`) serve streams of
+/// an in-memory connection exactly as those of a TLS one are served.
+pub async fn serve_stream(
     waypoint: Arc<Waypoint>,
     request: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
