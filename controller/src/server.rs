@@ -95,7 +95,10 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(
+/// Answers one request of the API: `POST /v1/certificates` decided by
+/// `signer`, `GET /healthz`, 404 for anything else. Public so that the fuzz
+/// targets (`fuzz/`) send requests through it as a connection does.
+pub async fn handle(
     signer: Arc<Signer>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
