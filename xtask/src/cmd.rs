@@ -139,7 +139,7 @@ pub fn require_root(task: &str, why: &str) -> Result<()> {
 // === display ===
 
 /// The command as a shell would read it: environment assignments, program, arguments.
-fn command_line(cmd: &Command) -> String {
+pub fn command_line(cmd: &Command) -> String {
     let assignments = cmd.get_envs().filter_map(|(key, value)| {
         value.map(|value| format!("{}={}", key.to_string_lossy(), shell_quote(value)))
     });

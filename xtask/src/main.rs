@@ -10,13 +10,15 @@
 //!   kernels, each booted under qemu.
 //! - `lint` checks the structure: no import cycle between a crate's top-level
 //!   modules, no product file over 600 lines.
+//! - `fuzz` runs the fuzz targets of `fuzz/` (cargo-fuzz, libFuzzer), one
+//!   after the other, and prints what each reached.
 //!
 //! Modules import only downward (`cargo xtask lint` checks it); bottom first,
 //! each line using only the lines above it:
 //!
 //! 1. `cmd`, `lint`
 //! 2. `setup`
-//! 3. `build_ebpf`, `kernels`, `release`, `test`
+//! 3. `build_ebpf`, `fuzz`, `kernels`, `release`, `test`
 //! 4. `bench`, `demo`
 
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod fuzz;
 mod kernels;
 mod lint;
 mod release;
@@ -113,6 +116,11 @@ enum Task {
         #[arg(long)]
         order: bool,
     },
+    /// Run fuzz targets (`fuzz/`, cargo-fuzz with libFuzzer) for `--time`
+    /// seconds each; print executions per second, corpus and coverage of
+    /// each, and exit 1 with the input's path on a crash (see
+    /// docs/building.md).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -159,6 +167,7 @@ fn run(task: Task) -> Result<()> {
         Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
         Task::Lint { order } => lint::run(&root, order),
+        Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::TestKernels {
             kernel,
             quick,

@@ -197,6 +197,28 @@ fn install_nextest(present: &mut Vec<String>) -> Result<()> {
     cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
+/// The cargo-fuzz release `cargo xtask fuzz` installs: it drives libFuzzer
+/// from crates.io's `libfuzzer-sys`, on the stable toolchain with
+/// `RUSTC_BOOTSTRAP=1`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz, which `cargo xtask fuzz` runs, unless `cargo fuzz
+/// --version` works. Not part of [`run`]: only fuzzing needs it.
+pub fn install_cargo_fuzz(present: &mut Vec<String>) -> Result<()> {
+    if cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        present.push("cargo-fuzz".to_owned());
+        return Ok(());
+    }
+    println!("· cargo-fuzz: installing {CARGO_FUZZ_VERSION}");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+}
+
 /// Checks that the packages put Debian's rustc and the BPF `core` where the
 /// eBPF build expects them.
 fn verify_paths(present: &mut Vec<String>) -> Result<()> {
