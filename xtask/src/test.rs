@@ -12,9 +12,10 @@ use crate::cmd::{self, cargo, in_ci};
 use crate::{kernels, setup};
 
 /// Number of steps, for the `[n/N]` headers.
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
-/// Runs setup, fmt, clippy, the debug build, the test suite and, unless
+/// Runs setup, fmt, clippy, the debug build, a check of the fuzz targets,
+/// the test suite and, unless
 /// `skip_kernel_boot`, the quick set under the oldest supported kernel.
 pub fn run(root: &Path, nextest_args: &[String], skip_kernel_boot: bool) -> Result<()> {
     cmd::require_root(
@@ -43,7 +44,25 @@ pub fn run(root: &Path, nextest_args: &[String], skip_kernel_boot: bool) -> Resu
     // so a `--bins` build alone would be compiled a second time by nextest.
     cmd::run(cargo(root).args(["build", "--workspace", "--all-targets"]))?;
 
-    header(5, "tests");
+    header(5, "fuzz targets build");
+    // The fuzz crate is a workspace of its own (docs/building.md,
+    // "Fuzzing"): nothing else compiles it, so an API change that breaks a
+    // target would otherwise go unnoticed until someone fuzzes.
+    let fuzz_manifest = root.join("fuzz/Cargo.toml");
+    cmd::run(
+        cargo(root)
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&fuzz_manifest),
+    )?;
+    cmd::run(
+        cargo(root)
+            .args(["check", "--all-targets", "--manifest-path"])
+            .arg(&fuzz_manifest)
+            .arg("--target-dir")
+            .arg(root.join("target/fuzz-check")),
+    )?;
+
+    header(6, "tests");
     let mut nextest = cargo(root);
     nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     if in_ci() {
@@ -62,7 +81,7 @@ pub fn run(root: &Path, nextest_args: &[String], skip_kernel_boot: bool) -> Resu
     report_skips(&skip_log);
     result?;
 
-    header(6, "oldest supported kernel (6.1 under qemu)");
+    header(7, "oldest supported kernel (6.1 under qemu)");
     if skip_kernel_boot {
         println!("skipped (--skip-kernel-boot); CI never skips it");
         return Ok(());
