@@ -153,23 +153,32 @@ impl Agent {
     /// it shares the node's network namespace with its predecessor. Returns
     /// at once.
     pub fn spawn_successor(tb: &Testbed, node: &Node, config_yaml: &str, generation: u16) -> Agent {
+        Self::spawn_successor_with(tb, node, config_yaml, generation, &[])
+    }
+
+    /// [`Agent::spawn_successor`] with more arguments (those its
+    /// predecessor was started with, e.g. `--cert-lifetime-secs`).
+    pub fn spawn_successor_with(
+        tb: &Testbed,
+        node: &Node,
+        config_yaml: &str,
+        generation: u16,
+        extra_args: &[&str],
+    ) -> Agent {
         let base = 15_000 + 100 * (generation % 50 + 1);
         let admin = format!("127.0.0.1:{base}");
         let metrics = format!("0.0.0.0:{}", base + 20);
         let readiness = format!("0.0.0.0:{}", base + 21);
-        Self::spawn(
-            tb,
-            node,
-            config_yaml,
-            &[
-                "--admin-addr",
-                &admin,
-                "--metrics-addr",
-                &metrics,
-                "--readiness-addr",
-                &readiness,
-            ],
-        )
+        let mut args = vec![
+            "--admin-addr",
+            &admin,
+            "--metrics-addr",
+            &metrics,
+            "--readiness-addr",
+            &readiness,
+        ];
+        args.extend_from_slice(extra_args);
+        Self::spawn(tb, node, config_yaml, &args)
     }
 
     /// Starts an agent in Kubernetes mode, reading the API server at

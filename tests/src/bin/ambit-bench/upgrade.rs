@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ambit_tests::mesh::{Agent, pods_yaml};
 use ambit_tests::workload::{self, RR_PORT, WAIT, pod_tool};
-use ambit_tests::{Pod, Proc, Testbed};
+use ambit_tests::{Node, Pod, Proc, Testbed};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -99,24 +99,17 @@ pub fn measure(quick: bool, runs: usize) -> Result<UpgradeReport, BenchError> {
         ));
         let during = churn(&tb, &client, &server, load_secs);
         std::thread::sleep(Duration::from_secs(load_secs) / 3);
-        let started = Instant::now();
         let generation = u16::try_from(run).map_err(|_| BenchError::failed("too many runs"))?;
-        let next = Agent::spawn_successor(&tb, &n2, &config, generation);
-        next.proc
-            .wait_for_stderr_line(WAIT, |l| {
-                l.contains("took the pods over from the previous agent")
-            })
-            .ok_or_else(|| {
-                BenchError::failed(format!("run {run}: the handoff did not complete"))
-            })?;
-        let handoff = started.elapsed();
-        let old = std::mem::replace(&mut agent, next);
-        old.proc
-            .wait_for_stderr_line(WAIT, |l| l.contains("stopped accepting and drains"))
-            .ok_or_else(|| {
-                BenchError::failed(format!("run {run}: the old agent did not let go"))
-            })?;
-        let released = Instant::now();
+        let HandedOff {
+            old,
+            took: handoff,
+            released,
+        } = hand_off(&tb, &n2, &config, generation, &[], &mut agent).map_err(
+            |error| match error {
+                BenchError::Failed(message) => BenchError::failed(format!("run {run}: {message}")),
+                other => other,
+            },
+        )?;
         let status = old
             .proc
             .wait_timeout(Duration::from_mins(1))
@@ -148,6 +141,55 @@ pub fn measure(quick: bool, runs: usize) -> Result<UpgradeReport, BenchError> {
     progress(&format!("removing the test bed ({})", tb.id()));
     drop(tb);
     Ok(UpgradeReport::from_runs(load_secs, per_run))
+}
+
+/// What [`hand_off`] leaves: the old agent, draining.
+pub struct HandedOff {
+    /// The old agent, which stopped accepting and drains.
+    pub old: Agent,
+    /// From starting the successor to it having taken the pods over.
+    pub took: Duration,
+    /// When the old agent let go.
+    pub released: Instant,
+}
+
+/// Hands `node`'s pods from `agent` to a successor of this `generation`
+/// started with `config` and `args`, which replaces it in `agent`; waits
+/// until the successor has taken the pods over and the old agent has let
+/// go.
+pub fn hand_off(
+    tb: &Testbed,
+    node: &Node,
+    config: &str,
+    generation: u16,
+    args: &[&str],
+    agent: &mut Agent,
+) -> Result<HandedOff, BenchError> {
+    let started = Instant::now();
+    let next = Agent::spawn_successor_with(tb, node, config, generation, args);
+    next.proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("took the pods over from the previous agent")
+        })
+        .ok_or_else(|| {
+            BenchError::failed(format!(
+                "the handoff on {} did not complete: {}",
+                node.name,
+                next.proc.report()
+            ))
+        })?;
+    let took = started.elapsed();
+    let old = std::mem::replace(agent, next);
+    old.proc
+        .wait_for_stderr_line(WAIT, |l| l.contains("stopped accepting and drains"))
+        .ok_or_else(|| {
+            BenchError::failed(format!("the old agent on {} did not let go", node.name))
+        })?;
+    Ok(HandedOff {
+        old,
+        took,
+        released: Instant::now(),
+    })
 }
 
 /// `pod-tool crr` from `client` to the server for `secs`.
