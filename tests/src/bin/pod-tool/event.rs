@@ -128,6 +128,27 @@ pub(crate) enum Event {
         /// Since the connect started.
         millis: u64,
     },
+    /// `pod-tool load`: one operation failed.
+    LoadFailure {
+        /// The target.
+        to: String,
+        /// `crr`, `rr`, `stream` or `http`.
+        mode: &'static str,
+        /// `connect`, `exchange`, `status` or `close`.
+        phase: &'static str,
+        /// `refused`, `reset`, `eof`, `timeout`, `status`, `corrupt` or
+        /// `other`.
+        kind: &'static str,
+        error: String,
+        /// When the operation started, ms since the epoch.
+        started_ms: u64,
+        /// When it failed, ms since the epoch.
+        at_ms: u64,
+    },
+    /// `pod-tool load`'s operations so far, over every target.
+    LoadProgress { at_ms: u64, ok: u64, failed: u64 },
+    /// `pod-tool load` finished.
+    LoadDone { ok: u64, failed: u64, seconds: f64 },
     /// Nothing could be done at all.
     Error { error: String },
 }

@@ -10,6 +10,7 @@ mod event;
 mod hold;
 mod http_serve;
 mod latency;
+mod load;
 mod open_files;
 mod original_dst;
 mod ping;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators, idle connections, connection set-up times"
+    about = "Test workload for ambit pods: echo server, echo client, bind probe, SO_ORIGINAL_DST proxy, latency load generators, idle connections, connection set-up times, soak traffic"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,6 +60,10 @@ enum Command {
     /// One connection, a 1-byte round trip at an interval, until it is cut
     /// or the time is up; reports how it ended.
     Ping(ping::Args),
+    /// Steady traffic to many targets (new connections, long-lived
+    /// round trips, streams or HTTP requests) for the churn soak, each
+    /// failure reported with its time.
+    Load(load::Args),
     /// HTTP/1.1 and HTTP/2 server that names itself, fails or slows on
     /// demand, and streams with trailers: the waypoint's backends.
     HttpServe(http_serve::Args),
@@ -77,5 +82,6 @@ fn main() -> ExitCode {
         Command::Hold(args) => hold::run(&args),
         Command::Ping(args) => ping::run(&args),
         Command::ConnectTimes(args) => connect_times::run(&args),
+        Command::Load(args) => load::run(&args),
     }
 }

@@ -77,7 +77,7 @@ fn round_trip(stream: &mut std::net::TcpStream) -> io::Result<()> {
 /// How the connection ended, in one word: `reset` (also an abort, which is
 /// what the kernel reports when the mesh destroys a socket), `eof` or
 /// `timeout`.
-fn describe(error: &io::Error) -> &'static str {
+pub(crate) fn describe(error: &io::Error) -> &'static str {
     match error.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
