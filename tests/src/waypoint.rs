@@ -88,6 +88,22 @@ impl WaypointMesh {
 
     /// [`new`](Self::new) on nodes the caller made.
     pub fn on_nodes(tb: &mut Testbed, n1: Node, n2: Node, extra: &str) -> Self {
+        let mut mesh = Self::without_agents(tb, n1, n2);
+        let yaml = mesh.config(extra);
+        write_atomically(&mesh.config_path, &yaml);
+        for node in [mesh.n1.clone(), mesh.n2.clone()] {
+            let pods: Vec<&Pod> = mesh.enrolled();
+            let agent = Agent::start_with_config(tb, &node, &yaml, &pods, &[]);
+            mesh.agents.push(agent);
+        }
+        mesh
+    }
+
+    /// The topology's pods on `n1` and `n2`, without agents and without a
+    /// configuration file yet: for a caller that runs the agents itself
+    /// with a larger configuration ([`pods_yaml`](Self::pods_yaml) and
+    /// [`services_yaml`](Self::services_yaml) are this topology's part).
+    pub fn without_agents(tb: &mut Testbed, n1: Node, n2: Node) -> Self {
         let client_a = tb.add_pod(&n1, "client-a", "shop");
         let client_b = tb.add_pod(&n1, "client-b", "shop");
         let v1 = tb.add_pod(&n2, "v1", "shop");
@@ -95,7 +111,7 @@ impl WaypointMesh {
         let v3 = tb.add_pod(&n2, "v3", "shop");
         let wp = tb.add_pod(&n2, "wp", "shop");
         let config_path = tb.run_dir().join("waypoint-mesh.yaml");
-        let mut mesh = Self {
+        Self {
             n1,
             n2,
             client_a,
@@ -108,25 +124,28 @@ impl WaypointMesh {
             waypoint: None,
             servers: Vec::new(),
             config_path,
-        };
-        let yaml = mesh.config(extra);
-        write_atomically(&mesh.config_path, &yaml);
-        for node in [mesh.n1.clone(), mesh.n2.clone()] {
-            let pods: Vec<&Pod> = mesh.enrolled();
-            let agent = Agent::start_with_config(tb, &node, &yaml, &pods, &[]);
-            mesh.agents.push(agent);
         }
-        mesh
     }
 
     /// The pods the agents enroll.
-    fn enrolled(&self) -> Vec<&Pod> {
+    #[must_use]
+    pub fn enrolled(&self) -> Vec<&Pod> {
         vec![&self.client_a, &self.client_b, &self.v1, &self.v2, &self.v3]
     }
 
     /// The configuration: pods, services, then `extra`.
     #[must_use]
     pub fn config(&self, extra: &str) -> String {
+        let mut yaml = self.pods_yaml();
+        yaml.push_str(&self.services_yaml());
+        yaml.push_str(extra);
+        yaml
+    }
+
+    /// The `pods:` section of [`config`](Self::config): the enrolled pods,
+    /// each labelled `app: <name>`, the backends also `tier: backend`.
+    #[must_use]
+    pub fn pods_yaml(&self) -> String {
         let mut yaml = String::from("pods:\n");
         for pod in self.enrolled() {
             let labels = if pod.name.starts_with('v') {
@@ -144,8 +163,15 @@ impl WaypointMesh {
                 pod.node
             );
         }
-        let _ = write!(
-            yaml,
+        yaml
+    }
+
+    /// The `services:` section of [`config`](Self::config): the waypoint's
+    /// own (`wp`), `backend` and `backend-tcp` through it, `backend-v1`
+    /// and `backend-v2`.
+    #[must_use]
+    pub fn services_yaml(&self) -> String {
+        format!(
             "services:
   - name: wp
     namespace: shop
@@ -173,9 +199,7 @@ impl WaypointMesh {
     ports: [{{name: http, port: 80, targetPort: {ECHO_PORT}}}]
 ",
             wp = self.wp.ipv4
-        );
-        yaml.push_str(extra);
-        yaml
+        )
     }
 
     /// Replaces the routes and policies in every configuration file.
@@ -282,10 +306,22 @@ impl WaypointMesh {
         self.get_in_pod(tb, &format!("http://{}:{METRICS_PORT}{path}", self.wp.ipv4))
     }
 
+    /// [`admin`](Self::admin), `None` when the waypoint does not answer.
+    #[must_use]
+    pub fn try_admin(&self, tb: &Testbed, path: &str) -> Option<String> {
+        self.try_get_in_pod(tb, &format!("http://{ADMIN_ADDR}{path}"))
+    }
+
     fn get_in_pod(&self, tb: &Testbed, url: &str) -> String {
+        self.try_get_in_pod(tb, url)
+            .unwrap_or_else(|| panic!("GET {url} failed"))
+    }
+
+    fn try_get_in_pod(&self, tb: &Testbed, url: &str) -> Option<String> {
         let out = tb.exec_in_netns(&self.wp.netns, &["curl", "-sf", "--max-time", "5", url]);
-        assert!(out.status.success(), "GET {url} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The waypoint's `/config` view.
