@@ -300,7 +300,7 @@ fn report_kernel_path(tb: &Testbed, agent: &Agent, pods: &Pods) {
 /// agents and servers to inherit: with the idle connections open each agent
 /// holds over a thousand sockets, as a kubelet's container runtime would let
 /// it (its limit is commonly 2^20), and 1024 is a common soft limit.
-fn raise_open_file_limit() {
+pub fn raise_open_file_limit() {
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => {
             if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {

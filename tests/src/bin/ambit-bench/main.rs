@@ -28,6 +28,15 @@
 //! whether the agents' maps, fds and tasks return to idle after it.
 //! docs/benchmark.md explains every figure.
 //!
+//! With `--soak-minutes N` it runs the churn soak instead (`soak`, on a
+//! test bed of its own; `cargo xtask soak`): traffic, enrolment, policy and
+//! route churn, certificate rotation and handoffs all at once for N
+//! minutes, sampled every `--sample-secs`; it writes `soak.json`,
+//! `soak.md`, `soak-processes.png` and `soak-maps.png` (default
+//! `<target>/soak`, the processes' output in `soak.log`) and fails when a
+//! series grows, a failure has no excuse, a process crashes or a bad
+//! object is not rejected (docs/soak.md).
+//!
 //! `cargo xtask bench` builds the release binaries and runs this as root.
 //! Output: `report.json`, `report.md` and `latency.png` (the `rr_1b`
 //! latency CDFs), `kube-scale.json`, `kube-scale.md`, `waypoint.json`,
@@ -51,6 +60,7 @@ mod measure;
 mod plot;
 mod report;
 mod scenario;
+mod soak;
 mod sustain;
 mod upgrade;
 mod usage;
@@ -128,6 +138,16 @@ struct Cli {
     /// Leaves the sustained-churn bench out.
     #[arg(long)]
     skip_sustain: bool,
+    /// Runs the churn soak for this many minutes instead of the bench
+    /// (at least 2; see docs/soak.md).
+    #[arg(long, value_name = "MINUTES",
+          value_parser = clap::value_parser!(u32).range(i64::from(soak::MIN_MINUTES)..=1440),
+          conflicts_with_all = ["quick", "kube_scale_only", "waypoint_only", "upgrade_only", "sustain_only"])]
+    soak_minutes: Option<u32>,
+    /// With --soak-minutes: seconds between samples.
+    #[arg(long, default_value_t = 60, requires = "soak_minutes",
+          value_parser = clap::value_parser!(u64).range(5..=600))]
+    sample_secs: u64,
 }
 
 /// Which parts of the bench run.
@@ -160,7 +180,12 @@ struct Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(out_dir) = cli.out.clone().or_else(default_out_dir) else {
+    let task = if cli.soak_minutes.is_some() {
+        "soak"
+    } else {
+        "bench"
+    };
+    let Some(out_dir) = cli.out.clone().or_else(|| default_out_dir(task)) else {
         eprintln!("ambit-bench: cannot tell where the target directory is; pass --out DIR");
         return ExitCode::FAILURE;
     };
@@ -168,7 +193,7 @@ fn main() -> ExitCode {
         eprintln!("ambit-bench: cannot create {}: {error}", out_dir.display());
         return ExitCode::FAILURE;
     }
-    let log = out_dir.join("bench.log");
+    let log = out_dir.join(format!("{task}.log"));
     if let Err(error) = console::redirect_stderr(&log) {
         eprintln!("ambit-bench: cannot log to {}: {error}", log.display());
         return ExitCode::FAILURE;
@@ -178,6 +203,25 @@ fn main() -> ExitCode {
             "ambit-bench: cannot install the Ctrl-C handler: {error}"
         ));
         return ExitCode::FAILURE;
+    }
+    if let Some(minutes) = cli.soak_minutes {
+        let plan = soak::Plan {
+            minutes,
+            sample_secs: cli.sample_secs,
+        };
+        progress(&format!(
+            "churn soak: {minutes} minutes, a sample every {} s; log: {}",
+            plan.sample_secs,
+            log.display()
+        ));
+        let outcome = std::panic::catch_unwind(|| {
+            plot::load_font().map_err(BenchError::CannotRun)?;
+            soak::run(plan)
+        });
+        return match settle(outcome, task, &log) {
+            Ok(report) => publish_soak(&report, &out_dir),
+            Err(code) => code,
+        };
     }
     let plan = Plan::new(cli.quick, usize::from(cli.runs), cli.idle_conns);
     let only = cli.kube_scale_only || cli.waypoint_only || cli.upgrade_only || cli.sustain_only;
@@ -216,16 +260,31 @@ fn main() -> ExitCode {
         }
         Ok(outcome)
     }));
+    match settle(outcome, task, &log) {
+        Ok(outcome) => publish_all(&outcome, &out_dir),
+        Err(code) => code,
+    }
+}
+
+/// What came of a run that may have panicked: its result, or the exit
+/// code after saying why there is none (`task`: `bench` or `soak`).
+fn settle<T>(
+    outcome: std::thread::Result<Result<T, BenchError>>,
+    task: &str,
+    log: &Path,
+) -> Result<T, ExitCode> {
     match outcome {
-        Ok(Ok(outcome)) => publish_all(&outcome, &out_dir),
+        Ok(Ok(result)) => Ok(result),
         Ok(Err(BenchError::Interrupted)) => {
             console::say("ambit-bench: interrupted; the test bed is removed");
-            ExitCode::from(130)
+            Err(ExitCode::from(130))
         }
         Ok(Err(BenchError::CannotRun(reason))) => {
             console::say(&format!("ambit-bench: cannot run here: {reason}"));
-            console::say("hint: run as root: sudo -E env \"PATH=$PATH\" cargo xtask bench");
-            ExitCode::from(2)
+            console::say(&format!(
+                "hint: run as root: sudo -E env \"PATH=$PATH\" cargo xtask {task}"
+            ));
+            Err(ExitCode::from(2))
         }
         Ok(Err(BenchError::Failed(error))) => {
             console::say(&format!("ambit-bench: {error}"));
@@ -233,16 +292,38 @@ fn main() -> ExitCode {
                 "the agents' and workloads' output: {}",
                 log.display()
             ));
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
         Err(_) => {
             console::say(&format!(
                 "ambit-bench: stopped (see above); the agents' and workloads' output: {}",
                 log.display()
             ));
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// Writes `soak.json`, `soak.md` and the plots; fails unless the soak passed.
+fn publish_soak(report: &soak::SoakReport, out_dir: &Path) -> ExitCode {
+    if let Err(code) = publish_part(out_dir, "soak", report, soak::render) {
+        return code;
+    }
+    if let Err(error) = soak::plot(report, out_dir) {
+        console::say(&format!(
+            "ambit-bench: cannot draw the soak's plots: {error}"
+        ));
+        return ExitCode::FAILURE;
+    }
+    if report.verdict.pass {
+        progress("the soak passed");
+        return ExitCode::SUCCESS;
+    }
+    console::say("ambit-bench: the soak failed:");
+    for reason in &report.verdict.reasons {
+        console::say(&format!("  - {reason}"));
+    }
+    ExitCode::FAILURE
 }
 
 /// Builds the test bed, measures, and removes the test bed.
@@ -474,8 +555,8 @@ fn publish(report: &Report, out_dir: &Path) -> ExitCode {
     }
 }
 
-/// `<target>/bench`, from this binary's place in `<target>/<profile>/`.
-fn default_out_dir() -> Option<PathBuf> {
+/// `<target>/<task>`, from this binary's place in `<target>/<profile>/`.
+fn default_out_dir(task: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.join("bench"))
+    Some(exe.parent()?.parent()?.join(task))
 }

@@ -1,8 +1,10 @@
-//! `latency.png`: the `rr_1b` round-trip time distributions, direct and
+//! The bench's plots. `latency.png`: the `rr_1b` round-trip time distributions, direct and
 //! meshed, cross-node and same-node (each panel with both meshed paths:
 //! through the agent in user space, and on the kernel path), as CDFs on a log
 //! time axis. Each curve is one real run's (the one with the median p50), as
 //! `pod-tool rr` reported it.
+//!
+//! [`time_series`] draws the churn soak's series over time.
 //!
 //! Text is drawn with Debian's `DejaVu Sans` (`fonts-dejavu-core`), loaded
 //! from its file: no font discovery, so no fontconfig.
@@ -127,6 +129,94 @@ pub fn latency_cdf(report: &Report, path: &Path) -> Result<(), String> {
                 )
                 .map_err(|error| error.to_string())?;
         }
+    }
+    root.present().map_err(|error| error.to_string())
+}
+
+/// One panel of [`time_series`]: lines over minutes.
+pub struct Panel {
+    /// The caption.
+    pub title: String,
+    /// Each line's label and its (minute, value) points.
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Draws `panels` in a grid of `columns` into `path` (PNG), each with a
+/// dashed vertical line at every minute of `markers` (the handoffs).
+pub fn time_series(
+    path: &Path,
+    title: &str,
+    panels: &[Panel],
+    columns: usize,
+    markers: &[f64],
+) -> Result<(), String> {
+    let columns = columns.max(1);
+    let rows = panels.len().div_ceil(columns).max(1);
+    let height = u32::try_from(rows * 300 + 50).unwrap_or(u32::MAX);
+    let root = BitMapBackend::new(path, (SIZE.0, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|error| error.to_string())?;
+    let root = root
+        .titled(title, (FONT_FAMILY, 22))
+        .map_err(|error| error.to_string())?;
+    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
+        let points = || panel.lines.iter().flat_map(|(_, points)| points);
+        let x_max = points().map(|p| p.0).fold(1.0, f64::max);
+        let (low, high) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
+        // From 0, so that a small wobble does not fill the panel.
+        let y_max = if high.is_finite() {
+            high.max(1.0) * 1.15
+        } else {
+            1.0
+        };
+        let y_min = if low.is_finite() && low < 0.0 {
+            low * 1.15
+        } else {
+            0.0
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, (FONT_FAMILY, 17))
+            .margin(10)
+            .x_label_area_size(34)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..x_max, y_min..y_max)
+            .map_err(|error| error.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("minutes")
+            .label_style((FONT_FAMILY, 13))
+            .axis_desc_style((FONT_FAMILY, 13))
+            .bold_line_style(BLACK.mix(0.12))
+            .light_line_style(BLACK.mix(0.0))
+            .draw()
+            .map_err(|error| error.to_string())?;
+        for &minute in markers {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(minute, y_min), (minute, y_max)],
+                    4,
+                    4,
+                    BLACK.mix(0.35).stroke_width(1),
+                ))
+                .map_err(|error| error.to_string())?;
+        }
+        for ((label, points), colour) in panel.lines.iter().zip(COLOURS.iter().cycle()) {
+            let style = ShapeStyle::from(*colour).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), style))
+                .map_err(|error| error.to_string())?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FONT_FAMILY, 12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .draw()
+            .map_err(|error| error.to_string())?;
     }
     root.present().map_err(|error| error.to_string())
 }

@@ -246,7 +246,7 @@ fn grown(idle: &AgentState, after: &AgentState) -> Vec<String> {
 
 /// One agent's state: its maps through `ambit bpf map list`, its fds and
 /// tasks through its `/metrics`, threads and RSS from `/proc`.
-fn read_state(tb: &Testbed, agent: &Agent) -> Result<AgentState, BenchError> {
+pub fn read_state(tb: &Testbed, agent: &Agent) -> Result<AgentState, BenchError> {
     let output = Command::new(Testbed::bin("ambit"))
         .arg("bpf")
         .arg("--bpffs-dir")

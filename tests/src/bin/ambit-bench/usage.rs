@@ -99,6 +99,13 @@ pub fn threads(pid: u32) -> io::Result<u64> {
         .map_err(|_| bad_data(pid, "status", "no numeric Threads line"))
 }
 
+/// The open file descriptors of a process (entries of `/proc/<pid>/fd`),
+/// for a process that does not count its own.
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok(u64::try_from(entries).unwrap_or(u64::MAX))
+}
+
 /// The value of a `/proc/<pid>/status` line, trimmed.
 fn status_field(pid: u32, key: &str) -> io::Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -135,5 +142,6 @@ mod tests {
         assert!(rss_mib(pid).expect("VmRSS") > 0.0);
         assert!(peak_rss_mib(pid).expect("VmHWM") >= rss_mib(pid).expect("VmRSS") - 1.0);
         assert!(threads(pid).expect("Threads") >= 1);
+        assert!(open_fds(pid).expect("fds") >= 3, "stdin, stdout, stderr");
     }
 }

@@ -1,0 +1,288 @@
+//! The churn: what the soak changes in the configuration, when, and the
+//! excuses the changes leave behind for the failures they may cause.
+//!
+//! - Every [`ENROL_EVERY`] the next flip pod, in turn, leaves the mesh or
+//!   comes back (each pod is in for a round and out for a round).
+//! - Every [`POLICY_STEP_EVERY`] one step of a four-step cycle: a DENY
+//!   policy on the next client and target in turn (which cuts their open
+//!   connections), an ALLOW-everything policy on that target (the DENY
+//!   still wins), the DENY removed, the ALLOW removed.
+//! - Every [`ROUTE_EVERY`] the canary route under the waypoint changes to
+//!   its next variant.
+
+use std::time::{Duration, Instant};
+
+use ambit_tests::Pod;
+use serde::Serialize;
+
+use super::config::{Deny, Desired};
+use super::judge::{Excuse, ExcusedPods};
+
+/// How often a flip pod leaves or rejoins the mesh.
+pub const ENROL_EVERY: Duration = Duration::from_secs(3);
+/// How often the policies change.
+pub const POLICY_STEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the canary route changes.
+pub const ROUTE_EVERY: Duration = Duration::from_secs(15);
+
+/// Something the soak did, for the log and for reading a failure's
+/// surroundings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Change {
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// What.
+    pub what: String,
+}
+
+/// How many changes of each kind the soak made.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnCounts {
+    /// Flip pods taken out of the mesh.
+    pub unenrolled: u64,
+    /// Flip pods put back.
+    pub enrolled: u64,
+    /// DENY policies added (each removed again).
+    pub denies: u64,
+    /// ALLOW-everything policies added.
+    pub allows: u64,
+    /// Canary route changes.
+    pub route_changes: u64,
+    /// Configuration files written (each change, to both agents and the waypoint).
+    pub config_writes: u64,
+}
+
+/// The churn's state and schedule.
+pub struct Churn {
+    flips: Vec<Pod>,
+    enrolled: Vec<bool>,
+    next_flip: usize,
+    pairs: Vec<Deny>,
+    next_pair: usize,
+    policy_step: u32,
+    next_enrol: Instant,
+    next_policy: Instant,
+    next_route: Instant,
+    /// What changes, as it is now.
+    pub desired: Desired,
+    /// Every excuse so far.
+    pub excuses: Vec<Excuse>,
+    /// Every change so far.
+    pub changes: Vec<Change>,
+    /// Changes by kind.
+    pub counts: ChurnCounts,
+}
+
+// === impl Churn ===
+
+impl Churn {
+    /// Every flip pod enrolled; DENY policies will take `pairs` in turn.
+    /// The first changes come one period after `now`.
+    #[must_use]
+    pub fn new(flips: Vec<Pod>, pairs: Vec<Deny>, now: Instant) -> Self {
+        let mut churn = Self {
+            enrolled: vec![true; flips.len()],
+            flips,
+            next_flip: 0,
+            pairs,
+            next_pair: 0,
+            policy_step: 0,
+            next_enrol: now,
+            next_policy: now,
+            next_route: now,
+            desired: Desired::default(),
+            excuses: Vec::new(),
+            changes: Vec::new(),
+            counts: ChurnCounts::default(),
+        };
+        churn.begin(now);
+        churn
+    }
+
+    /// Starts the schedule afresh: the first changes come one period
+    /// after `now`.
+    pub fn begin(&mut self, now: Instant) {
+        self.next_enrol = now + ENROL_EVERY;
+        self.next_policy = now + POLICY_STEP_EVERY;
+        self.next_route = now + ROUTE_EVERY;
+    }
+
+    /// The flip pods in the mesh now.
+    #[must_use]
+    pub fn enrolled_flips(&self) -> Vec<&Pod> {
+        self.flips
+            .iter()
+            .zip(&self.enrolled)
+            .filter_map(|(pod, enrolled)| enrolled.then_some(pod))
+            .collect()
+    }
+
+    /// Makes every change due at `now` (`now_ms` since the epoch, written
+    /// into the excuses); true when the configuration must be rewritten.
+    pub fn tick(&mut self, now: Instant, now_ms: u64) -> bool {
+        let mut changed = false;
+        if now >= self.next_enrol && !self.flips.is_empty() {
+            self.next_enrol += ENROL_EVERY;
+            self.flip(now_ms);
+            changed = true;
+        }
+        if now >= self.next_policy && !self.pairs.is_empty() {
+            self.next_policy += POLICY_STEP_EVERY;
+            self.policy(now_ms);
+            changed = true;
+        }
+        if now >= self.next_route {
+            self.next_route += ROUTE_EVERY;
+            self.desired.route = self.desired.route.next();
+            self.counts.route_changes += 1;
+            self.record(now_ms, format!("route {:?}", self.desired.route));
+            changed = true;
+        }
+        if changed {
+            self.counts.config_writes += 1;
+        }
+        changed
+    }
+
+    /// Records a change the churn did not make (a handoff).
+    pub fn record(&mut self, at_ms: u64, what: String) {
+        self.changes.push(Change { at_ms, what });
+    }
+
+    /// The next flip pod leaves the mesh or comes back.
+    fn flip(&mut self, now_ms: u64) {
+        let index = self.next_flip;
+        self.next_flip = (index + 1) % self.flips.len();
+        let enrolled = !self.enrolled[index];
+        self.enrolled[index] = enrolled;
+        let pod = self.flips[index].name.clone();
+        let what = if enrolled {
+            self.counts.enrolled += 1;
+            format!("enrolled {pod}")
+        } else {
+            self.counts.unenrolled += 1;
+            format!("un-enrolled {pod}")
+        };
+        self.excuses.push(Excuse {
+            what: what.clone(),
+            pods: ExcusedPods::Pod { pod },
+            from_ms: now_ms,
+            to_ms: now_ms,
+        });
+        self.record(now_ms, what);
+    }
+
+    /// One step of the policy cycle.
+    fn policy(&mut self, now_ms: u64) {
+        let pair = self.pairs[self.next_pair].clone();
+        let step = self.policy_step % 4;
+        self.policy_step += 1;
+        let what = match step {
+            0 => {
+                self.counts.denies += 1;
+                self.excuses.push(Excuse {
+                    what: format!("DENY {} -> {}", pair.client, pair.target),
+                    pods: ExcusedPods::Pair {
+                        client: pair.client.clone(),
+                        target: pair.target.clone(),
+                    },
+                    from_ms: now_ms,
+                    to_ms: u64::MAX,
+                });
+                let what = format!("added {}", pair.name());
+                self.desired.denies.push(pair);
+                what
+            }
+            1 => {
+                self.counts.allows += 1;
+                self.desired.allow_all.push(pair.target.clone());
+                format!("added allow-all-{}", pair.target)
+            }
+            2 => {
+                self.desired.denies.retain(|deny| *deny != pair);
+                let name = pair.name();
+                if let Some(open) = self
+                    .excuses
+                    .iter_mut()
+                    .rev()
+                    .find(|excuse| excuse.to_ms == u64::MAX)
+                {
+                    open.to_ms = now_ms;
+                }
+                self.next_pair = (self.next_pair + 1) % self.pairs.len();
+                format!("removed {name}")
+            }
+            _ => {
+                let target = self.desired.allow_all.pop().unwrap_or_default();
+                format!("removed allow-all-{target}")
+            }
+        };
+        self.record(now_ms, what);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::soak::config::RouteVariant;
+
+    fn flip(name: &str) -> Pod {
+        Pod {
+            name: name.to_owned(),
+            namespace: "shop".to_owned(),
+            node: "n1".to_owned(),
+            netns: name.to_owned(),
+            netns_path: PathBuf::from("/run/netns/x"),
+            cgroup: PathBuf::from("/sys/fs/cgroup/x"),
+            ipv4: Ipv4Addr::new(10, 10, 1, 40),
+            ipv6: None,
+            host_ifname: "p1".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_minute_of_churn() {
+        let start = Instant::now();
+        let pairs = vec![
+            Deny {
+                client: "cli-1".to_owned(),
+                target: "srv-6".to_owned(),
+            },
+            Deny {
+                client: "cli-2".to_owned(),
+                target: "srv-7".to_owned(),
+            },
+        ];
+        let mut churn = Churn::new(vec![flip("flip-1"), flip("flip-2")], pairs, start);
+        assert!(!churn.tick(start, 0), "nothing is due at once");
+        for second in 1..=60 {
+            churn.tick(start + Duration::from_secs(second), second * 1000);
+        }
+        assert_eq!((churn.counts.unenrolled, churn.counts.enrolled), (10, 10));
+        assert_eq!(churn.enrolled_flips().len(), 2, "after 20 flips of 2 pods");
+        // 12 policy steps: 3 whole cycles, a DENY on each pair in turn.
+        assert_eq!((churn.counts.denies, churn.counts.allows), (3, 3));
+        assert!(churn.desired.denies.is_empty() && churn.desired.allow_all.is_empty());
+        assert_eq!(churn.counts.route_changes, 4);
+        assert_eq!(churn.desired.route, RouteVariant::Absent);
+        let denies: Vec<(&str, u64, u64)> = churn
+            .excuses
+            .iter()
+            .filter(|e| e.what.starts_with("DENY"))
+            .map(|e| (e.what.as_str(), e.from_ms, e.to_ms))
+            .collect();
+        assert_eq!(
+            denies,
+            [
+                ("DENY cli-1 -> srv-6", 5000, 15_000),
+                ("DENY cli-2 -> srv-7", 25_000, 35_000),
+                ("DENY cli-1 -> srv-6", 45_000, 55_000),
+            ]
+        );
+        // Every tick with a change wrote the file once.
+        assert!(churn.counts.config_writes <= 60 && churn.counts.config_writes >= 20);
+    }
+}

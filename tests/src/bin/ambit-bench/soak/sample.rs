@@ -1,0 +1,309 @@
+//! What the soak reads once a minute: each agent's and the waypoint's
+//! resources, the node's eBPF map entries, the certificates the agents
+//! rotated, and whether the bad objects are still rejected while
+//! everything else stands.
+//!
+//! Each figure is the median of [`READINGS`] readings [`READING_GAP`]
+//! apart, so that a connection opening or closing at the instant of a
+//! reading does not make a trend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use ambit_tests::mesh::Agent;
+use ambit_tests::waypoint::WaypointMesh;
+use ambit_tests::{Pod, Testbed};
+use serde_json::Value;
+
+use super::config::{BAD_POLICY, BAD_ROUTE, CANARY_ROUTE, NAMESPACE, TYPO_POD};
+use super::judge;
+use crate::error::BenchError;
+use crate::sustain::{AgentState, read_state};
+use crate::usage;
+
+/// Readings per sample.
+pub const READINGS: usize = 5;
+/// Time between them.
+pub const READING_GAP: Duration = Duration::from_millis(200);
+
+/// The process figures, with each one's absolute floor for the growth
+/// test: what a series may grow by over the run whatever its median.
+pub const PROCESS_FIGURES: [(&str, f64); 4] = [
+    ("RSS, MiB", 2.0),
+    ("open fds", 12.0),
+    ("tokio tasks", 20.0),
+    ("threads", 2.0),
+];
+
+/// The floor of a map's entry count.
+pub const MAP_FLOOR: f64 = 32.0;
+
+/// One reading's figures by name.
+pub type Figures = BTreeMap<String, f64>;
+
+/// An agent's process figures, and its node's map entries.
+pub fn agent(tb: &Testbed, agent: &Agent) -> Result<(Figures, Figures), BenchError> {
+    let mut processes = Vec::new();
+    let mut maps = Vec::new();
+    for reading in 0..READINGS {
+        if reading > 0 {
+            std::thread::sleep(READING_GAP);
+        }
+        let state = read_state(tb, agent)?;
+        processes.push(process_figures(&state));
+        maps.push(
+            state
+                .map_entries
+                .iter()
+                .map(|(map, entries)| (format!("{map} entries"), as_f64(*entries)))
+                .collect(),
+        );
+    }
+    Ok((medians(&processes), medians(&maps)))
+}
+
+/// The waypoint's process figures (`pid`), from `/proc`.
+pub fn waypoint(pid: u32) -> Result<Figures, BenchError> {
+    let mut readings = Vec::new();
+    for reading in 0..READINGS {
+        if reading > 0 {
+            std::thread::sleep(READING_GAP);
+        }
+        let read = || -> std::io::Result<Figures> {
+            Ok(Figures::from([
+                ("RSS, MiB".to_owned(), usage::rss_mib(pid)?),
+                ("open fds".to_owned(), as_f64(usage::open_fds(pid)?)),
+                ("threads".to_owned(), as_f64(usage::threads(pid)?)),
+            ]))
+        };
+        readings.push(read().map_err(|error| {
+            BenchError::failed(format!("cannot read the waypoint's figures: {error}"))
+        })?);
+    }
+    Ok(medians(&readings))
+}
+
+fn process_figures(state: &AgentState) -> Figures {
+    Figures::from([
+        ("RSS, MiB".to_owned(), state.rss_mib),
+        ("open fds".to_owned(), as_f64(state.open_fds)),
+        ("tokio tasks".to_owned(), as_f64(state.tasks)),
+        ("threads".to_owned(), as_f64(state.threads)),
+    ])
+}
+
+/// Each figure's median over the readings (a figure missing from one
+/// reading counts as 0 there).
+fn medians(readings: &[Figures]) -> Figures {
+    let mut names: Vec<&String> = readings.iter().flat_map(BTreeMap::keys).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<f64> = readings
+                .iter()
+                .map(|r| r.get(name).copied().unwrap_or(0.0))
+                .collect();
+            (name.clone(), judge::median(&values))
+        })
+        .collect()
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts of fds, tasks and entries are far below 2^52"
+)]
+fn as_f64(count: u64) -> f64 {
+    count as f64
+}
+
+/// Certificate rotations seen: each agent process's `rotations` per
+/// identity (`/certificates`), whose increases are added up; an identity
+/// dropped and issued again starts from 0.
+#[derive(Default)]
+pub struct Rotations {
+    last: HashMap<(String, u16, String), u64>,
+    /// Rotations seen so far.
+    pub seen: u64,
+    /// Certificates seen past their end of validity.
+    pub expired: Vec<String>,
+}
+
+// === impl Rotations ===
+
+impl Rotations {
+    /// Reads `agent`'s certificates (`node`, `generation`).
+    pub fn observe(&mut self, tb: &Testbed, agent: &Agent, generation: u16) {
+        let Some(certificates) = agent
+            .get(tb, "/certificates")
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+        else {
+            return;
+        };
+        for certificate in certificates.as_array().into_iter().flatten() {
+            let identity = certificate["identity"].as_str().unwrap_or_default();
+            let rotations = certificate["rotations"].as_u64().unwrap_or(0);
+            let key = (agent.node.name.clone(), generation, identity.to_owned());
+            let before = self.last.insert(key, rotations).unwrap_or(0);
+            self.seen += if rotations >= before {
+                rotations - before
+            } else {
+                rotations
+            };
+            if certificate["state"] == "expired" {
+                self.expired.push(format!(
+                    "{} on {} (generation {generation})",
+                    identity, agent.node.name
+                ));
+            }
+        }
+    }
+}
+
+/// What one look at the bad objects and their neighbours found: the
+/// statuses the bad objects carry, and what is wrong.
+#[derive(Debug, Default)]
+pub struct Statuses {
+    /// The invalid policy's status, as an agent reports it.
+    pub policy: Option<String>,
+    /// The bad route's rejection, as the waypoint reports it.
+    pub route: Option<String>,
+    /// The typo pod's kernel path, as its agent reports it.
+    pub label: Option<String>,
+    /// Anything out of place: a bad object accepted, a good one
+    /// rejected, a pod that should be enrolled and is not.
+    pub problems: Vec<String>,
+}
+
+// === impl Statuses ===
+
+impl Statuses {
+    /// Checks an agent: the bad policy rejected, every other policy
+    /// accepted, `stable` pods of its node enrolled, and the typo pod
+    /// enrolled with its label rejected.
+    pub fn check_agent(&mut self, tb: &Testbed, agent: &Agent, stable: &[&Pod], typo: &Pod) {
+        let node = &agent.node.name;
+        let policies = agent
+            .get(tb, "/policies")
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok());
+        let Some(policies) = policies else {
+            self.problems
+                .push(format!("the agent on {node} does not answer /policies"));
+            return;
+        };
+        let mut bad_listed = false;
+        for policy in policies.as_array().into_iter().flatten() {
+            let name = policy["key"]["name"].as_str().unwrap_or_default();
+            let state = policy["state"].as_str().unwrap_or_default();
+            let status = policy["status"].as_str().unwrap_or_default();
+            match (name == BAD_POLICY, state) {
+                (true, "rejected") => {
+                    bad_listed = true;
+                    self.policy = Some(status.to_owned());
+                }
+                (false, "accepted") => {}
+                _ => self.problems.push(format!(
+                    "policy {NAMESPACE}/{name} is {state} on {node}: {status}"
+                )),
+            }
+        }
+        if !bad_listed {
+            self.problems.push(format!(
+                "the agent on {node} does not list policy {BAD_POLICY}"
+            ));
+        }
+        let pods = agent
+            .get(tb, "/pods")
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
+            .unwrap_or_default();
+        let entry = |name: &str| {
+            pods.as_array()
+                .into_iter()
+                .flatten()
+                .find(|pod| pod["name"] == name)
+                .cloned()
+        };
+        for pod in stable.iter().filter(|pod| pod.node == *node) {
+            let state = entry(&pod.name).map(|p| p["state"].clone());
+            if state.as_ref().and_then(Value::as_str) != Some("enrolled") {
+                self.problems.push(format!(
+                    "pod {} on {node} is {} instead of enrolled",
+                    pod.name,
+                    state.unwrap_or(Value::Null)
+                ));
+            }
+        }
+        if typo.node != *node {
+            return;
+        }
+        if let Some(typo) = entry(TYPO_POD) {
+            let kernel_path = typo["kernel_path"].as_str().unwrap_or_default();
+            if typo["state"] == "enrolled" && kernel_path.starts_with("rejected") {
+                self.label = Some(kernel_path.to_owned());
+            } else {
+                self.problems.push(format!(
+                    "pod {TYPO_POD} is {} with kernel path {kernel_path:?}: its label typo must be rejected and the pod enrolled",
+                    typo["state"]
+                ));
+            }
+        } else {
+            self.problems
+                .push(format!("the agent on {node} does not list pod {TYPO_POD}"));
+        }
+    }
+
+    /// Checks the waypoint: the bad route rejected, the canary route not.
+    pub fn check_waypoint(&mut self, tb: &Testbed, mesh: &WaypointMesh) {
+        let view = mesh
+            .try_admin(tb, "/config")
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok());
+        let Some(view) = view else {
+            self.problems
+                .push("the waypoint does not answer /config".to_owned());
+            return;
+        };
+        for rejected in view["rejectedRoutes"].as_array().into_iter().flatten() {
+            let route = rejected["route"].as_str().unwrap_or_default();
+            let message = rejected["message"].as_str().unwrap_or_default();
+            if route == format!("{NAMESPACE}/{BAD_ROUTE}") {
+                self.route = Some(format!("{}: {message}", rejected["reason"]));
+            } else if route == format!("{NAMESPACE}/{CANARY_ROUTE}") {
+                self.problems
+                    .push(format!("the waypoint rejected the canary route: {message}"));
+            }
+        }
+        if self.route.is_none() {
+            self.problems.push(format!(
+                "the waypoint does not list route {BAD_ROUTE} as rejected"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_figure_is_its_median_over_the_readings() {
+        let reading = |rss: f64, fds: Option<f64>| {
+            let mut figures = Figures::from([("RSS, MiB".to_owned(), rss)]);
+            if let Some(fds) = fds {
+                figures.insert("open fds".to_owned(), fds);
+            }
+            figures
+        };
+        let readings = [
+            reading(10.0, Some(40.0)),
+            reading(30.0, Some(41.0)),
+            reading(11.0, None),
+        ];
+        let medians = medians(&readings);
+        assert!((medians["RSS, MiB"] - 11.0).abs() < 1e-9);
+        assert!(
+            (medians["open fds"] - 40.0).abs() < 1e-9,
+            "missing counts as 0"
+        );
+    }
+}
