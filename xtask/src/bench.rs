@@ -6,32 +6,24 @@
 //! `fonts-dejavu-core` for the plot's labels.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{cmd, release};
+use crate::release;
 
 /// Runs setup, the release build, then execs `ambit-bench` with `--quick`
 /// when asked and `bench_args` after it.
 pub fn run(root: &Path, quick: bool, bench_args: &[String]) -> Result<()> {
     let why = "the benchmark creates network namespaces and cgroups and loads eBPF programs";
     let (bin_dir, bench) = release::prepare(root, "bench", why, "ambit-bench")?;
-    let mut command = Command::new(&bench);
+    let mut command = release::bench_command(root, &bin_dir, &bench);
     if quick {
         command.arg("--quick");
     }
     command
         .args(bench_args)
-        .env("AMBIT_BIN_DIR", &bin_dir)
-        .env("AMBIT_BENCH_OUT", root.join("target/bench"))
-        // The agents log as in production (the tests turn on debug logs).
-        .env(
-            "AMBIT_TEST_AGENT_LOG",
-            std::env::var("AMBIT_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
-        )
-        .current_dir(root);
+        .env("AMBIT_BENCH_OUT", root.join("target/bench"));
     // exec, so Ctrl-C reaches the bench alone and it can tear its test bed
     // down; its exit code becomes ours.
-    Err(cmd::exec(&mut command))
+    Err(crate::cmd::exec(&mut command))
 }

@@ -6,6 +6,8 @@
 //! - `test` is the README's (and CI's) test command: setup, fmt, clippy, build, nextest.
 //! - `demo` builds everything and runs `ambit-demo`.
 //! - `bench` builds everything and runs `ambit-bench`, the mesh-vs-direct benchmark.
+//! - `soak` builds everything and runs `ambit-bench --soak-minutes N`, the
+//!   churn soak.
 //! - `test-kernels` runs a set of the integration tests under Debian 12's
 //!   kernels, each booted under qemu.
 //! - `lint` checks the structure: no import cycle between a crate's top-level
@@ -19,7 +21,7 @@
 //! 1. `cmd`, `lint`
 //! 2. `setup`
 //! 3. `build_ebpf`, `fuzz`, `kernels`, `release`, `test`
-//! 4. `bench`, `demo`
+//! 4. `bench`, `demo`, `soak`
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ mod kernels;
 mod lint;
 mod release;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +96,22 @@ enum Task {
         /// Extra arguments for `ambit-bench`, given after `--`.
         #[arg(last = true)]
         bench_args: Vec<String>,
+    },
+    /// Run setup, build the release binaries and run the churn soak for
+    /// N minutes: traffic, enrolment, policy and route churn, certificate
+    /// rotation and handoffs at once (as root; see docs/soak.md).
+    Soak {
+        /// Minutes of churn (at least 2; 30 is the acceptance run).
+        #[arg(long, default_value_t = 30)]
+        minutes: u32,
+        /// Directory for soak.json, soak.md, the plots and soak.log
+        /// [default: target/soak].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Extra arguments for `ambit-bench`, given after `--` (e.g.
+        /// `--sample-secs 15`).
+        #[arg(last = true)]
+        soak_args: Vec<String>,
     },
     /// Run a set of the integration tests under Debian 12's kernels (6.1,
     /// 6.12), each booted under qemu (as root; see docs/building.md).
@@ -166,6 +185,11 @@ fn run(task: Task) -> Result<()> {
         } => test::run(&root, &nextest_args, skip_kernel_boot),
         Task::Demo { demo_args } => demo::run(&root, &demo_args),
         Task::Bench { quick, bench_args } => bench::run(&root, quick, &bench_args),
+        Task::Soak {
+            minutes,
+            out,
+            soak_args,
+        } => soak::run(&root, minutes, out, &soak_args),
         Task::Lint { order } => lint::run(&root, order),
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::TestKernels {

@@ -1,5 +1,5 @@
-//! What `demo` and `bench` share: both run a tool of the tests crate,
-//! built in release as users run it, on a test bed that needs root.
+//! What `demo`, `bench` and `soak` share: each runs a tool of the tests
+//! crate, built in release as users run it, on a test bed that needs root.
 
 use std::{
     path::{Path, PathBuf},
@@ -32,4 +32,20 @@ pub fn prepare(root: &Path, task: &str, why: &str, tool: &str) -> Result<(PathBu
         );
     }
     Ok((bin_dir, path))
+}
+
+/// The command that runs `ambit-bench` (`bench`, in `bin_dir`) from the
+/// workspace root, finding the other binaries in `bin_dir`, with the
+/// agents logging as in production (the tests turn on debug logs) unless
+/// `AMBIT_TEST_AGENT_LOG` says otherwise.
+pub fn bench_command(root: &Path, bin_dir: &Path, bench: &Path) -> Command {
+    let mut command = Command::new(bench);
+    command
+        .env("AMBIT_BIN_DIR", bin_dir)
+        .env(
+            "AMBIT_TEST_AGENT_LOG",
+            std::env::var("AMBIT_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
+        .current_dir(root);
+    command
 }
