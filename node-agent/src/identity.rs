@@ -160,6 +160,9 @@ struct Issued {
     certificate: WorkloadCertificate,
     key: Arc<CertifiedKey>,
     rotations: u64,
+    /// When this agent got it: rotation is due half-way from then to its
+    /// end ([`WorkloadCertificate::renew_at`]).
+    received: SystemTime,
 }
 
 /// Who signs the certificates.
@@ -426,6 +429,7 @@ impl CertManager {
             certificate,
             key,
             rotations,
+            received: SystemTime::now(),
         })
     }
 

@@ -252,14 +252,46 @@ fn certify(
         .load_private_key(key.private_key_der())?;
     let certified = CertifiedKey::new(certificate.chain.clone(), signing_key);
     certified.keys_match()?;
-    let half = certificate
-        .not_after
-        .duration_since(certificate.not_before)
-        .unwrap_or_default()
-        / 2;
     Ok(Issued {
         key: Arc::new(certified),
-        renew_at: certificate.not_before + half,
+        renew_at: certificate.renew_at(SystemTime::now()),
         expires_at: certificate.not_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::ca::CertificateAuthority;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_one_minute_certificate_is_renewed_half_way_not_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("cluster.local", Duration::from_hours(1)).unwrap();
+        let (cert, key) = ca.write(dir.path()).unwrap();
+        let id = SpiffeId::new("cluster.local", "shop", "wp").unwrap();
+        let identity = WaypointIdentity::new(id, &cert, &key, Duration::from_mins(1)).unwrap();
+        let now = SystemTime::now();
+        let expires = identity.expires_at();
+        assert!(
+            !identity
+                .renew_if_due(now + Duration::from_secs(10))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !identity
+                .renew_if_due(now + Duration::from_secs(25))
+                .await
+                .unwrap()
+        );
+        assert!(
+            identity
+                .renew_if_due(now + Duration::from_secs(31))
+                .await
+                .unwrap()
+        );
+        assert!(identity.expires_at() >= expires, "a new certificate");
+    }
 }

@@ -245,7 +245,8 @@ async fn identity(
     Ok(identity)
 }
 
-/// Renews the certificate at half its life (checked every 30 s) and
+/// Renews the certificate half-way from its issue to its end (checked
+/// every tenth of its lifetime, at most every 30 s) and
 /// follows the trust bundle file (checked every 5 s, as the node agents
 /// do). Readiness follows the certificate: ready while one is valid.
 async fn renew(
@@ -253,7 +254,15 @@ async fn renew(
     readiness: Arc<Readiness>,
     cancel: CancellationToken,
 ) {
-    let mut renewals = tokio::time::interval(Duration::from_secs(30));
+    // Often enough that the certificate never lives past its renewal time
+    // by more than a tenth of its lifetime (a 60 s one would otherwise
+    // wait for a check that comes as it expires).
+    let lifetime = identity
+        .expires_at()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let period = (lifetime / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut renewals = tokio::time::interval(period);
     let mut bundle_checks = tokio::time::interval(TRUST_BUNDLE_POLL);
     loop {
         tokio::select! {
@@ -266,7 +275,7 @@ async fn renew(
                 Ok(false) => {}
                 Err(error) => {
                     readiness.certificate_failed(&error);
-                    tracing::error!(%error, "certificate renewal failed; retrying in 30 s");
+                    tracing::error!(%error, retry_in = ?period, "certificate renewal failed; retrying");
                 }
             },
             _ = bundle_checks.tick() => match identity.follow_trust_bundle() {

@@ -151,6 +151,28 @@ fn signed_certificate_carries_the_identity() {
 }
 
 #[test]
+fn renewal_is_half_way_from_receipt_to_the_end_not_from_the_backdated_start() {
+    let ca = new_ca();
+    let identity = id("default", "client");
+    let key = WorkloadKey::generate().unwrap();
+    let received = SystemTime::now();
+    let lifetime = Duration::from_mins(1);
+    let cert = ca
+        .sign_csr(&key.csr_der(&identity).unwrap(), &identity, lifetime)
+        .unwrap();
+    // Valid from a minute ago: half-way through the validity is now.
+    assert!(cert.not_before <= received - Duration::from_secs(59));
+    let due = cert.renew_at(received).duration_since(received).unwrap();
+    assert!(
+        due > Duration::from_secs(28) && due <= Duration::from_secs(30),
+        "{due:?}"
+    );
+    // Received past its end: due at once.
+    let late = cert.not_after + Duration::from_secs(1);
+    assert_eq!(cert.renew_at(late), late);
+}
+
+#[test]
 fn workload_certificate_has_the_leaf_profile() {
     let ca = new_ca();
     let cert = issue(&ca, &id("default", "server"));

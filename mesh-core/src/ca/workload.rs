@@ -124,6 +124,17 @@ impl WorkloadCertificate {
         })
     }
 
+    /// When a holder that got this certificate at `received` renews it:
+    /// half-way from then to its end. Not half-way through its validity,
+    /// which starts a minute before it was issued (for clocks that lag):
+    /// a certificate of a minute's lifetime would be due the moment it was
+    /// issued, and renewed on every check.
+    #[must_use]
+    pub fn renew_at(&self, received: SystemTime) -> SystemTime {
+        let left = self.not_after.duration_since(received).unwrap_or_default();
+        received + left / 2
+    }
+
     /// The leaf certificate.
     ///
     /// # Panics

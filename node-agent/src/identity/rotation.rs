@@ -1,13 +1,14 @@
-//! Rotation: every certificate is reissued past half its lifetime (local
-//! mode at once, with the controller by a request whose answer replaces
-//! it), and one no enrolled pod uses any more is dropped instead.
+//! Rotation: every certificate is reissued half-way from its receipt to
+//! its end (local mode at once, with the controller by a request whose
+//! answer replaces it), and one no enrolled pod uses any more is dropped
+//! instead.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use mesh_core::{ca::WorkloadCertificate, identity::SpiffeId};
+use mesh_core::identity::SpiffeId;
 use mesh_kube::controller_client::TRUST_BUNDLE_POLL;
 
 use super::{CertManager, Signer};
@@ -24,7 +25,7 @@ impl CertManager {
     pub fn rotate_due(self: &Arc<Self>, now: SystemTime) -> Vec<SpiffeId> {
         let mut due: Vec<(SpiffeId, u64)> = read(&self.issued)
             .iter()
-            .filter(|(_, issued)| past_half_life(&issued.certificate, now))
+            .filter(|(_, issued)| now >= issued.certificate.renew_at(issued.received))
             .map(|(id, issued)| (id.clone(), issued.rotations))
             .collect();
         {
@@ -81,12 +82,4 @@ pub async fn rotate_until_cancelled(
             _ = bundle_checks.tick() => manager.follow_trust_bundle(),
         }
     }
-}
-
-fn past_half_life(certificate: &WorkloadCertificate, now: SystemTime) -> bool {
-    let lifetime = certificate
-        .not_after
-        .duration_since(certificate.not_before)
-        .unwrap_or_default();
-    now >= certificate.not_before + lifetime / 2
 }

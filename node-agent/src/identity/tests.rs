@@ -44,6 +44,23 @@ fn a_used_certificate_is_renewed_and_a_released_one_dropped_at_half_life() {
 }
 
 #[test]
+fn a_certificate_shorter_lived_than_its_backdating_is_rotated_at_half_its_life_not_at_once() {
+    // Issued valid from a minute ago: measured from there, a minute's
+    // certificate was past half its life from the start, and rotated on
+    // every check.
+    let manager = local(Duration::from_mins(1));
+    manager.ensure(&id("web"), &pod("web-1")).unwrap();
+    let now = SystemTime::now();
+    assert!(manager.rotate_due(now + Duration::from_secs(10)).is_empty());
+    assert!(manager.rotate_due(now + Duration::from_secs(25)).is_empty());
+    assert_eq!(
+        manager.rotate_due(now + Duration::from_secs(31)),
+        vec![id("web")]
+    );
+    assert_eq!(manager.certificates()[0].rotations, 1);
+}
+
+#[test]
 fn an_identity_stays_while_any_of_its_pods_does() {
     let manager = local(Duration::from_secs(100));
     manager.ensure(&id("web"), &pod("web-1")).unwrap();
