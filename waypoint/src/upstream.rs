@@ -106,6 +106,12 @@ impl Upstreams {
         self.pool.send(endpoint, request, http2).await
     }
 
+    /// Closes the pooled HTTP connections idle too long (see
+    /// [`pool::SWEEP_EVERY`]).
+    pub fn close_expired(&self) {
+        self.pool.close_expired();
+    }
+
     /// A byte stream to `endpoint` (opaque TCP).
     pub async fn connect(&self, endpoint: SocketAddr) -> Result<Tunnel, UpstreamError> {
         self.connector.connect(endpoint).await

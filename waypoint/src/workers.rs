@@ -130,15 +130,22 @@ impl Workers {
     }
 }
 
-/// One worker's loop: serves each connection it is handed, on its thread.
+/// One worker's loop: serves each connection it is handed, on its thread,
+/// and closes its pooled backend connections once idle too long.
 async fn run(
     waypoint: Arc<Waypoint>,
     mut accepted: mpsc::UnboundedReceiver<Accepted>,
     cancel: CancellationToken,
 ) {
+    let mut sweep = tokio::time::interval(crate::upstream::pool::SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (tcp, client) = tokio::select! {
             () = cancel.cancelled() => return,
+            _ = sweep.tick() => {
+                waypoint.upstreams.close_expired();
+                continue;
+            }
             next = accepted.recv() => match next {
                 Some(next) => next,
                 None => return,

@@ -6,7 +6,10 @@
 //!   A connection goes back to the pool when its response's body has been
 //!   read to the end; a response dropped before its end closes it. Idle
 //!   connections are kept [`IDLE_TIMEOUT`], at most
-//!   [`MAX_IDLE_PER_ENDPOINT`] per endpoint.
+//!   [`MAX_IDLE_PER_ENDPOINT`] per endpoint; the worker closes expired
+//!   ones every [`SWEEP_EVERY`], so they go also when traffic stops (and
+//!   with them the HBONE streams that carry them, which would keep an agent
+//!   retired by a handoff draining).
 //! - HTTP/2: one multiplexed connection per endpoint, replaced when it
 //!   closes.
 //!
@@ -43,6 +46,9 @@ use crate::flow::{Body, BodyError};
 pub const IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 64;
+/// How often a worker closes the connections idle past [`IDLE_TIMEOUT`]
+/// ([`Pool::close_expired`]), so that they go when no request comes.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +218,12 @@ impl Pool {
         Ok(sender)
     }
 
+    /// Closes the HTTP/1.1 connections idle for [`IDLE_TIMEOUT`] or
+    /// longer.
+    pub fn close_expired(&self) {
+        self.shared.close_expired(Instant::now());
+    }
+
     /// Counts a new connection and drives it on this worker's thread until
     /// it ends.
     fn drive(
@@ -252,15 +264,30 @@ impl Shared {
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|_, list| {
-            list.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
-            !list.is_empty()
-        });
+        expire(&mut idle, now);
         let list = idle.entry(endpoint).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle { sender, since: now });
         }
     }
+
+    /// Drops the connections idle for [`IDLE_TIMEOUT`] or longer at `now`
+    /// (dropping its last sender closes a connection).
+    fn close_expired(&self, now: Instant) {
+        expire(
+            &mut self.idle.lock().unwrap_or_else(PoisonError::into_inner),
+            now,
+        );
+    }
+}
+
+/// Drops from `idle` the connections idle for [`IDLE_TIMEOUT`] or longer
+/// at `now`, and the endpoints left without any.
+fn expire(idle: &mut HashMap<SocketAddr, Vec<Idle>>, now: Instant) {
+    idle.retain(|_, list| {
+        list.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
+        !list.is_empty()
+    });
 }
 
 /// A response body that gives its HTTP/1.1 connection back to the pool
@@ -304,5 +331,42 @@ impl hyper::body::Body for ReturnOnEnd {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_once_expired_without_another_request() {
+        let (client, _backend) = tokio::io::duplex(1024);
+        let (sender, connection) = http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(client))
+            .await
+            .unwrap();
+        let driven = tokio::spawn(connection);
+        let shared = Shared::default();
+        let endpoint: SocketAddr = "10.10.2.11:8080".parse().unwrap();
+        shared.give_back(endpoint, sender);
+        let idle = || {
+            shared
+                .idle
+                .lock()
+                .unwrap()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+        };
+        shared.close_expired(Instant::now());
+        assert_eq!(idle(), 1, "not expired yet");
+        shared.close_expired(Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(idle(), 0);
+        // Its last sender gone, the connection ends.
+        tokio::time::timeout(Duration::from_secs(5), driven)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .unwrap();
     }
 }
