@@ -65,8 +65,10 @@ const LOAD_SLACK: Duration = Duration::from_secs(15);
 /// How often the loop looks at the clock.
 const TICK: Duration = Duration::from_millis(100);
 
-/// How long a retired agent may take to exit once the clients stopped.
-const DRAIN_AFTER_END: Duration = Duration::from_secs(30);
+/// How long a retired agent may take to exit once the clients stopped:
+/// the waypoint closes its idle backend connections, the last thing a
+/// retired agent may carry, within a minute and a quarter.
+const DRAIN_AFTER_END: Duration = Duration::from_secs(90);
 
 /// The soak's length and sampling.
 #[derive(Clone, Copy, Debug)]
@@ -283,6 +285,7 @@ impl<'a> Soak<'a> {
             takeover_ms,
             drained_secs: None,
             exit: None,
+            open_at_end: None,
         };
         progress(&format!(
             "soak: {at_secs:.0} s: handoff on {} to generation {} took {takeover_ms:.0} ms",
@@ -342,6 +345,40 @@ impl<'a> Soak<'a> {
             return Err(BenchError::failed(crash));
         }
         Ok(())
+    }
+
+    /// Notes how many connections each retired agent still carried when
+    /// the clients stopped, then waits [`DRAIN_AFTER_END`] for them to
+    /// exit; one that does not is a problem, with what it still carries.
+    fn wait_retired(&mut self) {
+        self.note_drained();
+        for agents in &self.agents {
+            for retired in &agents.draining {
+                let record = &mut self.handoffs[retired.handoff];
+                if record.exit.is_none() {
+                    record.open_at_end = retired.open_connections(self.tb).map(|c| c.len());
+                }
+            }
+        }
+        progress("soak: waiting for the retired agents to drain");
+        let deadline = Instant::now() + DRAIN_AFTER_END;
+        for agents in &self.agents {
+            for retired in &agents.draining {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if retired.agent.proc.wait_timeout(left).is_none() {
+                    let open = retired.open_connections(self.tb).unwrap_or_default();
+                    self.problems.push(format!(
+                        "the agent retired on {} by handoff {} still runs {} s after the clients stopped, carrying {} connection(s): {}",
+                        agents.node.name,
+                        retired.handoff + 1,
+                        DRAIN_AFTER_END.as_secs(),
+                        open.len(),
+                        open.iter().take(8).cloned().collect::<Vec<_>>().join("; ")
+                    ));
+                }
+            }
+        }
+        self.note_drained();
     }
 
     /// Records each retired agent that has exited.
@@ -474,18 +511,18 @@ impl<'a> Soak<'a> {
             }
             self.reported.extend(load.harvest());
         }
-        for agents in &self.agents {
-            for retired in &agents.draining {
-                let _ = retired.agent.proc.wait_timeout(DRAIN_AFTER_END);
-            }
-        }
-        self.note_drained();
+        self.wait_retired();
         let failures = report::failure_records(
             &self.reported,
             &self.churn.excuses,
             &self.churn.changes,
             self.started_ms,
         );
+        self.problems.extend(report::uncut_denies(
+            &self.churn.excuses,
+            &failures,
+            self.started_ms,
+        ));
         let series = std::mem::take(&mut self.series)
             .into_iter()
             .map(|(name, (floor, points))| SeriesReport {

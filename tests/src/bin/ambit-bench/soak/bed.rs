@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use ambit_tests::mesh::Agent;
 use ambit_tests::{Node, Pod, Testbed};
+use serde_json::Value;
 
 use super::config::{NAMESPACE, TYPO_POD};
 use crate::error::BenchError;
@@ -60,6 +61,36 @@ pub struct Retired {
     pub handoff: usize,
     /// When it let go.
     pub released: Instant,
+}
+
+// === impl Retired ===
+
+impl Retired {
+    /// The connections it still carries, one line each (`inbound shop/v1
+    /// 10.10.2.14:48260 -> 10.10.2.11:8080, 137 s old`); `None` when its
+    /// admin API does not answer.
+    pub fn open_connections(&self, tb: &Testbed) -> Option<Vec<String>> {
+        let body = self.agent.get(tb, "/connections")?;
+        let connections: Value = serde_json::from_str(&body).ok()?;
+        Some(
+            connections
+                .as_array()?
+                .iter()
+                .filter(|c| c["state"] == "open")
+                .map(|c| {
+                    let text = |field: &str| c[field].as_str().unwrap_or("?").to_owned();
+                    format!(
+                        "{} {} {} -> {}, {:.0} s old",
+                        text("direction"),
+                        text("pod"),
+                        text("src"),
+                        text("dst"),
+                        c["age_secs"].as_f64().unwrap_or(f64::NAN)
+                    )
+                })
+                .collect(),
+        )
+    }
 }
 
 // === impl SoakPods ===

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::churn::{Change, ChurnCounts};
-use super::judge::{self, Excuse, FailureAt, Growth, Point};
+use super::judge::{self, Excuse, ExcusedPods, FailureAt, Growth, Point};
 use super::traffic::Reported;
 
 /// The plot of the processes' series.
@@ -125,6 +125,9 @@ pub struct HandoffRecord {
     pub drained_secs: Option<f64>,
     /// How the old agent ended.
     pub exit: Option<String>,
+    /// The connections the old agent still carried when the clients
+    /// stopped, if it had not exited by then.
+    pub open_at_end: Option<usize>,
 }
 
 /// Certificate rotations.
@@ -272,6 +275,44 @@ pub fn failure_records(
         .collect()
 }
 
+/// The DENY policies, in force and removed again during the soak, that
+/// explain no failure of their pair's long-lived connection (`rr` or
+/// `stream`): each must cut the one open when it came (or refuse the next
+/// one), so one that did not was not enforced.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "milliseconds since the epoch are below 2^52"
+)]
+#[must_use]
+pub fn uncut_denies(
+    excuses: &[Excuse],
+    failures: &[FailureRecord],
+    started_ms: u64,
+) -> Vec<String> {
+    let secs = |ms: u64| ms.saturating_sub(started_ms) as f64 / 1e3;
+    let grace = judge::GRACE_MS as f64 / 1e3;
+    excuses
+        .iter()
+        .filter(|e| matches!(e.pods, ExcusedPods::Pair { .. }) && e.to_ms != u64::MAX)
+        .filter(|e| {
+            let (from, to) = (secs(e.from_ms) - grace, secs(e.to_ms) + grace);
+            !failures.iter().any(|f| {
+                f.explained_by.as_deref() == Some(e.what.as_str())
+                    && matches!(f.mode.as_str(), "rr" | "stream")
+                    && (from..=to).contains(&f.at_secs)
+            })
+        })
+        .map(|e| {
+            format!(
+                "{} (in force {:.1} to {:.1} s) cut or refused none of the pair's long-lived connections",
+                e.what,
+                secs(e.from_ms),
+                secs(e.to_ms)
+            )
+        })
+        .collect()
+}
+
 /// An excuse's kind, for the counts: `DENY` or the enrolment change.
 fn excuse_kind(excuse: &str) -> &str {
     excuse.split(' ').next().unwrap_or(excuse)
@@ -333,13 +374,13 @@ pub fn render(report: &SoakReport) -> String {
     }
     let _ = writeln!(out, "\nChecked in {} samples.\n", bad.checks);
     out.push_str(
-        "### Handoffs\n\n| node | generation | at, s | takeover, ms | old agent drained after, s | its exit |\n\
-         | --- | ---: | ---: | ---: | ---: | --- |\n",
+        "### Handoffs\n\n| node | generation | at, s | takeover, ms | old agent drained after, s | its exit | it carried when the clients stopped |\n\
+         | --- | ---: | ---: | ---: | ---: | --- | ---: |\n",
     );
     for handoff in &report.handoffs {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} |",
             handoff.node,
             handoff.generation,
             handoff.at_secs,
@@ -347,7 +388,10 @@ pub fn render(report: &SoakReport) -> String {
             handoff
                 .drained_secs
                 .map_or_else(|| "still draining".to_owned(), |s| format!("{s:.0}")),
-            handoff.exit.as_deref().unwrap_or("-")
+            handoff.exit.as_deref().unwrap_or("-"),
+            handoff
+                .open_at_end
+                .map_or_else(|| "-".to_owned(), |open| format!("{open} connections"))
         );
     }
     for (title, list) in [("Problems", &report.problems), ("Crashes", &report.crashes)] {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::soak::judge;
+use crate::soak::judge::{self, Excuse, ExcusedPods};
 
 fn series(name: &str, slope: f64) -> SeriesReport {
     let points: Vec<Point> = (0..=10)
@@ -104,5 +104,36 @@ fn each_kind_of_trouble_fails_the_soak_and_is_named() {
     assert!(
         text.contains("nearby: handoff on n2 (generation 1)"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_deny_that_cut_nothing_is_named() {
+    let deny = |from_ms, to_ms| Excuse {
+        what: "DENY cli-1 -> srv-6".to_owned(),
+        pods: ExcusedPods::Pair {
+            client: "cli-1".to_owned(),
+            target: "srv-6".to_owned(),
+        },
+        from_ms,
+        to_ms,
+    };
+    // Started at 1,000 ms: the failure at 10.2 s falls in the first one.
+    let excuses = [
+        deny(10_000, 20_000),
+        deny(40_000, 50_000),
+        deny(60_000, u64::MAX),
+    ];
+    let mut crr = failure(Some("DENY cli-1 -> srv-6"));
+    crr.mode = "crr".to_owned();
+    crr.at_secs = 40.0;
+    let failures = [failure(Some("DENY cli-1 -> srv-6")), crr];
+    let uncut = uncut_denies(&excuses, &failures, 1_000);
+    assert_eq!(
+        uncut,
+        [
+            "DENY cli-1 -> srv-6 (in force 39.0 to 49.0 s) cut or refused none of the pair's long-lived connections"
+        ],
+        "a crr refusal is no cut, and the DENY still in force is not judged"
     );
 }
