@@ -19,7 +19,7 @@ use crate::{
     ebpf::{EbpfError, KernelSplice, MeshEbpf},
     enrollment::{
         Enroller, MeshSettings,
-        reconcile::{Ending, HandoffHooks, PodStatusBoard, Reconciler},
+        reconcile::{self, Ending, HandoffHooks, PodStatusBoard, Reconciler},
     },
     handoff::{self, Start},
     identity::{CaFiles, CertManager},
@@ -212,7 +212,7 @@ async fn serve_pods(
     config: &Config,
     start: Start,
     reconciler: Reconciler,
-    snapshots: tokio::sync::watch::Receiver<Arc<mesh_core::local_config::LocalSnapshot>>,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<mesh_core::local_config::LocalSnapshot>>,
     stop: &Stop,
     connections: &ConnectionLog,
 ) -> (Enroller, Ending) {
@@ -225,7 +225,7 @@ async fn serve_pods(
     };
     let (enroller, ending) = reconciler
         .run(
-            snapshots,
+            &mut snapshots,
             stop.shutdown.clone(),
             stop.uninstall.clone(),
             hooks,
@@ -233,7 +233,10 @@ async fn serve_pods(
         .await;
     if ending == Ending::HandedOff {
         stop.drain.cancel();
-        drain_connections(connections, config.drain_timeout()).await;
+        tokio::select! {
+            () = drain_connections(connections, config.drain_timeout()) => {}
+            () = reconcile::follow_policies(enroller.mesh(), &mut snapshots) => {}
+        }
         if !config.exit_after_handoff {
             tracing::info!("drained; waiting for SIGTERM (--exit-after-handoff=false)");
             stop.shutdown.cancelled().await;

@@ -143,6 +143,85 @@ fn five_handoffs_under_load_refuse_and_reset_nothing() {
     assert_retired_drained(&retired);
 }
 
+/// A retired agent still applies policy changes to the connections it
+/// drains: a DENY added after the handoff cuts an open connection that
+/// the old agent carries, as the new agent would.
+#[test]
+fn a_deny_after_a_handoff_cuts_what_the_retired_agent_still_carries() {
+    let mut tb = testbed_or_skip!("handoff_deny");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let client = tb.add_pod(&n1, "client", "shop");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let pods = [&client, &server];
+    let config = pods_yaml(&pods);
+    let _client_agent = Agent::start_with_config(&tb, &n1, &config, &pods, &[]);
+    let old = Agent::start_with_config(&tb, &n2, &config, &pods, &[]);
+    let _echo = serve(&tb, &server);
+    let pinger = tb.spawn_in_pod(
+        &client,
+        pod_tool(&[
+            "ping",
+            "--to",
+            &format!("{}:{ECHO_PORT}", server.ipv4),
+            "--max-secs",
+            "60",
+        ]),
+    );
+    pinger.wait_for_event("ping_up", WAIT);
+
+    let new = Agent::spawn_successor(&tb, &n2, &config, 1);
+    new.proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("took the pods over from the previous agent")
+        })
+        .unwrap_or_else(|| panic!("the handoff did not complete\n{}", new.proc.report()));
+    old.proc
+        .wait_for_stderr_line(WAIT, |l| l.contains("stopped accepting and drains"))
+        .expect("the previous agent lets go");
+    // The old agent still carries the ping's connection.
+    assert!(
+        pinger
+            .poll_json(Duration::from_millis(500), |l| l["event"] == "ping_end")
+            .is_none(),
+        "the handoff cut nothing"
+    );
+
+    let deny = format!(
+        "{config}policies:
+  - metadata: {{name: no-client, namespace: shop}}
+    spec:
+      selector: {{matchLabels: {{app: server}}}}
+      action: DENY
+      rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/client]}}}}]}}]
+"
+    );
+    // One file per node: the successor and the retired agent read the same.
+    new.set_config_text(&deny);
+    let end = pinger
+        .poll_json(Duration::from_secs(5), |l| l["event"] == "ping_end")
+        .unwrap_or_else(|| {
+            panic!(
+                "the DENY did not cut the connection the retired agent carries\n{}",
+                old.proc.report()
+            )
+        });
+    assert!(
+        matches!(end["kind"].as_str(), Some("reset" | "eof")),
+        "cut, not timed out: {end}"
+    );
+    old.proc
+        .wait_for_stderr_line(WAIT, |l| {
+            l.contains("open connection reset: the new policies deny it")
+        })
+        .expect("the retired agent logs the reset");
+    let status = old
+        .proc
+        .wait_timeout(WAIT)
+        .expect("with its connection cut, the retired agent exits");
+    assert!(status.success(), "{status}\n{}", old.proc.report());
+}
+
 /// Every churn client: no failed connection, and the rate it was asked for.
 fn assert_churn_refused_nothing(churn: &[Proc; 2]) {
     for (client, to) in churn

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Enroller, PodEnrollment};
+use super::{Enroller, MeshSettings, PodEnrollment};
 use crate::{
     ebpf::KernelSplice,
     handoff,
@@ -181,7 +181,7 @@ impl Reconciler {
     /// too: then every pod is un-enrolled.
     pub async fn run(
         mut self,
-        mut snapshots: watch::Receiver<Arc<LocalSnapshot>>,
+        snapshots: &mut watch::Receiver<Arc<LocalSnapshot>>,
         shutdown: CancellationToken,
         uninstall: CancellationToken,
         mut handoff: HandoffHooks,
@@ -263,13 +263,7 @@ impl Reconciler {
     /// enrolled pods brought in line with it.
     pub fn reconcile(&mut self, snapshot: &LocalSnapshot) {
         let mesh = self.enroller.mesh();
-        mesh.workloads.publish(WorkloadIndex::build(
-            snapshot,
-            &mesh.node_name,
-            &mesh.trust_domain,
-            &mesh.cluster_domain,
-        ));
-        mesh.authorizer.publish(snapshot.policies.clone());
+        publish_policies(mesh, snapshot);
         mesh.splicer.update();
         for rejected in &snapshot.rejected {
             tracing::warn!(pod = %rejected.pod, entry = rejected.entry, reason = %rejected.reason, "config entry rejected");
@@ -416,6 +410,33 @@ impl Reconciler {
         }));
         self.board.publish(pods);
     }
+}
+
+/// Publishes `snapshot`'s workloads and policies to the data path: the
+/// policies apply to new connections and cut the open ones they now deny.
+fn publish_policies(mesh: &MeshSettings, snapshot: &LocalSnapshot) {
+    mesh.workloads.publish(WorkloadIndex::build(
+        snapshot,
+        &mesh.node_name,
+        &mesh.trust_domain,
+        &mesh.cluster_domain,
+    ));
+    mesh.authorizer.publish(snapshot.policies.clone());
+}
+
+/// After a handoff, while the connections this agent still carries
+/// drain: each new snapshot's policies apply to them as to the
+/// successor's, so a new DENY cuts them here too. Pods are the
+/// successor's business. Never returns (also once the snapshots end).
+pub async fn follow_policies(
+    mesh: &MeshSettings,
+    snapshots: &mut watch::Receiver<Arc<LocalSnapshot>>,
+) {
+    while snapshots.changed().await.is_ok() {
+        let snapshot = snapshots.borrow_and_update().clone();
+        publish_policies(mesh, &snapshot);
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Whether `desired` is `current` with other mTLS modes (or warnings about
