@@ -37,7 +37,7 @@ use self::bed::{NodeAgents, SoakPods};
 use self::churn::Churn;
 use self::judge::Point;
 use self::report::{BadObjects, HandoffRecord, RotationReport, SeriesReport, TrafficReport};
-use self::sample::{Figures, Rotations, Statuses};
+use self::sample::{Figures, Reading, Rotations, Statuses};
 use self::traffic::{Load, Reported};
 use crate::console::progress;
 use crate::error::{BenchError, check_interrupted};
@@ -92,6 +92,7 @@ struct Soak<'a> {
     config: String,
     started: Instant,
     started_ms: u64,
+    readings: Vec<Reading>,
     series: BTreeMap<String, (f64, Vec<Point>)>,
     reported: Vec<Reported>,
     rotations: Rotations,
@@ -201,6 +202,7 @@ impl<'a> Soak<'a> {
             config,
             started: Instant::now(),
             started_ms: unix_ms(),
+            readings: Vec::new(),
             series: BTreeMap::new(),
             reported: Vec::new(),
             rotations: Rotations::default(),
@@ -225,7 +227,10 @@ impl<'a> Soak<'a> {
         // Halfway between two samples, so that no sample reads an agent
         // in the middle of one.
         let mut next_handoff = self.started + every.saturating_sub(gap / 2);
-        let mut next_sample = self.started;
+        // The first sample once a whole gap of readings is in.
+        let mut next_sample = self.started + gap;
+        let every_reading = (gap / sample::READINGS_PER_SAMPLE).max(Duration::from_secs(1));
+        let mut next_reading = self.started;
         let mut next_check = self.started;
         progress(&format!(
             "soak: {} minutes of churn, a sample every {} s, a handoff every {} s",
@@ -236,9 +241,13 @@ impl<'a> Soak<'a> {
         loop {
             check_interrupted()?;
             let now = Instant::now();
+            if now >= next_reading {
+                next_reading += every_reading;
+                self.read()?;
+            }
             if now >= next_sample {
                 let last = next_sample >= end;
-                self.sample()?;
+                self.sample();
                 if last {
                     return Ok(());
                 }
@@ -405,7 +414,7 @@ impl<'a> Soak<'a> {
     }
 
     /// One sample: every process's figures, the maps, rotations, statuses.
-    fn sample(&mut self) -> Result<(), BenchError> {
+    fn sample(&mut self) {
         let t_secs = self.started.elapsed().as_secs_f64();
         let mut statuses = Statuses::default();
         let stable: Vec<&Pod> = self
@@ -414,33 +423,22 @@ impl<'a> Soak<'a> {
             .into_iter()
             .chain(self.pods.always())
             .collect();
-        let mut readings = Vec::new();
         for agents in &self.agents {
-            let (process, maps) = sample::agent(self.tb, &agents.active)?;
-            let node = &agents.node.name;
-            let age = agents.started.elapsed().as_secs_f64();
-            let first_age = t_secs + WARM_UP.as_secs_f64();
-            readings.push((
-                format!("{node} agent"),
-                process,
-                u32::from(agents.generation) + 1,
-                age,
-            ));
-            readings.push((format!("{node} maps"), maps, 0, first_age));
             self.rotations
                 .observe(self.tb, &agents.active, agents.generation);
             statuses.check_agent(self.tb, &agents.active, &stable, &self.pods.typo);
         }
-        let waypoint = self.mesh.waypoint();
-        let waypoint_age = t_secs + WARM_UP.as_secs_f64();
-        readings.push((
-            "waypoint".to_owned(),
-            sample::waypoint(waypoint.pid())?,
-            1,
-            waypoint_age,
-        ));
         statuses.check_waypoint(self.tb, self.mesh);
-        for (who, figures, process, age_secs) in readings {
+        let readings = std::mem::take(&mut self.readings);
+        for (who, process, figures) in sample::sampled(&readings) {
+            // The maps and the waypoint live as long as the soak.
+            let age_secs = self
+                .agents
+                .iter()
+                .find(|agents| who == format!("{} agent", agents.node.name))
+                .map_or(t_secs + WARM_UP.as_secs_f64(), |agents| {
+                    agents.started.elapsed().as_secs_f64()
+                });
             self.record(&who, &figures, process, t_secs, age_secs);
         }
         self.bad_objects.checks += 1;
@@ -467,6 +465,29 @@ impl<'a> Soak<'a> {
             self.rotations.seen,
             self.problems.len()
         ));
+    }
+
+    /// One reading of every agent, its node's maps and the waypoint.
+    fn read(&mut self) -> Result<(), BenchError> {
+        for agents in &self.agents {
+            let (process, maps) = sample::agent(self.tb, &agents.active)?;
+            let node = &agents.node.name;
+            self.readings.push(Reading {
+                who: format!("{node} agent"),
+                process: u32::from(agents.generation) + 1,
+                figures: process,
+            });
+            self.readings.push(Reading {
+                who: format!("{node} maps"),
+                process: 0,
+                figures: maps,
+            });
+        }
+        self.readings.push(Reading {
+            who: "waypoint".to_owned(),
+            process: 1,
+            figures: sample::waypoint(self.mesh.waypoint().pid())?,
+        });
         Ok(())
     }
 

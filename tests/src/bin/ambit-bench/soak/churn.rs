@@ -18,8 +18,11 @@ use serde::Serialize;
 use super::config::{Deny, Desired};
 use super::judge::{Excuse, ExcusedPods};
 
-/// How often a flip pod leaves or rejoins the mesh.
-pub const ENROL_EVERY: Duration = Duration::from_secs(3);
+/// How often a flip pod leaves or rejoins the mesh: with 12 flip pods
+/// the whole cycle (each out, then each back) takes a minute, like the
+/// policy cycle (20 s) thrice and the route cycle (4 × 15 s), so every
+/// sample sees the churn in the same phase.
+pub const ENROL_EVERY: Duration = Duration::from_millis(2500);
 /// How often the policies change.
 pub const POLICY_STEP_EVERY: Duration = Duration::from_secs(5);
 /// How often the canary route changes.
@@ -258,11 +261,11 @@ mod tests {
         ];
         let mut churn = Churn::new(vec![flip("flip-1"), flip("flip-2")], pairs, start);
         assert!(!churn.tick(start, 0), "nothing is due at once");
-        for second in 1..=60 {
-            churn.tick(start + Duration::from_secs(second), second * 1000);
+        for tenth in 1..=600 {
+            churn.tick(start + Duration::from_millis(tenth * 100), tenth * 100);
         }
-        assert_eq!((churn.counts.unenrolled, churn.counts.enrolled), (10, 10));
-        assert_eq!(churn.enrolled_flips().len(), 2, "after 20 flips of 2 pods");
+        assert_eq!((churn.counts.unenrolled, churn.counts.enrolled), (12, 12));
+        assert_eq!(churn.enrolled_flips().len(), 2, "after 24 flips of 2 pods");
         // 12 policy steps: 3 whole cycles, a DENY on each pair in turn.
         assert_eq!((churn.counts.denies, churn.counts.allows), (3, 3));
         assert!(churn.desired.denies.is_empty() && churn.desired.allow_all.is_empty());
@@ -283,6 +286,6 @@ mod tests {
             ]
         );
         // Every tick with a change wrote the file once.
-        assert!(churn.counts.config_writes <= 60 && churn.counts.config_writes >= 20);
+        assert!(churn.counts.config_writes <= 60 && churn.counts.config_writes >= 24);
     }
 }

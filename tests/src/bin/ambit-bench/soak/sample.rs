@@ -1,14 +1,17 @@
-//! What the soak reads once a minute: each agent's and the waypoint's
-//! resources, the node's eBPF map entries, the certificates the agents
-//! rotated, and whether the bad objects are still rejected while
-//! everything else stands.
+//! What the soak reads: each agent's and the waypoint's resources and
+//! each node's eBPF map entries, [`READINGS_PER_SAMPLE`] times between two
+//! samples; and at each sample the certificates the agents rotated, and
+//! whether the bad objects are still rejected while everything else
+//! stands.
 //!
-//! Each figure is the median of [`READINGS`] readings [`READING_GAP`]
-//! apart, so that a connection opening or closing at the instant of a
-//! reading does not make a trend.
+//! A sample's figure is the median of the readings since the previous
+//! sample (those of the process running at the sample, after a handoff):
+//! the churn's cycle (a minute) moves fds, tasks and map entries up and
+//! down by dozens as pods leave and rejoin the mesh, and readings spread
+//! over the whole cycle see it whole, where a reading at one instant would
+//! see wherever the cycle stood.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use ambit_tests::mesh::Agent;
 use ambit_tests::waypoint::WaypointMesh;
@@ -21,10 +24,8 @@ use crate::error::BenchError;
 use crate::sustain::{AgentState, read_state};
 use crate::usage;
 
-/// Readings per sample.
-pub const READINGS: usize = 5;
-/// Time between them.
-pub const READING_GAP: Duration = Duration::from_millis(200);
+/// Readings between two samples.
+pub const READINGS_PER_SAMPLE: u32 = 12;
 
 /// The process figures, with each one's absolute floor for the growth
 /// test: what a series may grow by over the run whatever its median.
@@ -41,46 +42,58 @@ pub const MAP_FLOOR: f64 = 32.0;
 /// One reading's figures by name.
 pub type Figures = BTreeMap<String, f64>;
 
-/// An agent's process figures, and its node's map entries.
-pub fn agent(tb: &Testbed, agent: &Agent) -> Result<(Figures, Figures), BenchError> {
-    let mut processes = Vec::new();
-    let mut maps = Vec::new();
-    for reading in 0..READINGS {
-        if reading > 0 {
-            std::thread::sleep(READING_GAP);
-        }
-        let state = read_state(tb, agent)?;
-        processes.push(process_figures(&state));
-        maps.push(
-            state
-                .map_entries
-                .iter()
-                .map(|(map, entries)| (format!("{map} entries"), as_f64(*entries)))
-                .collect(),
-        );
-    }
-    Ok((medians(&processes), medians(&maps)))
+/// One reading of one process (or of a node's maps).
+pub struct Reading {
+    /// `n1 agent`, `n1 maps`, `waypoint`.
+    pub who: String,
+    /// The process it was read from (see [`judge::Point::process`]).
+    pub process: u32,
+    /// What it read.
+    pub figures: Figures,
 }
 
-/// The waypoint's process figures (`pid`), from `/proc`.
+/// An agent's process figures, and its node's map entries, now.
+pub fn agent(tb: &Testbed, agent: &Agent) -> Result<(Figures, Figures), BenchError> {
+    let state = read_state(tb, agent)?;
+    let maps = state
+        .map_entries
+        .iter()
+        .map(|(map, entries)| (format!("{map} entries"), as_f64(*entries)))
+        .collect();
+    Ok((process_figures(&state), maps))
+}
+
+/// The waypoint's process figures (`pid`), from `/proc`, now.
 pub fn waypoint(pid: u32) -> Result<Figures, BenchError> {
-    let mut readings = Vec::new();
-    for reading in 0..READINGS {
-        if reading > 0 {
-            std::thread::sleep(READING_GAP);
-        }
-        let read = || -> std::io::Result<Figures> {
-            Ok(Figures::from([
-                ("RSS, MiB".to_owned(), usage::rss_mib(pid)?),
-                ("open fds".to_owned(), as_f64(usage::open_fds(pid)?)),
-                ("threads".to_owned(), as_f64(usage::threads(pid)?)),
-            ]))
-        };
-        readings.push(read().map_err(|error| {
-            BenchError::failed(format!("cannot read the waypoint's figures: {error}"))
-        })?);
+    let read = || -> std::io::Result<Figures> {
+        Ok(Figures::from([
+            ("RSS, MiB".to_owned(), usage::rss_mib(pid)?),
+            ("open fds".to_owned(), as_f64(usage::open_fds(pid)?)),
+            ("threads".to_owned(), as_f64(usage::threads(pid)?)),
+        ]))
+    };
+    read()
+        .map_err(|error| BenchError::failed(format!("cannot read the waypoint's figures: {error}")))
+}
+
+/// Each process's figures at a sample: the medians of `readings` of
+/// `who`, of the process of its last reading.
+#[must_use]
+pub fn sampled(readings: &[Reading]) -> Vec<(String, u32, Figures)> {
+    let mut last: BTreeMap<&str, u32> = BTreeMap::new();
+    for reading in readings {
+        last.insert(&reading.who, reading.process);
     }
-    Ok(medians(&readings))
+    last.into_iter()
+        .map(|(who, process)| {
+            let figures: Vec<Figures> = readings
+                .iter()
+                .filter(|r| r.who == who && r.process == process)
+                .map(|r| r.figures.clone())
+                .collect();
+            (who.to_owned(), process, medians(&figures))
+        })
+        .collect()
 }
 
 fn process_figures(state: &AgentState) -> Figures {
@@ -284,6 +297,31 @@ impl Statuses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_takes_the_readings_of_the_process_running_at_it() {
+        let reading = |who: &str, process, rss| Reading {
+            who: who.to_owned(),
+            process,
+            figures: Figures::from([("RSS, MiB".to_owned(), rss)]),
+        };
+        let readings = [
+            reading("n2 agent", 1, 30.0),
+            reading("waypoint", 1, 14.0),
+            reading("n2 agent", 1, 31.0),
+            reading("n2 agent", 2, 12.0),
+            reading("n2 agent", 2, 13.0),
+            reading("n2 agent", 2, 14.0),
+        ];
+        let sampled = sampled(&readings);
+        assert_eq!(sampled.len(), 2);
+        assert_eq!((sampled[0].0.as_str(), sampled[0].1), ("n2 agent", 2));
+        assert!(
+            (sampled[0].2["RSS, MiB"] - 13.0).abs() < 1e-9,
+            "the successor's only"
+        );
+        assert_eq!(sampled[1].0, "waypoint");
+    }
 
     #[test]
     fn each_figure_is_its_median_over_the_readings() {

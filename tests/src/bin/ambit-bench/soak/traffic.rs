@@ -6,7 +6,7 @@
 //! | `cli-N` (10) | `crr`, one connection a second per target | its node's `srv-N`, the other node's `srv-N±5`, `flip-N` |
 //! | `cli-N` | `rr`, a round trip every 200 ms, connections replaced every minute | its node's and the other node's server |
 //! | `flip-N` (12) | `crr`, one a second | a server on the other node |
-//! | `streamer-1`, `-2` | `stream`, 16 KiB each way every 20 ms, replaced every 150 s | an echo server on each node |
+//! | `streamer-1`, `-2` | `stream`, 16 KiB each way every 20 ms, replaced every 120 s | an echo server on each node |
 //! | `typo-1` | `crr`, one a second | `srv-6`, `flip-11` |
 //! | `client-a`, `client-b` | `http`, a GET every 250 ms (`/`, `/api/items`) | the Service `backend` through the waypoint |
 //!
@@ -100,7 +100,7 @@ pub fn start_clients(tb: &Testbed, pods: &SoakPods, mesh: &WaypointMesh, secs: u
             streamer,
             "stream",
             targets.iter().map(|pod| echo(pod)).collect(),
-            &["--interval-ms", "20", "--conn-lifetime-secs", "150"],
+            &["--interval-ms", "20", "--conn-lifetime-secs", "120"],
         );
     }
     let typo_targets = vec![rr(&pods.servers[5]), rr(&pods.flips[10])];
