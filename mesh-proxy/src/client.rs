@@ -35,7 +35,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -62,6 +62,8 @@ pub struct HbonePool {
     spread: usize,
     /// When connections that carry nothing leave.
     idle_release: IdleRelease,
+    /// Set by [`HbonePool::retire`]: no stream will come any more.
+    retired: Arc<AtomicBool>,
 }
 
 /// How long a pooled connection may carry no stream before the pool lets
@@ -193,7 +195,17 @@ impl HbonePool {
             destinations: Arc::default(),
             spread: spread.max(1),
             idle_release: IdleRelease::default(),
+            retired: Arc::default(),
         }
+    }
+
+    /// The proxy this pool serves opens no more streams (its pod left the
+    /// mesh, or its agent handed the pod over and drains): each connection
+    /// leaves as soon as it carries none, instead of after its
+    /// [`IdleRelease`] time (for the last one to a destination, minutes in
+    /// which it would hold its peer's socket, task and TLS state too).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// The same pool, letting idle connections go after `idle_release`.
@@ -293,7 +305,7 @@ impl HbonePool {
             Arc::downgrade(&self.destinations),
             key.clone(),
             load.clone(),
-            self.idle_release,
+            (self.idle_release, self.retired.clone()),
         );
         starter.start(connect(), on_end);
         (
@@ -318,7 +330,7 @@ fn handshake_ended(
     weak: Weak<Mutex<Destinations>>,
     key: PoolKey,
     load: Arc<ConnectionLoad>,
-    idle_release: IdleRelease,
+    idle_release: (IdleRelease, Arc<AtomicBool>),
 ) -> impl FnOnce(Option<&Outcome<SendRequest<Bytes>, HboneError>>) + Send + 'static {
     move |outcome| {
         let Some(destinations) = weak.upgrade() else {
@@ -354,14 +366,15 @@ fn leave_pool(destinations: &mut Destinations, key: &PoolKey, load: &Arc<Connect
 }
 
 /// Watches an open connection of the pool and takes it out once it has
-/// carried no stream for its [`IdleRelease`] time, or once h2 has given up
-/// on it; ends with the pool. Dropping the pool's handle, the last one of
-/// an idle connection, closes it.
+/// carried no stream for its [`IdleRelease`] time (once the pool is
+/// retired, for a tick), or once h2 has given up on it; ends with the
+/// pool. Dropping the pool's handle, the last one of an idle connection,
+/// closes it.
 async fn release_when_idle(
     destinations: Weak<Mutex<Destinations>>,
     key: PoolKey,
     load: Arc<ConnectionLoad>,
-    release: IdleRelease,
+    (release, retired): (IdleRelease, Arc<AtomicBool>),
 ) {
     let tick = (release.extra.min(release.last) / 4).max(Duration::from_millis(10));
     let mut idle_for = Duration::ZERO;
@@ -387,7 +400,9 @@ async fn release_when_idle(
             continue;
         }
         idle_for += tick;
-        let limit = if pooled.len() > 1 {
+        let limit = if retired.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else if pooled.len() > 1 {
             release.extra
         } else {
             release.last

@@ -326,6 +326,16 @@ impl Enroller {
             balancer: self.mesh.balancer.clone(),
         });
         self.mesh.local_pods.insert(&context);
+        // Once the pod's proxies stop (it left the mesh, or this agent
+        // handed it over), its pool opens no more streams: its idle HBONE
+        // connections go at once rather than minutes later, and with them
+        // their peers' ends.
+        let retiring = context.clone();
+        let stopped = enrollment.cancel.clone();
+        self.data_plane.spawn(async move {
+            stopped.cancelled().await;
+            retiring.hbone.retire();
+        });
         enrollment.listeners = sockets.copies()?;
         let _runtime = self.data_plane.enter();
         let to_tokio = |listener: std::net::TcpListener| {

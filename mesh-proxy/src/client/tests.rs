@@ -308,3 +308,33 @@ async fn a_bursts_extra_connection_leaves_when_idle_and_the_last_one_later() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(listed(&pool, &key), None);
 }
+
+#[tokio::test]
+async fn a_retired_pool_lets_each_connection_go_once_it_carries_nothing() {
+    let release = IdleRelease {
+        extra: Duration::from_millis(200),
+        last: Duration::from_mins(1),
+    };
+    let pool = Arc::new(HbonePool::with_spread(2).with_idle_release(release));
+    let connector = GatedConnector::new();
+    connector.open();
+    let (busy, idle) = (key(8), key(9));
+    let (_, slot) = pool
+        .connection(&busy, || connector.connect(busy.addr, true))
+        .await
+        .unwrap();
+    let (_, done) = pool
+        .connection(&idle, || connector.connect(idle.addr, true))
+        .await
+        .unwrap();
+    drop(done);
+    pool.retire();
+    // A tick (50 ms) and a little: the idle one is gone, not a minute on.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(listed(&pool, &idle), None);
+    // The busy one stays while it carries its stream, then goes too.
+    assert_eq!(listed(&pool, &busy), Some((0, 1, 1)));
+    drop(slot);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(listed(&pool, &busy), None);
+}
