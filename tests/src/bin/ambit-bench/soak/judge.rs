@@ -25,8 +25,10 @@ use serde::Serialize;
 /// over the whole run fails it.
 pub const RELATIVE_TOLERANCE: f64 = 0.10;
 
-/// A process's samples this young are its warm-up, not its trend.
-pub const WARM_UP_SECS: f64 = 45.0;
+/// A process's samples this young are its warm-up, not its trend: an
+/// agent's RSS rises for its first two minutes or so as it takes its share
+/// of the traffic (pools, buffers, the allocator's arenas), by 1.5 to 2 MiB.
+pub const WARM_UP_SECS: f64 = 150.0;
 
 /// How far before and after a change its excuse reaches: the agents and
 /// the waypoint read their configuration every 100 to 200 ms, and a
