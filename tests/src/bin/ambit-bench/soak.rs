@@ -162,7 +162,7 @@ impl<'a> Soak<'a> {
             traffic::deny_pairs(pods),
             Instant::now(),
         );
-        let config = render_config(mesh, pods, &churn);
+        let config = churn.config_text(mesh, pods);
         write_atomically(&mesh.config_path, &config);
         let args = agent_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -271,7 +271,7 @@ impl<'a> Soak<'a> {
 
     /// Rewrites the configuration of both agents and the waypoint.
     fn write_config(&mut self) {
-        self.config = render_config(self.mesh, self.pods, &self.churn);
+        self.config = self.churn.config_text(self.mesh, self.pods);
         write_atomically(&self.mesh.config_path, &self.config);
         for agents in &self.agents {
             agents.active.set_config_text(&self.config);
@@ -460,19 +460,4 @@ impl<'a> Soak<'a> {
         report.conclude();
         report
     }
-}
-
-/// The configuration for the churn's state now.
-fn render_config(mesh: &WaypointMesh, pods: &SoakPods, churn: &Churn) -> String {
-    let mut enrolled = pods.always();
-    enrolled.extend(churn.enrolled_flips());
-    config::render(
-        &config::Parts {
-            waypoint_pods: &mesh.pods_yaml(),
-            services: &mesh.services_yaml(),
-            enrolled: &enrolled,
-            typo: &pods.typo,
-        },
-        &churn.desired,
-    )
 }

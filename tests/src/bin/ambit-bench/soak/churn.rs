@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use ambit_tests::Pod;
 use serde::Serialize;
 
-use super::config::{Deny, Desired};
+use ambit_tests::waypoint::WaypointMesh;
+
+use super::bed::SoakPods;
+use super::config::{self, Deny, Desired};
 use super::judge::{Excuse, ExcusedPods};
 
 /// How often a flip pod leaves or rejoins the mesh: with 12 flip pods
@@ -145,6 +148,22 @@ impl Churn {
             self.counts.config_writes += 1;
         }
         changed
+    }
+
+    /// The configuration for the churn's state now.
+    #[must_use]
+    pub fn config_text(&self, mesh: &WaypointMesh, pods: &SoakPods) -> String {
+        let mut enrolled = pods.always();
+        enrolled.extend(self.enrolled_flips());
+        config::render(
+            &config::Parts {
+                waypoint_pods: &mesh.pods_yaml(),
+                services: &mesh.services_yaml(),
+                enrolled: &enrolled,
+                typo: &pods.typo,
+            },
+            &self.desired,
+        )
     }
 
     /// Records a change the churn did not make (a handoff).
