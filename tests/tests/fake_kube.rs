@@ -223,6 +223,84 @@ fn lists_pods_by_node_and_labels() {
     assert_eq!(bad_field, (400, "BadRequest".to_owned()));
 }
 
+/// `limit` and `continue`, as kube-runtime's watcher lists (500 a page):
+/// pages that together hold the list at its first page's version, and a
+/// damaged token refused.
+#[test]
+fn lists_in_pages_that_continue_at_one_version() {
+    let tb = testbed_or_skip!("kube_pages");
+    let cluster = Cluster::new(tb);
+    for n in 0..25 {
+        let node = if n % 5 == 0 { "n2" } else { "n1" };
+        cluster
+            .kube
+            .apply(pod(&format!("p{n:02}"), "default", node, "web"))
+            .expect("apply");
+    }
+    let (pages, names, versions, damaged) = cluster.run(|client| async move {
+        let pods = Api::<Pod>::all(client.clone());
+        let on_n1 = ListParams::default().fields("spec.nodeName=n1").limit(6);
+        let mut pages = Vec::new();
+        let mut names = Vec::new();
+        let mut versions = Vec::new();
+        let mut params = on_n1.clone();
+        loop {
+            let page = pods.list(&params).await.expect("list a page");
+            pages.push(page.items.len());
+            names.extend(page.iter().map(ResourceExt::name_any));
+            versions.push(page.metadata.resource_version.clone());
+            if pages.len() == 1 {
+                // Written between pages: the list must not show it.
+                let late: Pod =
+                    serde_json::from_value(pod("p99", "default", "n1", "web")).expect("a pod");
+                Api::<Pod>::namespaced(client.clone(), "default")
+                    .create(&PostParams::default(), &late)
+                    .await
+                    .expect("create between pages");
+            }
+            match page.metadata.continue_ {
+                Some(token) => params = on_n1.clone().continue_token(&token),
+                None => break,
+            }
+        }
+        let damaged = pods
+            .list(&ListParams::default().limit(6).continue_token("not-a-token"))
+            .await
+            .expect_err("a damaged token");
+        (pages, names, versions, api_error(damaged))
+    });
+    assert_eq!(pages, [6, 6, 6, 2], "20 pods of n1, 6 a page");
+    let expected: Vec<String> = (0..25)
+        .filter(|n| n % 5 != 0)
+        .map(|n| format!("p{n:02}"))
+        .collect();
+    assert_eq!(names, expected);
+    assert!(
+        versions.windows(2).all(|pair| pair[0] == pair[1]),
+        "every page shows the first page's version: {versions:?}"
+    );
+    assert_eq!(damaged, (400, "BadRequest".to_owned()));
+
+    // kube-runtime's watcher pages through the list and then watches.
+    let events = cluster.watch(
+        Api::<Pod>::all(cluster.client.clone()),
+        watcher::Config::default().page_size(4),
+    );
+    let listed = wait_for(&events, "InitDone", |e| *e == Seen::InitDone);
+    let applied = listed
+        .iter()
+        .filter(|e| matches!(e, Seen::InitApply(_)))
+        .count();
+    assert_eq!(applied, 26, "every pod once: {listed:?}");
+    cluster
+        .kube
+        .apply(pod("p98", "default", "n1", "web"))
+        .expect("apply");
+    wait_for(&events, "the watch after the pages", |e| {
+        *e == Seen::Apply("p98".to_owned())
+    });
+}
+
 #[test]
 fn watcher_sees_pod_and_namespace_changes() {
     let tb = testbed_or_skip!("kube_watch");

@@ -4,10 +4,10 @@
 use hyper::{Response, StatusCode};
 use serde_json::Value;
 
-use super::params::{ListParams, Projection};
+use super::params::{ContinueToken, ListParams, Projection};
 use super::resources::ResourceType;
 use super::status::{self, Body};
-use super::store::{ObjectKey, SharedStore, Store, StoreError};
+use super::store::{ObjectKey, PageRequest, SharedStore, Store, StoreError};
 
 /// A verb's outcome: a status code and body, or a failure `Status`.
 type Outcome = Result<(StatusCode, Value), Value>;
@@ -33,40 +33,52 @@ pub(crate) fn respond(outcome: Outcome, projection: Projection) -> Response<Body
     }
 }
 
-/// `GET` a collection: one page with everything that matches, at the newest
-/// version, or exactly at `resourceVersion` with `resourceVersionMatch=Exact`.
+/// `GET` a collection: everything that matches at the newest version, or
+/// exactly at `resourceVersion` with `resourceVersionMatch=Exact`; in pages
+/// of `limit` objects, each but the last with the `continue` token that
+/// resumes the list at the same version.
 pub(crate) fn list(
     store: &SharedStore,
     params: &ListParams,
     projection: Projection,
 ) -> Response<Body> {
     let resource = params.filter.resource;
-    let namespace = params.filter.namespace.as_deref();
-    let requested = match params.resource_version_number() {
-        Ok(requested) => requested,
-        Err(status) => return status::error_response(&status),
-    };
-    let listed = {
+    let after = params
+        .continue_from
+        .as_ref()
+        .map(|token| token.key(resource));
+    let page = {
         let store = store.lock();
-        let current = store.resource_version();
-        match requested {
-            Some(version) if params.exact => store
-                .list_at(resource, namespace, version)
-                .map(|items| (items, version)),
-            Some(version) if version > current => Err(StoreError::TooLarge {
-                requested: version,
-                current,
-            }),
-            _ => Ok((store.list(resource, namespace), current)),
-        }
+        let version = match (&params.continue_from, params.resource_version_number()) {
+            (Some(token), _) => Ok(Some(token.resource_version)),
+            (None, Err(status)) => return status::error_response(&status),
+            (None, Ok(Some(version))) if params.exact => Ok(Some(version)),
+            (None, Ok(Some(version))) if version > store.resource_version() => {
+                Err(StoreError::TooLarge {
+                    requested: version,
+                    current: store.resource_version(),
+                })
+            }
+            (None, Ok(_)) => Ok(None),
+        };
+        version.and_then(|resource_version| {
+            store.list_page(&PageRequest {
+                resource,
+                namespace: params.filter.namespace.as_deref(),
+                resource_version,
+                after: after.as_ref(),
+                limit: params.limit,
+                matches: &|object| params.filter.matches(object),
+            })
+        })
     };
-    match listed {
-        Ok((items, version)) => {
-            let items = items
-                .into_iter()
-                .filter(|item| params.filter.matches(item))
-                .collect();
-            status::json_response(StatusCode::OK, &projection.list(resource, items, version))
+    match page {
+        Ok(page) => {
+            let next = page
+                .next
+                .map(|key| ContinueToken::after(&key, page.resource_version));
+            let list = projection.list(resource, page.items, page.resource_version, next.as_ref());
+            status::json_response(StatusCode::OK, &list)
         }
         Err(error) => status::error_response(&status::for_store_error(&error)),
     }
@@ -88,7 +100,7 @@ pub(crate) fn delete_collection(store: &SharedStore, params: &ListParams) -> Out
                 );
             }
         }
-        let list = Projection::Full.list(resource, deleted, store.resource_version());
+        let list = Projection::Full.list(resource, deleted, store.resource_version(), None);
         Ok((StatusCode::OK, list))
     })
 }

@@ -5,19 +5,26 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::objects::metadata_only;
+use base64::Engine as _;
+
 use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector, SelectorError, supported_fields};
 use super::status;
+use super::store::ObjectKey;
 
 /// How long a watch without `timeoutSeconds` stays open (the real server
 /// picks 30 to 60 minutes).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_mins(30);
 
-/// The parameters of a list or watch request (`limit` and `continue` are
-/// read by nobody: every list is one complete page).
+/// The parameters of a list or watch request.
 #[derive(Debug)]
 pub(crate) struct ListParams {
     pub(crate) watch: bool,
+    /// `limit`: a list answers at most this many objects and a `continue`
+    /// token for the rest; 0 (or unset) for all of them in one page.
+    pub(crate) limit: usize,
+    /// `continue`: where the previous page of a list ended.
+    pub(crate) continue_from: Option<ContinueToken>,
     /// `resourceVersion`, if set and not empty.
     pub(crate) resource_version: Option<String>,
     /// `resourceVersionMatch`: `Exact`, `NotOlderThan` or unset.
@@ -36,6 +43,18 @@ pub(crate) struct Filter {
     pub(crate) namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
+}
+
+/// Where a page of a list ended: the version the list shows and the last
+/// key it answered. Clients treat it as opaque; here it is base64 JSON, as
+/// the real server's is.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ContinueToken {
+    #[serde(rename = "rv")]
+    pub(crate) resource_version: u64,
+    #[serde(rename = "ns")]
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 /// Whether the client asked for whole objects or only their metadata
@@ -57,6 +76,8 @@ impl ListParams {
     ) -> Result<Self, Value> {
         let mut params = Self {
             watch: false,
+            limit: 0,
+            continue_from: None,
             resource_version: None,
             exact: false,
             bookmarks: false,
@@ -79,6 +100,12 @@ impl ListParams {
                 }
                 "resourceVersion" if !value.is_empty() => {
                     params.resource_version = Some(value.into_owned());
+                }
+                "limit" => {
+                    params.limit = value.parse().map_err(|_| bad_value(&key, &value))?;
+                }
+                "continue" if !value.is_empty() => {
+                    params.continue_from = Some(ContinueToken::decode(&value)?);
                 }
                 "resourceVersionMatch" => params.exact = value == "Exact",
                 "timeoutSeconds" => {
@@ -109,6 +136,49 @@ impl ListParams {
                 .map(Some)
                 .map_err(|_| bad_value("resourceVersion", text)),
         }
+    }
+}
+
+// === impl ContinueToken ===
+
+impl ContinueToken {
+    /// The token that resumes a list after `key` at `resource_version`.
+    pub(crate) fn after(key: &ObjectKey, resource_version: u64) -> Self {
+        Self {
+            resource_version,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        }
+    }
+
+    /// The key after which the next page starts.
+    pub(crate) fn key(&self, resource: &ResourceType) -> ObjectKey {
+        ObjectKey {
+            resource: resource.plural,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads a token; a damaged one is the real server's `400`.
+    fn decode(text: &str) -> Result<Self, Value> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or_else(|| {
+                status::failure(
+                    400,
+                    "BadRequest",
+                    &format!("continue key is not valid: {text:?}"),
+                    None,
+                )
+            })
     }
 }
 
@@ -165,12 +235,14 @@ impl Projection {
         }
     }
 
-    /// A list of `items` at `resource_version`.
+    /// A list of `items` at `resource_version`, with the token of the next
+    /// page if one follows.
     pub(crate) fn list(
         self,
         resource: &ResourceType,
         items: Vec<Value>,
         resource_version: u64,
+        next: Option<&ContinueToken>,
     ) -> Value {
         let (api_version, kind) = match self {
             Self::Full => (resource.api_version(), resource.list_kind()),
@@ -180,10 +252,14 @@ impl Projection {
             ),
         };
         let items: Vec<Value> = items.into_iter().map(|item| self.object(item)).collect();
+        let mut metadata = json!({ "resourceVersion": resource_version.to_string() });
+        if let Some(next) = next {
+            metadata["continue"] = Value::String(next.encode());
+        }
         json!({
             "apiVersion": api_version,
             "kind": kind,
-            "metadata": { "resourceVersion": resource_version.to_string() },
+            "metadata": metadata,
             "items": items,
         })
     }

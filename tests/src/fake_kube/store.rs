@@ -3,6 +3,7 @@
 //! changes from which watches are replayed.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
@@ -97,6 +98,30 @@ pub(crate) enum ChangeKind {
     Deleted,
 }
 
+/// What [`Store::list_page`] is asked for.
+pub(crate) struct PageRequest<'a> {
+    pub(crate) resource: &'a ResourceType,
+    pub(crate) namespace: Option<&'a str>,
+    /// The version to list at; `None` for now.
+    pub(crate) resource_version: Option<u64>,
+    /// The last key of the previous page.
+    pub(crate) after: Option<&'a ObjectKey>,
+    /// At most this many objects; 0 for all.
+    pub(crate) limit: usize,
+    /// The request's selectors.
+    pub(crate) matches: &'a dyn Fn(&Value) -> bool,
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) items: Vec<Value>,
+    /// The version the page shows: every page of one list shows the same.
+    pub(crate) resource_version: u64,
+    /// The last key of this page, when more objects follow it.
+    pub(crate) next: Option<ObjectKey>,
+}
+
 /// The store with a notification of its current resourceVersion, shared by
 /// the HTTP server and the in-process API.
 pub(crate) struct SharedStore {
@@ -175,30 +200,85 @@ impl Store {
     }
 
     /// The objects as they were at `resource_version`, undoing later changes.
+    #[cfg(test)]
     pub(crate) fn list_at(
         &self,
         resource: &ResourceType,
         namespace: Option<&str>,
         resource_version: u64,
     ) -> Result<Vec<Value>, StoreError> {
-        self.check_servable(resource_version)?;
-        let mut objects: BTreeMap<&ObjectKey, &Value> = self
-            .objects
-            .iter()
-            .filter(|(key, _)| in_scope(key, resource, namespace))
-            .collect();
-        let later = self
+        let page = self.list_page(&PageRequest {
+            resource,
+            namespace,
+            resource_version: Some(resource_version),
+            after: None,
+            limit: 0,
+            matches: &|_| true,
+        })?;
+        Ok(page.items)
+    }
+
+    /// One page of a list, in key order, as the API server pages a list
+    /// with `limit` and `continue`: the objects of `request.resource` (in
+    /// its namespace, if given) as they were at its version (now if none),
+    /// after its `after` key, that satisfy its `matches`; at most
+    /// `request.limit` of them (0: all). Only the page's objects are
+    /// copied, so paging through 100,000 pods stays cheap.
+    pub(crate) fn list_page(&self, request: &PageRequest<'_>) -> Result<Page, StoreError> {
+        if let Some(version) = request.resource_version {
+            self.check_servable(version)?;
+        }
+        let version = request.resource_version.unwrap_or(self.resource_version);
+        let in_request_scope = |key: &ObjectKey| in_scope(key, request.resource, request.namespace);
+        // What changed after the version, as it was then (`None`: it did
+        // not exist). Walking back, the oldest change's previous state wins.
+        let mut undone: BTreeMap<&ObjectKey, Option<&Value>> = BTreeMap::new();
+        for change in self
             .history
             .iter()
             .rev()
-            .take_while(|change| change.resource_version > resource_version);
-        for change in later.filter(|change| in_scope(&change.key, resource, namespace)) {
-            match &change.previous {
-                Some(previous) => objects.insert(&change.key, previous),
-                None => objects.remove(&change.key),
-            };
+            .take_while(|change| change.resource_version > version)
+            .filter(|change| in_request_scope(&change.key))
+        {
+            undone.insert(&change.key, change.previous.as_ref());
         }
-        Ok(objects.into_values().cloned().collect())
+        let start = request.after.map_or_else(
+            || ObjectKey {
+                resource: request.resource.plural,
+                namespace: request.namespace.unwrap_or_default().to_owned(),
+                name: String::new(),
+            },
+            Clone::clone,
+        );
+        let start = &start;
+        let lower = |key| match request.after {
+            Some(_) => Bound::Excluded(key),
+            None => Bound::Included(key),
+        };
+        let now = self
+            .objects
+            .range::<ObjectKey, _>((lower(start), Bound::Unbounded))
+            .take_while(|(key, _)| in_request_scope(key))
+            .filter(|(key, _)| !undone.contains_key(key));
+        let then = undone
+            .range::<&ObjectKey, _>((lower(start), Bound::Unbounded))
+            .filter_map(|(key, object)| Some((*key, (*object)?)));
+        let mut view = merge_by_key(now, then).filter(|(_, object)| (request.matches)(object));
+        let mut items = Vec::new();
+        let mut last = None;
+        for (key, object) in view.by_ref() {
+            items.push(object.clone());
+            last = Some(key);
+            if items.len() == request.limit {
+                break;
+            }
+        }
+        let more = request.limit > 0 && items.len() == request.limit && view.next().is_some();
+        Ok(Page {
+            items,
+            resource_version: version,
+            next: more.then(|| last.cloned()).flatten(),
+        })
     }
 
     /// The changes of `resource` after `resource_version`, or `Expired` when
@@ -341,6 +421,20 @@ impl Store {
 
 fn in_scope(key: &ObjectKey, resource: &ResourceType, namespace: Option<&str>) -> bool {
     key.resource == resource.plural && namespace.is_none_or(|namespace| key.namespace == namespace)
+}
+
+/// Two iterators sorted by key, as one sorted iterator; no key is in both.
+fn merge_by_key<'a>(
+    left: impl Iterator<Item = (&'a ObjectKey, &'a Value)>,
+    right: impl Iterator<Item = (&'a ObjectKey, &'a Value)>,
+) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> {
+    let mut left = left.peekable();
+    let mut right = right.peekable();
+    std::iter::from_fn(move || match (left.peek(), right.peek()) {
+        (Some((l, _)), Some((r, _))) if r < l => right.next(),
+        (Some(_), _) => left.next(),
+        (None, _) => right.next(),
+    })
 }
 
 fn not_found(key: &ObjectKey) -> StoreError {

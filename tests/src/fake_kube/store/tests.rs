@@ -136,3 +136,100 @@ fn exact_lists_undo_later_changes() {
     assert_eq!(names(after_a + 1), ["a", "b"]);
     assert_eq!(names(after_a + 2), ["b"]);
 }
+
+/// Pages through `resource`'s pods `limit` at a time, each page resuming
+/// after the previous one's last key at the first page's version, as a
+/// client following `continue` tokens does.
+fn page_names(store: &SharedStore, limit: usize, between_pages: impl Fn(usize)) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut after = None;
+    let mut version = None;
+    for page_number in 0.. {
+        let page = store
+            .lock()
+            .list_page(&super::PageRequest {
+                resource: pods(),
+                namespace: None,
+                resource_version: version,
+                after: after.as_ref(),
+                limit,
+                matches: &|pod| pod["metadata"]["name"] != "skip-me",
+            })
+            .expect("page");
+        assert!(
+            limit == 0 || page.items.len() <= limit,
+            "a page holds at most `limit`"
+        );
+        version = Some(page.resource_version);
+        names.extend(page.items.iter().map(|pod| {
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        between_pages(page_number);
+    }
+    names
+}
+
+#[test]
+fn pages_of_a_list_show_the_first_pages_version_whatever_changes_between_them() {
+    let store = SharedStore::new(100);
+    for name in ["a", "b", "c", "d", "e", "skip-me", "f", "g"] {
+        create(&store, name);
+    }
+    let all = ["a", "b", "c", "d", "e", "f", "g"];
+    assert_eq!(page_names(&store, 0, |_| {}), all, "limit 0 is one page");
+    assert_eq!(page_names(&store, 3, |_| {}), all);
+    assert_eq!(page_names(&store, 7, |_| {}), all);
+    // After the first page: "b" (listed) and "f" (not yet) deleted, "e"
+    // changed, "h" and "aa" (before the cursor) created. The list still
+    // shows the version of its first page.
+    let changed = page_names(&store, 2, |page| {
+        if page == 0 {
+            store.write(|s| s.delete(&key("b"))).expect("delete b");
+            store.write(|s| s.delete(&key("f"))).expect("delete f");
+            store
+                .write(|s| {
+                    s.update(
+                        &key("e"),
+                        json!({ "metadata": { "name": "e" }, "spec": {} }),
+                    )
+                })
+                .expect("update e");
+            create(&store, "h");
+            create(&store, "aa");
+        }
+    });
+    assert_eq!(changed, all);
+    assert_eq!(
+        page_names(&store, 2, |_| {}),
+        ["a", "aa", "c", "d", "e", "g", "h"],
+        "a new list shows the changes"
+    );
+}
+
+#[test]
+fn a_page_at_a_version_no_longer_kept_is_expired() {
+    let store = SharedStore::new(2);
+    let first = create(&store, "a");
+    for name in ["b", "c", "d"] {
+        create(&store, name);
+    }
+    let expired = store.lock().list_page(&super::PageRequest {
+        resource: pods(),
+        namespace: None,
+        resource_version: Some(first),
+        after: Some(&key("a")),
+        limit: 1,
+        matches: &|_| true,
+    });
+    assert!(
+        matches!(expired, Err(StoreError::Expired { .. })),
+        "{expired:?}"
+    );
+}
