@@ -1,6 +1,7 @@
 //! Kubernetes mode at scale: one node agent watching a fake API server that
 //! serves 10,000 pods, 2,000 services (with their `EndpointSlices`) and
-//! 1,000 authorization policies, measuring
+//! 1,000 authorization policies, then a fresh agent and server with ten
+//! times that (100,000 pods), measuring at each size
 //!
 //! - how long the agent takes to list everything and become ready;
 //! - its memory (RSS) and CPU at steady state (no change for a while);
@@ -16,6 +17,7 @@
 
 mod corpus;
 
+use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -42,9 +44,55 @@ const CPU_WINDOW: Duration = Duration::from_secs(10);
 /// The longest any single wait may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the scale bench found.
+/// The agent's RSS the issue asks for at each size, MiB (ztunnel is
+/// reported at about 3 KB a pod at a million pods).
+const RSS_TARGET_10K_MIB: f64 = 64.0;
+const RSS_TARGET_100K_MIB: f64 = 256.0;
+/// The longest label → enrolled p99 at any size, milliseconds.
+const ENROLL_P99_TARGET_MS: f64 = 1000.0;
+
+/// A cluster size the bench can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Size {
+    /// 10,000 pods.
+    #[value(name = "10000")]
+    TenThousand,
+    /// 100,000 pods.
+    #[value(name = "100000")]
+    HundredThousand,
+}
+
+/// Which sizes a run measures.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    ten_thousand: bool,
+    hundred_thousand: bool,
+}
+
+// === impl Sizes ===
+
+impl Sizes {
+    /// The sizes named; both when none is.
+    pub fn of(named: &[Size]) -> Self {
+        Self {
+            ten_thousand: named.is_empty() || named.contains(&Size::TenThousand),
+            hundred_thousand: named.is_empty() || named.contains(&Size::HundredThousand),
+        }
+    }
+}
+
+/// What the scale bench found, one point per cluster size.
 #[derive(Debug, Serialize)]
 pub struct KubeScaleReport {
+    /// 10,000 pods, then 100,000.
+    pub points: Vec<ScalePoint>,
+}
+
+/// What one agent watching one corpus showed.
+#[derive(Debug, Serialize)]
+pub struct ScalePoint {
+    /// The steady-state RSS this size must stay within, MiB.
+    pub rss_target_mib: f64,
     /// Objects the API server served.
     pub corpus: corpus::Counts,
     /// Seconds to load the corpus into the fake API server.
@@ -110,17 +158,52 @@ impl Percentiles {
     }
 }
 
-/// Runs the scale bench on nodes `kcp` (API server) and `k1` (the agent)
-/// added to `tb`. `iterations` label changes and policy changes are timed.
-pub fn measure(tb: &mut Testbed, iterations: usize) -> Result<KubeScaleReport, BenchError> {
-    let cp = tb.add_node("kcp");
-    let node = tb.add_node("k1");
+/// Runs the scale bench at `sizes` on nodes added to `tb`: `kcp`/`k1`
+/// (API server, agent) for 10,000 pods, `kcp2`/`k2` for 100,000. At each,
+/// `iterations` label changes and policy changes are timed.
+pub fn measure(
+    tb: &mut Testbed,
+    iterations: usize,
+    sizes: Sizes,
+) -> Result<KubeScaleReport, BenchError> {
+    let mut points = Vec::new();
+    if sizes.ten_thousand {
+        points.push(measure_point(
+            tb,
+            ["kcp", "k1"],
+            corpus::Counts::ten_thousand(),
+            RSS_TARGET_10K_MIB,
+            iterations,
+        )?);
+    }
+    if sizes.hundred_thousand {
+        points.push(measure_point(
+            tb,
+            ["kcp2", "k2"],
+            corpus::Counts::hundred_thousand(),
+            RSS_TARGET_100K_MIB,
+            iterations,
+        )?);
+    }
+    Ok(KubeScaleReport { points })
+}
+
+/// One size: a fake API server on node `names[0]` serving `counts`, an
+/// agent on node `names[1]`; both stop when it returns.
+fn measure_point(
+    tb: &mut Testbed,
+    names: [&str; 2],
+    counts: corpus::Counts,
+    rss_target_mib: f64,
+    iterations: usize,
+) -> Result<ScalePoint, BenchError> {
+    let cp = tb.add_node(names[0]);
+    let node = tb.add_node(names[1]);
     let kube =
         FakeKube::start(&cp).map_err(|e| BenchError::failed(format!("fake API server: {e}")))?;
-    let counts = corpus::Counts::full();
     progress(&format!(
-        "kube-scale: loading {} pods, {} services with their EndpointSlices, {} policies in {} namespaces",
-        counts.pods, counts.services, counts.policies, counts.namespaces
+        "kube-scale: loading {} pods on {} nodes, {} services with their EndpointSlices, {} policies in {} namespaces",
+        counts.pods, counts.nodes, counts.services, counts.policies, counts.namespaces
     ));
     let started = Instant::now();
     corpus::load(&kube, &counts)?;
@@ -157,7 +240,8 @@ pub fn measure(tb: &mut Testbed, iterations: usize) -> Result<KubeScaleReport, B
     let (enroll, unenroll) = time_label_changes(&kube, &node, iterations)?;
     let enforced = time_policy_changes(tb, &kube, &agent, &client, &server, iterations)?;
     let rss_after = rss_mib(pid).map_err(|e| BenchError::failed(format!("agent RSS: {e}")))?;
-    Ok(KubeScaleReport {
+    Ok(ScalePoint {
+        rss_target_mib,
         corpus: counts,
         load_secs,
         ready_secs,
@@ -356,42 +440,93 @@ fn millis(elapsed: Duration) -> f64 {
     elapsed.as_micros() as f64 / 1000.0
 }
 
-/// The report as a Markdown section.
+/// The report as a Markdown section: one column per size.
 pub fn render(report: &KubeScaleReport) -> String {
-    let c = &report.corpus;
-    let row = |name: &str, p: &Percentiles| {
-        format!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {} |\n",
-            p.p50, p.p99, p.max, p.samples
-        )
-    };
-    let mut out = format!(
+    let points = &report.points;
+    let mut out = String::from(
         "## Kubernetes mode at scale\n\n\
-         One agent watching {} pods ({} namespaces, half of them meshed, on 100 other nodes), {} services with their EndpointSlices and {} policies, served by the fake API server.\n\n\
-         | figure | value |\n| --- | --- |\n\
-         | corpus loaded into the API server | {:.1} s |\n\
-         | agent start → ready (everything listed) | {:.1} s |\n\
-         | meshed destinations indexed | {} |\n\
-         | agent RSS, steady state | {:.1} MiB |\n\
-         | agent CPU, steady state | {:.3} cores |\n\
-         | agent RSS after the changes | {:.1} MiB |\n\n\
-         | change → effect (ms) | p50 | p99 | max | samples |\n| --- | --- | --- | --- | --- |\n",
-        c.pods,
-        c.namespaces,
-        c.services,
-        c.policies,
-        report.load_secs,
-        report.ready_secs,
-        report.destinations,
-        report.rss_mib,
-        report.steady_cpu_cores,
-        report.rss_after_mib,
+         One agent watching a cluster served by the fake API server: namespaces of apps of five pods, every second namespace meshed, a Service with its EndpointSlice per app and an ALLOW policy per two apps; the pods are on other (imaginary) nodes, so half of them are the agent's meshed destinations. Then a fresh agent and server with ten times as much.\n\n",
     );
-    out.push_str(&row("pod label set → enrolled", &report.enroll_ms));
-    out.push_str(&row("pod label removed → un-enrolled", &report.unenroll_ms));
-    out.push_str(&row(
+    let row = |out: &mut String, name: &str, cell: &dyn Fn(&ScalePoint) -> String| {
+        let _ = write!(out, "| {name} |");
+        for point in points {
+            let _ = write!(out, " {} |", cell(point));
+        }
+        out.push('\n');
+    };
+    out.push_str("| figure |");
+    for point in points {
+        let _ = write!(out, " {} pods |", point.corpus.pods);
+    }
+    out.push_str("\n| --- |");
+    out.push_str(&" ---: |".repeat(points.len()));
+    out.push('\n');
+    row(&mut out, "nodes / namespaces", &|p| {
+        format!("{} / {}", p.corpus.nodes, p.corpus.namespaces)
+    });
+    row(&mut out, "services / policies", &|p| {
+        format!("{} / {}", p.corpus.services, p.corpus.policies)
+    });
+    row(&mut out, "corpus loaded into the API server", &|p| {
+        format!("{:.1} s", p.load_secs)
+    });
+    row(
+        &mut out,
+        "agent start → ready (everything listed)",
+        &|p| format!("{:.1} s", p.ready_secs),
+    );
+    row(&mut out, "meshed destinations indexed", &|p| {
+        p.destinations.to_string()
+    });
+    row(&mut out, "**agent RSS, steady state**", &|p| {
+        format!(
+            "**{:.1} MiB** ({})",
+            p.rss_mib,
+            verdict(
+                p.rss_mib <= p.rss_target_mib,
+                &format!("≤ {:.0}", p.rss_target_mib)
+            )
+        )
+    });
+    row(&mut out, "agent RSS per pod of the cluster", &|p| {
+        #[expect(clippy::cast_precision_loss, reason = "pod counts fit")]
+        let per_pod = p.rss_mib * 1024.0 / p.corpus.pods as f64;
+        format!("{per_pod:.1} KiB")
+    });
+    row(&mut out, "agent CPU, steady state", &|p| {
+        format!("{:.3} cores", p.steady_cpu_cores)
+    });
+    row(&mut out, "agent RSS after the changes", &|p| {
+        format!("{:.1} MiB", p.rss_after_mib)
+    });
+    let percentiles =
+        |p: &Percentiles| format!("{:.1} / {:.1} / {:.1} ({})", p.p50, p.p99, p.max, p.samples);
+    out.push_str("| *change → effect, ms: p50 / p99 / max (samples)* |");
+    out.push_str(&" |".repeat(points.len()));
+    out.push('\n');
+    row(&mut out, "pod label set → enrolled", &|p| {
+        format!(
+            "{} ({})",
+            percentiles(&p.enroll_ms),
+            verdict(p.enroll_ms.p99 <= ENROLL_P99_TARGET_MS, "p99 ≤ 1000")
+        )
+    });
+    row(&mut out, "pod label removed → un-enrolled", &|p| {
+        percentiles(&p.unenroll_ms)
+    });
+    row(
+        &mut out,
         "DENY policy written → open connection cut",
-        &report.policy_enforced_ms,
-    ));
+        &|p| percentiles(&p.policy_enforced_ms),
+    );
     out
+}
+
+/// "met: target" or "MISSED: target".
+fn verdict(met: bool, target: &str) -> String {
+    if met {
+        format!("met: {target}")
+    } else {
+        format!("MISSED: {target}")
+    }
 }

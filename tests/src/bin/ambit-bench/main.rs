@@ -120,6 +120,10 @@ struct Cli {
     /// Leaves the Kubernetes-mode scale bench out.
     #[arg(long)]
     skip_kube_scale: bool,
+    /// The cluster sizes (pods) the scale bench measures; repeat for more
+    /// than one [default: both].
+    #[arg(long, value_enum, value_name = "PODS")]
+    kube_scale_pods: Vec<kube_scale::Size>,
     /// Runs only the waypoint bench.
     #[arg(long, conflicts_with = "skip_waypoint")]
     waypoint_only: bool,
@@ -159,8 +163,9 @@ struct Cli {
 struct Parts {
     /// The scenarios and authorization.
     main: bool,
-    /// Kubernetes mode at scale, with this many timed changes of each kind.
-    kube_scale: Option<usize>,
+    /// Kubernetes mode at scale, with this many timed changes of each kind,
+    /// at these sizes.
+    kube_scale: Option<(usize, kube_scale::Sizes)>,
     /// The waypoint.
     waypoint: bool,
     /// The upgrade (handoff).
@@ -227,8 +232,10 @@ fn main() -> ExitCode {
     let only = cli.kube_scale_only || cli.waypoint_only || cli.upgrade_only || cli.sustain_only;
     let parts = Parts {
         main: !only,
-        kube_scale: (!cli.skip_kube_scale && (!only || cli.kube_scale_only))
-            .then_some(if cli.quick { 20 } else { 50 }),
+        kube_scale: (!cli.skip_kube_scale && (!only || cli.kube_scale_only)).then_some((
+            if cli.quick { 20 } else { 50 },
+            kube_scale::Sizes::of(&cli.kube_scale_pods),
+        )),
         waypoint: !cli.skip_waypoint && (!only || cli.waypoint_only),
         upgrade: !cli.skip_upgrade && (!only || cli.upgrade_only),
         sustain: !cli.skip_sustain && (!only || cli.sustain_only),
@@ -354,7 +361,9 @@ fn run(plan: Plan, parts: Parts) -> Result<Outcome, BenchError> {
             None
         };
         let kube_scale = match parts.kube_scale {
-            Some(iterations) => Some(kube_scale::measure(&mut testbed, iterations)?),
+            Some((iterations, sizes)) => {
+                Some(kube_scale::measure(&mut testbed, iterations, sizes)?)
+            }
             None => None,
         };
         Ok(Outcome {

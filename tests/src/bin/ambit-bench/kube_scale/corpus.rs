@@ -3,8 +3,9 @@
 //! `EndpointSlice`, and an ALLOW policy per app letting the next app's
 //! service account in. Every second namespace is labelled into the mesh.
 //!
-//! Addresses: pods 10.200.0.0/16, cluster IPs 10.97.0.0/16. They are API
-//! data only: the pods are on imaginary nodes and nothing connects to them.
+//! Addresses: pods from 10.192.0.1 up (10.192.0.0/11 holds two million),
+//! cluster IPs 10.97.0.0/16. They are API data only: the pods are on
+//! imaginary nodes and nothing connects to them.
 
 use std::net::Ipv4Addr;
 
@@ -14,12 +15,11 @@ use serde_json::{Value, json};
 
 use crate::error::BenchError;
 
-/// The imaginary nodes the pods are spread over.
-const NODES: usize = 100;
-
 /// How many objects of each kind.
 #[derive(Clone, Debug, Serialize)]
 pub struct Counts {
+    /// The imaginary nodes the pods are spread over.
+    pub nodes: usize,
     /// Namespaces.
     pub namespaces: usize,
     /// Pods.
@@ -33,13 +33,27 @@ pub struct Counts {
 // === impl Counts ===
 
 impl Counts {
-    /// The corpus: 10,000 pods, 2,000 services, 1,000 policies.
-    pub fn full() -> Self {
+    /// 10,000 pods on 100 nodes, 2,000 services, 1,000 policies.
+    pub fn ten_thousand() -> Self {
         Self {
+            nodes: 100,
             namespaces: 100,
             pods: 10_000,
             services: 2_000,
             policies: 1_000,
+        }
+    }
+
+    /// The same cluster ten times over: 100,000 pods on 1,000 nodes, 20,000
+    /// services, 10,000 policies.
+    pub fn hundred_thousand() -> Self {
+        let ten = Self::ten_thousand();
+        Self {
+            nodes: ten.nodes * 10,
+            namespaces: ten.namespaces * 10,
+            pods: ten.pods * 10,
+            services: ten.services * 10,
+            policies: ten.policies * 10,
         }
     }
 
@@ -79,7 +93,7 @@ pub fn load(kube: &FakeKube, counts: &Counts) -> Result<(), BenchError> {
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": format!("app-{app}-{replica}"), "namespace": namespace,
                                  "labels": {"app": format!("app-{app}")}},
-                    "spec": {"nodeName": format!("node-{:03}", pod_index % NODES),
+                    "spec": {"nodeName": format!("node-{:04}", pod_index % counts.nodes),
                              "serviceAccountName": format!("sa-{app}"),
                              "containers": [{"name": "app", "image": "app"}]},
                     "status": {"phase": "Running", "podIP": ip.to_string(),
@@ -122,7 +136,7 @@ pub fn load(kube: &FakeKube, counts: &Counts) -> Result<(), BenchError> {
 
 fn pod_ip(index: usize) -> Ipv4Addr {
     let index = u32::try_from(index).unwrap_or(0) + 1;
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + index)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 192, 0, 0)) + index)
 }
 
 fn cluster_ip(index: usize) -> Ipv4Addr {
