@@ -8,7 +8,7 @@
 //! rejected rather than normalised, so that two spellings can never name the
 //! same workload.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,9 +55,9 @@ pub enum IdentityError {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct SpiffeId {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
+    trust_domain: Arc<str>,
+    namespace: Arc<str>,
+    service_account: Arc<str>,
 }
 
 /// Checks a trust domain name on its own, e.g. one from configuration,
@@ -92,9 +92,9 @@ impl SpiffeId {
         check_kubernetes_name(service_account)
             .map_err(|r| invalid("service account", service_account, r))?;
         Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
+            trust_domain: trust_domain.into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
         })
     }
 
@@ -175,9 +175,9 @@ impl FromStr for SpiffeId {
             invalid(format!("the service account {service_account:?} {reason}"))
         })?;
         Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            namespace: (*namespace).to_owned(),
-            service_account: (*service_account).to_owned(),
+            trust_domain: trust_domain.into(),
+            namespace: (*namespace).into(),
+            service_account: (*service_account).into(),
         })
     }
 }

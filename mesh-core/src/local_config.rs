@@ -45,6 +45,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -144,7 +145,7 @@ pub struct LocalSnapshot {
     /// fail closed).
     pub policies: Vec<Policy>,
     /// Services, in file order.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// Service entries that were rejected.
     pub rejected_services: Vec<RejectedService>,
     /// `HTTPRoute` objects as written, for the waypoint.
@@ -245,6 +246,9 @@ pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
     };
     let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
     let mut seen_ips: HashMap<IpAddr, PodKey> = HashMap::new();
+    // Tens of thousands of pods in Kubernetes mode: grown by doubling, the
+    // list would keep up to twice the room it needs.
+    snapshot.pods.reserve_exact(pods.len());
     for (index, pod) in pods.into_iter().enumerate() {
         let entry = index + 1;
         let key = pod.key();
@@ -348,8 +352,8 @@ fn resolve_mtls(
     }
 }
 
-fn validate_services(entries: Vec<Service>) -> (Vec<Service>, Vec<RejectedService>) {
-    let mut accepted = Vec::new();
+fn validate_services(entries: Vec<Service>) -> (Vec<Arc<Service>>, Vec<RejectedService>) {
+    let mut accepted = Vec::with_capacity(entries.len());
     let mut rejected = Vec::new();
     let mut seen: HashMap<ServiceKey, usize> = HashMap::new();
     let mut cluster_ips: HashMap<IpAddr, ServiceKey> = HashMap::new();
@@ -382,7 +386,7 @@ fn validate_services(entries: Vec<Service>) -> (Vec<Service>, Vec<RejectedServic
                 cluster_ips.insert(*ip, key.clone());
             }
             seen.insert(key, entry);
-            accepted.push(service);
+            accepted.push(Arc::new(service));
         }
     }
     (accepted, rejected)

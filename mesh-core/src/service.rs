@@ -29,6 +29,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -140,9 +141,10 @@ pub struct Endpoint {
     /// The endpoint's address (a pod's address).
     pub ip: IpAddr,
     /// Service port name → the port number on this endpoint; the unnamed
-    /// port of a single-port service is `""`.
+    /// port of a single-port service is `""`. Shared by the endpoints of one
+    /// `EndpointSlice`, whose ports they all have.
     #[serde(default)]
-    pub ports: BTreeMap<String, u16>,
+    pub ports: Arc<BTreeMap<String, u16>>,
     /// The node the endpoint runs on, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

@@ -1,6 +1,6 @@
 //! The workload model: what the mesh knows about a pod.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +53,7 @@ pub struct Pod {
     pub mtls_warnings: Vec<String>,
     /// The pod's labels; authorization policies select pods by them.
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Whether the pod asked for the kernel path (its own or its
     /// namespace's `ambit.dev/kernel-path` label). Filled in by validation;
     /// never read from the file.

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -90,7 +91,14 @@ pub fn node_pod(
         return Some(Err(NotReady::NoUid));
     };
     Some(Ok(NodePod {
-        pod: mesh_pod(name, namespace, service_account_of(pod), ips, node, labels),
+        pod: mesh_pod(
+            name,
+            namespace,
+            service_account_of(pod),
+            ips,
+            node,
+            Arc::new(labels),
+        ),
         uid,
     }))
 }
@@ -117,7 +125,7 @@ fn mesh_pod(
     service_account: String,
     ips: Vec<IpAddr>,
     node: &str,
-    labels: BTreeMap<String, String>,
+    labels: Arc<BTreeMap<String, String>>,
 ) -> Pod {
     Pod {
         name,
@@ -152,8 +160,9 @@ pub struct RemotePod {
     pub node: String,
     /// `spec.serviceAccountName`, `default` when unset.
     pub service_account: String,
-    /// `metadata.labels`.
-    pub labels: BTreeMap<String, String>,
+    /// `metadata.labels`, shared with the snapshot's pod and the agent's
+    /// index entry made from it.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// `status.podIPs`, else `status.podIP`.
     pub ips: Vec<IpAddr>,
 }
@@ -175,7 +184,7 @@ pub fn compact_pod(pod: &KubePod) -> Option<RemotePod> {
         name: pod.metadata.name.clone()?,
         node: pod.spec.as_ref()?.node_name.clone()?,
         service_account: service_account_of(pod),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: Arc::new(pod.metadata.labels.clone().unwrap_or_default()),
         ips,
     })
 }
@@ -347,6 +356,7 @@ fn ready_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
             Some((port.name.clone().unwrap_or_default(), number))
         })
         .collect();
+    let ports = Arc::new(ports);
     slice
         .endpoints
         .iter()

@@ -308,7 +308,7 @@ impl Enroller {
                 .map(std::net::IpAddr::to_canonical)
                 .collect(),
             mtls: enrollment.mtls.clone(),
-            labels: Arc::new(enrollment.pod.labels.clone()),
+            labels: enrollment.pod.labels.clone(),
             authorizer: self.mesh.authorizer.clone(),
             netns_cookie: enrollment.netns_cookie,
             sockets: NetnsSwitch::new(enrollment.netns.clone(), self.home_netns.clone()),

@@ -19,8 +19,10 @@ use mesh_core::{
     workload::{KernelPath, MtlsMode, PodKey},
 };
 
+use intern::Interner;
 use names::WorkloadNames;
 
+pub mod intern;
 pub mod names;
 
 /// A meshed pod, as the data path needs it.
@@ -83,6 +85,9 @@ pub struct WorkloadIndex {
     peer_authentications: Vec<PeerAuthentication>,
 }
 
+/// A SPIFFE id and its URI, as a service account's pods share them.
+type Identity = (SpiffeId, Arc<str>);
+
 /// The current index, swapped whole on every configuration change.
 pub type SharedWorkloads = crate::published::Published<WorkloadIndex>;
 
@@ -92,14 +97,20 @@ impl WorkloadIndex {
     /// Indexes the pods of `snapshot` as seen from `node`, with services
     /// named in `cluster_domain`. Pods whose identity cannot be formed are
     /// left out (and logged).
+    ///
+    /// Every pod and cluster IP whose entry comes out as it is in
+    /// `previous` keeps `previous`'s entry: an index rebuilt after one
+    /// change shares all the others with the one it replaces, so two
+    /// generations of 50,000 pods never coexist.
     #[must_use]
     pub fn build(
         snapshot: &LocalSnapshot,
+        previous: &WorkloadIndex,
         node: &str,
         trust_domain: &str,
         cluster_domain: &str,
     ) -> Self {
-        let mut by_ip = HashMap::new();
+        let mut by_ip = HashMap::with_capacity(snapshot.pods.len());
         // Services by namespace: a pod is only named after one of its own
         // namespace's, and scanning them all for every pod is quadratic.
         let mut services_in: HashMap<&str, Vec<&Service>> = HashMap::new();
@@ -109,43 +120,60 @@ impl WorkloadIndex {
                 .or_default()
                 .push(service);
         }
+        // One identity per service account, one copy of each name.
+        let mut identities: HashMap<(&str, &str), Result<Identity, String>> = HashMap::new();
+        let mut strings = Interner::default();
         for pod in &snapshot.pods {
-            let identity = match SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account) {
-                Ok(identity) => identity,
+            let identity = identities
+                .entry((pod.namespace.as_str(), pod.service_account.as_str()))
+                .or_insert_with(|| {
+                    SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account)
+                        .map(|id| {
+                            let principal = strings.get(&id.to_string());
+                            (id, principal)
+                        })
+                        .map_err(|error| error.to_string())
+                });
+            let (identity, principal) = match identity {
+                Ok((identity, principal)) => (identity.clone(), principal.clone()),
                 Err(error) => {
                     tracing::warn!(pod = %pod.key(), %error, "pod has no valid identity; it is not a mesh destination");
                     continue;
                 }
             };
-            let workload = Arc::new(Workload {
+            let workload = Workload {
                 key: pod.key(),
                 node: pod.node.clone(),
                 local: pod.is_on_node(node),
                 mtls: pod.mtls,
                 port_mtls: pod.port_mtls.clone(),
-                labels: Arc::new(pod.labels.clone()),
+                labels: pod.labels.clone(),
                 kernel_path: pod.kernel_path == KernelPath::Requested,
                 names: WorkloadNames::new(
                     pod,
-                    &identity,
+                    principal,
                     services_in
                         .get(pod.namespace.as_str())
                         .into_iter()
                         .flatten()
                         .copied(),
                     cluster_domain,
+                    &mut strings,
                 ),
                 identity,
-            });
+            };
+            let workload = match pod.ips.first().and_then(|ip| previous.by_ip(*ip)) {
+                Some(same) if **same == workload => same.clone(),
+                _ => Arc::new(workload),
+            };
             for ip in &pod.ips {
                 by_ip.insert(ip.to_canonical(), workload.clone());
             }
         }
-        let services = snapshot.services.iter().cloned().map(Arc::new).collect();
         Self {
             by_ip,
-            services,
-            virtual_addresses: virtual_addresses(snapshot, trust_domain),
+            services: snapshot.services.clone(),
+            virtual_addresses: virtual_addresses(snapshot, previous, trust_domain),
             peer_authentications: snapshot.peer_authentications.clone(),
         }
     }
@@ -193,9 +221,11 @@ impl WorkloadIndex {
 }
 
 /// Every cluster IP and port of the snapshot's services with their
-/// endpoints and waypoint.
+/// endpoints and waypoint; those that come out as in `previous` keep its
+/// entry.
 fn virtual_addresses(
     snapshot: &LocalSnapshot,
+    previous: &WorkloadIndex,
     trust_domain: &str,
 ) -> HashMap<SocketAddr, Arc<VirtualAddress>> {
     let mut table = HashMap::new();
@@ -207,14 +237,17 @@ fn virtual_addresses(
         for ip in &svc.cluster_ips {
             for port in &svc.ports {
                 let endpoints = service::backends(svc, port, ip.is_ipv4(), &snapshot.pods);
-                table.insert(
-                    SocketAddr::new(ip.to_canonical(), port.port),
-                    Arc::new(VirtualAddress {
-                        service: svc.key(),
-                        endpoints,
-                        waypoint: waypoint.clone(),
-                    }),
-                );
+                let addr = SocketAddr::new(ip.to_canonical(), port.port);
+                let entry = VirtualAddress {
+                    service: svc.key(),
+                    endpoints,
+                    waypoint: waypoint.clone(),
+                };
+                let entry = match previous.virtual_addresses.get(&addr) {
+                    Some(same) if **same == entry => same.clone(),
+                    _ => Arc::new(entry),
+                };
+                table.insert(addr, entry);
             }
         }
     }
@@ -261,3 +294,6 @@ fn waypoint_target(
         endpoints,
     }))
 }
+
+#[cfg(test)]
+mod tests;

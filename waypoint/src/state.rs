@@ -74,7 +74,7 @@ impl State {
         let services: HashMap<ServiceKey, Arc<Service>> = snapshot
             .services
             .iter()
-            .map(|svc| (svc.key(), Arc::new(svc.clone())))
+            .map(|svc| (svc.key(), svc.clone()))
             .collect();
         let mut served = HashMap::new();
         for svc in snapshot.services.iter().filter(|svc| {

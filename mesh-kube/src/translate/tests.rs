@@ -53,7 +53,7 @@ fn a_meshed_running_pod_becomes_a_config_entry() {
     // The modes are resolved with the namespace's label and the peer
     // authentications, when the snapshot is validated (see below).
     assert_eq!(meshed.pod.mtls, MtlsMode::Permissive);
-    assert_eq!(meshed.pod.labels, labels(&[("app", "web")]));
+    assert_eq!(*meshed.pod.labels, labels(&[("app", "web")]));
     assert!(node_pod(&pod, None, "n1").is_none(), "no label: not meshed");
 }
 
@@ -242,9 +242,7 @@ fn other_nodes_meshed_pods_are_destinations() {
     assert_eq!(remote_pod(&compact, None, "n1"), None);
     // The pod's own `disabled` wins over its namespace.
     let mut opted_out = compact.clone();
-    opted_out
-        .labels
-        .insert(MESH_LABEL.to_owned(), "disabled".to_owned());
+    Arc::make_mut(&mut opted_out.labels).insert(MESH_LABEL.to_owned(), "disabled".to_owned());
     assert_eq!(remote_pod(&opted_out, Some(&namespace), "n1"), None);
 }
 

@@ -417,6 +417,7 @@ impl Reconciler {
 fn publish_policies(mesh: &MeshSettings, snapshot: &LocalSnapshot) {
     mesh.workloads.publish(WorkloadIndex::build(
         snapshot,
+        &mesh.workloads.current(),
         &mesh.node_name,
         &mesh.trust_domain,
         &mesh.cluster_domain,

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use mesh_core::{identity::SpiffeId, service::Service, workload::Pod};
+use mesh_core::{service::Service, workload::Pod};
+
+use super::intern::Interner;
 
 /// The value of a label that is not known, as Istio writes it.
 pub const UNKNOWN: &str = "unknown";
@@ -30,27 +32,31 @@ pub struct WorkloadNames {
 // === impl WorkloadNames ===
 
 impl WorkloadNames {
-    /// The names of `pod`, which has `identity`, among `services` of the
-    /// cluster domain `cluster_domain`; `services` need only hold those of
-    /// the pod's namespace.
+    /// The names of `pod`, whose identity is `principal`, among `services`
+    /// of the cluster domain `cluster_domain`; `services` need only hold
+    /// those of the pod's namespace. The texts come from `strings`.
     #[must_use]
     pub fn new<'a>(
         pod: &Pod,
-        identity: &SpiffeId,
+        principal: Arc<str>,
         services: impl IntoIterator<Item = &'a Service>,
         cluster_domain: &str,
+        strings: &mut Interner,
     ) -> Self {
         let workload = pod
             .labels
             .get(WORKLOAD_LABEL)
             .filter(|app| !app.is_empty())
             .unwrap_or(&pod.name);
-        let service = mesh_core::service::first_selecting(services, &pod.namespace, &pod.labels)
-            .map_or_else(|| UNKNOWN.into(), |s| s.hostname(cluster_domain).into());
+        let service =
+            match mesh_core::service::first_selecting(services, &pod.namespace, &pod.labels) {
+                Some(service) => strings.get(&service.hostname(cluster_domain)),
+                None => strings.get(UNKNOWN),
+            };
         Self {
-            workload: workload.as_str().into(),
-            namespace: pod.namespace.as_str().into(),
-            principal: identity.to_string().into(),
+            workload: strings.get(workload),
+            namespace: strings.get(&pod.namespace),
+            principal,
             service,
         }
     }
@@ -66,23 +72,30 @@ mod tests {
 
     #[test]
     fn workload_is_the_app_label_else_the_pod_name() {
-        let identity = SpiffeId::new("cluster.local", "shop", "web").unwrap();
+        let principal: Arc<str> = "spiffe://cluster.local/ns/shop/sa/web".into();
+        let mut strings = Interner::default();
         let labelled =
             pod("{name: web-7f9-abc, namespace: shop, ips: [10.0.0.1], labels: {app: web}}");
-        let names = WorkloadNames::new(&labelled, &identity, &[], "cluster.local");
+        let names = WorkloadNames::new(
+            &labelled,
+            principal.clone(),
+            &[],
+            "cluster.local",
+            &mut strings,
+        );
         assert_eq!(&*names.workload, "web");
         assert_eq!(&*names.namespace, "shop");
         assert_eq!(&*names.principal, "spiffe://cluster.local/ns/shop/sa/web");
         assert_eq!(&*names.service, UNKNOWN);
         let bare =
             pod("{name: loner, namespace: shop, ips: [10.0.0.2], labels: {tier: x, app: ''}}");
-        let names = WorkloadNames::new(&bare, &identity, &[], "cluster.local");
+        let names = WorkloadNames::new(&bare, principal, &[], "cluster.local", &mut strings);
         assert_eq!(&*names.workload, "loner");
     }
 
     #[test]
     fn service_is_the_first_selecting_one_by_name_in_the_cluster_domain() {
-        let identity = SpiffeId::new("cluster.local", "shop", "web").unwrap();
+        let principal: Arc<str> = "spiffe://cluster.local/ns/shop/sa/web".into();
         let web = pod("{name: web-1, namespace: shop, ips: [10.0.0.1], labels: {app: web}}");
         let services: Vec<Service> = serde_yaml::from_str(
             "[{name: web-b, namespace: shop, selector: {app: web}},
@@ -90,7 +103,13 @@ mod tests {
               {name: aaa, namespace: other, selector: {app: web}}]",
         )
         .unwrap();
-        let names = WorkloadNames::new(&web, &identity, &services, "corp.example");
+        let names = WorkloadNames::new(
+            &web,
+            principal,
+            &services,
+            "corp.example",
+            &mut Interner::default(),
+        );
         assert_eq!(&*names.service, "web-a.shop.svc.corp.example");
     }
 }

@@ -26,7 +26,13 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/server";
 fn index() -> WorkloadIndex {
     let snapshot =
         mesh_core::local_config::parse(CONFIG, mesh_core::policy::DEFAULT_ROOT_NAMESPACE).unwrap();
-    WorkloadIndex::build(&snapshot, "n1", "cluster.local", "cluster.local")
+    WorkloadIndex::build(
+        &snapshot,
+        &WorkloadIndex::default(),
+        "n1",
+        "cluster.local",
+        "cluster.local",
+    )
 }
 
 fn addr(s: &str) -> SocketAddr {
