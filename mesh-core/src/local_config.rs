@@ -143,7 +143,7 @@ pub struct LocalSnapshot {
     pub rejected: Vec<RejectedPod>,
     /// Authorization policies in file order, rejected ones included (they
     /// fail closed).
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
     /// Services, in file order.
     pub services: Vec<Arc<Service>>,
     /// Service entries that were rejected.
@@ -237,7 +237,10 @@ pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
     } = file;
     let (services, rejected_services) = validate_services(services);
     let mut snapshot = LocalSnapshot {
-        policies: policy::compile_all(&policies),
+        policies: policy::compile_all(&policies)
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         services,
         rejected_services,
         routes,

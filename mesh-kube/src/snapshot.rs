@@ -29,22 +29,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod as KubePod, Service as KubeService},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
 use kube::{
     Client,
     api::DynamicObject,
     runtime::{reflector::Store, watcher},
 };
-use mesh_core::local_config::{self, LocalSnapshot, RejectedPod};
+use mesh_core::{
+    local_config::{self, LocalSnapshot, RejectedPod},
+    policy::Policy,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     resources, translate,
-    watch::{Watches, compact::CompactStore},
+    watch::{Watches, compact::CompactStore, label_sets::LabelSets},
 };
 
 /// How long changes are gathered before one snapshot is built from them.
@@ -115,10 +115,15 @@ pub async fn run(
     let stores = Stores {
         namespaces: watches.typed("namespaces", all(), translate::trim_metadata),
         pods: watches.typed("pods", node_pods, |_| {}),
-        other_pods: watches.compact("pods (other nodes)", other_pods, translate::compact_pod),
+        other_pods: {
+            let mut label_sets = LabelSets::default();
+            watches.compact("pods (other nodes)", other_pods, move |pod| {
+                translate::compact_pod(pod, &mut label_sets)
+            })
+        },
         services: watches.typed("services", all(), translate::trim_metadata),
-        endpoint_slices: watches.typed("endpointslices", all(), translate::trim_metadata),
-        policies: watches.custom(resources::AUTHORIZATION_POLICY),
+        endpoint_slices: watches.compact("endpointslices", all(), translate::compact_slice),
+        policies: watches.compact_custom(resources::AUTHORIZATION_POLICY, translate::policy),
         peer_authentications: watches.custom(resources::PEER_AUTHENTICATION),
         routes: watches.custom(resources::HTTP_ROUTE),
     };
@@ -178,8 +183,10 @@ struct Stores {
     /// Other nodes' pods, compact: destinations.
     other_pods: CompactStore<translate::RemotePod>,
     services: Store<KubeService>,
-    endpoint_slices: Store<EndpointSlice>,
-    policies: Store<DynamicObject>,
+    /// Only their Service and ready endpoints.
+    endpoint_slices: CompactStore<translate::SliceEndpoints>,
+    /// Compiled when they change, not at every snapshot.
+    policies: CompactStore<Arc<Policy>>,
     peer_authentications: Store<DynamicObject>,
     routes: Store<DynamicObject>,
 }
@@ -293,7 +300,8 @@ impl SnapshotBuilder {
                 .collect()
         };
         let resources = translate::CustomResources {
-            policies: custom(&stores.policies),
+            // Compiled already: see below.
+            policies: Vec::new(),
             peer_authentications: custom(&stores.peer_authentications),
             routes: custom(&stores.routes),
         };
@@ -301,6 +309,8 @@ impl SnapshotBuilder {
             translate::config(pods, services, resources, &namespace_labels),
             &self.settings.root_namespace,
         );
+        // Each policy was compiled when it changed; the snapshot shares it.
+        snapshot.policies = stores.policies.read().values().cloned().collect();
         snapshot
             .rejected
             .extend(waiting.into_iter().map(|(pod, reason)| RejectedPod {
@@ -343,12 +353,13 @@ fn services(
     stores: &Stores,
     namespace_labels: &HashMap<String, std::collections::BTreeMap<String, String>>,
 ) -> Vec<mesh_core::service::Service> {
-    let slices = stores.endpoint_slices.state();
-    let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in &slices {
-        if let Some(owner) = translate::slice_owner(slice) {
-            slices_of.entry(owner).or_default().push(slice);
-        }
+    let slices = stores.endpoint_slices.read();
+    let mut slices_of: HashMap<(&str, &str), Vec<&translate::SliceEndpoints>> = HashMap::new();
+    for slice in slices.values() {
+        slices_of
+            .entry((&slice.namespace, &slice.service))
+            .or_default()
+            .push(slice);
     }
     stores
         .services

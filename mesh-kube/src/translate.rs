@@ -20,6 +20,7 @@ use k8s_openapi::api::{
 use kube::api::DynamicObject;
 use mesh_core::{
     local_config::LocalConfigFile,
+    policy::Policy,
     service::{Endpoint, Service, ServicePort},
     workload::{KERNEL_PATH_LABEL, KernelPath, MtlsMode, Pod},
 };
@@ -28,6 +29,7 @@ use crate::labels::{
     AMBIT_ANNOTATION_PREFIX, MESH_LABEL, MTLS_LABEL, SERVICE_NAME_LABEL, USE_WAYPOINT_LABEL,
     WAYPOINT_LABEL,
 };
+use crate::watch::label_sets::LabelSets;
 
 /// Whether a pod with `pod_labels` in a namespace with `namespace_labels`
 /// is in the mesh: `disabled` on the pod wins, then `enabled` on the pod or
@@ -169,9 +171,9 @@ pub struct RemotePod {
 
 /// The compact form of a pod of any node, or `None` when it cannot be a
 /// destination: unscheduled, without an address, finished or being
-/// deleted.
+/// deleted. Its labels are the copy in `label_sets`.
 #[must_use]
-pub fn compact_pod(pod: &KubePod) -> Option<RemotePod> {
+pub fn compact_pod(pod: &KubePod, label_sets: &mut LabelSets) -> Option<RemotePod> {
     if has_ended(pod) {
         return None;
     }
@@ -184,7 +186,7 @@ pub fn compact_pod(pod: &KubePod) -> Option<RemotePod> {
         name: pod.metadata.name.clone()?,
         node: pod.spec.as_ref()?.node_name.clone()?,
         service_account: service_account_of(pod),
-        labels: Arc::new(pod.metadata.labels.clone().unwrap_or_default()),
+        labels: label_sets.get(pod.metadata.labels.clone().unwrap_or_default()),
         ips,
     })
 }
@@ -278,7 +280,7 @@ pub fn namespace_labels<'a>(
 #[must_use]
 pub fn service<'a>(
     service: &KubeService,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    slices: impl IntoIterator<Item = &'a SliceEndpoints>,
     namespace_labels: Option<&BTreeMap<String, String>>,
 ) -> Option<Service> {
     let spec = service.spec.as_ref()?;
@@ -320,7 +322,12 @@ pub fn service<'a>(
         selector: spec.selector.clone().unwrap_or_default(),
         ports,
         cluster_ips,
-        endpoints: Some(slices.into_iter().flat_map(ready_endpoints).collect()),
+        endpoints: Some(
+            slices
+                .into_iter()
+                .flat_map(|slice| slice.endpoints.iter().cloned())
+                .collect(),
+        ),
         waypoint: waypoint_of(service.metadata.labels.as_ref(), namespace_labels),
     })
 }
@@ -340,6 +347,30 @@ pub fn waypoint_of(
         .or_else(|| namespace_labels?.get(USE_WAYPOINT_LABEL))
         .filter(|name| *name != "none")
         .cloned()
+}
+
+/// What the agent keeps of an `EndpointSlice`: the Service it belongs to
+/// and its ready endpoints, a fraction of the object (whose every
+/// endpoint carries conditions, hints, references and zones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoints {
+    /// The namespace of the slice and its Service.
+    pub namespace: String,
+    /// The Service (the `kubernetes.io/service-name` label).
+    pub service: String,
+    /// The ready endpoints, with the slice's TCP ports.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The compact form of a slice; `None` when it names no Service.
+#[must_use]
+pub fn compact_slice(slice: &EndpointSlice) -> Option<SliceEndpoints> {
+    let (namespace, service) = slice_owner(slice)?;
+    Some(SliceEndpoints {
+        namespace: namespace.to_owned(),
+        service: service.to_owned(),
+        endpoints: ready_endpoints(slice),
+    })
 }
 
 /// The ready endpoints of one `EndpointSlice` with its TCP ports. An
@@ -398,6 +429,13 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
 pub fn local_object(object: &DynamicObject) -> serde_yaml::Value {
     let value = serde_yaml::to_value(object).unwrap_or(serde_yaml::Value::Null);
     mesh_core::local_config::resource_as_written(&value)
+}
+
+/// An `AuthorizationPolicy` object compiled, as the local file's would be;
+/// a policy that does not compile is kept, rejected (it fails closed).
+#[must_use]
+pub fn policy(object: &DynamicObject) -> Option<Arc<Policy>> {
+    Some(Arc::new(mesh_core::policy::compile(&local_object(object))))
 }
 
 /// The custom resources the agent reads, each as the local file would

@@ -5,6 +5,7 @@
 //! [`compact`] stores that keep only what the mesh reads of each.
 
 pub mod compact;
+pub mod label_sets;
 
 use std::{pin::pin, sync::Arc};
 
@@ -95,15 +96,43 @@ impl Watches {
         &self,
         what: &'static str,
         config: watcher::Config,
-        compact: fn(&K) -> Option<T>,
+        compact: impl FnMut(&K) -> Option<T> + Send + 'static,
     ) -> CompactStore<T>
     where
         K: Watched,
         K::DynamicType: Default,
         T: Send + Sync + 'static,
     {
+        self.compact_with(what, Api::<K>::all(self.client.clone()), config, compact)
+    }
+
+    /// Watches every object of the custom resource and keeps only what
+    /// `compact` makes of each (see [`compact`]); returns the store.
+    #[must_use]
+    pub fn compact_custom<T>(
+        &self,
+        resource: CustomResource,
+        compact: fn(&DynamicObject) -> Option<T>,
+    ) -> CompactStore<T>
+    where
+        T: Send + Sync + 'static,
+    {
+        let api = Api::<DynamicObject>::all_with(self.client.clone(), &resource.api_resource());
+        self.compact_with(resource.plural, api, watcher::Config::default(), compact)
+    }
+
+    fn compact_with<K, T>(
+        &self,
+        what: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        compact: impl FnMut(&K) -> Option<T> + Send + 'static,
+    ) -> CompactStore<T>
+    where
+        K: Watched,
+        T: Send + Sync + 'static,
+    {
         let (store, mut writer) = compact::store(compact);
-        let api = Api::<K>::all(self.client.clone());
         self.drive(
             what,
             watcher(api, config).inspect_ok(move |event| writer.apply(event)),

@@ -123,7 +123,7 @@ impl Authorizer {
         Self {
             node: node.to_owned(),
             root_namespace: root_namespace.to_owned(),
-            policies: Published::new(PolicySet::new(Vec::new(), root_namespace)),
+            policies: Published::new(PolicySet::new(Vec::<Policy>::new(), root_namespace)),
             live: Mutex::default(),
             next_id: AtomicU64::new(1),
             metrics,
@@ -182,13 +182,13 @@ impl Authorizer {
     /// Puts `policies` in force: new connections are checked against them
     /// at once, and open connections they deny are reset. Returns how many
     /// were.
-    pub fn publish(&self, policies: Vec<Policy>) -> usize {
+    pub fn publish(&self, policies: Vec<Arc<Policy>>) -> usize {
         let current = self.policies.current();
         if current
             .policies()
             .iter()
             .map(AsRef::as_ref)
-            .eq(policies.iter())
+            .eq(policies.iter().map(AsRef::as_ref))
         {
             return 0;
         }
@@ -353,9 +353,12 @@ impl Drop for Admitted {
 mod tests {
     use super::*;
 
-    fn policies(yaml: &str) -> Vec<Policy> {
+    fn policies(yaml: &str) -> Vec<Arc<Policy>> {
         let values: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
         mesh_core::policy::compile_all(&values)
+            .into_iter()
+            .map(Arc::new)
+            .collect()
     }
 
     fn check<'a>(

@@ -178,15 +178,19 @@ struct NamespacePolicies {
 // === impl PolicySet ===
 
 impl PolicySet {
-    /// Indexes `policies`; those in `root_namespace` apply mesh-wide.
+    /// Indexes `policies` (shared or not); those in `root_namespace` apply
+    /// mesh-wide.
     #[must_use]
-    pub fn new(policies: Vec<Policy>, root_namespace: &str) -> Self {
+    pub fn new(
+        policies: impl IntoIterator<Item = impl Into<Arc<Policy>>>,
+        root_namespace: &str,
+    ) -> Self {
         let mut set = Self {
             root_namespace: root_namespace.to_owned(),
             ..Self::default()
         };
         for policy in policies {
-            let policy = Arc::new(policy);
+            let policy: Arc<Policy> = policy.into();
             if !policy.target_refs.is_empty() {
                 set.targeted.push(policy.clone());
                 set.policies.push(policy);

@@ -184,7 +184,9 @@ fn a_service_resolves_through_its_ready_slice_endpoints() {
     }))
     .unwrap();
     assert_eq!(slice_owner(&slice), Some(("shop", "web")));
-    let service = super::service(&service, [&slice], None).unwrap();
+    let compact = compact_slice(&slice).unwrap();
+    assert_eq!((&*compact.namespace, &*compact.service), ("shop", "web"));
+    let service = super::service(&service, [&compact], None).unwrap();
     assert_eq!(
         service.cluster_ips,
         [
@@ -221,7 +223,7 @@ fn other_nodes_meshed_pods_are_destinations() {
     pod.spec.as_mut().unwrap().node_name = Some("n2".to_owned());
     pod.spec.as_mut().unwrap().containers = vec![k8s_openapi::api::core::v1::Container::default()];
     pod.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
-    let compact = compact_pod(&pod).expect("a running pod with an address");
+    let compact = compact(&pod).expect("a running pod with an address");
     assert_eq!(compact.node, "n2");
     assert_eq!(compact.service_account, "web-sa");
     let remote = remote_pod(&compact, Some(&namespace), "n1").expect("meshed pod of n2");
@@ -254,15 +256,15 @@ fn pods_that_cannot_be_destinations_are_not_kept() {
         pod.spec.as_mut().unwrap().node_name = Some("n2".to_owned());
         pod
     };
-    assert!(compact_pod(&scheduled(&running)).is_some());
+    assert!(compact(&scheduled(&running)).is_some());
     // Not scheduled yet.
     let mut unscheduled = scheduled(&running);
     unscheduled.spec.as_mut().unwrap().node_name = None;
-    assert_eq!(compact_pod(&unscheduled), None);
+    assert_eq!(compact(&unscheduled), None);
     // No address yet, or an unparsable one.
-    assert_eq!(compact_pod(&scheduled(&json!({"phase": "Pending"}))), None);
+    assert_eq!(compact(&scheduled(&json!({"phase": "Pending"}))), None);
     assert_eq!(
-        compact_pod(&scheduled(
+        compact(&scheduled(
             &json!({"phase": "Running", "podIP": "not-an-ip"})
         )),
         None
@@ -270,7 +272,7 @@ fn pods_that_cannot_be_destinations_are_not_kept() {
     // Finished, or being deleted.
     for phase in ["Succeeded", "Failed"] {
         assert_eq!(
-            compact_pod(&scheduled(&json!({"phase": phase, "podIP": "10.2.0.9"}))),
+            compact(&scheduled(&json!({"phase": phase, "podIP": "10.2.0.9"}))),
             None
         );
     }
@@ -280,7 +282,7 @@ fn pods_that_cannot_be_destinations_are_not_kept() {
         "status": running,
     }))
     .unwrap();
-    assert_eq!(compact_pod(&deleting), None);
+    assert_eq!(compact(&deleting), None);
 }
 
 #[test]
@@ -499,4 +501,9 @@ fn peer_authentications_from_the_api_server_load_with_their_metadata() {
             .any(|w| w.contains("shop/w is rejected (spec.portLevelMtls.7070")),
         "{warnings:?}"
     );
+}
+
+/// A pod's compact form, its labels in a table of their own.
+fn compact(pod: &KubePod) -> Option<RemotePod> {
+    compact_pod(pod, &mut LabelSets::default())
 }

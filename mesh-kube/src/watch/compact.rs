@@ -3,13 +3,16 @@
 //! k8s-openapi `Pod` struct is ~2.2 KB even with every field the mesh does
 //! not read emptied, and a cluster has tens of thousands of them.
 //!
+//! The objects are kept in key order (namespace, name), so what is built
+//! from them comes out the same whatever order the events came in.
+//!
 //! It follows a watcher's events as kube-runtime's reflector does: the
 //! objects of a relist (`Init`, `InitApply`…, `InitDone`) are gathered
 //! aside and replace the previous state only once complete, so a relist
 //! never shows a half-listed cluster.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     sync::{Arc, RwLock, RwLockReadGuard},
 };
 
@@ -23,26 +26,31 @@ pub type ObjectKey = (String, String);
 /// name; cheap to clone (the clones share the state).
 #[derive(Clone, Debug)]
 pub struct CompactStore<T> {
-    state: Arc<RwLock<HashMap<ObjectKey, T>>>,
+    state: Arc<RwLock<BTreeMap<ObjectKey, T>>>,
     ready: watch::Receiver<bool>,
 }
 
 /// Applies a watcher's events to its [`CompactStore`].
-#[derive(Debug)]
 pub struct CompactWriter<K, T> {
-    state: Arc<RwLock<HashMap<ObjectKey, T>>>,
+    state: Arc<RwLock<BTreeMap<ObjectKey, T>>>,
     ready: watch::Sender<bool>,
     /// The objects of the relist under way, if one is.
-    relisting: Option<HashMap<ObjectKey, T>>,
-    compact: fn(&K) -> Option<T>,
+    relisting: Option<BTreeMap<ObjectKey, T>>,
+    compact: Compactor<K, T>,
 }
+
+/// What makes an object's compact form (see [`store`]).
+type Compactor<K, T> = Box<dyn FnMut(&K) -> Option<T> + Send>;
 
 /// A new store and its writer; `compact` turns an object into what is
 /// kept of it, or `None` for an object not worth keeping (it is then
-/// dropped from the store).
+/// dropped from the store). It may keep state across objects (e.g. one
+/// copy of each distinct label set).
 #[must_use]
-pub fn store<K, T>(compact: fn(&K) -> Option<T>) -> (CompactStore<T>, CompactWriter<K, T>) {
-    let state = Arc::new(RwLock::new(HashMap::new()));
+pub fn store<K, T>(
+    compact: impl FnMut(&K) -> Option<T> + Send + 'static,
+) -> (CompactStore<T>, CompactWriter<K, T>) {
+    let state = Arc::new(RwLock::new(BTreeMap::new()));
     let (ready_tx, ready_rx) = watch::channel(false);
     (
         CompactStore {
@@ -53,7 +61,7 @@ pub fn store<K, T>(compact: fn(&K) -> Option<T>) -> (CompactStore<T>, CompactWri
             state,
             ready: ready_tx,
             relisting: None,
-            compact,
+            compact: Box::new(compact),
         },
     )
 }
@@ -74,7 +82,7 @@ impl<T> CompactStore<T> {
     /// # Panics
     ///
     /// If a writer panicked while it held the lock.
-    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<ObjectKey, T>> {
+    pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<ObjectKey, T>> {
         self.state
             .read()
             .expect("the store's writer does not panic")
@@ -82,6 +90,14 @@ impl<T> CompactStore<T> {
 }
 
 // === impl CompactWriter ===
+
+impl<K, T> std::fmt::Debug for CompactWriter<K, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactWriter")
+            .field("relisting", &self.relisting.as_ref().map(BTreeMap::len))
+            .finish_non_exhaustive()
+    }
+}
 
 impl<K: kube::Resource, T> CompactWriter<K, T> {
     /// Applies one event of the watch.
@@ -91,7 +107,7 @@ impl<K: kube::Resource, T> CompactWriter<K, T> {
     /// If a reader panicked while it held the lock.
     pub fn apply(&mut self, event: &watcher::Event<K>) {
         match event {
-            watcher::Event::Init => self.relisting = Some(HashMap::new()),
+            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
             watcher::Event::InitApply(object) => {
                 if let (Some(key), Some(relisting)) = (key_of(object), self.relisting.as_mut())
                     && let Some(compact) = (self.compact)(object)
