@@ -124,7 +124,7 @@ pub struct Service {
     /// them (Kubernetes' `EndpointSlices`). `None`: every pod the selector
     /// picks, at each port's target port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoints: Option<Vec<Endpoint>>,
+    pub endpoints: Option<Arc<[Endpoint]>>,
     /// The waypoint of the service's namespace that its traffic must pass
     /// through (Kubernetes: the label `ambit.dev/use-waypoint` on the
     /// Service or, failing that, its namespace; `none` opts out). Meshed

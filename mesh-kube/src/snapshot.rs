@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod, Service as KubeService};
+use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
 use kube::{
     Client,
     api::DynamicObject,
@@ -121,7 +121,7 @@ pub async fn run(
                 translate::compact_pod(pod, &mut label_sets)
             })
         },
-        services: watches.typed("services", all(), translate::trim_metadata),
+        services: watches.compact("services", all(), translate::compact_service),
         endpoint_slices: watches.compact("endpointslices", all(), translate::compact_slice),
         policies: watches.compact_custom(resources::AUTHORIZATION_POLICY, translate::policy),
         peer_authentications: watches.custom(resources::PEER_AUTHENTICATION),
@@ -182,7 +182,8 @@ struct Stores {
     pods: Store<KubePod>,
     /// Other nodes' pods, compact: destinations.
     other_pods: CompactStore<translate::RemotePod>,
-    services: Store<KubeService>,
+    /// Only what the service model reads.
+    services: CompactStore<translate::ServiceSource>,
     /// Only their Service and ready endpoints.
     endpoint_slices: CompactStore<translate::SliceEndpoints>,
     /// Compiled when they change, not at every snapshot.
@@ -363,15 +364,15 @@ fn services(
     }
     stores
         .services
-        .state()
-        .iter()
-        .filter_map(|service| {
+        .read()
+        .values()
+        .map(|source| {
             let owner = (
-                service.metadata.namespace.as_deref()?,
-                service.metadata.name.as_deref()?,
+                source.service.namespace.as_str(),
+                source.service.name.as_str(),
             );
             let slices = slices_of.get(&owner).into_iter().flatten().copied();
-            translate::service(service, slices, namespace_labels.get(owner.0))
+            translate::service(source, slices, namespace_labels.get(owner.0))
         })
         .collect()
 }

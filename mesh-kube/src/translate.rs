@@ -269,20 +269,23 @@ pub fn namespace_labels<'a>(
         .collect()
 }
 
-/// A Kubernetes Service as the mesh's service model: selector, ports
-/// (numeric target ports, the port itself when none is given; a named one
-/// is resolved by the `EndpointSlices`),
-/// cluster IPs (none for a headless service), the ready endpoints of
-/// its `slices`, and the waypoint it uses: the Service's
-/// `ambit.dev/use-waypoint` label, else its namespace's (`namespace_labels`);
-/// `none` on the Service opts it out of its namespace's waypoint, and a
-/// waypoint's own Service (labelled `ambit.dev/waypoint`) has none.
+/// What the agent keeps of a Kubernetes Service: the mesh's service
+/// model of it without endpoints and waypoint (see [`service`]), and its
+/// own `ambit.dev/` labels, which choose the waypoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSource {
+    /// Name, namespace, selector, ports, cluster IPs.
+    pub service: Service,
+    /// The Service's labels under `ambit.dev/`.
+    pub ambit_labels: BTreeMap<String, String>,
+}
+
+/// The compact form of a Service: its selector, ports (numeric target
+/// ports, the port itself when none is given; a named one is resolved by
+/// the `EndpointSlices`) and cluster IPs (none for a headless service).
+/// `None` without a name, namespace or spec.
 #[must_use]
-pub fn service<'a>(
-    service: &KubeService,
-    slices: impl IntoIterator<Item = &'a SliceEndpoints>,
-    namespace_labels: Option<&BTreeMap<String, String>>,
-) -> Option<Service> {
+pub fn compact_service(service: &KubeService) -> Option<ServiceSource> {
     let spec = service.spec.as_ref()?;
     let cluster_ips = spec
         .cluster_ips
@@ -316,20 +319,45 @@ pub fn service<'a>(
             })
         })
         .collect();
-    Some(Service {
-        name: service.metadata.name.clone()?,
-        namespace: service.metadata.namespace.clone()?,
-        selector: spec.selector.clone().unwrap_or_default(),
-        ports,
-        cluster_ips,
-        endpoints: Some(
-            slices
-                .into_iter()
-                .flat_map(|slice| slice.endpoints.iter().cloned())
-                .collect(),
-        ),
-        waypoint: waypoint_of(service.metadata.labels.as_ref(), namespace_labels),
+    let ambit_labels = service
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(key, _)| key.starts_with(AMBIT_ANNOTATION_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    Some(ServiceSource {
+        service: Service {
+            name: service.metadata.name.clone()?,
+            namespace: service.metadata.namespace.clone()?,
+            selector: spec.selector.clone().unwrap_or_default(),
+            ports,
+            cluster_ips,
+            endpoints: None,
+            waypoint: None,
+        },
+        ambit_labels,
     })
+}
+
+/// A Service as the mesh's service model: its compact form with the
+/// ready endpoints of its `slices`, and the waypoint it uses: the
+/// Service's `ambit.dev/use-waypoint` label, else its namespace's
+/// (`namespace_labels`); `none` on the Service opts it out of its
+/// namespace's waypoint, and a waypoint's own Service (labelled
+/// `ambit.dev/waypoint`) has none.
+#[must_use]
+pub fn service<'a>(
+    source: &ServiceSource,
+    slices: impl IntoIterator<Item = &'a SliceEndpoints>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Service {
+    Service {
+        endpoints: Some(endpoints_of(slices)),
+        waypoint: waypoint_of(Some(&source.ambit_labels), namespace_labels),
+        ..source.service.clone()
+    }
 }
 
 /// The waypoint a Service with `labels` in a namespace with
@@ -358,8 +386,26 @@ pub struct SliceEndpoints {
     pub namespace: String,
     /// The Service (the `kubernetes.io/service-name` label).
     pub service: String,
-    /// The ready endpoints, with the slice's TCP ports.
-    pub endpoints: Vec<Endpoint>,
+    /// The ready endpoints, with the slice's TCP ports; shared with the
+    /// snapshot's Service when it is the Service's only slice.
+    pub endpoints: Arc<[Endpoint]>,
+}
+
+/// The endpoints of a Service's slices: the one slice's own list, shared,
+/// or a new list of them all.
+fn endpoints_of<'a>(slices: impl IntoIterator<Item = &'a SliceEndpoints>) -> Arc<[Endpoint]> {
+    let mut slices = slices.into_iter();
+    match (slices.next(), slices.next()) {
+        (None, _) => Arc::from([]),
+        (Some(only), None) => only.endpoints.clone(),
+        (Some(first), Some(second)) => first
+            .endpoints
+            .iter()
+            .chain(second.endpoints.iter())
+            .chain(slices.flat_map(|slice| slice.endpoints.iter()))
+            .cloned()
+            .collect(),
+    }
 }
 
 /// The compact form of a slice; `None` when it names no Service.
@@ -369,7 +415,7 @@ pub fn compact_slice(slice: &EndpointSlice) -> Option<SliceEndpoints> {
     Some(SliceEndpoints {
         namespace: namespace.to_owned(),
         service: service.to_owned(),
-        endpoints: ready_endpoints(slice),
+        endpoints: ready_endpoints(slice).into(),
     })
 }
 

@@ -90,7 +90,7 @@ fn a_service_uses_its_own_waypoint_label_else_its_namespaces() {
     let own = service(json!({"ambit.dev/use-waypoint": "web-wp"}));
     let opted_out = service(json!({"ambit.dev/use-waypoint": "none"}));
     let the_waypoints_own = service(json!({"ambit.dev/waypoint": "shop-wp"}));
-    let waypoint = |svc: &KubeService, ns| super::service(svc, [], ns).unwrap().waypoint;
+    let waypoint = |svc: &KubeService, ns| service_of(svc, [], ns).waypoint;
     assert_eq!(waypoint(&the_waypoints_own, Some(&namespace)), None);
     assert_eq!(waypoint(&plain, None), None);
     assert_eq!(
@@ -111,8 +111,8 @@ fn services_and_policies_read_as_the_local_file_would() {
         ]}
     }))
     .unwrap();
-    let service = super::service(&service, [], None).unwrap();
-    assert_eq!(service.endpoints, Some(Vec::new()));
+    let service = service_of(&service, [], None);
+    assert_eq!(service.endpoints.as_deref(), Some(&[][..]));
     assert_eq!(service.waypoint, None);
     assert!(service.cluster_ips.is_empty());
     assert_eq!(
@@ -186,7 +186,14 @@ fn a_service_resolves_through_its_ready_slice_endpoints() {
     assert_eq!(slice_owner(&slice), Some(("shop", "web")));
     let compact = compact_slice(&slice).unwrap();
     assert_eq!((&*compact.namespace, &*compact.service), ("shop", "web"));
-    let service = super::service(&service, [&compact], None).unwrap();
+    let kube_service = service;
+    let service = service_of(&kube_service, [&compact], None);
+    assert!(
+        Arc::ptr_eq(service.endpoints.as_ref().unwrap(), &compact.endpoints),
+        "a Service's only slice's endpoints are shared, not copied"
+    );
+    let two = service_of(&kube_service, [&compact, &compact], None);
+    assert_eq!(two.endpoints.as_deref().map(<[_]>::len), Some(4));
     assert_eq!(
         service.cluster_ips,
         [
@@ -194,7 +201,7 @@ fn a_service_resolves_through_its_ready_slice_endpoints() {
             "fd00:96::10".parse().unwrap()
         ]
     );
-    let endpoints = service.endpoints.clone().unwrap();
+    let endpoints = service.endpoints.as_deref().unwrap().to_vec();
     let ips: Vec<String> = endpoints.iter().map(|e| e.ip.to_string()).collect();
     assert_eq!(ips, ["10.1.0.5", "10.1.0.7"], "the unready one is left out");
     assert_eq!(endpoints[0].node.as_deref(), Some("n2"));
@@ -350,7 +357,7 @@ fn validated(
     let snapshot = local_config::validate(
         config(
             vec![meshed.pod],
-            vec![super::service(&service, [], None).unwrap()],
+            vec![service_of(&service, [], None)],
             resources,
             &index,
         ),
@@ -506,4 +513,14 @@ fn peer_authentications_from_the_api_server_load_with_their_metadata() {
 /// A pod's compact form, its labels in a table of their own.
 fn compact(pod: &KubePod) -> Option<RemotePod> {
     compact_pod(pod, &mut LabelSets::default())
+}
+
+/// A Kubernetes Service through its compact form, with `slices`.
+fn service_of<'a>(
+    service: &KubeService,
+    slices: impl IntoIterator<Item = &'a SliceEndpoints>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Service {
+    let source = compact_service(service).expect("a Service with a name, namespace and spec");
+    super::service(&source, slices, namespace_labels)
 }
