@@ -112,7 +112,7 @@ pub struct Service {
     /// The labels a pod of the namespace must all carry to be behind the
     /// service.
     #[serde(default)]
-    pub selector: BTreeMap<String, String>,
+    pub selector: Arc<BTreeMap<String, String>>,
     /// The ports the service exposes.
     #[serde(default)]
     pub ports: Vec<ServicePort>,

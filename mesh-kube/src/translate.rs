@@ -331,7 +331,7 @@ pub fn compact_service(service: &KubeService) -> Option<ServiceSource> {
         service: Service {
             name: service.metadata.name.clone()?,
             namespace: service.metadata.namespace.clone()?,
-            selector: spec.selector.clone().unwrap_or_default(),
+            selector: Arc::new(spec.selector.clone().unwrap_or_default()),
             ports,
             cluster_ips,
             endpoints: None,

@@ -228,7 +228,7 @@ pub fn services(index: &WorkloadIndex, cluster_domain: &str) -> Vec<ServiceView>
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
                 hostname: service.hostname(cluster_domain),
-                selector: service.selector.clone(),
+                selector: (*service.selector).clone(),
                 ports: service.ports.clone(),
                 endpoints,
                 cluster_ips: service.cluster_ips.clone(),
