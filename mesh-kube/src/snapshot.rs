@@ -12,8 +12,15 @@
 //!   central workload distributor (Istio's istiod), so each agent also
 //!   watches the Pods of every other node (`spec.nodeName!=`), kept only
 //!   in a compact form (see [`translate::RemotePod`] and
-//!   [`crate::watch::compact`]); this node's pods come from the node's own
-//!   watch, whose objects are whole.
+//!   [`crate::watch::compact`]; pods with equal labels share one copy);
+//!   this node's pods come from the node's own watch, whose objects are
+//!   whole.
+//! - Services, `EndpointSlices` and authorization policies, which a
+//!   cluster has thousands of, are kept compact too: a Service as its
+//!   [`translate::ServiceSource`], a slice as its ready endpoints, a
+//!   policy compiled (once, when it changes). A snapshot shares what it
+//!   can with them: labels, selectors, a Service's only slice's
+//!   endpoints, the compiled policies.
 //! - A pod is enrolled when it or its namespace carries `ambit.dev/mesh=
 //!   enabled`; `ambit.dev/mesh=disabled` on the pod wins (see
 //!   [`translate::is_enrolled`]).

@@ -34,8 +34,11 @@ pub struct CompactStore<T> {
 pub struct CompactWriter<K, T> {
     state: Arc<RwLock<BTreeMap<ObjectKey, T>>>,
     ready: watch::Sender<bool>,
-    /// The objects of the relist under way, if one is.
-    relisting: Option<BTreeMap<ObjectKey, T>>,
+    /// The objects of the relist under way, if one is, in the order they
+    /// came: the tree is built from them at once when the list is
+    /// complete, with full nodes (inserted one by one in key order, as an
+    /// API server lists them, its nodes would be half empty).
+    relisting: Option<Vec<(ObjectKey, T)>>,
     compact: Compactor<K, T>,
 }
 
@@ -94,7 +97,7 @@ impl<T> CompactStore<T> {
 impl<K, T> std::fmt::Debug for CompactWriter<K, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompactWriter")
-            .field("relisting", &self.relisting.as_ref().map(BTreeMap::len))
+            .field("relisting", &self.relisting.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }
@@ -107,16 +110,19 @@ impl<K: kube::Resource, T> CompactWriter<K, T> {
     /// If a reader panicked while it held the lock.
     pub fn apply(&mut self, event: &watcher::Event<K>) {
         match event {
-            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
+            watcher::Event::Init => self.relisting = Some(Vec::new()),
             watcher::Event::InitApply(object) => {
                 if let (Some(key), Some(relisting)) = (key_of(object), self.relisting.as_mut())
                     && let Some(compact) = (self.compact)(object)
                 {
-                    relisting.insert(key, compact);
+                    relisting.push((key, compact));
                 }
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = self.relisting.take() {
+                    // Sorted and built in one go; of a key listed twice,
+                    // the later object stays.
+                    let listed: BTreeMap<ObjectKey, T> = listed.into_iter().collect();
                     *self.state.write().expect("readers do not panic") = listed;
                 }
                 self.ready.send_replace(true);
@@ -222,5 +228,15 @@ mod tests {
         assert_eq!(contents(&store), [row("a", "old", "Running")]);
         writer.apply(&watcher::Event::InitDone);
         assert_eq!(contents(&store), [row("a", "new", "Running")]);
+        // A key listed twice (it changed between pages): the later object.
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitApply(pod("a", "new", "Pending")));
+        writer.apply(&watcher::Event::InitApply(pod("b", "x", "Running")));
+        writer.apply(&watcher::Event::InitApply(pod("a", "new", "Running")));
+        writer.apply(&watcher::Event::InitDone);
+        assert_eq!(
+            contents(&store),
+            [row("a", "new", "Running"), row("b", "x", "Running")]
+        );
     }
 }
