@@ -7,6 +7,7 @@
 //! Modules, bottom first (each imports only those above it):
 //!
 //! - [`labels`]: label and annotation names (opting in, waypoints, mTLS)
+//! - [`label_sets`]: one shared copy of each distinct label set
 //! - [`resources`]: the custom resources watched, by group, version, kind
 //!   and plural
 //! - [`client`]: the Kubernetes client from `--kube-api-url` or the
@@ -23,6 +24,7 @@
 
 pub mod client;
 pub mod controller_client;
+pub mod label_sets;
 pub mod labels;
 pub mod local_source;
 pub mod resources;

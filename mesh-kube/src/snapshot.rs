@@ -50,8 +50,9 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    label_sets::LabelSets,
     resources, translate,
-    watch::{Watches, compact::CompactStore, label_sets::LabelSets},
+    watch::{Watches, compact::CompactStore},
 };
 
 /// How long changes are gathered before one snapshot is built from them.

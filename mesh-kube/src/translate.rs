@@ -25,11 +25,11 @@ use mesh_core::{
     workload::{KERNEL_PATH_LABEL, KernelPath, MtlsMode, Pod},
 };
 
+use crate::label_sets::LabelSets;
 use crate::labels::{
     AMBIT_ANNOTATION_PREFIX, MESH_LABEL, MTLS_LABEL, SERVICE_NAME_LABEL, USE_WAYPOINT_LABEL,
     WAYPOINT_LABEL,
 };
-use crate::watch::label_sets::LabelSets;
 
 /// Whether a pod with `pod_labels` in a namespace with `namespace_labels`
 /// is in the mesh: `disabled` on the pod wins, then `enabled` on the pod or

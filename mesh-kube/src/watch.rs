@@ -5,7 +5,6 @@
 //! [`compact`] stores that keep only what the mesh reads of each.
 
 pub mod compact;
-pub mod label_sets;
 
 use std::{pin::pin, sync::Arc};
 
