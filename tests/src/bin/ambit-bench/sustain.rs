@@ -52,6 +52,9 @@ pub struct AgentState {
     pub threads: u64,
     /// RSS, MiB.
     pub rss_mib: f64,
+    /// Samples in `/metrics`: one per metric and label set, so it grows
+    /// with every new combination of labels (a workload, a policy name).
+    pub metric_series: u64,
 }
 
 /// One agent before and after the rounds.
@@ -281,6 +284,10 @@ pub fn read_state(tb: &Testbed, agent: &Agent) -> Result<AgentState, BenchError>
         tasks: metric_sum(&metrics, "ambit_agent_tasks"),
         threads: crate::usage::threads(pid).unwrap_or(0),
         rss_mib: crate::usage::rss_mib(pid).unwrap_or(f64::NAN),
+        metric_series: metrics
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .count() as u64,
     })
 }
 
@@ -424,6 +431,7 @@ mod tests {
             tasks,
             threads: 4,
             rss_mib: 10.0,
+            metric_series: 100,
         }
     }
 

@@ -29,11 +29,12 @@ pub const READINGS_PER_SAMPLE: u32 = 12;
 
 /// The process figures, with each one's absolute floor for the growth
 /// test: what a series may grow by over the run whatever its median.
-pub const PROCESS_FIGURES: [(&str, f64); 4] = [
+pub const PROCESS_FIGURES: [(&str, f64); 5] = [
     ("RSS, MiB", 2.0),
     ("open fds", 12.0),
     ("tokio tasks", 20.0),
     ("threads", 2.0),
+    ("metric series", 50.0),
 ];
 
 /// The floor of a map's entry count.
@@ -102,6 +103,7 @@ fn process_figures(state: &AgentState) -> Figures {
         ("open fds".to_owned(), as_f64(state.open_fds)),
         ("tokio tasks".to_owned(), as_f64(state.tasks)),
         ("threads".to_owned(), as_f64(state.threads)),
+        ("metric series".to_owned(), as_f64(state.metric_series)),
     ])
 }
 
