@@ -10,11 +10,13 @@ impl RouteMatch {
         self.path.matches(request.path)
             && self.method.as_ref().is_none_or(|m| m == request.method)
             && self.headers.iter().all(|h| {
+                // As UTF-8, not `to_str` (visible ASCII only): a value
+                // HTTP allows with other bytes would never match.
                 request
                     .headers
                     .get_all(&h.name)
                     .iter()
-                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
                     .any(|v| h.value.matches(v))
             })
             && self.query.iter().all(|q| query_matches(q, request.query))

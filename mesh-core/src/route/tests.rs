@@ -444,6 +444,29 @@ fn header_regex_and_exact_query_match() {
     assert_eq!(routed(&table, &get, "/", Some("Debug=on"), &other), None);
 }
 
+/// Found by the `http_route` fuzz target: a header match whose value is
+/// not ASCII (HTTP allows such bytes in a field value) compiled, and no
+/// request could ever match it, since the value was read as visible ASCII
+/// only.
+#[test]
+fn a_header_value_that_is_not_ascii_matches_itself() {
+    let rules = "    - matches: [{headers: [{name: x-team, value: 'équipe-ޘ'}]}]
+      backendRefs: [{name: web-v1, port: 80}]
+";
+    let table = table(&[with_rules("r", rules)]);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-team",
+        HeaderValue::from_bytes("équipe-ޘ".as_bytes()).unwrap(),
+    );
+    assert_eq!(
+        routed(&table, &Method::GET, "/", None, &headers).as_deref(),
+        Some("r#web-v1")
+    );
+    headers.insert("x-team", HeaderValue::from_static("equipe"));
+    assert_eq!(routed(&table, &Method::GET, "/", None, &headers), None);
+}
+
 /// A route on `web` with `meta` (YAML lines under `metadata`, besides the
 /// name and namespace) and one rule matching `matches`, to backend `name`.
 fn ranked(name: &str, meta: &str, matches: &str) -> String {
