@@ -309,8 +309,6 @@ impl SnapshotBuilder {
                 .collect()
         };
         let resources = translate::CustomResources {
-            // Compiled already: see below.
-            policies: Vec::new(),
             peer_authentications: custom(&stores.peer_authentications),
             routes: custom(&stores.routes),
         };

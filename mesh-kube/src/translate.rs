@@ -484,12 +484,11 @@ pub fn policy(object: &DynamicObject) -> Option<Arc<Policy>> {
     Some(Arc::new(mesh_core::policy::compile(&local_object(object))))
 }
 
-/// The custom resources the agent reads, each as the local file would
-/// hold it (see [`local_object`]).
+/// The custom resources the agent reads as the local file would hold
+/// them (see [`local_object`]); authorization policies are not among them:
+/// they are compiled as they arrive (see [`policy`]).
 #[derive(Clone, Debug, Default)]
 pub struct CustomResources {
-    /// `AuthorizationPolicy` objects.
-    pub policies: Vec<serde_yaml::Value>,
     /// `PeerAuthentication` objects.
     pub peer_authentications: Vec<serde_yaml::Value>,
     /// `HTTPRoute` objects.
@@ -508,8 +507,9 @@ fn namespace_label<'a>(
         .collect()
 }
 
-/// The configuration file the objects amount to; `namespace_labels` are
-/// every namespace's labels (see [`namespace_labels`]), of which the
+/// The configuration file the objects amount to, without authorization
+/// policies (compiled as they arrive, see [`policy`]); `namespace_labels`
+/// are every namespace's labels (see [`namespace_labels`]), of which the
 /// `ambit.dev/mtls` and `ambit.dev/kernel-path` labels count.
 #[must_use]
 pub fn config<'a>(
@@ -520,7 +520,7 @@ pub fn config<'a>(
 ) -> LocalConfigFile {
     LocalConfigFile {
         pods,
-        policies: resources.policies,
+        policies: Vec::new(),
         services,
         routes: resources.routes,
         peer_authentications: resources.peer_authentications,

@@ -100,8 +100,8 @@ impl WorkloadIndex {
     ///
     /// Every pod and cluster IP whose entry comes out as it is in
     /// `previous` keeps `previous`'s entry: an index rebuilt after one
-    /// change shares all the others with the one it replaces, so two
-    /// generations of 50,000 pods never coexist.
+    /// change shares all the others with the one it replaces, and holds
+    /// only the changed entries anew.
     #[must_use]
     pub fn build(
         snapshot: &LocalSnapshot,

@@ -136,17 +136,18 @@ fn services_and_policies_read_as_the_local_file_would() {
         "status": {"conditions": [{"type": "Accepted", "status": "True"}]}
     }))
     .unwrap();
-    let resources = CustomResources {
-        policies: vec![local_object(&object)],
-        ..CustomResources::default()
-    };
     let snapshot = local_config::validate(
-        config(Vec::new(), vec![service], resources, BTreeMap::new()),
+        config(
+            Vec::new(),
+            vec![service],
+            CustomResources::default(),
+            BTreeMap::new(),
+        ),
         DEFAULT_ROOT_NAMESPACE,
     );
     assert_eq!(snapshot.services.len(), 1);
-    assert_eq!(snapshot.policies.len(), 1);
-    let compiled = &snapshot.policies[0];
+    // Policies are compiled as they arrive, as the snapshot then takes them.
+    let compiled = super::policy(&object).expect("every policy is kept");
     assert_eq!(
         compiled.rejected, None,
         "server-side metadata must not reject it"
