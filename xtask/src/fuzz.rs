@@ -276,8 +276,16 @@ fn run_target(root: &Path, target: &Target, args: &FuzzArgs) -> Result<(Outcome,
     fs::create_dir_all(root.join(&scratch))
         .with_context(|| format!("cannot create {}", scratch.display()))?;
     let seeds = Path::new(FUZZ_DIR).join("corpus").join(&target.name);
+    // The targets write throwaway files (a CA's key and certificate) under
+    // the temporary directory, once per process, and libFuzzer's exit leaves
+    // them: a directory of the run's own keeps them out of /tmp, and goes
+    // with the run.
+    let scratch_tmp = root.join("target/fuzz-tmp").join(&target.name);
+    fs::create_dir_all(&scratch_tmp)
+        .with_context(|| format!("cannot create {}", scratch_tmp.display()))?;
     let mut run = cargo_fuzz(root, "run", args.sanitizer);
-    run.arg(&target.name)
+    run.env("TMPDIR", &scratch_tmp)
+        .arg(&target.name)
         .arg(&scratch)
         .arg(&seeds)
         .arg("--")
@@ -300,6 +308,7 @@ fn run_target(root: &Path, target: &Target, args: &FuzzArgs) -> Result<(Outcome,
         }
     }
     let exit = child.wait().context("cargo fuzz did not finish")?;
+    let _ = fs::remove_dir_all(&scratch_tmp);
     let outcome = if exit.success() {
         Outcome::Passed
     } else if stats.artifact.is_some() {
