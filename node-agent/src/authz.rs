@@ -232,7 +232,7 @@ impl Authorizer {
     pub fn count_decision(&self, authorization: &Authorization, namespace: &str) {
         self.metrics
             .authorization_decisions
-            .get_or_create(&Self::labels(authorization, namespace))
+            .touch(&Self::labels(authorization, namespace))
             .inc();
     }
 
@@ -241,7 +241,7 @@ impl Authorizer {
     pub fn count_revocation(&self, authorization: &Authorization, namespace: &str) {
         self.metrics
             .authorization_revocations
-            .get_or_create(&Self::labels(authorization, namespace))
+            .touch(&Self::labels(authorization, namespace))
             .inc();
     }
 

@@ -69,6 +69,8 @@ pub mod env {
     pub const DRAIN_TIMEOUT_SECS: &str = "AMBIT_DRAIN_TIMEOUT_SECS";
     /// See [`super::Config::exit_after_handoff`].
     pub const EXIT_AFTER_HANDOFF: &str = "AMBIT_EXIT_AFTER_HANDOFF";
+    /// See [`super::Config::metrics_retain_idle_secs`].
+    pub const METRICS_RETAIN_IDLE_SECS: &str = "AMBIT_METRICS_RETAIN_IDLE_SECS";
     /// Log filter, `tracing-subscriber` `EnvFilter` syntax.
     pub const LOG: &str = "AMBIT_LOG";
 }
@@ -149,6 +151,12 @@ pub struct Config {
     #[arg(long, env = env::CONNECT_TIMEOUT_MS, default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
+    /// How long a metric series naming workloads, identities or policies
+    /// stays in `/metrics` once it stops changing (an open connection
+    /// keeps its own series); at least 10 s.
+    #[arg(long, env = env::METRICS_RETAIN_IDLE_SECS, default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub metrics_retain_idle_secs: u64,
     /// How often the local configuration file is checked for changes.
     #[arg(long, env = env::CONFIG_POLL_MS, default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..))]
@@ -237,6 +245,12 @@ impl Config {
     #[must_use]
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// How long an idle metric series stays.
+    #[must_use]
+    pub fn metrics_retain_idle(&self) -> Duration {
+        Duration::from_secs(self.metrics_retain_idle_secs)
     }
 
     /// Upstream connect timeout.

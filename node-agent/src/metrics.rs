@@ -5,13 +5,17 @@
 //! addresses or ports (docs/metrics.md lists them all).
 //!
 //! - [`tcp`]: Istio's TCP metrics, with Istio's names and labels
+//! - [`retention`]: series naming workloads or policies go once idle
 //! - [`collectors`]: figures read at scrape time (eBPF counters,
 //!   certificate expiry, live tasks and open fds)
 //!
 //! How workloads are named in labels is `crate::workloads::names`; the
 //! proxies' calls (`PodContext::count_opened` and co.) are in the proxy.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -20,8 +24,10 @@ use prometheus_client::{
 };
 
 use crate::{ebpf::MeshMaps, identity::CertManager};
+use retention::Retained;
 
 pub mod collectors;
+pub mod retention;
 pub mod tcp;
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -55,9 +61,9 @@ pub struct KernelPathLabels {
 pub struct Metrics {
     registry: Mutex<Registry>,
     /// Connections authorized or refused, by verdict and deciding policy.
-    pub authorization_decisions: Family<AuthorizationLabels, Counter>,
+    pub authorization_decisions: Retained<AuthorizationLabels, Counter>,
     /// Open connections closed because a policy change denies them.
-    pub authorization_revocations: Family<AuthorizationLabels, Counter>,
+    pub authorization_revocations: Retained<AuthorizationLabels, Counter>,
     /// Istio's TCP connection and byte counters.
     pub tcp: tcp::TcpMetrics,
     /// Connections whose leg took the kernel path, by leg.
@@ -69,13 +75,13 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let authorization_decisions = Family::<AuthorizationLabels, Counter>::default();
+        let authorization_decisions = Retained::<AuthorizationLabels, Counter>::default();
         registry.register(
             "ambit_authorization_decisions",
             "Connections checked against authorization policies, by verdict and deciding policy",
             authorization_decisions.clone(),
         );
-        let authorization_revocations = Family::<AuthorizationLabels, Counter>::default();
+        let authorization_revocations = Retained::<AuthorizationLabels, Counter>::default();
         registry.register(
             "ambit_authorization_revocations",
             "Open connections closed because a policy change denies them",
@@ -104,6 +110,39 @@ impl Metrics {
         self.kernel_path_connections
             .get_or_create(&KernelPathLabels { leg })
             .inc();
+    }
+
+    /// Drops the series that name workloads, identities or policies and
+    /// have not moved for `retain` (unless an open connection holds them);
+    /// returns how many label sets went.
+    #[must_use = "how many went is worth logging"]
+    pub fn evict_idle(&self, retain: Duration) -> usize {
+        self.authorization_decisions.evict_idle(retain)
+            + self.authorization_revocations.evict_idle(retain)
+            + self.tcp.evict_idle(retain)
+    }
+
+    /// Runs [`Self::evict_idle`] four times per `retain` until `shutdown`,
+    /// so a series goes between `retain` and 1.25 times that after its last
+    /// change.
+    pub async fn evict_idle_until_cancelled(
+        self: Arc<Self>,
+        retain: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval((retain / 4).max(Duration::from_secs(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    let evicted = self.evict_idle(retain);
+                    if evicted > 0 {
+                        tracing::debug!(evicted, "idle metric series dropped");
+                    }
+                }
+            }
+        }
     }
 
     /// Adds the figures read at scrape time: the eBPF counters in `maps`

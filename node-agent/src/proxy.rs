@@ -424,7 +424,7 @@ pub async fn relay_to_end(
     context: &PodContext,
 ) -> Finished {
     let live = context.connections.open(&flow);
-    context.count_opened(&flow);
+    let _series = context.count_opened(&flow);
     let end = until_revoked(relay(client, upstream, live.counts()), admitted).await;
     let stats = context.stats.direction(flow.direction);
     Finished::relayed(flow, live.counts(), end, stats, &[client, upstream])

@@ -35,7 +35,10 @@ use crate::{
     connections::{ConnectionLog, ConnectionRecord, ConnectionState, ConnectionView},
     ebpf::MeshMaps,
     flow::{Authorization, Direction, EnforcementPoint, Flow, Security},
-    metrics::{Metrics, tcp::ResponseFlags},
+    metrics::{
+        Metrics,
+        tcp::{OpenSeries, ResponseFlags},
+    },
     proxy::PodContext,
     workloads::{SharedWorkloads, Workload},
 };
@@ -60,6 +63,9 @@ pub struct Splicer {
     /// Spliced connections reset by a policy change, by client tuple, with
     /// the verdict that reset them; taken when their close is reported.
     revoked: Mutex<HashMap<SocketTuple, Authorization>>,
+    /// The metric series of the open spliced connections, by client tuple,
+    /// held until their close is reported.
+    open_series: Mutex<HashMap<SocketTuple, OpenSeries>>,
 }
 
 // === impl LocalPods ===
@@ -110,6 +116,7 @@ impl Splicer {
             connections,
             metrics,
             revoked: Mutex::default(),
+            open_series: Mutex::default(),
         }
     }
 
@@ -168,7 +175,8 @@ impl Splicer {
                 stats.opened();
                 self.metrics.kernel_path_connection("same_node");
                 let flow = self.flow(&client, src, dst, None);
-                self.metrics.tcp.opened(&flow, &self.workloads.current());
+                let series = self.metrics.tcp.opened(&flow, &self.workloads.current());
+                lock(&self.open_series).insert(event.tuple, series);
                 if let Some(authorization) = self.verdict(src, dst) {
                     self.authorizer
                         .count_decision(&authorization, &dst_namespace(&self.workloads, dst));
@@ -194,6 +202,7 @@ impl Splicer {
                 self.metrics
                     .tcp
                     .closed(&flow, &workloads, flags, sent, received);
+                lock(&self.open_series).remove(&event.tuple);
                 self.connections.closed(flow, sent, received, error);
             }
             _ => {}

@@ -84,7 +84,8 @@ pub struct Readiness {
 
 /// Serves the metrics and readiness ports for an agent whose eBPF programs
 /// are attached (`maps`), whose CA is loaded (`certs`) and whose pods
-/// `board` lists; adds the figures read at scrape time to `metrics`.
+/// `board` lists; adds the figures read at scrape time to `metrics`, and
+/// drops its idle series (`--metrics-retain-idle-secs`) until `shutdown`.
 /// Returns the readiness state, which the admin API's `/ready` shares.
 pub async fn start(
     config: &Config,
@@ -99,6 +100,11 @@ pub async fn start(
     let readiness = Arc::new(Readiness::new(board, certs.clone(), &config.trust_domain));
     readiness.set_ebpf_attached();
     listeners.spawn(metrics.clone(), readiness.clone(), shutdown);
+    tokio::spawn(
+        metrics
+            .clone()
+            .evict_idle_until_cancelled(config.metrics_retain_idle(), shutdown.clone()),
+    );
     Ok(readiness)
 }
 

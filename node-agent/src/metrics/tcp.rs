@@ -20,16 +20,22 @@
 //!   with its flag. So `opened - closed`, summed over `response_flags`, is
 //!   the number of open connections.
 //!
+//! - **Retention.** A label set's series go together once none of them has
+//!   moved for the retention time and no open connection holds them
+//!   ([`TcpMetrics::opened`] returns the hold), see [`super::retention`].
+//!
 //! See docs/metrics.md for every label and why its values are bounded.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mesh_proxy::HboneError;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family},
+    encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder},
+    metrics::{MetricType, TypedMetric, counter::Counter},
     registry::Registry,
 };
+
+use super::retention::{Held, Retained};
 
 use crate::{
     flow::{Direction, Flow, ProxyError, RelayEnd, Security},
@@ -103,13 +109,50 @@ pub struct TcpLabels {
     pub response_flags: ResponseFlags,
 }
 
-/// The four families.
-pub struct TcpMetrics {
-    opened: Family<TcpLabels, Counter>,
-    closed: Family<TcpLabels, Counter>,
-    sent_bytes: Family<TcpLabels, Counter>,
-    received_bytes: Family<TcpLabels, Counter>,
+/// The counters of one label set, response flags included.
+#[derive(Debug, Default)]
+pub struct TcpCounters {
+    opened: Counter,
+    closed: Counter,
+    sent_bytes: Counter,
+    received_bytes: Counter,
 }
+
+/// The series of one connection label set (everything but
+/// `response_flags`), per flag: they come and go together (see
+/// [`super::retention`]), so `opened - closed` summed over the flags stays
+/// the number of open connections. A flag's series appear once it is
+/// first counted, at zero for the counters it has not moved.
+#[derive(Debug, Default)]
+pub struct TcpGroup {
+    by_flags: [OnceLock<TcpCounters>; ResponseFlags::ALL.len()],
+}
+
+/// The series an open connection was counted in when it opened: they stay
+/// while this lives (the proxies keep it for as long as the connection is
+/// open).
+#[derive(Debug)]
+#[must_use = "the connection's series are held only while this lives"]
+pub struct OpenSeries {
+    _first: Held<TcpGroup>,
+    _second: Option<Held<TcpGroup>>,
+}
+
+/// The four families, one store of label sets.
+pub struct TcpMetrics {
+    groups: Retained<TcpLabels, TcpGroup>,
+}
+
+/// One of the four families: a view of the store that encodes one of each
+/// label set's counters.
+#[derive(Debug)]
+struct TcpFamily {
+    groups: Retained<TcpLabels, TcpGroup>,
+    counter: PickCounter,
+}
+
+/// Which of a label set's counters a family shows.
+type PickCounter = fn(&TcpCounters) -> &Counter;
 
 // === impl TcpMetrics ===
 
@@ -117,43 +160,54 @@ impl TcpMetrics {
     /// Registers the families in `registry`.
     pub(super) fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
-            opened: Family::default(),
-            closed: Family::default(),
-            sent_bytes: Family::default(),
-            received_bytes: Family::default(),
+            groups: Retained::default(),
         };
-        let families = [
+        let families: [(&str, &str, PickCounter); 4] = [
             (
                 "istio_tcp_connections_opened",
                 "TCP connections opened (established, or refused during set-up)",
-                &metrics.opened,
+                |c| &c.opened,
             ),
             (
                 "istio_tcp_connections_closed",
                 "TCP connections closed",
-                &metrics.closed,
+                |c| &c.closed,
             ),
             (
                 "istio_tcp_sent_bytes",
                 "Bytes sent from the destination back to the source of TCP connections, added at close",
-                &metrics.sent_bytes,
+                |c| &c.sent_bytes,
             ),
             (
                 "istio_tcp_received_bytes",
                 "Bytes received from the source for the destination of TCP connections, added at close",
-                &metrics.received_bytes,
+                |c| &c.received_bytes,
             ),
         ];
-        for (name, help, family) in families {
-            registry.register(name, help, family.clone());
+        for (name, help, counter) in families {
+            let family = TcpFamily {
+                groups: metrics.groups.clone(),
+                counter,
+            };
+            registry.register(name, help, family);
         }
         metrics
     }
 
-    /// A connection was established.
-    pub fn opened(&self, flow: &Flow, workloads: &WorkloadIndex) {
-        for labels in series(flow, workloads, ResponseFlags::None) {
-            self.opened.get_or_create(&labels).inc();
+    /// A connection was established; its series stay while the returned
+    /// handle lives.
+    pub fn opened(&self, flow: &Flow, workloads: &WorkloadIndex) -> OpenSeries {
+        let mut held = series(flow, workloads).map(|labels| {
+            let group = self.groups.hold(&labels);
+            group.flag(ResponseFlags::None).opened.inc();
+            group
+        });
+        let first = held
+            .next()
+            .expect("every flow is counted in one series at least");
+        OpenSeries {
+            _first: first,
+            _second: held.next(),
         }
     }
 
@@ -167,33 +221,78 @@ impl TcpMetrics {
         sent: u64,
         received: u64,
     ) {
-        for labels in series(flow, workloads, flags) {
-            self.closed.get_or_create(&labels).inc();
+        for labels in series(flow, workloads) {
+            let counters = self.groups.touch(&labels);
+            let counters = counters.flag(flags);
+            counters.closed.inc();
             // Istio's sense: received is the request, sent the response.
-            self.received_bytes.get_or_create(&labels).inc_by(sent);
-            self.sent_bytes.get_or_create(&labels).inc_by(received);
+            counters.received_bytes.inc_by(sent);
+            counters.sent_bytes.inc_by(received);
         }
     }
 
     /// A connection was refused during set-up: opened and closed at once.
     pub fn refused(&self, flow: &Flow, workloads: &WorkloadIndex, flags: ResponseFlags) {
-        for labels in series(flow, workloads, flags) {
-            self.opened.get_or_create(&labels).inc();
-            self.closed.get_or_create(&labels).inc();
-            // Zero-byte series too, so every closed series has its bytes.
-            self.received_bytes.get_or_create(&labels).inc_by(0);
-            self.sent_bytes.get_or_create(&labels).inc_by(0);
+        for labels in series(flow, workloads) {
+            let counters = self.groups.touch(&labels);
+            let counters = counters.flag(flags);
+            counters.opened.inc();
+            counters.closed.inc();
         }
+    }
+
+    /// Drops the label sets unchanged for `retain` and held by no open
+    /// connection; returns how many went.
+    #[must_use = "how many went is worth logging"]
+    pub fn evict_idle(&self, retain: std::time::Duration) -> usize {
+        self.groups.evict_idle(retain)
+    }
+}
+
+// === impl TcpGroup ===
+
+impl TcpGroup {
+    /// The counters of `flags`, made if new.
+    fn flag(&self, flags: ResponseFlags) -> &TcpCounters {
+        self.by_flags[flags.index()].get_or_init(TcpCounters::default)
+    }
+}
+
+// === impl TcpFamily ===
+
+impl TypedMetric for TcpFamily {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for TcpFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, group) in self.groups.read().iter() {
+            for flags in ResponseFlags::ALL {
+                if let Some(counters) = group.by_flags[flags.index()].get() {
+                    let labels = TcpLabels {
+                        response_flags: flags,
+                        ..labels.clone()
+                    };
+                    (self.counter)(counters).encode(encoder.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 }
 
 /// The series `flow` is counted in: one per reporter.
-fn series(
-    flow: &Flow,
-    workloads: &WorkloadIndex,
-    flags: ResponseFlags,
-) -> impl Iterator<Item = TcpLabels> {
-    let first = labels(flow, workloads, flags);
+/// Their `response_flags` is `-`: they key a [`TcpGroup`].
+fn series(flow: &Flow, workloads: &WorkloadIndex) -> impl Iterator<Item = TcpLabels> {
+    let first = labels(flow, workloads, ResponseFlags::None);
     let both = flow.direction == Direction::Outbound
         && matches!(flow.security, Security::SameNode | Security::SameNodeKernel);
     let second = both.then(|| TcpLabels {
@@ -263,6 +362,28 @@ fn namespace_of(identity: Option<&str>) -> Option<Arc<str>> {
 // === impl ResponseFlags ===
 
 impl ResponseFlags {
+    /// Every flag, in the order a label set's series are listed.
+    pub const ALL: [Self; 6] = [
+        Self::None,
+        Self::Deny,
+        Self::UpstreamFailure,
+        Self::UpstreamTimeout,
+        Self::Io,
+        Self::NoHealthyUpstream,
+    ];
+
+    /// Where the flag is in [`Self::ALL`].
+    fn index(self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Deny => 1,
+            Self::UpstreamFailure => 2,
+            Self::UpstreamTimeout => 3,
+            Self::Io => 4,
+            Self::NoHealthyUpstream => 5,
+        }
+    }
+
     /// The flag of a connection that failed during set-up.
     #[must_use]
     pub fn of_error(error: &ProxyError) -> Self {

@@ -167,7 +167,7 @@ async fn relay_over_hbone(
         .map_err(ProxyError::from)
         .inspect_err(|error| context.count_failed(&flow, error))?;
     let live = context.connections.open(&flow);
-    context.count_opened(&flow);
+    let _series = context.count_opened(&flow);
     let end = until_revoked(
         hbone::client::relay(hbone, context, stream, live.counts(), live.reported()),
         None,

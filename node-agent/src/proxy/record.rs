@@ -5,15 +5,17 @@
 use super::{Finished, PodContext};
 use crate::{
     flow::{Flow, ProxyError},
-    metrics::tcp::ResponseFlags,
+    metrics::tcp::{OpenSeries, ResponseFlags},
 };
 
 // === impl PodContext ===
 
 impl PodContext {
     /// `flow` is established: upstream connected, or HBONE stream opened.
-    pub fn count_opened(&self, flow: &Flow) {
-        self.metrics.tcp.opened(flow, &self.workloads.current());
+    /// Its series stay while the returned handle lives: the caller keeps it
+    /// for as long as the connection is open.
+    pub fn count_opened(&self, flow: &Flow) -> OpenSeries {
+        self.metrics.tcp.opened(flow, &self.workloads.current())
     }
 
     /// `finished` ended: closed with its bytes, or, refused during set-up,

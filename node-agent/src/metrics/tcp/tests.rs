@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 
 use mesh_core::policy::Decision;
+use prometheus_client::metrics::family::Family;
 
 use super::*;
 use crate::{
@@ -208,10 +209,11 @@ fn same_node_connections_are_reported_by_both_ends_and_counted_in_istio_sense() 
         (Some(CLIENT_ID), Some(PEER_ID)),
         Security::SameNode,
     );
-    metrics.tcp.opened(&same_node, &index);
+    let open = metrics.tcp.opened(&same_node, &index);
     metrics
         .tcp
         .closed(&same_node, &index, ResponseFlags::None, 1000, 20);
+    drop(open);
     let refused = flow(
         Direction::Inbound,
         "10.0.9.9:40000",
@@ -351,5 +353,129 @@ fn flags_come_from_what_went_wrong() {
         values,
         ["-", "DENY", "UF", "UT", "IO"],
         "the documented set"
+    );
+}
+
+/// The samples of `name` in `text`, as (labels, value) lines.
+fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .collect()
+}
+
+#[test]
+fn an_open_connection_keeps_its_series_however_long_it_is_idle_and_they_go_together_after_it_closes()
+ {
+    let metrics = Metrics::default();
+    let index = index();
+    let long = flow(
+        Direction::Outbound,
+        "10.0.1.1:40000",
+        "10.0.2.1:80",
+        (Some(CLIENT_ID), Some(SERVER_ID)),
+        Security::MutualTls,
+    );
+    let short = flow(
+        Direction::Outbound,
+        "10.0.1.2:40000",
+        "10.0.2.1:80",
+        (Some(PEER_ID), Some(SERVER_ID)),
+        Security::MutualTls,
+    );
+    let open = metrics.tcp.opened(&long, &index);
+    drop(metrics.tcp.opened(&short, &index));
+    metrics
+        .tcp
+        .closed(&short, &index, ResponseFlags::Io, 10, 10);
+    let retain = std::time::Duration::from_millis(30);
+    std::thread::sleep(retain * 2);
+    assert_eq!(
+        metrics.evict_idle(retain),
+        1,
+        "the closed connection's label set"
+    );
+    let text = metrics.encode().unwrap();
+    let opened = samples(&text, "istio_tcp_connections_opened_total");
+    assert_eq!(opened.len(), 1, "{text}");
+    assert!(
+        opened[0].contains(CLIENT_ID) && opened[0].ends_with(" 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(PEER_ID),
+        "every flag of the idle label set went: {text}"
+    );
+
+    // It closes after a long idle: its close is counted in the series it
+    // opened in, so opened - closed is 0, not -1.
+    metrics.tcp.closed(&long, &index, ResponseFlags::None, 5, 7);
+    drop(open);
+    let text = metrics.encode().unwrap();
+    let value = |name: &str| -> Vec<&str> {
+        samples(&text, name)
+            .into_iter()
+            .filter(|line| line.contains(CLIENT_ID))
+            .collect()
+    };
+    assert_eq!(
+        value("istio_tcp_connections_opened_total").len(),
+        1,
+        "{text}"
+    );
+    assert!(
+        value("istio_tcp_connections_opened_total")[0].ends_with(" 1"),
+        "{text}"
+    );
+    assert!(
+        value("istio_tcp_connections_closed_total")[0].ends_with(" 1"),
+        "{text}"
+    );
+    assert!(
+        value("istio_tcp_received_bytes_total")[0].ends_with(" 5"),
+        "{text}"
+    );
+
+    // And once idle with nothing holding it, it goes too.
+    assert_eq!(metrics.evict_idle(retain), 0, "it just changed");
+    std::thread::sleep(retain * 2);
+    assert_eq!(metrics.evict_idle(retain), 1);
+    assert!(
+        samples(
+            &metrics.encode().unwrap(),
+            "istio_tcp_connections_opened_total"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_decision_naming_a_policy_goes_once_idle() {
+    let metrics = Metrics::default();
+    let labels = |policy: &str| crate::metrics::AuthorizationLabels {
+        reporter: "destination",
+        decision: "deny",
+        policy: policy.to_owned(),
+        enforcement_point: "hbone-inbound",
+        destination_workload_namespace: "shop".to_owned(),
+    };
+    metrics
+        .authorization_decisions
+        .touch(&labels("shop/deleted"))
+        .inc();
+    metrics
+        .authorization_revocations
+        .touch(&labels("shop/deleted"))
+        .inc();
+    let retain = std::time::Duration::from_millis(30);
+    std::thread::sleep(retain * 2);
+    metrics
+        .authorization_decisions
+        .touch(&labels("shop/live"))
+        .inc();
+    assert_eq!(metrics.evict_idle(retain), 2);
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains("shop/live") && !text.contains("shop/deleted"),
+        "{text}"
     );
 }

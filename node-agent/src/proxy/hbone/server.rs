@@ -158,7 +158,7 @@ async fn serve_stream(
     // The application is the destination: bytes to it were sent by the
     // source, bytes from it are the source's to receive.
     let live = context.connections.open(&flow);
-    context.count_opened(&flow);
+    let series = context.count_opened(&flow);
     let counts = live.counts();
     let relay = mesh_proxy::relay::relay(
         &upstream,
@@ -170,7 +170,7 @@ async fn serve_stream(
     let end = until_revoked(relay, Some(&admitted)).await;
     let finished = Finished::relayed(flow, counts, end, counters, &[&upstream]);
     context.count_finished(&finished);
-    drop(live);
+    drop((live, series));
     context.connections.closed(
         finished.flow,
         finished.sent,

@@ -53,6 +53,16 @@ pub const MIN_MINUTES: u32 = 2;
 /// half-life, every 30 s.
 pub const CERT_LIFETIME_SECS: u64 = 60;
 
+/// How long the agents keep a metric series that stopped changing
+/// (`--metrics-retain-idle-secs`; 10 minutes by default): well under an
+/// agent's warm-up ([`judge::WARM_UP_SECS`]), so that the series of the
+/// DENY pairs, pods and policies the churn left behind have gone by the
+/// time growth is judged, and the judged level is what the churn keeps in
+/// use. An agent lives 10 minutes here (a handoff every 5, alternating
+/// nodes), shorter than the default retention, which would show growth
+/// that eviction ends only later.
+pub const METRICS_RETAIN_IDLE_SECS: u64 = 60;
+
 /// Time between handoffs.
 pub const HANDOFF_EVERY: Duration = Duration::from_mins(5);
 
@@ -139,10 +149,12 @@ fn unix_ms() -> u64 {
 }
 
 /// The agents' arguments besides their configuration.
-fn agent_args() -> [String; 2] {
+fn agent_args() -> [String; 4] {
     [
         "--cert-lifetime-secs".to_owned(),
         CERT_LIFETIME_SECS.to_string(),
+        "--metrics-retain-idle-secs".to_owned(),
+        METRICS_RETAIN_IDLE_SECS.to_string(),
     ]
 }
 

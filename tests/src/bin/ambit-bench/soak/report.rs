@@ -340,7 +340,8 @@ pub fn render(report: &SoakReport) -> String {
         "{:.0} s of churn, sampled every {} s. Operations: {ops} succeeded, {failed} failed. \
          Churn: {} un-enrolments and {} enrolments, {} DENY and {} ALLOW policies added and removed, \
          {} route changes, {} configuration writes. Handoffs: {}. Certificates ({} s lifetime) rotated: \
-         {} by the agents, {} by the waypoint.\n\n",
+         {} by the agents, {} by the waypoint. The agents drop a metric series {} s after it \
+         stopped changing.\n\n",
         report.run_secs,
         report.sample_secs,
         churn.unenrolled,
@@ -352,7 +353,8 @@ pub fn render(report: &SoakReport) -> String {
         report.handoffs.len(),
         report.rotations.lifetime_secs,
         report.rotations.agents,
-        report.rotations.waypoint
+        report.rotations.waypoint,
+        super::METRICS_RETAIN_IDLE_SECS
     );
     render_series(&mut out, report);
     render_failures(&mut out, report);
