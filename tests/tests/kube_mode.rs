@@ -2,9 +2,13 @@
 //! `kube` client in the agent): pods of a labelled namespace are enrolled
 //! at once, an un-labelled namespace's pods leave, a `disabled` pod stays
 //! out, a deleted pod is cleaned up, a pod without a process waits
-//! visibly, the API server going away loses nothing, and a
+//! visibly, the API server going away loses nothing, a
 //! `PeerAuthentication` or an `ambit.dev/mtls` label from the API server
-//! sets the pods' mTLS mode.
+//! sets the pods' mTLS mode, and an `AuthorizationPolicy` from the API
+//! server is enforced end to end: a DENY cuts the open connections it
+//! denies within seconds and refuses new ones until it is deleted, and it
+//! holds while the API server is away (the agent fails closed on the last
+//! policies it knew) until its deletion arrives when the server is back.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +17,7 @@ use ambit_tests::{
     fake_kube::FakeKube,
     mesh::Agent,
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, send, serve, try_send},
+    workload::{ECHO_PORT, WAIT, ping, send, serve, try_send},
 };
 use serde_json::{Value, json};
 
@@ -565,4 +569,210 @@ fn wait_endpoints(tb: &Testbed, agent: &Agent, ips: &[String]) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The `AuthorizationPolicy` the authorization tests write: it denies the
+/// client's identity at the server.
+const DENY_CLIENT: &str = "deny-client";
+/// How long a change of policy may take to reach an open connection, and a
+/// refused client to learn of its refusal: a watch event and a reset, not a
+/// timeout.
+const PROMPTLY: Duration = Duration::from_secs(5);
+/// How long the agent may take to see the API server again: kube's watcher
+/// backs off up to 30 s between retries.
+const RELIST: Duration = Duration::from_secs(45);
+
+/// `shop/deny-client`: DENY, at pods labelled `app: server`, from the
+/// client pod's service account. ambit's group: in Kubernetes mode the agent
+/// watches only its own CRD, not Istio's `security.istio.io`.
+fn deny_client_policy() -> Value {
+    json!({
+        "apiVersion": "security.ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": DENY_CLIENT, "namespace": NAMESPACE},
+        "spec": {"selector": {"matchLabels": {"app": "server"}}, "action": "DENY",
+                 "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]},
+    })
+}
+
+/// Waits until `agent` lists the policy `shop/name` as accepted.
+fn wait_policy_accepted(tb: &Testbed, agent: &Agent, name: &str) {
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        let policies = agent.get_json(tb, "/policies");
+        let accepted = policies.as_array().into_iter().flatten().any(|p| {
+            p["key"]["namespace"] == NAMESPACE
+                && p["key"]["name"] == name
+                && p["state"] == "accepted"
+        });
+        if accepted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "policy {NAMESPACE}/{name} not accepted after {PROMPTLY:?}: {policies}\n{}",
+            agent.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends from `client` to `to` and expects the connection to be refused,
+/// promptly.
+fn expect_refused(tb: &Testbed, client: &Pod, to: &str) {
+    let started = Instant::now();
+    let (ok, sent, report) = try_send(tb, client, to, 1000);
+    let took = started.elapsed();
+    assert!(
+        !ok,
+        "{} -> {to} must be refused: {sent}\n{report}",
+        client.name
+    );
+    assert!(
+        took < PROMPTLY,
+        "{} -> {to} took {took:?} to be refused: a denial must not hang\n{report}",
+        client.name
+    );
+}
+
+/// Sends from `client` to `to` until a connection goes through; panics
+/// after `timeout`. Returns how long it took.
+fn wait_allowed(
+    tb: &Testbed,
+    agent: &Agent,
+    client: &Pod,
+    to: &str,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (ok, sent, _) = try_send(tb, client, to, 1000);
+        if ok {
+            assert_eq!(sent["bytes_received"], 1000, "{sent}");
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{} -> {to} still refused {timeout:?} after the policy went: {sent}\npolicies: {}\n{}",
+            client.name,
+            agent.get_json(tb, "/policies"),
+            agent.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_deny_policy_from_the_api_server_cuts_open_connections_and_refuses_new_ones_until_deleted() {
+    let mut tb = testbed_or_skip!("kube_authz");
+    let (kube, n1) = cluster(&mut tb);
+    label_namespace(&kube, Some("enabled"));
+    let (client, server) = client_and_server_pods(&mut tb, &kube, &n1, CgroupDriver::Cgroupfs);
+    // Another client of the server, which the policy does not name.
+    let other = kube_pod(
+        &mut tb,
+        &kube,
+        &n1,
+        "other",
+        &json!({"app": "other"}),
+        CgroupDriver::Cgroupfs,
+    );
+    let _servers = [serve(&tb, &client), serve(&tb, &server), serve(&tb, &other)];
+    let agent = Agent::spawn_kubernetes(&tb, &n1, &kube.url(), &[]);
+    agent.wait_ready(&tb);
+    wait_enrolled(&tb, &agent, &["client", "server", "other"], WAIT);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    send(&tb, &client, &to, 1000);
+    let from_client = ping(&tb, &client, &to, 60);
+    let from_other = ping(&tb, &other, &to, 60);
+
+    // The DENY written to the API server cuts the client's open connection
+    // within seconds, and only that one.
+    let written = Instant::now();
+    kube.apply(deny_client_policy()).expect("the policy");
+    let end = from_client
+        .poll_json(PROMPTLY, |l| l["event"] == "ping_end")
+        .unwrap_or_else(|| {
+            panic!(
+                "the open connection is still up {PROMPTLY:?} after the policy was written: {}\n{}",
+                agent.get_json(&tb, "/policies"),
+                agent.proc.report()
+            )
+        });
+    let took = written.elapsed();
+    assert!(
+        matches!(end["kind"].as_str(), Some("reset" | "eof")),
+        "the open connection must be cut, not left to time out: {end}"
+    );
+    eprintln!("cut {took:?} after the policy was written to the API server");
+    let cut = agent.wait_connection(&tb, |c| {
+        c["direction"] == "outbound"
+            && c["pod"] == "shop/client"
+            && c["authorization"]["decision"] == "deny"
+    });
+    assert_eq!(
+        cut["authorization"]["policy"],
+        format!("{NAMESPACE}/{DENY_CLIENT}"),
+        "{cut}"
+    );
+    assert!(
+        cut["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("policy change")),
+        "{cut}"
+    );
+    assert!(
+        from_other
+            .poll_json(Duration::from_millis(500), |l| l["event"] == "ping_end")
+            .is_none(),
+        "a connection the policy does not deny must stay open"
+    );
+
+    // New connections are refused; the other client still gets through.
+    wait_policy_accepted(&tb, &agent, DENY_CLIENT);
+    expect_refused(&tb, &client, &to);
+    send(&tb, &other, &to, 1000);
+
+    // Deleted, the policy no longer refuses anything.
+    kube.delete("authorizationpolicies", NAMESPACE, DENY_CLIENT)
+        .expect("delete the policy");
+    let took = wait_allowed(&tb, &agent, &client, &to, PROMPTLY);
+    eprintln!("allowed again {took:?} after the policy was deleted");
+}
+
+#[test]
+fn a_deny_policy_holds_while_the_api_server_is_away_and_its_deletion_arrives_when_it_is_back() {
+    let mut tb = testbed_or_skip!("kube_authz_outage");
+    let (mut kube, n1) = cluster(&mut tb);
+    label_namespace(&kube, Some("enabled"));
+    let (client, server) = client_and_server_pods(&mut tb, &kube, &n1, CgroupDriver::Cgroupfs);
+    let _servers = [serve(&tb, &client), serve(&tb, &server)];
+    let agent = Agent::spawn_kubernetes(&tb, &n1, &kube.url(), &[]);
+    agent.wait_ready(&tb);
+    wait_enrolled(&tb, &agent, &["client", "server"], WAIT);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    send(&tb, &client, &to, 1000);
+    kube.apply(deny_client_policy()).expect("the policy");
+    wait_policy_accepted(&tb, &agent, DENY_CLIENT);
+    expect_refused(&tb, &client, &to);
+
+    // The API server goes away: the agent keeps enforcing the last policies
+    // it knew, however long the outage, rather than opening up.
+    kube.stop();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        expect_refused(&tb, &client, &to);
+    }
+    wait_policy_accepted(&tb, &agent, DENY_CLIENT);
+
+    // Deleted while the API server is away, with the history compacted so
+    // that the agent's watch cannot resume and must relist, the policy goes
+    // when the agent sees the server again: a relist drops what it no
+    // longer finds.
+    kube.delete("authorizationpolicies", NAMESPACE, DENY_CLIENT)
+        .expect("delete the policy while away");
+    kube.compact();
+    expect_refused(&tb, &client, &to);
+    kube.restart().expect("the API server comes back");
+    let took = wait_allowed(&tb, &agent, &client, &to, RELIST);
+    eprintln!("allowed again {took:?} after the API server came back");
 }
