@@ -82,9 +82,11 @@ pub enum LocalConfigError {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalConfigFile {
-    /// Pods to enroll.
+    /// Pods to enroll. Shared: a pod validated before may stand in for an
+    /// unchanged one (see [`Pod::same_as_written`]), and validation copies
+    /// it only if what it fills in changes.
     #[serde(default)]
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Authorization policies, each read on its own (see
     /// [`crate::policy`]): one that is wrong is rejected without failing
     /// the file.
@@ -138,7 +140,7 @@ pub struct RejectedService {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LocalSnapshot {
     /// Pods to enroll, in file order.
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Entries that were rejected.
     pub rejected: Vec<RejectedPod>,
     /// Authorization policies in file order, rejected ones included (they
@@ -247,45 +249,65 @@ pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
         peer_authentications: peer_authn::compile_all(&peer_authentications),
         ..LocalSnapshot::default()
     };
-    let mut seen_keys: HashMap<PodKey, usize> = HashMap::new();
-    let mut seen_ips: HashMap<IpAddr, PodKey> = HashMap::new();
+    let (accepted, rejected) = check_pods(&pods);
+    snapshot.rejected = rejected;
     // Tens of thousands of pods in Kubernetes mode: grown by doubling, the
     // list would keep up to twice the room it needs.
     snapshot.pods.reserve_exact(pods.len());
-    for (index, pod) in pods.into_iter().enumerate() {
-        let entry = index + 1;
-        let key = pod.key();
-        let reason = if let Some(first) = seen_keys.get(&key) {
-            Some(format!(
-                "pod {key} is listed twice (entries {first} and {entry}); the first entry is used"
-            ))
-        } else {
-            check_pod(&pod, &seen_ips)
-        };
-        if let Some(reason) = reason {
-            snapshot.rejected.push(RejectedPod {
-                pod: key,
-                entry,
-                reason,
-            });
-            continue;
-        }
-        seen_keys.insert(key.clone(), entry);
-        for ip in &pod.ips {
-            seen_ips.insert(*ip, key.clone());
-        }
-        snapshot.pods.push(pod);
-    }
+    snapshot.pods.extend(
+        pods.into_iter()
+            .zip(accepted)
+            .filter_map(|(pod, accepted)| accepted.then_some(pod)),
+    );
     resolve_mtls(&mut snapshot, &namespace_mtls, root_namespace);
     for pod in &mut snapshot.pods {
-        pod.kernel_path = KernelPath::from_labels(
+        let kernel_path = KernelPath::from_labels(
             pod.labels.get(KERNEL_PATH_LABEL).map(String::as_str),
             namespace_kernel_path
                 .get(&pod.namespace)
                 .map(String::as_str),
         );
+        if pod.kernel_path != kernel_path {
+            Arc::make_mut(pod).kernel_path = kernel_path;
+        }
     }
     snapshot
+}
+
+/// Which of `pods` are accepted (in order), and why the others are not:
+/// each is checked on its own and against the ones before it (a key or
+/// an address listed twice keeps its first entry).
+fn check_pods(pods: &[Arc<Pod>]) -> (Vec<bool>, Vec<RejectedPod>) {
+    let mut seen_keys: HashMap<(&str, &str), usize> = HashMap::with_capacity(pods.len());
+    let mut seen_ips: HashMap<IpAddr, &Pod> = HashMap::with_capacity(pods.len());
+    let mut accepted = Vec::with_capacity(pods.len());
+    let mut rejected = Vec::new();
+    for (index, pod) in pods.iter().enumerate() {
+        let entry = index + 1;
+        let key = (pod.namespace.as_str(), pod.name.as_str());
+        let reason = if let Some(first) = seen_keys.get(&key) {
+            Some(format!(
+                "pod {} is listed twice (entries {first} and {entry}); the first entry is used",
+                pod.key()
+            ))
+        } else {
+            check_pod(pod, &seen_ips)
+        };
+        accepted.push(reason.is_none());
+        if let Some(reason) = reason {
+            rejected.push(RejectedPod {
+                pod: pod.key(),
+                entry,
+                reason,
+            });
+            continue;
+        }
+        seen_keys.insert(key, entry);
+        for ip in &pod.ips {
+            seen_ips.insert(*ip, pod);
+        }
+    }
+    (accepted, rejected)
 }
 
 /// Checks the peer authentications' port-level modes against the ports of
@@ -342,16 +364,25 @@ fn resolve_mtls(
             set.resolve(&Subject {
                 pod: &pod.key(),
                 labels: &pod.labels,
-                requested: pod.mtls,
+                requested: pod.requested_mtls(),
                 namespace_label: namespace_mtls.get(&pod.namespace).map(String::as_str),
                 ports_known: ports.is_some(),
             })
         })
         .collect();
     for (pod, resolved) in snapshot.pods.iter_mut().zip(resolved) {
-        pod.mtls = resolved.mode;
-        pod.port_mtls = resolved.ports;
-        pod.mtls_warnings = resolved.warnings;
+        let requested = Some(pod.requested_mtls());
+        let unchanged = pod.mtls == resolved.mode
+            && pod.mtls_requested == requested
+            && pod.port_mtls == resolved.ports
+            && pod.mtls_warnings == resolved.warnings;
+        if !unchanged {
+            let pod = Arc::make_mut(pod);
+            pod.mtls = resolved.mode;
+            pod.mtls_requested = requested;
+            pod.port_mtls = resolved.ports;
+            pod.mtls_warnings = resolved.warnings;
+        }
     }
 }
 
@@ -395,7 +426,7 @@ fn validate_services(entries: Vec<Service>) -> (Vec<Arc<Service>>, Vec<RejectedS
     (accepted, rejected)
 }
 
-fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, PodKey>) -> Option<String> {
+fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, &Pod>) -> Option<String> {
     let key = pod.key();
     if pod.name.is_empty() || pod.namespace.is_empty() {
         return Some("a pod needs a non-empty name and namespace".to_owned());
@@ -418,7 +449,8 @@ fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, PodKey>) -> Option<String> {
         }
         if let Some(owner) = seen_ips.get(ip) {
             return Some(format!(
-                "pod {key} has address {ip}, which pod {owner} already has"
+                "pod {key} has address {ip}, which pod {} already has",
+                owner.key()
             ));
         }
     }

@@ -323,11 +323,11 @@ impl ServicePort {
 /// list under the port's name), or else the addresses of the `pods` its
 /// selector picks, at the target port. Sorted, without duplicates.
 #[must_use]
-pub fn backends<'a>(
+pub fn backends<'a, P: std::borrow::Borrow<Pod> + 'a>(
     service: &Service,
     port: &ServicePort,
     ipv4: bool,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a P>,
 ) -> Vec<SocketAddr> {
     let mut addrs: Vec<SocketAddr> = match &service.endpoints {
         Some(endpoints) => endpoints
@@ -340,7 +340,8 @@ pub fn backends<'a>(
             .collect(),
         None => pods
             .into_iter()
-            .filter(|pod| service.selects(&pod.namespace, &pod.labels))
+            .map(std::borrow::Borrow::borrow)
+            .filter(|pod: &&Pod| service.selects(&pod.namespace, &pod.labels))
             .flat_map(|pod| pod.ips.iter().copied())
             .filter(|ip| ip.is_ipv4() == ipv4)
             .map(|ip| SocketAddr::new(ip, port.target()))

@@ -41,6 +41,12 @@ pub struct Pod {
     /// effective mode.
     #[serde(default)]
     pub mtls: MtlsMode,
+    /// The mode the pod asked for (the file's `mtls`), kept by validation
+    /// when it writes the effective mode into `mtls`, so that a validated
+    /// pod validated again comes out the same. Never read from the file;
+    /// see [`Pod::requested_mtls`].
+    #[serde(skip)]
+    pub mtls_requested: Option<MtlsMode>,
     /// The effective modes of the ports whose mode differs from `mtls`
     /// (port-level peer authentication), by target port. Filled in by
     /// validation; never read from the file.
@@ -180,6 +186,29 @@ impl KernelPath {
 // === impl Pod ===
 
 impl Pod {
+    /// The mTLS mode the pod asks for: `mtls` as written until validated,
+    /// what validation kept after.
+    #[must_use]
+    pub fn requested_mtls(&self) -> MtlsMode {
+        self.mtls_requested.unwrap_or(self.mtls)
+    }
+
+    /// Whether `self` and `other` are the same pod as written (the file's
+    /// or the API server's fields, and the mTLS mode it asks for), whatever
+    /// validation has filled in: a validated pod can then stand in for a
+    /// fresh one, since validating either gives the same pod.
+    #[must_use]
+    pub fn same_as_written(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.namespace == other.namespace
+            && self.service_account == other.service_account
+            && self.ips == other.ips
+            && self.netns == other.netns
+            && self.node == other.node
+            && self.requested_mtls() == other.requested_mtls()
+            && (Arc::ptr_eq(&self.labels, &other.labels) || self.labels == other.labels)
+    }
+
     /// The pod's namespace/name key.
     #[must_use]
     pub fn key(&self) -> PodKey {

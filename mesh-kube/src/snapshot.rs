@@ -28,6 +28,9 @@
 //!   (the node agent's looks through the pod's cgroup); a pod whose
 //!   process is not running yet is listed as waiting, with the reason and
 //!   for how long, and looked for again with a backoff.
+//! - A rebuild shares every pod that did not change with the snapshot
+//!   before ([`BuiltPods`]), so one label change costs one new pod, not a
+//!   second copy of them all.
 
 use std::{
     collections::HashMap,
@@ -49,11 +52,14 @@ use mesh_core::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use self::built_pods::BuiltPods;
 use crate::{
     label_sets::LabelSets,
     resources, translate,
     watch::{Watches, compact::CompactStore},
 };
+
+mod built_pods;
 
 /// How long changes are gathered before one snapshot is built from them.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -229,6 +235,8 @@ struct SnapshotBuilder {
     netns: HashMap<String, PathBuf>,
     /// Pod UID → when it was first seen waiting, and whether that was logged.
     waiting_since: HashMap<String, (Instant, bool)>,
+    /// The last snapshot's pods, shared into the next.
+    built: BuiltPods,
 }
 
 // === impl SnapshotBuilder ===
@@ -239,6 +247,7 @@ impl SnapshotBuilder {
             settings,
             netns: HashMap::new(),
             waiting_since: HashMap::new(),
+            built: BuiltPods::default(),
         }
     }
 
@@ -268,7 +277,7 @@ impl SnapshotBuilder {
                             self.waiting_since.remove(&node_pod.uid);
                             let mut pod = node_pod.pod;
                             pod.netns = netns;
-                            pods.push(pod);
+                            pods.push(self.built.share(pod));
                         }
                         Err(error) => {
                             let key = node_pod.pod.key();
@@ -298,7 +307,9 @@ impl SnapshotBuilder {
         self.waiting_since.retain(|uid, _| seen_uids.contains(uid));
         for remote in stores.other_pods.read().values() {
             let labels = labels_of_namespace(Some(&remote.namespace));
-            pods.extend(translate::remote_pod(remote, labels, &self.settings.node));
+            if let Some(pod) = translate::remote_pod(remote, labels, &self.settings.node) {
+                pods.push(self.built.share(pod));
+            }
         }
         let services = services(stores, &namespace_labels);
         let custom = |store: &Store<DynamicObject>| {
@@ -318,6 +329,7 @@ impl SnapshotBuilder {
         );
         // Each policy was compiled when it changed; the snapshot shares it.
         snapshot.policies = stores.policies.read().values().cloned().collect();
+        self.built.remember(&snapshot.pods);
         snapshot
             .rejected
             .extend(waiting.into_iter().map(|(pod, reason)| RejectedPod {

@@ -139,6 +139,7 @@ fn mesh_pod(
         // The pod's own `ambit.dev/mtls` label is among its labels;
         // validation reads it, with its namespace's (see [`config`]).
         mtls: MtlsMode::Permissive,
+        mtls_requested: None,
         port_mtls: BTreeMap::new(),
         mtls_warnings: Vec::new(),
         labels,
@@ -513,7 +514,7 @@ fn namespace_label<'a>(
 /// `ambit.dev/mtls` and `ambit.dev/kernel-path` labels count.
 #[must_use]
 pub fn config<'a>(
-    pods: Vec<Pod>,
+    pods: Vec<Arc<Pod>>,
     services: Vec<Service>,
     resources: CustomResources,
     namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)> + Clone,

@@ -37,7 +37,7 @@ pub struct State {
     services: HashMap<ServiceKey, Arc<Service>>,
     served: HashMap<SocketAddr, ServedPort>,
     identities: HashMap<IpAddr, SpiffeId>,
-    pods: Vec<Pod>,
+    pods: Vec<Arc<Pod>>,
     /// The authorization policies.
     pub policies: PolicySet,
     /// The routes, with the last good version of any that became invalid.

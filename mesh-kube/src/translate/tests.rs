@@ -211,7 +211,12 @@ fn a_service_resolves_through_its_ready_slice_endpoints() {
         1,
         "UDP ports are not TCP endpoints"
     );
-    let backends = mesh_core::service::backends(&service, &service.ports[0], true, &[]);
+    let backends = mesh_core::service::backends(
+        &service,
+        &service.ports[0],
+        true,
+        &[] as &[mesh_core::workload::Pod],
+    );
     assert_eq!(
         backends,
         [
@@ -357,18 +362,19 @@ fn validated(
     };
     let snapshot = local_config::validate(
         config(
-            vec![meshed.pod],
+            vec![meshed.pod.into()],
             vec![service_of(&service, [], None)],
             resources,
             &index,
         ),
         DEFAULT_ROOT_NAMESPACE,
     );
-    snapshot
+    let pod = snapshot
         .pods
         .into_iter()
         .next()
-        .expect("the pod is accepted")
+        .expect("the pod is accepted");
+    std::sync::Arc::unwrap_or_clone(pod)
 }
 
 #[test]

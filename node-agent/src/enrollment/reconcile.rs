@@ -298,7 +298,7 @@ impl Reconciler {
             .pods
             .iter()
             .filter(|p| p.is_on_node(&node))
-            .map(|p| (p.key(), p))
+            .map(|p| (p.key(), &**p))
             .collect();
         let mut stale = Vec::new();
         let mut retuned = Vec::new();
@@ -445,6 +445,7 @@ pub async fn follow_policies(
 fn only_mtls_differs(current: &Pod, desired: &Pod) -> bool {
     let retuned = Pod {
         mtls: desired.mtls,
+        mtls_requested: desired.mtls_requested,
         port_mtls: desired.port_mtls.clone(),
         mtls_warnings: desired.mtls_warnings.clone(),
         ..current.clone()
