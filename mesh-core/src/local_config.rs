@@ -92,9 +92,10 @@ pub struct LocalConfigFile {
     /// the file.
     #[serde(default)]
     pub policies: Vec<serde_yaml::Value>,
-    /// Services: names for sets of pods (see [`crate::service`]).
+    /// Services: names for sets of pods (see [`crate::service`]). Shared
+    /// as the pods are: validation only checks them.
     #[serde(default)]
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// Gateway API `HTTPRoute` objects, kept as written: the waypoint reads
     /// them; the node agent only carries them.
     #[serde(default)]
@@ -386,43 +387,53 @@ fn resolve_mtls(
     }
 }
 
-fn validate_services(entries: Vec<Service>) -> (Vec<Arc<Service>>, Vec<RejectedService>) {
-    let mut accepted = Vec::with_capacity(entries.len());
+fn validate_services(entries: Vec<Arc<Service>>) -> (Vec<Arc<Service>>, Vec<RejectedService>) {
+    let mut keep = Vec::with_capacity(entries.len());
     let mut rejected = Vec::new();
-    let mut seen: HashMap<ServiceKey, usize> = HashMap::new();
-    let mut cluster_ips: HashMap<IpAddr, ServiceKey> = HashMap::new();
-    for (index, service) in entries.into_iter().enumerate() {
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::with_capacity(entries.len());
+    let mut cluster_ips: HashMap<IpAddr, &Service> = HashMap::new();
+    for (index, service) in entries.iter().enumerate() {
         let entry = index + 1;
-        let key = service.key();
+        let key = (service.namespace.as_str(), service.name.as_str());
         let taken = service
             .cluster_ips
             .iter()
             .find_map(|ip| Some((ip, cluster_ips.get(ip)?)));
         let reason = if let Some(first) = seen.get(&key) {
             Some(format!(
-                "service {key} is listed twice (entries {first} and {entry}); the first entry is used"
+                "service {} is listed twice (entries {first} and {entry}); the first entry is used",
+                service.key()
             ))
         } else if let Some((ip, owner)) = taken {
             Some(format!(
-                "service {key} has cluster IP {ip}, which service {owner} already has"
+                "service {} has cluster IP {ip}, which service {} already has",
+                service.key(),
+                owner.key()
             ))
         } else {
             service.validate().err().map(|error| error.to_string())
         };
+        keep.push(reason.is_none());
         if let Some(reason) = reason {
             rejected.push(RejectedService {
-                service: key,
+                service: service.key(),
                 entry,
                 reason,
             });
         } else {
             for ip in &service.cluster_ips {
-                cluster_ips.insert(*ip, key.clone());
+                cluster_ips.insert(*ip, service);
             }
             seen.insert(key, entry);
-            accepted.push(Arc::new(service));
         }
     }
+    let mut accepted = Vec::with_capacity(entries.len() - rejected.len());
+    accepted.extend(
+        entries
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(service, keep)| keep.then_some(service)),
+    );
     (accepted, rejected)
 }
 

@@ -28,9 +28,9 @@
 //!   (the node agent's looks through the pod's cgroup); a pod whose
 //!   process is not running yet is listed as waiting, with the reason and
 //!   for how long, and looked for again with a backoff.
-//! - A rebuild shares every pod that did not change with the snapshot
-//!   before ([`BuiltPods`]), so one label change costs one new pod, not a
-//!   second copy of them all.
+//! - A rebuild shares every pod and service that did not change with the
+//!   snapshot before ([`Built`]), so one label change costs one new pod,
+//!   not a second copy of them all.
 
 use std::{
     collections::HashMap,
@@ -48,18 +48,20 @@ use kube::{
 use mesh_core::{
     local_config::{self, LocalSnapshot, RejectedPod},
     policy::Policy,
+    service::Service,
+    workload::Pod,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::built_pods::BuiltPods;
+use self::built::Built;
 use crate::{
     label_sets::LabelSets,
     resources, translate,
     watch::{Watches, compact::CompactStore},
 };
 
-mod built_pods;
+mod built;
 
 /// How long changes are gathered before one snapshot is built from them.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -236,7 +238,9 @@ struct SnapshotBuilder {
     /// Pod UID → when it was first seen waiting, and whether that was logged.
     waiting_since: HashMap<String, (Instant, bool)>,
     /// The last snapshot's pods, shared into the next.
-    built: BuiltPods,
+    built: Built<Pod>,
+    /// The last snapshot's services, shared into the next.
+    built_services: Built<Service>,
 }
 
 // === impl SnapshotBuilder ===
@@ -247,7 +251,8 @@ impl SnapshotBuilder {
             settings,
             netns: HashMap::new(),
             waiting_since: HashMap::new(),
-            built: BuiltPods::default(),
+            built: Built::default(),
+            built_services: Built::default(),
         }
     }
 
@@ -311,7 +316,7 @@ impl SnapshotBuilder {
                 pods.push(self.built.share(pod));
             }
         }
-        let services = services(stores, &namespace_labels);
+        let services = services(stores, &namespace_labels, &self.built_services);
         let custom = |store: &Store<DynamicObject>| {
             store
                 .state()
@@ -330,6 +335,7 @@ impl SnapshotBuilder {
         // Each policy was compiled when it changed; the snapshot shares it.
         snapshot.policies = stores.policies.read().values().cloned().collect();
         self.built.remember(&snapshot.pods);
+        self.built_services.remember(&snapshot.services);
         snapshot
             .rejected
             .extend(waiting.into_iter().map(|(pod, reason)| RejectedPod {
@@ -371,7 +377,8 @@ impl SnapshotBuilder {
 fn services(
     stores: &Stores,
     namespace_labels: &HashMap<String, std::collections::BTreeMap<String, String>>,
-) -> Vec<mesh_core::service::Service> {
+    built: &Built<Service>,
+) -> Vec<Arc<Service>> {
     let slices = stores.endpoint_slices.read();
     let mut slices_of: HashMap<(&str, &str), Vec<&translate::SliceEndpoints>> = HashMap::new();
     for slice in slices.values() {
@@ -390,7 +397,11 @@ fn services(
                 source.service.name.as_str(),
             );
             let slices = slices_of.get(&owner).into_iter().flatten().copied();
-            translate::service(source, slices, namespace_labels.get(owner.0))
+            built.share(translate::service(
+                source,
+                slices,
+                namespace_labels.get(owner.0),
+            ))
         })
         .collect()
 }

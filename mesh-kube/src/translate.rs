@@ -515,7 +515,7 @@ fn namespace_label<'a>(
 #[must_use]
 pub fn config<'a>(
     pods: Vec<Arc<Pod>>,
-    services: Vec<Service>,
+    services: Vec<Arc<Service>>,
     resources: CustomResources,
     namespace_labels: impl IntoIterator<Item = (&'a String, &'a BTreeMap<String, String>)> + Clone,
 ) -> LocalConfigFile {

@@ -139,7 +139,7 @@ fn services_and_policies_read_as_the_local_file_would() {
     let snapshot = local_config::validate(
         config(
             Vec::new(),
-            vec![service],
+            vec![service.into()],
             CustomResources::default(),
             BTreeMap::new(),
         ),
@@ -363,7 +363,7 @@ fn validated(
     let snapshot = local_config::validate(
         config(
             vec![meshed.pod.into()],
-            vec![service_of(&service, [], None)],
+            vec![service_of(&service, [], None).into()],
             resources,
             &index,
         ),
