@@ -79,12 +79,13 @@ pub fn peak_rss_mib(pid: u32) -> io::Result<f64> {
     status_mib(pid, "VmHWM")
 }
 
-/// A `kB` line of `/proc/<pid>/status`, in MiB.
+/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`), in
+/// MiB.
 #[expect(
     clippy::cast_precision_loss,
     reason = "memory sizes in kB are far below 2^52"
 )]
-fn status_mib(pid: u32, key: &str) -> io::Result<f64> {
+pub fn status_mib(pid: u32, key: &str) -> io::Result<f64> {
     let kib: u64 = status_field(pid, key)?
         .strip_suffix("kB")
         .and_then(|number| number.trim().parse().ok())

@@ -29,8 +29,10 @@ pub const READINGS_PER_SAMPLE: u32 = 12;
 
 /// The process figures, with each one's absolute floor for the growth
 /// test: what a series may grow by over the run whatever its median.
-pub const PROCESS_FIGURES: [(&str, f64); 5] = [
+pub const PROCESS_FIGURES: [(&str, f64); 7] = [
     ("RSS, MiB", 2.0),
+    ("RSS anonymous, MiB", 2.0),
+    ("RSS file-backed, MiB", 2.0),
     ("open fds", 12.0),
     ("tokio tasks", 20.0),
     ("threads", 2.0),
@@ -61,7 +63,7 @@ pub fn agent(tb: &Testbed, agent: &Agent) -> Result<(Figures, Figures), BenchErr
         .iter()
         .map(|(map, entries)| (format!("{map} entries"), as_f64(*entries)))
         .collect();
-    Ok((process_figures(&state), maps))
+    Ok((process_figures(&state, agent.proc.pid()), maps))
 }
 
 /// The waypoint's process figures (`pid`), from `/proc`, now.
@@ -69,6 +71,14 @@ pub fn waypoint(pid: u32) -> Result<Figures, BenchError> {
     let read = || -> std::io::Result<Figures> {
         Ok(Figures::from([
             ("RSS, MiB".to_owned(), usage::rss_mib(pid)?),
+            (
+                "RSS anonymous, MiB".to_owned(),
+                usage::status_mib(pid, "RssAnon")?,
+            ),
+            (
+                "RSS file-backed, MiB".to_owned(),
+                usage::status_mib(pid, "RssFile")?,
+            ),
             ("open fds".to_owned(), as_f64(usage::open_fds(pid)?)),
             ("threads".to_owned(), as_f64(usage::threads(pid)?)),
         ]))
@@ -97,9 +107,12 @@ pub fn sampled(readings: &[Reading]) -> Vec<(String, u32, Figures)> {
         .collect()
 }
 
-fn process_figures(state: &AgentState) -> Figures {
+fn process_figures(state: &AgentState, pid: u32) -> Figures {
+    let status = |key| usage::status_mib(pid, key).unwrap_or(f64::NAN);
     Figures::from([
         ("RSS, MiB".to_owned(), state.rss_mib),
+        ("RSS anonymous, MiB".to_owned(), status("RssAnon")),
+        ("RSS file-backed, MiB".to_owned(), status("RssFile")),
         ("open fds".to_owned(), as_f64(state.open_fds)),
         ("tokio tasks".to_owned(), as_f64(state.tasks)),
         ("threads".to_owned(), as_f64(state.threads)),
