@@ -29,17 +29,36 @@ pub fn release_free_heap() {
 /// Bytes the allocator holds free in its arenas (glibc's
 /// `mallinfo2().fordblks`, whether or not their pages are still resident);
 /// `None` where the allocator is not glibc's.
+pub fn free_heap_bytes() -> Option<usize> {
+    heap_usage().map(|usage| usage.free)
+}
+
+/// What the allocator's arenas hold: bytes in live allocations and bytes
+/// free (whether or not their pages are still resident).
+#[derive(Clone, Copy, Debug)]
+pub struct HeapUsage {
+    /// In allocations not yet freed: in the arenas (glibc's `uordblks`)
+    /// and large ones mapped on their own (`hblkhd`).
+    pub in_use: usize,
+    /// Free in the arenas (glibc's `fordblks`).
+    pub free: usize,
+}
+
+/// The allocator's [`HeapUsage`]; `None` where it is not glibc's.
 #[cfg_attr(
     target_env = "gnu",
     expect(clippy::unnecessary_wraps, reason = "None on other allocators")
 )]
-pub fn free_heap_bytes() -> Option<usize> {
+pub fn heap_usage() -> Option<HeapUsage> {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: mallinfo2 takes no arguments and returns a plain struct
         // of counters, read under the allocator's locks.
         let info = unsafe { libc::mallinfo2() };
-        Some(info.fordblks)
+        Some(HeapUsage {
+            in_use: info.uordblks + info.hblkhd,
+            free: info.fordblks,
+        })
     }
     #[cfg(not(target_env = "gnu"))]
     {

@@ -31,6 +31,8 @@ pub struct AgentProcess(pub Vec<(&'static str, tokio::runtime::Handle)>);
 pub const EBPF_EVENTS: &str = "ambit_ebpf_events";
 /// Name of the live-task gauge.
 pub const AGENT_TASKS: &str = "ambit_agent_tasks";
+/// Name of the heap gauge.
+pub const AGENT_HEAP: &str = "ambit_agent_heap_bytes";
 /// Name of the open file descriptor gauge (Prometheus' process metric name).
 pub const OPEN_FDS: &str = "process_open_fds";
 /// Name of the certificate expiry family.
@@ -121,6 +123,18 @@ impl Collector for AgentProcess {
             // A scrape without it beats a failed scrape.
             Err(error) => tracing::warn!(%error, "cannot count open fds for /metrics"),
         }
+        if let Some(heap) = crate::sys::heap_usage() {
+            let mut family = encoder.encode_descriptor(
+                AGENT_HEAP,
+                "The allocator's heap: bytes in live allocations (in_use) and bytes free in its arenas (free), resident or not.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, bytes) in [("in_use", heap.in_use), ("free", heap.free)] {
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                ConstGauge::new(bytes).encode(family.encode_family(&[("state", state)])?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -187,6 +201,28 @@ mod tests {
             sample(&done, "process_open_fds"),
             sample(&idle, "process_open_fds"),
             "{done}"
+        );
+    }
+
+    #[test]
+    fn the_heap_in_use_follows_what_the_process_allocates() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let collector = || AgentProcess(vec![("data-path", runtime.handle().clone())]);
+        let series = "ambit_agent_heap_bytes{state=\"in_use\"}";
+        let before = sample(&scrape(collector()), series);
+        let block = vec![1u8; 8 << 20];
+        let during = sample(&scrape(collector()), series);
+        assert!(during >= before + (8 << 20), "{before} → {during}");
+        drop(std::hint::black_box(block));
+        let after = sample(&scrape(collector()), series);
+        assert!(after < during - (4 << 20), "{during} → {after}");
+        assert!(
+            sample(
+                &scrape(collector()),
+                "ambit_agent_heap_bytes{state=\"free\"}"
+            ) >= 0
         );
     }
 }

@@ -55,6 +55,10 @@ pub struct AgentState {
     /// Samples in `/metrics`: one per metric and label set, so it grows
     /// with every new combination of labels (a workload, a policy name).
     pub metric_series: u64,
+    /// `ambit_agent_heap_bytes{state="in_use"}`, MiB.
+    pub heap_in_use_mib: f64,
+    /// `ambit_agent_heap_bytes{state="free"}`, MiB.
+    pub heap_free_mib: f64,
 }
 
 /// One agent before and after the rounds.
@@ -288,7 +292,23 @@ pub fn read_state(tb: &Testbed, agent: &Agent) -> Result<AgentState, BenchError>
             .lines()
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
             .count() as u64,
+        heap_in_use_mib: mib(metric_sum(
+            &metrics,
+            "ambit_agent_heap_bytes{state=\"in_use\"}",
+        )),
+        heap_free_mib: mib(metric_sum(
+            &metrics,
+            "ambit_agent_heap_bytes{state=\"free\"}",
+        )),
     })
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "heap sizes are far below 2^52 bytes"
+)]
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
 }
 
 /// The sum of every sample of `name` in `OpenMetrics` text.
@@ -432,6 +452,7 @@ mod tests {
             threads: 4,
             rss_mib: 10.0,
             metric_series: 100,
+            ..AgentState::default()
         }
     }
 

@@ -29,10 +29,12 @@ pub const READINGS_PER_SAMPLE: u32 = 12;
 
 /// The process figures, with each one's absolute floor for the growth
 /// test: what a series may grow by over the run whatever its median.
-pub const PROCESS_FIGURES: [(&str, f64); 7] = [
+pub const PROCESS_FIGURES: [(&str, f64); 9] = [
     ("RSS, MiB", 2.0),
     ("RSS anonymous, MiB", 2.0),
     ("RSS file-backed, MiB", 2.0),
+    ("heap in use, MiB", 2.0),
+    ("heap free, MiB", 2.0),
     ("open fds", 12.0),
     ("tokio tasks", 20.0),
     ("threads", 2.0),
@@ -113,6 +115,8 @@ fn process_figures(state: &AgentState, pid: u32) -> Figures {
         ("RSS, MiB".to_owned(), state.rss_mib),
         ("RSS anonymous, MiB".to_owned(), status("RssAnon")),
         ("RSS file-backed, MiB".to_owned(), status("RssFile")),
+        ("heap in use, MiB".to_owned(), state.heap_in_use_mib),
+        ("heap free, MiB".to_owned(), state.heap_free_mib),
         ("open fds".to_owned(), as_f64(state.open_fds)),
         ("tokio tasks".to_owned(), as_f64(state.tasks)),
         ("threads".to_owned(), as_f64(state.threads)),
