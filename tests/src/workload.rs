@@ -67,6 +67,33 @@ pub fn send_with(tb: &Testbed, client: &Pod, to: &str, bytes: u64, args: &[&str]
     sent
 }
 
+/// How long a refusal may take: a denied connection is reset at once, and
+/// one that hangs instead is a failure of its own.
+pub const REFUSED_PROMPTLY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends from `client` to `to` and expects the connection to be refused
+/// within [`REFUSED_PROMPTLY`]; returns how long it took.
+///
+/// # Panics
+///
+/// When the connection goes through, or its refusal takes longer.
+pub fn expect_refused(tb: &Testbed, client: &Pod, to: &str) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let (ok, sent, report) = try_send(tb, client, to, 1000);
+    let took = started.elapsed();
+    assert!(
+        !ok,
+        "{} -> {to} must be refused: {sent}\n{report}",
+        client.name
+    );
+    assert!(
+        took < REFUSED_PROMPTLY,
+        "{} -> {to} took {took:?} to be refused: a denial must not hang\n{report}",
+        client.name
+    );
+    took
+}
+
 /// Like [`send`] without the checks: (exited successfully, report line or
 /// `null`, process report for failure messages).
 pub fn try_send(tb: &Testbed, client: &Pod, to: &str, bytes: u64) -> (bool, Value, String) {

@@ -9,13 +9,12 @@ use ambit_tests::{
     Pod, Testbed,
     mesh::{Agent, KERNEL_PATH_LABEL, pods_yaml, pods_yaml_labelled},
     testbed_or_skip,
-    workload::{ClientServer, ECHO_PORT, WAIT, client_and_server, ping, send, serve, try_send},
+    workload::{
+        ClientServer, ECHO_PORT, WAIT, client_and_server, expect_refused, ping, send, serve,
+        try_send,
+    },
 };
 use serde_json::Value;
-
-/// How long a refused client may take to learn of it: a reset or a close
-/// comes at once, a hang would run into this.
-const PROMPTLY: Duration = Duration::from_secs(5);
 
 /// The local config: `pods`, then `policies` (YAML list items, indented as
 /// top-level entries).
@@ -54,25 +53,6 @@ fn start_agents_with(
 ) -> (Agent, Agent) {
     let [first, second] = nodes.map(|node| Agent::start_with_config(tb, node, yaml, pods, args));
     (first, second)
-}
-
-/// Sends from `client` to `to` and expects the connection to be refused
-/// promptly; returns how long it took.
-fn expect_refused(tb: &Testbed, client: &Pod, to: &str) -> Duration {
-    let started = Instant::now();
-    let (ok, sent, report) = try_send(tb, client, to, 1000);
-    let took = started.elapsed();
-    assert!(
-        !ok,
-        "{} -> {to} must be refused: {sent}\n{report}",
-        client.name
-    );
-    assert!(
-        took < PROMPTLY,
-        "{} -> {to} took {took:?} to be refused: a denial must not hang\n{report}",
-        client.name
-    );
-    took
 }
 
 fn metric_value(agent: &Agent, tb: &Testbed, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

@@ -17,7 +17,7 @@ use ambit_tests::{
     fake_kube::FakeKube,
     mesh::Agent,
     testbed_or_skip,
-    workload::{ECHO_PORT, WAIT, ping, send, serve, try_send},
+    workload::{ECHO_PORT, WAIT, expect_refused, ping, send, serve, try_send},
 };
 use serde_json::{Value, json};
 
@@ -614,24 +614,6 @@ fn wait_policy_accepted(tb: &Testbed, agent: &Agent, name: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Sends from `client` to `to` and expects the connection to be refused,
-/// promptly.
-fn expect_refused(tb: &Testbed, client: &Pod, to: &str) {
-    let started = Instant::now();
-    let (ok, sent, report) = try_send(tb, client, to, 1000);
-    let took = started.elapsed();
-    assert!(
-        !ok,
-        "{} -> {to} must be refused: {sent}\n{report}",
-        client.name
-    );
-    assert!(
-        took < PROMPTLY,
-        "{} -> {to} took {took:?} to be refused: a denial must not hang\n{report}",
-        client.name
-    );
 }
 
 /// Sends from `client` to `to` until a connection goes through; panics
