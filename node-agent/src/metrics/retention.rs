@@ -43,7 +43,8 @@ pub struct Retained<K, V> {
 #[derive(Debug, Default)]
 pub struct Series<V> {
     value: V,
-    /// Milliseconds since [`clock_base`] at the last [`Retained::touch`].
+    /// When it last changed: [`now_ms`] at the last [`Retained::touch`],
+    /// or when a [`Held`] of it was let go.
     touched_ms: AtomicU64,
 }
 

@@ -197,17 +197,15 @@ impl TcpMetrics {
     /// A connection was established; its series stay while the returned
     /// handle lives.
     pub fn opened(&self, flow: &Flow, workloads: &WorkloadIndex) -> OpenSeries {
-        let mut held = series(flow, workloads).map(|labels| {
-            let group = self.groups.hold(&labels);
+        let open = |labels: &TcpLabels| {
+            let group = self.groups.hold(labels);
             group.flag(ResponseFlags::None).opened.inc();
             group
-        });
-        let first = held
-            .next()
-            .expect("every flow is counted in one series at least");
+        };
+        let (first, second) = series(flow, workloads);
         OpenSeries {
-            _first: first,
-            _second: held.next(),
+            _first: open(&first),
+            _second: second.as_ref().map(open),
         }
     }
 
@@ -221,7 +219,7 @@ impl TcpMetrics {
         sent: u64,
         received: u64,
     ) {
-        for labels in series(flow, workloads) {
+        for labels in every(series(flow, workloads)) {
             let counters = self.groups.touch(&labels);
             let counters = counters.flag(flags);
             counters.closed.inc();
@@ -233,7 +231,7 @@ impl TcpMetrics {
 
     /// A connection was refused during set-up: opened and closed at once.
     pub fn refused(&self, flow: &Flow, workloads: &WorkloadIndex, flags: ResponseFlags) {
-        for labels in series(flow, workloads) {
+        for labels in every(series(flow, workloads)) {
             let counters = self.groups.touch(&labels);
             let counters = counters.flag(flags);
             counters.opened.inc();
@@ -289,9 +287,10 @@ impl EncodeMetric for TcpFamily {
     }
 }
 
-/// The series `flow` is counted in: one per reporter.
-/// Their `response_flags` is `-`: they key a [`TcpGroup`].
-fn series(flow: &Flow, workloads: &WorkloadIndex) -> impl Iterator<Item = TcpLabels> {
+/// The series `flow` is counted in: its reporter's, and for a same-node
+/// connection carried by the source's proxy the destination's too. Their
+/// `response_flags` is `-`: they key a [`TcpGroup`].
+fn series(flow: &Flow, workloads: &WorkloadIndex) -> (TcpLabels, Option<TcpLabels>) {
     let first = labels(flow, workloads, ResponseFlags::None);
     let both = flow.direction == Direction::Outbound
         && matches!(flow.security, Security::SameNode | Security::SameNodeKernel);
@@ -299,6 +298,11 @@ fn series(flow: &Flow, workloads: &WorkloadIndex) -> impl Iterator<Item = TcpLab
         reporter: Reporter::Destination,
         ..first.clone()
     });
+    (first, second)
+}
+
+/// Each of [`series`]' label sets.
+fn every((first, second): (TcpLabels, Option<TcpLabels>)) -> impl Iterator<Item = TcpLabels> {
     std::iter::once(first).chain(second)
 }
 
@@ -362,7 +366,8 @@ fn namespace_of(identity: Option<&str>) -> Option<Arc<str>> {
 // === impl ResponseFlags ===
 
 impl ResponseFlags {
-    /// Every flag, in the order a label set's series are listed.
+    /// Every flag, in the order a label set's series are listed: the
+    /// order of declaration, which `index` relies on.
     pub const ALL: [Self; 6] = [
         Self::None,
         Self::Deny,
@@ -374,14 +379,7 @@ impl ResponseFlags {
 
     /// Where the flag is in [`Self::ALL`].
     fn index(self) -> usize {
-        match self {
-            Self::None => 0,
-            Self::Deny => 1,
-            Self::UpstreamFailure => 2,
-            Self::UpstreamTimeout => 3,
-            Self::Io => 4,
-            Self::NoHealthyUpstream => 5,
-        }
+        self as usize
     }
 
     /// The flag of a connection that failed during set-up.

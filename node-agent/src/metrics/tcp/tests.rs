@@ -479,3 +479,10 @@ fn a_decision_naming_a_policy_goes_once_idle() {
         "{text}"
     );
 }
+
+#[test]
+fn every_flag_has_its_own_place_in_a_label_sets_series() {
+    for (place, flags) in ResponseFlags::ALL.into_iter().enumerate() {
+        assert_eq!(flags.index(), place, "{flags:?}");
+    }
+}
