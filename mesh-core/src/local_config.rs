@@ -252,14 +252,7 @@ pub fn validate(file: LocalConfigFile, root_namespace: &str) -> LocalSnapshot {
     };
     let (accepted, rejected) = check_pods(&pods);
     snapshot.rejected = rejected;
-    // Tens of thousands of pods in Kubernetes mode: grown by doubling, the
-    // list would keep up to twice the room it needs.
-    snapshot.pods.reserve_exact(pods.len());
-    snapshot.pods.extend(
-        pods.into_iter()
-            .zip(accepted)
-            .filter_map(|(pod, accepted)| accepted.then_some(pod)),
-    );
+    snapshot.pods = kept(pods, &accepted);
     resolve_mtls(&mut snapshot, &namespace_mtls, root_namespace);
     for pod in &mut snapshot.pods {
         let kernel_path = KernelPath::from_labels(
@@ -427,51 +420,64 @@ fn validate_services(entries: Vec<Arc<Service>>) -> (Vec<Arc<Service>>, Vec<Reje
             seen.insert(key, entry);
         }
     }
-    let mut accepted = Vec::with_capacity(entries.len() - rejected.len());
-    accepted.extend(
+    (kept(entries, &keep), rejected)
+}
+
+/// The `entries` that `keep` marks, in order, in a list of just their
+/// number: tens of thousands of pods in Kubernetes mode, where a list grown
+/// by doubling would keep up to twice the room it needs.
+fn kept<T>(entries: Vec<T>, keep: &[bool]) -> Vec<T> {
+    let mut kept = Vec::with_capacity(keep.iter().filter(|keep| **keep).count());
+    kept.extend(
         entries
             .into_iter()
             .zip(keep)
-            .filter_map(|(service, keep)| keep.then_some(service)),
+            .filter_map(|(entry, keep)| keep.then_some(entry)),
     );
-    (accepted, rejected)
+    kept
 }
 
 fn check_pod(pod: &Pod, seen_ips: &HashMap<IpAddr, &Pod>) -> Option<String> {
-    let key = pod.key();
+    // Named only when something is wrong: otherwise a copy of both names
+    // for every pod at every rebuild.
+    let key = || pod.key();
     if pod.name.is_empty() || pod.namespace.is_empty() {
         return Some("a pod needs a non-empty name and namespace".to_owned());
     }
     if pod.ips.is_empty() {
-        return Some(format!("pod {key} has no ips"));
+        return Some(format!("pod {} has no ips", key()));
     }
     let mut families = HashSet::new();
     for ip in &pod.ips {
         if !families.insert(ip.is_ipv4()) {
             return Some(format!(
-                "pod {key} has more than one {} address",
+                "pod {} has more than one {} address",
+                key(),
                 if ip.is_ipv4() { "IPv4" } else { "IPv6" }
             ));
         }
         if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
             return Some(format!(
-                "pod {key} has address {ip}, which cannot be a pod address"
+                "pod {} has address {ip}, which cannot be a pod address",
+                key()
             ));
         }
         if let Some(owner) = seen_ips.get(ip) {
             return Some(format!(
-                "pod {key} has address {ip}, which pod {} already has",
+                "pod {} has address {ip}, which pod {} already has",
+                key(),
                 owner.key()
             ));
         }
     }
     if pod.netns.as_os_str().is_empty() {
         if pod.node.is_none() {
-            return Some(format!("pod {key} has neither a netns path nor a node"));
+            return Some(format!("pod {} has neither a netns path nor a node", key()));
         }
     } else if !pod.netns.is_absolute() {
         return Some(format!(
-            "pod {key} has netns path {}, which is not absolute",
+            "pod {} has netns path {}, which is not absolute",
+            key(),
             pod.netns.display()
         ));
     }

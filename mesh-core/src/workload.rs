@@ -199,14 +199,30 @@ impl Pod {
     /// fresh one, since validating either gives the same pod.
     #[must_use]
     pub fn same_as_written(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.namespace == other.namespace
-            && self.service_account == other.service_account
-            && self.ips == other.ips
-            && self.netns == other.netns
-            && self.node == other.node
+        // Every field named, so that a new one must be placed here or among
+        // validation's.
+        let Self {
+            name,
+            namespace,
+            service_account,
+            ips,
+            netns,
+            node,
+            labels,
+            mtls: _,
+            mtls_requested: _,
+            port_mtls: _,
+            mtls_warnings: _,
+            kernel_path: _,
+        } = self;
+        *name == other.name
+            && *namespace == other.namespace
+            && *service_account == other.service_account
+            && *ips == other.ips
+            && *netns == other.netns
+            && *node == other.node
             && self.requested_mtls() == other.requested_mtls()
-            && (Arc::ptr_eq(&self.labels, &other.labels) || self.labels == other.labels)
+            && (Arc::ptr_eq(labels, &other.labels) || *labels == other.labels)
     }
 
     /// The pod's namespace/name key.
