@@ -26,13 +26,6 @@ pub fn release_free_heap() {
     }
 }
 
-/// Bytes the allocator holds free in its arenas (glibc's
-/// `mallinfo2().fordblks`, whether or not their pages are still resident);
-/// `None` where the allocator is not glibc's.
-pub fn free_heap_bytes() -> Option<usize> {
-    heap_usage().map(|usage| usage.free)
-}
-
 /// What the allocator's arenas hold: bytes in live allocations and bytes
 /// free (whether or not their pages are still resident).
 #[derive(Clone, Copy, Debug)]

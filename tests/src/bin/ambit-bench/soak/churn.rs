@@ -4,9 +4,12 @@
 //! - Every [`ENROL_EVERY`] the next flip pod, in turn, leaves the mesh or
 //!   comes back (each pod is in for a round and out for a round).
 //! - Every [`POLICY_STEP_EVERY`] one step of a four-step cycle: a DENY
-//!   policy on the next client and target in turn (which cuts their open
-//!   connections), an ALLOW-everything policy on that target (the DENY
-//!   still wins), the DENY removed, the ALLOW removed.
+//!   policy on a client and target (which cuts their open connections), an
+//!   ALLOW-everything policy on that target (the DENY still wins), the DENY
+//!   removed, the ALLOW removed. The pairs are dealt to lanes of
+//!   [`PAIRS_PER_LANE`], each lane going through its pairs in turn, the
+//!   lanes' cycles staggered by a step, so that every pair has had its DENY
+//!   within a minute, whatever the number of pairs.
 //! - Every [`ROUTE_EVERY`] the canary route under the waypoint changes to
 //!   its next variant.
 
@@ -28,6 +31,15 @@ use super::judge::{Excuse, ExcusedPods};
 pub const ENROL_EVERY: Duration = Duration::from_millis(2500);
 /// How often the policies change.
 pub const POLICY_STEP_EVERY: Duration = Duration::from_secs(5);
+/// Steps of one pair's policy cycle: DENY added, ALLOW added, DENY
+/// removed, ALLOW removed.
+const POLICY_STEPS: u32 = 4;
+/// Pairs one policy lane takes in turn: a lane's round lasts a minute
+/// (3 × 4 × 5 s), so each pair's DENY comes back every minute. With one
+/// lane for all 24 pairs a round took 8 minutes, and an agent (which lives
+/// 10 minutes in the soak) was still meeting DENYs on pairs new to it, and
+/// adding their series, through the whole judged part of its life.
+pub const PAIRS_PER_LANE: usize = 3;
 /// How often the canary route changes.
 pub const ROUTE_EVERY: Duration = Duration::from_secs(15);
 
@@ -58,14 +70,21 @@ pub struct ChurnCounts {
     pub config_writes: u64,
 }
 
+/// Pairs whose DENY cycles follow one another.
+struct PolicyLane {
+    pairs: Vec<Deny>,
+    next_pair: usize,
+    /// Steps taken; it starts below zero for a lane that waits for its
+    /// turn to begin.
+    step: i64,
+}
+
 /// The churn's state and schedule.
 pub struct Churn {
     flips: Vec<Pod>,
     enrolled: Vec<bool>,
     next_flip: usize,
-    pairs: Vec<Deny>,
-    next_pair: usize,
-    policy_step: u32,
+    lanes: Vec<PolicyLane>,
     next_enrol: Instant,
     next_policy: Instant,
     next_route: Instant,
@@ -90,9 +109,7 @@ impl Churn {
             enrolled: vec![true; flips.len()],
             flips,
             next_flip: 0,
-            pairs,
-            next_pair: 0,
-            policy_step: 0,
+            lanes: policy_lanes(pairs),
             next_enrol: now,
             next_policy: now,
             next_route: now,
@@ -132,9 +149,11 @@ impl Churn {
             self.flip(now_ms);
             changed = true;
         }
-        if now >= self.next_policy && !self.pairs.is_empty() {
+        if now >= self.next_policy && !self.lanes.is_empty() {
             self.next_policy += POLICY_STEP_EVERY;
-            self.policy(now_ms);
+            for lane in 0..self.lanes.len() {
+                self.policy(lane, now_ms);
+            }
             changed = true;
         }
         if now >= self.next_route {
@@ -194,12 +213,16 @@ impl Churn {
         self.record(now_ms, what);
     }
 
-    /// One step of the policy cycle.
-    fn policy(&mut self, now_ms: u64) {
-        let pair = self.pairs[self.next_pair].clone();
-        let step = self.policy_step % 4;
-        self.policy_step += 1;
-        let what = match step {
+    /// One step of a lane's policy cycle.
+    fn policy(&mut self, lane_index: usize, now_ms: u64) {
+        let lane = &mut self.lanes[lane_index];
+        let step = lane.step;
+        lane.step += 1;
+        let Ok(step) = u32::try_from(step) else {
+            return; // not its turn yet
+        };
+        let pair = lane.pairs[lane.next_pair].clone();
+        let what = match step % POLICY_STEPS {
             0 => {
                 self.counts.denies += 1;
                 self.excuses.push(Excuse {
@@ -222,25 +245,55 @@ impl Churn {
             }
             2 => {
                 self.desired.denies.retain(|deny| *deny != pair);
-                let name = pair.name();
+                let excused = ExcusedPods::Pair {
+                    client: pair.client.clone(),
+                    target: pair.target.clone(),
+                };
                 if let Some(open) = self
                     .excuses
                     .iter_mut()
                     .rev()
-                    .find(|excuse| excuse.to_ms == u64::MAX)
+                    .find(|excuse| excuse.to_ms == u64::MAX && excuse.pods == excused)
                 {
                     open.to_ms = now_ms;
                 }
-                self.next_pair = (self.next_pair + 1) % self.pairs.len();
-                format!("removed {name}")
+                format!("removed {}", pair.name())
             }
             _ => {
-                let target = self.desired.allow_all.pop().unwrap_or_default();
-                format!("removed allow-all-{target}")
+                // Another lane may allow the same target: take one of them.
+                if let Some(at) = self
+                    .desired
+                    .allow_all
+                    .iter()
+                    .position(|t| *t == pair.target)
+                {
+                    self.desired.allow_all.remove(at);
+                }
+                let lane = &mut self.lanes[lane_index];
+                lane.next_pair = (lane.next_pair + 1) % lane.pairs.len();
+                format!("removed allow-all-{}", pair.target)
             }
         };
         self.record(now_ms, what);
     }
+}
+
+/// Deals `pairs` to lanes of [`PAIRS_PER_LANE`] (lane `k` takes pairs `k`,
+/// `k + lanes`, ...), lane `k` beginning `k mod 4` steps late so that the
+/// lanes' DENYs are spread over the cycle.
+fn policy_lanes(pairs: Vec<Deny>) -> Vec<PolicyLane> {
+    let count = pairs.len().div_ceil(PAIRS_PER_LANE);
+    let mut lanes: Vec<PolicyLane> = (0..count)
+        .map(|lane| PolicyLane {
+            pairs: Vec::new(),
+            next_pair: 0,
+            step: -i64::try_from(lane % POLICY_STEPS as usize).unwrap_or(0),
+        })
+        .collect();
+    for (index, pair) in pairs.into_iter().enumerate() {
+        lanes[index % count].pairs.push(pair);
+    }
+    lanes
 }
 
 #[cfg(test)]
@@ -306,5 +359,38 @@ mod tests {
         );
         // Every tick with a change wrote the file once.
         assert!(churn.counts.config_writes <= 60 && churn.counts.config_writes >= 24);
+    }
+
+    #[test]
+    fn every_pair_has_its_deny_within_a_minute() {
+        let start = Instant::now();
+        let pairs: Vec<Deny> = (0..24)
+            .map(|n| Deny {
+                client: format!("cli-{}", n % 10),
+                target: format!("srv-{n}"),
+            })
+            .collect();
+        let mut churn = Churn::new(Vec::new(), pairs.clone(), start);
+        let mut most_in_force = 0;
+        // A minute, and the 15 s the last DENYs added in it take to go.
+        for tenth in 1..=750 {
+            churn.tick(start + Duration::from_millis(tenth * 100), tenth * 100);
+            most_in_force = most_in_force.max(churn.desired.denies.len());
+        }
+        for pair in &pairs {
+            let what = format!("DENY {} -> {}", pair.client, pair.target);
+            let spans: Vec<(u64, u64)> = churn
+                .excuses
+                .iter()
+                .filter(|e| e.what == what && e.from_ms <= 60_000)
+                .map(|e| (e.from_ms, e.to_ms))
+                .collect();
+            assert_eq!(spans.len(), 1, "{what}: {spans:?}");
+            let (from, to) = spans[0];
+            assert_eq!(to - from, 10_000, "{what} is in force for two steps");
+        }
+        // Eight lanes, staggered: two of them in each of the four steps,
+        // so four DENYs in force at most.
+        assert_eq!(most_in_force, 4);
     }
 }

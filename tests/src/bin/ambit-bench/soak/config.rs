@@ -64,7 +64,9 @@ pub struct Deny {
 pub struct Desired {
     /// DENY policies in force.
     pub denies: Vec<Deny>,
-    /// Pods with an ALLOW-everything policy (every address) in force.
+    /// Pods with an ALLOW-everything policy (every address) in force, once
+    /// for each policy lane that added it (the file holds one policy per
+    /// pod).
     pub allow_all: Vec<String>,
     /// The canary route's variant.
     pub route: RouteVariant,
@@ -116,7 +118,10 @@ pub fn render(parts: &Parts<'_>, desired: &Desired) -> String {
             client = deny.client
         );
     }
-    for target in &desired.allow_all {
+    let mut allowed: Vec<&String> = desired.allow_all.iter().collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    for target in allowed {
         let _ = write!(
             yaml,
             "  - metadata: {{name: allow-all-{target}, namespace: {NAMESPACE}}}

@@ -70,7 +70,8 @@ fn the_bad_objects_are_rejected_and_the_rest_accepted() {
             client: "cli-1".to_owned(),
             target: "srv-6".to_owned(),
         }],
-        allow_all: vec!["srv-6".to_owned()],
+        // Two policy lanes allowing the same pod: one policy.
+        allow_all: vec!["srv-6".to_owned(), "srv-6".to_owned()],
         route: RouteVariant::ByPath,
     };
     let snapshot = rendered(&desired);
