@@ -20,7 +20,8 @@
 //!   403 not the agents' service account (--agent-service-account) nor a
 //!       waypoint's, no node in the token, pod on another node, SPIFFE id
 //!       not the pod's
-//!   404 no such pod · 503 the API server could not be asked
+//!   404 no such pod · 500 the CA could not sign a request in order
+//!   503 the API server could not be asked
 //!   every error: {"error": "<why, with what to check>"}
 //!   ```
 //!

@@ -107,6 +107,10 @@ pub enum SignError {
     /// 503: the API server could not be asked.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// 500: the CA could not sign a request that was in order (its key,
+    /// the configured lifetime, the random number generator).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 // === impl SignError ===
@@ -121,6 +125,19 @@ impl SignError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Unavailable(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// Why the CA did not sign: the caller's fault only when it is the
+    /// CSR's.
+    fn of_ca(error: &mesh_core::ca::CaError) -> Self {
+        use mesh_core::ca::CaError;
+        match error {
+            CaError::Csr { .. } | CaError::CsrIdentity { .. } => {
+                Self::BadRequest(error.to_string())
+            }
+            _ => Self::Internal(error.to_string()),
         }
     }
 }
@@ -234,7 +251,7 @@ impl Signer {
         let certificate = state
             .ca
             .sign_csr(&request.csr_der, &identity, self.lifetime)
-            .map_err(|e| SignError::BadRequest(e.to_string()))?;
+            .map_err(|e| SignError::of_ca(&e))?;
         let serial = certificate.serial.clone();
         Ok((
             identity,

@@ -166,9 +166,29 @@ fn every_refusal_has_its_status() {
         (SignError::Forbidden(String::new()), 403),
         (SignError::NotFound(String::new()), 404),
         (SignError::Unavailable(String::new()), 503),
+        (SignError::Internal(String::new()), 500),
     ] {
         assert_eq!(error.status(), status, "{error}");
     }
+}
+
+#[test]
+fn a_bad_csr_is_the_callers_fault_and_a_failing_ca_is_not() {
+    use mesh_core::ca::CaError;
+    let bad_csr = CaError::CsrIdentity {
+        reason: "no URI SAN".to_owned(),
+    };
+    assert_eq!(SignError::of_ca(&bad_csr).status(), 400);
+    let wrong_key = CaError::Csr {
+        identity: id("spiffe://cluster.local/ns/shop/sa/web"),
+        reason: "is not signed by its key".to_owned(),
+    };
+    assert_eq!(SignError::of_ca(&wrong_key).status(), 400);
+    assert_eq!(SignError::of_ca(&CaError::Random).status(), 500);
+    let lifetime = CaError::Validity {
+        reason: "the configured lifetime overflows".to_owned(),
+    };
+    assert_eq!(SignError::of_ca(&lifetime).status(), 500);
 }
 
 #[test]
