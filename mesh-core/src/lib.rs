@@ -1,14 +1,15 @@
 //! ambit's userspace core, shared by every binary: identity and the CA, TLS
 //! for HBONE, the workload, service, policy, peer-authentication and route models, and the loader
-//! for the local (non-Kubernetes) configuration file, and logging set-up (one JSON shape for every
-//! binary).
+//! for the local (non-Kubernetes) configuration file, logging set-up (one JSON shape for every
+//! binary), and metric series that go once idle (the agent's and the waypoint's).
 //!
 //! Modules import only downward (`cargo xtask lint` checks it). Bottom
 //! first, each line using only the lines above it:
 //!
 //! 1. [`agent_settings`] (the agent's setting names the CLI shares),
-//!    [`identity`], [`logging`], `object` (the raw-object envelope),
-//!    [`published`], [`workload`]: the shared vocabulary.
+//!    [`identity`], [`logging`], [`metrics_retention`], `object` (the
+//!    raw-object envelope), [`published`], [`workload`]: the shared
+//!    vocabulary.
 //! 2. [`ca`], [`policy`], [`route`], [`service`]: the models and their
 //!    compilers.
 //! 3. [`peer_authn`] (reads policy and workload), [`tls`] (reads the CA).
@@ -23,6 +24,7 @@ pub mod ca;
 pub mod identity;
 pub mod local_config;
 pub mod logging;
+pub mod metrics_retention;
 mod object;
 pub mod peer_authn;
 pub mod policy;

@@ -5,7 +5,8 @@
 //! addresses or ports (docs/metrics.md lists them all).
 //!
 //! - [`tcp`]: Istio's TCP metrics, with Istio's names and labels
-//! - [`retention`]: series naming workloads or policies go once idle
+//! - series naming workloads or policies go once idle
+//!   ([`mesh_core::metrics_retention`])
 //! - [`collectors`]: figures read at scrape time (eBPF counters,
 //!   certificate expiry, live tasks and open fds)
 //!
@@ -24,10 +25,9 @@ use prometheus_client::{
 };
 
 use crate::{ebpf::MeshMaps, identity::CertManager};
-use retention::Retained;
+use mesh_core::metrics_retention::Retained;
 
 pub mod collectors;
-pub mod retention;
 pub mod tcp;
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -122,27 +122,17 @@ impl Metrics {
             + self.tcp.evict_idle(retain)
     }
 
-    /// Runs [`Self::evict_idle`] four times per `retain` until `shutdown`,
-    /// so a series goes between `retain` and 1.25 times that after its last
-    /// change.
+    /// Runs [`Self::evict_idle`] until `shutdown` (see
+    /// [`mesh_core::metrics_retention::evict_idle_until_cancelled`]).
     pub async fn evict_idle_until_cancelled(
         self: Arc<Self>,
         retain: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let mut ticks = tokio::time::interval((retain / 4).max(Duration::from_secs(1)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {
-                    let evicted = self.evict_idle(retain);
-                    if evicted > 0 {
-                        tracing::debug!(evicted, "idle metric series dropped");
-                    }
-                }
-            }
-        }
+        mesh_core::metrics_retention::evict_idle_until_cancelled(retain, shutdown, |retain| {
+            self.evict_idle(retain)
+        })
+        .await;
     }
 
     /// Adds the figures read at scrape time: the eBPF counters in `maps`

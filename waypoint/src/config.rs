@@ -91,6 +91,12 @@ pub struct Config {
     /// and the kubelet.
     #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    /// How long a request metric series (a client, service, backend,
+    /// status and flags) stays in `/metrics` once it stops changing; at
+    /// least 10 s.
+    #[arg(long, env = "AMBIT_METRICS_RETAIN_IDLE_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub metrics_retain_idle_secs: u64,
     /// Where the admin views (`/config`: routes, rejected routes, endpoint
     /// health) are served: localhost, as the node agent's admin API.
     #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
@@ -149,6 +155,8 @@ mod tests {
         assert_eq!(config.config_poll, Duration::from_millis(200));
         assert_eq!(config.detect_timeout, Duration::from_millis(300));
         assert_eq!(config.cert_lifetime, Duration::from_hours(24));
+        assert_eq!(config.metrics_retain_idle_secs, 600);
+        assert!(parse(&["--metrics-retain-idle-secs", "9"]).is_err());
         let config = parse(&["--detect-timeout", "1s500ms", "--cert-lifetime", "2d"]).unwrap();
         assert_eq!(config.detect_timeout, Duration::from_millis(1500));
         assert_eq!(config.cert_lifetime, Duration::from_hours(48));

@@ -103,12 +103,7 @@ async fn handle(
     let status = response.status();
     let labels = labels(info, protocol, status, &outcome);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    waypoint.metrics.requests.get_or_create(&labels).inc();
-    waypoint
-        .metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(elapsed_ms);
+    waypoint.metrics.request(&labels, elapsed_ms);
     if let Some((method, path)) = logged {
         access_log(&serde_json::json!({
             "protocol": protocol.as_str(),

@@ -79,6 +79,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics_listener,
         cancel.clone(),
     ));
+    tokio::spawn(metrics.clone().evict_idle_until_cancelled(
+        Duration::from_secs(config.metrics_retain_idle_secs),
+        cancel.clone(),
+    ));
     let start = async {
         tokio::try_join!(identity(&config, id, &readiness), async {
             let state = configuration(&config, &name, &cancel).await?;

@@ -1,21 +1,27 @@
 //! The waypoint's metrics, with Istio's names and labels so that existing
 //! dashboards work: `istio_requests_total` and
 //! `istio_request_duration_milliseconds` (reporter `waypoint`), plus
-//! counters of its own resilience decisions.
+//! counters of its own resilience decisions. A request label set's two
+//! series go together once unchanged for the retention
+//! ([`mesh_core::metrics_retention`]).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use mesh_core::{identity::SpiffeId, service::ServiceKey};
+use mesh_core::{
+    identity::SpiffeId,
+    metrics_retention::{self, Retained},
+    service::ServiceKey,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
         counter::Counter,
-        family::Family,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
+use tokio_util::sync::CancellationToken;
 
 /// The labels of one request's metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,13 +79,21 @@ impl RequestLabels {
     }
 }
 
+/// The series of one request label set: `istio_requests_total` and
+/// `istio_request_duration_milliseconds`, which come and go together.
+#[derive(Debug)]
+pub struct RequestSeries {
+    /// Requests answered.
+    pub requests: Counter,
+    /// Their durations, in milliseconds.
+    pub duration: Histogram,
+}
+
 /// The waypoint's registry and its metrics.
 pub struct Metrics {
     registry: Registry,
-    /// `istio_requests_total`.
-    pub requests: Family<RequestLabels, Counter>,
-    /// `istio_request_duration_milliseconds`.
-    pub duration: Family<RequestLabels, Histogram>,
+    /// `istio_requests_total` and `istio_request_duration_milliseconds`.
+    requests: Retained<RequestLabels, RequestSeries>,
     /// Retries sent (`ambit_waypoint_retries_total`).
     pub retries: Counter,
     /// Retries the budget refused (`ambit_waypoint_retry_budget_exhausted_total`).
@@ -99,20 +113,16 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Retained::<RequestLabels, RequestSeries>::default();
         registry.register(
             "istio_requests",
             "Requests the waypoint handled",
-            requests.clone(),
+            requests.view(|series| &series.requests),
         );
-        let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            // 0.5 ms .. ~65 s.
-            Histogram::new(exponential_buckets(0.5, 2.0, 18))
-        });
         registry.register(
             "istio_request_duration_milliseconds",
             "Time from the request's arrival to its response's end, in milliseconds",
-            duration.clone(),
+            requests.view(|series| &series.duration),
         );
         let retries = Counter::default();
         registry.register(
@@ -147,13 +157,39 @@ impl Metrics {
         Self {
             registry,
             requests,
-            duration,
             retries,
             retries_refused,
             ejections,
             backend_connections,
             bodies_cut,
         }
+    }
+
+    /// Counts a request answered with `labels` after `elapsed_ms`.
+    pub fn request(&self, labels: &RequestLabels, elapsed_ms: f64) {
+        let series = self.requests.touch(labels);
+        series.requests.inc();
+        series.duration.observe(elapsed_ms);
+    }
+
+    /// Drops the request label sets unchanged for `retain`; returns how
+    /// many went.
+    #[must_use = "how many went is worth logging"]
+    pub fn evict_idle(&self, retain: Duration) -> usize {
+        self.requests.evict_idle(retain)
+    }
+
+    /// Drops idle request label sets until `shutdown` (see
+    /// [`mesh_core::metrics_retention::evict_idle_until_cancelled`]).
+    pub async fn evict_idle_until_cancelled(
+        self: Arc<Self>,
+        retain: Duration,
+        shutdown: CancellationToken,
+    ) {
+        metrics_retention::evict_idle_until_cancelled(retain, shutdown, |retain| {
+            self.evict_idle(retain)
+        })
+        .await;
     }
 
     /// The metrics in Prometheus' text format.
@@ -170,5 +206,71 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+// === impl RequestSeries ===
+
+impl Default for RequestSeries {
+    fn default() -> Self {
+        Self {
+            requests: Counter::default(),
+            // 0.5 ms .. ~65 s.
+            duration: Histogram::new(exponential_buckets(0.5, 2.0, 18)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(service: &str) -> RequestLabels {
+        let peer = SpiffeId::new("cluster.local", "shop", "client").expect("id");
+        let service = ServiceKey {
+            namespace: "shop".to_owned(),
+            name: service.to_owned(),
+        };
+        RequestLabels {
+            response_code: 200,
+            ..RequestLabels::for_stream(&peer, &service)
+        }
+    }
+
+    #[test]
+    fn a_request_label_set_goes_once_idle_with_both_its_series() {
+        let metrics = Metrics::new();
+        metrics.request(&labels("gone"), 3.0);
+        std::thread::sleep(Duration::from_millis(60));
+        metrics.request(&labels("busy"), 3.0);
+        let before = metrics.encode();
+        assert!(
+            before.contains(r#"destination_service_name="gone""#),
+            "{before}"
+        );
+        assert_eq!(metrics.evict_idle(Duration::from_millis(40)), 1);
+        let after = metrics.encode();
+        assert!(!after.contains(r#""gone""#), "{after}");
+        let busy = after
+            .lines()
+            .filter(|line| line.contains(r#"destination_service_name="busy""#))
+            .count();
+        // The count, and the histogram's buckets, sum and count.
+        assert!(busy > 3, "{after}");
+        assert!(
+            after
+                .lines()
+                .any(|line| line.starts_with("istio_requests_total{")
+                    && line.contains(r#""busy""#)
+                    && line.ends_with(" 1")),
+            "{after}"
+        );
+        assert!(
+            after.lines().any(|line| line
+                .starts_with("istio_request_duration_milliseconds_count{")
+                && line.contains(r#""busy""#)
+                && line.ends_with(" 1")),
+            "{after}"
+        );
     }
 }

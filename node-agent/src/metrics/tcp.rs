@@ -22,7 +22,7 @@
 //!
 //! - **Retention.** A label set's series go together once none of them has
 //!   moved for the retention time and no open connection holds them
-//!   ([`TcpMetrics::opened`] returns the hold), see [`super::retention`].
+//!   ([`TcpMetrics::opened`] returns the hold), see [`mesh_core::metrics_retention`].
 //!
 //! See docs/metrics.md for every label and why its values are bounded.
 
@@ -35,7 +35,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::retention::{Held, Retained};
+use mesh_core::metrics_retention::{Held, Retained};
 
 use crate::{
     flow::{Direction, Flow, ProxyError, RelayEnd, Security},
@@ -120,7 +120,7 @@ pub struct TcpCounters {
 
 /// The series of one connection label set (everything but
 /// `response_flags`), per flag: they come and go together (see
-/// [`super::retention`]), so `opened - closed` summed over the flags stays
+/// [`mesh_core::metrics_retention`]), so `opened - closed` summed over the flags stays
 /// the number of open connections. A flag's series appear once it is
 /// first counted, at zero for the counters it has not moved.
 #[derive(Debug, Default)]

@@ -1,14 +1,16 @@
-//! Series that leave once nothing uses them.
+//! Metric series that leave once nothing uses them, for the agent's and
+//! the waypoint's metrics alike.
 //!
-//! A label set names workloads, identities, services and policies, so every
-//! one the agent ever saw would stay in `/metrics` for as long as the agent
-//! lives: over weeks of deployments coming and going, policies renamed and
-//! namespaces created for a test run and deleted, that is memory and scrape
-//! size without bound. So a series that has not moved for the retention
-//! time (`--metrics-retain-idle-secs`, 10 minutes unless told) is dropped,
-//! unless something still holds it: an open connection holds the series it
-//! was counted in when it opened (see [`Retained::hold`]), so a connection
-//! open for days is never counted out of its series before it closes.
+//! A label set names workloads, identities, services, routes and policies,
+//! so every one a process ever saw would stay in `/metrics` for as long as
+//! it lives: over weeks of deployments coming and going, policies renamed
+//! and namespaces created for a test run and deleted, that is memory and
+//! scrape size without bound. So a series that has not moved for the
+//! retention time (`--metrics-retain-idle-secs`, 10 minutes unless told) is
+//! dropped, unless something still holds it: an agent's open connection
+//! holds the series it was counted in when it opened (see
+//! [`Retained::hold`]), so a connection open for days is never counted out
+//! of its series before it closes.
 //!
 //! A series that comes back starts at zero, which Prometheus' `rate` and
 //! `increase` read as a counter reset: nothing a dashboard shows is lost as
@@ -19,7 +21,7 @@ use std::{
     collections::HashMap,
     hash::Hash,
     sync::{
-        Arc, OnceLock, RwLock, RwLockReadGuard,
+        Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -29,6 +31,7 @@ use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
     metrics::{MetricType, TypedMetric, counter::Counter},
 };
+use tokio_util::sync::CancellationToken;
 
 /// A family of series keyed by label set, each a `V` (a counter, or a few
 /// counters that must come and go together), dropped by
@@ -52,6 +55,15 @@ pub struct Series<V> {
 #[derive(Debug)]
 #[must_use = "the series is held only while this lives"]
 pub struct Held<V>(Arc<Series<V>>);
+
+/// One metric of a [`Retained`] family whose series hold several that come
+/// and go together (a request count and its durations): it encodes the
+/// metric `pick` chooses from each series, under the series' labels.
+#[derive(Debug)]
+pub struct View<K, V, M> {
+    family: Retained<K, V>,
+    pick: fn(&V) -> &M,
+}
 
 // === impl Retained ===
 
@@ -77,12 +89,8 @@ impl<K: Clone + Hash + Eq, V: Default> Retained<K, V> {
     pub fn touch(&self, key: &K) -> Arc<Series<V>> {
         let now = now_ms();
         let existing = self.read().get(key).cloned();
-        let series = existing.unwrap_or_else(|| {
-            crate::sync::write(&self.series)
-                .entry(key.clone())
-                .or_default()
-                .clone()
-        });
+        let series =
+            existing.unwrap_or_else(|| self.write().entry(key.clone()).or_default().clone());
         series.touched_ms.store(now, Ordering::Relaxed);
         series
     }
@@ -98,7 +106,7 @@ impl<K: Clone + Hash + Eq, V: Default> Retained<K, V> {
     #[must_use = "how many went is worth logging"]
     pub fn evict_idle(&self, retain: Duration) -> usize {
         let oldest_kept = now_ms().saturating_sub(millis(retain));
-        let mut series = crate::sync::write(&self.series);
+        let mut series = self.write();
         let before = series.len();
         series.retain(|_, entry| {
             Arc::strong_count(entry) > 1 || entry.touched_ms.load(Ordering::Relaxed) > oldest_kept
@@ -121,9 +129,24 @@ impl<K: Clone + Hash + Eq, V: Default> Retained<K, V> {
 
 impl<K, V> Retained<K, V> {
     /// Every series, for encoding: writers that make a new series wait
-    /// meanwhile, those that change an existing one do not.
+    /// meanwhile, those that change an existing one do not. A lock
+    /// poisoned by a panicked holder is taken as it is: the map stays
+    /// consistent after any partial update.
     pub fn read(&self) -> RwLockReadGuard<'_, HashMap<K, Arc<Series<V>>>> {
-        crate::sync::read(&self.series)
+        self.series.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<K, Arc<Series<V>>>> {
+        self.series.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The metric `pick` chooses from each series, to register on its own.
+    #[must_use]
+    pub fn view<M>(&self, pick: fn(&V) -> &M) -> View<K, V, M> {
+        View {
+            family: self.clone(),
+            pick,
+        }
     }
 }
 
@@ -148,6 +171,34 @@ where
 
     fn is_empty(&self) -> bool {
         self.read().is_empty()
+    }
+}
+
+// === impl View ===
+
+impl<K, V, M: TypedMetric> TypedMetric for View<K, V, M> {
+    const TYPE: MetricType = M::TYPE;
+}
+
+impl<K, V, M> EncodeMetric for View<K, V, M>
+where
+    K: EncodeLabelSet + std::fmt::Debug + Send + Sync,
+    V: std::fmt::Debug + Send + Sync,
+    M: EncodeMetric + TypedMetric + std::fmt::Debug,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, series) in self.family.read().iter() {
+            (self.pick)(&series.value).encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.family.read().is_empty()
     }
 }
 
@@ -176,6 +227,29 @@ impl<V> Drop for Held<V> {
     /// counted next): the retention runs from now.
     fn drop(&mut self) {
         self.0.touched_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Calls `evict` (a family's `evict_idle`, or several) four times per
+/// `retain`, so a series goes between 1 and 1.25 times `retain` after its
+/// last change, until `shutdown`.
+pub async fn evict_idle_until_cancelled(
+    retain: Duration,
+    shutdown: CancellationToken,
+    evict: impl Fn(Duration) -> usize,
+) {
+    let mut ticks = tokio::time::interval((retain / 4).max(Duration::from_secs(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                let evicted = evict(retain);
+                if evicted > 0 {
+                    tracing::debug!(evicted, "idle metric series dropped");
+                }
+            }
+        }
     }
 }
 
