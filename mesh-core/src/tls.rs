@@ -9,6 +9,14 @@
 //! - Both sides pick their own certificate at handshake time through
 //!   [`CurrentCertificate`], so a rotated certificate is used by new
 //!   connections while established ones carry on.
+//! - No session resumption: the server issues no tickets and keeps no
+//!   sessions, the client offers none. A resumed session skips presenting
+//!   and verifying certificates and carries the first connection's over,
+//!   so a peer whose certificate has since expired or been replaced would
+//!   still be taken for what it was; and each server identity's session
+//!   cache (rustls keeps up to 256 sessions, each with the client's chain)
+//!   filled slowly for the agent's whole life. HBONE connections are pooled
+//!   and long-lived, so the full handshake costs little.
 
 use std::sync::Arc;
 
@@ -88,6 +96,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(CurrentCertificate { source, identity }));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -110,6 +120,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(CurrentCertificate { source, identity }));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -52,30 +52,31 @@ fn issued(ca: &CertificateAuthority, identity: &SpiffeId) -> Arc<dyn Certificate
     Arc::new(Issued(Arc::new(certified)))
 }
 
-/// Runs a TLS handshake in memory between the mesh's client and server
-/// configurations and returns the identities each side saw of the other.
-fn mutual_tls_handshake(ca: &CertificateAuthority) -> (SpiffeId, SpiffeId) {
+/// The mesh's client and server configurations for a client and a server
+/// identity, with certificates from `ca`.
+fn mesh_configs(
+    ca: &CertificateAuthority,
+) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
     let roots = Arc::new(ca.trust_bundle().root_store().unwrap());
     let server_config =
         tls::server_config(server_id.clone(), issued(ca, &server_id), roots.clone()).unwrap();
-    let client_config = tls::client_config(
-        client_id.clone(),
-        server_id.clone(),
-        issued(ca, &client_id),
-        roots,
-    )
-    .unwrap();
-    let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
-    let mut client = ClientConnection::new(
-        Arc::new(client_config),
-        ServerName::try_from("server.default").unwrap(),
-    )
-    .unwrap();
+    let client_config =
+        tls::client_config(client_id.clone(), server_id, issued(ca, &client_id), roots).unwrap();
+    (Arc::new(client_config), Arc::new(server_config))
+}
+
+/// Runs a TLS handshake in memory between `client` and `server`, and one
+/// more exchange after it (where TLS 1.3 session tickets would travel).
+fn handshake(
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+) -> (ClientConnection, ServerConnection) {
+    let mut server = ServerConnection::new(server).unwrap();
+    let mut client =
+        ClientConnection::new(client, ServerName::try_from("server.default").unwrap()).unwrap();
     for _ in 0..10 {
-        if !client.is_handshaking() && !server.is_handshaking() {
-            break;
-        }
+        let done = !client.is_handshaking() && !server.is_handshaking();
         let mut wire = Vec::new();
         client.write_tls(&mut wire).unwrap();
         server.read_tls(&mut wire.as_slice()).unwrap();
@@ -84,15 +85,54 @@ fn mutual_tls_handshake(ca: &CertificateAuthority) -> (SpiffeId, SpiffeId) {
         server.write_tls(&mut wire).unwrap();
         client.read_tls(&mut wire.as_slice()).unwrap();
         client.process_new_packets().unwrap();
+        if done {
+            break;
+        }
     }
     assert!(
         !client.is_handshaking() && !server.is_handshaking(),
         "the handshake did not finish"
     );
+    (client, server)
+}
+
+/// Runs a TLS handshake in memory between the mesh's client and server
+/// configurations and returns the identities each side saw of the other.
+fn mutual_tls_handshake(ca: &CertificateAuthority) -> (SpiffeId, SpiffeId) {
+    let (client, server) = mesh_configs(ca);
+    let (client, server) = handshake(client, server);
     (
         tls::peer_identity(client.peer_certificates()).unwrap(),
         tls::peer_identity(server.peer_certificates()).unwrap(),
     )
+}
+
+/// Session resumption would let a later connection skip presenting and
+/// verifying certificates, carrying the first one's over: a peer whose
+/// certificate has since expired or rotated would still be taken for what
+/// it was. Each HBONE connection is pooled and long-lived, so a full
+/// handshake costs little; the mesh offers, accepts and keeps no sessions.
+#[test]
+fn every_connection_is_a_full_handshake_with_fresh_certificates() {
+    let ca = new_ca();
+    let (client_config, server_config) = mesh_configs(&ca);
+    for round in 0..3 {
+        let (client, server) = handshake(client_config.clone(), server_config.clone());
+        assert_eq!(
+            client.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "connection {round}, client side"
+        );
+        assert_eq!(
+            server.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "connection {round}, server side"
+        );
+        assert_eq!(
+            tls::peer_identity(server.peer_certificates()),
+            Some(id("default", "client"))
+        );
+    }
 }
 
 #[test]
