@@ -29,7 +29,7 @@ use std::{
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
-    metrics::{MetricType, TypedMetric, counter::Counter},
+    metrics::{MetricType, TypedMetric},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -56,9 +56,10 @@ pub struct Series<V> {
 #[must_use = "the series is held only while this lives"]
 pub struct Held<V>(Arc<Series<V>>);
 
-/// One metric of a [`Retained`] family whose series hold several that come
-/// and go together (a request count and its durations): it encodes the
-/// metric `pick` chooses from each series, under the series' labels.
+/// One metric of a [`Retained`] family, to register: the metric `pick`
+/// chooses from each series (the counter itself, or one of several that
+/// come and go together, as a request count and its durations), under the
+/// series' labels.
 #[derive(Debug)]
 pub struct View<K, V, M> {
     family: Retained<K, V>,
@@ -147,30 +148,6 @@ impl<K, V> Retained<K, V> {
             family: self.clone(),
             pick,
         }
-    }
-}
-
-impl<K> TypedMetric for Retained<K, Counter> {
-    const TYPE: MetricType = MetricType::Counter;
-}
-
-impl<K> EncodeMetric for Retained<K, Counter>
-where
-    K: EncodeLabelSet + std::fmt::Debug + Send + Sync,
-{
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (labels, series) in self.read().iter() {
-            series.value.encode(encoder.encode_family(labels)?)?;
-        }
-        Ok(())
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Counter
-    }
-
-    fn is_empty(&self) -> bool {
-        self.read().is_empty()
     }
 }
 
@@ -266,6 +243,7 @@ fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::counter::Counter;
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct Labels {
@@ -280,7 +258,7 @@ mod tests {
 
     fn encoded(family: &Retained<Labels, Counter>) -> String {
         let mut registry = prometheus_client::registry::Registry::default();
-        registry.register("decisions", "d", family.clone());
+        registry.register("decisions", "d", family.view(|counter| counter));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         text

@@ -79,13 +79,13 @@ impl Default for Metrics {
         registry.register(
             "ambit_authorization_decisions",
             "Connections checked against authorization policies, by verdict and deciding policy",
-            authorization_decisions.clone(),
+            authorization_decisions.view(|counter| counter),
         );
         let authorization_revocations = Retained::<AuthorizationLabels, Counter>::default();
         registry.register(
             "ambit_authorization_revocations",
             "Open connections closed because a policy change denies them",
-            authorization_revocations.clone(),
+            authorization_revocations.view(|counter| counter),
         );
         let tcp = tcp::TcpMetrics::register(&mut registry);
         let kernel_path_connections = Family::<KernelPathLabels, Counter>::default();
