@@ -73,9 +73,8 @@ pub struct ChurnCounts {
 /// Pairs whose DENY cycles follow one another.
 struct PolicyLane {
     pairs: Vec<Deny>,
-    next_pair: usize,
-    /// Steps taken; it starts below zero for a lane that waits for its
-    /// turn to begin.
+    /// Steps taken, which say whose turn it is and which step comes; it
+    /// starts below zero for a lane that waits for its turn to begin.
     step: i64,
 }
 
@@ -221,7 +220,8 @@ impl Churn {
         let Ok(step) = u32::try_from(step) else {
             return; // not its turn yet
         };
-        let pair = lane.pairs[lane.next_pair].clone();
+        let turn = usize::try_from(step / POLICY_STEPS).unwrap_or(0);
+        let pair = lane.pairs[turn % lane.pairs.len()].clone();
         let what = match step % POLICY_STEPS {
             0 => {
                 self.counts.denies += 1;
@@ -269,8 +269,6 @@ impl Churn {
                 {
                     self.desired.allow_all.remove(at);
                 }
-                let lane = &mut self.lanes[lane_index];
-                lane.next_pair = (lane.next_pair + 1) % lane.pairs.len();
                 format!("removed allow-all-{}", pair.target)
             }
         };
@@ -286,7 +284,6 @@ fn policy_lanes(pairs: Vec<Deny>) -> Vec<PolicyLane> {
     let mut lanes: Vec<PolicyLane> = (0..count)
         .map(|lane| PolicyLane {
             pairs: Vec::new(),
-            next_pair: 0,
             step: -i64::try_from(lane % POLICY_STEPS as usize).unwrap_or(0),
         })
         .collect();
