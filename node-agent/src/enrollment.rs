@@ -88,6 +88,10 @@ pub enum EnrollError {
     /// An eBPF map refused an update.
     #[error(transparent)]
     Map(#[from] MapOpError),
+    /// The pod's connections cannot be looked up (the inbound proxy needs
+    /// that to pick its ports).
+    #[error(transparent)]
+    ConnectionProbe(#[from] crate::proxy::ProbeError),
 }
 
 /// A pod that is enrolled: its attachments, its proxies and its counters.
@@ -312,6 +316,7 @@ impl Enroller {
             authorizer: self.mesh.authorizer.clone(),
             netns_cookie: enrollment.netns_cookie,
             sockets: NetnsSwitch::new(enrollment.netns.clone(), self.home_netns.clone()),
+            connection_probe: sockets.connection_probe.clone(),
             maps: maps.clone(),
             stats: enrollment.stats.clone(),
             connect_timeout: self.mesh.connect_timeout,

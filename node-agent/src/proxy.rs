@@ -12,6 +12,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -30,6 +31,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+pub use self::connection_probe::{ConnectionProbe, ProbeError};
 use crate::{
     authz::{Admitted, Authorizer},
     connections::ConnectionLog,
@@ -42,6 +44,7 @@ use crate::{
     workloads::SharedWorkloads,
 };
 
+mod connection_probe;
 pub mod hbone;
 mod inbound;
 mod outbound;
@@ -75,6 +78,8 @@ pub struct PodContext {
     pub netns_cookie: u64,
     /// Creates sockets inside the pod's network namespace.
     pub sockets: NetnsSwitch,
+    /// Looks up connections inside the pod's network namespace.
+    pub connection_probe: Arc<ConnectionProbe>,
     /// The eBPF maps.
     pub maps: Arc<MeshMaps>,
     /// The pod's counters.
@@ -200,14 +205,16 @@ impl PodContext {
         from: UpstreamSource,
     ) -> Result<TcpStream, ProxyError> {
         // A port this agent picked may still be in TIME_WAIT towards the
-        // same destination (the pod's tcp_tw_reuse decides): pick again, and
-        // in the end let the kernel search for a port nothing holds.
+        // same destination (the pod's tcp_tw_reuse decides), or the kernel's
+        // pick may be a port an open connection from the client uses: pick
+        // again, and in the end let the kernel search for a port nothing
+        // holds.
         for _ in 1..CONNECT_ATTEMPTS {
             match self
                 .connect_upstream_once(dst, from, PortChoice::Random)
                 .await
             {
-                Err(ProxyError::Connect { source, .. })
+                Err(ProxyError::Connect { source, .. } | ProxyError::Socket(source))
                     if source.kind() == std::io::ErrorKind::AddrNotAvailable => {}
                 other => return other,
             }
@@ -224,7 +231,7 @@ impl PodContext {
     ) -> Result<TcpStream, ProxyError> {
         let socket = self
             .sockets
-            .run(|| mesh_socket(dst, from, port))?
+            .run(|| mesh_socket(dst, from, port, &self.connection_probe))?
             .map_err(ProxyError::Socket)?;
         // A connection that sk_lookup must not steer into the destination
         // pod's inbound listener is listed in the bypass map while its
@@ -263,11 +270,12 @@ pub enum UpstreamSource {
 }
 
 /// A TCP socket of the family of `dst`, marked, non-blocking, bound as
-/// `from` says. Runs inside the pod's namespace.
+/// `from` says. Runs inside the pod's namespace; `probe` looks there.
 fn mesh_socket(
     dst: SocketAddr,
     from: UpstreamSource,
     port: PortChoice,
+    probe: &ConnectionProbe,
 ) -> std::io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     match from {
@@ -280,11 +288,15 @@ fn mesh_socket(
             } else {
                 crate::sys::set_ipv6_transparent(std::os::fd::AsFd::as_fd(&socket))?;
             }
-            bind_any_port(&socket, client, port)?;
+            // The client's own connection to `dst` was accepted in this
+            // namespace: a port it or any other open connection from the
+            // client to `dst` uses is not ours to take (see ConnectionProbe).
+            let taken = |port| Ok(probe.is_open(dst, SocketAddr::new(client, port))?);
+            bind_any_port(&socket, client, ports(port, CLIENT_SIDE_PORTS), taken)?;
         }
         UpstreamSource::PodBypassingInbound(pod_ip) => {
             socket.set_mark(MESH_MARK)?;
-            bind_any_port(&socket, pod_ip, port)?;
+            bind_any_port(&socket, pod_ip, ports(port, EPHEMERAL_PORTS), |_| Ok(false))?;
         }
     }
     socket.set_nonblocking(true)?;
@@ -293,39 +305,90 @@ fn mesh_socket(
     )))
 }
 
-/// Binds `socket` to `ip` and a port of the ephemeral range picked here.
+/// The ports a bind tries, in order, before leaving the choice to the
+/// kernel: a few random ones of `range`, or none.
+fn ports(choice: PortChoice, range: RangeInclusive<u16>) -> impl Iterator<Item = u16> {
+    let count = match choice {
+        PortChoice::Random => BIND_ATTEMPTS,
+        PortChoice::Kernel => 0,
+    };
+    std::iter::repeat_with(move || random_port(&range)).take(count)
+}
+
+/// Source ports of the inbound proxy's connections to its application,
+/// bound to the client's address inside the pod: below the ephemeral ranges
+/// clients take their own ports from (Linux's 32768-60999, IANA's
+/// 49152-65535).
+///
+/// While such a connection is open, the application holds a socket whose
+/// remote end is the client's address and this port. A new connection the
+/// client opened from the same port to the same application would land in
+/// that socket, its SYN taken for a stray segment, and time out; the client
+/// cannot know the port is in use, since the agent's socket lives in the
+/// pod. A client whose own range reaches below 32768 can still meet such a
+/// clash, at a chance of (open connections from it to that port) / 31,744
+/// per new connection.
+const CLIENT_SIDE_PORTS: RangeInclusive<u16> = 1_024..=32_767;
+/// Linux's default ephemeral range: ports for the pod's own address, which
+/// the kernel of the same namespace keeps apart from the pod's own.
+const EPHEMERAL_PORTS: RangeInclusive<u16> = 32_768..=60_999;
+
+/// Binds `socket` to `ip` and the first of `candidates` that is free, else
+/// to a port the kernel picks.
 ///
 /// The bypass map needs the port before `connect`, so the port cannot be
 /// left to `connect` (`IP_BIND_ADDRESS_NO_PORT`); and the kernel's own
 /// `bind(ip, 0)` searches the range for a port no socket holds, `TIME_WAIT`
 /// included, which slows to milliseconds once the agent's closed
-/// connections hold half of it (thousands of connections a second). With
-/// `SO_REUSEADDR`, a port held only by `TIME_WAIT` sockets (which inherit
-/// the option) is free to bind; `connect` then checks the 4-tuple as for
-/// any client.
-fn bind_any_port(socket: &Socket, ip: IpAddr, port: PortChoice) -> std::io::Result<()> {
-    if port == PortChoice::Kernel {
-        return socket.bind(&SocketAddr::new(ip, 0).into());
+/// connections hold half of it (thousands of connections a second), so the
+/// agent picks at random first. With `SO_REUSEADDR`, a port held only by
+/// `TIME_WAIT` sockets (which inherit the option) is free to bind; `connect`
+/// then checks the 4-tuple as for any client.
+///
+/// What neither `bind` nor `connect` sees is a port that `taken` reports:
+/// such a port is passed over, and when the kernel's own pick is one, the
+/// bind fails with `AddrNotAvailable` (the caller picks again).
+fn bind_any_port(
+    socket: &Socket,
+    ip: IpAddr,
+    candidates: impl Iterator<Item = u16>,
+    taken: impl Fn(u16) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    let mut candidates = candidates.peekable();
+    if candidates.peek().is_some() {
+        socket.set_reuse_address(true)?;
     }
-    socket.set_reuse_address(true)?;
-    for _ in 0..BIND_ATTEMPTS {
-        match socket.bind(&SocketAddr::new(ip, random_ephemeral_port()).into()) {
+    for port in candidates {
+        if taken(port)? {
+            continue;
+        }
+        match socket.bind(&SocketAddr::new(ip, port).into()) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
             other => return other,
         }
     }
-    socket.bind(&SocketAddr::new(ip, 0).into())
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .map_or(0, |bound| bound.port());
+    if taken(port)? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("the kernel picked port {port}, which an open connection from {ip} uses"),
+        ));
+    }
+    Ok(())
 }
 
-/// A port of Linux's default ephemeral range, 32768-60999, spread by a
-/// counter through a multiplicative hash (unpredictability is not needed).
-fn random_ephemeral_port() -> u16 {
+/// A port of `range`, spread by a counter through a multiplicative hash
+/// (unpredictability is not needed).
+fn random_port(range: &RangeInclusive<u16>) -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    const FIRST: u64 = 32_768;
-    const COUNT: u64 = 60_999 - 32_768 + 1;
+    let (first, last) = (u64::from(*range.start()), u64::from(*range.end()));
     let seed = NEXT.fetch_add(1, Ordering::Relaxed) ^ u64::from(std::process::id());
     let spread = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-    u16::try_from(FIRST + spread % COUNT).unwrap_or(32_768)
+    u16::try_from(first + spread % (last - first + 1)).unwrap_or(*range.start())
 }
 
 /// How many random ports a bind tries before leaving it to the kernel.
@@ -521,5 +584,80 @@ impl Finished {
             response_flags: ResponseFlags::Deny,
             established: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn loopback_socket() -> Socket {
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap()
+    }
+
+    fn bound_port(socket: &Socket) -> u16 {
+        socket.local_addr().unwrap().as_socket().unwrap().port()
+    }
+
+    #[test]
+    fn a_port_an_open_connection_uses_is_passed_over() {
+        let ip = IpAddr::from(Ipv4Addr::LOCALHOST);
+        let held = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let taken_port = held.local_addr().unwrap().port();
+        let free_port = std::net::TcpListener::bind((ip, 0))
+            .map(|probe| probe.local_addr().unwrap().port())
+            .unwrap();
+        let socket = loopback_socket();
+        let asked = std::cell::RefCell::new(Vec::new());
+        bind_any_port(&socket, ip, [taken_port, free_port].into_iter(), |port| {
+            asked.borrow_mut().push(port);
+            Ok(port == taken_port)
+        })
+        .unwrap();
+        assert_eq!(bound_port(&socket), free_port);
+        assert_eq!(*asked.borrow(), [taken_port, free_port]);
+    }
+
+    #[test]
+    fn the_kernels_pick_is_checked_too_and_refused_if_taken() {
+        let ip = IpAddr::from(Ipv4Addr::LOCALHOST);
+        let socket = loopback_socket();
+        let error = bind_any_port(
+            &socket,
+            ip,
+            ports(PortChoice::Kernel, EPHEMERAL_PORTS),
+            |_| Ok(true),
+        )
+        .expect_err("every port is taken");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::AddrNotAvailable,
+            "{error}"
+        );
+        let socket = loopback_socket();
+        bind_any_port(
+            &socket,
+            ip,
+            ports(PortChoice::Random, CLIENT_SIDE_PORTS),
+            |_| Ok(false),
+        )
+        .unwrap();
+        assert!(CLIENT_SIDE_PORTS.contains(&bound_port(&socket)));
+    }
+
+    #[test]
+    fn a_failed_lookup_fails_the_bind() {
+        let ip = IpAddr::from(Ipv4Addr::LOCALHOST);
+        let socket = loopback_socket();
+        let error = bind_any_port(
+            &socket,
+            ip,
+            ports(PortChoice::Random, EPHEMERAL_PORTS),
+            |_| Err(std::io::Error::other("no sock_diag")),
+        )
+        .expect_err("the lookup failed");
+        assert!(error.to_string().contains("no sock_diag"), "{error}");
     }
 }

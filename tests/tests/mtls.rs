@@ -416,6 +416,53 @@ fn strict_pods_refuse_plaintext_from_outside_the_mesh_and_permissive_pods_accept
         .expect("the refusal is logged with the client");
 }
 
+/// Connections one out-of-mesh client holds open to a meshed pod at once.
+/// The inbound proxy connects to the application from the client's address
+/// and a port of 28,232 it picks; had it picked a port one of these already
+/// uses, its connect would land in that open connection and time out. With
+/// 1,000 held, about 18 such picks are expected (1,000² / 2 / 28,232), so
+/// the test fails unless the agent passes those ports over.
+const HELD_FROM_ONE_CLIENT: u32 = 1_000;
+
+#[test]
+fn an_out_of_mesh_client_holding_many_connections_gets_every_new_one_through() {
+    let mut tb = testbed_or_skip!("mtls_port_clash");
+    let n1 = tb.add_node("n1");
+    let n2 = tb.add_node("n2");
+    let server = tb.add_pod(&n2, "server", "shop");
+    let legacy = tb.add_pod(&n1, "legacy", "legacy");
+    let agent = Agent::start(&tb, &n2, &[&server], &[]);
+    agent.wait_pod_state(&tb, "server", "enrolled", WAIT);
+    let _echo = serve(&tb, &server);
+    let output = tb.run_in_pod(
+        &legacy,
+        ambit_tests::workload::pod_tool(&[
+            "hold",
+            "--to",
+            &format!("{}:{ECHO_PORT}", server.ipv4),
+            "--conns",
+            &HELD_FROM_ONE_CLIENT.to_string(),
+            "--hold-secs",
+            "1",
+            "--timeout-secs",
+            "5",
+        ]),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("\"still_open\":1000"),
+        "every connection must open and carry its round trips: {}\n{stdout}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        agent.proc.report()
+    );
+    assert!(
+        !agent.proc.stderr_text().contains("timed out"),
+        "no connect of the inbound proxy may time out\n{}",
+        agent.proc.report()
+    );
+}
+
 #[test]
 fn certificates_rotate_without_dropping_a_long_lived_connection() {
     let mut tb = testbed_or_skip!("mtls_rotation");

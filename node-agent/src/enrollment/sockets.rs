@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::OwnedFd,
+    sync::Arc,
 };
 
 use mesh_ebpf_common::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, OUTBOUND_PORT};
@@ -15,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::EnrollError;
 use crate::{
     handoff::PodListeners,
+    proxy::ConnectionProbe,
     routing::{self, Families},
 };
 
@@ -26,6 +28,8 @@ pub(super) struct PodSockets {
     pub(super) hbone: Vec<std::net::TcpListener>,
     /// Handed over by the previous agent rather than opened here.
     pub(super) handed_over: bool,
+    /// Looks up connections in the pod's namespace.
+    pub(super) connection_probe: Arc<ConnectionProbe>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,9 +47,10 @@ pub(super) fn pod_sockets(
     let probe = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(EnrollError::NetnsCookie)?;
     let netns_cookie = crate::sys::netns_cookie(std::os::fd::AsFd::as_fd(&probe))
         .map_err(EnrollError::NetnsCookie)?;
+    let connection_probe = Arc::new(ConnectionProbe::open()?);
     let sockets = match adopted.remove(&netns_cookie) {
-        Some(handed) => PodSockets::handed_over(handed),
-        None => open_pod_sockets(netns_cookie, families)?,
+        Some(handed) => PodSockets::handed_over(handed, connection_probe),
+        None => open_pod_sockets(netns_cookie, families, connection_probe)?,
     };
     if sockets.outbound.is_empty() {
         return Err(EnrollError::NetnsCookie(std::io::Error::other(
@@ -56,7 +61,11 @@ pub(super) fn pod_sockets(
     Ok(sockets)
 }
 
-fn open_pod_sockets(netns_cookie: u64, families: Families) -> Result<PodSockets, EnrollError> {
+fn open_pod_sockets(
+    netns_cookie: u64,
+    families: Families,
+    connection_probe: Arc<ConnectionProbe>,
+) -> Result<PodSockets, EnrollError> {
     let mut outbound = Vec::new();
     let mut inbound = Vec::new();
     let mut hbone = Vec::new();
@@ -90,6 +99,7 @@ fn open_pod_sockets(netns_cookie: u64, families: Families) -> Result<PodSockets,
         inbound,
         hbone,
         handed_over: false,
+        connection_probe,
     })
 }
 
@@ -97,7 +107,7 @@ fn open_pod_sockets(netns_cookie: u64, families: Families) -> Result<PodSockets,
 
 impl PodSockets {
     /// The sockets a previous agent handed over.
-    fn handed_over(handed: PodListeners) -> Self {
+    fn handed_over(handed: PodListeners, connection_probe: Arc<ConnectionProbe>) -> Self {
         let listener = std::net::TcpListener::from;
         let inbound = handed
             .inbound
@@ -117,6 +127,7 @@ impl PodSockets {
             inbound,
             hbone: handed.hbone.into_iter().map(listener).collect(),
             handed_over: true,
+            connection_probe,
         }
     }
 
