@@ -7,6 +7,11 @@
 //! allocations over more and more of its arenas, touching pages it never
 //! gives back, so the RSS creeps up while the heap in use stays level.
 //!
+//! First of all the agent fixes glibc's thresholds for mapping large
+//! allocations on their own and for trimming an arena's top
+//! ([`fix_allocator_thresholds`]), which glibc would otherwise raise to
+//! megabytes after start-up.
+//!
 //! The agent returns free pages once start-up is done and then whenever
 //! the free memory it keeps resident (its anonymous RSS less the heap in
 //! use) has grown by [`RELEASE_AFTER_BYTES`] since the last time. It does
@@ -28,6 +33,26 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// agent touches about 0.15 MiB of new arena pages a minute) is handed
 /// back within a couple of minutes, rather than showing as growth.
 const RELEASE_AFTER_BYTES: usize = 256 << 10;
+
+/// The allocator's fixed thresholds (see [`fix_allocator_thresholds`]).
+pub const ALLOCATOR_THRESHOLD_BYTES: usize = 128 << 10;
+
+/// Fixes glibc's thresholds at [`ALLOCATOR_THRESHOLD_BYTES`], its own
+/// starting values: allocations that large (the plaintext relays' 256 KiB
+/// buffers) are mapped on their own and unmapped when freed, and an arena
+/// hands back free memory at its top beyond that. Left to itself, glibc
+/// raises both thresholds after each large mapped allocation is freed, up
+/// to 32 and 64 MiB: once start-up has freed aya's parse of the kernel's
+/// BTF (megabytes), the relay buffers would come from the arenas,
+/// interleaved with long-lived objects, and each arena would keep
+/// megabytes of free memory resident at its top. Call it first thing.
+pub fn fix_allocator_thresholds() {
+    if !crate::sys::fix_allocator_thresholds(ALLOCATOR_THRESHOLD_BYTES) {
+        tracing::warn!(
+            "cannot fix the allocator's thresholds (not glibc?): its free memory may stay resident"
+        );
+    }
+}
 
 /// Decides when free memory is handed back: when the allocator keeps at
 /// least [`RELEASE_AFTER_BYTES`] more free memory resident than it did

@@ -26,6 +26,32 @@ pub fn release_free_heap() {
     }
 }
 
+/// Fixes glibc's two allocator thresholds at `bytes` (`mallopt`): an
+/// allocation at least that large is mapped on its own and unmapped when
+/// freed, and an arena whose free top grows past it hands the excess back.
+/// Setting them turns off glibc's own adjustment, which raises both after
+/// every large mapped allocation is freed. `false` if glibc refused or the
+/// allocator is not glibc's.
+pub fn fix_allocator_thresholds(bytes: usize) -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        let Ok(value) = libc::c_int::try_from(bytes) else {
+            return false;
+        };
+        // SAFETY: mallopt takes two integers and changes only the
+        // allocator's parameters, under its own lock.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, value) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, value) == 1
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
 /// What the allocator's arenas hold: bytes in live allocations and bytes
 /// free (whether or not their pages are still resident).
 #[derive(Clone, Copy, Debug)]
@@ -217,4 +243,31 @@ pub fn async_readable<T: AsRawFd>(inner: T) -> io::Result<tokio::io::unix::Async
         tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
     }
     .map_err(|e| e.into_parts().1)
+}
+
+#[cfg(all(test, target_env = "gnu"))]
+mod tests {
+    /// Bytes in allocations mapped on their own (glibc's `hblkhd`).
+    fn mapped_bytes() -> usize {
+        // SAFETY: as in heap_usage.
+        unsafe { libc::mallinfo2() }.hblkhd
+    }
+
+    #[test]
+    fn a_freed_large_allocation_no_longer_pulls_the_next_ones_into_the_arenas() {
+        assert!(super::fix_allocator_thresholds(128 << 10));
+        // By glibc's default, freeing this raises the mapping threshold to
+        // 4 MiB, and the 256 KiB buffer below would come from an arena.
+        let start_up_peak = vec![1_u8; 4 << 20];
+        drop(std::hint::black_box(start_up_peak));
+        let before = mapped_bytes();
+        let buffer = std::hint::black_box(vec![1_u8; 256 << 10]);
+        let mapped = mapped_bytes() - before;
+        assert!(
+            mapped >= 256 << 10,
+            "the buffer is mapped on its own: {mapped} bytes"
+        );
+        drop(buffer);
+        assert_eq!(mapped_bytes(), before, "and unmapped when freed");
+    }
 }
