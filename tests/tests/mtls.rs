@@ -418,10 +418,13 @@ fn strict_pods_refuse_plaintext_from_outside_the_mesh_and_permissive_pods_accept
 
 /// Connections one out-of-mesh client holds open to a meshed pod at once.
 /// The inbound proxy connects to the application from the client's address
-/// and a port of 28,232 it picks; had it picked a port one of these already
-/// uses, its connect would land in that open connection and time out. With
-/// 1,000 held, about 18 such picks are expected (1,000² / 2 / 28,232), so
-/// the test fails unless the agent passes those ports over.
+/// and a port it picks. Where that port is one of the client's, one side's
+/// SYN lands in the other's open connection and times out: the proxy's, if
+/// the client already uses the port; the client's next one, if the proxy
+/// took it first. Picking from the client's own ephemeral range (28,232
+/// ports), as the agent once did, about 18 such clashes are expected over
+/// 1,000 connections (1,000² / 2 / 28,232): the test fails unless the
+/// agent's choice keeps clear of the client's ports.
 const HELD_FROM_ONE_CLIENT: u32 = 1_000;
 
 #[test]

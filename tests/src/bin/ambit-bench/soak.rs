@@ -421,6 +421,8 @@ impl<'a> Soak<'a> {
             &failures,
             self.started_ms,
         ));
+        let timeouts = self.agent_connect_timeouts();
+        self.problems.extend(timeouts);
         let series = std::mem::take(&mut self.series)
             .into_iter()
             .map(|(name, (floor, points))| SeriesReport {

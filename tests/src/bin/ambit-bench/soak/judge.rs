@@ -17,7 +17,9 @@
 //!   [`GRACE_MS`] after it was removed), or the client or the target
 //!   enrolled or un-enrolled within [`GRACE_MS`]. Anything else is
 //!   unexplained, failures during a handoff included: a handoff promises
-//!   that no connection fails.
+//!   that no connection fails. An agent's own connect that timed out
+//!   ([`connect_timeouts`]) counts against the soak whether or not a
+//!   client's failure shows it.
 
 use serde::Serialize;
 
@@ -34,6 +36,13 @@ pub const WARM_UP_SECS: f64 = 150.0;
 /// the waypoint read their configuration every 100 to 200 ms, and a
 /// client notices a cut connection at its next exchange.
 pub const GRACE_MS: u64 = 2_000;
+
+/// The lines of an agent's log that report one of its connects timing out
+/// (`connecting to <addr> timed out`).
+pub fn connect_timeouts(log: &str) -> impl Iterator<Item = &str> {
+    log.lines()
+        .filter(|line| line.contains("connecting to ") && line.contains(" timed out"))
+}
 
 /// One sample of a series.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

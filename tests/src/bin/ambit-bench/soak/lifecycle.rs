@@ -125,6 +125,34 @@ impl Soak<'_> {
         self.note_drained();
     }
 
+    /// The connects of an agent that timed out, each a problem: an agent
+    /// connects to an application in its own pod, or to a peer agent,
+    /// and neither goes unanswered in a healthy mesh. A client's failure
+    /// that such a timeout caused may fall within an excuse's grace (a pod
+    /// enrolled in the same seconds), so the agents' logs are read too.
+    pub(super) fn agent_connect_timeouts(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for agents in &self.agents {
+            let retired = agents.draining.iter().map(|r| (&r.agent, Some(r.handoff)));
+            for (agent, handoff) in std::iter::once((&agents.active, None)).chain(retired) {
+                let log = agent.proc.stderr_text();
+                let timeouts: Vec<&str> = super::judge::connect_timeouts(&log).collect();
+                if let Some(first) = timeouts.first() {
+                    let which = handoff.map_or_else(
+                        || "the active agent".to_owned(),
+                        |h| format!("the agent retired by handoff {}", h + 1),
+                    );
+                    problems.push(format!(
+                        "{which} on {} logged {} connect timeout(s), the first: {first}",
+                        agents.node.name,
+                        timeouts.len()
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
     /// Records each retired agent that has exited.
     fn note_drained(&mut self) {
         for agents in &self.agents {

@@ -199,3 +199,17 @@ fn an_enrolment_change_explains_its_pod_s_failures_both_ways() {
 fn without_an_excuse_nothing_is_explained() {
     assert!(explain(&failure("cli-1", "srv-6", 1, 2), &[]).is_none());
 }
+
+#[test]
+fn an_agent_s_connect_timeouts_are_found_in_its_log_and_nothing_else() {
+    let log = "\
+2026-12-07T18:34:01Z INFO node_agent::enrollment: pod enrolled pod=shop/srv-8
+2026-12-07T18:34:12Z WARN inbound{pod=shop/srv-8 client=10.10.1.25:42870}: node_agent::proxy: connection failed error=connecting to 10.10.2.17:7001 timed out
+2026-12-07T18:34:13Z WARN inbound{pod=shop/srv-8}: node_agent::proxy: connection failed error=Connection refused (os error 111)
+2026-12-07T18:34:14Z WARN outbound{pod=shop/flip-3}: node_agent::proxy: connection failed error=connecting to 10.10.2.15:15008 timed out
+";
+    let found: Vec<&str> = connect_timeouts(log).collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("10.10.2.17:7001") && found[1].contains("10.10.2.15:15008"));
+    assert_eq!(connect_timeouts("").count(), 0);
+}
