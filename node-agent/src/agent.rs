@@ -73,7 +73,7 @@ pub enum AgentError {
 /// Runs the agent until SIGTERM or SIGINT; `logging` is the log filter the
 /// admin API can change.
 pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
-    crate::heap::fix_allocator_thresholds();
+    crate::heap::tune_allocator();
     let effective = serde_json::to_string(&config).unwrap_or_default();
     tracing::info!(config = %effective, "ambit node agent starting");
     let source = config.source();

@@ -8,9 +8,9 @@
 //! gives back, so the RSS creeps up while the heap in use stays level.
 //!
 //! First of all the agent fixes glibc's thresholds for mapping large
-//! allocations on their own and for trimming an arena's top
-//! ([`fix_allocator_thresholds`]), which glibc would otherwise raise to
-//! megabytes after start-up.
+//! allocations on their own and for trimming an arena's top, which glibc
+//! would otherwise raise to megabytes after start-up, and keeps every
+//! thread in one arena ([`tune_allocator`]).
 //!
 //! The agent returns free pages once start-up is done and then whenever
 //! the free memory it keeps resident (its anonymous RSS less the heap in
@@ -34,8 +34,11 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// back within a couple of minutes, rather than showing as growth.
 const RELEASE_AFTER_BYTES: usize = 256 << 10;
 
-/// The allocator's fixed thresholds (see [`fix_allocator_thresholds`]).
+/// The allocator's fixed thresholds (see [`tune_allocator`]).
 pub const ALLOCATOR_THRESHOLD_BYTES: usize = 128 << 10;
+
+/// The allocator's arenas: one, the main arena, for every thread.
+pub const ALLOCATOR_ARENAS: usize = 1;
 
 /// Fixes glibc's thresholds at [`ALLOCATOR_THRESHOLD_BYTES`], its own
 /// starting values: allocations that large (the plaintext relays' 256 KiB
@@ -45,12 +48,21 @@ pub const ALLOCATOR_THRESHOLD_BYTES: usize = 128 << 10;
 /// to 32 and 64 MiB: once start-up has freed aya's parse of the kernel's
 /// BTF (megabytes), the relay buffers would come from the arenas,
 /// interleaved with long-lived objects, and each arena would keep
-/// megabytes of free memory resident at its top. Call it first thing.
-pub fn fix_allocator_thresholds() {
-    if !crate::sys::fix_allocator_thresholds(ALLOCATOR_THRESHOLD_BYTES) {
-        tracing::warn!(
-            "cannot fix the allocator's thresholds (not glibc?): its free memory may stay resident"
-        );
+/// megabytes of free memory resident at its top.
+///
+/// It also keeps every thread in one arena ([`ALLOCATOR_ARENAS`]). With an
+/// arena per thread, memory a data-plane worker allocates and another
+/// frees (tokio moves tasks between workers) goes back to the first
+/// worker's arena, so each arena keeps free holes only its own thread
+/// reuses, and the holes add up. The data path's small allocations are
+/// served from each thread's cache without taking the arena's lock.
+///
+/// Call it first thing, before any thread starts.
+pub fn tune_allocator() {
+    if !crate::sys::fix_allocator_thresholds(ALLOCATOR_THRESHOLD_BYTES)
+        || !crate::sys::limit_allocator_arenas(ALLOCATOR_ARENAS)
+    {
+        tracing::warn!("cannot tune the allocator (not glibc?): its free memory may stay resident");
     }
 }
 

@@ -52,6 +52,26 @@ pub fn fix_allocator_thresholds(bytes: usize) -> bool {
     }
 }
 
+/// Caps how many arenas glibc's allocator makes (`M_ARENA_MAX`): threads
+/// that start allocating once `arenas` exist share them instead of each
+/// taking one of their own. `false` if glibc refused or the allocator is
+/// not glibc's.
+pub fn limit_allocator_arenas(arenas: usize) -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        let Ok(value) = libc::c_int::try_from(arenas) else {
+            return false;
+        };
+        // SAFETY: as in fix_allocator_thresholds.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, value) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = arenas;
+        false
+    }
+}
+
 /// What the allocator's arenas hold: bytes in live allocations and bytes
 /// free (whether or not their pages are still resident).
 #[derive(Clone, Copy, Debug)]
@@ -247,6 +267,40 @@ pub fn async_readable<T: AsRawFd>(inner: T) -> io::Result<tokio::io::unix::Async
 
 #[cfg(all(test, target_env = "gnu"))]
 mod tests {
+    /// The heaps of glibc's arenas other than the main one: anonymous
+    /// mappings aligned to their 64 MiB reservation.
+    fn arena_heaps() -> usize {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|line| {
+                let mut fields = line.split_whitespace();
+                let start = fields.next().and_then(|range| range.split('-').next());
+                let start = start.and_then(|hex| u64::from_str_radix(hex, 16).ok());
+                start.is_some_and(|start| start % (64 << 20) == 0) && fields.nth(4).is_none()
+            })
+            .count()
+    }
+
+    #[test]
+    fn threads_share_the_arenas_once_the_cap_is_reached() {
+        assert!(super::limit_allocator_arenas(1));
+        let before = arena_heaps();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let held = std::hint::black_box(vec![1_u8; 16 << 10]);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    held.len()
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert_eq!(thread.join().unwrap(), 16 << 10);
+        }
+        assert_eq!(arena_heaps(), before, "no thread made an arena of its own");
+    }
+
     /// Bytes in allocations mapped on their own (glibc's `hblkhd`).
     fn mapped_bytes() -> usize {
         // SAFETY: as in heap_usage.
