@@ -34,32 +34,39 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// back within a couple of minutes, rather than showing as growth.
 const RELEASE_AFTER_BYTES: usize = 256 << 10;
 
-/// The allocator's fixed thresholds (see [`tune_allocator`]).
-pub const ALLOCATOR_THRESHOLD_BYTES: usize = 128 << 10;
+/// Allocations at least this large are mapped on their own, and unmapped
+/// when freed (see [`tune_allocator`]): above the plaintext relays' 256 KiB
+/// read buffers, which a connection takes and gives back at every message,
+/// and which cost a `mmap`, a page fault and a `munmap` each when mapped.
+pub const MMAP_THRESHOLD_BYTES: usize = 512 << 10;
+
+/// Free memory at the top of the arena beyond this is handed back at once
+/// (see [`tune_allocator`]): room for a few relay buffers in flight, so a
+/// busy relay does not shrink and grow the heap at every message.
+pub const TRIM_THRESHOLD_BYTES: usize = 1 << 20;
 
 /// The allocator's arenas: one, the main arena, for every thread.
 pub const ALLOCATOR_ARENAS: usize = 1;
 
-/// Fixes glibc's thresholds at [`ALLOCATOR_THRESHOLD_BYTES`], its own
-/// starting values: allocations that large (the plaintext relays' 256 KiB
-/// buffers) are mapped on their own and unmapped when freed, and an arena
-/// hands back free memory at its top beyond that. Left to itself, glibc
-/// raises both thresholds after each large mapped allocation is freed, up
-/// to 32 and 64 MiB: once start-up has freed aya's parse of the kernel's
-/// BTF (megabytes), the relay buffers would come from the arenas,
-/// interleaved with long-lived objects, and each arena would keep
-/// megabytes of free memory resident at its top.
+/// Fixes glibc's thresholds at [`MMAP_THRESHOLD_BYTES`] and
+/// [`TRIM_THRESHOLD_BYTES`]. Left to itself, glibc raises both after each
+/// large mapped allocation is freed, up to 32 and 64 MiB: once start-up has
+/// freed aya's parse of the kernel's BTF (megabytes), allocations of
+/// megabytes would come from the arena, and it would keep megabytes of free
+/// memory resident at its top.
 ///
 /// It also keeps every thread in one arena ([`ALLOCATOR_ARENAS`]). With an
 /// arena per thread, memory a data-plane worker allocates and another
 /// frees (tokio moves tasks between workers) goes back to the first
 /// worker's arena, so each arena keeps free holes only its own thread
 /// reuses, and the holes add up. The data path's small allocations are
-/// served from each thread's cache without taking the arena's lock.
+/// served from each thread's cache without taking the arena's lock. And
+/// `malloc_trim` (the periodic release below) trims the top of the main
+/// arena only: with one arena, that is all of it.
 ///
 /// Call it first thing, before any thread starts.
 pub fn tune_allocator() {
-    if !crate::sys::fix_allocator_thresholds(ALLOCATOR_THRESHOLD_BYTES)
+    if !crate::sys::fix_allocator_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
         || !crate::sys::limit_allocator_arenas(ALLOCATOR_ARENAS)
     {
         tracing::warn!("cannot tune the allocator (not glibc?): its free memory may stay resident");

@@ -26,28 +26,31 @@ pub fn release_free_heap() {
     }
 }
 
-/// Fixes glibc's two allocator thresholds at `bytes` (`mallopt`): an
-/// allocation at least that large is mapped on its own and unmapped when
-/// freed, and an arena whose free top grows past it hands the excess back.
+/// Fixes glibc's two allocator thresholds (`mallopt`): an allocation of at
+/// least `mmap_bytes` is mapped on its own and unmapped when freed, and an
+/// arena whose free top grows past `trim_bytes` hands the excess back.
 /// Setting them turns off glibc's own adjustment, which raises both after
 /// every large mapped allocation is freed. `false` if glibc refused or the
 /// allocator is not glibc's.
-pub fn fix_allocator_thresholds(bytes: usize) -> bool {
+pub fn fix_allocator_thresholds(mmap_bytes: usize, trim_bytes: usize) -> bool {
     #[cfg(target_env = "gnu")]
     {
-        let Ok(value) = libc::c_int::try_from(bytes) else {
+        let (Ok(mmap), Ok(trim)) = (
+            libc::c_int::try_from(mmap_bytes),
+            libc::c_int::try_from(trim_bytes),
+        ) else {
             return false;
         };
         // SAFETY: mallopt takes two integers and changes only the
         // allocator's parameters, under its own lock.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, value) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, value) == 1
+            libc::mallopt(libc::M_MMAP_THRESHOLD, mmap) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, trim) == 1
         }
     }
     #[cfg(not(target_env = "gnu"))]
     {
-        let _ = bytes;
+        let _ = (mmap_bytes, trim_bytes);
         false
     }
 }
@@ -309,19 +312,26 @@ mod tests {
 
     #[test]
     fn a_freed_large_allocation_no_longer_pulls_the_next_ones_into_the_arenas() {
-        assert!(super::fix_allocator_thresholds(128 << 10));
+        assert!(super::fix_allocator_thresholds(512 << 10, 1 << 20));
         // By glibc's default, freeing this raises the mapping threshold to
-        // 4 MiB, and the 256 KiB buffer below would come from an arena.
+        // 4 MiB, and the 1 MiB buffer below would come from an arena.
         let start_up_peak = vec![1_u8; 4 << 20];
         drop(std::hint::black_box(start_up_peak));
         let before = mapped_bytes();
-        let buffer = std::hint::black_box(vec![1_u8; 256 << 10]);
+        let buffer = std::hint::black_box(vec![1_u8; 1 << 20]);
         let mapped = mapped_bytes() - before;
         assert!(
-            mapped >= 256 << 10,
+            mapped >= 1 << 20,
             "the buffer is mapped on its own: {mapped} bytes"
         );
         drop(buffer);
+        let small = std::hint::black_box(vec![1_u8; 256 << 10]);
+        assert_eq!(
+            mapped_bytes(),
+            before,
+            "unmapped when freed; 256 KiB is not mapped"
+        );
+        drop(small);
         assert_eq!(mapped_bytes(), before, "and unmapped when freed");
     }
 }
