@@ -10,9 +10,11 @@ use anyhow::{Context as _, Result};
 use super::KernelSeries;
 use crate::{cmd, setup};
 
-/// Debian packages the guests need: the emulator, and `depmod` (kmod),
-/// which virtme-ng runs over the unpacked modules.
-const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "kmod"];
+/// Debian packages the guests need: the emulator; `depmod` (kmod), which
+/// virtme-ng runs over the unpacked modules; and a static busybox, which
+/// virtme-ng puts in the initramfs it builds for a kernel whose modules
+/// are not built in.
+const GUEST_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static"];
 
 /// virtme-ng, from `PyPI`: boots a kernel on a read-only view of the host's
 /// root file system and runs one command in it.
@@ -55,7 +57,7 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
 }
 
-/// Installs qemu, kmod and virtme-ng where they are missing.
+/// Installs qemu, kmod, busybox and virtme-ng where they are missing.
 pub fn install_guest_tools(root: &Path) -> Result<GuestTools> {
     let mut present = Vec::new();
     setup::install_debian_packages(GUEST_PACKAGES, &mut present)?;
