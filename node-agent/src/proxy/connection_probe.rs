@@ -3,7 +3,7 @@
 //!
 //! The inbound proxy needs it to pick the port of its connection to the
 //! application. That connection starts from the client's address and a
-//! port the agent picks (`bind_any_port` in the parent module), inside the
+//! port the agent picks (`bind_any_port` in `upstream`), inside the
 //! pod's namespace. The client's own connection was accepted in the same
 //! namespace, by this agent or by one draining before it, with the
 //! application's address and port as its local end and the client's address

@@ -246,11 +246,15 @@ mod tests {
     #[test]
     fn a_port_an_open_connection_uses_is_passed_over() {
         let ip = IpAddr::from(Ipv4Addr::LOCALHOST);
-        let held = std::net::TcpListener::bind((ip, 0)).unwrap();
-        let taken_port = held.local_addr().unwrap().port();
-        let free_port = std::net::TcpListener::bind((ip, 0))
-            .map(|probe| probe.local_addr().unwrap().port())
-            .unwrap();
+        // Two different ports, both free to bind once the listeners that
+        // found them close: only `taken` tells them apart.
+        let (first, second) = (
+            std::net::TcpListener::bind((ip, 0)).unwrap(),
+            std::net::TcpListener::bind((ip, 0)).unwrap(),
+        );
+        let taken_port = first.local_addr().unwrap().port();
+        let free_port = second.local_addr().unwrap().port();
+        drop((first, second));
         let socket = loopback_socket();
         let asked = std::cell::RefCell::new(Vec::new());
         bind_any_port(&socket, ip, [taken_port, free_port].into_iter(), |port| {
