@@ -197,33 +197,69 @@ impl HbonePool {
     /// Opens a CONNECT stream to `authority` through the HBONE port
     /// `key.addr`, whose certificate must be `key.peer`'s; a new connection
     /// is opened with `connector`.
+    ///
+    /// A connection that turns out to be going away when the stream is sent
+    /// on it (its `GOAWAY` arrived after the pool picked it, or right after
+    /// its handshakes: a peer handing its pods over) leaves the pool, and
+    /// the stream goes on another, up to [`REFUSED_STREAM_RETRIES`] times.
     pub async fn open_stream(
         &self,
         connector: &impl Connect,
         key: &PoolKey,
         authority: SocketAddr,
     ) -> Result<HboneStream, HboneError> {
-        let (send, slot) = self.connection(key, || connector.connect(key)).await?;
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(authority.to_string())
-            .body(())
-            .map_err(|_| HboneError::BadAuthority(authority))?;
-        let addr = key.addr;
-        let h2_error = |source| HboneError::H2 { addr, source };
-        let mut ready = send.ready().await.map_err(h2_error)?;
-        let (response, send) = ready.send_request(request, false).map_err(h2_error)?;
-        // The response is not awaited here: the application's first bytes
-        // may follow the CONNECT headers at once (HTTP/2 allows DATA before
-        // the response), which saves a round trip per connection. A refusal
-        // still ends the stream and closes the application's connection.
-        Ok(HboneStream {
-            send,
-            response,
-            key: key.clone(),
-            authority,
-            slot,
-        })
+        let request = || {
+            http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(authority.to_string())
+                .body(())
+                .map_err(|_| HboneError::BadAuthority(authority))
+        };
+        let mut retries = 0;
+        loop {
+            let (send, slot) = self.connection(key, || connector.connect(key)).await?;
+            let connect_request = match send.ready().await {
+                Ok(mut ready) => ready.send_request(request()?, false),
+                Err(error) => Err(error),
+            };
+            match connect_request {
+                // The response is not awaited here: the application's first
+                // bytes may follow the CONNECT headers at once (HTTP/2 allows
+                // DATA before the response), which saves a round trip per
+                // connection. A refusal still ends the stream and closes the
+                // application's connection.
+                Ok((response, send)) => {
+                    return Ok(HboneStream {
+                        send,
+                        response,
+                        key: key.clone(),
+                        authority,
+                        slot,
+                    });
+                }
+                Err(error) if refused_unprocessed(&error) && retries < REFUSED_STREAM_RETRIES => {
+                    retries += 1;
+                    tracing::debug!(addr = %key.addr, %error, retries, "the connection is going away; sending the stream on another");
+                    self.forget(key, &slot);
+                }
+                Err(source) => {
+                    return Err(HboneError::H2 {
+                        addr: key.addr,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Takes the connection that `slot` is on out of the pool: it is going
+    /// away, and no stream is to be assigned to it any more.
+    fn forget(&self, key: &PoolKey, slot: &StreamSlot) {
+        let mut destinations = self
+            .destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        leave_pool(&mut destinations, key, &slot.0);
     }
 
     /// A live connection to `key` with this stream counted on it: an open

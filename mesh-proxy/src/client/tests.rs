@@ -338,3 +338,67 @@ async fn a_retired_pool_lets_each_connection_go_once_it_carries_nothing() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(listed(&pool, &busy), None);
 }
+
+/// A connection whose server sends `GOAWAY` as soon as the handshakes are
+/// done (a peer that hands its pods over just after accepting it), returned
+/// once the client has read the `GOAWAY`.
+async fn going_away_connection() -> Result<SendRequest<Bytes>, HboneError> {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut connection = h2::server::handshake(server_io).await.unwrap();
+        connection.graceful_shutdown();
+        while let Some(Ok(_stream)) = connection.accept().await {}
+    });
+    let (send, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(connection);
+    let refused = |send: &SendRequest<Bytes>| {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match send.clone().poll_ready(&mut cx) {
+            std::task::Poll::Ready(Err(error)) => Some(error),
+            _ => None,
+        }
+    };
+    for _ in 0..500 {
+        if let Some(error) = refused(&send) {
+            assert!(refused_unprocessed(&error), "{error}");
+            return Ok(send);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the client never read the server's GOAWAY");
+}
+
+/// Hands out a going-away connection first, then ones that stay.
+#[derive(Default)]
+struct HandoffConnector {
+    calls: AtomicUsize,
+}
+
+impl Connect for HandoffConnector {
+    fn connect(
+        &self,
+        _key: &PoolKey,
+    ) -> impl Future<Output = Result<SendRequest<Bytes>, HboneError>> + Send + 'static {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                going_away_connection().await
+            } else {
+                in_memory_connection().await
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_whose_new_connection_goes_away_at_once_is_sent_on_another() {
+    let pool = HbonePool::default();
+    let connector = HandoffConnector::default();
+    let key = key(10);
+    let authority = SocketAddr::from(([10, 0, 0, 10], 7001));
+    let stream = pool.open_stream(&connector, &key, authority).await;
+    assert!(stream.is_ok(), "{:?}", stream.err());
+    assert_eq!(connector.calls.load(Ordering::SeqCst), 2);
+    // The stream is on the second connection, the first left the pool.
+    assert_eq!(listed(&pool, &key), Some((0, 1, 1)));
+}
