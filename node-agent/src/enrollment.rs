@@ -111,7 +111,12 @@ pub struct PodEnrollment {
     mtls: Arc<Published<PodMtls>>,
     netns: Arc<Netns>,
     sk_lookup: SkLookupAttachment,
+    /// Stops the pod's proxies: it left the mesh, or this agent handed it
+    /// over (connections under way go on).
     cancel: CancellationToken,
+    /// Cancelled only when the pod leaves the mesh (see
+    /// [`PodContext::left_mesh`]).
+    left_mesh: CancellationToken,
     families: Families,
     /// Copies of the pod's listener sockets, to hand to a successor.
     listeners: PodListeners,
@@ -278,6 +283,7 @@ impl Enroller {
             netns: netns.clone(),
             sk_lookup,
             cancel: CancellationToken::new(),
+            left_mesh: CancellationToken::new(),
             families,
             listeners: PodListeners::default(),
         };
@@ -321,6 +327,7 @@ impl Enroller {
             stats: enrollment.stats.clone(),
             connect_timeout: self.mesh.connect_timeout,
             drain: self.mesh.drain.clone(),
+            left_mesh: enrollment.left_mesh.clone(),
             certs: self.mesh.certs.clone(),
             workloads: self.mesh.workloads.clone(),
             same_node_fast_path: self.mesh.same_node_fast_path,
@@ -466,6 +473,10 @@ impl Enroller {
             }
         }
         enrollment.cancel.cancel();
+        // Connects to the pod's application from a client's address need
+        // the return path for their SYN-ACK: they fail now rather than
+        // wait out their timeout once it is gone.
+        enrollment.left_mesh.cancel();
         remove_return_path(&enrollment.netns, enrollment.families);
     }
 

@@ -184,6 +184,15 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("connecting to {0} timed out (is the destination up? does a NetworkPolicy drop it?)")]
     ConnectTimeout(SocketAddr),
+    /// The pod left the mesh while its inbound proxy was connecting to its
+    /// application: the replies could no longer reach the agent.
+    #[error("pod {pod} left the mesh while the agent was connecting to {dst}")]
+    LeftMesh {
+        /// The pod.
+        pod: PodKey,
+        /// The application's address.
+        dst: SocketAddr,
+    },
     /// The upstream refused or was unreachable.
     #[error("cannot connect to {dst}: {source}")]
     Connect {

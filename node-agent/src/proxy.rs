@@ -87,6 +87,11 @@ pub struct PodContext {
     /// HBONE connections ask their peers to move on (`GOAWAY`) and end
     /// once their streams are done.
     pub drain: CancellationToken,
+    /// Cancelled when the pod leaves the mesh (never at a handoff, where the
+    /// successor keeps the pod's routing as it is): a connect to the pod's
+    /// application from a client's address, whose replies reach the agent
+    /// only by the pod's return path, fails at once instead of timing out.
+    pub left_mesh: CancellationToken,
     /// Certificates and TLS configurations.
     pub certs: Arc<CertManager>,
     /// Every meshed pod, by address.

@@ -152,6 +152,67 @@ fn unenrolling_restores_direct_traffic() {
     assert_mark_sysctls(&tb, &client, "0");
 }
 
+/// A pod that leaves the mesh while the agent connects to its application
+/// from a client's address: that connect ends at once. Its answer would
+/// come back by the pod's return path, which leaving removes, so without
+/// this the connect would wait out its whole timeout (the soak saw it).
+#[test]
+fn a_connect_under_way_when_its_pod_leaves_the_mesh_ends_at_once() {
+    let mut tb = testbed_or_skip!("unenroll_connect");
+    // The client on n1 is outside the mesh; only the server is meshed.
+    let ClientServer {
+        n1: _,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let agent = Agent::start(&tb, &n2, &[&server], &[]);
+    let port = ECHO_PORT.to_string();
+    let stall = tb.spawn_in_pod(
+        &server,
+        pod_tool(&["stall", "--port", &port, "--max-secs", "60"]),
+    );
+    stall.wait_for_event("listening", WAIT);
+    let to = format!("{}:{ECHO_PORT}", server.ipv4);
+    let _caller = tb.spawn_in_pod(&client, pod_tool(&["send", "--to", &to, "--bytes", "10"]));
+    // The agent accepted the client and connects, from the client's
+    // address, to the application, which never answers.
+    let client_ip = client.ipv4.to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = tb.exec_in_netns(&server.netns, &["ss", "-tnH", "state", "syn-sent"]);
+        if String::from_utf8_lossy(&out.stdout).contains(&client_ip) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never connected to the application\n{}",
+            agent.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    agent.set_pods(&[]);
+    // Well inside the 10 s connect timeout.
+    agent
+        .proc
+        .wait_for_stderr_line(Duration::from_secs(3), |l| {
+            l.contains("left the mesh while the agent was connecting")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the connect under way did not end when its pod left the mesh\n{}",
+                agent.proc.report()
+            )
+        });
+    let out = tb.exec_in_netns(&server.netns, &["ss", "-tnH", "state", "syn-sent"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&client_ip),
+        "the agent's socket is closed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn restarted_agent_reuses_pinned_state_without_attaching_twice() {
     let mut tb = testbed_or_skip!("restart_reuse");

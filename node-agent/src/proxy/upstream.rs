@@ -66,11 +66,26 @@ impl PodContext {
                 Some(bound)
             }
         };
-        let connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst)).await;
+        let left_mesh = async {
+            match from {
+                UpstreamSource::Client(_) => self.left_mesh.cancelled().await,
+                UpstreamSource::Pod | UpstreamSource::PodBypassingInbound(_) => {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let connect = tokio::select! {
+            connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst)) => Some(connect),
+            () = left_mesh => None,
+        };
         if let Some(bound) = bypass {
             self.maps.remove_inbound_bypass(bound, dst);
         }
         let stream = connect
+            .ok_or_else(|| ProxyError::LeftMesh {
+                pod: self.pod.clone(),
+                dst,
+            })?
             .map_err(|_| ProxyError::ConnectTimeout(dst))?
             .map_err(|source| ProxyError::Connect { dst, source })?;
         let _ = stream.set_nodelay(true);

@@ -17,6 +17,7 @@ mod ping;
 mod rr;
 mod send;
 mod serve;
+mod stall;
 mod sys;
 mod try_bind;
 
@@ -67,6 +68,9 @@ enum Command {
     /// HTTP/1.1 and HTTP/2 server that names itself, fails or slows on
     /// demand, and streams with trailers: the waypoint's backends.
     HttpServe(http_serve::Args),
+    /// A server that never answers a new connection: its accept queue is
+    /// full, so SYNs are dropped and connects hang.
+    Stall(stall::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,5 +87,6 @@ fn main() -> ExitCode {
         Command::Ping(args) => ping::run(&args),
         Command::ConnectTimes(args) => connect_times::run(&args),
         Command::Load(args) => load::run(&args),
+        Command::Stall(args) => stall::run(&args),
     }
 }
