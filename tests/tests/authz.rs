@@ -492,3 +492,64 @@ fn a_bad_policy_is_rejected_and_fails_closed_while_the_others_apply() {
         "{table}"
     );
 }
+
+/// A label change enrolls the pod again, under its new labels; its peers'
+/// HBONE connections, pooled from before, are asked to go away with the
+/// old enrolment, so the next connection is judged by the new labels (here
+/// a DENY that selects them) and not served by the old enrolment.
+#[test]
+fn a_relabelled_pod_is_judged_by_its_new_labels_also_on_pooled_connections() {
+    let mut tb = testbed_or_skip!("authz_relabel");
+    let ClientServer {
+        n1,
+        n2,
+        client,
+        server,
+    } = client_and_server(&mut tb);
+    let pods = [&client, &server];
+    let deny_locked = "  - metadata: {name: locked, namespace: shop}
+    spec:
+      selector: {matchLabels: {tier: locked}}
+      action: DENY
+      rules: [{from: [{source: {namespaces: [shop]}}]}]
+";
+    let (agent1, agent2) = start_agents(&tb, [&n1, &n2], &pods, &config(&pods, deny_locked));
+    let _echo = serve(&tb, &server);
+    // Leaves an idle HBONE connection to the server in the client's pool.
+    send(&tb, &client, &echo_addr(&server), 1_000);
+
+    let relabelled = format!(
+        "{}{}policies:\n{deny_locked}",
+        pods_yaml(&[&client]),
+        pods_yaml_labelled(&[&server], Some("tier: locked")).replacen("pods:\n", "", 1)
+    );
+    agent1.set_config_text(&relabelled);
+    agent2.set_config_text(&relabelled);
+    let enrolled = |agent: &Agent| {
+        agent
+            .proc
+            .stderr_text()
+            .matches("pod enrolled pod=shop/server")
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while enrolled(&agent2) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the server was not enrolled again\n{}",
+            agent2.proc.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (ok, result, _) = try_send(&tb, &client, &echo_addr(&server), 1_000);
+    assert!(
+        !ok,
+        "the DENY on the new label lets nothing through: {result}"
+    );
+    let denied = agent2.wait_connection(&tb, |r| {
+        is_inbound_from(r, &client) && r["authorization"]["decision"] != "allow"
+    });
+    assert_eq!(denied["authorization"]["decision"], "deny", "{denied}");
+    assert_eq!(denied["authorization"]["policy"], "shop/locked", "{denied}");
+}

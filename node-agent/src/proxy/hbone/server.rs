@@ -27,7 +27,9 @@ use crate::{
     proxy::{Finished, PodContext, UpstreamSource, until_revoked},
 };
 
-/// Serves HBONE on `listeners` until cancelled.
+/// Serves HBONE on `listeners` until `cancel` (the pod left the mesh, or
+/// this agent handed it over); the connections accepted by then are asked
+/// to go away (`GOAWAY`) at that moment too, or when the agent drains.
 pub async fn serve(
     context: Arc<PodContext>,
     listeners: Vec<TcpListener>,
@@ -41,7 +43,8 @@ pub async fn serve(
             async move {
                 accept_until(&listener, cancel.cancelled(), |tcp, client| {
                     let span = tracing::info_span!("hbone", pod = %context.pod, %client, peer = tracing::field::Empty);
-                    tokio::spawn(serve_connection(context.clone(), tcp, client).instrument(span));
+                    let connection = serve_connection(context.clone(), tcp, client, cancel.clone());
+                    tokio::spawn(connection.instrument(span));
                 })
                 .await;
             }
@@ -51,7 +54,19 @@ pub async fn serve(
     while accepts.join_next().await.is_some() {}
 }
 
-async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: SocketAddr) {
+/// Serves one HBONE connection with the pod's context, until its streams
+/// are done once `stopped` or the agent's drain asked its peer to go away.
+///
+/// A connection must not outlive the enrolment it was accepted under: a pod
+/// enrolled again (a label changed) gets a new context, and its peers'
+/// pooled connections would otherwise go on serving new streams with the
+/// old one (its old labels for authorization, its return path gone).
+async fn serve_connection(
+    context: Arc<PodContext>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    stopped: CancellationToken,
+) {
     let _ = tcp.set_nodelay(true);
     // A pod captured before its certificate arrived: the peer's handshake
     // waits for it rather than fail at once.
@@ -71,12 +86,15 @@ async fn serve_connection(context: Arc<PodContext>, tcp: TcpStream, client: Sock
         }
     };
     let drain = context.drain.clone();
-    mesh_proxy::server::serve_until(
-        tcp,
-        config,
-        drain.cancelled_owned(),
-        |request, respond, peer| serve_stream(context.clone(), request, respond, peer, client),
-    )
+    let go_away = async move {
+        tokio::select! {
+            () = drain.cancelled() => {}
+            () = stopped.cancelled() => {}
+        }
+    };
+    mesh_proxy::server::serve_until(tcp, config, go_away, |request, respond, peer| {
+        serve_stream(context.clone(), request, respond, peer, client)
+    })
     .await;
 }
 
