@@ -111,13 +111,11 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         connections.clone(),
         metrics.clone(),
     ));
-    let drain = CancellationToken::new();
     let mesh = MeshSettings {
         node_name: config.node_name.clone(),
         trust_domain: config.trust_domain.clone(),
         cluster_domain: config.cluster_domain.clone(),
         connect_timeout: config.connect_timeout(),
-        drain: drain.clone(),
         same_node_fast_path: config.same_node_fast_path,
         certs: certs.clone(),
         workloads,
@@ -172,7 +170,7 @@ pub fn run(config: &Config, logging: LogControl) -> Result<(), AgentError> {
         tokio::spawn(crate::heap::release_until_cancelled(shutdown.clone()));
         source_kind.wait_for_first(&snapshots, &shutdown).await;
         let reconciler = Reconciler::new(enroller, board);
-        let stop = Stop { shutdown, uninstall, drain };
+        let stop = Stop { shutdown, uninstall };
         Ok(serve_pods(config, start, reconciler, snapshots, &stop, &connections_log).await)
     });
     let (enroller, ending) = result?;
@@ -188,12 +186,11 @@ fn load_and_take_over(config: &Config) -> Result<(MeshEbpf, Start), AgentError> 
     Ok((ebpf, start))
 }
 
-/// What ends the agent's work: a signal, an uninstall, or a handoff (then
-/// `drain` asks the HBONE peers to move on).
+/// What ends the agent's work: a signal, an uninstall, or a handoff (each
+/// pod's proxies stopping then asks its HBONE peers to move on).
 struct Stop {
     shutdown: CancellationToken,
     uninstall: CancellationToken,
-    drain: CancellationToken,
 }
 
 /// Gives the enroller the listeners a previous agent handed over.
@@ -233,7 +230,6 @@ async fn serve_pods(
         )
         .await;
     if ending == Ending::HandedOff {
-        stop.drain.cancel();
         tokio::select! {
             () = drain_connections(connections, config.drain_timeout()) => {}
             () = reconcile::follow_policies(enroller.mesh(), &mut snapshots) => {}

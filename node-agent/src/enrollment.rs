@@ -144,8 +144,6 @@ pub struct MeshSettings {
     pub cluster_domain: String,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Cancelled after a handoff: the HBONE connections drain.
-    pub drain: CancellationToken,
     /// Skip TLS between pods of this node.
     pub same_node_fast_path: bool,
     /// Certificates.
@@ -326,7 +324,6 @@ impl Enroller {
             maps: maps.clone(),
             stats: enrollment.stats.clone(),
             connect_timeout: self.mesh.connect_timeout,
-            drain: self.mesh.drain.clone(),
             left_mesh: enrollment.left_mesh.clone(),
             certs: self.mesh.certs.clone(),
             workloads: self.mesh.workloads.clone(),

@@ -83,10 +83,6 @@ pub struct PodContext {
     pub stats: Arc<PodStats>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Cancelled when this agent has handed its pods to a successor: its
-    /// HBONE connections ask their peers to move on (`GOAWAY`) and end
-    /// once their streams are done.
-    pub drain: CancellationToken,
     /// Cancelled when the pod leaves the mesh (never at a handoff, where the
     /// successor keeps the pod's routing as it is): a connect to the pod's
     /// application from a client's address, whose replies reach the agent

@@ -66,17 +66,10 @@ impl PodContext {
                 Some(bound)
             }
         };
-        let left_mesh = async {
-            match from {
-                UpstreamSource::Client(_) => self.left_mesh.cancelled().await,
-                UpstreamSource::Pod | UpstreamSource::PodBypassingInbound(_) => {
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let needs_return_path = matches!(from, UpstreamSource::Client(_));
         let connect = tokio::select! {
             connect = tokio::time::timeout(self.connect_timeout, socket.connect(dst)) => Some(connect),
-            () = left_mesh => None,
+            () = self.left_mesh.cancelled(), if needs_return_path => None,
         };
         if let Some(bound) = bypass {
             self.maps.remove_inbound_bypass(bound, dst);

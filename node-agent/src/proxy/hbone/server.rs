@@ -28,8 +28,8 @@ use crate::{
 };
 
 /// Serves HBONE on `listeners` until `cancel` (the pod left the mesh, or
-/// this agent handed it over); the connections accepted by then are asked
-/// to go away (`GOAWAY`) at that moment too, or when the agent drains.
+/// this agent stopped its proxies: a handoff, a shutdown); the connections
+/// accepted by then are asked to go away (`GOAWAY`) at that moment too.
 pub async fn serve(
     context: Arc<PodContext>,
     listeners: Vec<TcpListener>,
@@ -55,7 +55,7 @@ pub async fn serve(
 }
 
 /// Serves one HBONE connection with the pod's context, until its streams
-/// are done once `stopped` or the agent's drain asked its peer to go away.
+/// are done once `stopped` asked its peer to go away.
 ///
 /// A connection must not outlive the enrolment it was accepted under: a pod
 /// enrolled again (a label changed) gets a new context, and its peers'
@@ -85,13 +85,7 @@ async fn serve_connection(
             return;
         }
     };
-    let drain = context.drain.clone();
-    let go_away = async move {
-        tokio::select! {
-            () = drain.cancelled() => {}
-            () = stopped.cancelled() => {}
-        }
-    };
+    let go_away = stopped.cancelled_owned();
     mesh_proxy::server::serve_until(tcp, config, go_away, |request, respond, peer| {
         serve_stream(context.clone(), request, respond, peer, client)
     })
